@@ -1,0 +1,620 @@
+//! The Basiq client: typed endpoints over one pipeline (pace, token, send, classify, retry).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use reqwest::{Method as HttpMethod, StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::error::{ApiError, Error};
+use super::token::{Token, TokenCache};
+use super::wire;
+use crate::domain::{Connection, ConnectionId, Connector, Job, JobId, UserId};
+
+/// Everything the client needs; built from settings by the caller.
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub base_url: Url,
+    pub api_key: SecretString,
+    /// Total time for one HTTP exchange.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Shared pace for every request this process sends to Basiq.
+    pub max_requests_per_second: NonZeroU32,
+    /// Attempts per request for transient failures (1 = no retry).
+    pub max_attempts: u32,
+    /// First backoff step; doubled per attempt, full jitter.
+    pub retry_base_delay: Duration,
+    /// Upper bound for one backoff, and for a `Retry-After` Basiq sends.
+    pub max_retry_delay: Duration,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key", &"[redacted]")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_requests_per_second", &self.max_requests_per_second)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// The ids a request concerns, for the log lines about it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ids<'a> {
+    pub user_id: Option<&'a UserId>,
+    pub connection_id: Option<&'a ConnectionId>,
+    pub job_id: Option<&'a JobId>,
+}
+
+impl<'a> Ids<'a> {
+    pub fn user(user_id: &'a UserId) -> Self {
+        Self {
+            user_id: Some(user_id),
+            ..Self::default()
+        }
+    }
+    pub fn connection(user_id: &'a UserId, connection_id: &'a ConnectionId) -> Self {
+        Self {
+            user_id: Some(user_id),
+            connection_id: Some(connection_id),
+            job_id: None,
+        }
+    }
+    pub fn job(job_id: &'a JobId) -> Self {
+        Self {
+            job_id: Some(job_id),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a refresh request produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// 202: Basiq queued a new job.
+    Created(JobId),
+    /// 200: a job for this connection was already queued or running; this is it.
+    Existing(JobId),
+    /// The request timed out, and a job started since was found for the connection.
+    FoundAfterTimeout(JobId),
+}
+
+impl RefreshOutcome {
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Self::Created(id) | Self::Existing(id) | Self::FoundAfterTimeout(id) => id,
+        }
+    }
+}
+
+/// A user as `GET /users/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSummary {
+    pub id: UserId,
+    pub connection_ids: Vec<ConnectionId>,
+}
+
+/// Counters the daemon exports (token fetches, requests by endpoint and status).
+#[derive(Default)]
+pub struct Stats {
+    token_fetches: AtomicU64,
+    requests: Mutex<BTreeMap<(&'static str, String), u64>>,
+}
+
+impl Stats {
+    pub fn token_fetches(&self) -> u64 {
+        self.token_fetches.load(Ordering::Relaxed)
+    }
+    /// Requests by (endpoint, status), status being the HTTP code or `error`.
+    pub fn requests(&self) -> BTreeMap<(&'static str, String), u64> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    fn count(&self, endpoint: &'static str, status: String) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((endpoint, status))
+            .or_default() += 1;
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    options: ClientOptions,
+    token: TokenCache,
+    limiter: DefaultDirectRateLimiter,
+    stats: Stats,
+}
+
+/// A cheap-to-clone handle; every clone shares the token, the pace and the counters.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request through the pipeline.
+struct Call<'a> {
+    method: HttpMethod,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    endpoint: &'static str,
+    ids: Ids<'a>,
+    /// False for requests that must not be sent twice blindly (refresh, purge).
+    retry_transient: bool,
+}
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .user_agent(concat!("basiq-health/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Transport {
+                message: format!("cannot build the HTTP client: {e}"),
+                timeout: false,
+            })?;
+        let limiter = RateLimiter::direct(Quota::per_second(options.max_requests_per_second));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                options,
+                token: TokenCache::default(),
+                limiter,
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.inner.options.base_url
+    }
+
+    /// `GET /users/{id}`.
+    pub async fn get_user(&self, user_id: &UserId) -> Result<UserSummary, Error> {
+        let user: wire::UserWire = self
+            .get_json("user", format!("users/{user_id}"), vec![], Ids::user(user_id))
+            .await?;
+        Ok(UserSummary {
+            id: UserId(user.id),
+            connection_ids: user
+                .connections
+                .map(|l| l.data.into_iter().map(|r| ConnectionId(r.id)).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// `GET /users/{id}/connections`.
+    pub async fn list_connections(&self, user_id: &UserId) -> Result<Vec<Connection>, Error> {
+        let list: wire::List<wire::ConnectionWire> = self
+            .get_json(
+                "connections",
+                format!("users/{user_id}/connections"),
+                vec![],
+                Ids::user(user_id),
+            )
+            .await?;
+        list.data
+            .into_iter()
+            .map(|c| c.into_domain().map_err(|e| decode("connections", e)))
+            .collect()
+    }
+
+    /// `GET /users/{id}/connections/{cid}`.
+    pub async fn get_connection(
+        &self,
+        user_id: &UserId,
+        connection_id: &ConnectionId,
+    ) -> Result<Connection, Error> {
+        let c: wire::ConnectionWire = self
+            .get_json(
+                "connection",
+                format!("users/{user_id}/connections/{connection_id}"),
+                vec![],
+                Ids::connection(user_id, connection_id),
+            )
+            .await?;
+        c.into_domain().map_err(|e| decode("connection", e))
+    }
+
+    /// `GET /users/{id}/jobs`, optionally for one connection only (Basiq keeps 7 days).
+    pub async fn list_jobs(
+        &self,
+        user_id: &UserId,
+        connection_id: Option<&ConnectionId>,
+    ) -> Result<Vec<Job>, Error> {
+        let query = connection_id
+            .map(|c| vec![("filter", format!("connection.id.eq('{c}')"))])
+            .unwrap_or_default();
+        let ids = Ids {
+            user_id: Some(user_id),
+            connection_id,
+            job_id: None,
+        };
+        let list: wire::List<wire::JobWire> = self
+            .get_json("jobs", format!("users/{user_id}/jobs"), query, ids)
+            .await?;
+        list.data
+            .into_iter()
+            .map(|j| j.into_domain().map_err(|e| decode("jobs", e)))
+            .collect()
+    }
+
+    /// `GET /jobs/{id}`.
+    pub async fn get_job(&self, job_id: &JobId) -> Result<Job, Error> {
+        let job: wire::JobWire = self
+            .get_json("job", format!("jobs/{job_id}"), vec![], Ids::job(job_id))
+            .await?;
+        job.into_domain().map_err(|e| decode("job", e))
+    }
+
+    /// `GET /connectors`: every connector's status, a few hundred of them.
+    pub async fn list_connectors(&self) -> Result<Vec<Connector>, Error> {
+        let list: wire::List<wire::ConnectorWire> = self
+            .get_json("connectors", "connectors".into(), vec![], Ids::default())
+            .await?;
+        Ok(list
+            .data
+            .into_iter()
+            .map(wire::ConnectorWire::into_domain)
+            .collect())
+    }
+
+    /// `POST /users/{id}/connections/{cid}/refresh`: 202 is a new job, 200 the running one.
+    ///
+    /// Never retried blindly: Basiq may have accepted a request whose answer was lost. After
+    /// a timeout or a dropped connection, the jobs of this connection are looked up instead.
+    pub async fn refresh_connection(
+        &self,
+        user_id: &UserId,
+        connection_id: &ConnectionId,
+    ) -> Result<RefreshOutcome, Error> {
+        let asked_at = chrono::Utc::now();
+        let call = Call {
+            method: HttpMethod::POST,
+            path: format!("users/{user_id}/connections/{connection_id}/refresh"),
+            query: vec![],
+            endpoint: "refresh",
+            ids: Ids::connection(user_id, connection_id),
+            retry_transient: false,
+        };
+        match self.execute(call).await {
+            Ok((status, body)) => {
+                let stub: wire::JobStub = parse("refresh", &body)?;
+                let id = JobId(stub.id);
+                Ok(if status == StatusCode::OK {
+                    RefreshOutcome::Existing(id)
+                } else {
+                    RefreshOutcome::Created(id)
+                })
+            }
+            Err(err @ Error::Transport { .. }) => {
+                tracing::warn!(
+                    user_id = %user_id,
+                    connection_id = %connection_id,
+                    error = %err,
+                    "refresh answer lost; looking for the job instead of sending it again"
+                );
+                let jobs = self.list_jobs(user_id, Some(connection_id)).await?;
+                let since = asked_at - chrono::Duration::seconds(5);
+                jobs.into_iter()
+                    .filter(|j| j.created.is_some_and(|c| c >= since))
+                    .max_by_key(|j| j.created)
+                    .map(|j| RefreshOutcome::FoundAfterTimeout(j.id))
+                    .ok_or(err)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `POST /users/{id}/connections/{cid}/purge` (204): deletes the connection's data,
+    /// keeps its id. Irreversible, so never retried.
+    pub async fn purge_connection(
+        &self,
+        user_id: &UserId,
+        connection_id: &ConnectionId,
+    ) -> Result<(), Error> {
+        self.execute(Call {
+            method: HttpMethod::POST,
+            path: format!("users/{user_id}/connections/{connection_id}/purge"),
+            query: vec![],
+            endpoint: "purge",
+            ids: Ids::connection(user_id, connection_id),
+            retry_transient: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: String,
+        query: Vec<(&'static str, String)>,
+        ids: Ids<'_>,
+    ) -> Result<T, Error> {
+        let (_, body) = self
+            .execute(Call {
+                method: HttpMethod::GET,
+                path,
+                query,
+                endpoint,
+                ids,
+                retry_transient: true,
+            })
+            .await?;
+        parse(endpoint, &body)
+    }
+
+    fn url(&self, path: &str) -> Result<Url, Error> {
+        let base = &self.inner.options.base_url;
+        let joined = format!("{}/{}", base.as_str().trim_end_matches('/'), path);
+        Url::parse(&joined).map_err(|e| Error::Transport {
+            message: format!("bad request URL for {path}: {e}"),
+            timeout: false,
+        })
+    }
+
+    /// Pace, authenticate, send, classify; retry transient failures with full jitter and
+    /// replace a refused token once.
+    async fn execute(&self, call: Call<'_>) -> Result<(StatusCode, bytes::Bytes), Error> {
+        let opts = &self.inner.options;
+        let url = self.url(&call.path)?;
+        let mut attempt: u32 = 0;
+        let mut token_replaced = false;
+        loop {
+            attempt += 1;
+            self.inner.limiter.until_ready().await;
+            let token = self.token().await?;
+            let result = self.send_once(&call, &url, &token).await;
+            let err = match result {
+                Ok(ok) => return Ok(ok),
+                Err(err) => err,
+            };
+            if err.is_stale_token() && !token_replaced {
+                token_replaced = true;
+                attempt -= 1;
+                tracing::info!(
+                    endpoint = call.endpoint,
+                    status = err.status(),
+                    correlation_id = err.correlation_id(),
+                    "Basiq refused the token; fetching a new one and retrying once"
+                );
+                self.inner.token.invalidate(token.generation).await;
+                continue;
+            }
+            let retry = call.retry_transient && err.is_transient() && attempt < opts.max_attempts;
+            let delay = retry.then(|| self.backoff(attempt, err.retry_after()));
+            log_failed_attempt(&call, &err, attempt, opts.max_attempts, delay);
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(err),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        token: &Token,
+    ) -> Result<(StatusCode, bytes::Bytes), Error> {
+        let response = self
+            .inner
+            .http
+            .request(call.method.clone(), url.clone())
+            .query(&call.query)
+            .bearer_auth(token.secret.expose_secret())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.stats.count(call.endpoint, "error".into());
+                return Err(transport(&e));
+            }
+        };
+        let status = response.status();
+        self.inner
+            .stats
+            .count(call.endpoint, status.as_u16().to_string());
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| transport(&e))?;
+        if status.is_success() {
+            Ok((status, body))
+        } else {
+            Err(Error::from_status(
+                status.as_u16(),
+                api_error(status, &body),
+                retry_after,
+            ))
+        }
+    }
+
+    /// Full jitter: uniform in [0, min(max, base * 2^(attempt-1))]; `Retry-After` wins.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let opts = &self.inner.options;
+        if let Some(wait) = retry_after {
+            return wait.min(opts.max_retry_delay);
+        }
+        let ceiling = opts
+            .retry_base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(opts.max_retry_delay);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+
+    async fn token(&self) -> Result<Token, Error> {
+        self.inner.token.get(|| self.fetch_token()).await
+    }
+
+    /// `POST /token` with the API key, retried like any transient failure.
+    async fn fetch_token(&self) -> Result<(SecretString, Duration), Error> {
+        let opts = &self.inner.options;
+        let url = self.url("token")?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.inner.limiter.until_ready().await;
+            self.inner.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
+            let result = self.post_token(&url).await;
+            let err = match result {
+                Ok(token) => return Ok(token),
+                Err(err) => err,
+            };
+            let retry = err.is_transient() && attempt < opts.max_attempts;
+            let delay = retry.then(|| self.backoff(attempt, err.retry_after()));
+            let call = Call {
+                method: HttpMethod::POST,
+                path: "token".into(),
+                query: vec![],
+                endpoint: "token",
+                ids: Ids::default(),
+                retry_transient: true,
+            };
+            log_failed_attempt(&call, &err, attempt, opts.max_attempts, delay);
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(err),
+            }
+        }
+    }
+
+    async fn post_token(&self, url: &Url) -> Result<(SecretString, Duration), Error> {
+        let response = self
+            .inner
+            .http
+            .post(url.clone())
+            // The key is issued already base64-encoded: it goes as is.
+            .header(
+                header::AUTHORIZATION,
+                format!("Basic {}", self.inner.options.api_key.expose_secret()),
+            )
+            .header("basiq-version", "3.0")
+            .header(header::ACCEPT, "application/json")
+            .form(&[("scope", "SERVER_ACCESS")])
+            .send()
+            .await
+            .map_err(|e| {
+                self.inner.stats.count("token", "error".into());
+                transport(&e)
+            })?;
+        let status = response.status();
+        self.inner.stats.count("token", status.as_u16().to_string());
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|e| transport(&e))?;
+        if !status.is_success() {
+            let api = api_error(status, &body);
+            // A wrong key answers 404 "Unable to authenticate": that is an auth failure.
+            return Err(if status == StatusCode::NOT_FOUND {
+                Error::Unauthorised { api }
+            } else {
+                Error::from_status(status.as_u16(), api, retry_after)
+            });
+        }
+        let token: wire::TokenResponse = parse("token", &body)?;
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600).max(1));
+        Ok((token.access_token, lifetime))
+    }
+}
+
+fn log_failed_attempt(
+    call: &Call<'_>,
+    err: &Error,
+    attempt: u32,
+    max_attempts: u32,
+    retry_in: Option<Duration>,
+) {
+    tracing::warn!(
+        endpoint = call.endpoint,
+        user_id = call.ids.user_id.map(UserId::as_str),
+        connection_id = call.ids.connection_id.map(ConnectionId::as_str),
+        job_id = call.ids.job_id.map(JobId::as_str),
+        status = err.status(),
+        code = err.code(),
+        correlation_id = err.correlation_id(),
+        attempt,
+        max_attempts,
+        retry_in_ms = retry_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        error = %err,
+        "Basiq request failed"
+    );
+}
+
+fn transport(e: &reqwest::Error) -> Error {
+    // reqwest's Display names the URL (never a header), so no secret can leak through it.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    Error::Transport {
+        message,
+        timeout: e.is_timeout(),
+    }
+}
+
+fn decode(endpoint: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Decode {
+        endpoint,
+        message: e.to_string(),
+    }
+}
+
+fn parse<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| decode(endpoint, e))
+}
+
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Reads Basiq's error envelope; a body that is not one still yields the status.
+fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
+    let envelope: wire::ErrorEnvelope = serde_json::from_slice(body).unwrap_or_default();
+    let first = envelope.data.into_iter().next().unwrap_or_default();
+    ApiError {
+        status: status.as_u16(),
+        code: first.code,
+        title: first.title,
+        detail: first.detail,
+        correlation_id: envelope.correlation_id,
+    }
+}

@@ -1,0 +1,160 @@
+//! `basiq::Error`: what callers of the client branch on.
+
+use std::time::Duration;
+
+/// What Basiq said about a failed request: its status, error code and correlation id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: Option<String>,
+    pub title: Option<String>,
+    pub detail: Option<String>,
+    /// Basiq support asks for this id: it goes on every log line about the error.
+    pub correlation_id: Option<String>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(title) = &self.title {
+            write!(f, ": {title}")?;
+        }
+        if let Some(detail) = &self.detail {
+            write!(f, " ({detail})")?;
+        }
+        if let Some(id) = &self.correlation_id {
+            write!(f, " [correlationId {id}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// A failed call to Basiq.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 429: slow down; `retry_after` when Basiq said how long.
+    #[error("rate limited by Basiq ({api})")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        api: ApiError,
+    },
+    /// 401, 403, or a key Basiq does not know (404 on /token).
+    #[error("not authorised by Basiq ({api})")]
+    Unauthorised { api: ApiError },
+    #[error("not found at Basiq ({api})")]
+    NotFound { api: ApiError },
+    /// Another 4xx: the request itself was refused (e.g. refreshing a connection that is not active).
+    #[error("request refused by Basiq ({api})")]
+    Rejected { api: ApiError },
+    /// 5xx.
+    #[error("Basiq server error ({api})")]
+    Server { api: ApiError },
+    /// No answer: connect failure, timeout, reset connection.
+    #[error("could not reach Basiq: {message}")]
+    Transport { message: String, timeout: bool },
+    /// An answer we could not read.
+    #[error("could not read Basiq's answer to {endpoint}: {message}")]
+    Decode {
+        endpoint: &'static str,
+        message: String,
+    },
+}
+
+impl Error {
+    /// Worth retrying later: 429, 500, 502, 503, 504, timeouts, resets.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Transport { .. } => true,
+            Self::Server { api } => matches!(api.status, 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            Self::RateLimited { api, .. }
+            | Self::Unauthorised { api }
+            | Self::NotFound { api }
+            | Self::Rejected { api }
+            | Self::Server { api } => Some(api),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.api().map(|a| a.status)
+    }
+
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.api().and_then(|a| a.correlation_id.as_deref())
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        self.api().and_then(|a| a.code.as_deref())
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Basiq answers an expired token with 403 `access-denied` "Token has expired" (not 401).
+    pub(crate) fn is_stale_token(&self) -> bool {
+        match self {
+            Self::Unauthorised { api } => {
+                api.status == 401
+                    || (api.code.as_deref() == Some("access-denied")
+                        && api
+                            .detail
+                            .as_deref()
+                            .is_some_and(|d| d.to_ascii_lowercase().contains("expired")))
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_status(status: u16, api: ApiError, retry_after: Option<Duration>) -> Self {
+        match status {
+            429 => Self::RateLimited { retry_after, api },
+            401 | 403 => Self::Unauthorised { api },
+            404 => Self::NotFound { api },
+            500..=599 => Self::Server { api },
+            _ => Self::Rejected { api },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str, detail: &str) -> ApiError {
+        ApiError {
+            status,
+            code: Some(code.into()),
+            detail: Some(detail.into()),
+            ..ApiError::default()
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_the_retryable_ones() {
+        assert!(Error::from_status(429, api(429, "too-many-requests", ""), None).is_transient());
+        assert!(Error::from_status(503, api(503, "service-unavailable", ""), None).is_transient());
+        assert!(!Error::from_status(501, api(501, "x", ""), None).is_transient());
+        assert!(!Error::from_status(404, api(404, "resource-not-found", ""), None).is_transient());
+        assert!(!Error::from_status(400, api(400, "parameter-not-valid", ""), None).is_transient());
+    }
+
+    #[test]
+    fn expired_token_is_a_403_access_denied() {
+        assert!(Error::from_status(403, api(403, "access-denied", "Token has expired"), None).is_stale_token());
+        assert!(Error::from_status(401, api(401, "invalid-authorization-token", ""), None).is_stale_token());
+        assert!(!Error::from_status(403, api(403, "forbidden-access", ""), None).is_stale_token());
+    }
+}

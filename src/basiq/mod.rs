@@ -1,0 +1,13 @@
+//! Talks to Basiq's HTTP API and nothing else: one shared client, one cached token,
+//! request pacing, retries with full jitter, typed answers.
+//!
+//! Knows nothing about SQLite, schedules or health: callers decide what an answer means.
+
+mod client;
+mod error;
+mod token;
+mod wire;
+
+pub use client::{Client, ClientOptions, Ids, RefreshOutcome, Stats, UserSummary};
+pub use error::{ApiError, Error};
+pub use wire::BadTimestamp;

@@ -1,0 +1,294 @@
+//! Basiq's JSON as it arrives, and its conversion into domain types.
+//!
+//! Private to `basiq`: nothing outside this module sees a wire type. Every quirk listed in
+//! API.md is absorbed here (method `openbanking`, `expiryDate: ""`, failure `result` without
+//! `type`, `result` as an array, missing or placeholder `links.source`, `source: null`).
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::{
+    Connection, ConnectionId, ConnectionStatus, Connector, ConnectorStatus, InstitutionId, Job,
+    JobId, Method, Step, StepResult, StepStatus,
+};
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct List<T> {
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TokenResponse {
+    pub access_token: secrecy::SecretString,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ErrorEnvelope {
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub data: Vec<ErrorItem>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ErrorItem {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Reference {
+    pub id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Links {
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConnectionWire {
+    pub id: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub institution: Option<Reference>,
+    #[serde(default)]
+    pub created_date: Option<String>,
+    #[serde(default)]
+    pub last_used: Option<String>,
+    #[serde(default)]
+    pub expiry_date: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JobWire {
+    pub id: String,
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub updated: Option<String>,
+    #[serde(default)]
+    pub job_type: Option<String>,
+    #[serde(default)]
+    pub institution: Option<Reference>,
+    #[serde(default)]
+    pub steps: Vec<StepWire>,
+    #[serde(default)]
+    pub links: Option<Links>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StepWire {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub result: Value,
+}
+
+/// The stub a refresh answers with: `{"type":"job","id":...,"links":{"self":...}}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct JobStub {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConnectorWire {
+    pub id: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub institution: Option<ConnectorInstitution>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConnectorInstitution {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserWire {
+    pub id: String,
+    #[serde(default)]
+    pub connections: Option<List<Reference>>,
+}
+
+/// A timestamp Basiq sent that we could not read.
+#[derive(Debug, thiserror::Error)]
+#[error("field `{field}` is not a timestamp: {value:?}")]
+pub struct BadTimestamp {
+    pub field: &'static str,
+    pub value: String,
+}
+
+/// Basiq sends RFC 3339 (`2020-09-09T11:06:52Z`); an empty string means "none".
+pub(crate) fn timestamp(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, BadTimestamp> {
+    let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(Some(t.and_utc()));
+        }
+    }
+    Err(BadTimestamp {
+        field,
+        value: text.to_owned(),
+    })
+}
+
+impl ConnectionWire {
+    pub(crate) fn into_domain(self) -> Result<Connection, BadTimestamp> {
+        Ok(Connection {
+            created_date: timestamp("createdDate", self.created_date.as_deref())?,
+            last_used: timestamp("lastUsed", self.last_used.as_deref())?,
+            expiry_date: timestamp("expiryDate", self.expiry_date.as_deref())?,
+            id: ConnectionId(self.id),
+            status: ConnectionStatus::parse(self.status.as_deref().unwrap_or("")),
+            method: Method::parse(self.method.as_deref().unwrap_or("")),
+            institution_id: InstitutionId(self.institution.map(|i| i.id).unwrap_or_default()),
+        })
+    }
+}
+
+/// The connection id is the last path segment of `links.source` when it points at a
+/// connection; Basiq's own test data also holds the placeholder `"{source}"`.
+pub(crate) fn connection_id_from_source(source: &str) -> Option<ConnectionId> {
+    let path = source.split(['?', '#']).next().unwrap_or("");
+    let mut segments = path.trim_end_matches('/').rsplit('/');
+    let id = segments.next()?;
+    let parent = segments.next()?;
+    (parent == "connections" && !id.is_empty() && !id.contains('{'))
+        .then(|| ConnectionId(id.to_owned()))
+}
+
+fn step_result(value: Value) -> StepResult {
+    match value {
+        Value::Null => StepResult::None,
+        // One Basiq guide shows `result` as an array of result objects: the first one speaks.
+        Value::Array(items) => items
+            .into_iter()
+            .next()
+            .map(step_result)
+            .unwrap_or(StepResult::None),
+        Value::Object(map) => {
+            let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+            if let Some(code) = text("code") {
+                StepResult::Failure {
+                    code,
+                    title: text("title"),
+                    detail: text("detail"),
+                }
+            } else {
+                match text("type").as_deref() {
+                    Some("link") => StepResult::Link(text("url").unwrap_or_default()),
+                    Some("mfa") => StepResult::Mfa {
+                        method: text("method"),
+                    },
+                    _ => StepResult::Other(Value::Object(map).to_string()),
+                }
+            }
+        }
+        other => StepResult::Other(other.to_string()),
+    }
+}
+
+impl JobWire {
+    pub(crate) fn into_domain(self) -> Result<Job, BadTimestamp> {
+        Ok(Job {
+            created: timestamp("created", self.created.as_deref())?,
+            updated: timestamp("updated", self.updated.as_deref())?,
+            connection_id: self
+                .links
+                .and_then(|l| l.source)
+                .and_then(|s| connection_id_from_source(&s)),
+            id: JobId(self.id),
+            job_type: self.job_type,
+            institution_id: self.institution.map(|i| InstitutionId(i.id)),
+            steps: self
+                .steps
+                .into_iter()
+                .map(|s| Step {
+                    title: s.title,
+                    status: StepStatus::parse(&s.status),
+                    result: step_result(s.result),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl ConnectorWire {
+    pub(crate) fn into_domain(self) -> Connector {
+        Connector {
+            institution_id: InstitutionId(self.id),
+            method: Method::parse(self.method.as_deref().unwrap_or("")),
+            status: ConnectorStatus::parse(self.status.as_deref().unwrap_or("")),
+            name: self.institution.and_then(|i| i.name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_link_yields_the_connection_id() {
+        assert_eq!(
+            connection_id_from_source("https://au-api.basiq.io/users/u1/connections/c1"),
+            Some(ConnectionId::from("c1"))
+        );
+        assert_eq!(connection_id_from_source("{source}"), None);
+        assert_eq!(connection_id_from_source("https://x/users/u1"), None);
+    }
+
+    #[test]
+    fn step_results_of_every_shape_parse() {
+        let failure = serde_json::json!({"code": "authorization-failed", "title": "t", "detail": "access_denied"});
+        assert!(matches!(step_result(failure.clone()), StepResult::Failure { code, .. } if code == "authorization-failed"));
+        assert!(matches!(step_result(Value::Array(vec![failure])), StepResult::Failure { .. }));
+        assert_eq!(step_result(Value::Null), StepResult::None);
+        assert_eq!(step_result(Value::Array(vec![])), StepResult::None);
+        assert_eq!(
+            step_result(serde_json::json!({"type": "link", "url": "/users/u"})),
+            StepResult::Link("/users/u".into())
+        );
+        assert!(matches!(step_result(serde_json::json!({"type": "mfa", "method": "token"})), StepResult::Mfa { .. }));
+        assert!(matches!(step_result(serde_json::json!({"type": "weird"})), StepResult::Other(_)));
+    }
+
+    #[test]
+    fn empty_expiry_is_none_and_garbage_is_an_error() {
+        assert_eq!(timestamp("expiryDate", Some("")).unwrap(), None);
+        assert!(timestamp("x", Some("2020-09-09T11:06:52Z")).unwrap().is_some());
+        let err = timestamp("lastUsed", Some("yesterday")).unwrap_err();
+        assert!(err.to_string().contains("lastUsed"));
+    }
+}

@@ -1,0 +1,294 @@
+//! The daemon's vocabulary: identifiers and the enums Basiq speaks, parsed once at the edge.
+//!
+//! Knows nothing about HTTP or SQLite. Every enum that mirrors a Basiq value keeps unknown
+//! values verbatim in an `Other(String)` variant: Basiq adds values without notice, and an
+//! unknown value must never turn a good answer into a parse failure.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A Basiq user id.
+    UserId
+);
+id_type!(
+    /// A Basiq connection id (stable across purge).
+    ConnectionId
+);
+id_type!(
+    /// A Basiq job id.
+    JobId
+);
+id_type!(
+    /// A Basiq institution id, e.g. `AU00000`.
+    InstitutionId
+);
+
+/// Generates an enum over known kebab-case wire values with an `Other` catch-all.
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal $(| $alias:literal)*),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
+            /// A value this build does not know, kept verbatim.
+            Other(String),
+        }
+
+        impl $name {
+            pub fn parse(value: &str) -> Self {
+                match value {
+                    $($text $(| $alias)* => Self::$variant,)+
+                    other => Self::Other(other.to_owned()),
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $text,)+
+                    Self::Other(other) => other,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Ok(Self::parse(&text))
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// A connection's status. The spec names four; the docs add `init`, `deleted`, `revoked`.
+    ConnectionStatus {
+        Active => "active",
+        Pending => "pending",
+        PreInit => "pre-init",
+        Init => "init",
+        Invalid => "invalid",
+        Deleted => "deleted",
+        Revoked => "revoked",
+    }
+);
+
+wire_enum!(
+    /// How a connection reaches the bank. Basiq spells open banking two ways.
+    Method {
+        Web => "web",
+        OpenBanking => "open-banking" | "openbanking",
+        Csv => "csv",
+        Pdf => "pdf",
+    }
+);
+
+wire_enum!(
+    /// A job step's status.
+    StepStatus {
+        Pending => "pending",
+        InProgress => "in-progress",
+        Success => "success",
+        Failed => "failed",
+    }
+);
+
+wire_enum!(
+    /// A connector's (institution + method) status from `/connectors`.
+    ConnectorStatus {
+        Operational => "operational",
+        DegradedPerformance => "degraded-performance",
+        PartialOutage => "partial-outage",
+        MajorOutage => "major-outage",
+        UnderMaintenance => "under-maintenance",
+    }
+);
+
+impl ConnectorStatus {
+    /// Partial and major outages fail logins too; degraded and maintenance still work.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::PartialOutage | Self::MajorOutage)
+    }
+}
+
+/// A connection as the daemon sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub status: ConnectionStatus,
+    pub method: Method,
+    pub institution_id: InstitutionId,
+    pub created_date: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_used: Option<chrono::DateTime<chrono::Utc>>,
+    /// The open-banking consent's end; `None` for web connections (Basiq sends `""`).
+    pub expiry_date: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What a job step produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepResult {
+    None,
+    Link(String),
+    Failure {
+        code: String,
+        title: Option<String>,
+        detail: Option<String>,
+    },
+    Mfa {
+        method: Option<String>,
+    },
+    /// A shape we do not know, kept as JSON text.
+    Other(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub title: String,
+    pub status: StepStatus,
+    pub result: StepResult,
+}
+
+/// Where a job stands, derived from its steps (connection jobs have no top-level status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    InProgress,
+    Success,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "in-progress",
+            Self::Success => "success",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A Basiq job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated: Option<chrono::DateTime<chrono::Utc>>,
+    pub job_type: Option<String>,
+    pub institution_id: Option<InstitutionId>,
+    /// From `links.source`; missing while some jobs are in progress.
+    pub connection_id: Option<ConnectionId>,
+    pub steps: Vec<Step>,
+}
+
+impl Job {
+    /// Any failed step: failed; all steps succeeded: success; otherwise in progress.
+    pub fn state(&self) -> JobState {
+        if self.steps.iter().any(|s| s.status == StepStatus::Failed) {
+            JobState::Failed
+        } else if !self.steps.is_empty() && self.steps.iter().all(|s| s.status == StepStatus::Success) {
+            JobState::Success
+        } else {
+            JobState::InProgress
+        }
+    }
+
+    /// The failure code of the first failed step, if any.
+    pub fn failure_code(&self) -> Option<&str> {
+        self.steps.iter().find_map(|s| match (&s.status, &s.result) {
+            (StepStatus::Failed, StepResult::Failure { code, .. }) => Some(code.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The first failed step, if any.
+    pub fn failed_step(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.status == StepStatus::Failed)
+    }
+}
+
+/// A connector: one institution reached one way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connector {
+    pub institution_id: InstitutionId,
+    pub method: Method,
+    pub status: ConnectorStatus,
+    pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_enum_values_are_kept_verbatim() {
+        assert_eq!(ConnectionStatus::parse("frozen"), ConnectionStatus::Other("frozen".into()));
+        assert_eq!(ConnectionStatus::parse("frozen").as_str(), "frozen");
+        assert_eq!(Method::parse("openbanking"), Method::OpenBanking);
+        assert_eq!(Method::parse("open-banking").as_str(), "open-banking");
+        assert_eq!(ConnectorStatus::parse("on-fire"), ConnectorStatus::Other("on-fire".into()));
+    }
+
+    #[test]
+    fn job_state_is_derived_from_steps() {
+        let step = |status: &str| Step {
+            title: "verify-credentials".into(),
+            status: StepStatus::parse(status),
+            result: StepResult::None,
+        };
+        let job = |steps| Job {
+            id: JobId::from("j"),
+            created: None,
+            updated: None,
+            job_type: None,
+            institution_id: None,
+            connection_id: None,
+            steps,
+        };
+        assert_eq!(job(vec![step("success"), step("success")]).state(), JobState::Success);
+        assert_eq!(job(vec![step("failed"), step("pending")]).state(), JobState::Failed);
+        assert_eq!(job(vec![step("success"), step("in-progress")]).state(), JobState::InProgress);
+        assert_eq!(job(vec![]).state(), JobState::InProgress);
+    }
+}

@@ -1,0 +1,505 @@
+//! Settings: the TOML file, then `BASIQ_HEALTH__<SECTION>__<KEY>` environment overrides,
+//! validated once into typed values (`Url`, `Duration`, `NonZeroU32`, `SecretString`).
+//!
+//! Named `settings`, not `config`, so it does not shadow the `config` crate. Knows nothing
+//! about what the values are used for. Every error names the key and what to write instead.
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// Where the daemon's configuration lives unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/basiq-health/basiq-health.toml";
+/// The systemd credential name (`LoadCredential=basiq-api-key:...`).
+pub const CREDENTIAL_NAME: &str = "basiq-api-key";
+/// The environment variable holding the key when no file is used.
+pub const API_KEY_ENV: &str = "BASIQ_HEALTH_API_KEY";
+
+/// A configuration problem: exit code 78 (EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read the configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+    #[error(
+        "no Basiq API key: set `basiq.api_key_file`, or provide the systemd credential \
+         $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} (LoadCredential={CREDENTIAL_NAME}:/path), \
+         or set {API_KEY_ENV}"
+    )]
+    MissingApiKey,
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+// ---- raw, as written -------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSettings {
+    basiq: RawBasiq,
+    database: RawDatabase,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawBasiq {
+    base_url: String,
+    api_key_file: Option<PathBuf>,
+    timeout: String,
+    connect_timeout: String,
+    max_requests_per_second: u32,
+    max_attempts: u32,
+    retry_base_delay: String,
+    max_retry_delay: String,
+}
+
+impl Default for RawBasiq {
+    fn default() -> Self {
+        Self {
+            base_url: "https://au-api.basiq.io".into(),
+            api_key_file: None,
+            timeout: "30s".into(),
+            connect_timeout: "10s".into(),
+            max_requests_per_second: 10,
+            max_attempts: 3,
+            retry_base_delay: "500ms".into(),
+            max_retry_delay: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDatabase {
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+// ---- typed ---------------------------------------------------------------------------------
+
+/// The validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub basiq: BasiqSettings,
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone)]
+pub struct BasiqSettings {
+    pub base_url: Url,
+    pub api_key_file: Option<PathBuf>,
+    /// The key and where it came from; `None` when no source holds one.
+    pub api_key: Option<ApiKey>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_requests_per_second: NonZeroU32,
+    pub max_attempts: u32,
+    pub retry_base_delay: Duration,
+    pub max_retry_delay: Duration,
+}
+
+impl std::fmt::Debug for BasiqSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasiqSettings")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key_file", &self.api_key_file)
+            .field("api_key", &self.api_key)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_requests_per_second", &self.max_requests_per_second)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The API key with where it was found. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub secret: SecretString,
+    pub source: String,
+    /// Set when the key file can be read by group or others.
+    pub permission_warning: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey([redacted] from {})", self.source)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_log_format() -> LogFormat {
+    if std::io::stdout().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    }
+}
+
+impl Settings {
+    /// Reads `path`, applies the environment, validates.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        if !path.is_file() {
+            return Err(SettingsError::File {
+                path: path.to_owned(),
+                message: "no such file (write one from config/basiq-health.toml, or pass --config)"
+                    .into(),
+            });
+        }
+        let source = config::File::from(path).format(config::FileFormat::Toml);
+        Self::build(path, source)
+    }
+
+    /// Validates a TOML document (tests, `demo`).
+    pub fn from_toml(text: &str) -> Result<Self, SettingsError> {
+        Self::build(
+            Path::new("<inline>"),
+            config::File::from_str(text, config::FileFormat::Toml),
+        )
+    }
+
+    fn build<S>(path: &Path, source: S) -> Result<Self, SettingsError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        // No `try_parsing`: it would turn a key like "0123" into a number. Strings from the
+        // environment still deserialize into numeric fields.
+        let raw: RawSettings = config::Config::builder()
+            .add_source(source)
+            .add_source(
+                config::Environment::with_prefix("BASIQ_HEALTH")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| SettingsError::Parse {
+                path: path.to_owned(),
+                message: explain_config_error(&e.to_string()),
+            })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawSettings) -> Result<Self, SettingsError> {
+        let b = raw.basiq;
+        let base_url = parse_base_url(&b.base_url)?;
+        let api_key = resolve_api_key(
+            b.api_key_file.as_deref(),
+            std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            std::env::var(API_KEY_ENV).ok(),
+        )?;
+        let basiq = BasiqSettings {
+            base_url,
+            api_key_file: b.api_key_file,
+            api_key,
+            timeout: duration("basiq.timeout", &b.timeout)?,
+            connect_timeout: duration("basiq.connect_timeout", &b.connect_timeout)?,
+            max_requests_per_second: NonZeroU32::new(b.max_requests_per_second).ok_or_else(
+                || invalid("basiq.max_requests_per_second", "must be at least 1 (default 10)"),
+            )?,
+            max_attempts: match b.max_attempts {
+                0 => return Err(invalid("basiq.max_attempts", "must be at least 1 (default 3)")),
+                n => n,
+            },
+            retry_base_delay: duration("basiq.retry_base_delay", &b.retry_base_delay)?,
+            max_retry_delay: duration("basiq.max_retry_delay", &b.max_retry_delay)?,
+        };
+        if basiq.timeout.is_zero() {
+            return Err(invalid("basiq.timeout", "must be more than 0s (default \"30s\")"));
+        }
+        let database = DatabaseSettings {
+            path: raw.database.path.unwrap_or_else(default_database_path),
+        };
+        let log = LogSettings {
+            format: match raw.log.format.as_deref() {
+                None => default_log_format(),
+                Some("json") => LogFormat::Json,
+                Some("pretty") => LogFormat::Pretty,
+                Some(other) => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("must be \"json\" or \"pretty\", not {other:?}"),
+                    ));
+                }
+            },
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("is not a level or filter (try \"info\" or \"basiq_health=debug\"), got {:?}", log.level),
+            ));
+        }
+        Ok(Self {
+            basiq,
+            database,
+            log,
+        })
+    }
+
+    /// The key, or the error that names every place it may come from.
+    pub fn api_key(&self) -> Result<&ApiKey, SettingsError> {
+        self.basiq.api_key.as_ref().ok_or(SettingsError::MissingApiKey)
+    }
+
+    /// The effective settings as TOML, secrets redacted (`config check`).
+    pub fn render(&self) -> String {
+        let b = &self.basiq;
+        let key = match &b.api_key {
+            Some(k) => format!("\"[redacted]\"  # from {}", k.source),
+            None => "# none found".to_owned(),
+        };
+        let mut out = String::new();
+        out.push_str("[basiq]\n");
+        out.push_str(&format!("base_url = {:?}\n", b.base_url.as_str()));
+        if let Some(file) = &b.api_key_file {
+            out.push_str(&format!("api_key_file = {:?}\n", file.display().to_string()));
+        }
+        out.push_str(&format!("api_key = {key}\n"));
+        out.push_str(&format!("timeout = {:?}\n", fmt_duration(b.timeout)));
+        out.push_str(&format!("connect_timeout = {:?}\n", fmt_duration(b.connect_timeout)));
+        out.push_str(&format!("max_requests_per_second = {}\n", b.max_requests_per_second));
+        out.push_str(&format!("max_attempts = {}\n", b.max_attempts));
+        out.push_str(&format!("retry_base_delay = {:?}\n", fmt_duration(b.retry_base_delay)));
+        out.push_str(&format!("max_retry_delay = {:?}\n", fmt_duration(b.max_retry_delay)));
+        out.push_str("\n[database]\n");
+        out.push_str(&format!("path = {:?}\n", self.database.path.display().to_string()));
+        out.push_str("\n[log]\n");
+        let format = match self.log.format {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        };
+        out.push_str(&format!("format = {format:?}\n"));
+        out.push_str(&format!("level = {:?}\n", self.log.level));
+        out
+    }
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// `$STATE_DIRECTORY/basiq-health.db` under systemd, else `/var/lib/basiq-health/basiq-health.db`.
+fn default_database_path() -> PathBuf {
+    let dir = std::env::var_os("STATE_DIRECTORY")
+        .map(|v| {
+            // systemd may pass several directories separated by ':'; the first is ours.
+            let text = v.to_string_lossy().into_owned();
+            PathBuf::from(text.split(':').next().unwrap_or_default())
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("/var/lib/basiq-health"));
+    dir.join("basiq-health.db")
+}
+
+pub(crate) fn duration(key: &str, text: &str) -> Result<Duration, SettingsError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("expects a duration such as \"30s\", \"5m\" or \"24h\", got {text:?} ({e})"),
+        )
+    })
+}
+
+/// `https://` always; plain `http://` only to a loopback host (the simulator).
+fn parse_base_url(text: &str) -> Result<Url, SettingsError> {
+    let key = "basiq.base_url";
+    let url = Url::parse(text.trim())
+        .map_err(|e| invalid(key, format!("is not a URL ({e}): {text:?}")))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(invalid(
+            key,
+            format!(
+                "must use https:// (plain http is only allowed to a loopback host such as 127.0.0.1): {text:?}"
+            ),
+        )),
+        other => Err(invalid(key, format!("must be an https:// URL, not {other}://"))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// In order: `basiq.api_key_file`, `$CREDENTIALS_DIRECTORY/basiq-api-key`, `$BASIQ_HEALTH_API_KEY`.
+fn resolve_api_key(
+    file: Option<&Path>,
+    credentials_dir: Option<PathBuf>,
+    env: Option<String>,
+) -> Result<Option<ApiKey>, SettingsError> {
+    if let Some(path) = file {
+        let key = read_key_file(path).map_err(|problem| invalid("basiq.api_key_file", problem))?;
+        return Ok(Some(key));
+    }
+    if let Some(dir) = credentials_dir {
+        let path = dir.join(CREDENTIAL_NAME);
+        if path.exists() {
+            let key = read_key_file(&path)
+                .map_err(|problem| invalid("$CREDENTIALS_DIRECTORY", problem))?;
+            return Ok(Some(key));
+        }
+    }
+    if let Some(value) = env {
+        let value = value.trim().to_owned();
+        if value.is_empty() {
+            return Err(invalid(API_KEY_ENV, "is set but empty"));
+        }
+        return Ok(Some(ApiKey {
+            secret: SecretString::from(value),
+            source: format!("env {API_KEY_ENV}"),
+            permission_warning: None,
+        }));
+    }
+    Ok(None)
+}
+
+fn read_key_file(path: &Path) -> Result<ApiKey, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(format!("the key file {} is empty", path.display()));
+    }
+    Ok(ApiKey {
+        secret: SecretString::from(key.to_owned()),
+        source: format!("file {}", path.display()),
+        permission_warning: loose_permissions(path),
+    })
+}
+
+#[cfg(unix)]
+fn loose_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the API key file {} can be read by group or others (mode {:o}): run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn loose_permissions(_: &Path) -> Option<String> {
+    None
+}
+
+/// The `config` crate says "unknown field `x`, expected one of ..."; say which key to remove.
+fn explain_config_error(message: &str) -> String {
+    if message.contains("unknown field") {
+        format!("{message} (remove the key or fix its spelling; config/basiq-health.toml lists every key)")
+    } else {
+        message.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_is_refused_unless_loopback() {
+        assert!(parse_base_url("http://127.0.0.1:8787").is_ok());
+        assert!(parse_base_url("http://127.3.4.5").is_ok());
+        assert!(parse_base_url("http://localhost:1").is_ok());
+        assert!(parse_base_url("http://[::1]:9").is_ok());
+        assert!(parse_base_url("https://au-api.basiq.io").is_ok());
+        let err = parse_base_url("http://au-api.basiq.io").unwrap_err().to_string();
+        assert!(err.contains("basiq.base_url"), "{err}");
+        assert!(parse_base_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn api_key_sources_are_tried_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join(CREDENTIAL_NAME), "from-creds").unwrap();
+
+        let k = resolve_api_key(Some(&file), Some(creds.clone()), Some("env".into())).unwrap().unwrap();
+        assert!(k.source.contains("file"));
+        let k = resolve_api_key(None, Some(creds), Some("env".into())).unwrap().unwrap();
+        assert!(k.source.contains(CREDENTIAL_NAME) || k.source.contains("creds"));
+        let k = resolve_api_key(None, None, Some("0123456".into())).unwrap().unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&k.secret), "0123456");
+        assert!(resolve_api_key(None, None, None).unwrap().is_none());
+        let missing = resolve_api_key(Some(&dir.path().join("nope")), None, None).unwrap_err();
+        assert!(missing.to_string().contains("basiq.api_key_file"));
+    }
+
+    #[test]
+    fn debug_output_redacts_the_key() {
+        let key = ApiKey {
+            secret: SecretString::from("canary-secret-123".to_owned()),
+            source: "env".into(),
+            permission_warning: None,
+        };
+        assert!(!format!("{key:?}").contains("canary-secret-123"));
+    }
+
+    #[test]
+    fn durations_name_the_key() {
+        let err = duration("sweep.period", "soon").unwrap_err().to_string();
+        assert!(err.contains("sweep.period") && err.contains("soon"), "{err}");
+        assert_eq!(duration("k", "90s").unwrap(), Duration::from_secs(90));
+    }
+}

@@ -1,0 +1,636 @@
+//! A Basiq API stand-in on a loopback port, used by `demo`, `simulate` and the integration tests.
+//!
+//! It serves the Basiq 3.0 routes the daemon calls (`/token`, users, connections, jobs,
+//! refresh, purge, `/connectors`) with Basiq's shapes and quirks: list envelopes with `size` or
+//! `totalCount`, the error envelope with a `correlationId` on every 4xx/5xx, `expiryDate: ""`
+//! for web connections, `openbanking` spelled without a dash now and then, jobs that lose
+//! `links.source` while running, failure results without a `type` or wrapped in an array.
+//!
+//! The population is seeded: the same [`SimConfig::seed`] gives the same users, connections and
+//! scripted outcomes, so a test can pick a case with [`Simulator::scripted`] or
+//! [`Simulator::case_of`]. Jobs started by a refresh progress lazily, step by step, each time
+//! something reads them; when one finishes it changes its connection the way Basiq would.
+//!
+//! Tests steer it in process (faults, delays, outages, expired tokens, counters); a person with
+//! curl or the daemon's `demo` steers it through the unauthenticated `/_sim/` control routes.
+//!
+//! It knows nothing about SQLite or the daemon's modules: it only speaks HTTP, and never uses
+//! anything else from this crate, so it compiles on its own.
+
+mod population;
+mod routes;
+mod state;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use state::State;
+
+/// How to build a [`Simulator`].
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Population size.
+    pub users: usize,
+    /// Seed of the population: the same seed gives the same users, ids and outcomes.
+    pub seed: u64,
+    /// The key `POST /token` accepts as `Authorization: Basic <api_key>`. Left empty, it is
+    /// derived from the seed with [`default_api_key`].
+    pub api_key: String,
+    /// `expires_in` of the tokens it issues; a token older than this answers 403.
+    pub token_ttl: Duration,
+    /// How long each job step takes before the next one starts.
+    pub step_duration: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        let seed = 7;
+        Self {
+            users: 50,
+            seed,
+            api_key: default_api_key(seed),
+            token_ttl: Duration::from_secs(3600),
+            step_duration: Duration::from_secs(2),
+        }
+    }
+}
+
+// The key is a secret like any other: keep it out of `{:?}`.
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("users", &self.users)
+            .field("seed", &self.seed)
+            .field("api_key", &"[redacted]")
+            .field("token_ttl", &self.token_ttl)
+            .field("step_duration", &self.step_duration)
+            .finish()
+    }
+}
+
+/// The API key a simulator built with `seed` accepts when [`SimConfig::api_key`] is left empty:
+/// base64 text, like a real Basiq key (`c2ltLWtleS03...` for seed 7).
+pub fn default_api_key(seed: u64) -> String {
+    state::base64(
+        format!("sim-key-{seed}:basiq-health-simulator").as_bytes(),
+        state::STANDARD,
+        true,
+    )
+}
+
+/// The simulated Basiq API: cheap to clone, every clone shares one state.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api_key: String,
+    token_ttl: Duration,
+    step: Duration,
+    state: Mutex<State>,
+    in_flight: AtomicU64,
+    peak: AtomicU64,
+    /// Where [`Simulator::bind`] listens: the fallback for links when a request has no `Host`.
+    bound: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator")
+            .field("users", &self.lock().users.len())
+            .field("step", &self.inner.step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A simulator serving on a socket. Dropping it stops the server too, without waiting.
+pub struct RunningSim {
+    pub addr: SocketAddr,
+    pub sim: Simulator,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for RunningSim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningSim")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection as the simulator scripts it: what it serves and how its next refresh ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScriptedConnection {
+    pub id: String,
+    pub institution_id: String,
+    /// `web` or `open-banking`. Some open-banking connections are served as `openbanking`.
+    pub method: String,
+    /// `active`, `pending`, `invalid`, `pre-init`, `init`, ...: served verbatim.
+    pub status: String,
+    /// How the next refresh job (and the seeded history job) ends.
+    pub outcome: Outcome,
+    pub last_used: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+    /// The open-banking consent's end; `None` is served as `""`, as Basiq does for web.
+    pub expiry: Option<DateTime<Utc>>,
+}
+
+impl ScriptedConnection {
+    /// A healthy active connection with a fresh random id: created 90 days ago, used a day ago,
+    /// and for open banking a consent that ends in 275 days.
+    pub fn new(institution_id: &str, method: &str) -> Self {
+        let now = Utc::now();
+        let open_banking = method != "web";
+        Self {
+            id: state::uuid(&mut rand::rng()),
+            institution_id: institution_id.to_owned(),
+            method: method.to_owned(),
+            status: "active".to_owned(),
+            outcome: Outcome::Success,
+            last_used: Some(now - TimeDelta::days(1)),
+            created: now - TimeDelta::days(90),
+            expiry: open_banking.then(|| now + TimeDelta::days(275)),
+        }
+    }
+}
+
+/// How a job ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Every step succeeds; the connection's `lastUsed` becomes the finish time.
+    Success,
+    /// The step titled `step` fails with `{code, title, detail}`; the later steps stay pending.
+    Fail {
+        step: String,
+        code: String,
+        title: String,
+        detail: String,
+    },
+    /// `verify-credentials` waits on an `mfa-challenge` step that nobody answers.
+    MfaPending,
+    /// The job never leaves `in-progress`.
+    Hang,
+}
+
+impl Outcome {
+    /// A failure at `step` with the given code, title and detail.
+    pub fn fail(step: &str, code: &str, title: &str, detail: &str) -> Self {
+        Self::Fail {
+            step: step.to_owned(),
+            code: code.to_owned(),
+            title: title.to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+/// A job written into the history by hand, with explicit times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptedJob {
+    /// `None` picks a fresh id.
+    pub id: Option<String>,
+    pub connection_id: String,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    pub outcome: Outcome,
+    /// A running scripted job stays running for good: the step its outcome ends on is shown
+    /// `in-progress`, and refreshing its connection answers 200 with it.
+    pub running: bool,
+    /// `false` leaves out `links.source`, as Basiq sometimes does.
+    pub with_source: bool,
+}
+
+/// The routes the simulator counts and can inject faults into.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Route {
+    /// `POST /token`
+    Token,
+    /// `GET /users/{id}`
+    User,
+    /// `GET /users/{id}/connections`
+    Connections,
+    /// `GET /users/{id}/connections/{cid}`
+    Connection,
+    /// `GET /users/{id}/jobs`
+    Jobs,
+    /// `GET /jobs/{id}`
+    Job,
+    /// `POST /users/{id}/connections/{cid}/refresh`
+    Refresh,
+    /// `POST /users/{id}/connections/refresh`
+    BulkRefresh,
+    /// `POST /users/{id}/connections/{cid}/purge`
+    Purge,
+    /// `GET /connectors` and `GET /connectors/{id}/{method}`
+    Connectors,
+}
+
+impl Route {
+    /// Every route, in declaration order.
+    pub const ALL: [Route; 10] = [
+        Route::Token,
+        Route::User,
+        Route::Connections,
+        Route::Connection,
+        Route::Jobs,
+        Route::Job,
+        Route::Refresh,
+        Route::BulkRefresh,
+        Route::Purge,
+        Route::Connectors,
+    ];
+
+    /// The kebab-case name used in JSON and by [`FromStr`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Token => "token",
+            Route::User => "user",
+            Route::Connections => "connections",
+            Route::Connection => "connection",
+            Route::Jobs => "jobs",
+            Route::Job => "job",
+            Route::Refresh => "refresh",
+            Route::BulkRefresh => "bulk-refresh",
+            Route::Purge => "purge",
+            Route::Connectors => "connectors",
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A route name that is not one of [`Route::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown route {0:?}: expected one of token, user, connections, connection, jobs, job, refresh, bulk-refresh, purge, connectors")]
+pub struct UnknownRoute(pub String);
+
+impl FromStr for Route {
+    type Err = UnknownRoute;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Route::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRoute(s.to_owned()))
+    }
+}
+
+/// What an injected fault does to a request.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// Answer this status with Basiq's error envelope, and `Retry-After` when given.
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u64>,
+    },
+    /// Wait, then answer normally.
+    Delay { ms: u64 },
+    /// Answer 200 `application/json` with a body that is not valid JSON.
+    Malformed,
+    /// Close the connection without an HTTP response.
+    Drop,
+}
+
+/// A snapshot of what the simulator has been asked.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    /// Calls to `POST /token`, successful or not.
+    pub token_calls: u64,
+    /// Requests per route, faulted ones included.
+    pub requests: BTreeMap<Route, u64>,
+    /// When each connection was asked to refresh, whatever the answer.
+    pub refresh_calls: BTreeMap<String, Vec<DateTime<Utc>>>,
+    /// Calls to the bulk refresh the daemon must never make.
+    pub bulk_refresh_calls: u64,
+    /// Most requests in flight at once.
+    pub peak_concurrent: u64,
+    pub purge_calls: u64,
+    /// Every token issued, so a test can check none of them reaches the logs.
+    /// [`Simulator::reset_counters`] keeps this list.
+    pub issued_tokens: Vec<String>,
+    /// Connector status changes made through [`Simulator::set_connector_status`], in order:
+    /// `(institution id, method, status)`.
+    pub connector_changes: Vec<(String, String, String)>,
+}
+
+/// Which slice of the seeded mix a population connection belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Case {
+    /// Active, last job succeeded within the week.
+    Healthy,
+    /// Invalid after `invalid-credentials` ("Account is locked").
+    InvalidCredentials,
+    /// Invalid after `account-not-accessible-requires-user-action` (a bank popup).
+    BankPopup,
+    /// Active, last job failed with `service-unavailable`; most sit on the connector in outage.
+    ServiceUnavailable,
+    /// Open banking, consent ends within 1 to 25 days, healthy.
+    ConsentExpiringSoon,
+    /// Open banking, consent ended, status `invalid`.
+    ConsentExpired,
+    /// Invalid after `invalid-connection`.
+    ConnectionInvalid,
+    /// `pending` or `pre-init`, never used, no job.
+    NotYetActive,
+    /// Active, used 5 days ago, no job within the 7 days Basiq keeps.
+    Stale,
+    /// Active, last job failed with `unknown-error` or `job-timed-out`.
+    Transient,
+}
+
+/// A connector as served by `/connectors`: the pair (institution, method) and its status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorStatus {
+    pub institution_id: String,
+    pub method: String,
+    pub status: String,
+}
+
+impl Simulator {
+    /// Builds the seeded population.
+    pub fn new(cfg: SimConfig) -> Self {
+        let api_key = if cfg.api_key.is_empty() {
+            default_api_key(cfg.seed)
+        } else {
+            cfg.api_key.clone()
+        };
+        let state = population::build(&cfg, Utc::now());
+        Self {
+            inner: Arc::new(Inner {
+                api_key,
+                token_ttl: cfg.token_ttl,
+                step: cfg.step_duration,
+                state: Mutex::new(state),
+                in_flight: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+                bound: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves the simulator on a spawned task.
+    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<RunningSim> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        *self
+            .inner
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(base_url_of(addr));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
+                // A dropped sender stops the server as well.
+                let _ = stopped.await;
+            });
+            if let Err(e) = serving.await {
+                tracing::warn!(error = %e, "the Basiq simulator stopped serving");
+            }
+        });
+        tracing::info!(%addr, "Basiq simulator listening");
+        Ok(RunningSim {
+            addr,
+            sim: self,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The routes, for callers that serve them themselves.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.clone())
+    }
+
+    /// The key `POST /token` accepts.
+    pub fn api_key(&self) -> String {
+        self.inner.api_key.clone()
+    }
+
+    /// User ids, in population order (added users last).
+    pub fn user_ids(&self) -> Vec<String> {
+        self.lock().users.iter().map(|u| u.id.clone()).collect()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        let mut counters = self.lock().counters.clone();
+        counters.peak_concurrent = self.inner.peak.load(Ordering::SeqCst);
+        counters
+    }
+
+    /// Zeroes the counters; the list of issued tokens stays.
+    pub fn reset_counters(&self) {
+        let mut st = self.lock();
+        let issued = std::mem::take(&mut st.counters.issued_tokens);
+        st.counters = Counters {
+            issued_tokens: issued,
+            ..Counters::default()
+        };
+        self.inner
+            .peak
+            .store(self.inner.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// The next `times` requests to `route` get `fault`, after any faults queued before.
+    pub fn inject_fault(&self, route: Route, fault: Fault, times: u32) {
+        if times == 0 {
+            return;
+        }
+        tracing::info!(%route, ?fault, times, "simulator fault injected");
+        self.lock()
+            .faults
+            .entry(route)
+            .or_default()
+            .push_back((fault, times));
+    }
+
+    /// Adds `delay` to every request to `route` (`None`: to every route) until changed;
+    /// [`Duration::ZERO`] clears it. A route's own delay adds to the all-routes one.
+    pub fn set_delay(&self, route: Option<Route>, delay: Duration) {
+        let mut st = self.lock();
+        match route {
+            None => st.global_delay = delay,
+            Some(r) if delay.is_zero() => {
+                st.route_delays.remove(&r);
+            }
+            Some(r) => {
+                st.route_delays.insert(r, delay);
+            }
+        }
+    }
+
+    /// Sets a connector's status (`operational`, `major-outage`, ...), adding the connector
+    /// when it is new, and records the change in [`Counters::connector_changes`].
+    pub fn set_connector_status(&self, institution_id: &str, method: &str, status: &str) {
+        tracing::info!(institution_id, method, status, "simulator connector status set");
+        let mut st = self.lock();
+        st.set_connector_status(institution_id, method, status);
+        st.counters.connector_changes.push((
+            institution_id.to_owned(),
+            method.to_owned(),
+            status.to_owned(),
+        ));
+    }
+
+    /// Every connector with its current status.
+    pub fn connectors(&self) -> Vec<ConnectorStatus> {
+        self.lock()
+            .connectors
+            .iter()
+            .map(|c| ConnectorStatus {
+                institution_id: c.institution.id.to_owned(),
+                method: c.method.clone(),
+                status: c.status.clone(),
+            })
+            .collect()
+    }
+
+    /// Every token issued so far now answers 403 "Token has expired"; new ones work.
+    pub fn expire_tokens(&self) {
+        self.lock().expire_tokens();
+    }
+
+    /// Adds a user without connections (nothing happens when it exists).
+    pub fn add_user(&self, user_id: &str) {
+        self.lock().add_user(user_id);
+    }
+
+    /// Removes a user, its connections and its jobs: from then on its routes answer 404.
+    pub fn remove_user(&self, user_id: &str) {
+        self.lock().remove_user(user_id);
+    }
+
+    /// Adds (or replaces, by id) a connection; the user is created when missing. An empty id
+    /// gets a fresh one. No history job is made: add one with [`Simulator::add_job`].
+    pub fn add_connection(&self, user_id: &str, conn: ScriptedConnection) {
+        self.lock().add_connection(user_id, conn);
+    }
+
+    /// Adds a job to the history of one of the user's connections (ignored, with a warning,
+    /// when the user has no such connection).
+    pub fn add_job(&self, user_id: &str, job: ScriptedJob) {
+        self.lock().add_job(user_id, job);
+    }
+
+    /// The user's connection ids, in the order they are served.
+    pub fn connection_ids(&self, user_id: &str) -> Vec<String> {
+        self.scripted(user_id).into_iter().map(|c| c.id).collect()
+    }
+
+    /// The user's connections as they stand now (finished jobs applied).
+    pub fn scripted(&self, user_id: &str) -> Vec<ScriptedConnection> {
+        let mut st = self.lock();
+        st.settle(Utc::now(), self.inner.step);
+        st.user(user_id)
+            .map(|u| u.connections.iter().map(|c| c.s.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Which slice of the seeded mix a connection was made for (`None` for added ones).
+    pub fn case_of(&self, connection_id: &str) -> Option<Case> {
+        self.lock().cases.get(connection_id).copied()
+    }
+
+    /// Changes what the connection's next refresh jobs end with. False when it is unknown.
+    pub fn set_outcome(&self, connection_id: &str, outcome: Outcome) -> bool {
+        let mut st = self.lock();
+        match st.connection_mut(connection_id) {
+            Some(c) => {
+                c.s.outcome = outcome;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Changes a connection's status (`active`, `invalid`, ...). False when it is unknown.
+    pub fn set_connection_status(&self, connection_id: &str, status: &str) -> bool {
+        let mut st = self.lock();
+        match st.connection_mut(connection_id) {
+            Some(c) => {
+                c.s.status = status.to_owned();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ids of every job of the user Basiq would still list or serve, oldest first.
+    pub fn job_ids(&self, user_id: &str) -> Vec<String> {
+        self.lock()
+            .jobs
+            .iter()
+            .filter(|j| j.user_id == user_id)
+            .map(|j| j.id.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RunningSim {
+    /// `http://127.0.0.1:PORT`: what the daemon uses as Basiq's base URL.
+    pub fn base_url(&self) -> String {
+        base_url_of(self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish (5 s at most), then returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn base_url_of(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
