@@ -10,7 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::{self, App};
+use crate::domain::UserId;
+use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
+use crate::sim::{SimConfig, Simulator};
+use crate::store::{OpenError, UserRow};
 use crate::telemetry;
 
 /// Exit code for a configuration error (sysexits EX_CONFIG).
@@ -19,7 +24,11 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const EXIT_DATABASE: u8 = 74;
 
 #[derive(Debug, Parser)]
-#[command(name = "basiq-health", version, about = "Watches the health of Basiq bank connections")]
+#[command(
+    name = "basiq-health",
+    version,
+    about = "Watches the health of Basiq bank connections"
+)]
 pub struct Cli {
     /// The TOML configuration file.
     #[arg(
@@ -39,6 +48,79 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the daemon: scheduler, sweep worker and local API, until SIGTERM or SIGINT.
+    Run,
+    /// One pass now over all registered users (or those named), then exit.
+    Sweep(SweepArgs),
+    /// The login-time check: sweep one user now (unless swept very recently) and print
+    /// its connections' health as JSON.
+    Check(CheckArgs),
+    /// Report connection health: a table, or JSON with --json.
+    Status(StatusArgs),
+    /// Manage the register of watched users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// A one-minute tour: the simulator, a temporary database and the real daemon path
+    /// over a compressed day with an outage that starts and ends. Needs no config file.
+    Demo(DemoArgs),
+    /// Serve a Basiq stand-in on a loopback port (for trying the daemon and for tests).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Sweep only this user (repeatable).
+    #[arg(long = "user", value_name = "ID")]
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    pub user_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this user's connections.
+    #[arg(long = "user", value_name = "ID")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Register users (idempotent).
+    Add {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop watching users (their history is kept).
+    Remove {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Register the ids in FILE: one per line, `#` starts a comment (idempotent).
+    Import { file: PathBuf },
+    /// List registered users with their next and last sweep.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Users in the simulated population.
+    #[arg(long, default_value_t = 200)]
+    pub users: usize,
+    /// Seed of the population.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// The compressed day: every user is swept once in this time.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub day: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,13 +159,188 @@ pub struct SimulateArgs {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(&cli.config),
+        Command::Simulate(args) => {
+            telemetry::init(&LogSettings::default(), std::io::stderr);
+            runtime()?.block_on(simulate(args))
+        }
+        Command::Demo(args) => {
+            runtime()?.block_on(crate::demo::run(args.users, args.seed, args.day))
+        }
+        command => {
+            let settings = load_settings(&cli.config)?;
+            // Logs go to stdout for the daemon (journald), to stderr for one-shot commands
+            // whose stdout is their answer.
+            match command {
+                Command::Run => telemetry::init(&settings.log, std::io::stdout),
+                _ => telemetry::init(&settings.log, std::io::stderr),
+            }
+            runtime()?.block_on(run_with_settings(command, settings))
+        }
     }
+}
+
+async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Result<u8> {
+    match command {
+        Command::Run => {
+            let app = App::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Sweep(args) => {
+            let sweeper = app::build_sweeper(&settings).await?;
+            let only: Vec<UserId> = if args.users.is_empty() {
+                sweeper
+                    .store()
+                    .list_users()
+                    .await?
+                    .into_iter()
+                    .filter(|u| u.gone_at.is_none())
+                    .map(|u| u.user_id)
+                    .collect()
+            } else {
+                args.users.into_iter().map(UserId::new).collect()
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let stop = cancel.clone();
+            let signal = tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.cancel();
+            });
+            let counts = sweeper.run_pass("command", Some(only), &cancel).await?;
+            signal.abort();
+            sweeper.store().close().await;
+            println!("{}", serde_json::to_string(&counts)?);
+            Ok(0)
+        }
+        Command::Check(args) => {
+            let sweeper = app::build_sweeper(&settings).await?;
+            let user = UserId::new(args.user_id);
+            let swept = sweeper.login_check(&user).await?;
+            let report = report::status(sweeper.store(), Some(&user)).await?;
+            let body = serde_json::json!({
+                "user_id": user,
+                "swept": swept,
+                "connections": report.connections,
+            });
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            sweeper.store().close().await;
+            Ok(0)
+        }
+        Command::Status(args) => {
+            let store = app::open_store(&settings).await?;
+            let user = args.user.map(UserId::new);
+            let report = report::status(&store, user.as_ref()).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report::render_table(&report));
+            }
+            store.close().await;
+            Ok(0)
+        }
+        Command::Users(command) => users(command, &settings).await,
+        Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
+    }
+}
+
+/// `users list --json` and `GET /v1/users`: `[{"user_id", "next_due_at", "last_swept_at"}]`.
+pub fn users_json(users: &[UserRow]) -> serde_json::Value {
+    users
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "user_id": u.user_id,
+                "next_due_at": u.next_due_at,
+                "last_swept_at": u.last_swept_at,
+                "gone": u.gone_at.is_some(),
+            })
+        })
+        .collect()
+}
+
+async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8> {
+    let store = app::open_store(settings).await?;
+    // Offsets need the installation seed and the period only: no key, no network.
+    let seed = store.installation_seed().await?;
+    let period = settings.sweep.period;
+    let now = chrono::Utc::now();
+    let due = |u: &UserId| crate::sweep::schedule::next_slot(seed, u.as_str(), period, now);
+    match command {
+        UsersCommand::Add { ids } => {
+            let ids: Vec<UserId> = ids.into_iter().map(UserId::new).collect();
+            let added = store.add_users(&ids, now, due).await?;
+            println!(
+                "added {added} user(s), {} already registered",
+                ids.len() as u64 - added
+            );
+        }
+        UsersCommand::Remove { ids } => {
+            let ids: Vec<UserId> = ids.into_iter().map(UserId::new).collect();
+            let removed = store.remove_users(&ids, now).await?;
+            println!("removed {removed} user(s)");
+        }
+        UsersCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("while reading {}", file.display()))?;
+            let ids = parse_user_file(&text);
+            let added = store.add_users(&ids, now, due).await?;
+            println!(
+                "imported {} id(s) from {}: {added} new, {} already registered",
+                ids.len(),
+                file.display(),
+                ids.len() as u64 - added
+            );
+        }
+        UsersCommand::List { json } => {
+            let users = store.list_users().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users_json(&users))?);
+            } else {
+                println!(
+                    "{:<40} {:<22} {:<22}",
+                    "user_id", "next_due_at", "last_swept_at"
+                );
+                for u in &users {
+                    let last = u
+                        .last_swept_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                        .unwrap_or_else(|| "-".into());
+                    let gone = if u.gone_at.is_some() {
+                        "  (gone: 404 at Basiq)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:<40} {:<22} {:<22}{gone}",
+                        u.user_id,
+                        u.next_due_at.format("%Y-%m-%d %H:%M:%SZ"),
+                        last
+                    );
+                }
+            }
+        }
+    }
+    store.close().await;
+    Ok(0)
+}
+
+/// One id per line; blank lines and `#` comments (whole-line or trailing) are ignored.
+pub fn parse_user_file(text: &str) -> Vec<UserId> {
+    let mut seen = std::collections::BTreeSet::new();
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .filter(|l| seen.insert(l.to_string()))
+        .map(UserId::new)
+        .collect()
 }
 
 /// The exit code an error maps to.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|c| c.is::<SettingsError>()) {
         EXIT_CONFIG
+    } else if err.chain().any(|c| c.is::<OpenError>()) {
+        EXIT_DATABASE
     } else {
         1
     }
@@ -119,6 +376,43 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
         None => eprintln!("warning: {}", SettingsError::MissingApiKey),
     }
     eprintln!("configuration OK");
+    Ok(0)
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
+    let mut config = SimConfig {
+        users: args.users,
+        seed: args.seed,
+        token_ttl: args.token_ttl,
+        step_duration: args.step_duration,
+        ..SimConfig::default()
+    };
+    if let Some(key) = args.api_key {
+        config.api_key = key;
+    } else {
+        config.api_key = crate::sim::default_api_key(args.seed);
+    }
+    let sim = Simulator::new(config);
+    if let Some(path) = &args.users_file {
+        let mut text = sim.user_ids().join("\n");
+        text.push('\n');
+        std::fs::write(path, text)
+            .with_context(|| format!("while writing the users file {}", path.display()))?;
+    }
+    let running = sim
+        .clone()
+        .bind(args.listen)
+        .await
+        .with_context(|| format!("while binding {}", args.listen))?;
+    println!("simulator listening on {}", running.base_url());
+    println!("api key: {}", sim.api_key());
+    match &args.users_file {
+        Some(path) => println!("users: {} (ids written to {})", args.users, path.display()),
+        None => println!("users: {}", args.users),
+    }
+    println!("stop with Ctrl-C");
+    shutdown_signal().await;
+    running.shutdown().await;
     Ok(0)
 }
 

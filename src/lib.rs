@@ -9,13 +9,26 @@
 //! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
 //! - [`domain`]: ids and Basiq's enums, unknown values kept verbatim.
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.
+//! - [`classify`]: pure health classification.
+//! - [`store`]: SQLite through sqlx; no decisions.
+//! - [`sweep`]: one pass over due users, one user's sweep, the ticking scheduler.
+//! - [`report`]: the status report (JSON and table).
+//! - [`app`]: build, then run until stopped.
+//! - [`api`]: the local control API.
 //! - [`sim`]: a Basiq stand-in on a loopback port for the demo, tests and benchmarks.
 //! - [`cli`]: the commands.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
 pub mod basiq;
+pub mod classify;
 pub mod cli;
+pub mod demo;
 pub mod domain;
+pub mod report;
 pub mod settings;
-// pub mod sim;
+pub mod sim;
+pub mod store;
+pub mod sweep;
 pub mod telemetry;

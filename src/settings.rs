@@ -53,6 +53,69 @@ struct RawSettings {
     basiq: RawBasiq,
     database: RawDatabase,
     log: RawLog,
+    sweep: RawSweep,
+    outage: RawOutage,
+    api: RawApi,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawSweep {
+    period: String,
+    tick: String,
+    concurrency: u32,
+    connectors_ttl: String,
+    stale_after: String,
+    login_min_interval: String,
+    retry_after: String,
+    batch_size: u32,
+}
+
+impl Default for RawSweep {
+    fn default() -> Self {
+        Self {
+            period: "24h".into(),
+            tick: "0 * * * * *".into(),
+            concurrency: 8,
+            connectors_ttl: "5m".into(),
+            stale_after: "72h".into(),
+            login_min_interval: "10m".into(),
+            retry_after: "10m".into(),
+            batch_size: 200,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawOutage {
+    min_users: u32,
+    window: String,
+}
+
+impl Default for RawOutage {
+    fn default() -> Self {
+        Self {
+            min_users: 3,
+            window: "1h".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawApi {
+    listen: String,
+    token_file: Option<PathBuf>,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8088".into(),
+            token_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +167,47 @@ pub struct Settings {
     pub basiq: BasiqSettings,
     pub database: DatabaseSettings,
     pub log: LogSettings,
+    pub sweep: SweepSettings,
+    pub outage: OutageSettings,
+    pub api: ApiSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    /// Each user is swept once per period, at its stable offset.
+    pub period: Duration,
+    /// 6-field cron (seconds first) for the one periodic tick.
+    pub tick: String,
+    pub concurrency: NonZeroU32,
+    pub connectors_ttl: Duration,
+    pub stale_after: Duration,
+    pub login_min_interval: Duration,
+    pub retry_after: Duration,
+    pub batch_size: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutageSettings {
+    pub min_users: NonZeroU32,
+    pub window: Duration,
+}
+
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// `None`: the local API is disabled (`listen = ""`).
+    pub listen: Option<std::net::SocketAddr>,
+    pub token_file: Option<PathBuf>,
+    pub token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("listen", &self.listen)
+            .field("token_file", &self.token_file)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -243,17 +347,30 @@ impl Settings {
             timeout: duration("basiq.timeout", &b.timeout)?,
             connect_timeout: duration("basiq.connect_timeout", &b.connect_timeout)?,
             max_requests_per_second: NonZeroU32::new(b.max_requests_per_second).ok_or_else(
-                || invalid("basiq.max_requests_per_second", "must be at least 1 (default 10)"),
+                || {
+                    invalid(
+                        "basiq.max_requests_per_second",
+                        "must be at least 1 (default 10)",
+                    )
+                },
             )?,
             max_attempts: match b.max_attempts {
-                0 => return Err(invalid("basiq.max_attempts", "must be at least 1 (default 3)")),
+                0 => {
+                    return Err(invalid(
+                        "basiq.max_attempts",
+                        "must be at least 1 (default 3)",
+                    ));
+                }
                 n => n,
             },
             retry_base_delay: duration("basiq.retry_base_delay", &b.retry_base_delay)?,
             max_retry_delay: duration("basiq.max_retry_delay", &b.max_retry_delay)?,
         };
         if basiq.timeout.is_zero() {
-            return Err(invalid("basiq.timeout", "must be more than 0s (default \"30s\")"));
+            return Err(invalid(
+                "basiq.timeout",
+                "must be more than 0s (default \"30s\")",
+            ));
         }
         let database = DatabaseSettings {
             path: raw.database.path.unwrap_or_else(default_database_path),
@@ -275,19 +392,47 @@ impl Settings {
         if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
             return Err(invalid(
                 "log.level",
-                format!("is not a level or filter (try \"info\" or \"basiq_health=debug\"), got {:?}", log.level),
+                format!(
+                    "is not a level or filter (try \"info\" or \"basiq_health=debug\"), got {:?}",
+                    log.level
+                ),
             ));
         }
+        let sw = raw.sweep;
+        let sweep = SweepSettings {
+            period: positive("sweep.period", &sw.period)?,
+            tick: validate_cron("sweep.tick", &sw.tick)?,
+            concurrency: NonZeroU32::new(sw.concurrency)
+                .ok_or_else(|| invalid("sweep.concurrency", "must be at least 1 (default 8)"))?,
+            connectors_ttl: duration("sweep.connectors_ttl", &sw.connectors_ttl)?,
+            stale_after: positive("sweep.stale_after", &sw.stale_after)?,
+            login_min_interval: duration("sweep.login_min_interval", &sw.login_min_interval)?,
+            retry_after: positive("sweep.retry_after", &sw.retry_after)?,
+            batch_size: NonZeroU32::new(sw.batch_size)
+                .ok_or_else(|| invalid("sweep.batch_size", "must be at least 1 (default 200)"))?,
+        };
+        let outage = OutageSettings {
+            min_users: NonZeroU32::new(raw.outage.min_users)
+                .ok_or_else(|| invalid("outage.min_users", "must be at least 1 (default 3)"))?,
+            window: positive("outage.window", &raw.outage.window)?,
+        };
+        let api = parse_api(raw.api)?;
         Ok(Self {
             basiq,
             database,
             log,
+            sweep,
+            outage,
+            api,
         })
     }
 
     /// The key, or the error that names every place it may come from.
     pub fn api_key(&self) -> Result<&ApiKey, SettingsError> {
-        self.basiq.api_key.as_ref().ok_or(SettingsError::MissingApiKey)
+        self.basiq
+            .api_key
+            .as_ref()
+            .ok_or(SettingsError::MissingApiKey)
     }
 
     /// The effective settings as TOML, secrets redacted (`config check`).
@@ -301,17 +446,35 @@ impl Settings {
         out.push_str("[basiq]\n");
         out.push_str(&format!("base_url = {:?}\n", b.base_url.as_str()));
         if let Some(file) = &b.api_key_file {
-            out.push_str(&format!("api_key_file = {:?}\n", file.display().to_string()));
+            out.push_str(&format!(
+                "api_key_file = {:?}\n",
+                file.display().to_string()
+            ));
         }
         out.push_str(&format!("api_key = {key}\n"));
         out.push_str(&format!("timeout = {:?}\n", fmt_duration(b.timeout)));
-        out.push_str(&format!("connect_timeout = {:?}\n", fmt_duration(b.connect_timeout)));
-        out.push_str(&format!("max_requests_per_second = {}\n", b.max_requests_per_second));
+        out.push_str(&format!(
+            "connect_timeout = {:?}\n",
+            fmt_duration(b.connect_timeout)
+        ));
+        out.push_str(&format!(
+            "max_requests_per_second = {}\n",
+            b.max_requests_per_second
+        ));
         out.push_str(&format!("max_attempts = {}\n", b.max_attempts));
-        out.push_str(&format!("retry_base_delay = {:?}\n", fmt_duration(b.retry_base_delay)));
-        out.push_str(&format!("max_retry_delay = {:?}\n", fmt_duration(b.max_retry_delay)));
+        out.push_str(&format!(
+            "retry_base_delay = {:?}\n",
+            fmt_duration(b.retry_base_delay)
+        ));
+        out.push_str(&format!(
+            "max_retry_delay = {:?}\n",
+            fmt_duration(b.max_retry_delay)
+        ));
         out.push_str("\n[database]\n");
-        out.push_str(&format!("path = {:?}\n", self.database.path.display().to_string()));
+        out.push_str(&format!(
+            "path = {:?}\n",
+            self.database.path.display().to_string()
+        ));
         out.push_str("\n[log]\n");
         let format = match self.log.format {
             LogFormat::Json => "json",
@@ -319,6 +482,43 @@ impl Settings {
         };
         out.push_str(&format!("format = {format:?}\n"));
         out.push_str(&format!("level = {:?}\n", self.log.level));
+        let sw = &self.sweep;
+        out.push_str("\n[sweep]\n");
+        out.push_str(&format!("period = {:?}\n", fmt_duration(sw.period)));
+        out.push_str(&format!("tick = {:?}\n", sw.tick));
+        out.push_str(&format!("concurrency = {}\n", sw.concurrency));
+        out.push_str(&format!(
+            "connectors_ttl = {:?}\n",
+            fmt_duration(sw.connectors_ttl)
+        ));
+        out.push_str(&format!(
+            "stale_after = {:?}\n",
+            fmt_duration(sw.stale_after)
+        ));
+        out.push_str(&format!(
+            "login_min_interval = {:?}\n",
+            fmt_duration(sw.login_min_interval)
+        ));
+        out.push_str(&format!(
+            "retry_after = {:?}\n",
+            fmt_duration(sw.retry_after)
+        ));
+        out.push_str(&format!("batch_size = {}\n", sw.batch_size));
+        out.push_str("\n[outage]\n");
+        out.push_str(&format!("min_users = {}\n", self.outage.min_users));
+        out.push_str(&format!(
+            "window = {:?}\n",
+            fmt_duration(self.outage.window)
+        ));
+        out.push_str("\n[api]\n");
+        let listen = self.api.listen.map(|a| a.to_string()).unwrap_or_default();
+        out.push_str(&format!("listen = {listen:?}\n"));
+        if let Some(file) = &self.api.token_file {
+            out.push_str(&format!(
+                "token_file = {:?}  # token [redacted]\n",
+                file.display().to_string()
+            ));
+        }
         out
     }
 }
@@ -338,6 +538,86 @@ fn default_database_path() -> PathBuf {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("/var/lib/basiq-health"));
     dir.join("basiq-health.db")
+}
+
+/// A duration that must be more than zero.
+fn positive(key: &str, text: &str) -> Result<Duration, SettingsError> {
+    let d = duration(key, text)?;
+    if d.is_zero() {
+        return Err(invalid(key, format!("must be more than 0s, got {text:?}")));
+    }
+    Ok(d)
+}
+
+/// Six fields, seconds first, as tokio-cron-scheduler wants.
+fn validate_cron(key: &str, text: &str) -> Result<String, SettingsError> {
+    let fields = text.split_whitespace().count();
+    if fields != 6 {
+        return Err(invalid(
+            key,
+            format!(
+                "must be a 6-field cron expression, seconds first (e.g. \"0 * * * * *\" for every minute), got {text:?} with {fields} fields"
+            ),
+        ));
+    }
+    tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {})).map_err(|e| {
+        invalid(
+            key,
+            format!("is not a valid cron expression ({e}): {text:?}"),
+        )
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+fn parse_api(raw: RawApi) -> Result<ApiSettings, SettingsError> {
+    let listen = raw.listen.trim();
+    if listen.is_empty() {
+        return Ok(ApiSettings {
+            listen: None,
+            token_file: raw.token_file,
+            token: None,
+        });
+    }
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "api.listen",
+            format!(
+                "must be an address such as \"127.0.0.1:8088\", or \"\" to disable, got {listen:?}"
+            ),
+        )
+    })?;
+    let token = match &raw.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "api.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(invalid(
+                    "api.token_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Some(SecretString::from(text.to_owned()))
+        }
+        None => None,
+    };
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(invalid(
+            "api.listen",
+            format!(
+                "{addr} is not a loopback address: set api.token_file (a bearer token) to expose the API"
+            ),
+        ));
+    }
+    Ok(ApiSettings {
+        listen: Some(addr),
+        token_file: raw.token_file,
+        token,
+    })
 }
 
 pub(crate) fn duration(key: &str, text: &str) -> Result<Duration, SettingsError> {
@@ -363,7 +643,10 @@ fn parse_base_url(text: &str) -> Result<Url, SettingsError> {
                 "must use https:// (plain http is only allowed to a loopback host such as 127.0.0.1): {text:?}"
             ),
         )),
-        other => Err(invalid(key, format!("must be an https:// URL, not {other}://"))),
+        other => Err(invalid(
+            key,
+            format!("must be an https:// URL, not {other}://"),
+        )),
     }
 }
 
@@ -444,7 +727,9 @@ fn loose_permissions(_: &Path) -> Option<String> {
 /// The `config` crate says "unknown field `x`, expected one of ..."; say which key to remove.
 fn explain_config_error(message: &str) -> String {
     if message.contains("unknown field") {
-        format!("{message} (remove the key or fix its spelling; config/basiq-health.toml lists every key)")
+        format!(
+            "{message} (remove the key or fix its spelling; config/basiq-health.toml lists every key)"
+        )
     } else {
         message.to_owned()
     }
@@ -461,7 +746,9 @@ mod tests {
         assert!(parse_base_url("http://localhost:1").is_ok());
         assert!(parse_base_url("http://[::1]:9").is_ok());
         assert!(parse_base_url("https://au-api.basiq.io").is_ok());
-        let err = parse_base_url("http://au-api.basiq.io").unwrap_err().to_string();
+        let err = parse_base_url("http://au-api.basiq.io")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("basiq.base_url"), "{err}");
         assert!(parse_base_url("ftp://x").is_err());
     }
@@ -475,11 +762,17 @@ mod tests {
         std::fs::create_dir(&creds).unwrap();
         std::fs::write(creds.join(CREDENTIAL_NAME), "from-creds").unwrap();
 
-        let k = resolve_api_key(Some(&file), Some(creds.clone()), Some("env".into())).unwrap().unwrap();
+        let k = resolve_api_key(Some(&file), Some(creds.clone()), Some("env".into()))
+            .unwrap()
+            .unwrap();
         assert!(k.source.contains("file"));
-        let k = resolve_api_key(None, Some(creds), Some("env".into())).unwrap().unwrap();
+        let k = resolve_api_key(None, Some(creds), Some("env".into()))
+            .unwrap()
+            .unwrap();
         assert!(k.source.contains(CREDENTIAL_NAME) || k.source.contains("creds"));
-        let k = resolve_api_key(None, None, Some("0123456".into())).unwrap().unwrap();
+        let k = resolve_api_key(None, None, Some("0123456".into()))
+            .unwrap()
+            .unwrap();
         assert_eq!(secrecy::ExposeSecret::expose_secret(&k.secret), "0123456");
         assert!(resolve_api_key(None, None, None).unwrap().is_none());
         let missing = resolve_api_key(Some(&dir.path().join("nope")), None, None).unwrap_err();
@@ -499,7 +792,10 @@ mod tests {
     #[test]
     fn durations_name_the_key() {
         let err = duration("sweep.period", "soon").unwrap_err().to_string();
-        assert!(err.contains("sweep.period") && err.contains("soon"), "{err}");
+        assert!(
+            err.contains("sweep.period") && err.contains("soon"),
+            "{err}"
+        );
         assert_eq!(duration("k", "90s").unwrap(), Duration::from_secs(90));
     }
 }

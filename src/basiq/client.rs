@@ -200,7 +200,12 @@ impl Client {
     /// `GET /users/{id}`.
     pub async fn get_user(&self, user_id: &UserId) -> Result<UserSummary, Error> {
         let user: wire::UserWire = self
-            .get_json("user", format!("users/{user_id}"), vec![], Ids::user(user_id))
+            .get_json(
+                "user",
+                format!("users/{user_id}"),
+                vec![],
+                Ids::user(user_id),
+            )
             .await?;
         Ok(UserSummary {
             id: UserId(user.id),
@@ -485,7 +490,10 @@ impl Client {
         loop {
             attempt += 1;
             self.inner.limiter.until_ready().await;
-            self.inner.stats.token_fetches.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .token_fetches
+                .fetch_add(1, Ordering::Relaxed);
             let result = self.post_token(&url).await;
             let err = match result {
                 Ok(token) => return Ok(token),

@@ -153,8 +153,14 @@ mod tests {
 
     #[test]
     fn expired_token_is_a_403_access_denied() {
-        assert!(Error::from_status(403, api(403, "access-denied", "Token has expired"), None).is_stale_token());
-        assert!(Error::from_status(401, api(401, "invalid-authorization-token", ""), None).is_stale_token());
+        assert!(
+            Error::from_status(403, api(403, "access-denied", "Token has expired"), None)
+                .is_stale_token()
+        );
+        assert!(
+            Error::from_status(401, api(401, "invalid-authorization-token", ""), None)
+                .is_stale_token()
+        );
         assert!(!Error::from_status(403, api(403, "forbidden-access", ""), None).is_stale_token());
     }
 }

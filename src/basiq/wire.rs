@@ -272,23 +272,134 @@ mod tests {
     #[test]
     fn step_results_of_every_shape_parse() {
         let failure = serde_json::json!({"code": "authorization-failed", "title": "t", "detail": "access_denied"});
-        assert!(matches!(step_result(failure.clone()), StepResult::Failure { code, .. } if code == "authorization-failed"));
-        assert!(matches!(step_result(Value::Array(vec![failure])), StepResult::Failure { .. }));
+        assert!(
+            matches!(step_result(failure.clone()), StepResult::Failure { code, .. } if code == "authorization-failed")
+        );
+        assert!(matches!(
+            step_result(Value::Array(vec![failure])),
+            StepResult::Failure { .. }
+        ));
         assert_eq!(step_result(Value::Null), StepResult::None);
         assert_eq!(step_result(Value::Array(vec![])), StepResult::None);
         assert_eq!(
             step_result(serde_json::json!({"type": "link", "url": "/users/u"})),
             StepResult::Link("/users/u".into())
         );
-        assert!(matches!(step_result(serde_json::json!({"type": "mfa", "method": "token"})), StepResult::Mfa { .. }));
-        assert!(matches!(step_result(serde_json::json!({"type": "weird"})), StepResult::Other(_)));
+        assert!(matches!(
+            step_result(serde_json::json!({"type": "mfa", "method": "token"})),
+            StepResult::Mfa { .. }
+        ));
+        assert!(matches!(
+            step_result(serde_json::json!({"type": "weird"})),
+            StepResult::Other(_)
+        ));
     }
 
     #[test]
     fn empty_expiry_is_none_and_garbage_is_an_error() {
         assert_eq!(timestamp("expiryDate", Some("")).unwrap(), None);
-        assert!(timestamp("x", Some("2020-09-09T11:06:52Z")).unwrap().is_some());
+        assert!(
+            timestamp("x", Some("2020-09-09T11:06:52Z"))
+                .unwrap()
+                .is_some()
+        );
         let err = timestamp("lastUsed", Some("yesterday")).unwrap_err();
         assert!(err.to_string().contains("lastUsed"));
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests {
+    //! The project's own fixtures, one per documented quirk.
+    use super::*;
+    use crate::domain::{JobState, StepResult};
+
+    fn load<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_json::from_str(text).expect("fixture parses")
+    }
+
+    #[test]
+    fn connection_quirks_parse() {
+        let list: List<ConnectionWire> =
+            load(include_str!("../../tests/fixtures/connections-quirks.json"));
+        let conns: Vec<Connection> = list
+            .data
+            .into_iter()
+            .map(|c| c.into_domain().unwrap())
+            .collect();
+        assert_eq!(
+            conns[0].method,
+            Method::OpenBanking,
+            "`openbanking` spelling"
+        );
+        assert!(conns[0].expiry_date.is_some());
+        assert_eq!(conns[1].expiry_date, None, "`expiryDate: \"\"` on web");
+        assert_eq!(
+            conns[2].status,
+            ConnectionStatus::Other("suspended-by-bank".into())
+        );
+        assert_eq!(conns[2].method, Method::Other("carrier-pigeon".into()));
+        assert_eq!(conns[2].last_used, None);
+    }
+
+    #[test]
+    fn job_quirks_parse() {
+        let list: List<JobWire> = load(include_str!("../../tests/fixtures/jobs-quirks.json"));
+        let jobs: Vec<Job> = list
+            .data
+            .into_iter()
+            .map(|j| j.into_domain().unwrap())
+            .collect();
+        assert_eq!(
+            jobs[0].failure_code(),
+            Some("invalid-credentials"),
+            "failure without `type`"
+        );
+        assert_eq!(jobs[0].state(), JobState::Failed);
+        assert_eq!(
+            jobs[0].connection_id.as_ref().map(|c| c.as_str()),
+            Some("c0a80101-0000-4000-8000-000000000002")
+        );
+        assert_eq!(
+            jobs[1].failure_code(),
+            Some("authorization-failed"),
+            "`result` as an array"
+        );
+        assert_eq!(jobs[2].connection_id, None, "missing `links.source`");
+        assert_eq!(jobs[2].state(), JobState::InProgress);
+        assert_eq!(
+            jobs[2].institution_id.as_ref().map(|i| i.as_str()),
+            Some("AU00000")
+        );
+        assert_eq!(jobs[3].connection_id, None, "placeholder `{{source}}`");
+        assert!(matches!(jobs[3].steps[1].result, StepResult::Mfa { .. }));
+        assert_eq!(jobs[3].state(), JobState::Success);
+    }
+
+    #[test]
+    fn error_envelope_with_null_source_parses() {
+        let env: ErrorEnvelope = load(include_str!("../../tests/fixtures/error-source-null.json"));
+        assert_eq!(
+            env.correlation_id.as_deref(),
+            Some("7f3c2a10-5b1e-4e7e-9d57-0c1a2b3c4d5e")
+        );
+        assert_eq!(env.data[0].code.as_deref(), Some("access-denied"));
+    }
+
+    #[test]
+    fn connectors_parse_with_unknown_status() {
+        let list: List<ConnectorWire> = load(include_str!("../../tests/fixtures/connectors.json"));
+        let connectors: Vec<Connector> = list
+            .data
+            .into_iter()
+            .map(ConnectorWire::into_domain)
+            .collect();
+        assert_eq!(connectors[0].status, ConnectorStatus::MajorOutage);
+        assert_eq!(connectors[0].name.as_deref(), Some("Hooli Bank"));
+        assert_eq!(
+            connectors[1].status,
+            ConnectorStatus::Other("melting".into())
+        );
+        assert_eq!(connectors[1].method, Method::OpenBanking);
     }
 }

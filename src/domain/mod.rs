@@ -227,7 +227,9 @@ impl Job {
     pub fn state(&self) -> JobState {
         if self.steps.iter().any(|s| s.status == StepStatus::Failed) {
             JobState::Failed
-        } else if !self.steps.is_empty() && self.steps.iter().all(|s| s.status == StepStatus::Success) {
+        } else if !self.steps.is_empty()
+            && self.steps.iter().all(|s| s.status == StepStatus::Success)
+        {
             JobState::Success
         } else {
             JobState::InProgress
@@ -236,10 +238,12 @@ impl Job {
 
     /// The failure code of the first failed step, if any.
     pub fn failure_code(&self) -> Option<&str> {
-        self.steps.iter().find_map(|s| match (&s.status, &s.result) {
-            (StepStatus::Failed, StepResult::Failure { code, .. }) => Some(code.as_str()),
-            _ => None,
-        })
+        self.steps
+            .iter()
+            .find_map(|s| match (&s.status, &s.result) {
+                (StepStatus::Failed, StepResult::Failure { code, .. }) => Some(code.as_str()),
+                _ => None,
+            })
     }
 
     /// The first failed step, if any.
@@ -263,11 +267,17 @@ mod tests {
 
     #[test]
     fn unknown_enum_values_are_kept_verbatim() {
-        assert_eq!(ConnectionStatus::parse("frozen"), ConnectionStatus::Other("frozen".into()));
+        assert_eq!(
+            ConnectionStatus::parse("frozen"),
+            ConnectionStatus::Other("frozen".into())
+        );
         assert_eq!(ConnectionStatus::parse("frozen").as_str(), "frozen");
         assert_eq!(Method::parse("openbanking"), Method::OpenBanking);
         assert_eq!(Method::parse("open-banking").as_str(), "open-banking");
-        assert_eq!(ConnectorStatus::parse("on-fire"), ConnectorStatus::Other("on-fire".into()));
+        assert_eq!(
+            ConnectorStatus::parse("on-fire"),
+            ConnectorStatus::Other("on-fire".into())
+        );
     }
 
     #[test]
@@ -286,9 +296,18 @@ mod tests {
             connection_id: None,
             steps,
         };
-        assert_eq!(job(vec![step("success"), step("success")]).state(), JobState::Success);
-        assert_eq!(job(vec![step("failed"), step("pending")]).state(), JobState::Failed);
-        assert_eq!(job(vec![step("success"), step("in-progress")]).state(), JobState::InProgress);
+        assert_eq!(
+            job(vec![step("success"), step("success")]).state(),
+            JobState::Success
+        );
+        assert_eq!(
+            job(vec![step("failed"), step("pending")]).state(),
+            JobState::Failed
+        );
+        assert_eq!(
+            job(vec![step("success"), step("in-progress")]).state(),
+            JobState::InProgress
+        );
         assert_eq!(job(vec![]).state(), JobState::InProgress);
     }
 }

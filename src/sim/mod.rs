@@ -36,6 +36,12 @@ use tokio::task::JoinHandle;
 
 use state::State;
 
+/// The connector (institution id, method) in `major-outage` when the simulator starts; most
+/// `service-unavailable` connections sit on it, at three or more distinct users.
+pub const OUTAGE_CONNECTOR: (&str, &str) = ("AU00003", "web");
+/// The connector in `degraded-performance` when the simulator starts.
+pub const DEGRADED_CONNECTOR: (&str, &str) = ("AU00001", "open-banking");
+
 /// How to build a [`Simulator`].
 #[derive(Clone)]
 pub struct SimConfig {
@@ -107,9 +113,10 @@ struct Inner {
 
 impl fmt::Debug for Simulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No locking here: `{:?}` must never wait on (or deadlock with) a handler.
         f.debug_struct("Simulator")
-            .field("users", &self.lock().users.len())
             .field("step", &self.inner.step)
+            .field("token_ttl", &self.inner.token_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -215,9 +222,7 @@ pub struct ScriptedJob {
 }
 
 /// The routes the simulator counts and can inject faults into.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Route {
     /// `POST /token`
@@ -282,7 +287,9 @@ impl fmt::Display for Route {
 
 /// A route name that is not one of [`Route::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown route {0:?}: expected one of token, user, connections, connection, jobs, job, refresh, bulk-refresh, purge, connectors")]
+#[error(
+    "unknown route {0:?}: expected one of token, user, connections, connection, jobs, job, refresh, bulk-refresh, purge, connectors"
+)]
 pub struct UnknownRoute(pub String);
 
 impl FromStr for Route {
@@ -397,11 +404,7 @@ impl Simulator {
     pub async fn bind(self, addr: SocketAddr) -> std::io::Result<RunningSim> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        *self
-            .inner
-            .bound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(base_url_of(addr));
+        *self.inner.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(base_url_of(addr));
         let (stop, stopped) = oneshot::channel::<()>();
         let app = self.router();
         let task = tokio::spawn(async move {
@@ -452,9 +455,10 @@ impl Simulator {
             issued_tokens: issued,
             ..Counters::default()
         };
-        self.inner
-            .peak
-            .store(self.inner.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.inner.peak.store(
+            self.inner.in_flight.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
     }
 
     /// The next `times` requests to `route` get `fault`, after any faults queued before.
@@ -470,11 +474,16 @@ impl Simulator {
             .push_back((fault, times));
     }
 
-    /// Adds `delay` to every request to `route` (`None`: to every route) until changed;
-    /// [`Duration::ZERO`] clears it. A route's own delay adds to the all-routes one.
+    /// Adds `delay` to every request to `route` (`None`: to every route) until changed.
+    /// A route's own delay adds to the all-routes one. [`Duration::ZERO`] clears that route's
+    /// delay; with `None` it clears every delay.
     pub fn set_delay(&self, route: Option<Route>, delay: Duration) {
         let mut st = self.lock();
         match route {
+            None if delay.is_zero() => {
+                st.global_delay = Duration::ZERO;
+                st.route_delays.clear();
+            }
             None => st.global_delay = delay,
             Some(r) if delay.is_zero() => {
                 st.route_delays.remove(&r);
@@ -488,7 +497,12 @@ impl Simulator {
     /// Sets a connector's status (`operational`, `major-outage`, ...), adding the connector
     /// when it is new, and records the change in [`Counters::connector_changes`].
     pub fn set_connector_status(&self, institution_id: &str, method: &str, status: &str) {
-        tracing::info!(institution_id, method, status, "simulator connector status set");
+        tracing::info!(
+            institution_id,
+            method,
+            status,
+            "simulator connector status set"
+        );
         let mut st = self.lock();
         st.set_connector_status(institution_id, method, status);
         st.counters.connector_changes.push((
@@ -546,7 +560,7 @@ impl Simulator {
     /// The user's connections as they stand now (finished jobs applied).
     pub fn scripted(&self, user_id: &str) -> Vec<ScriptedConnection> {
         let mut st = self.lock();
-        st.settle(Utc::now(), self.inner.step);
+        st.settle(Utc::now());
         st.user(user_id)
             .map(|u| u.connections.iter().map(|c| c.s.clone()).collect())
             .unwrap_or_default()
@@ -607,13 +621,12 @@ impl RunningSim {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
                 .await
                 .is_err()
-            {
-                task.abort();
-            }
+        {
+            task.abort();
         }
     }
 }

@@ -1,0 +1,192 @@
+//! The local control API (axum): register users, login-time checks, health, status.
+//!
+//! Loopback by default; a non-loopback listen address requires a bearer token (checked at
+//! load). Thin: every handler calls the sweeper, the store or the report.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::domain::UserId;
+use crate::report;
+use crate::sweep::{Sweeper, TickState};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub sweeper: Sweeper,
+    pub ticks: Arc<TickState>,
+    pub token: Option<SecretString>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/users", get(list_users))
+        .route("/v1/users/{id}", put(add_user).delete(remove_user))
+        .route("/v1/users/{id}/login", post(login))
+        .route("/v1/users/{id}/health", get(user_health))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "local API: database error");
+        Self(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
+    }
+}
+
+fn authorise(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time enough for a local API: compare full lengths without early exit.
+    let expected = token.expose_secret().as_bytes();
+    let ok = given.is_some_and(|g| {
+        let g = g.as_bytes();
+        g.len() == expected.len()
+            && g.iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "bearer token required".into(),
+        ))
+    }
+}
+
+async fn list_users(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let users = state.sweeper.store().list_users().await?;
+    Ok(Json(crate::cli::users_json(&users)).into_response())
+}
+
+async fn add_user(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let id = UserId::new(id);
+    let added = state.sweeper.add_users(std::slice::from_ref(&id)).await? > 0;
+    let code = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(json!({"user_id": id, "added": added}))).into_response())
+}
+
+async fn remove_user(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let id = UserId::new(id);
+    let removed = state
+        .sweeper
+        .store()
+        .remove_users(std::slice::from_ref(&id), chrono::Utc::now())
+        .await?;
+    if removed == 0 {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("user {id} is not registered"),
+        ));
+    }
+    Ok(Json(json!({"user_id": id, "removed": true})).into_response())
+}
+
+async fn health_json(state: &ApiState, id: &UserId) -> Result<serde_json::Value, ApiError> {
+    let report = report::status(state.sweeper.store(), Some(id)).await?;
+    Ok(json!({"user_id": id, "connections": report.connections}))
+}
+
+async fn login(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let id = UserId::new(id);
+    let swept = match state.sweeper.login_check(&id).await {
+        Ok(swept) => swept,
+        Err(e) => {
+            tracing::warn!(user_id = %id, error = %e, "login check failed");
+            return Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()));
+        }
+    };
+    let mut body = health_json(&state, &id).await?;
+    body["swept"] = json!(swept);
+    Ok(Json(body).into_response())
+}
+
+async fn user_health(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let id = UserId::new(id);
+    if state.sweeper.store().get_user(&id).await?.is_none() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("user {id} is not registered"),
+        ));
+    }
+    Ok(Json(health_json(&state, &id).await?).into_response())
+}
+
+async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let report = report::status(state.sweeper.store(), None).await?;
+    Ok(Json(report).into_response())
+}
+
+/// 200 while the database is writable; 503 otherwise.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let writable = async {
+        let tx = state.sweeper.store().write().await?;
+        tx.rollback().await
+    }
+    .await;
+    let last_tick = state
+        .ticks
+        .last_tick
+        .load(std::sync::atomic::Ordering::Relaxed);
+    match writable {
+        Ok(()) => Json(json!({"status": "ok", "last_tick": last_tick})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "error": format!("database not writable: {e}")})),
+        )
+            .into_response(),
+    }
+}

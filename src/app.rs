@@ -1,0 +1,174 @@
+//! Wiring and lifecycle. `App::build` does every fallible setup step (key, database,
+//! migrations, client, API socket) and fails early with a clear message;
+//! `run_until_stopped` runs the scheduler, the worker and the local API until the shutdown
+//! future resolves, then stops at safe points. The same path serves systemd, the demo and
+//! the tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::basiq::{Client, ClientOptions};
+use crate::settings::{BasiqSettings, Settings};
+use crate::store::Store;
+use crate::sweep::{self, SweepOptions, Sweeper, TickState};
+
+/// Client options from the settings and a key.
+pub fn client_options(b: &BasiqSettings, api_key: secrecy::SecretString) -> ClientOptions {
+    ClientOptions {
+        base_url: b.base_url.clone(),
+        api_key,
+        timeout: b.timeout,
+        connect_timeout: b.connect_timeout,
+        max_requests_per_second: b.max_requests_per_second,
+        max_attempts: b.max_attempts,
+        retry_base_delay: b.retry_base_delay,
+        max_retry_delay: b.max_retry_delay,
+    }
+}
+
+pub fn sweep_options(s: &Settings) -> SweepOptions {
+    SweepOptions {
+        period: s.sweep.period,
+        concurrency: usize::try_from(s.sweep.concurrency.get()).unwrap_or(8),
+        connectors_ttl: s.sweep.connectors_ttl,
+        stale_after: s.sweep.stale_after,
+        login_min_interval: s.sweep.login_min_interval,
+        retry_after: s.sweep.retry_after,
+        batch_size: s.sweep.batch_size.get(),
+        outage_min_users: i64::from(s.outage.min_users.get()),
+        outage_window: s.outage.window,
+    }
+}
+
+/// Opens the database named by the settings (exit 74 on failure).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    Ok(Store::open(&settings.database.path).await?)
+}
+
+/// Builds the sweeper: key (exit 78 when missing), database (74), client.
+pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
+    let key = settings.api_key()?;
+    if let Some(warning) = &key.permission_warning {
+        tracing::warn!("{warning}");
+    }
+    build_sweeper_with_key(settings, key.secret.clone()).await
+}
+
+/// As [`build_sweeper`], with a key handed over in-process (demo, tests).
+pub async fn build_sweeper_with_key(
+    settings: &Settings,
+    key: secrecy::SecretString,
+) -> anyhow::Result<Sweeper> {
+    let store = open_store(settings).await?;
+    let client = Client::new(client_options(&settings.basiq, key))?;
+    Sweeper::new(store, client, sweep_options(settings))
+        .await
+        .context("while reading the installation seed")
+}
+
+/// The daemon, built and ready to run.
+pub struct App {
+    settings: Settings,
+    sweeper: Sweeper,
+    ticks: Arc<TickState>,
+    listener: Option<TcpListener>,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let sweeper = build_sweeper(&settings).await?;
+        Self::assemble(settings, sweeper).await
+    }
+
+    /// As [`App::build`], with the key handed over in-process (demo, tests).
+    pub async fn build_with_key(
+        settings: Settings,
+        key: secrecy::SecretString,
+    ) -> anyhow::Result<Self> {
+        let sweeper = build_sweeper_with_key(&settings, key).await?;
+        Self::assemble(settings, sweeper).await
+    }
+
+    async fn assemble(settings: Settings, sweeper: Sweeper) -> anyhow::Result<Self> {
+        let listener =
+            match settings.api.listen {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("while binding the local API to {addr} (api.listen)")
+                })?),
+                None => None,
+            };
+        Ok(Self {
+            settings,
+            sweeper,
+            ticks: Arc::new(TickState::default()),
+            listener,
+        })
+    }
+
+    pub fn sweeper(&self) -> &Sweeper {
+        &self.sweeper
+    }
+
+    pub fn ticks(&self) -> Arc<TickState> {
+        self.ticks.clone()
+    }
+
+    /// The local API's bound address (port 0 resolved), if enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` resolves; then stops taking new users, lets in-flight users
+    /// finish, stops the API and closes the database.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let running = sweep::run_scheduler(
+            self.sweeper.clone(),
+            &self.settings.sweep.tick,
+            cancel.clone(),
+            self.ticks.clone(),
+        )
+        .await?;
+        let api_task = self.listener.map(|listener| {
+            let state = api::ApiState {
+                sweeper: self.sweeper.clone(),
+                ticks: self.ticks.clone(),
+                token: self.settings.api.token.clone(),
+            };
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, api::router(state))
+                    .with_graceful_shutdown(async move { cancel.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "local API stopped with an error");
+                }
+            })
+        });
+        tracing::info!(
+            event = "started",
+            api = self.settings.api.listen.map(|a| a.to_string()),
+            tick = %self.settings.sweep.tick,
+            "basiq-health is running"
+        );
+        shutdown.await;
+        tracing::info!(
+            event = "stopping",
+            "stopping: finishing the users in flight"
+        );
+        cancel.cancel();
+        running.stop().await;
+        if let Some(task) = api_task {
+            let _ = task.await;
+        }
+        self.sweeper.store().close().await;
+        tracing::info!(event = "stopped", "stopped cleanly");
+        Ok(())
+    }
+}

@@ -1,0 +1,746 @@
+//! The simulator's state behind one mutex, and how it renders into Basiq's JSON shapes.
+//!
+//! Nothing in here awaits: a handler locks, reads or changes, renders, and unlocks.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use rand::Rng;
+use rand::rngs::StdRng;
+use serde_json::{Value, json};
+
+use super::{Case, Counters, Fault, Outcome, Route, ScriptedConnection, ScriptedJob};
+
+/// Basiq forgets jobs after this long: `/users/{id}/jobs` lists only younger ones.
+pub(super) const JOB_RETENTION: TimeDelta = TimeDelta::days(7);
+/// Open-banking refreshes Basiq accepts per connection in 24 hours.
+pub(super) const OPEN_BANKING_DAILY_CAP: usize = 20;
+
+pub(super) const VERIFY: &str = "verify-credentials";
+pub(super) const MFA: &str = "mfa-challenge";
+pub(super) const ACCOUNTS: &str = "retrieve-accounts";
+pub(super) const TRANSACTIONS: &str = "retrieve-transactions";
+const STANDARD_STEPS: [&str; 3] = [VERIFY, ACCOUNTS, TRANSACTIONS];
+
+/// Failure codes after which Basiq marks the connection `invalid`: the user has to act.
+const USER_SIDE_CODES: [&str; 8] = [
+    "invalid-credentials",
+    "account-not-accessible-requires-user-action",
+    "user-action-required",
+    "authorization-failed",
+    "invalid-connection",
+    "invalid-username-or-password",
+    "locked-account",
+    "multifactor-required",
+];
+
+pub(super) struct State {
+    pub users: Vec<User>,
+    /// Every job, oldest first.
+    pub jobs: Vec<Job>,
+    pub connectors: Vec<Connector>,
+    /// Issued tokens and when each stops working.
+    pub tokens: HashMap<String, Instant>,
+    pub counters: Counters,
+    pub faults: HashMap<Route, VecDeque<(Fault, u32)>>,
+    pub global_delay: Duration,
+    pub route_delays: HashMap<Route, Duration>,
+    /// For ids and tokens made while serving; seeded, so runs repeat.
+    pub rng: StdRng,
+    pub cases: HashMap<String, Case>,
+}
+
+pub(super) struct User {
+    pub id: String,
+    pub email: String,
+    pub mobile: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub connections: Vec<Conn>,
+}
+
+pub(super) struct Conn {
+    pub s: ScriptedConnection,
+    /// Serve an open-banking method as `openbanking` (Basiq spells it both ways).
+    pub spell_openbanking: bool,
+    /// When refreshes were accepted (202), for the open-banking daily cap.
+    pub accepted: Vec<DateTime<Utc>>,
+}
+
+pub(super) struct Job {
+    pub id: String,
+    pub user_id: String,
+    pub connection_id: String,
+    pub institution_id: String,
+    pub created: DateTime<Utc>,
+    pub outcome: Outcome,
+    pub timing: Timing,
+    pub source: SourceLink,
+    /// Serve the failure result as an array of one object (one Basiq guide does).
+    pub result_as_array: bool,
+}
+
+pub(super) enum Timing {
+    /// Started by a refresh (or the population): one step per `step`, from `created`.
+    /// `applied` once the end has changed the connection.
+    Live { step: Duration, applied: bool },
+    /// Written by hand or by the population with fixed times.
+    Fixed {
+        updated: DateTime<Utc>,
+        running: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum SourceLink {
+    Always,
+    Never,
+    /// Missing while the job runs, present once it ends.
+    WhenFinished,
+}
+
+pub(super) struct Institution {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub short_name: &'static str,
+    pub tier: &'static str,
+    pub mfa: bool,
+}
+
+pub(super) struct Connector {
+    pub institution: &'static Institution,
+    /// `web` or `open-banking`.
+    pub method: String,
+    pub status: String,
+    /// Serve the method as `openbanking`, the spelling of Basiq's connector spec.
+    pub spell_openbanking: bool,
+}
+
+/// The six banks the simulator offers, each for `web` and `open-banking`.
+pub(super) const INSTITUTIONS: [Institution; 6] = [
+    Institution {
+        id: "AU00000",
+        name: "Hooli Bank",
+        short_name: "Hooli",
+        tier: "4",
+        mfa: false,
+    },
+    Institution {
+        id: "AU00001",
+        name: "Aviato Bank",
+        short_name: "Aviato",
+        tier: "4",
+        mfa: false,
+    },
+    Institution {
+        id: "AU00002",
+        name: "Pied Piper Bank",
+        short_name: "Pied Piper",
+        tier: "4",
+        mfa: true,
+    },
+    Institution {
+        id: "AU00003",
+        name: "Nucleus Bank",
+        short_name: "Nucleus",
+        tier: "4",
+        mfa: false,
+    },
+    Institution {
+        id: "AU00004",
+        name: "Raviga Credit Union",
+        short_name: "Raviga",
+        tier: "4",
+        mfa: false,
+    },
+    Institution {
+        id: "AU00005",
+        name: "Bachmanity Bank",
+        short_name: "Bachmanity",
+        tier: "4",
+        mfa: false,
+    },
+];
+
+/// An institution the simulator does not know, for connections added by hand.
+static UNLISTED: Institution = Institution {
+    id: "AU99999",
+    name: "Unlisted Bank",
+    short_name: "Unlisted",
+    tier: "4",
+    mfa: false,
+};
+
+/// What a job looks like at one moment.
+pub(super) struct JobView {
+    pub steps: Vec<Value>,
+    pub finished: bool,
+    pub updated: DateTime<Utc>,
+}
+
+impl State {
+    pub fn user(&self, user_id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == user_id)
+    }
+
+    pub fn user_mut(&mut self, user_id: &str) -> Option<&mut User> {
+        self.users.iter_mut().find(|u| u.id == user_id)
+    }
+
+    pub fn connection_mut(&mut self, connection_id: &str) -> Option<&mut Conn> {
+        self.users
+            .iter_mut()
+            .flat_map(|u| u.connections.iter_mut())
+            .find(|c| c.s.id == connection_id)
+    }
+
+    pub fn new_id(&mut self) -> String {
+        uuid(&mut self.rng)
+    }
+
+    /// A JWT-looking token: header, claims and a random signature, base64url.
+    pub fn new_token(&mut self, ttl: Duration) -> String {
+        let header = base64(br#"{"alg":"HS256","typ":"JWT"}"#, URL_SAFE, false);
+        let jti = self.new_id();
+        let exp = Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let claims = format!(
+            r#"{{"partnerid":"simulator","scope":"SERVER_ACCESS","jti":"{jti}","exp":{exp}}}"#
+        );
+        let claims = base64(claims.as_bytes(), URL_SAFE, false);
+        let mut sig = [0u8; 32];
+        self.rng.fill(&mut sig[..]);
+        let token = format!("{header}.{claims}.{}", base64(&sig, URL_SAFE, false));
+        let expires = Instant::now()
+            .checked_add(ttl)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        self.tokens.insert(token.clone(), expires);
+        self.counters.issued_tokens.push(token.clone());
+        token
+    }
+
+    pub fn expire_tokens(&mut self) {
+        let now = Instant::now();
+        for expiry in self.tokens.values_mut() {
+            *expiry = now;
+        }
+    }
+
+    pub fn set_connector_status(&mut self, institution_id: &str, method: &str, status: &str) {
+        let method = if method == "openbanking" {
+            "open-banking"
+        } else {
+            method
+        };
+        if let Some(c) = self
+            .connectors
+            .iter_mut()
+            .find(|c| c.institution.id == institution_id && c.method == method)
+        {
+            c.status = status.to_owned();
+            return;
+        }
+        let institution = INSTITUTIONS
+            .iter()
+            .find(|i| i.id == institution_id)
+            .unwrap_or(&UNLISTED);
+        self.connectors.push(Connector {
+            institution,
+            method: method.to_owned(),
+            status: status.to_owned(),
+            spell_openbanking: false,
+        });
+    }
+
+    pub fn add_user(&mut self, user_id: &str) {
+        if self.user(user_id).is_some() {
+            return;
+        }
+        let short: String = user_id.chars().take(8).collect();
+        self.users.push(User {
+            id: user_id.to_owned(),
+            email: format!("user-{short}@example.com"),
+            mobile: "+61400000000".to_owned(),
+            first_name: "Added".to_owned(),
+            last_name: "User".to_owned(),
+            connections: Vec::new(),
+        });
+    }
+
+    pub fn remove_user(&mut self, user_id: &str) {
+        self.users.retain(|u| u.id != user_id);
+        self.jobs.retain(|j| j.user_id != user_id);
+    }
+
+    pub fn add_connection(&mut self, user_id: &str, mut conn: ScriptedConnection) {
+        if conn.id.is_empty() {
+            conn.id = self.new_id();
+        }
+        self.add_user(user_id);
+        let Some(user) = self.user_mut(user_id) else {
+            return;
+        };
+        let conn = Conn {
+            s: conn,
+            spell_openbanking: false,
+            accepted: Vec::new(),
+        };
+        match user.connections.iter_mut().find(|c| c.s.id == conn.s.id) {
+            Some(existing) => *existing = conn,
+            None => user.connections.push(conn),
+        }
+    }
+
+    pub fn add_job(&mut self, user_id: &str, job: ScriptedJob) {
+        let institution_id = self.user(user_id).and_then(|u| {
+            u.connections
+                .iter()
+                .find(|c| c.s.id == job.connection_id)
+                .map(|c| c.s.institution_id.clone())
+        });
+        let Some(institution_id) = institution_id else {
+            tracing::warn!(
+                user_id,
+                connection_id = %job.connection_id,
+                "simulator: add_job for an unknown user or connection, ignored"
+            );
+            return;
+        };
+        let id = match job.id {
+            Some(id) => id,
+            None => self.new_id(),
+        };
+        self.push_job(Job {
+            id,
+            user_id: user_id.to_owned(),
+            connection_id: job.connection_id,
+            institution_id,
+            created: job.created,
+            outcome: job.outcome,
+            timing: Timing::Fixed {
+                updated: job.updated,
+                running: job.running,
+            },
+            source: if job.with_source {
+                SourceLink::Always
+            } else {
+                SourceLink::Never
+            },
+            result_as_array: false,
+        });
+    }
+
+    /// Keeps `jobs` ordered by creation time, so lists come out oldest first.
+    pub fn push_job(&mut self, job: Job) {
+        let at = self.jobs.partition_point(|j| j.created <= job.created);
+        self.jobs.insert(at, job);
+    }
+
+    /// Applies every job that has finished by `now` to its connection, in finishing order.
+    pub fn settle(&mut self, now: DateTime<Utc>) {
+        let mut done: Vec<(DateTime<Utc>, usize)> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| match j.timing {
+                Timing::Live { applied: false, .. } => {
+                    let view = j.view(now);
+                    view.finished.then_some((view.updated, i))
+                }
+                _ => None,
+            })
+            .collect();
+        done.sort();
+        for (finished_at, i) in done {
+            let (user_id, connection_id, outcome) = {
+                let job = &mut self.jobs[i];
+                if let Timing::Live { applied, .. } = &mut job.timing {
+                    *applied = true;
+                }
+                (
+                    job.user_id.clone(),
+                    job.connection_id.clone(),
+                    job.outcome.clone(),
+                )
+            };
+            let Some(conn) = self
+                .user_mut(&user_id)
+                .and_then(|u| u.connections.iter_mut().find(|c| c.s.id == connection_id))
+            else {
+                continue;
+            };
+            match outcome {
+                Outcome::Success => {
+                    conn.s.last_used = Some(finished_at);
+                    conn.s.status = "active".to_owned();
+                }
+                Outcome::Fail { code, .. } if is_user_side(&code) => {
+                    conn.s.status = "invalid".to_owned();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The newest job of the connection that is still running at `now`.
+    pub fn running_job(&self, connection_id: &str, now: DateTime<Utc>) -> Option<&Job> {
+        self.jobs
+            .iter()
+            .rev()
+            .filter(|j| j.connection_id == connection_id)
+            .find(|j| !j.view(now).finished)
+    }
+}
+
+pub(super) fn is_user_side(code: &str) -> bool {
+    USER_SIDE_CODES.contains(&code)
+}
+
+pub(super) fn is_open_banking(method: &str) -> bool {
+    method == "open-banking" || method == "openbanking"
+}
+
+/// Basiq's timestamp format: seconds, `Z`.
+pub(super) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The step list an outcome walks through, and the index of the step it ends on.
+fn layout(outcome: &Outcome) -> (Vec<String>, usize) {
+    let standard = || {
+        STANDARD_STEPS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<_>>()
+    };
+    match outcome {
+        Outcome::Success => (standard(), STANDARD_STEPS.len() - 1),
+        Outcome::Fail { step, .. } => {
+            let mut titles = standard();
+            let at = match titles.iter().position(|t| t == step) {
+                Some(at) => at,
+                None => {
+                    titles.push(step.clone());
+                    titles.len() - 1
+                }
+            };
+            (titles, at)
+        }
+        Outcome::MfaPending => (
+            [VERIFY, MFA, ACCOUNTS, TRANSACTIONS]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            1,
+        ),
+        Outcome::Hang => (standard(), 1),
+    }
+}
+
+impl Job {
+    /// The job at `now`.
+    ///
+    /// A live job moves one step per `step`: step k is `in-progress` during
+    /// `[created + k*step, created + (k+1)*step)` and done after. `MfaPending` and `Hang` stop
+    /// moving at their second step. A fixed job is either done or frozen on its last step.
+    pub fn view(&self, now: DateTime<Utc>) -> JobView {
+        let (titles, end) = layout(&self.outcome);
+        let forever = matches!(self.outcome, Outcome::MfaPending | Outcome::Hang);
+        // `stage` = how many step periods have passed; end + 1 means finished.
+        let (stage, updated) = match self.timing {
+            Timing::Live { step, .. } => {
+                let elapsed = (now - self.created).to_std().unwrap_or_default();
+                let periods = if step.is_zero() {
+                    u128::MAX
+                } else {
+                    elapsed.as_nanos() / step.as_nanos()
+                };
+                let cap = if forever { end } else { end + 1 };
+                let stage = usize::try_from(periods).unwrap_or(usize::MAX).min(cap);
+                let moved = step.saturating_mul(u32::try_from(stage).unwrap_or(u32::MAX));
+                let updated = self.created + TimeDelta::from_std(moved).unwrap_or_default();
+                (stage, updated)
+            }
+            Timing::Fixed { updated, running } => {
+                let stage = if running || forever { end } else { end + 1 };
+                (stage, updated)
+            }
+        };
+        let finished = !forever && stage > end;
+        let steps = titles
+            .iter()
+            .enumerate()
+            .map(|(i, title)| {
+                let (status, result) = self.step_state(i, title, stage, end);
+                json!({"title": title, "status": status, "result": result})
+            })
+            .collect();
+        JobView {
+            steps,
+            finished,
+            updated,
+        }
+    }
+
+    fn step_state(&self, i: usize, title: &str, stage: usize, end: usize) -> (&'static str, Value) {
+        match &self.outcome {
+            Outcome::MfaPending => match i {
+                0 => ("in-progress", Value::Null),
+                1 if stage >= 1 => (
+                    "in-progress",
+                    json!({
+                        "type": "mfa",
+                        "method": "token",
+                        "input": [{"type": "text", "name": "otp", "label": "One-time password"}],
+                        "expiryMs": 120000
+                    }),
+                ),
+                _ => ("pending", Value::Null),
+            },
+            // Steps after the failing one never start.
+            Outcome::Fail { .. } if i > end => ("pending", Value::Null),
+            Outcome::Fail {
+                code,
+                title: error_title,
+                detail,
+                ..
+            } if i == end && stage > end => {
+                let error = json!({"code": code, "title": error_title, "detail": detail});
+                let result = if self.result_as_array {
+                    Value::Array(vec![error])
+                } else {
+                    error
+                };
+                ("failed", result)
+            }
+            _ if i < stage => (
+                "success",
+                json!({"type": "link", "url": self.link_for(title)}),
+            ),
+            _ if i == stage => ("in-progress", Value::Null),
+            _ => ("pending", Value::Null),
+        }
+    }
+
+    /// The relative url a successful step links to, as Basiq writes it.
+    fn link_for(&self, title: &str) -> String {
+        let user = &self.user_id;
+        let inst = &self.institution_id;
+        match title {
+            ACCOUNTS => format!("/users/{user}/accounts?filter=institution.id.eq('{inst}')"),
+            TRANSACTIONS => {
+                format!("/users/{user}/transactions?filter=institution.id.eq('{inst}')")
+            }
+            _ => format!("/users/{user}/connections/{}", self.connection_id),
+        }
+    }
+
+    pub fn to_json(&self, base: &str, now: DateTime<Utc>) -> Value {
+        let view = self.view(now);
+        let mut links = json!({"self": format!("{base}/jobs/{}", self.id)});
+        let show_source = match self.source {
+            SourceLink::Always => true,
+            SourceLink::Never => false,
+            SourceLink::WhenFinished => view.finished,
+        };
+        if show_source {
+            links["source"] = json!(format!(
+                "{base}/users/{}/connections/{}",
+                self.user_id, self.connection_id
+            ));
+        }
+        json!({
+            "type": "job",
+            "id": self.id,
+            "created": ts(self.created),
+            "updated": ts(view.updated),
+            "jobType": "connection",
+            "institution": institution_ref(base, &self.institution_id),
+            "steps": view.steps,
+            "links": links,
+        })
+    }
+}
+
+pub(super) fn job_stub(base: &str, id: &str) -> Value {
+    json!({"type": "job", "id": id, "links": {"self": format!("{base}/jobs/{id}")}})
+}
+
+pub(super) fn institution_ref(base: &str, id: &str) -> Value {
+    json!({"type": "institution", "id": id, "links": {"self": format!("{base}/institutions/{id}")}})
+}
+
+impl User {
+    pub fn to_json(&self, base: &str) -> Value {
+        let me = format!("{base}/users/{}", self.id);
+        let connections: Vec<Value> = self
+            .connections
+            .iter()
+            .map(|c| {
+                json!({
+                    "type": "connection",
+                    "id": c.s.id,
+                    "links": {"self": format!("{me}/connections/{}", c.s.id)},
+                })
+            })
+            .collect();
+        json!({
+            "type": "user",
+            "id": self.id,
+            "email": self.email,
+            "mobile": self.mobile,
+            "name": format!("{} {}", self.first_name, self.last_name),
+            "firstName": self.first_name,
+            "middleName": "",
+            "lastName": self.last_name,
+            "connections": {"type": "list", "count": connections.len(), "data": connections},
+            "accounts": {"type": "list", "count": 0, "data": []},
+            "links": {
+                "self": me,
+                "accounts": format!("{me}/accounts"),
+                "connections": format!("{me}/connections"),
+                "transactions": format!("{me}/transactions"),
+                "auth_link": null,
+            },
+        })
+    }
+}
+
+impl Conn {
+    pub fn to_json(&self, base: &str, user_id: &str) -> Value {
+        let s = &self.s;
+        let me = format!("{base}/users/{user_id}");
+        let inst = &s.institution_id;
+        let method = if self.spell_openbanking && s.method == "open-banking" {
+            "openbanking"
+        } else {
+            s.method.as_str()
+        };
+        let mfa_enabled = INSTITUTIONS.iter().any(|i| i.id == inst && i.mfa);
+        let mut out = json!({
+            "type": "connection",
+            "id": s.id,
+            "status": s.status,
+            "method": method,
+            "createdDate": ts(s.created),
+            "expiryDate": s.expiry.map(ts).unwrap_or_default(),
+            "mfaEnabled": mfa_enabled,
+            "institution": institution_ref(base, inst),
+            "links": {
+                "self": format!("{me}/connections/{}", s.id),
+                "user": me,
+                "accounts": format!("{me}/accounts?filter=institution.id.eq('{inst}')"),
+                "transactions": format!("{me}/transactions?filter=institution.id.eq('{inst}')"),
+                "institution": format!("{base}/institutions/{inst}"),
+            },
+        });
+        // Never-activated connections have no lastUsed at all.
+        let never_used = matches!(s.status.as_str(), "pending" | "pre-init" | "init");
+        if let (Some(last), false) = (s.last_used, never_used) {
+            out["lastUsed"] = json!(ts(last));
+        }
+        out
+    }
+}
+
+impl Connector {
+    pub fn to_json(&self, base: &str) -> Value {
+        let i = self.institution;
+        let web = self.method == "web";
+        // Stable, made-up averages that differ by bank.
+        let n: u64 = i.id.bytes().map(u64::from).sum::<u64>() % 7;
+        let verify = 6_000 + n * 700 + if web { 2_000 } else { 0 };
+        let accounts = 3_000 + n * 300;
+        let transactions = 6_000 + n * 900;
+        let authorization = if i.mfa { "user-mfa" } else { "user" };
+        let scopes: Vec<&str> = if web {
+            Vec::new()
+        } else {
+            vec!["bank:accounts.basic:read", "bank:transactions:read"]
+        };
+        let method = if self.spell_openbanking && self.method == "open-banking" {
+            "openbanking"
+        } else {
+            self.method.as_str()
+        };
+        json!({
+            "type": "connector",
+            "id": i.id,
+            "method": method,
+            "stage": "live",
+            "status": self.status,
+            "institution": {
+                "type": "Test Bank",
+                "name": i.name,
+                "shortName": i.short_name,
+                "tier": i.tier,
+                "country": "Australia",
+            },
+            "scopes": scopes,
+            "authorization": {"type": authorization},
+            "stats": {"averageDurationMs": {
+                "verifyCredentials": verify,
+                "retrieveAccounts": accounts,
+                "retrieveTransactions": transactions,
+                "total": verify + accounts + transactions,
+            }},
+            "links": {"self": format!("{base}/connectors/{}/{}", i.id, self.method)},
+        })
+    }
+}
+
+/// A lowercase UUID v4 made from `rng`, so seeded populations repeat.
+pub(super) fn uuid<R: Rng + ?Sized>(rng: &mut R) -> String {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b[..]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+pub(super) const STANDARD: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub(super) const URL_SAFE: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64 without a crate: keys and tokens only need to look the part.
+pub(super) fn base64(input: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for k in 0..4 {
+            if k < chars {
+                out.push(char::from(alphabet[((n >> (18 - 6 * k)) & 63) as usize]));
+            } else if pad {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_values() {
+        assert_eq!(base64(b"sim-key-7", STANDARD, true), "c2ltLWtleS03");
+        assert_eq!(base64(b"ab", STANDARD, true), "YWI=");
+        assert_eq!(base64(b"a", URL_SAFE, false), "YQ");
+    }
+}

@@ -1,0 +1,107 @@
+//! The scheduler only ticks: tokio-cron-scheduler fires one cron job that `try_send`s into a
+//! channel of capacity 1, so ticks cannot pile up; one worker owns the sweep and its
+//! cancellation, so two passes can never overlap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+use super::Sweeper;
+
+/// What the worker loop reports: for `/healthz`, systemd's watchdog and status line.
+#[derive(Debug, Default)]
+pub struct TickState {
+    /// Unix seconds of the last tick the worker took (0: none yet).
+    pub last_tick: AtomicI64,
+    /// Unix seconds of the worker's last sign of progress (a user swept, a pass ended).
+    pub last_progress: AtomicI64,
+    pub passes: AtomicU64,
+    pub users_swept: AtomicU64,
+}
+
+impl TickState {
+    pub fn touch_progress(&self) {
+        self.last_progress
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+}
+
+/// A running scheduler and worker.
+pub struct Running {
+    scheduler: JobScheduler,
+    worker: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the cron job and waits for the worker (which stops at its next safe point once
+    /// the cancellation token fired).
+    pub async fn stop(mut self) {
+        if let Err(e) = self.scheduler.shutdown().await {
+            tracing::warn!(error = %e, "scheduler shutdown reported an error");
+        }
+        if let Err(e) = self.worker.await {
+            tracing::error!(error = %e, "sweep worker ended abnormally");
+        }
+    }
+}
+
+/// Starts the tick and the worker. `cron` is 6-field, seconds first.
+pub async fn run_scheduler(
+    sweeper: Sweeper,
+    cron: &str,
+    cancel: CancellationToken,
+    state: Arc<TickState>,
+) -> anyhow::Result<Running> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the scheduler: {e}"))?;
+    let job = Job::new_async(cron, move |_id, _scheduler| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            // Full channel: a pass is running or a tick is already waiting; drop this one.
+            let _ = tx.try_send(());
+        })
+    })
+    .map_err(|e| anyhow::anyhow!("`sweep.tick` {cron:?} is not a 6-field cron expression: {e}"))?;
+    scheduler
+        .add(job)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot schedule the tick: {e}"))?;
+    scheduler
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the scheduler: {e}"))?;
+
+    let worker = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                tick = rx.recv() => {
+                    if tick.is_none() {
+                        break;
+                    }
+                    state.last_tick.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+                    state.touch_progress();
+                    match sweeper.run_pass("tick", None, &cancel).await {
+                        Ok(counts) => {
+                            state.passes.fetch_add(1, Ordering::Relaxed);
+                            state.users_swept.fetch_add(counts.users_swept, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(
+                            event = "sweep_failed",
+                            error = %e,
+                            "sweep pass failed (database); the next tick tries again"
+                        ),
+                    }
+                    state.touch_progress();
+                }
+            }
+        }
+    });
+    Ok(Running { scheduler, worker })
+}

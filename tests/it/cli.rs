@@ -1,0 +1,297 @@
+//! The binary from the outside: exit codes, messages, the simulator command.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_basiq-health"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BASIQ_HEALTH")
+            || key == "CREDENTIALS_DIRECTORY"
+            || key == "STATE_DIRECTORY"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+fn example_config() -> &'static Path {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/basiq-health.toml"
+    ))
+}
+
+fn check(config: &Path, envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = bin()
+        .arg("--config")
+        .arg(config)
+        .args(["config", "check"])
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("basiq-health.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn config_check_accepts_the_example_and_redacts_the_key() {
+    let (code, stdout, stderr) = check(
+        example_config(),
+        &[("BASIQ_HEALTH_API_KEY", "c2VjcmV0LWNhbmFyeQ==")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("base_url = \"https://au-api.basiq.io/\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[redacted]"));
+    assert!(!stdout.contains("c2VjcmV0LWNhbmFyeQ==") && !stderr.contains("c2VjcmV0LWNhbmFyeQ=="));
+}
+
+#[test]
+fn config_check_rejects_an_unknown_key_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[basiq]\ntimeuot = \"5s\"\n");
+    let (code, _, stderr) = check(&path, &[]);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains("timeuot") && stderr.contains("basiq"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_check_rejects_a_bad_duration_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[basiq]\ntimeout = \"soon\"\n");
+    let (code, _, stderr) = check(&path, &[]);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains("basiq.timeout") && stderr.contains("soon"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_check_refuses_plain_http_to_a_remote_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[basiq]\nbase_url = \"http://au-api.basiq.io\"\n");
+    let (code, _, stderr) = check(&path, &[]);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains("basiq.base_url") && stderr.contains("https"),
+        "{stderr}"
+    );
+
+    let path = write_config(&dir, "[basiq]\nbase_url = \"http://127.0.0.1:8787\"\n");
+    assert_eq!(check(&path, &[]).0, 0, "loopback http is allowed");
+}
+
+#[test]
+fn environment_overrides_win_and_are_validated() {
+    let (code, stdout, _) = check(
+        example_config(),
+        &[
+            ("BASIQ_HEALTH__DATABASE__PATH", "/tmp/elsewhere.db"),
+            ("BASIQ_HEALTH__BASIQ__MAX_ATTEMPTS", "5"),
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("path = \"/tmp/elsewhere.db\""), "{stdout}");
+    assert!(stdout.contains("max_attempts = 5"), "{stdout}");
+    let (code, _, stderr) = check(
+        example_config(),
+        &[("BASIQ_HEALTH__BASIQ__TIMEOUT", "later")],
+    );
+    assert_eq!(code, 78);
+    assert!(stderr.contains("basiq.timeout"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_a_configuration_error() {
+    let (code, _, stderr) = check(Path::new("/nonexistent/basiq-health.toml"), &[]);
+    assert_eq!(code, 78);
+    assert!(
+        stderr.contains("/nonexistent/basiq-health.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_key_file_readable_by_others_draws_a_chmod_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("api-key");
+    std::fs::write(&key, "a2V5\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = write_config(
+        &dir,
+        &format!("[basiq]\napi_key_file = {:?}\n", key.display().to_string()),
+    );
+    let (code, stdout, stderr) = check(&path, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("chmod 600") && stderr.contains("api-key"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("a2V5") && !stderr.contains("a2V5"));
+}
+
+/// Starts `basiq-health simulate` on port 0 and reads the address and key it prints.
+pub struct SimProcess {
+    pub child: std::process::Child,
+    pub base_url: String,
+    pub api_key: String,
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_simulator(extra: &[&str]) -> SimProcess {
+    let mut child = bin()
+        .args(["simulate", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut base_url, mut api_key) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("simulator listening on ") {
+            base_url = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("api key: ") {
+            api_key = Some(rest.trim().to_owned());
+        }
+        if base_url.is_some() && api_key.is_some() {
+            break;
+        }
+    }
+    SimProcess {
+        child,
+        base_url: base_url.expect("the address is printed"),
+        api_key: api_key.expect("the key is printed"),
+    }
+}
+
+fn keys(value: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn simulate_serves_connections_and_jobs_in_basiq_shapes_to_the_printed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let users_file = dir.path().join("users.txt");
+    let sim = spawn_simulator(&[
+        "--users",
+        "12",
+        "--seed",
+        "3",
+        "--users-file",
+        users_file.to_str().unwrap(),
+    ]);
+    let users: Vec<String> = std::fs::read_to_string(&users_file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(users.len(), 12);
+
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/token", sim.base_url))
+        .header("Authorization", format!("Basic {}", sim.api_key))
+        .header("basiq-version", "3.0")
+        .form(&[("scope", "SERVER_ACCESS")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys(&token), ["access_token", "expires_in", "token_type"]);
+    let bearer = token["access_token"].as_str().unwrap().to_owned();
+
+    let get = |path: String| {
+        let http = http.clone();
+        let bearer = bearer.clone();
+        async move {
+            let response = http.get(path).bearer_auth(bearer).send().await.unwrap();
+            assert!(response.status().is_success());
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let connections = get(format!("{}/users/{}/connections", sim.base_url, users[0])).await;
+    assert_eq!(connections["type"], "list");
+    assert!(connections["links"]["self"].is_string());
+    let first = &connections["data"][0];
+    for key in [
+        "type",
+        "id",
+        "status",
+        "method",
+        "createdDate",
+        "institution",
+        "links",
+    ] {
+        assert!(first.get(key).is_some(), "connection has `{key}`: {first}");
+    }
+    assert_eq!(first["type"], "connection");
+    assert_eq!(first["institution"]["type"], "institution");
+
+    let mut saw_job = false;
+    for user in &users {
+        let jobs = get(format!("{}/users/{}/jobs", sim.base_url, user)).await;
+        assert_eq!(jobs["type"], "list");
+        assert!(jobs["size"].is_u64(), "jobs list has `size`: {jobs}");
+        if let Some(job) = jobs["data"].as_array().and_then(|d| d.first()) {
+            for key in [
+                "type",
+                "id",
+                "created",
+                "updated",
+                "steps",
+                "institution",
+                "links",
+            ] {
+                assert!(job.get(key).is_some(), "job has `{key}`: {job}");
+            }
+            let step = &job["steps"][0];
+            assert_eq!(keys(step), ["result", "status", "title"]);
+            saw_job = true;
+        }
+    }
+    assert!(saw_job);
+
+    let connectors = get(format!("{}/connectors", sim.base_url)).await;
+    assert!(connectors["totalCount"].is_u64());
+    assert_eq!(connectors["data"][0]["type"], "connector");
+
+    let refused = http
+        .get(format!("{}/users/{}/connections", sim.base_url, users[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "no bearer, no data");
+}
