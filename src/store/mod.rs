@@ -120,6 +120,16 @@ pub(crate) fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
 
+/// Due times round up: a slot inside the current second must not read as already due.
+pub(crate) fn ts_ceil(t: DateTime<Utc>) -> i64 {
+    let secs = t.timestamp();
+    if t.timestamp_subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    }
+}
+
 pub(crate) fn opt_ts(t: Option<DateTime<Utc>>) -> Option<i64> {
     t.map(ts)
 }

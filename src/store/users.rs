@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Result, Store, from_opt_ts, from_ts, ts};
+use super::{Result, Store, from_opt_ts, from_ts, ts, ts_ceil};
 use crate::domain::UserId;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -53,7 +53,7 @@ impl Store {
             )
             .bind(id.as_str())
             .bind(ts(now))
-            .bind(ts(due(id)))
+            .bind(ts_ceil(due(id)))
             .execute(&mut *tx)
             .await?;
             added += result.rows_affected();
@@ -133,7 +133,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query("UPDATE users SET last_swept_at = ?, next_due_at = ? WHERE user_id = ?")
             .bind(ts(swept_at))
-            .bind(ts(next_due_at))
+            .bind(ts_ceil(next_due_at))
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;
@@ -143,7 +143,7 @@ impl Store {
     /// Postpones a user whose sweep failed for reasons of its own.
     pub async fn set_next_due(&self, id: &UserId, next_due_at: DateTime<Utc>) -> Result<()> {
         sqlx::query("UPDATE users SET next_due_at = ? WHERE user_id = ?")
-            .bind(ts(next_due_at))
+            .bind(ts_ceil(next_due_at))
             .bind(id.as_str())
             .execute(&self.pool)
             .await?;

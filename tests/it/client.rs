@@ -183,7 +183,7 @@ async fn server_errors_are_retried_a_bounded_number_of_times_and_logged_with_ids
     let sim = start_sim(sim_config()).await;
     let client = client(&sim);
     let user = first_user(&sim);
-    let (logs, _guard) = capture_logs("info");
+    let (logs, _guard) = capture_logs();
     sim.sim.inject_fault(
         Route::Connections,
         Fault::Status {
@@ -355,7 +355,7 @@ async fn a_wrong_api_key_is_unauthorised() {
 #[tokio::test]
 async fn neither_the_api_key_nor_the_token_ever_reaches_the_logs() {
     let sim = start_sim(sim_config()).await;
-    let (logs, _guard) = capture_logs("trace");
+    let (logs, _guard) = capture_logs();
     let client = client(&sim);
     let user = first_user(&sim);
     client.list_connections(&user).await.unwrap();

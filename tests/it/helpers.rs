@@ -84,16 +84,92 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
-/// Captures JSON logs at `level` for the current thread (use with a current-thread runtime).
-pub fn capture_logs(level: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+thread_local! {
+    static SINK: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the capture of the current thread, if any. One global subscriber for the whole
+/// test binary keeps tracing's global callsite and level caches consistent; scoped
+/// subscribers in parallel tests lose events.
+#[derive(Clone, Copy)]
+struct ThreadSink;
+
+impl Write for ThreadSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        SINK.with(|s| match s.borrow_mut().as_mut() {
+            Some(c) => c.write(buf),
+            None => Ok(buf.len()),
+        })
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadSink {
+    type Writer = ThreadSink;
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
+}
+
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        SINK.with(|s| *s.borrow_mut() = None);
+    }
+}
+
+/// Captures every JSON log line (all levels) emitted on this thread until the guard drops.
+/// Use with a current-thread runtime so every task of the test runs on this thread.
+pub fn capture_logs() -> (Captured, CaptureGuard) {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let settings = LogSettings {
+            format: LogFormat::Json,
+            level: "trace".into(),
+        };
+        tracing::subscriber::set_global_default(basiq_health::telemetry::subscriber(
+            &settings, ThreadSink,
+        ))
+        .expect("one global subscriber for the tests");
+    });
     let captured = Captured::default();
-    let settings = LogSettings {
-        format: LogFormat::Json,
-        level: level.into(),
-    };
-    let guard = tracing::subscriber::set_default(basiq_health::telemetry::subscriber(
-        &settings,
-        captured.clone(),
-    ));
-    (captured, guard)
+    SINK.with(|s| *s.borrow_mut() = Some(captured.clone()));
+    (captured, CaptureGuard)
+}
+
+/// Settings for a daemon pointed at `sim` with its database at `db`; `extra` is appended
+/// TOML (sections not already present).
+pub fn settings_for(
+    sim: &RunningSim,
+    db: &std::path::Path,
+    extra: &str,
+) -> basiq_health::settings::Settings {
+    let toml = format!(
+        "[basiq]\nbase_url = {:?}\nmax_requests_per_second = 1000\nretry_base_delay = \"20ms\"\n\
+         [database]\npath = {:?}\n[api]\nlisten = \"\"\n{extra}",
+        sim.base_url(),
+        db.display().to_string()
+    );
+    basiq_health::settings::Settings::from_toml(&toml).expect("test settings are valid")
+}
+
+pub async fn sweeper_for(
+    sim: &RunningSim,
+    db: &std::path::Path,
+    extra: &str,
+) -> basiq_health::sweep::Sweeper {
+    let settings = settings_for(sim, db, extra);
+    basiq_health::app::build_sweeper_with_key(&settings, SecretString::from(sim.sim.api_key()))
+        .await
+        .expect("sweeper builds")
+}
+
+/// A simulator with no seeded users, for scripted cases.
+pub async fn empty_sim() -> RunningSim {
+    let mut config = sim_config();
+    config.users = 0;
+    start_sim(config).await
 }

@@ -3,5 +3,7 @@
 
 mod cli;
 mod client;
+mod commands;
 mod helpers;
 mod sim;
+mod sweep;

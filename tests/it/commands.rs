@@ -1,0 +1,264 @@
+//! The register, the login check, the status report and the demo, as a user runs them.
+
+use std::path::Path;
+use std::process::Output;
+
+use basiq_health::sim::RunningSim;
+
+use crate::cli::bin;
+use crate::helpers::*;
+
+fn config() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/config/basiq-health.toml")
+}
+
+/// Runs the binary against `sim` with its database at `db` (blocking: call it from a
+/// multi-thread runtime so the in-process simulator keeps serving).
+fn run(sim: &RunningSim, db: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("--config")
+        .arg(config())
+        .args(args)
+        .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
+        .env("BASIQ_HEALTH__DATABASE__PATH", db)
+        .env("BASIQ_HEALTH__API__LISTEN", "")
+        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_import_is_idempotent_and_list_shows_the_schedule() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let file = dir.path().join("users.txt");
+    std::fs::write(
+        &file,
+        "# partner export\nu-1\nu-2  # trailing comment\n\nu-1\nu-3\n",
+    )
+    .unwrap();
+    let first = stdout(&run(
+        &sim,
+        &db,
+        &["users", "import", file.to_str().unwrap()],
+    ));
+    assert!(first.contains("3 new"), "{first}");
+    let again = stdout(&run(
+        &sim,
+        &db,
+        &["users", "import", file.to_str().unwrap()],
+    ));
+    assert!(again.contains("0 new"), "{again}");
+    stdout(&run(&sim, &db, &["users", "add", "u-4"]));
+    stdout(&run(&sim, &db, &["users", "remove", "u-2"]));
+
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&sim, &db, &["users", "list", "--json"]))).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["u-1", "u-3", "u-4"]);
+    for u in list.as_array().unwrap() {
+        assert!(u["next_due_at"].is_string(), "{u}");
+        assert!(
+            u.get("last_swept_at").is_some() && u["last_swept_at"].is_null(),
+            "{u}"
+        );
+    }
+    let table = stdout(&run(&sim, &db, &["users", "list"]));
+    assert!(table.contains("u-3") && !table.contains("u-2"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_check_and_status_work_from_the_command_line() {
+    let mut config = sim_config();
+    config.users = 12;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let users = sim.sim.user_ids();
+    let mut add = vec!["users", "add"];
+    add.extend(users.iter().map(String::as_str));
+    stdout(&run(&sim, &db, &add));
+
+    let counts: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&sim, &db, &["sweep"]))).unwrap();
+    assert_eq!(counts["users_swept"], 12);
+
+    sim.sim.reset_counters();
+    let checked: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&sim, &db, &["check", &users[0]]))).unwrap();
+    assert_eq!(checked["user_id"], users[0].as_str());
+    assert_eq!(
+        checked["swept"], false,
+        "swept moments ago: within sweep.login_min_interval"
+    );
+    assert!(!checked["connections"].as_array().unwrap().is_empty());
+    assert_eq!(
+        sim.sim.counters().requests.values().sum::<u64>(),
+        0,
+        "no request to Basiq"
+    );
+
+    let table = stdout(&run(&sim, &db, &["status"]));
+    assert!(
+        table.contains("open outages") && table.contains("healthy"),
+        "{table}"
+    );
+    let one: serde_json::Value = serde_json::from_str(&stdout(&run(
+        &sim,
+        &db,
+        &["status", "--json", "--user", &users[1]],
+    )))
+    .unwrap();
+    assert!(
+        one["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["user_id"] == users[1].as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_check_of_a_new_user_sweeps_it_at_once() {
+    let mut config = sim_config();
+    config.users = 3;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let user = sim.sim.user_ids()[2].clone();
+    let checked: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&sim, &db, &["check", &user]))).unwrap();
+    assert_eq!(checked["swept"], true);
+    let healths: Vec<&str> = checked["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["health"].as_str().unwrap())
+        .collect();
+    assert!(!healths.is_empty());
+}
+
+#[tokio::test]
+async fn the_local_api_registers_users_checks_logins_and_reports() {
+    let mut config = sim_config();
+    config.users = 4;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sim, &dir.path().join("bh.db"), "");
+    settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", app.api_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let user = sim.sim.user_ids()[0].clone();
+
+    let put = http
+        .put(format!("{base}/v1/users/{user}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let login: serde_json::Value = http
+        .post(format!("{base}/v1/users/{user}/login"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["swept"], true);
+    assert!(!login["connections"].as_array().unwrap().is_empty());
+    let health = http
+        .get(format!("{base}/v1/users/{user}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let status: serde_json::Value = http
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["summary"]["users"], 1);
+    let healthz = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let users: serde_json::Value = http
+        .get(format!("{base}/v1/users"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users[0]["user_id"], user.as_str());
+    let gone = http
+        .delete(format!("{base}/v1/users/{user}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 200);
+    let unknown = http
+        .get(format!("{base}/v1/users/{user}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_names_an_outage_and_a_user_who_must_act() {
+    let out = bin()
+        .args(["demo", "--users", "40", "--day", "12s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("== outages seen during the day =="), "{text}");
+    assert!(
+        text.contains("recovered at"),
+        "an outage started and ended: {text}"
+    );
+    assert!(text.contains("major-outage"), "{text}");
+    assert!(
+        text.contains("connections needing the user's action"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> ask the user"),
+        "at least one action-required connection: {text}"
+    );
+}

@@ -1,0 +1,574 @@
+//! The health sweep against the simulator: classification end to end, outages, request
+//! budgets, the register and its schedule.
+
+use std::collections::BTreeMap;
+
+use basiq_health::classify::Health;
+use basiq_health::domain::{ConnectionId, UserId};
+use basiq_health::sim::{
+    OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob,
+};
+use basiq_health::sweep::Sweeper;
+use chrono::{Duration, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::bin;
+use crate::helpers::*;
+
+/// A connector the simulator reports `operational`.
+const UP: (&str, &str) = ("AU00004", "web");
+
+struct Script {
+    status: &'static str,
+    connector: (&'static str, &'static str),
+    job: Option<(Outcome, bool)>,
+    last_used_days: i64,
+}
+
+fn fail(code: &str) -> Outcome {
+    Outcome::fail("verify-credentials", code, "title", "detail")
+}
+
+/// Adds a user with one connection as scripted; returns (user, connection).
+fn script(sim: &RunningSim, name: &str, s: Script) -> (UserId, ConnectionId) {
+    let user = format!("user-{name}");
+    let conn = format!("conn-{name}");
+    let now = Utc::now();
+    sim.sim.add_user(&user);
+    let mut c = ScriptedConnection::new(s.connector.0, s.connector.1);
+    c.id = conn.clone();
+    c.status = s.status.into();
+    c.last_used = Some(now - Duration::days(s.last_used_days));
+    sim.sim.add_connection(&user, c);
+    if let Some((outcome, running)) = s.job {
+        sim.sim.add_job(
+            &user,
+            ScriptedJob {
+                id: Some(format!("job-{name}")),
+                connection_id: conn.clone(),
+                created: now - Duration::minutes(20),
+                updated: now - Duration::minutes(19),
+                outcome,
+                running,
+                with_source: true,
+            },
+        );
+    }
+    (UserId::new(user), ConnectionId::new(conn))
+}
+
+fn ok() -> Script {
+    Script {
+        status: "active",
+        connector: UP,
+        job: Some((Outcome::Success, false)),
+        last_used_days: 0,
+    }
+}
+
+async fn health_of(sweeper: &Sweeper, conn: &ConnectionId) -> (Option<Health>, Option<String>) {
+    let row = sweeper
+        .store()
+        .connection(conn)
+        .await
+        .unwrap()
+        .expect("connection stored");
+    (row.health, row.reason)
+}
+
+async fn sweep_all(sweeper: &Sweeper, users: &[UserId]) -> basiq_health::store::SweepCounts {
+    sweeper
+        .run_pass("test", Some(users.to_vec()), &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_health_value_is_reached_and_reported_by_status_json() {
+    let sim = empty_sim().await;
+    let outage = (OUTAGE_CONNECTOR.0, OUTAGE_CONNECTOR.1);
+    let cases: Vec<(&str, Script, Health, Option<&str>)> = vec![
+        ("healthy", ok(), Health::Healthy, None),
+        (
+            "running",
+            Script {
+                job: Some((Outcome::Hang, true)),
+                ..ok()
+            },
+            Health::InProgress,
+            None,
+        ),
+        (
+            "pending",
+            Script {
+                status: "pending",
+                job: None,
+                ..ok()
+            },
+            Health::Pending,
+            Some("pending"),
+        ),
+        (
+            "badpass",
+            Script {
+                job: Some((fail("invalid-credentials"), false)),
+                ..ok()
+            },
+            Health::ActionRequired,
+            Some("invalid-credentials"),
+        ),
+        (
+            "bankdown",
+            Script {
+                connector: outage,
+                job: Some((fail("service-unavailable"), false)),
+                ..ok()
+            },
+            Health::InstitutionOutage,
+            Some("service-unavailable"),
+        ),
+        (
+            "blip",
+            Script {
+                job: Some((fail("service-unavailable"), false)),
+                ..ok()
+            },
+            Health::TransientFailure,
+            Some("service-unavailable"),
+        ),
+        (
+            "stale",
+            Script {
+                job: None,
+                last_used_days: 5,
+                ..ok()
+            },
+            Health::Stale,
+            Some("no-recent-job"),
+        ),
+        (
+            "weird",
+            Script {
+                job: Some((fail("quantum-flux"), false)),
+                ..ok()
+            },
+            Health::Unknown,
+            Some("quantum-flux"),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let sweeper = sweeper_for(&sim, &db, "").await;
+    let mut users = Vec::new();
+    let mut expected = Vec::new();
+    for (name, s, health, reason) in cases {
+        let (user, conn) = script(&sim, name, s);
+        users.push(user);
+        expected.push((conn, health, reason));
+    }
+    sweeper.add_users(&users).await.unwrap();
+    let counts = sweep_all(&sweeper, &users).await;
+    assert_eq!(counts.users_swept, 8);
+    for (conn, health, reason) in &expected {
+        assert_eq!(
+            health_of(&sweeper, conn).await,
+            (Some(*health), reason.map(str::to_owned)),
+            "{conn}"
+        );
+    }
+    sweeper.store().close().await;
+
+    // The same, from the outside.
+    let out = bin()
+        .args(["status", "--json"])
+        .env("BASIQ_HEALTH__DATABASE__PATH", &db)
+        .env("BASIQ_HEALTH__API__LISTEN", "")
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/basiq-health.toml"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_conn: BTreeMap<String, &serde_json::Value> = report["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["connection_id"].as_str().unwrap().to_owned(), c))
+        .collect();
+    for (conn, health, reason) in &expected {
+        let c = by_conn[conn.as_str()];
+        for key in [
+            "user_id",
+            "connection_id",
+            "institution_id",
+            "method",
+            "connection_status",
+            "health",
+            "reason",
+            "job_id",
+            "checked_at",
+            "consent_expires_at",
+        ] {
+            assert!(c.get(key).is_some(), "`{key}` in {c}");
+        }
+        assert_eq!(c["health"], health.as_str());
+        assert_eq!(c["reason"].as_str(), *reason);
+    }
+    assert_eq!(report["summary"]["by_health"]["unknown"], 1);
+    assert!(
+        report["outages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["institution_id"] == OUTAGE_CONNECTOR.0)
+    );
+}
+
+#[tokio::test]
+async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swept_in() {
+    for order in [[0usize, 1, 2], [2, 1, 0]] {
+        let sim = empty_sim().await;
+        let dir = tempfile::tempdir().unwrap();
+        let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+        let pairs: Vec<_> = (0..3)
+            .map(|i| {
+                script(
+                    &sim,
+                    &format!("down{i}"),
+                    Script {
+                        job: Some((fail("service-unavailable"), false)),
+                        ..ok()
+                    },
+                )
+            })
+            .collect();
+        let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
+        sweeper.add_users(&users).await.unwrap();
+        // One user at a time, in the given order.
+        for i in order {
+            sweep_all(&sweeper, std::slice::from_ref(&users[i])).await;
+        }
+        for (_, conn) in &pairs {
+            assert_eq!(
+                health_of(&sweeper, conn).await.0,
+                Some(Health::InstitutionOutage),
+                "order {order:?}: every user at the connector is in the inferred outage"
+            );
+        }
+        let outages = sweeper.store().open_outages().await.unwrap();
+        assert!(
+            outages
+                .iter()
+                .any(|o| o.source == "inferred" && o.institution_id == UP.0),
+            "{outages:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_users_failing_is_not_yet_an_outage() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let pairs: Vec<_> = (0..2)
+        .map(|i| {
+            script(
+                &sim,
+                &format!("pair{i}"),
+                Script {
+                    job: Some((fail("service-unavailable"), false)),
+                    ..ok()
+                },
+            )
+        })
+        .collect();
+    let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
+    sweeper.add_users(&users).await.unwrap();
+    sweep_all(&sweeper, &users).await;
+    for (_, conn) in &pairs {
+        assert_eq!(
+            health_of(&sweeper, conn).await.0,
+            Some(Health::TransientFailure)
+        );
+    }
+    assert!(
+        sweeper
+            .store()
+            .open_outages()
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.source != "inferred")
+    );
+}
+
+#[tokio::test]
+async fn a_connector_status_change_reclassifies_its_connections_and_records_the_outage() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nconnectors_ttl = \"0s\"\n",
+    )
+    .await;
+    let (a, conn_a) = script(
+        &sim,
+        "a",
+        Script {
+            job: Some((fail("service-unavailable"), false)),
+            ..ok()
+        },
+    );
+    let (b, _) = script(&sim, "b", ok());
+    sweeper.add_users(&[a.clone(), b.clone()]).await.unwrap();
+    sweep_all(&sweeper, std::slice::from_ref(&a)).await;
+    assert_eq!(
+        health_of(&sweeper, &conn_a).await.0,
+        Some(Health::TransientFailure)
+    );
+
+    sim.sim.set_connector_status(UP.0, UP.1, "major-outage");
+    // Sweeping another user reads /connectors again; user a is reclassified without a sweep.
+    sweep_all(&sweeper, std::slice::from_ref(&b)).await;
+    assert_eq!(
+        health_of(&sweeper, &conn_a).await.0,
+        Some(Health::InstitutionOutage)
+    );
+
+    sim.sim.set_connector_status(UP.0, UP.1, "operational");
+    sweep_all(&sweeper, std::slice::from_ref(&b)).await;
+    assert_eq!(
+        health_of(&sweeper, &conn_a).await.0,
+        Some(Health::TransientFailure)
+    );
+    let since = Utc::now() - Duration::hours(1);
+    let outages = sweeper.store().outages_since(since).await.unwrap();
+    let ours = outages
+        .iter()
+        .find(|o| o.institution_id == UP.0 && o.source == "connectors")
+        .expect("outage recorded");
+    assert!(
+        ours.ended_at.is_some(),
+        "the outage has a start and an end: {ours:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_side_failure_during_a_major_outage_does_not_ask_the_user_to_act() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let outage = (OUTAGE_CONNECTOR.0, OUTAGE_CONNECTOR.1);
+    let (user, conn) = script(
+        &sim,
+        "locked",
+        Script {
+            connector: outage,
+            job: Some((fail("invalid-credentials"), false)),
+            ..ok()
+        },
+    );
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    sweep_all(&sweeper, std::slice::from_ref(&user)).await;
+    assert_eq!(
+        health_of(&sweeper, &conn).await.0,
+        Some(Health::InstitutionOutage)
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_token() {
+    let mut config = sim_config();
+    config.users = 500;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nconcurrency = 16\n",
+    )
+    .await;
+    let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
+    sweeper.add_users(&users).await.unwrap();
+    sim.sim.reset_counters();
+    let counts = sweep_all(&sweeper, &users).await;
+    assert_eq!(counts.users_swept, 500);
+    assert_eq!(counts.users_failed, 0);
+    let c = sim.sim.counters();
+    assert_eq!(c.requests.get(&Route::Connections).copied(), Some(500));
+    assert_eq!(c.requests.get(&Route::Jobs).copied(), Some(500));
+    assert_eq!(
+        c.requests.get(&Route::Connectors).copied(),
+        Some(1),
+        "one /connectors per TTL"
+    );
+    assert_eq!(c.token_calls, 1, "one token for the whole sweep");
+    assert_eq!(c.bulk_refresh_calls, 0);
+    let healths = counts.by_health;
+    for h in ["healthy", "action-required", "institution-outage"] {
+        assert!(
+            healths.get(h).copied().unwrap_or(0) > 0,
+            "{h} in {healths:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_user_basiq_does_not_know_is_marked_gone_and_the_sweep_goes_on() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let (good, conn) = script(&sim, "good", ok());
+    let ghost = UserId::new("user-that-basiq-forgot");
+    let users = vec![ghost.clone(), good.clone()];
+    sweeper.add_users(&users).await.unwrap();
+    let counts = sweep_all(&sweeper, &users).await;
+    assert_eq!((counts.users_swept, counts.users_gone), (1, 1));
+    assert_eq!(health_of(&sweeper, &conn).await.0, Some(Health::Healthy));
+    let ghost_row = sweeper.store().get_user(&ghost).await.unwrap().unwrap();
+    assert!(ghost_row.gone_at.is_some());
+    // Not due any more: the scheduled pass skips it.
+    let due = sweeper
+        .store()
+        .due_users(Utc::now() + Duration::days(3), 100)
+        .await
+        .unwrap();
+    assert!(!due.contains(&ghost) && due.contains(&good));
+}
+
+#[tokio::test]
+async fn a_health_change_is_recorded_and_logged_once() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let (user, conn) = script(
+        &sim,
+        "once",
+        Script {
+            job: Some((fail("invalid-credentials"), false)),
+            ..ok()
+        },
+    );
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let (logs, _guard) = capture_logs();
+    for _ in 0..3 {
+        sweep_all(&sweeper, std::slice::from_ref(&user)).await;
+    }
+    let history = sweeper.store().health_history(&conn).await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    let lines = logs.lines();
+    let changes: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "health_changed")
+        .collect();
+    assert_eq!(changes.len(), 1);
+    let line = changes[0];
+    assert_eq!(line["user_id"], user.as_str());
+    assert_eq!(line["connection_id"], conn.as_str());
+    assert_eq!(line["job_id"], "job-once");
+    assert_eq!(line["to"], "action-required");
+    assert_eq!(line["reason"], "invalid-credentials");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["event"] == "sweep_finished")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_restart_does_not_move_a_users_offset() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let users: Vec<UserId> = (0..20)
+        .map(|i| UserId::new(format!("restart-{i}")))
+        .collect();
+    let first = sweeper_for(&sim, &db, "").await;
+    first.add_users(&users).await.unwrap();
+    let before = first.store().list_users().await.unwrap();
+    let probe = Utc::now();
+    let slots_before: Vec<_> = users.iter().map(|u| first.next_due(u, probe)).collect();
+    first.store().close().await;
+
+    let second = sweeper_for(&sim, &db, "").await;
+    let slots_after: Vec<_> = users.iter().map(|u| second.next_due(u, probe)).collect();
+    assert_eq!(slots_before, slots_after);
+    assert_eq!(before, second.store().list_users().await.unwrap());
+
+    // Another installation spreads the same users differently.
+    let other = sweeper_for(&sim, &dir.path().join("other.db"), "").await;
+    let elsewhere: Vec<_> = users.iter().map(|u| other.next_due(u, probe)).collect();
+    assert_ne!(slots_before, elsewhere);
+}
+
+#[tokio::test]
+async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let settings = settings_for(
+        &sim,
+        &db,
+        "[sweep]\nperiod = \"3s\"\ntick = \"* * * * * *\"\n",
+    );
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    let pairs: Vec<_> = (0..5)
+        .map(|i| script(&sim, &format!("tick{i}"), ok()))
+        .collect();
+    let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
+    app.sweeper().add_users(&users).await.unwrap();
+    let store = app.sweeper().store().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    // Poll the database for the outcome (bounded): every user swept by the tick.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let swept = store
+            .list_users()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|u| u.last_swept_at.is_some())
+            .count();
+        if swept == users.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {swept} users swept by the tick"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for u in store.list_users().await.unwrap() {
+        let last = u.last_swept_at.unwrap();
+        assert!(
+            u.next_due_at > last && u.next_due_at <= last + Duration::seconds(4),
+            "{u:?}"
+        );
+    }
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+}
