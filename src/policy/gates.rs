@@ -391,6 +391,9 @@ mod tests {
         decide(c.trigger, &facts, &limits)
     }
 
+    /// Repairs one gate of a case.
+    type Fix = fn(&mut Case);
+
     fn check(cases: &[Case]) {
         for c in cases {
             assert_eq!(run(c), c.expect, "case: {}", c.name);
@@ -466,14 +469,16 @@ mod tests {
 
     #[test]
     fn refresh_is_denied_when_the_connection_is_not_active() {
-        let cases: Vec<Case> = ["pending", "pre-init", "init", "invalid", "revoked", "frozen"]
-            .into_iter()
-            .map(|status| Case {
-                status,
-                expect: Err(ConnectionNotActive),
-                ..case(status, Login)
-            })
-            .collect();
+        let cases: Vec<Case> = [
+            "pending", "pre-init", "init", "invalid", "revoked", "frozen",
+        ]
+        .into_iter()
+        .map(|status| Case {
+            status,
+            expect: Err(ConnectionNotActive),
+            ..case(status, Login)
+        })
+        .collect();
         check(&cases);
     }
 
@@ -525,17 +530,47 @@ mod tests {
             ..case(name, trigger)
         };
         check(&[
-            used("login, used 11 h ago", Login, 11 * 60, Err(RecentlyRefreshed)),
+            used(
+                "login, used 11 h ago",
+                Login,
+                11 * 60,
+                Err(RecentlyRefreshed),
+            ),
             used("login, used exactly 12 h ago", Login, 12 * 60, Ok(())),
-            used("manual, used 11 h ago", Manual, 11 * 60, Err(RecentlyRefreshed)),
+            used(
+                "manual, used 11 h ago",
+                Manual,
+                11 * 60,
+                Err(RecentlyRefreshed),
+            ),
             used("manual, used 13 h ago", Manual, 13 * 60, Ok(())),
-            used("scheduled, used 19 h ago", Scheduled, 19 * 60, Err(RecentlyRefreshed)),
+            used(
+                "scheduled, used 19 h ago",
+                Scheduled,
+                19 * 60,
+                Err(RecentlyRefreshed),
+            ),
             used("scheduled, used 20 h ago", Scheduled, 20 * 60, Ok(())),
-            used("recovery, used 30 min ago", Recovery, 30, Err(RecentlyRefreshed)),
+            used(
+                "recovery, used 30 min ago",
+                Recovery,
+                30,
+                Err(RecentlyRefreshed),
+            ),
             used("recovery, used 61 min ago", Recovery, 61, Ok(())),
-            used("retry, used 59 min ago", TransientRetry, 59, Err(RecentlyRefreshed)),
+            used(
+                "retry, used 59 min ago",
+                TransientRetry,
+                59,
+                Err(RecentlyRefreshed),
+            ),
             used("retry, used 2 h ago", TransientRetry, 120, Ok(())),
-            used("lastUsed in the future", Recovery, -5, Err(RecentlyRefreshed)),
+            used(
+                "lastUsed in the future",
+                Recovery,
+                -5,
+                Err(RecentlyRefreshed),
+            ),
             Case {
                 last_used_min_ago: None,
                 last_attempt_min_ago: None,
@@ -552,7 +587,10 @@ mod tests {
             },
             Case {
                 last_attempt_min_ago: Some(3 * 60),
-                ..case("scheduled, our attempt 3 h ago but data still stale", Scheduled)
+                ..case(
+                    "scheduled, our attempt 3 h ago but data still stale",
+                    Scheduled,
+                )
             },
         ]);
     }
@@ -597,7 +635,11 @@ mod tests {
             ..case(name, Recovery)
         };
         check(&[
-            at("partial outage", Some("partial-outage"), Err(InstitutionOutage)),
+            at(
+                "partial outage",
+                Some("partial-outage"),
+                Err(InstitutionOutage),
+            ),
             at("major outage", Some("major-outage"), Err(InstitutionOutage)),
             at("degraded still works", Some("degraded-performance"), Ok(())),
             at("maintenance still works", Some("under-maintenance"), Ok(())),
@@ -626,21 +668,81 @@ mod tests {
         };
         check(&[
             attempts("automatic, 14 of 20", "open-banking", Recovery, 14, Ok(())),
-            attempts("automatic stops at 15", "open-banking", Recovery, 15, Err(DailyCap)),
-            attempts("scheduled stops at 15", "open-banking", Scheduled, 15, Err(DailyCap)),
-            attempts("retry stops at 15", "open-banking", TransientRetry, 15, Err(DailyCap)),
+            attempts(
+                "automatic stops at 15",
+                "open-banking",
+                Recovery,
+                15,
+                Err(DailyCap),
+            ),
+            attempts(
+                "scheduled stops at 15",
+                "open-banking",
+                Scheduled,
+                15,
+                Err(DailyCap),
+            ),
+            attempts(
+                "retry stops at 15",
+                "open-banking",
+                TransientRetry,
+                15,
+                Err(DailyCap),
+            ),
             attempts("login uses the reserve", "open-banking", Login, 15, Ok(())),
             attempts("login, 19 of 20", "open-banking", Login, 19, Ok(())),
-            attempts("login stops at 20", "open-banking", Login, 20, Err(DailyCap)),
-            attempts("manual uses the reserve", "open-banking", Manual, 19, Ok(())),
-            attempts("manual stops at 20", "open-banking", Manual, 20, Err(DailyCap)),
-            attempts("openbanking spelling, automatic", "openbanking", Recovery, 15, Err(DailyCap)),
-            attempts("openbanking spelling, login", "openbanking", Login, 19, Ok(())),
+            attempts(
+                "login stops at 20",
+                "open-banking",
+                Login,
+                20,
+                Err(DailyCap),
+            ),
+            attempts(
+                "manual uses the reserve",
+                "open-banking",
+                Manual,
+                19,
+                Ok(()),
+            ),
+            attempts(
+                "manual stops at 20",
+                "open-banking",
+                Manual,
+                20,
+                Err(DailyCap),
+            ),
+            attempts(
+                "openbanking spelling, automatic",
+                "openbanking",
+                Recovery,
+                15,
+                Err(DailyCap),
+            ),
+            attempts(
+                "openbanking spelling, login",
+                "openbanking",
+                Login,
+                19,
+                Ok(()),
+            ),
             attempts("web, 3 of 4", "web", Login, 3, Ok(())),
             attempts("web stops at 4", "web", Login, 4, Err(DailyCap)),
             attempts("web has no reserve", "web", Scheduled, 3, Ok(())),
-            attempts("web automatic stops at 4", "web", Recovery, 4, Err(DailyCap)),
-            attempts("an unknown method gets the web cap", "carrier-pigeon", Login, 4, Err(DailyCap)),
+            attempts(
+                "web automatic stops at 4",
+                "web",
+                Recovery,
+                4,
+                Err(DailyCap),
+            ),
+            attempts(
+                "an unknown method gets the web cap",
+                "carrier-pigeon",
+                Login,
+                4,
+                Err(DailyCap),
+            ),
         ]);
     }
 
@@ -654,7 +756,12 @@ mod tests {
         check(&[
             capped("login, capped for 3 h more", Login, 180, Err(DailyCap)),
             capped("manual, capped for 1 min more", Manual, 1, Err(DailyCap)),
-            capped("recovery, capped for 3 h more", Recovery, 180, Err(DailyCap)),
+            capped(
+                "recovery, capped for 3 h more",
+                Recovery,
+                180,
+                Err(DailyCap),
+            ),
             capped("the cap ends now", Login, 0, Ok(())),
             capped("the cap ended", Recovery, -10, Ok(())),
         ]);
@@ -673,7 +780,7 @@ mod tests {
         };
         // Fix one gate at a time, in order: each step must report the next gate.
         let mut c = failing_all();
-        let fixes: [(Denial, fn(&mut Case)); 6] = [
+        let fixes: [(Denial, Fix); 6] = [
             (ConnectionNotActive, |c| c.status = "active"),
             (NeedsUserAction, |c| c.health = Some(Health::Stale)),
             (JobInProgress, |c| c.job_running = false),
@@ -814,9 +921,17 @@ mod tests {
         let triggers: Vec<&str> = Trigger::ALL.into_iter().map(Trigger::as_str).collect();
         assert_eq!(
             triggers,
-            ["login", "manual", "recovery", "transient-retry", "scheduled"]
+            [
+                "login",
+                "manual",
+                "recovery",
+                "transient-retry",
+                "scheduled"
+            ]
         );
         assert!(Login.is_attended() && Manual.is_attended());
-        assert!(!Recovery.is_attended() && !TransientRetry.is_attended() && !Scheduled.is_attended());
+        assert!(
+            !Recovery.is_attended() && !TransientRetry.is_attended() && !Scheduled.is_attended()
+        );
     }
 }

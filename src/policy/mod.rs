@@ -19,8 +19,8 @@ pub mod spread;
 pub mod window;
 
 pub use gates::{
-    Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, UnknownRefreshMode, cap_for,
-    decide, not_before,
+    Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, UnknownRefreshMode, cap_for, decide,
+    not_before,
 };
 pub use pace::{Deferred, Pacer};
 pub use spread::{

@@ -10,10 +10,10 @@
 
 use std::fmt;
 
+use chrono::offset::LocalResult;
 use chrono::{
     DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Utc,
 };
-use chrono::offset::LocalResult;
 use chrono_tz::Tz;
 
 /// The default `refresh.unattended_window`.
@@ -143,10 +143,14 @@ impl DailyWindow {
         // Occurrences are at most a day long, so yesterday's may still be running; earlier
         // ones have ended and tomorrow's is the latest that can be next.
         let yesterday = today.checked_sub_days(Days::new(1))?;
-        [Some(yesterday), Some(today), today.checked_add_days(Days::new(1))]
-            .into_iter()
-            .flatten()
-            .find(|date| self.bounds(*date).is_some_and(|(_, end)| now < end))
+        [
+            Some(yesterday),
+            Some(today),
+            today.checked_add_days(Days::new(1)),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|date| self.bounds(*date).is_some_and(|(_, end)| now < end))
     }
 }
 
@@ -217,7 +221,10 @@ mod tests {
             DailyWindow::default()
         );
         assert_eq!(window("22:00-24:00").end, NaiveTime::MIN);
-        assert_eq!(DailyWindow::default().to_string(), "00:00-06:00 Australia/Sydney");
+        assert_eq!(
+            DailyWindow::default().to_string(),
+            "00:00-06:00 Australia/Sydney"
+        );
 
         let bad = [
             ("0000", "UTC", WindowError::Format("0000".into())),
@@ -237,7 +244,11 @@ mod tests {
                     time: "24:00".into(),
                 },
             ),
-            ("00:00-06:00", "Sydney", WindowError::TimeZone("Sydney".into())),
+            (
+                "00:00-06:00",
+                "Sydney",
+                WindowError::TimeZone("Sydney".into()),
+            ),
         ];
         for (spec, tz, expected) in bad {
             let err = DailyWindow::parse(spec, tz).unwrap_err();
@@ -289,7 +300,11 @@ mod tests {
         }
         let key = key_near(7, 0.75);
         // 75% of 4 h after 22:00 is 01:00 the next day, whichever side of midnight `now` is.
-        for now in ["2026-03-10T22:10:00Z", "2026-03-11T01:30:00Z", "2026-03-10T12:00:00Z"] {
+        for now in [
+            "2026-03-10T22:10:00Z",
+            "2026-03-11T01:30:00Z",
+            "2026-03-10T12:00:00Z",
+        ] {
             let slot = w.slot(7, &key, utc(now));
             assert!(
                 (slot - utc("2026-03-11T01:00:00Z")).num_seconds().abs() < 60,
@@ -301,11 +316,18 @@ mod tests {
     #[test]
     fn a_window_with_equal_ends_is_the_whole_day() {
         let w = DailyWindow::parse("03:00-03:00", "UTC").unwrap();
-        for now in ["2026-03-10T02:59:00Z", "2026-03-10T03:00:00Z", "2026-03-10T17:00:00Z"] {
+        for now in [
+            "2026-03-10T02:59:00Z",
+            "2026-03-10T03:00:00Z",
+            "2026-03-10T17:00:00Z",
+        ] {
             assert!(w.contains(utc(now)), "{now}");
         }
         let (s, e) = w.occurrence(utc("2026-03-10T02:59:00Z"));
-        assert_eq!((s, e), (utc("2026-03-09T03:00:00Z"), utc("2026-03-10T03:00:00Z")));
+        assert_eq!(
+            (s, e),
+            (utc("2026-03-09T03:00:00Z"), utc("2026-03-10T03:00:00Z"))
+        );
     }
 
     #[test]
@@ -321,9 +343,9 @@ mod tests {
         let seed = 11;
         let cases = [
             // fraction of 6 h -> local time -> instant
-            (0.25, "2026-04-04T14:30:00Z"), // 01:30 AEDT
+            (0.25, "2026-04-04T14:30:00Z"),  // 01:30 AEDT
             (0.375, "2026-04-04T15:15:00Z"), // 02:15 twice: the earlier, AEDT
-            (0.75, "2026-04-04T18:30:00Z"), // 04:30 AEST
+            (0.75, "2026-04-04T18:30:00Z"),  // 04:30 AEST
         ];
         for (fraction, expected) in cases {
             let key = key_near(seed, fraction);
@@ -346,9 +368,9 @@ mod tests {
 
         let seed = 11;
         let cases = [
-            (0.25, "2026-10-03T15:30:00Z"), // 01:30 AEST
+            (0.25, "2026-10-03T15:30:00Z"),  // 01:30 AEST
             (0.375, "2026-10-03T16:15:00Z"), // 02:15 does not exist: 03:15 AEDT
-            (0.75, "2026-10-03T17:30:00Z"), // 04:30 AEDT
+            (0.75, "2026-10-03T17:30:00Z"),  // 04:30 AEDT
         ];
         for (fraction, expected) in cases {
             let key = key_near(seed, fraction);
@@ -368,7 +390,11 @@ mod tests {
         let inside = utc("2026-11-22T14:00:00Z");
         let slot = w.slot(42, key, inside);
         assert!(w.contains(slot));
-        assert_eq!(slot, w.slot(42, key, utc("2026-11-22T18:59:00Z")), "same night");
+        assert_eq!(
+            slot,
+            w.slot(42, key, utc("2026-11-22T18:59:00Z")),
+            "same night"
+        );
         assert_eq!(
             w.slot(42, key, utc("2026-11-22T19:00:00Z")),
             slot + TimeDelta::days(1),

@@ -262,3 +262,76 @@ fn the_demo_runs_end_to_end_and_names_an_outage_and_a_user_who_must_act() {
         "at least one action-required connection: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let mut child = bin()
+        .arg("--config")
+        .arg(config())
+        .arg("run")
+        .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
+        .env("BASIQ_HEALTH__DATABASE__PATH", &db)
+        .env("BASIQ_HEALTH__API__LISTEN", "127.0.0.1:0")
+        .env("BASIQ_HEALTH__LOG__FORMAT", "json")
+        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("\"event\":\"started\""));
+    assert!(started.is_some(), "the daemon says it is running");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("\"event\":\"stopped\"")),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn a_non_loopback_api_without_a_token_is_refused() {
+    let out = bin()
+        .arg("--config")
+        .arg(config())
+        .args(["config", "check"])
+        .env("BASIQ_HEALTH__API__LISTEN", "0.0.0.0:8088")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api.listen") && stderr.contains("api.token_file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unwritable_database_path_exits_74() {
+    let out = bin()
+        .arg("--config")
+        .arg(config())
+        .args(["status"])
+        .env("BASIQ_HEALTH__DATABASE__PATH", "/nonexistent-dir/sub/bh.db")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/sub/bh.db"));
+}

@@ -572,3 +572,43 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
     stop.send(()).unwrap();
     daemon.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_expiring_consent_is_warned_once_per_threshold() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let (user, conn) = script(
+        &sim,
+        "consent",
+        Script {
+            connector: ("AU00004", "open-banking"),
+            ..ok()
+        },
+    );
+    // Re-script the connection as an open-banking consent ending in 5 days.
+    let mut c = sim.sim.scripted(user.as_str()).remove(0);
+    c.expiry = Some(Utc::now() + Duration::days(5));
+    sim.sim.remove_user(user.as_str());
+    sim.sim.add_user(user.as_str());
+    sim.sim.add_connection(user.as_str(), c);
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let (logs, _guard) = capture_logs();
+    sweep_all(&sweeper, std::slice::from_ref(&user)).await;
+    sweep_all(&sweeper, std::slice::from_ref(&user)).await;
+    let warnings: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["event"] == "consent_expiring")
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for the 7-day threshold, not one per sweep"
+    );
+    assert_eq!(warnings[0]["days"], 7);
+    assert_eq!(warnings[0]["connection_id"], conn.as_str());
+}
