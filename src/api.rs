@@ -19,6 +19,7 @@ use crate::sweep::{Sweeper, TickState};
 
 #[derive(Clone)]
 pub struct ApiState {
+    pub refresher: crate::refresh::Refresher,
     pub sweeper: Sweeper,
     pub ticks: Arc<TickState>,
     pub token: Option<SecretString>,
@@ -136,8 +137,8 @@ async fn login(
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
     let id = UserId::new(id);
-    let swept = match state.sweeper.login_check(&id).await {
-        Ok(swept) => swept,
+    let (swept, refreshes) = match state.refresher.login(&id).await {
+        Ok(done) => done,
         Err(e) => {
             tracing::warn!(user_id = %id, error = %e, "login check failed");
             return Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()));
@@ -145,6 +146,7 @@ async fn login(
     };
     let mut body = health_json(&state, &id).await?;
     body["swept"] = json!(swept);
+    body["refreshes"] = json!(refreshes);
     Ok(Json(body).into_response())
 }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::basiq::{Client, ClientOptions};
+use crate::refresh::Refresher;
 use crate::settings::{BasiqSettings, Settings};
 use crate::store::Store;
 use crate::sweep::{self, SweepOptions, Sweeper, TickState};
@@ -43,6 +44,14 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
         batch_size: s.sweep.batch_size.get(),
         outage_min_users: i64::from(s.outage.min_users.get()),
         outage_window: s.outage.window,
+        auto_refresh: (s.refresh.limits.mode != crate::policy::RefreshMode::Off).then(|| {
+            sweep::AutoRefresh {
+                recovery_window: s.refresh.recovery_window,
+                transient_retry_base: s.refresh.transient_retry_base,
+                transient_max_retries: s.refresh.transient_max_retries,
+                min_interval: s.refresh.limits.min_interval,
+            }
+        }),
     }
 }
 
@@ -76,6 +85,7 @@ pub async fn build_sweeper_with_key(
 pub struct App {
     settings: Settings,
     sweeper: Sweeper,
+    refresher: Refresher,
     ticks: Arc<TickState>,
     listener: Option<TcpListener>,
 }
@@ -96,6 +106,7 @@ impl App {
     }
 
     async fn assemble(settings: Settings, sweeper: Sweeper) -> anyhow::Result<Self> {
+        let refresher = Refresher::new(sweeper.clone(), settings.refresh.clone()).await?;
         let listener =
             match settings.api.listen {
                 Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
@@ -106,6 +117,7 @@ impl App {
         Ok(Self {
             settings,
             sweeper,
+            refresher,
             ticks: Arc::new(TickState::default()),
             listener,
         })
@@ -113,6 +125,10 @@ impl App {
 
     pub fn sweeper(&self) -> &Sweeper {
         &self.sweeper
+    }
+
+    pub fn refresher(&self) -> &Refresher {
+        &self.refresher
     }
 
     pub fn ticks(&self) -> Arc<TickState> {
@@ -128,15 +144,39 @@ impl App {
     /// finish, stops the API and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
+        // The refresh worker: fed by the same tick, owns scheduled refreshes (recovery,
+        // transient retries, daily slots); paced, so it may run long without blocking sweeps.
+        let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let refresh_worker = {
+            let refresher = self.refresher.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        tick = refresh_rx.recv() => {
+                            if tick.is_none() {
+                                break;
+                            }
+                            if let Err(e) = refresher.run_due(&cancel).await {
+                                tracing::error!(event = "refresh_pass_failed", error = %e, "scheduled refreshes failed; the next tick tries again");
+                            }
+                        }
+                    }
+                }
+            })
+        };
         let running = sweep::run_scheduler(
             self.sweeper.clone(),
             &self.settings.sweep.tick,
             cancel.clone(),
             self.ticks.clone(),
+            vec![refresh_tx],
         )
         .await?;
         let api_task = self.listener.map(|listener| {
             let state = api::ApiState {
+                refresher: self.refresher.clone(),
                 sweeper: self.sweeper.clone(),
                 ticks: self.ticks.clone(),
                 token: self.settings.api.token.clone(),
@@ -164,6 +204,8 @@ impl App {
         );
         cancel.cancel();
         running.stop().await;
+        let _ = refresh_worker.await;
+        self.refresher.shutdown().await;
         if let Some(task) = api_task {
             let _ = task.await;
         }

@@ -55,6 +55,12 @@ pub enum Command {
     /// The login-time check: sweep one user now (unless swept very recently) and print
     /// its connections' health as JSON.
     Check(CheckArgs),
+    /// Refresh one connection now, through every gate (treated as login-triggered).
+    /// Prints {"decision": "refreshed" | "denied", "reason", "job_id"}; exit 0 for both.
+    Refresh(RefreshArgs),
+    /// Delete a connection's accounts and transactions at Basiq (keeps the connection id;
+    /// the next refresh fetches the data again). Irreversible: needs --yes.
+    Purge(PurgeArgs),
     /// Report connection health: a table, or JSON with --json.
     Status(StatusArgs),
     /// Manage the register of watched users.
@@ -72,6 +78,30 @@ pub struct SweepArgs {
     /// Sweep only this user (repeatable).
     #[arg(long = "user", value_name = "ID")]
     pub users: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The connection's user.
+    #[arg(long = "user", value_name = "USER_ID")]
+    pub user: String,
+    pub connection_id: String,
+    /// Decide only: pass the gates, reserve nothing, send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the job to its end (logs each step) before exiting.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    #[arg(long = "user", value_name = "USER_ID")]
+    pub user: String,
+    pub connection_id: String,
+    /// Confirm: without it, the command says what would be removed and exits 2.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -213,18 +243,71 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             Ok(0)
         }
         Command::Check(args) => {
-            let sweeper = app::build_sweeper(&settings).await?;
+            let refresher = refresher(&settings).await?;
             let user = UserId::new(args.user_id);
-            let swept = sweeper.login_check(&user).await?;
-            let report = report::status(sweeper.store(), Some(&user)).await?;
+            let (swept, refreshes) = refresher.login(&user).await?;
+            let report = report::status(refresher.sweeper().store(), Some(&user)).await?;
             let body = serde_json::json!({
                 "user_id": user,
                 "swept": swept,
                 "connections": report.connections,
+                "refreshes": refreshes,
             });
             println!("{}", serde_json::to_string_pretty(&body)?);
+            refresher.sweeper().store().close().await;
+            Ok(0)
+        }
+        Command::Refresh(args) => {
+            let refresher = refresher(&settings).await?;
+            let user = UserId::new(args.user);
+            let connection = crate::domain::ConnectionId::new(args.connection_id);
+            // Fresh facts first: the user's connections and jobs as Basiq has them now.
+            let sweeper = refresher.sweeper();
+            if sweeper.store().get_user(&user).await?.is_none() {
+                sweeper.add_users(std::slice::from_ref(&user)).await?;
+            }
+            sweeper.sweep_user(&user).await?;
+            let decision = refresher
+                .request(&user, &connection, crate::policy::Trigger::Manual, args.dry_run, args.follow)
+                .await?;
+            refresher.wait_for_followers().await;
+            println!("{}", serde_json::to_string(&decision)?);
             sweeper.store().close().await;
             Ok(0)
+        }
+        Command::Purge(args) => {
+            let refresher = refresher(&settings).await?;
+            let user = UserId::new(args.user);
+            let connection = crate::domain::ConnectionId::new(args.connection_id);
+            let outcome = refresher.purge(&user, &connection, args.yes).await?;
+            refresher.sweeper().store().close().await;
+            use crate::refresh::PurgeOutcome;
+            match outcome {
+                PurgeOutcome::WouldPurge(c) => {
+                    println!(
+                        "would purge connection {} of user {} at {} ({}): all its accounts and transactions \
+                         are deleted at Basiq; the connection id is kept and the next refresh fetches the data again.\n\
+                         Irreversible: run again with --yes to purge.",
+                        c.id, user, c.institution_id, c.method
+                    );
+                    Ok(2)
+                }
+                PurgeOutcome::NotActive(c) => {
+                    anyhow::bail!(
+                        "refusing to purge connection {} of user {}: its status is {:?}, and Basiq purges only active connections",
+                        c.id,
+                        user,
+                        c.status.as_str()
+                    )
+                }
+                PurgeOutcome::Purged(c) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"purged": true, "user_id": user, "connection_id": c.id, "institution_id": c.institution_id})
+                    );
+                    Ok(0)
+                }
+            }
         }
         Command::Status(args) => {
             let store = app::open_store(&settings).await?;
@@ -241,6 +324,11 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         Command::Users(command) => users(command, &settings).await,
         Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
     }
+}
+
+async fn refresher(settings: &Settings) -> anyhow::Result<crate::refresh::Refresher> {
+    let sweeper = app::build_sweeper(settings).await?;
+    Ok(crate::refresh::Refresher::new(sweeper, settings.refresh.clone()).await?)
 }
 
 /// `users list --json` and `GET /v1/users`: `[{"user_id", "next_due_at", "last_swept_at"}]`.

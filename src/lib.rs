@@ -11,6 +11,7 @@
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.
 //! - [`classify`]: pure health classification.
 //! - [`store`]: SQLite through sqlx; no decisions.
+//! - [`policy`]: pure refresh decisions (gates, window, spreading) and the pacer.
 //! - [`sweep`]: one pass over due users, one user's sweep, the ticking scheduler.
 //! - [`report`]: the status report (JSON and table).
 //! - [`app`]: build, then run until stopped.
@@ -26,6 +27,8 @@ pub mod classify;
 pub mod cli;
 pub mod demo;
 pub mod domain;
+pub mod policy;
+pub mod refresh;
 pub mod report;
 pub mod settings;
 pub mod sim;

@@ -56,6 +56,55 @@ struct RawSettings {
     sweep: RawSweep,
     outage: RawOutage,
     api: RawApi,
+    refresh: RawRefresh,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRefresh {
+    mode: String,
+    login_stale_after: String,
+    stale_after: String,
+    min_interval: String,
+    open_banking_daily_cap: u32,
+    web_daily_cap: u32,
+    reserved_for_login: u32,
+    global_per_minute: u32,
+    per_institution_per_minute: u32,
+    max_wait: String,
+    unattended_window: String,
+    timezone: String,
+    recovery_window: String,
+    transient_retry_base: String,
+    transient_max_retries: u32,
+    follow_poll_initial: String,
+    follow_poll_max: String,
+    follow_timeout: String,
+}
+
+impl Default for RawRefresh {
+    fn default() -> Self {
+        Self {
+            mode: "smart-cache".into(),
+            login_stale_after: "12h".into(),
+            stale_after: "20h".into(),
+            min_interval: "1h".into(),
+            open_banking_daily_cap: 20,
+            web_daily_cap: 4,
+            reserved_for_login: 5,
+            global_per_minute: 30,
+            per_institution_per_minute: 10,
+            max_wait: "5m".into(),
+            unattended_window: crate::policy::window::DEFAULT_WINDOW.into(),
+            timezone: crate::policy::window::DEFAULT_TIMEZONE.into(),
+            recovery_window: "30m".into(),
+            transient_retry_base: "10m".into(),
+            transient_max_retries: 2,
+            follow_poll_initial: "2s".into(),
+            follow_poll_max: "30s".into(),
+            follow_timeout: "10m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +219,23 @@ pub struct Settings {
     pub sweep: SweepSettings,
     pub outage: OutageSettings,
     pub api: ApiSettings,
+    pub refresh: RefreshSettings,
+}
+
+/// `[refresh]`: when the daemon may refresh, how fast, and how it follows the job.
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    pub limits: crate::policy::RefreshLimits,
+    pub global_per_minute: NonZeroU32,
+    pub per_institution_per_minute: NonZeroU32,
+    pub max_wait: Duration,
+    pub unattended_window: crate::policy::DailyWindow,
+    pub recovery_window: Duration,
+    pub transient_retry_base: Duration,
+    pub transient_max_retries: u32,
+    pub follow_poll_initial: Duration,
+    pub follow_poll_max: Duration,
+    pub follow_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +483,7 @@ impl Settings {
             window: positive("outage.window", &raw.outage.window)?,
         };
         let api = parse_api(raw.api)?;
+        let refresh = parse_refresh(raw.refresh)?;
         Ok(Self {
             basiq,
             database,
@@ -424,6 +491,7 @@ impl Settings {
             sweep,
             outage,
             api,
+            refresh,
         })
     }
 
@@ -510,6 +578,26 @@ impl Settings {
             "window = {:?}\n",
             fmt_duration(self.outage.window)
         ));
+        let r = &self.refresh;
+        out.push_str("\n[refresh]\n");
+        out.push_str(&format!("mode = {:?}\n", r.limits.mode.as_str()));
+        out.push_str(&format!("login_stale_after = {:?}\n", fmt_duration(r.limits.login_stale_after)));
+        out.push_str(&format!("stale_after = {:?}\n", fmt_duration(r.limits.stale_after)));
+        out.push_str(&format!("min_interval = {:?}\n", fmt_duration(r.limits.min_interval)));
+        out.push_str(&format!("open_banking_daily_cap = {}\n", r.limits.open_banking_daily_cap));
+        out.push_str(&format!("web_daily_cap = {}\n", r.limits.web_daily_cap));
+        out.push_str(&format!("reserved_for_login = {}\n", r.limits.reserved_for_login));
+        out.push_str(&format!("global_per_minute = {}\n", r.global_per_minute));
+        out.push_str(&format!("per_institution_per_minute = {}\n", r.per_institution_per_minute));
+        out.push_str(&format!("max_wait = {:?}\n", fmt_duration(r.max_wait)));
+        out.push_str(&format!("unattended_window = \"{}-{}\"\n", r.unattended_window.start.format("%H:%M"), r.unattended_window.end.format("%H:%M")));
+        out.push_str(&format!("timezone = {:?}\n", r.unattended_window.tz.name()));
+        out.push_str(&format!("recovery_window = {:?}\n", fmt_duration(r.recovery_window)));
+        out.push_str(&format!("transient_retry_base = {:?}\n", fmt_duration(r.transient_retry_base)));
+        out.push_str(&format!("transient_max_retries = {}\n", r.transient_max_retries));
+        out.push_str(&format!("follow_poll_initial = {:?}\n", fmt_duration(r.follow_poll_initial)));
+        out.push_str(&format!("follow_poll_max = {:?}\n", fmt_duration(r.follow_poll_max)));
+        out.push_str(&format!("follow_timeout = {:?}\n", fmt_duration(r.follow_timeout)));
         out.push_str("\n[api]\n");
         let listen = self.api.listen.map(|a| a.to_string()).unwrap_or_default();
         out.push_str(&format!("listen = {listen:?}\n"));
@@ -567,6 +655,64 @@ fn validate_cron(key: &str, text: &str) -> Result<String, SettingsError> {
         )
     })?;
     Ok(text.trim().to_owned())
+}
+
+fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
+    let mode: crate::policy::RefreshMode = r
+        .mode
+        .parse()
+        .map_err(|e: crate::policy::UnknownRefreshMode| invalid("refresh.mode", e.to_string()))?;
+    if r.open_banking_daily_cap > 20 {
+        return Err(invalid(
+            "refresh.open_banking_daily_cap",
+            format!("must be at most 20 (Open Banking allows 20 refreshes a day), got {}", r.open_banking_daily_cap),
+        ));
+    }
+    if r.reserved_for_login > r.open_banking_daily_cap {
+        return Err(invalid(
+            "refresh.reserved_for_login",
+            format!(
+                "must not exceed refresh.open_banking_daily_cap ({}), got {}",
+                r.open_banking_daily_cap, r.reserved_for_login
+            ),
+        ));
+    }
+    let per_minute = |key: &str, n: u32, default: u32| {
+        NonZeroU32::new(n).ok_or_else(|| invalid(key, format!("must be at least 1 (default {default})")))
+    };
+    let unattended_window = crate::policy::DailyWindow::parse(&r.unattended_window, &r.timezone).map_err(|e| {
+        let key = if matches!(e, crate::policy::WindowError::TimeZone(_)) {
+            "refresh.timezone"
+        } else {
+            "refresh.unattended_window"
+        };
+        invalid(key, e.to_string())
+    })?;
+    Ok(RefreshSettings {
+        limits: crate::policy::RefreshLimits {
+            mode,
+            min_interval: duration("refresh.min_interval", &r.min_interval)?,
+            login_stale_after: duration("refresh.login_stale_after", &r.login_stale_after)?,
+            stale_after: duration("refresh.stale_after", &r.stale_after)?,
+            open_banking_daily_cap: r.open_banking_daily_cap,
+            web_daily_cap: r.web_daily_cap,
+            reserved_for_login: r.reserved_for_login,
+        },
+        global_per_minute: per_minute("refresh.global_per_minute", r.global_per_minute, 30)?,
+        per_institution_per_minute: per_minute(
+            "refresh.per_institution_per_minute",
+            r.per_institution_per_minute,
+            10,
+        )?,
+        max_wait: duration("refresh.max_wait", &r.max_wait)?,
+        unattended_window,
+        recovery_window: duration("refresh.recovery_window", &r.recovery_window)?,
+        transient_retry_base: positive("refresh.transient_retry_base", &r.transient_retry_base)?,
+        transient_max_retries: r.transient_max_retries,
+        follow_poll_initial: positive("refresh.follow_poll_initial", &r.follow_poll_initial)?,
+        follow_poll_max: positive("refresh.follow_poll_max", &r.follow_poll_max)?,
+        follow_timeout: positive("refresh.follow_timeout", &r.follow_timeout)?,
+    })
 }
 
 fn parse_api(raw: RawApi) -> Result<ApiSettings, SettingsError> {

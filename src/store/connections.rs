@@ -11,7 +11,8 @@ use crate::domain::{
 
 const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, created_date,
     last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code, newest_job_created,
-    newest_job_updated, health, reason, checked_at, health_since, consent_warned_days, gone_at";
+    newest_job_updated, health, reason, checked_at, health_since, consent_warned_days, gone_at,
+    basiq_capped_until, refresh_due_at, refresh_due_trigger, transient_retries, daily_due_at";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 struct RawConnection {
@@ -34,6 +35,11 @@ struct RawConnection {
     health_since: Option<i64>,
     consent_warned_days: Option<i64>,
     gone_at: Option<i64>,
+    basiq_capped_until: Option<i64>,
+    refresh_due_at: Option<i64>,
+    refresh_due_trigger: Option<String>,
+    transient_retries: i64,
+    daily_due_at: Option<i64>,
 }
 
 /// A connection as stored: what Basiq said, its newest job, and its current health.
@@ -56,6 +62,11 @@ pub struct ConnectionRow {
     pub health_since: Option<DateTime<Utc>>,
     pub consent_warned_days: Option<i64>,
     pub gone_at: Option<DateTime<Utc>>,
+    pub basiq_capped_until: Option<DateTime<Utc>>,
+    pub refresh_due_at: Option<DateTime<Utc>>,
+    pub refresh_due_trigger: Option<String>,
+    pub transient_retries: i64,
+    pub daily_due_at: Option<DateTime<Utc>>,
 }
 
 impl From<RawConnection> for ConnectionRow {
@@ -87,6 +98,11 @@ impl From<RawConnection> for ConnectionRow {
             health_since: from_opt_ts(r.health_since),
             consent_warned_days: r.consent_warned_days,
             gone_at: from_opt_ts(r.gone_at),
+            basiq_capped_until: from_opt_ts(r.basiq_capped_until),
+            refresh_due_at: from_opt_ts(r.refresh_due_at),
+            refresh_due_trigger: r.refresh_due_trigger,
+            transient_retries: r.transient_retries,
+            daily_due_at: from_opt_ts(r.daily_due_at),
         }
     }
 }

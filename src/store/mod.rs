@@ -8,6 +8,7 @@
 pub mod connections;
 pub mod connectors;
 pub mod jobs;
+pub mod refreshes;
 mod sweeps;
 mod users;
 

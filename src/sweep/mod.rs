@@ -39,6 +39,19 @@ pub struct SweepOptions {
     pub batch_size: u32,
     pub outage_min_users: i64,
     pub outage_window: Duration,
+    /// Refreshes the sweep schedules by itself (none when `refresh.mode = "off"`).
+    pub auto_refresh: Option<AutoRefresh>,
+}
+
+/// What the sweep schedules for the refresh worker: recovery after an outage, spread over
+/// `recovery_window`, and transient-failure retries with full-jitter backoff.
+#[derive(Clone, Debug)]
+pub struct AutoRefresh {
+    pub recovery_window: Duration,
+    pub transient_retry_base: Duration,
+    pub transient_max_retries: u32,
+    /// The policy's floor: a retry scheduled earlier would only be denied.
+    pub min_interval: Duration,
 }
 
 /// How one user's sweep ended.
@@ -181,6 +194,13 @@ impl Sweeper {
                         let statuses = cache.statuses.clone();
                         drop(cache);
                         for change in changes {
+                            let recovered = change.from.as_ref().is_some_and(ConnectorStatus::is_outage)
+                                && !change.to.is_outage();
+                            if recovered
+                                && let Err(e) = self.schedule_recovery(&change.institution_id, &change.method).await
+                            {
+                                tracing::error!(error = %e, institution_id = %change.institution_id, "could not schedule recovery refreshes");
+                            }
                             tracing::info!(
                                 event = "connector_status_changed",
                                 institution_id = %change.institution_id,
@@ -214,6 +234,86 @@ impl Sweeper {
         cache.statuses.clone()
     }
 
+    /// Schedules refreshes for the connections an outage held, spread uniformly with jitter
+    /// over the recovery window (never at once), each to pass every gate when due.
+    async fn schedule_recovery(&self, institution_id: &str, method: &str) -> Result<(), SweepError> {
+        let Some(auto) = &self.inner.options.auto_refresh else {
+            return Ok(());
+        };
+        let rows = {
+            let mut conn = self.inner.store.pool().acquire().await?;
+            store::connections::rows_at_connector(&mut conn, institution_id, method).await?
+        };
+        let held: Vec<&ConnectionRow> = rows
+            .iter()
+            .filter(|r| r.health == Some(Health::InstitutionOutage))
+            .collect();
+        let delays = crate::policy::recovery_delays(held.len(), auto.recovery_window, &mut rand::rng());
+        let now = Utc::now();
+        for (row, delay) in held.iter().zip(delays) {
+            let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            self.inner.store.schedule_refresh(&row.connection_id, at, "recovery").await?;
+        }
+        if !held.is_empty() {
+            tracing::info!(
+                event = "recovery_scheduled",
+                institution_id,
+                method,
+                connections = held.len(),
+                window_s = auto.recovery_window.as_secs(),
+                "outage over: recovery refreshes spread over the window"
+            );
+        }
+        Ok(())
+    }
+
+    /// After a health change: a transient failure earns a retry (backoff, full jitter, at
+    /// most `transient_max_retries` per incident); leaving it ends the incident.
+    async fn after_health_change(&self, row: &ConnectionRow, to: Health) -> Result<(), SweepError> {
+        let Some(auto) = &self.inner.options.auto_refresh else {
+            return Ok(());
+        };
+        let store = &self.inner.store;
+        if to != Health::TransientFailure {
+            if row.transient_retries > 0 || row.refresh_due_trigger.as_deref() == Some("transient-retry") {
+                store.set_transient_retries(&row.connection_id, 0).await?;
+                if row.refresh_due_trigger.as_deref() == Some("transient-retry") {
+                    store.clear_scheduled_refresh(&row.connection_id).await?;
+                }
+            }
+            return Ok(());
+        }
+        let attempt = u32::try_from(row.transient_retries).unwrap_or(u32::MAX).saturating_add(1);
+        let Some(delay) = crate::policy::transient_retry_delay(
+            attempt,
+            auto.transient_retry_base,
+            auto.transient_max_retries,
+            &mut rand::rng(),
+        ) else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        let floor = chrono::Duration::from_std(auto.min_interval).unwrap_or_default();
+        let (_, last_attempt, _) = store.refresh_window(&row.connection_id, now).await?;
+        let mut at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        for t in [row.last_used, last_attempt].into_iter().flatten() {
+            at = at.max(t + floor);
+        }
+        store.schedule_refresh(&row.connection_id, at, "transient-retry").await?;
+        store
+            .set_transient_retries(&row.connection_id, i64::from(attempt))
+            .await?;
+        tracing::info!(
+            event = "retry_scheduled",
+            user_id = %row.user_id,
+            connection_id = %row.connection_id,
+            attempt,
+            at = %at.to_rfc3339(),
+            "transient failure: refresh retry scheduled"
+        );
+        Ok(())
+    }
+
     /// Reclassifies every connection at a connector (after its status or inference moved).
     async fn reclassify_connector(
         &self,
@@ -239,7 +339,24 @@ impl Sweeper {
             }
         }
         tx.commit().await?;
+        self.after_commit(&notes).await?;
         emit(notes);
+        Ok(())
+    }
+
+    /// Follow-ups of committed changes: refresh scheduling.
+    async fn after_commit(&self, notes: &[Note]) -> Result<(), SweepError> {
+        for note in notes {
+            match note {
+                Note::HealthChanged { row, verdict, .. } => {
+                    self.after_health_change(row, verdict.health).await?;
+                }
+                Note::OutageCleared { institution_id, method } => {
+                    self.schedule_recovery(institution_id, method).await?;
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -424,8 +541,43 @@ impl Sweeper {
         store
             .mark_swept(user, now, self.next_due(user, now))
             .await?;
+        self.after_commit(&notes).await?;
         emit(notes);
         Ok(UserOutcome::Swept(healths))
+    }
+
+    /// A followed job ended: store it, re-read the connection (one request) and classify it
+    /// again.
+    pub async fn job_ended(
+        &self,
+        user: &UserId,
+        connection_id: &ConnectionId,
+        job: &Job,
+    ) -> Result<(), SweepError> {
+        let connection = self.inner.client.get_connection(user, connection_id).await?;
+        let statuses = self.connectors().await;
+        let now = Utc::now();
+        let mut notes = Vec::new();
+        let mut tx = self.inner.store.write().await?;
+        store::jobs::upsert_job(&mut tx, user, job, Some(connection_id), now).await?;
+        store::connections::upsert_connection(&mut tx, user, &connection, Some(job), now).await?;
+        let key = (connection.institution_id.as_str().to_owned(), connection.method.as_str().to_owned());
+        let inferred = store::connectors::inferred_open(&mut tx, &key.0, &key.1).await?;
+        let rows = store::connections::rows_for_user(&mut tx, user).await?;
+        if let Some(row) = rows.into_iter().find(|r| &r.connection_id == connection_id) {
+            let verdict = self.verdict(&row, &statuses, inferred, now);
+            if let Some(change) = store::connections::set_health(&mut tx, &row, &verdict, now).await? {
+                notes.push(Note::HealthChanged {
+                    row,
+                    from: change.from,
+                    verdict,
+                });
+            }
+        }
+        tx.commit().await?;
+        self.after_commit(&notes).await?;
+        emit(notes);
+        Ok(())
     }
 
     /// One pass: `only` names users (swept whether due or not); otherwise every due user,
@@ -440,6 +592,11 @@ impl Sweeper {
         let started = Instant::now();
         let sweep_id = store.start_sweep(trigger, Utc::now()).await?;
         let mut counts = SweepCounts::default();
+        if !trigger_is_named(trigger) {
+            // Connector statuses move without any user being due (an outage ends): read them
+            // on every tick, at most once per TTL.
+            self.connectors().await;
+        }
         let mut named = only;
         loop {
             if cancel.is_cancelled() {

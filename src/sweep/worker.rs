@@ -50,11 +50,13 @@ impl Running {
 }
 
 /// Starts the tick and the worker. `cron` is 6-field, seconds first.
+/// `also_notify`: other workers fed by the same tick (each a channel of capacity 1).
 pub async fn run_scheduler(
     sweeper: Sweeper,
     cron: &str,
     cancel: CancellationToken,
     state: Arc<TickState>,
+    also_notify: Vec<mpsc::Sender<()>>,
 ) -> anyhow::Result<Running> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let scheduler = JobScheduler::new()
@@ -62,9 +64,13 @@ pub async fn run_scheduler(
         .map_err(|e| anyhow::anyhow!("cannot start the scheduler: {e}"))?;
     let job = Job::new_async(cron, move |_id, _scheduler| {
         let tx = tx.clone();
+        let others = also_notify.clone();
         Box::pin(async move {
             // Full channel: a pass is running or a tick is already waiting; drop this one.
             let _ = tx.try_send(());
+            for other in &others {
+                let _ = other.try_send(());
+            }
         })
     })
     .map_err(|e| anyhow::anyhow!("`sweep.tick` {cron:?} is not a 6-field cron expression: {e}"))?;

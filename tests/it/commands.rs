@@ -108,11 +108,10 @@ async fn sweep_check_and_status_work_from_the_command_line() {
         "swept moments ago: within sweep.login_min_interval"
     );
     assert!(!checked["connections"].as_array().unwrap().is_empty());
-    assert_eq!(
-        sim.sim.counters().requests.values().sum::<u64>(),
-        0,
-        "no request to Basiq"
-    );
+    let c = sim.sim.counters();
+    assert_eq!(c.requests.get(&basiq_health::sim::Route::Connections), None, "not swept again");
+    assert_eq!(c.requests.get(&basiq_health::sim::Route::Jobs), None, "not swept again");
+    assert!(checked["refreshes"].is_array(), "login-triggered refresh decisions: {checked}");
 
     let table = stdout(&run(&sim, &db, &["status"]));
     assert!(

@@ -1,0 +1,82 @@
+//! Following a refresh's job: poll `GET /jobs/{id}` with backoff (from
+//! `follow_poll_initial`, growing to `follow_poll_max`, giving up after `follow_timeout`),
+//! log each step change, store the job, and classify the connection again when it ends.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Refresher;
+use crate::domain::{ConnectionId, JobId, JobState, UserId};
+
+pub(super) async fn follow_job(r: &Refresher, user: &UserId, connection: &ConnectionId, job_id: &JobId) {
+    let settings = &r.inner.settings;
+    let cancel = r.inner.cancel.clone();
+    let client = r.inner.sweeper.client().clone();
+    let started = Instant::now();
+    let mut delay = settings.follow_poll_initial;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        let job = match client.get_job(job_id).await {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(
+                    user_id = %user, connection_id = %connection, job_id = %job_id,
+                    correlation_id = e.correlation_id(), error = %e,
+                    "could not read the job; trying again"
+                );
+                if started.elapsed() >= settings.follow_timeout {
+                    return;
+                }
+                delay = next_delay(delay, settings.follow_poll_max);
+                continue;
+            }
+        };
+        for (i, step) in job.steps.iter().enumerate() {
+            let now = (step.title.clone(), step.status.as_str().to_owned());
+            if seen.get(i) != Some(&now) {
+                tracing::info!(
+                    event = "job_step",
+                    user_id = %user,
+                    connection_id = %connection,
+                    job_id = %job_id,
+                    step = step.title.as_str(),
+                    status = step.status.as_str(),
+                    "job step changed"
+                );
+            }
+        }
+        seen = job.steps.iter().map(|s| (s.title.clone(), s.status.as_str().to_owned())).collect();
+        if job.state() != JobState::InProgress {
+            if let Err(e) = r.inner.sweeper.job_ended(user, connection, &job).await {
+                tracing::error!(user_id = %user, connection_id = %connection, job_id = %job_id, error = %e, "could not record the finished job");
+            }
+            tracing::info!(
+                event = "job_finished",
+                user_id = %user,
+                connection_id = %connection,
+                job_id = %job_id,
+                state = job.state().as_str(),
+                failure_code = job.failure_code(),
+                "refresh job ended"
+            );
+            return;
+        }
+        if started.elapsed() >= settings.follow_timeout {
+            tracing::warn!(
+                user_id = %user, connection_id = %connection, job_id = %job_id,
+                "job still running after the follow timeout; the next sweep picks it up"
+            );
+            return;
+        }
+        delay = next_delay(delay, settings.follow_poll_max);
+    }
+}
+
+fn next_delay(delay: Duration, max: Duration) -> Duration {
+    delay.mul_f64(1.5).min(max)
+}

@@ -1,0 +1,491 @@
+//! Refreshing without hurting banks: every refresh, whatever asked for it, passes the pure
+//! gates (`policy::decide`), the pacer, and an atomic reservation in SQLite committed before
+//! the request is sent; then its job is followed to the end.
+//!
+//! Never calls the bulk endpoint. Knows the store, the client and the sweeper; the decisions
+//! themselves live in `policy`.
+
+mod follow;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::basiq::{self, RefreshOutcome};
+use crate::domain::{ConnectionId, JobId, JobState, UserId};
+use crate::policy::{self, Pacer, RefreshFacts, RefreshMode, Trigger};
+use crate::settings::RefreshSettings;
+use crate::store::ConnectionRow;
+use crate::sweep::{SweepError, Sweeper};
+
+/// The answer to one refresh request, as `refresh` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// `refreshed` or `denied`.
+    pub decision: &'static str,
+    pub reason: Option<String>,
+    pub job_id: Option<String>,
+    pub trigger: &'static str,
+    pub dry_run: bool,
+    pub connection_id: String,
+    pub user_id: String,
+}
+
+impl Decision {
+    pub fn refreshed(&self) -> bool {
+        self.decision == "refreshed"
+    }
+}
+
+/// How a request ended before it became a decision.
+enum Gate {
+    Denied(String),
+    /// The pace did not allow it within `max_wait`: the caller keeps it due for a later tick.
+    Deferred,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Sweep(#[from] SweepError),
+    #[error(transparent)]
+    Basiq(#[from] basiq::Error),
+    #[error("database: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("connection {connection_id} of user {user_id} is not known (Basiq does not list it)")]
+    UnknownConnection { user_id: UserId, connection_id: ConnectionId },
+}
+
+struct Inner {
+    sweeper: Sweeper,
+    settings: RefreshSettings,
+    pacer: Pacer,
+    seed: u64,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    /// Decisions by (decision, reason), for metrics.
+    decisions: Mutex<BTreeMap<(String, String), u64>>,
+    deferred: AtomicU64,
+}
+
+/// Cheap to clone; every clone shares the pacer and the followers.
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+impl Refresher {
+    pub async fn new(sweeper: Sweeper, settings: RefreshSettings) -> Result<Self, RefreshError> {
+        let seed = sweeper.store().installation_seed().await?;
+        let pacer = Pacer::new(settings.global_per_minute, settings.per_institution_per_minute);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sweeper,
+                settings,
+                pacer,
+                seed,
+                tracker: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+                decisions: Mutex::new(BTreeMap::new()),
+                deferred: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn sweeper(&self) -> &Sweeper {
+        &self.inner.sweeper
+    }
+
+    pub fn settings(&self) -> &RefreshSettings {
+        &self.inner.settings
+    }
+
+    /// Decisions so far by (decision, reason).
+    pub fn decision_counts(&self) -> BTreeMap<(String, String), u64> {
+        self.inner.decisions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn deferred_count(&self) -> u64 {
+        self.inner.deferred.load(Ordering::Relaxed)
+    }
+
+    /// Stops following jobs and waits for the followers (they stop at their next poll).
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    /// Waits until every job being followed has ended (tests, one-shot commands).
+    pub async fn wait_for_followers(&self) {
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.tracker.reopen();
+    }
+
+    /// One refresh request through every gate. `follow`: poll its job to the end in the
+    /// background. A paced-out request is reported as denied with reason `deferred`.
+    pub async fn request(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        trigger: Trigger,
+        dry_run: bool,
+        follow: bool,
+    ) -> Result<Decision, RefreshError> {
+        let decision = match self.attempt(user, connection, trigger, dry_run, follow).await? {
+            Ok(job_id) => self.decision(user, connection, trigger, dry_run, None, job_id),
+            Err(Gate::Denied(reason)) => self.decision(user, connection, trigger, dry_run, Some(reason), None),
+            Err(Gate::Deferred) => {
+                self.inner.deferred.fetch_add(1, Ordering::Relaxed);
+                self.decision(user, connection, trigger, dry_run, Some("deferred".into()), None)
+            }
+        };
+        Ok(decision)
+    }
+
+    fn decision(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        trigger: Trigger,
+        dry_run: bool,
+        reason: Option<String>,
+        job_id: Option<JobId>,
+    ) -> Decision {
+        let decision = if reason.is_none() { "refreshed" } else { "denied" };
+        *self
+            .inner
+            .decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((decision.to_owned(), reason.clone().unwrap_or_default()))
+            .or_default() += 1;
+        if let Some(reason) = &reason {
+            tracing::info!(
+                event = "refresh_denied",
+                user_id = %user,
+                connection_id = %connection,
+                trigger = trigger.as_str(),
+                reason = reason.as_str(),
+                dry_run,
+                "refresh denied"
+            );
+        }
+        Decision {
+            decision,
+            reason,
+            job_id: job_id.map(|j| j.0),
+            trigger: trigger.as_str(),
+            dry_run,
+            connection_id: connection.to_string(),
+            user_id: user.to_string(),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        trigger: Trigger,
+        dry_run: bool,
+        follow: bool,
+    ) -> Result<Result<Option<JobId>, Gate>, RefreshError> {
+        let store = self.inner.sweeper.store();
+        let Some(row) = store.connection(connection).await? else {
+            return Err(RefreshError::UnknownConnection {
+                user_id: user.clone(),
+                connection_id: connection.clone(),
+            });
+        };
+        if row.user_id != *user || row.gone_at.is_some() {
+            return Err(RefreshError::UnknownConnection {
+                user_id: user.clone(),
+                connection_id: connection.clone(),
+            });
+        }
+        let now = Utc::now();
+        if let Err(denial) = self.gates(&row, trigger, now).await? {
+            return Ok(Err(Gate::Denied(denial.as_str().to_owned())));
+        }
+        if dry_run {
+            return Ok(Ok(None));
+        }
+        if self
+            .inner
+            .pacer
+            .acquire(row.institution_id.as_str(), self.inner.settings.max_wait)
+            .await
+            .is_err()
+        {
+            return Ok(Err(Gate::Deferred));
+        }
+        // The cap, atomically and durably, before the request leaves.
+        let cap = policy::cap_for(&row.method, trigger, &self.inner.settings.limits);
+        let Some(attempt) = store.reserve_refresh(&row, trigger.as_str(), cap, Utc::now()).await? else {
+            return Ok(Err(Gate::Denied(policy::Denial::DailyCap.as_str().to_owned())));
+        };
+        let client = self.inner.sweeper.client();
+        match client.refresh_connection(user, connection).await {
+            Ok(outcome) => {
+                let (label, job_id) = match &outcome {
+                    RefreshOutcome::Created(j) => ("created", j.clone()),
+                    RefreshOutcome::Existing(j) => ("existing", j.clone()),
+                    RefreshOutcome::FoundAfterTimeout(j) => ("found-after-timeout", j.clone()),
+                };
+                store.finish_refresh(attempt, label, Some(job_id.as_str()), None, Utc::now()).await?;
+                tracing::info!(
+                    event = "refresh_sent",
+                    user_id = %user,
+                    connection_id = %connection,
+                    job_id = %job_id,
+                    trigger = trigger.as_str(),
+                    outcome = label,
+                    "refresh requested"
+                );
+                if follow {
+                    self.follow(user.clone(), connection.clone(), job_id.clone());
+                }
+                Ok(Ok(Some(job_id)))
+            }
+            Err(e) => {
+                let status = e.status();
+                let capped = matches!(status, Some(429 | 403));
+                let label = if capped {
+                    "capped-by-basiq"
+                } else if matches!(e, basiq::Error::Rejected { .. }) {
+                    "rejected"
+                } else {
+                    "failed"
+                };
+                store.finish_refresh(attempt, label, None, status, Utc::now()).await?;
+                tracing::warn!(
+                    event = "refresh_failed",
+                    user_id = %user,
+                    connection_id = %connection,
+                    trigger = trigger.as_str(),
+                    status,
+                    correlation_id = e.correlation_id(),
+                    outcome = label,
+                    error = %e,
+                    "refresh request failed"
+                );
+                if capped {
+                    // Basiq's own count includes the partner app's refreshes: no more
+                    // attempts until our window has room again (at least an hour).
+                    let (_, _, oldest) = store.refresh_window(connection, Utc::now()).await?;
+                    let until = oldest
+                        .map(|o| o + store_cap_window())
+                        .unwrap_or_else(Utc::now)
+                        .max(Utc::now() + chrono::Duration::hours(1));
+                    store.set_basiq_capped(connection, until).await?;
+                    return Ok(Err(Gate::Denied(policy::Denial::DailyCap.as_str().to_owned())));
+                }
+                if label == "rejected" {
+                    return Ok(Err(Gate::Denied(policy::Denial::ConnectionNotActive.as_str().to_owned())));
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The pure gates, fed from the store and the connector cache.
+    async fn gates(
+        &self,
+        row: &ConnectionRow,
+        trigger: Trigger,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), policy::Denial>, RefreshError> {
+        let store = self.inner.sweeper.store();
+        let statuses = self.inner.sweeper.connectors().await;
+        let key = (row.institution_id.as_str().to_owned(), row.method.as_str().to_owned());
+        let inferred = {
+            let mut conn = store.pool().acquire().await?;
+            crate::store::connectors::inferred_open(&mut conn, &key.0, &key.1).await?
+        };
+        let (attempts, last_attempt, _) = store.refresh_window(&row.connection_id, now).await?;
+        let job_running = row.newest_job.as_ref().is_some_and(|j| {
+            j.state == JobState::InProgress
+                && j.created.is_none_or(|c| now - c <= crate::classify::JOB_RETENTION)
+        });
+        let facts = RefreshFacts {
+            status: &row.status,
+            method: &row.method,
+            health: row.health,
+            job_running,
+            last_used: row.last_used,
+            last_attempt,
+            connector: statuses.get(&key),
+            outage_inferred: inferred,
+            attempts_last_24h: attempts,
+            basiq_capped_until: row.basiq_capped_until,
+            now,
+        };
+        Ok(policy::decide(trigger, &facts, &self.inner.settings.limits))
+    }
+
+    fn follow(&self, user: UserId, connection: ConnectionId, job: JobId) {
+        let this = self.clone();
+        self.inner.tracker.spawn(async move {
+            follow::follow_job(&this, &user, &connection, &job).await;
+        });
+    }
+
+    /// The login-time check: sweep the user (unless swept very recently), then ask for a
+    /// login-triggered refresh of each connection; the gates decide which go.
+    pub async fn login(&self, user: &UserId) -> Result<(bool, Vec<Decision>), RefreshError> {
+        let swept = self.inner.sweeper.login_check(user).await?;
+        let mut decisions = Vec::new();
+        if self.inner.settings.limits.mode == RefreshMode::Off {
+            return Ok((swept, decisions));
+        }
+        let rows = self.inner.sweeper.store().all_connections(Some(user)).await?;
+        for row in rows {
+            decisions.push(
+                self.request(user, &row.connection_id, Trigger::Login, false, true)
+                    .await?,
+            );
+        }
+        Ok((swept, decisions))
+    }
+
+    /// The refreshes the daemon owes: recoveries, transient retries and (daily mode) each
+    /// connection's slot in the unattended window. Deferred ones stay due.
+    pub async fn run_due(&self, cancel: &CancellationToken) -> Result<u64, RefreshError> {
+        let store = self.inner.sweeper.store().clone();
+        let limits = &self.inner.settings.limits;
+        if limits.mode == RefreshMode::Off {
+            return Ok(0);
+        }
+        let daily = limits.mode == RefreshMode::Daily;
+        let window = self.inner.settings.unattended_window;
+        if daily {
+            for id in store.connections_without_daily_slot(1000).await? {
+                let slot = window.slot(self.inner.seed, id.as_str(), Utc::now());
+                store.set_daily_due(&id, Some(slot)).await?;
+            }
+        }
+        let mut sent = 0;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let due = store.due_refreshes(Utc::now(), daily, 50).await?;
+            if due.is_empty() {
+                break;
+            }
+            let mut deferred_any = false;
+            for id in due {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let Some(row) = store.connection(&id).await? else { continue };
+                let now = Utc::now();
+                let scheduled = row.refresh_due_at.filter(|t| *t <= now);
+                let trigger = match (scheduled, row.refresh_due_trigger.as_deref()) {
+                    (Some(_), Some("recovery")) => Trigger::Recovery,
+                    (Some(_), _) => Trigger::TransientRetry,
+                    (None, _) => Trigger::Scheduled,
+                };
+                // Unattended slots outside the window wait for the next one.
+                if trigger == Trigger::Scheduled && !window.contains(now) {
+                    store.set_daily_due(&id, Some(window.slot(self.inner.seed, id.as_str(), now))).await?;
+                    continue;
+                }
+                let decision = match self.request(&row.user_id, &id, trigger, false, true).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(user_id = %row.user_id, connection_id = %id, error = %e, "scheduled refresh failed");
+                        self.decision(&row.user_id, &id, trigger, false, Some("error".into()), None)
+                    }
+                };
+                if decision.reason.as_deref() == Some("deferred") {
+                    deferred_any = true;
+                    continue;
+                }
+                if decision.refreshed() {
+                    sent += 1;
+                }
+                match trigger {
+                    Trigger::Scheduled => {
+                        let (_, end) = window.occurrence(now);
+                        let next = window.slot(self.inner.seed, id.as_str(), end + chrono::Duration::seconds(1));
+                        store.set_daily_due(&id, Some(next)).await?;
+                    }
+                    _ => store.clear_scheduled_refresh(&id).await?,
+                }
+            }
+            if deferred_any {
+                // The pace is spent: the rest waits for a later tick.
+                break;
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// What `purge` found or did.
+#[derive(Clone, Debug)]
+pub enum PurgeOutcome {
+    /// Not confirmed: what would be removed.
+    WouldPurge(crate::domain::Connection),
+    /// Basiq can only purge active connections.
+    NotActive(crate::domain::Connection),
+    Purged(crate::domain::Connection),
+}
+
+impl Refresher {
+    /// `POST .../purge` after checking the connection is active; every request is audited.
+    /// Purge deletes the connection's accounts and transactions and keeps its id.
+    pub async fn purge(
+        &self,
+        user: &UserId,
+        connection_id: &ConnectionId,
+        confirmed: bool,
+    ) -> Result<PurgeOutcome, RefreshError> {
+        let client = self.inner.sweeper.client();
+        let store = self.inner.sweeper.store();
+        let connection = client.get_connection(user, connection_id).await?;
+        let institution = Some(connection.institution_id.as_str());
+        if connection.status != crate::domain::ConnectionStatus::Active {
+            store
+                .record_purge(user, connection_id, institution, "refused-not-active", None, None, Some(connection.status.as_str()), Utc::now())
+                .await?;
+            return Ok(PurgeOutcome::NotActive(connection));
+        }
+        if !confirmed {
+            return Ok(PurgeOutcome::WouldPurge(connection));
+        }
+        match client.purge_connection(user, connection_id).await {
+            Ok(()) => {
+                store
+                    .record_purge(user, connection_id, institution, "purged", Some(204), None, None, Utc::now())
+                    .await?;
+                tracing::warn!(
+                    event = "connection_purged",
+                    user_id = %user,
+                    connection_id = %connection_id,
+                    institution_id = %connection.institution_id,
+                    "connection purged: accounts and transactions deleted, id kept"
+                );
+                Ok(PurgeOutcome::Purged(connection))
+            }
+            Err(e) => {
+                store
+                    .record_purge(user, connection_id, institution, "failed", e.status(), e.correlation_id(), Some(&e.to_string()), Utc::now())
+                    .await?;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn store_cap_window() -> chrono::Duration {
+    crate::store::refreshes::CAP_WINDOW
+}
