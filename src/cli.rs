@@ -268,7 +268,13 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             }
             sweeper.sweep_user(&user).await?;
             let decision = refresher
-                .request(&user, &connection, crate::policy::Trigger::Manual, args.dry_run, args.follow)
+                .request(
+                    &user,
+                    &connection,
+                    crate::policy::Trigger::Manual,
+                    args.dry_run,
+                    args.follow,
+                )
                 .await?;
             refresher.wait_for_followers().await;
             println!("{}", serde_json::to_string(&decision)?);

@@ -581,23 +581,63 @@ impl Settings {
         let r = &self.refresh;
         out.push_str("\n[refresh]\n");
         out.push_str(&format!("mode = {:?}\n", r.limits.mode.as_str()));
-        out.push_str(&format!("login_stale_after = {:?}\n", fmt_duration(r.limits.login_stale_after)));
-        out.push_str(&format!("stale_after = {:?}\n", fmt_duration(r.limits.stale_after)));
-        out.push_str(&format!("min_interval = {:?}\n", fmt_duration(r.limits.min_interval)));
-        out.push_str(&format!("open_banking_daily_cap = {}\n", r.limits.open_banking_daily_cap));
+        out.push_str(&format!(
+            "login_stale_after = {:?}\n",
+            fmt_duration(r.limits.login_stale_after)
+        ));
+        out.push_str(&format!(
+            "stale_after = {:?}\n",
+            fmt_duration(r.limits.stale_after)
+        ));
+        out.push_str(&format!(
+            "min_interval = {:?}\n",
+            fmt_duration(r.limits.min_interval)
+        ));
+        out.push_str(&format!(
+            "open_banking_daily_cap = {}\n",
+            r.limits.open_banking_daily_cap
+        ));
         out.push_str(&format!("web_daily_cap = {}\n", r.limits.web_daily_cap));
-        out.push_str(&format!("reserved_for_login = {}\n", r.limits.reserved_for_login));
+        out.push_str(&format!(
+            "reserved_for_login = {}\n",
+            r.limits.reserved_for_login
+        ));
         out.push_str(&format!("global_per_minute = {}\n", r.global_per_minute));
-        out.push_str(&format!("per_institution_per_minute = {}\n", r.per_institution_per_minute));
+        out.push_str(&format!(
+            "per_institution_per_minute = {}\n",
+            r.per_institution_per_minute
+        ));
         out.push_str(&format!("max_wait = {:?}\n", fmt_duration(r.max_wait)));
-        out.push_str(&format!("unattended_window = \"{}-{}\"\n", r.unattended_window.start.format("%H:%M"), r.unattended_window.end.format("%H:%M")));
+        out.push_str(&format!(
+            "unattended_window = \"{}-{}\"\n",
+            r.unattended_window.start.format("%H:%M"),
+            r.unattended_window.end.format("%H:%M")
+        ));
         out.push_str(&format!("timezone = {:?}\n", r.unattended_window.tz.name()));
-        out.push_str(&format!("recovery_window = {:?}\n", fmt_duration(r.recovery_window)));
-        out.push_str(&format!("transient_retry_base = {:?}\n", fmt_duration(r.transient_retry_base)));
-        out.push_str(&format!("transient_max_retries = {}\n", r.transient_max_retries));
-        out.push_str(&format!("follow_poll_initial = {:?}\n", fmt_duration(r.follow_poll_initial)));
-        out.push_str(&format!("follow_poll_max = {:?}\n", fmt_duration(r.follow_poll_max)));
-        out.push_str(&format!("follow_timeout = {:?}\n", fmt_duration(r.follow_timeout)));
+        out.push_str(&format!(
+            "recovery_window = {:?}\n",
+            fmt_duration(r.recovery_window)
+        ));
+        out.push_str(&format!(
+            "transient_retry_base = {:?}\n",
+            fmt_duration(r.transient_retry_base)
+        ));
+        out.push_str(&format!(
+            "transient_max_retries = {}\n",
+            r.transient_max_retries
+        ));
+        out.push_str(&format!(
+            "follow_poll_initial = {:?}\n",
+            fmt_duration(r.follow_poll_initial)
+        ));
+        out.push_str(&format!(
+            "follow_poll_max = {:?}\n",
+            fmt_duration(r.follow_poll_max)
+        ));
+        out.push_str(&format!(
+            "follow_timeout = {:?}\n",
+            fmt_duration(r.follow_timeout)
+        ));
         out.push_str("\n[api]\n");
         let listen = self.api.listen.map(|a| a.to_string()).unwrap_or_default();
         out.push_str(&format!("listen = {listen:?}\n"));
@@ -665,7 +705,10 @@ fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
     if r.open_banking_daily_cap > 20 {
         return Err(invalid(
             "refresh.open_banking_daily_cap",
-            format!("must be at most 20 (Open Banking allows 20 refreshes a day), got {}", r.open_banking_daily_cap),
+            format!(
+                "must be at most 20 (Open Banking allows 20 refreshes a day), got {}",
+                r.open_banking_daily_cap
+            ),
         ));
     }
     if r.reserved_for_login > r.open_banking_daily_cap {
@@ -678,16 +721,18 @@ fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
         ));
     }
     let per_minute = |key: &str, n: u32, default: u32| {
-        NonZeroU32::new(n).ok_or_else(|| invalid(key, format!("must be at least 1 (default {default})")))
+        NonZeroU32::new(n)
+            .ok_or_else(|| invalid(key, format!("must be at least 1 (default {default})")))
     };
-    let unattended_window = crate::policy::DailyWindow::parse(&r.unattended_window, &r.timezone).map_err(|e| {
-        let key = if matches!(e, crate::policy::WindowError::TimeZone(_)) {
-            "refresh.timezone"
-        } else {
-            "refresh.unattended_window"
-        };
-        invalid(key, e.to_string())
-    })?;
+    let unattended_window = crate::policy::DailyWindow::parse(&r.unattended_window, &r.timezone)
+        .map_err(|e| {
+            let key = if matches!(e, crate::policy::WindowError::TimeZone(_)) {
+                "refresh.timezone"
+            } else {
+                "refresh.unattended_window"
+            };
+            invalid(key, e.to_string())
+        })?;
     Ok(RefreshSettings {
         limits: crate::policy::RefreshLimits {
             mode,

@@ -9,7 +9,12 @@ use tokio::time::Instant;
 use super::Refresher;
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
 
-pub(super) async fn follow_job(r: &Refresher, user: &UserId, connection: &ConnectionId, job_id: &JobId) {
+pub(super) async fn follow_job(
+    r: &Refresher,
+    user: &UserId,
+    connection: &ConnectionId,
+    job_id: &JobId,
+) {
     let settings = &r.inner.settings;
     let cancel = r.inner.cancel.clone();
     let client = r.inner.sweeper.client().clone();
@@ -50,7 +55,11 @@ pub(super) async fn follow_job(r: &Refresher, user: &UserId, connection: &Connec
                 );
             }
         }
-        seen = job.steps.iter().map(|s| (s.title.clone(), s.status.as_str().to_owned())).collect();
+        seen = job
+            .steps
+            .iter()
+            .map(|s| (s.title.clone(), s.status.as_str().to_owned()))
+            .collect();
         if job.state() != JobState::InProgress {
             if let Err(e) = r.inner.sweeper.job_ended(user, connection, &job).await {
                 tracing::error!(user_id = %user, connection_id = %connection, job_id = %job_id, error = %e, "could not record the finished job");

@@ -7,12 +7,13 @@
 
 mod follow;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,7 +60,10 @@ pub enum RefreshError {
     #[error("database: {0}")]
     Store(#[from] sqlx::Error),
     #[error("connection {connection_id} of user {user_id} is not known (Basiq does not list it)")]
-    UnknownConnection { user_id: UserId, connection_id: ConnectionId },
+    UnknownConnection {
+        user_id: UserId,
+        connection_id: ConnectionId,
+    },
 }
 
 struct Inner {
@@ -83,7 +87,15 @@ pub struct Refresher {
 impl Refresher {
     pub async fn new(sweeper: Sweeper, settings: RefreshSettings) -> Result<Self, RefreshError> {
         let seed = sweeper.store().installation_seed().await?;
-        let pacer = Pacer::new(settings.global_per_minute, settings.per_institution_per_minute);
+        // Jitter well under the pace interval, so it spreads waiters without slowing the pace.
+        let interval_ms = 60_000 / u64::from(settings.global_per_minute.get());
+        let pacer = Pacer::new(
+            settings.global_per_minute,
+            settings.per_institution_per_minute,
+        )
+        .with_max_jitter(std::time::Duration::from_millis(
+            (interval_ms / 4).min(1000),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 sweeper,
@@ -108,7 +120,11 @@ impl Refresher {
 
     /// Decisions so far by (decision, reason).
     pub fn decision_counts(&self) -> BTreeMap<(String, String), u64> {
-        self.inner.decisions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn deferred_count(&self) -> u64 {
@@ -139,12 +155,24 @@ impl Refresher {
         dry_run: bool,
         follow: bool,
     ) -> Result<Decision, RefreshError> {
-        let decision = match self.attempt(user, connection, trigger, dry_run, follow).await? {
+        let decision = match self
+            .attempt(user, connection, trigger, dry_run, follow)
+            .await?
+        {
             Ok(job_id) => self.decision(user, connection, trigger, dry_run, None, job_id),
-            Err(Gate::Denied(reason)) => self.decision(user, connection, trigger, dry_run, Some(reason), None),
+            Err(Gate::Denied(reason)) => {
+                self.decision(user, connection, trigger, dry_run, Some(reason), None)
+            }
             Err(Gate::Deferred) => {
                 self.inner.deferred.fetch_add(1, Ordering::Relaxed);
-                self.decision(user, connection, trigger, dry_run, Some("deferred".into()), None)
+                self.decision(
+                    user,
+                    connection,
+                    trigger,
+                    dry_run,
+                    Some("deferred".into()),
+                    None,
+                )
             }
         };
         Ok(decision)
@@ -159,7 +187,11 @@ impl Refresher {
         reason: Option<String>,
         job_id: Option<JobId>,
     ) -> Decision {
-        let decision = if reason.is_none() { "refreshed" } else { "denied" };
+        let decision = if reason.is_none() {
+            "refreshed"
+        } else {
+            "denied"
+        };
         *self
             .inner
             .decisions
@@ -228,8 +260,13 @@ impl Refresher {
         }
         // The cap, atomically and durably, before the request leaves.
         let cap = policy::cap_for(&row.method, trigger, &self.inner.settings.limits);
-        let Some(attempt) = store.reserve_refresh(&row, trigger.as_str(), cap, Utc::now()).await? else {
-            return Ok(Err(Gate::Denied(policy::Denial::DailyCap.as_str().to_owned())));
+        let Some(attempt) = store
+            .reserve_refresh(&row, trigger.as_str(), cap, Utc::now())
+            .await?
+        else {
+            return Ok(Err(Gate::Denied(
+                policy::Denial::DailyCap.as_str().to_owned(),
+            )));
         };
         let client = self.inner.sweeper.client();
         match client.refresh_connection(user, connection).await {
@@ -239,7 +276,9 @@ impl Refresher {
                     RefreshOutcome::Existing(j) => ("existing", j.clone()),
                     RefreshOutcome::FoundAfterTimeout(j) => ("found-after-timeout", j.clone()),
                 };
-                store.finish_refresh(attempt, label, Some(job_id.as_str()), None, Utc::now()).await?;
+                store
+                    .finish_refresh(attempt, label, Some(job_id.as_str()), None, Utc::now())
+                    .await?;
                 tracing::info!(
                     event = "refresh_sent",
                     user_id = %user,
@@ -264,7 +303,9 @@ impl Refresher {
                 } else {
                     "failed"
                 };
-                store.finish_refresh(attempt, label, None, status, Utc::now()).await?;
+                store
+                    .finish_refresh(attempt, label, None, status, Utc::now())
+                    .await?;
                 tracing::warn!(
                     event = "refresh_failed",
                     user_id = %user,
@@ -285,10 +326,14 @@ impl Refresher {
                         .unwrap_or_else(Utc::now)
                         .max(Utc::now() + chrono::Duration::hours(1));
                     store.set_basiq_capped(connection, until).await?;
-                    return Ok(Err(Gate::Denied(policy::Denial::DailyCap.as_str().to_owned())));
+                    return Ok(Err(Gate::Denied(
+                        policy::Denial::DailyCap.as_str().to_owned(),
+                    )));
                 }
                 if label == "rejected" {
-                    return Ok(Err(Gate::Denied(policy::Denial::ConnectionNotActive.as_str().to_owned())));
+                    return Ok(Err(Gate::Denied(
+                        policy::Denial::ConnectionNotActive.as_str().to_owned(),
+                    )));
                 }
                 Err(e.into())
             }
@@ -304,7 +349,10 @@ impl Refresher {
     ) -> Result<Result<(), policy::Denial>, RefreshError> {
         let store = self.inner.sweeper.store();
         let statuses = self.inner.sweeper.connectors().await;
-        let key = (row.institution_id.as_str().to_owned(), row.method.as_str().to_owned());
+        let key = (
+            row.institution_id.as_str().to_owned(),
+            row.method.as_str().to_owned(),
+        );
         let inferred = {
             let mut conn = store.pool().acquire().await?;
             crate::store::connectors::inferred_open(&mut conn, &key.0, &key.1).await?
@@ -312,7 +360,8 @@ impl Refresher {
         let (attempts, last_attempt, _) = store.refresh_window(&row.connection_id, now).await?;
         let job_running = row.newest_job.as_ref().is_some_and(|j| {
             j.state == JobState::InProgress
-                && j.created.is_none_or(|c| now - c <= crate::classify::JOB_RETENTION)
+                && j.created
+                    .is_none_or(|c| now - c <= crate::classify::JOB_RETENTION)
         });
         let facts = RefreshFacts {
             status: &row.status,
@@ -345,7 +394,12 @@ impl Refresher {
         if self.inner.settings.limits.mode == RefreshMode::Off {
             return Ok((swept, decisions));
         }
-        let rows = self.inner.sweeper.store().all_connections(Some(user)).await?;
+        let rows = self
+            .inner
+            .sweeper
+            .store()
+            .all_connections(Some(user))
+            .await?;
         for row in rows {
             decisions.push(
                 self.request(user, &row.connection_id, Trigger::Login, false, true)
@@ -380,45 +434,18 @@ impl Refresher {
             if due.is_empty() {
                 break;
             }
+            // A few at once, so the pacer (not request latency) sets the speed.
+            let outcomes: Vec<Result<Option<bool>, RefreshError>> = futures_util::stream::iter(due)
+                .map(|id| self.run_one_due(id, window, cancel))
+                .buffer_unordered(4)
+                .collect()
+                .await;
             let mut deferred_any = false;
-            for id in due {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let Some(row) = store.connection(&id).await? else { continue };
-                let now = Utc::now();
-                let scheduled = row.refresh_due_at.filter(|t| *t <= now);
-                let trigger = match (scheduled, row.refresh_due_trigger.as_deref()) {
-                    (Some(_), Some("recovery")) => Trigger::Recovery,
-                    (Some(_), _) => Trigger::TransientRetry,
-                    (None, _) => Trigger::Scheduled,
-                };
-                // Unattended slots outside the window wait for the next one.
-                if trigger == Trigger::Scheduled && !window.contains(now) {
-                    store.set_daily_due(&id, Some(window.slot(self.inner.seed, id.as_str(), now))).await?;
-                    continue;
-                }
-                let decision = match self.request(&row.user_id, &id, trigger, false, true).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(user_id = %row.user_id, connection_id = %id, error = %e, "scheduled refresh failed");
-                        self.decision(&row.user_id, &id, trigger, false, Some("error".into()), None)
-                    }
-                };
-                if decision.reason.as_deref() == Some("deferred") {
-                    deferred_any = true;
-                    continue;
-                }
-                if decision.refreshed() {
-                    sent += 1;
-                }
-                match trigger {
-                    Trigger::Scheduled => {
-                        let (_, end) = window.occurrence(now);
-                        let next = window.slot(self.inner.seed, id.as_str(), end + chrono::Duration::seconds(1));
-                        store.set_daily_due(&id, Some(next)).await?;
-                    }
-                    _ => store.clear_scheduled_refresh(&id).await?,
+            for outcome in outcomes {
+                match outcome? {
+                    Some(true) => sent += 1,
+                    Some(false) => {}
+                    None => deferred_any = true,
                 }
             }
             if deferred_any {
@@ -455,7 +482,16 @@ impl Refresher {
         let institution = Some(connection.institution_id.as_str());
         if connection.status != crate::domain::ConnectionStatus::Active {
             store
-                .record_purge(user, connection_id, institution, "refused-not-active", None, None, Some(connection.status.as_str()), Utc::now())
+                .record_purge(
+                    user,
+                    connection_id,
+                    institution,
+                    "refused-not-active",
+                    None,
+                    None,
+                    Some(connection.status.as_str()),
+                    Utc::now(),
+                )
                 .await?;
             return Ok(PurgeOutcome::NotActive(connection));
         }
@@ -465,7 +501,16 @@ impl Refresher {
         match client.purge_connection(user, connection_id).await {
             Ok(()) => {
                 store
-                    .record_purge(user, connection_id, institution, "purged", Some(204), None, None, Utc::now())
+                    .record_purge(
+                        user,
+                        connection_id,
+                        institution,
+                        "purged",
+                        Some(204),
+                        None,
+                        None,
+                        Utc::now(),
+                    )
                     .await?;
                 tracing::warn!(
                     event = "connection_purged",
@@ -478,11 +523,82 @@ impl Refresher {
             }
             Err(e) => {
                 store
-                    .record_purge(user, connection_id, institution, "failed", e.status(), e.correlation_id(), Some(&e.to_string()), Utc::now())
+                    .record_purge(
+                        user,
+                        connection_id,
+                        institution,
+                        "failed",
+                        e.status(),
+                        e.correlation_id(),
+                        Some(&e.to_string()),
+                        Utc::now(),
+                    )
                     .await?;
                 Err(e.into())
             }
         }
+    }
+}
+
+impl Refresher {
+    /// One owed refresh. `Some(sent)` when it was decided, `None` when deferred by the pace.
+    async fn run_one_due(
+        &self,
+        id: ConnectionId,
+        window: policy::DailyWindow,
+        cancel: &CancellationToken,
+    ) -> Result<Option<bool>, RefreshError> {
+        let store = self.inner.sweeper.store();
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let Some(row) = store.connection(&id).await? else {
+            return Ok(Some(false));
+        };
+        let now = Utc::now();
+        let scheduled = row.refresh_due_at.filter(|t| *t <= now);
+        let trigger = match (scheduled, row.refresh_due_trigger.as_deref()) {
+            (Some(_), Some("recovery")) => Trigger::Recovery,
+            (Some(_), _) => Trigger::TransientRetry,
+            (None, _) => Trigger::Scheduled,
+        };
+        // Unattended slots outside the window wait for the next one.
+        if trigger == Trigger::Scheduled && !window.contains(now) {
+            store
+                .set_daily_due(&id, Some(window.slot(self.inner.seed, id.as_str(), now)))
+                .await?;
+            return Ok(Some(false));
+        }
+        let decision = match self.request(&row.user_id, &id, trigger, false, true).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(user_id = %row.user_id, connection_id = %id, error = %e, "scheduled refresh failed");
+                self.decision(
+                    &row.user_id,
+                    &id,
+                    trigger,
+                    false,
+                    Some("error".into()),
+                    None,
+                )
+            }
+        };
+        if decision.reason.as_deref() == Some("deferred") {
+            return Ok(None);
+        }
+        match trigger {
+            Trigger::Scheduled => {
+                let (_, end) = window.occurrence(now);
+                let next = window.slot(
+                    self.inner.seed,
+                    id.as_str(),
+                    end + chrono::Duration::seconds(1),
+                );
+                store.set_daily_due(&id, Some(next)).await?;
+            }
+            _ => store.clear_scheduled_refresh(&id).await?,
+        }
+        Ok(Some(decision.refreshed()))
     }
 }
 

@@ -291,7 +291,9 @@ pub(crate) fn method_spellings(method: &str) -> (String, String) {
     }
 }
 
-/// Distinct users whose newest job at a connector failed bank-side since `since`.
+/// Distinct users whose newest job at a connector failed bank-side since `since`, counting
+/// only failures after the connector last recovered from an outage (those before it belong
+/// to the outage Basiq already reported).
 pub async fn bank_failure_users(
     conn: &mut SqliteConnection,
     institution_id: &str,
@@ -303,12 +305,17 @@ pub async fn bank_failure_users(
         "SELECT COUNT(DISTINCT c.user_id) FROM connections c JOIN users u ON u.user_id = c.user_id
          WHERE c.institution_id = ? AND c.method IN (?, ?) AND c.gone_at IS NULL
            AND u.removed_at IS NULL AND c.newest_job_side = 'bank'
-           AND COALESCE(c.newest_job_updated, c.newest_job_created) >= ?",
+           AND COALESCE(c.newest_job_updated, c.newest_job_created) >= MAX(?, COALESCE(
+               (SELECT MAX(changed_at) FROM connector_status_changes s
+                WHERE s.institution_id = c.institution_id AND s.method IN (?, ?)
+                  AND s.from_status IN ('partial-outage', 'major-outage')), 0))",
     )
     .bind(institution_id.to_owned())
+    .bind(a.clone())
+    .bind(b.clone())
+    .bind(ts(since))
     .bind(a)
     .bind(b)
-    .bind(ts(since))
     .fetch_one(&mut *conn)
     .await
 }

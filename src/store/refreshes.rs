@@ -23,7 +23,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<i64>> {
         let mut conn = self.pool().acquire().await?;
-        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
         let reserved = async {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             let used: i64 = sqlx::query_scalar(
@@ -54,7 +56,10 @@ impl Store {
         }
         .await;
         // Back to the pool's normal durability whatever happened.
-        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await.ok();
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await
+            .ok();
         reserved
     }
 
@@ -93,19 +98,26 @@ impl Store {
         .bind(ts(now - CAP_WINDOW))
         .fetch_one(self.pool())
         .await?;
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(reserved_at) FROM refresh_attempts WHERE connection_id = ?")
-                .bind(id.as_str())
-                .fetch_one(self.pool())
-                .await?;
-        Ok((u32::try_from(count).unwrap_or(u32::MAX), from_opt_ts(last), from_opt_ts(oldest)))
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(reserved_at) FROM refresh_attempts WHERE connection_id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_one(self.pool())
+        .await?;
+        Ok((
+            u32::try_from(count).unwrap_or(u32::MAX),
+            from_opt_ts(last),
+            from_opt_ts(oldest),
+        ))
     }
 
     /// Attempts per (trigger, outcome), for metrics and reports.
     pub async fn refresh_attempt_counts(&self) -> Result<Vec<(String, String, i64)>> {
-        sqlx::query_as("SELECT trigger, outcome, COUNT(*) FROM refresh_attempts GROUP BY trigger, outcome")
-            .fetch_all(self.pool())
-            .await
+        sqlx::query_as(
+            "SELECT trigger, outcome, COUNT(*) FROM refresh_attempts GROUP BY trigger, outcome",
+        )
+        .fetch_all(self.pool())
+        .await
     }
 
     pub async fn set_basiq_capped(&self, id: &ConnectionId, until: DateTime<Utc>) -> Result<()> {
@@ -119,7 +131,12 @@ impl Store {
 
     /// Schedules a refresh the daemon owes (recovery or transient retry); an earlier one
     /// already scheduled is kept.
-    pub async fn schedule_refresh(&self, id: &ConnectionId, at: DateTime<Utc>, trigger: &str) -> Result<()> {
+    pub async fn schedule_refresh(
+        &self,
+        id: &ConnectionId,
+        at: DateTime<Utc>,
+        trigger: &str,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE connections SET refresh_due_at = ?, refresh_due_trigger = ?
              WHERE connection_id = ? AND (refresh_due_at IS NULL OR refresh_due_at > ?)",

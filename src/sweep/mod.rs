@@ -194,10 +194,13 @@ impl Sweeper {
                         let statuses = cache.statuses.clone();
                         drop(cache);
                         for change in changes {
-                            let recovered = change.from.as_ref().is_some_and(ConnectorStatus::is_outage)
-                                && !change.to.is_outage();
+                            let recovered =
+                                change.from.as_ref().is_some_and(ConnectorStatus::is_outage)
+                                    && !change.to.is_outage();
                             if recovered
-                                && let Err(e) = self.schedule_recovery(&change.institution_id, &change.method).await
+                                && let Err(e) = self
+                                    .schedule_recovery(&change.institution_id, &change.method)
+                                    .await
                             {
                                 tracing::error!(error = %e, institution_id = %change.institution_id, "could not schedule recovery refreshes");
                             }
@@ -236,23 +239,37 @@ impl Sweeper {
 
     /// Schedules refreshes for the connections an outage held, spread uniformly with jitter
     /// over the recovery window (never at once), each to pass every gate when due.
-    async fn schedule_recovery(&self, institution_id: &str, method: &str) -> Result<(), SweepError> {
+    async fn schedule_recovery(
+        &self,
+        institution_id: &str,
+        method: &str,
+    ) -> Result<(), SweepError> {
+        let rows = {
+            let mut tx = self.inner.store.write().await?;
+            // Basiq says the bank is back: an inference drawn from failures during the outage
+            // is over too.
+            store::connectors::close_inferred(&mut tx, institution_id, method, Utc::now()).await?;
+            let rows =
+                store::connections::rows_at_connector(&mut tx, institution_id, method).await?;
+            tx.commit().await?;
+            rows
+        };
         let Some(auto) = &self.inner.options.auto_refresh else {
             return Ok(());
-        };
-        let rows = {
-            let mut conn = self.inner.store.pool().acquire().await?;
-            store::connections::rows_at_connector(&mut conn, institution_id, method).await?
         };
         let held: Vec<&ConnectionRow> = rows
             .iter()
             .filter(|r| r.health == Some(Health::InstitutionOutage))
             .collect();
-        let delays = crate::policy::recovery_delays(held.len(), auto.recovery_window, &mut rand::rng());
+        let delays =
+            crate::policy::recovery_delays(held.len(), auto.recovery_window, &mut rand::rng());
         let now = Utc::now();
         for (row, delay) in held.iter().zip(delays) {
             let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            self.inner.store.schedule_refresh(&row.connection_id, at, "recovery").await?;
+            self.inner
+                .store
+                .schedule_refresh(&row.connection_id, at, "recovery")
+                .await?;
         }
         if !held.is_empty() {
             tracing::info!(
@@ -275,7 +292,9 @@ impl Sweeper {
         };
         let store = &self.inner.store;
         if to != Health::TransientFailure {
-            if row.transient_retries > 0 || row.refresh_due_trigger.as_deref() == Some("transient-retry") {
+            if row.transient_retries > 0
+                || row.refresh_due_trigger.as_deref() == Some("transient-retry")
+            {
                 store.set_transient_retries(&row.connection_id, 0).await?;
                 if row.refresh_due_trigger.as_deref() == Some("transient-retry") {
                     store.clear_scheduled_refresh(&row.connection_id).await?;
@@ -283,7 +302,9 @@ impl Sweeper {
             }
             return Ok(());
         }
-        let attempt = u32::try_from(row.transient_retries).unwrap_or(u32::MAX).saturating_add(1);
+        let attempt = u32::try_from(row.transient_retries)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let Some(delay) = crate::policy::transient_retry_delay(
             attempt,
             auto.transient_retry_base,
@@ -299,7 +320,9 @@ impl Sweeper {
         for t in [row.last_used, last_attempt].into_iter().flatten() {
             at = at.max(t + floor);
         }
-        store.schedule_refresh(&row.connection_id, at, "transient-retry").await?;
+        store
+            .schedule_refresh(&row.connection_id, at, "transient-retry")
+            .await?;
         store
             .set_transient_retries(&row.connection_id, i64::from(attempt))
             .await?;
@@ -351,7 +374,10 @@ impl Sweeper {
                 Note::HealthChanged { row, verdict, .. } => {
                     self.after_health_change(row, verdict.health).await?;
                 }
-                Note::OutageCleared { institution_id, method } => {
+                Note::OutageCleared {
+                    institution_id,
+                    method,
+                } => {
                     self.schedule_recovery(institution_id, method).await?;
                 }
                 _ => {}
@@ -554,19 +580,28 @@ impl Sweeper {
         connection_id: &ConnectionId,
         job: &Job,
     ) -> Result<(), SweepError> {
-        let connection = self.inner.client.get_connection(user, connection_id).await?;
+        let connection = self
+            .inner
+            .client
+            .get_connection(user, connection_id)
+            .await?;
         let statuses = self.connectors().await;
         let now = Utc::now();
         let mut notes = Vec::new();
         let mut tx = self.inner.store.write().await?;
         store::jobs::upsert_job(&mut tx, user, job, Some(connection_id), now).await?;
         store::connections::upsert_connection(&mut tx, user, &connection, Some(job), now).await?;
-        let key = (connection.institution_id.as_str().to_owned(), connection.method.as_str().to_owned());
+        let key = (
+            connection.institution_id.as_str().to_owned(),
+            connection.method.as_str().to_owned(),
+        );
         let inferred = store::connectors::inferred_open(&mut tx, &key.0, &key.1).await?;
         let rows = store::connections::rows_for_user(&mut tx, user).await?;
         if let Some(row) = rows.into_iter().find(|r| &r.connection_id == connection_id) {
             let verdict = self.verdict(&row, &statuses, inferred, now);
-            if let Some(change) = store::connections::set_health(&mut tx, &row, &verdict, now).await? {
+            if let Some(change) =
+                store::connections::set_health(&mut tx, &row, &verdict, now).await?
+            {
                 notes.push(Note::HealthChanged {
                     row,
                     from: change.from,

@@ -109,9 +109,20 @@ async fn sweep_check_and_status_work_from_the_command_line() {
     );
     assert!(!checked["connections"].as_array().unwrap().is_empty());
     let c = sim.sim.counters();
-    assert_eq!(c.requests.get(&basiq_health::sim::Route::Connections), None, "not swept again");
-    assert_eq!(c.requests.get(&basiq_health::sim::Route::Jobs), None, "not swept again");
-    assert!(checked["refreshes"].is_array(), "login-triggered refresh decisions: {checked}");
+    assert_eq!(
+        c.requests.get(&basiq_health::sim::Route::Connections),
+        None,
+        "not swept again"
+    );
+    assert_eq!(
+        c.requests.get(&basiq_health::sim::Route::Jobs),
+        None,
+        "not swept again"
+    );
+    assert!(
+        checked["refreshes"].is_array(),
+        "login-triggered refresh decisions: {checked}"
+    );
 
     let table = stdout(&run(&sim, &db, &["status"]));
     assert!(

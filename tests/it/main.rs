@@ -5,5 +5,6 @@ mod cli;
 mod client;
 mod commands;
 mod helpers;
+mod refresh;
 mod sim;
 mod sweep;

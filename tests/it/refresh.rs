@@ -1,0 +1,729 @@
+//! Refreshing without hurting banks: the cap across processes and crashes, the gates end to
+//! end, the pace, recovery spreading, job following, purge.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration as StdDuration;
+
+use basiq_health::domain::{ConnectionId, UserId};
+use basiq_health::policy::Trigger;
+use basiq_health::sim::{
+    Fault, OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig,
+};
+use chrono::{DateTime, Duration, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::bin;
+use crate::helpers::*;
+
+fn config() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/config/basiq-health.toml")
+}
+
+fn command(
+    sim: &RunningSim,
+    db: &std::path::Path,
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Command {
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(config())
+        .args(args)
+        .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
+        .env("BASIQ_HEALTH__DATABASE__PATH", db)
+        .env("BASIQ_HEALTH__API__LISTEN", "")
+        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+        .envs(envs.iter().copied());
+    cmd
+}
+
+fn decision(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Quick jobs: a refresh's job is over before the next command looks.
+async fn quick_sim() -> RunningSim {
+    start_sim(SimConfig {
+        users: 0,
+        step_duration: StdDuration::from_millis(1),
+        ..sim_config()
+    })
+    .await
+}
+
+fn add(
+    sim: &RunningSim,
+    user: &str,
+    conn: &str,
+    institution: &str,
+    method: &str,
+    status: &str,
+    last_used: Duration,
+) -> (UserId, ConnectionId) {
+    sim.sim.add_user(user);
+    let mut c = ScriptedConnection::new(institution, method);
+    c.id = conn.into();
+    c.status = status.into();
+    c.last_used = Some(Utc::now() - last_used);
+    c.expiry = (method == "open-banking").then(|| Utc::now() + Duration::days(200));
+    sim.sim.add_connection(user, c);
+    (UserId::new(user), ConnectionId::new(conn))
+}
+
+const NO_FLOOR: [(&str, &str); 2] = [
+    ("BASIQ_HEALTH__REFRESH__MIN_INTERVAL", "0s"),
+    ("BASIQ_HEALTH__REFRESH__LOGIN_STALE_AFTER", "0s"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_refresh_commands_reach_basiq_at_most_twenty_times() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = add(
+        &sim,
+        "cap-user",
+        "cap-conn",
+        "AU00004",
+        "open-banking",
+        "active",
+        Duration::days(2),
+    );
+    let mut outcomes: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..25 {
+        let out = command(
+            &sim,
+            &db,
+            &NO_FLOOR,
+            &["refresh", "--user", user.as_str(), conn.as_str()],
+        )
+        .output()
+        .unwrap();
+        let d = decision(&out);
+        let key = format!(
+            "{}:{}",
+            d["decision"].as_str().unwrap(),
+            d["reason"].as_str().unwrap_or("")
+        );
+        *outcomes.entry(key).or_default() += 1;
+    }
+    let calls = sim
+        .sim
+        .counters()
+        .refresh_calls
+        .get(conn.as_str())
+        .map_or(0, Vec::len);
+    assert_eq!(calls, 20, "the 20-a-day cap holds: {outcomes:?}");
+    assert_eq!(
+        outcomes.get("refreshed:").copied(),
+        Some(20),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.get("denied:daily-cap").copied(),
+        Some(5),
+        "{outcomes:?}"
+    );
+    assert_eq!(sim.sim.counters().bulk_refresh_calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_refresh_processes_at_random_moments_never_allows_a_twenty_first() {
+    use rand::Rng;
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = add(
+        &sim,
+        "kill-user",
+        "kill-conn",
+        "AU00005",
+        "open-banking",
+        "active",
+        Duration::days(2),
+    );
+    let mut rng = rand::rng();
+    let mut killed = 0;
+    for _round in 0..5 {
+        // Several processes at once, some killed mid-flight.
+        let mut children: Vec<_> = (0..8)
+            .map(|_| {
+                command(
+                    &sim,
+                    &db,
+                    &NO_FLOOR,
+                    &["refresh", "--user", user.as_str(), conn.as_str()],
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        for child in children.iter_mut() {
+            if rng.random_bool(0.5) {
+                std::thread::sleep(StdDuration::from_millis(rng.random_range(0..150)));
+                if child.kill().is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        for mut child in children {
+            let _ = child.wait();
+        }
+    }
+    assert!(killed > 0);
+    let calls = sim
+        .sim
+        .counters()
+        .refresh_calls
+        .get(conn.as_str())
+        .map_or(0, Vec::len);
+    assert!(calls <= 20, "{calls} refreshes reached Basiq in 24 h");
+    let store = basiq_health::store::Store::open(&db).await.unwrap();
+    let (attempts, _, _) = store.refresh_window(&conn, Utc::now()).await.unwrap();
+    assert!(attempts <= 20, "{attempts} attempts reserved");
+    assert!(store.integrity_ok().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_the_gates_deny_never_reach_basiq() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let now = Utc::now();
+    let invalid = add(
+        &sim,
+        "g-invalid",
+        "c-invalid",
+        "AU00004",
+        "web",
+        "invalid",
+        Duration::days(2),
+    );
+    let running = add(
+        &sim,
+        "g-running",
+        "c-running",
+        "AU00004",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    sim.sim.add_job(
+        running.0.as_str(),
+        ScriptedJob {
+            id: Some("job-running".into()),
+            connection_id: running.1.to_string(),
+            created: now - Duration::minutes(2),
+            updated: now - Duration::minutes(1),
+            outcome: Outcome::Hang,
+            running: true,
+            with_source: false,
+        },
+    );
+    let recent = add(
+        &sim,
+        "g-recent",
+        "c-recent",
+        "AU00004",
+        "web",
+        "active",
+        Duration::minutes(10),
+    );
+    let down = add(
+        &sim,
+        "g-down",
+        "c-down",
+        OUTAGE_CONNECTOR.0,
+        OUTAGE_CONNECTOR.1,
+        "active",
+        Duration::days(2),
+    );
+    let cases = [
+        (invalid, "connection-not-active"),
+        (running, "job-in-progress"),
+        (recent, "recently-refreshed"),
+        (down, "institution-outage"),
+    ];
+    for ((user, conn), reason) in &cases {
+        let out = command(
+            &sim,
+            &db,
+            &[],
+            &["refresh", "--user", user.as_str(), conn.as_str()],
+        )
+        .output()
+        .unwrap();
+        let d = decision(&out);
+        assert_eq!(d["decision"], "denied", "{conn}: {d}");
+        assert_eq!(d["reason"], *reason, "{conn}: {d}");
+        assert!(d.get("job_id").is_some());
+    }
+    let calls = sim.sim.counters().refresh_calls;
+    for ((_, conn), _) in &cases {
+        assert!(!calls.contains_key(conn.as_str()), "{conn} reached Basiq");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_decides_without_reserving_or_sending() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = add(
+        &sim,
+        "dry",
+        "c-dry",
+        "AU00004",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    let d = decision(
+        &command(
+            &sim,
+            &db,
+            &[],
+            &[
+                "refresh",
+                "--user",
+                user.as_str(),
+                conn.as_str(),
+                "--dry-run",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(d["decision"], "refreshed");
+    assert_eq!(d["dry_run"], true);
+    assert!(sim.sim.counters().refresh_calls.is_empty());
+    let store = basiq_health::store::Store::open(&db).await.unwrap();
+    assert_eq!(store.refresh_window(&conn, Utc::now()).await.unwrap().0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basiq_saying_429_to_a_refresh_stops_attempts_for_that_connection() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = add(
+        &sim,
+        "capped",
+        "c-capped",
+        "AU00004",
+        "open-banking",
+        "active",
+        Duration::days(2),
+    );
+    sim.sim.inject_fault(
+        Route::Refresh,
+        Fault::Status {
+            status: 429,
+            retry_after: None,
+        },
+        1,
+    );
+    let first = decision(
+        &command(
+            &sim,
+            &db,
+            &NO_FLOOR,
+            &["refresh", "--user", user.as_str(), conn.as_str()],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(
+        (first["decision"].as_str(), first["reason"].as_str()),
+        (Some("denied"), Some("daily-cap"))
+    );
+    let second = decision(
+        &command(
+            &sim,
+            &db,
+            &NO_FLOOR,
+            &["refresh", "--user", user.as_str(), conn.as_str()],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(second["reason"], "daily-cap");
+    assert_eq!(
+        sim.sim
+            .counters()
+            .refresh_calls
+            .get(conn.as_str())
+            .map_or(0, Vec::len),
+        1,
+        "no attempt after Basiq's 429"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_asks_for_confirmation_refuses_inactive_connections_and_is_audited() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = add(
+        &sim,
+        "purger",
+        "c-purge",
+        "AU00004",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    let (_, bad) = add(
+        &sim,
+        "purger",
+        "c-purge-invalid",
+        "AU00005",
+        "web",
+        "invalid",
+        Duration::days(2),
+    );
+
+    let dry = command(
+        &sim,
+        &db,
+        &[],
+        &["purge", "--user", user.as_str(), conn.as_str()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(dry.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("--yes"));
+    assert_eq!(sim.sim.counters().purge_calls, 0);
+
+    let refused = command(
+        &sim,
+        &db,
+        &[],
+        &["purge", "--user", user.as_str(), bad.as_str(), "--yes"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only active"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let done = command(
+        &sim,
+        &db,
+        &[],
+        &["purge", "--user", user.as_str(), conn.as_str(), "--yes"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(sim.sim.counters().purge_calls, 1);
+    let store = basiq_health::store::Store::open(&db).await.unwrap();
+    assert_eq!(store.count_purges(&conn).await.unwrap(), 1);
+    assert_eq!(
+        store.count_purges(&bad).await.unwrap(),
+        1,
+        "the refusal is audited too"
+    );
+}
+
+/// The largest number of times in `times` that fall in any window of `window`.
+fn max_in_window(mut times: Vec<DateTime<Utc>>, window: Duration) -> usize {
+    times.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+#[tokio::test]
+async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_global_pace() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let institutions = ["AU00000", "AU00002", "AU00004", "AU00005"];
+    let mut users = Vec::new();
+    let mut conns = Vec::new();
+    for i in 0..200 {
+        let (u, c) = add(
+            &sim,
+            &format!("daily-{i}"),
+            &format!("c-daily-{i}"),
+            institutions[i % 4],
+            "open-banking",
+            "active",
+            Duration::days(2),
+        );
+        users.push(u);
+        conns.push(c);
+    }
+    let per_minute = 150;
+    // A window that covers the test: nearly every connection's stable slot in it has
+    // passed (a backlog drained at the pace), a few come in the next three minutes.
+    let now = Utc::now();
+    let window = format!(
+        "{}-{}",
+        (now - Duration::hours(3)).format("%H:%M"),
+        (now + Duration::minutes(4)).format("%H:%M")
+    );
+    let extra = format!(
+        "[sweep]\ntick = \"* * * * * *\"\n\
+         [refresh]\nmode = \"daily\"\nunattended_window = \"{window}\"\ntimezone = \"UTC\"\n\
+         global_per_minute = {per_minute}\nper_institution_per_minute = 1000\nmax_wait = \"2s\"\n\
+         follow_poll_initial = \"100ms\"\nfollow_poll_max = \"200ms\"\nfollow_timeout = \"5s\"\n"
+    );
+    let settings = settings_for(&sim, &dir.path().join("bh.db"), &extra);
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    app.sweeper().add_users(&users).await.unwrap();
+    app.sweeper()
+        .run_pass("setup", Some(users.clone()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let refresher = app.refresher().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(240);
+    loop {
+        let done = sim.sim.counters().refresh_calls.len();
+        if done >= 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} of 200 refreshed: {:?}",
+            refresher.decision_counts()
+        );
+        tokio::time::sleep(StdDuration::from_millis(500)).await;
+    }
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    let counters = sim.sim.counters();
+    let times: Vec<DateTime<Utc>> = counters.refresh_calls.values().flatten().copied().collect();
+    assert!(times.len() >= 200);
+    for c in &conns {
+        assert_eq!(
+            counters.refresh_calls.get(c.as_str()).map_or(0, Vec::len),
+            1,
+            "{c} refreshed once a day"
+        );
+    }
+    let busiest = max_in_window(times, Duration::seconds(60));
+    assert!(
+        busiest <= per_minute,
+        "{busiest} refreshes in one minute (pace {per_minute}/min)"
+    );
+    assert_eq!(counters.bulk_refresh_calls, 0);
+}
+
+#[tokio::test]
+async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (inst, method) = ("AU00004", "web");
+    let mut users = Vec::new();
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        let (u, c) = add(
+            &sim,
+            &format!("rec-{i}"),
+            &format!("c-rec-{i}"),
+            inst,
+            method,
+            "active",
+            Duration::days(2),
+        );
+        sim.sim.add_job(
+            u.as_str(),
+            ScriptedJob {
+                id: None,
+                connection_id: c.to_string(),
+                created: Utc::now() - Duration::minutes(30),
+                updated: Utc::now() - Duration::minutes(29),
+                outcome: Outcome::fail("verify-credentials", "service-unavailable", "t", "d"),
+                running: false,
+                with_source: true,
+            },
+        );
+        users.push(u);
+        conns.push(c);
+    }
+    sim.sim.set_connector_status(inst, method, "major-outage");
+    let extra = "[sweep]\ntick = \"* * * * * *\"\nconnectors_ttl = \"0s\"\n\
+                 [refresh]\nrecovery_window = \"8s\"\ntransient_retry_base = \"1h\"\nper_institution_per_minute = 600\nglobal_per_minute = 600\n\
+                 follow_poll_initial = \"100ms\"\n";
+    let settings = settings_for(&sim, &dir.path().join("bh.db"), extra);
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    app.sweeper().add_users(&users).await.unwrap();
+    app.sweeper()
+        .run_pass("setup", Some(users.clone()), &CancellationToken::new())
+        .await
+        .unwrap();
+    for c in &conns {
+        let row = app.sweeper().store().connection(c).await.unwrap().unwrap();
+        assert_eq!(
+            row.health,
+            Some(basiq_health::classify::Health::InstitutionOutage)
+        );
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    assert!(
+        sim.sim.counters().refresh_calls.is_empty(),
+        "nothing is refreshed during the outage"
+    );
+    let ended = Utc::now();
+    sim.sim.set_connector_status(inst, method, "operational");
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(40);
+    loop {
+        let done = conns
+            .iter()
+            .filter(|c| sim.sim.counters().refresh_calls.contains_key(c.as_str()))
+            .count();
+        if done == conns.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} recovered"
+        );
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+    }
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    let calls = sim.sim.counters().refresh_calls;
+    let mut times: Vec<DateTime<Utc>> = conns.iter().map(|c| calls[c.as_str()][0]).collect();
+    times.sort();
+    let spread = *times.last().unwrap() - times[0];
+    assert!(
+        spread >= Duration::seconds(3),
+        "recovery refreshes spread over the window, not at once: {times:?}"
+    );
+    assert!(
+        max_in_window(times.clone(), Duration::seconds(1)) < conns.len(),
+        "{times:?}"
+    );
+    assert!(times.iter().all(|t| *t >= ended - Duration::seconds(1)));
+}
+
+#[tokio::test]
+async fn every_job_step_change_is_logged_with_its_job_id() {
+    let sim = start_sim(SimConfig {
+        users: 0,
+        step_duration: StdDuration::from_millis(150),
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = add(
+        &sim,
+        "steps",
+        "c-steps",
+        "AU00004",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    let settings = settings_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[refresh]\nfollow_poll_initial = \"40ms\"\nfollow_poll_max = \"60ms\"\n",
+    );
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    app.sweeper()
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    app.sweeper().sweep_user(&user).await.unwrap();
+    let (logs, _guard) = capture_logs();
+    let d = app
+        .refresher()
+        .request(&user, &conn, Trigger::Manual, false, true)
+        .await
+        .unwrap();
+    assert!(d.refreshed(), "{d:?}");
+    let job_id = d.job_id.clone().unwrap();
+    app.refresher().wait_for_followers().await;
+    let steps: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["event"] == "job_step")
+        .collect();
+    assert!(steps.len() >= 4, "step changes logged: {steps:?}");
+    for line in &steps {
+        assert_eq!(line["job_id"], job_id.as_str());
+        assert_eq!(line["connection_id"], conn.as_str());
+    }
+    let seen: Vec<(String, String)> = steps
+        .iter()
+        .map(|l| {
+            (
+                l["step"].as_str().unwrap().to_owned(),
+                l["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        seen.contains(&("retrieve-transactions".into(), "success".into())),
+        "{seen:?}"
+    );
+    let stored = app
+        .sweeper()
+        .store()
+        .get_job(&basiq_health::domain::JobId::new(job_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, "success");
+    let row = app
+        .sweeper()
+        .store()
+        .connection(&conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.health,
+        Some(basiq_health::classify::Health::Healthy),
+        "classified again when the job ended"
+    );
+}
