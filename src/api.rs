@@ -23,6 +23,10 @@ pub struct ApiState {
     pub sweeper: Sweeper,
     pub ticks: Arc<TickState>,
     pub token: Option<SecretString>,
+    /// The cron's tick interval: `/healthz` fails when the last tick is three of these old.
+    pub tick_interval: std::time::Duration,
+    /// Unix seconds the daemon started (the reference before the first tick).
+    pub started: i64,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -33,6 +37,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/users/{id}/health", get(user_health))
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -172,10 +177,27 @@ async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Result<Res
     Ok(Json(report).into_response())
 }
 
-/// 200 while the database is writable; 503 otherwise.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let text = crate::metrics::render(&state.sweeper, &state.refresher).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// 200 while ticks arrive and the database is writable; 503 when the last tick is older
+/// than three tick intervals or a write cannot be made.
 async fn healthz(State(state): State<ApiState>) -> Response {
     let writable = async {
-        let tx = state.sweeper.store().write().await?;
+        let mut tx = state.sweeper.store().write().await?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('healthz', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .execute(&mut *tx)
+            .await?;
         tx.rollback().await
     }
     .await;
@@ -183,12 +205,24 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         .ticks
         .last_tick
         .load(std::sync::atomic::Ordering::Relaxed);
-    match writable {
-        Ok(()) => Json(json!({"status": "ok", "last_tick": last_tick})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": format!("database not writable: {e}")})),
-        )
-            .into_response(),
+    let mut problems = Vec::new();
+    if let Err(e) = &writable {
+        problems.push(format!("database not writable: {e}"));
+    }
+    problems.extend(crate::service::tick_problem(
+        last_tick,
+        state.started,
+        chrono::Utc::now().timestamp(),
+        state.tick_interval,
+    ));
+    let body = json!({
+        "status": if problems.is_empty() { "ok" } else { "unavailable" },
+        "last_tick": (last_tick > 0).then_some(last_tick),
+        "problems": problems,
+    });
+    if problems.is_empty() {
+        Json(body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

@@ -144,6 +144,39 @@ impl App {
     /// finish, stops the API and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
+        let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick);
+        // Housekeeping: fed by the tick, prunes history once a day.
+        let (house_tx, mut house_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let housekeeping = {
+            let store = self.sweeper.store().clone();
+            let retain_days = self.settings.database.retain_days;
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        tick = house_rx.recv() => {
+                            if tick.is_none() {
+                                break;
+                            }
+                            match store.housekeep_if_due(retain_days, chrono::Utc::now()).await {
+                                Ok(Some(p)) => tracing::info!(
+                                    event = "history_pruned",
+                                    jobs = p.jobs,
+                                    health_changes = p.health_changes,
+                                    refresh_attempts = p.refresh_attempts,
+                                    sweeps = p.sweeps,
+                                    retain_days,
+                                    "history pruned"
+                                ),
+                                Ok(None) => {}
+                                Err(e) => tracing::error!(event = "prune_failed", error = %e, "pruning failed; tried again on a later tick"),
+                            }
+                        }
+                    }
+                }
+            })
+        };
         // The refresh worker: fed by the same tick, owns scheduled refreshes (recovery,
         // transient retries, daily slots); paced, so it may run long without blocking sweeps.
         let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -171,15 +204,23 @@ impl App {
             &self.settings.sweep.tick,
             cancel.clone(),
             self.ticks.clone(),
-            vec![refresh_tx],
+            vec![refresh_tx, house_tx],
         )
         .await?;
+        let watchdog = crate::service::spawn_watchdog(
+            self.sweeper.clone(),
+            self.ticks.clone(),
+            tick_interval,
+            cancel.clone(),
+        );
         let api_task = self.listener.map(|listener| {
             let state = api::ApiState {
                 refresher: self.refresher.clone(),
                 sweeper: self.sweeper.clone(),
                 ticks: self.ticks.clone(),
                 token: self.settings.api.token.clone(),
+                tick_interval,
+                started: chrono::Utc::now().timestamp(),
             };
             let cancel = cancel.clone();
             tokio::spawn(async move {
@@ -197,19 +238,39 @@ impl App {
             tick = %self.settings.sweep.tick,
             "basiq-health is running"
         );
+        crate::service::ready(&crate::service::status_line(self.sweeper.store()).await);
         shutdown.await;
+        crate::service::stopping();
         tracing::info!(
             event = "stopping",
             "stopping: finishing the users in flight"
         );
         cancel.cancel();
-        running.stop().await;
-        let _ = refresh_worker.await;
-        self.refresher.shutdown().await;
-        if let Some(task) = api_task {
-            let _ = task.await;
+        let grace = self.settings.shutdown_grace;
+        let refresher = self.refresher.clone();
+        let stopped = tokio::time::timeout(grace, async move {
+            running.stop().await;
+            let _ = refresh_worker.await;
+            let _ = housekeeping.await;
+            let _ = watchdog.await;
+            refresher.shutdown().await;
+            if let Some(task) = api_task {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::error!(
+                event = "shutdown_grace_exceeded",
+                grace_s = grace.as_secs(),
+                "work still in flight after the shutdown grace: stopping anyway (every write is a transaction)"
+            );
         }
-        self.sweeper.store().close().await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.sweeper.store().close(),
+        )
+        .await;
         tracing::info!(event = "stopped", "stopped cleanly");
         Ok(())
     }

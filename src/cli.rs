@@ -213,7 +213,17 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
     match command {
         Command::Run => {
             let app = App::build(settings).await?;
-            app.run_until_stopped(shutdown_signal()).await?;
+            let shutdown = async {
+                shutdown_signal().await;
+                // A second signal means "now": every write is a transaction, so the
+                // database stays consistent.
+                tokio::spawn(async {
+                    shutdown_signal().await;
+                    eprintln!("basiq-health: second signal: exiting at once");
+                    std::process::exit(130);
+                });
+            };
+            app.run_until_stopped(shutdown).await?;
             Ok(0)
         }
         Command::Sweep(args) => {

@@ -50,6 +50,7 @@ fn invalid(key: &str, problem: impl Into<String>) -> SettingsError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawSettings {
+    shutdown_grace: Option<String>,
     basiq: RawBasiq,
     database: RawDatabase,
     log: RawLog,
@@ -199,6 +200,7 @@ impl Default for RawBasiq {
 #[serde(default, deny_unknown_fields)]
 struct RawDatabase {
     path: Option<PathBuf>,
+    retain_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +215,8 @@ struct RawLog {
 /// The validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// How long a stop may take: users in flight finish, then the database closes.
+    pub shutdown_grace: Duration,
     pub basiq: BasiqSettings,
     pub database: DatabaseSettings,
     pub log: LogSettings,
@@ -322,6 +326,8 @@ impl std::fmt::Debug for ApiKey {
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub path: PathBuf,
+    /// Job and health-change history older than this is pruned daily.
+    pub retain_days: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -440,7 +446,20 @@ impl Settings {
         }
         let database = DatabaseSettings {
             path: raw.database.path.unwrap_or_else(default_database_path),
+            retain_days: match raw.database.retain_days.unwrap_or(400) {
+                0 => {
+                    return Err(invalid(
+                        "database.retain_days",
+                        "must be at least 1 (default 400)",
+                    ));
+                }
+                n => n,
+            },
         };
+        let shutdown_grace = positive(
+            "shutdown_grace",
+            raw.shutdown_grace.as_deref().unwrap_or("20s"),
+        )?;
         let log = LogSettings {
             format: match raw.log.format.as_deref() {
                 None => default_log_format(),
@@ -485,6 +504,7 @@ impl Settings {
         let api = parse_api(raw.api)?;
         let refresh = parse_refresh(raw.refresh)?;
         Ok(Self {
+            shutdown_grace,
             basiq,
             database,
             log,
@@ -511,6 +531,10 @@ impl Settings {
             None => "# none found".to_owned(),
         };
         let mut out = String::new();
+        out.push_str(&format!(
+            "shutdown_grace = {:?}\n\n",
+            fmt_duration(self.shutdown_grace)
+        ));
         out.push_str("[basiq]\n");
         out.push_str(&format!("base_url = {:?}\n", b.base_url.as_str()));
         if let Some(file) = &b.api_key_file {

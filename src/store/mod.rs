@@ -7,6 +7,7 @@
 
 pub mod connections;
 pub mod connectors;
+pub mod housekeeping;
 pub mod jobs;
 pub mod refreshes;
 mod sweeps;

@@ -79,12 +79,49 @@ struct ConnectorCache {
     statuses: HashMap<(String, String), ConnectorStatus>,
 }
 
+/// What the sweep reports about itself: for the watchdog, `/metrics` and the status line.
+pub struct Progress {
+    /// A pass is running.
+    pub in_pass: std::sync::atomic::AtomicBool,
+    /// Unix seconds of the last user finished or pass boundary.
+    pub last_progress: std::sync::atomic::AtomicI64,
+    pub users_swept: prometheus_client::metrics::counter::Counter,
+    pub users_failed: prometheus_client::metrics::counter::Counter,
+    pub users_gone: prometheus_client::metrics::counter::Counter,
+    pub passes: prometheus_client::metrics::counter::Counter,
+    pub pass_duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            in_pass: Default::default(),
+            last_progress: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
+            users_swept: Default::default(),
+            users_failed: Default::default(),
+            users_gone: Default::default(),
+            passes: Default::default(),
+            pass_duration: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.05, 2.0, 16),
+            ),
+        }
+    }
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.last_progress
+            .store(Utc::now().timestamp(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Inner {
     store: Store,
     client: Client,
     options: SweepOptions,
     seed: u64,
     connectors: Mutex<ConnectorCache>,
+    progress: Progress,
 }
 
 /// Sweeps users; cheap to clone.
@@ -129,6 +166,7 @@ impl Sweeper {
                     fetched_at: None,
                     statuses,
                 }),
+                progress: Progress::default(),
             }),
         })
     }
@@ -143,6 +181,10 @@ impl Sweeper {
 
     pub fn options(&self) -> &SweepOptions {
         &self.inner.options
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.inner.progress
     }
 
     /// The user's next slot strictly after `after`.
@@ -623,7 +665,27 @@ impl Sweeper {
         only: Option<Vec<UserId>>,
         cancel: &CancellationToken,
     ) -> store::Result<SweepCounts> {
+        let progress = &self.inner.progress;
+        progress
+            .in_pass
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        progress.touch();
+        let result = self.run_pass_inner(trigger, only, cancel).await;
+        progress
+            .in_pass
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        progress.touch();
+        result
+    }
+
+    async fn run_pass_inner(
+        &self,
+        trigger: &str,
+        only: Option<Vec<UserId>>,
+        cancel: &CancellationToken,
+    ) -> store::Result<SweepCounts> {
         let store = &self.inner.store;
+        let progress = &self.inner.progress;
         let started = Instant::now();
         let sweep_id = store.start_sweep(trigger, Utc::now()).await?;
         let mut counts = SweepCounts::default();
@@ -665,14 +727,19 @@ impl Sweeper {
                 match result {
                     Ok(UserOutcome::Swept(healths)) => {
                         counts.users_swept += 1;
+                        progress.users_swept.inc();
                         for h in healths {
                             *counts.by_health.entry(h.as_str().to_owned()).or_default() += 1;
                         }
                     }
-                    Ok(UserOutcome::Gone) => counts.users_gone += 1,
+                    Ok(UserOutcome::Gone) => {
+                        counts.users_gone += 1;
+                        progress.users_gone.inc();
+                    }
                     Ok(UserOutcome::Skipped) => {}
                     Err(e) => {
                         counts.users_failed += 1;
+                        progress.users_failed.inc();
                         let (status, correlation_id) = match &e {
                             SweepError::Basiq(b) => {
                                 (b.status(), b.correlation_id().map(str::to_owned))
@@ -704,6 +771,10 @@ impl Sweeper {
             }
         }
         store.finish_sweep(sweep_id, &counts, Utc::now()).await?;
+        progress.passes.inc();
+        progress
+            .pass_duration
+            .observe(started.elapsed().as_secs_f64());
         let by_health: BTreeMap<&str, u64> = counts
             .by_health
             .iter()

@@ -6,5 +6,6 @@ mod client;
 mod commands;
 mod helpers;
 mod refresh;
+mod service;
 mod sim;
 mod sweep;

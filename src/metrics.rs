@@ -1,0 +1,154 @@
+//! `GET /metrics`: Prometheus text, encoded by prometheus-client (never by hand).
+//!
+//! A registry is built per scrape from the live counters (sweep progress, the client's
+//! request counts, refresh decisions) and from the database (users, connections per health,
+//! open outages, cap reservations), so every value is current and nothing is counted twice.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::refresh::Refresher;
+use crate::sweep::Sweeper;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabel {
+    health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReservationLabels {
+    trigger: String,
+    outcome: String,
+}
+
+fn gauge(value: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(value);
+    g
+}
+
+fn counter(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+/// The current metrics as Prometheus text.
+pub async fn render(sweeper: &Sweeper, refresher: &Refresher) -> Result<String, sqlx::Error> {
+    let store = sweeper.store();
+    let mut registry = Registry::with_prefix("basiq_health");
+    let progress = sweeper.progress();
+
+    registry.register(
+        "users_registered",
+        "Users watched (not removed, not gone)",
+        gauge(store.count_active_users().await?),
+    );
+    registry.register(
+        "users_swept",
+        "Users swept since start",
+        progress.users_swept.clone(),
+    );
+    registry.register(
+        "users_failed",
+        "User sweeps that failed since start",
+        progress.users_failed.clone(),
+    );
+    registry.register(
+        "users_gone",
+        "Users Basiq answered 404 for, since start",
+        progress.users_gone.clone(),
+    );
+    registry.register(
+        "sweep_passes",
+        "Sweep passes since start",
+        progress.passes.clone(),
+    );
+    registry.register(
+        "sweep_duration_seconds",
+        "Duration of sweep passes",
+        progress.pass_duration.clone(),
+    );
+
+    let by_health = Family::<HealthLabel, Gauge>::default();
+    let report = crate::report::status(store, None).await?;
+    for (health, count) in &report.summary.by_health {
+        by_health
+            .get_or_create(&HealthLabel {
+                health: health.clone(),
+            })
+            .set(i64::try_from(*count).unwrap_or(i64::MAX));
+    }
+    registry.register("connections", "Watched connections per health", by_health);
+    registry.register(
+        "outages_open",
+        "Open outages (from /connectors or inferred)",
+        gauge(i64::try_from(report.outages.len()).unwrap_or(i64::MAX)),
+    );
+
+    let stats = sweeper.client().stats();
+    let requests = Family::<RequestLabels, Counter>::default();
+    for ((endpoint, status), n) in stats.requests() {
+        requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                status,
+            })
+            .inc_by(n);
+    }
+    registry.register(
+        "basiq_requests",
+        "Requests to Basiq by endpoint and HTTP status",
+        requests,
+    );
+    registry.register(
+        "token_fetches",
+        "POST /token calls since start",
+        counter(stats.token_fetches()),
+    );
+
+    let decisions = Family::<DecisionLabels, Counter>::default();
+    for ((decision, reason), n) in refresher.decision_counts() {
+        decisions
+            .get_or_create(&DecisionLabels { decision, reason })
+            .inc_by(n);
+    }
+    registry.register(
+        "refresh_decisions",
+        "Refresh requests by decision and reason since start",
+        decisions,
+    );
+
+    let reservations = Family::<ReservationLabels, Counter>::default();
+    for (trigger, outcome, n) in store.refresh_attempt_counts().await? {
+        reservations
+            .get_or_create(&ReservationLabels { trigger, outcome })
+            .inc_by(u64::try_from(n).unwrap_or(0));
+    }
+    registry.register(
+        "cap_reservations",
+        "Refresh attempts reserved against the daily cap (kept history)",
+        reservations,
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &registry)
+        .map_err(|e| sqlx::Error::Protocol(format!("encoding metrics: {e}")))?;
+    Ok(out)
+}
