@@ -212,13 +212,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Result<u8> {
     match command {
         Command::Run => {
+            let mut signals = Signals::new();
             let app = App::build(settings).await?;
-            let shutdown = async {
-                shutdown_signal().await;
+            let shutdown = async move {
+                signals.recv().await;
                 // A second signal means "now": every write is a transaction, so the
                 // database stays consistent.
-                tokio::spawn(async {
-                    shutdown_signal().await;
+                tokio::spawn(async move {
+                    signals.recv().await;
                     eprintln!("basiq-health: second signal: exiting at once");
                     std::process::exit(130);
                 });
@@ -242,8 +243,9 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             };
             let cancel = tokio_util::sync::CancellationToken::new();
             let stop = cancel.clone();
+            let mut signals = Signals::new();
             let signal = tokio::spawn(async move {
-                shutdown_signal().await;
+                signals.recv().await;
                 stop.cancel();
             });
             let counts = sweeper.run_pass("command", Some(only), &cancel).await?;
@@ -484,6 +486,7 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
+    let mut signals = Signals::new();
     let mut config = SimConfig {
         users: args.users,
         seed: args.seed,
@@ -515,31 +518,62 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
         None => println!("users: {}", args.users),
     }
     println!("stop with Ctrl-C");
-    shutdown_signal().await;
+    signals.recv().await;
     running.shutdown().await;
     Ok(0)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened to from the moment this is made (a signal that arrives
+/// during startup is not lost, and does not kill the process with the default action).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = next(&mut self.term) => {}
+                () = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
     }
 }
