@@ -4,7 +4,7 @@
 //! cargo run --release --example sweep_bench -- 2000
 //! ```
 //!
-//! Figures: users swept per second at several concurrencies (requests paced at 1000/s so
+//! Figures: users swept per second at several concurrencies (requests paced at 50000/s so
 //! the daemon, not the pace, is measured), requests per user, and the process's peak RSS.
 //! Speed is measured here, never asserted in tests: the machines are shared and noisy.
 
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     for concurrency in [1usize, 8, 32] {
         let dir = tempfile::tempdir()?;
         let toml = format!(
-            "[basiq]\nbase_url = {:?}\nmax_requests_per_second = 1000\n[database]\npath = {:?}\n[sweep]\nconcurrency = {concurrency}\n[api]\nlisten = \"\"\n",
+            "[basiq]\nbase_url = {:?}\nmax_requests_per_second = 50000\n[database]\npath = {:?}\n[sweep]\nconcurrency = {concurrency}\n[api]\nlisten = \"\"\n",
             running.base_url(),
             dir.path().join("bench.db").display().to_string()
         );
