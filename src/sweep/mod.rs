@@ -392,21 +392,36 @@ impl Sweeper {
         let rows = store::connections::rows_at_connector(&mut tx, institution_id, method).await?;
         let inferred = store::connectors::inferred_open(&mut tx, institution_id, method).await?;
         for row in rows {
-            let verdict = self.verdict(&row, statuses, inferred, now);
-            if let Some(change) =
-                store::connections::set_health(&mut tx, &row, &verdict, now).await?
-            {
-                notes.push(Note::HealthChanged {
-                    row,
-                    from: change.from,
-                    verdict,
-                });
-            }
+            self.apply_verdict(&mut tx, row, statuses, inferred, now, &mut notes)
+                .await?;
         }
         tx.commit().await?;
         self.after_commit(&notes).await?;
         emit(notes);
         Ok(())
+    }
+
+    /// Classifies one stored connection and writes the verdict; a change becomes a note to
+    /// log after the commit. Returns the health.
+    async fn apply_verdict(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        row: ConnectionRow,
+        statuses: &HashMap<(String, String), ConnectorStatus>,
+        inferred: bool,
+        now: DateTime<Utc>,
+        notes: &mut Vec<Note>,
+    ) -> Result<Health, SweepError> {
+        let verdict = self.verdict(&row, statuses, inferred, now);
+        let health = verdict.health;
+        if let Some(change) = store::connections::set_health(tx, &row, &verdict, now).await? {
+            notes.push(Note::HealthChanged {
+                row,
+                from: change.from,
+                verdict,
+            });
+        }
+        Ok(health)
     }
 
     /// Follow-ups of committed changes: refresh scheduling.
@@ -565,14 +580,11 @@ impl Sweeper {
                     v
                 }
             };
-            let verdict = self.verdict(&row, &statuses, inferred, now);
             if row.user_id == *user {
-                healths.push(verdict.health);
                 let threshold = classify::consent_threshold(&row.method, row.expiry_date, now);
-                if threshold.is_some()
-                    && threshold != row.consent_warned_days.filter(|d| Some(*d) <= threshold)
-                {
-                    if let Some(days) = threshold {
+                match threshold {
+                    // One warning per threshold crossed (30, 7, 1 days), not one per sweep.
+                    Some(days) if row.consent_warned_days.is_none_or(|w| days < w) => {
                         store::connections::set_consent_warned(
                             &mut tx,
                             &row.connection_id,
@@ -584,25 +596,24 @@ impl Sweeper {
                             days,
                         });
                     }
-                } else if threshold.is_none()
-                    && row.consent_warned_days.is_some()
-                    && row
-                        .expiry_date
-                        .is_some_and(|e| e - now > chrono::Duration::days(30))
-                {
-                    // Consent renewed: warn again next time it nears its end.
-                    store::connections::set_consent_warned(&mut tx, &row.connection_id, None)
-                        .await?;
+                    // Consent renewed: warn again when the new one nears its end.
+                    None if row.consent_warned_days.is_some()
+                        && row
+                            .expiry_date
+                            .is_some_and(|e| e - now > chrono::Duration::days(30)) =>
+                    {
+                        store::connections::set_consent_warned(&mut tx, &row.connection_id, None)
+                            .await?;
+                    }
+                    _ => {}
                 }
             }
-            if let Some(change) =
-                store::connections::set_health(&mut tx, &row, &verdict, now).await?
-            {
-                notes.push(Note::HealthChanged {
-                    row,
-                    from: change.from,
-                    verdict,
-                });
+            let mine = row.user_id == *user;
+            let health = self
+                .apply_verdict(&mut tx, row, &statuses, inferred, now, &mut notes)
+                .await?;
+            if mine {
+                healths.push(health);
             }
         }
         tx.commit().await?;
@@ -640,16 +651,8 @@ impl Sweeper {
         let inferred = store::connectors::inferred_open(&mut tx, &key.0, &key.1).await?;
         let rows = store::connections::rows_for_user(&mut tx, user).await?;
         if let Some(row) = rows.into_iter().find(|r| &r.connection_id == connection_id) {
-            let verdict = self.verdict(&row, &statuses, inferred, now);
-            if let Some(change) =
-                store::connections::set_health(&mut tx, &row, &verdict, now).await?
-            {
-                notes.push(Note::HealthChanged {
-                    row,
-                    from: change.from,
-                    verdict,
-                });
-            }
+            self.apply_verdict(&mut tx, row, &statuses, inferred, now, &mut notes)
+                .await?;
         }
         tx.commit().await?;
         self.after_commit(&notes).await?;

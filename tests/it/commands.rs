@@ -179,10 +179,7 @@ async fn the_local_api_registers_users_checks_logins_and_reports() {
     .await
     .unwrap();
     let base = format!("http://{}", app.api_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let daemon = Daemon::start(app);
     let http = reqwest::Client::new();
     let user = sim.sim.user_ids()[0].clone();
 
@@ -241,8 +238,7 @@ async fn the_local_api_registers_users_checks_logins_and_reports() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
 
-    stop.send(()).unwrap();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 #[test]

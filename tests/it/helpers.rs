@@ -173,3 +173,28 @@ pub async fn empty_sim() -> RunningSim {
     config.users = 0;
     start_sim(config).await
 }
+
+/// The real daemon path (`App::run_until_stopped`) in a task, stopped on demand.
+pub struct Daemon {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    pub fn start(app: basiq_health::app::App) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops it as SIGTERM would, and checks it stopped cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("daemon task")
+            .expect("daemon stopped cleanly");
+    }
+}

@@ -505,10 +505,7 @@ async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_glob
         .await
         .unwrap();
     let refresher = app.refresher().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let daemon = Daemon::start(app);
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(240);
     loop {
         let done = sim.sim.counters().refresh_calls.len();
@@ -522,8 +519,7 @@ async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_glob
         );
         tokio::time::sleep(StdDuration::from_millis(500)).await;
     }
-    stop.send(()).unwrap();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     let counters = sim.sim.counters();
     let times: Vec<DateTime<Utc>> = counters.refresh_calls.values().flatten().copied().collect();
     assert!(times.len() >= 200);
@@ -597,10 +593,7 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
             Some(basiq_health::classify::Health::InstitutionOutage)
         );
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let daemon = Daemon::start(app);
     tokio::time::sleep(StdDuration::from_millis(1500)).await;
     assert!(
         sim.sim.counters().refresh_calls.is_empty(),
@@ -623,8 +616,7 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
         );
         tokio::time::sleep(StdDuration::from_millis(200)).await;
     }
-    stop.send(()).unwrap();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
     let calls = sim.sim.counters().refresh_calls;
     let mut times: Vec<DateTime<Utc>> = conns.iter().map(|c| calls[c.as_str()][0]).collect();
     times.sort();

@@ -304,10 +304,7 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
     let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
     app.sweeper().add_users(&users).await.unwrap();
     let sweeper = app.sweeper().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let daemon = Daemon::start(app);
     let http = reqwest::Client::new();
     let get = || async {
         let response = http.get(format!("{base}/metrics")).send().await.unwrap();
@@ -346,8 +343,7 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
 
     let healthz = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 200);
-    stop.send(()).unwrap();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 #[tokio::test]

@@ -539,10 +539,7 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
     let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
     app.sweeper().add_users(&users).await.unwrap();
     let store = app.sweeper().store().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let daemon = Daemon::start(app);
     // Poll the database for the outcome (bounded): every user swept by the tick.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -569,8 +566,7 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
             "{u:?}"
         );
     }
-    stop.send(()).unwrap();
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 #[tokio::test]
