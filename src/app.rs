@@ -57,7 +57,7 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
 
 /// Opens the database named by the settings (exit 74 on failure).
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Ok(Store::open(&settings.database.path).await?)
+    Ok(Store::open_with(&settings.database.path, settings.database.busy_timeout).await?)
 }
 
 /// Builds the sweeper: key (exit 78 when missing), database (74), client.

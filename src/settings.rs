@@ -201,6 +201,7 @@ impl Default for RawBasiq {
 struct RawDatabase {
     path: Option<PathBuf>,
     retain_days: Option<u32>,
+    busy_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +329,8 @@ pub struct DatabaseSettings {
     pub path: PathBuf,
     /// Job and health-change history older than this is pruned daily.
     pub retain_days: u32,
+    /// How long a write waits for a lock held by another process before it fails.
+    pub busy_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,6 +458,10 @@ impl Settings {
                 }
                 n => n,
             },
+            busy_timeout: duration(
+                "database.busy_timeout",
+                raw.database.busy_timeout.as_deref().unwrap_or("10s"),
+            )?,
         };
         let shutdown_grace = positive(
             "shutdown_grace",

@@ -44,8 +44,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database at `path`.
+    /// Opens (creating if needed) and migrates the database at `path`, waiting up to 10 s
+    /// for a lock held by another writer.
     pub async fn open(path: &Path) -> std::result::Result<Self, OpenError> {
+        Self::open_with(path, Duration::from_secs(10)).await
+    }
+
+    /// As [`Store::open`], with the time to wait for a lock (`database.busy_timeout`).
+    pub async fn open_with(
+        path: &Path,
+        busy_timeout: Duration,
+    ) -> std::result::Result<Self, OpenError> {
         let fail = |message: String| OpenError {
             path: path.to_owned(),
             message,
@@ -64,7 +73,7 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -608,3 +608,57 @@ async fn an_expiring_consent_is_warned_once_per_threshold() {
     assert_eq!(warnings[0]["days"], 7);
     assert_eq!(warnings[0]["connection_id"], conn.as_str());
 }
+
+#[tokio::test]
+async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pass_works() {
+    use sqlx::Connection;
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let mut settings = settings_for(&sim, &db, "");
+    settings.database.busy_timeout = std::time::Duration::from_millis(200);
+    let sweeper = basiq_health::app::build_sweeper_with_key(
+        &settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    let (first, conn) = script(&sim, "first", ok());
+    let (second, _) = script(&sim, "second", ok());
+    sweeper
+        .add_users(&[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    sweep_all(&sweeper, std::slice::from_ref(&first)).await;
+    let jobs_before = sweeper.store().count_jobs().await.unwrap();
+
+    // Another process holds the write lock (a long backup, a stuck CLI).
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = sweeper
+        .run_pass(
+            "test",
+            Some(vec![second.clone()]),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("the pass fails while the database is locked");
+    assert!(err.to_string().contains("locked"), "a clear error: {err}");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+
+    assert_eq!(
+        sweeper.store().count_jobs().await.unwrap(),
+        jobs_before,
+        "nothing stored was lost"
+    );
+    assert_eq!(health_of(&sweeper, &conn).await.0, Some(Health::Healthy));
+    assert!(sweeper.store().integrity_ok().await.unwrap());
+    let counts = sweep_all(&sweeper, std::slice::from_ref(&second)).await;
+    assert_eq!(counts.users_swept, 1, "the next pass works");
+}
