@@ -43,7 +43,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         db = db.display().to_string(),
         period = day.as_millis(),
     );
-    // SAFETY-free: the key is handed over in-process, never through the environment.
+    // The simulator's key is handed over in-process, never through the environment.
     let settings = Settings::from_toml(&toml)?;
     let log_file =
         std::fs::File::create(dir.join("demo.log")).context("while creating the demo log")?;
