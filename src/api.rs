@@ -90,7 +90,7 @@ async fn list_users(
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
     let users = state.sweeper.store().list_users().await?;
-    Ok(Json(crate::cli::users_json(&users)).into_response())
+    Ok(Json(report::users_json(&users)).into_response())
 }
 
 async fn add_user(

@@ -15,7 +15,7 @@ use crate::domain::UserId;
 use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
 use crate::sim::{SimConfig, Simulator};
-use crate::store::{OpenError, UserRow};
+use crate::store::OpenError;
 use crate::telemetry;
 
 /// Exit code for a configuration error (sysexits EX_CONFIG).
@@ -349,21 +349,6 @@ async fn refresher(settings: &Settings) -> anyhow::Result<crate::refresh::Refres
     Ok(crate::refresh::Refresher::new(sweeper, settings.refresh.clone()).await?)
 }
 
-/// `users list --json` and `GET /v1/users`: `[{"user_id", "next_due_at", "last_swept_at"}]`.
-pub fn users_json(users: &[UserRow]) -> serde_json::Value {
-    users
-        .iter()
-        .map(|u| {
-            serde_json::json!({
-                "user_id": u.user_id,
-                "next_due_at": u.next_due_at,
-                "last_swept_at": u.last_swept_at,
-                "gone": u.gone_at.is_some(),
-            })
-        })
-        .collect()
-}
-
 async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8> {
     let store = app::open_store(settings).await?;
     // Offsets need the installation seed and the period only: no key, no network.
@@ -400,7 +385,10 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
         UsersCommand::List { json } => {
             let users = store.list_users().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&users_json(&users))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::users_json(&users))?
+                );
             } else {
                 println!(
                     "{:<40} {:<22} {:<22}",

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::classify::Health;
 use crate::domain::UserId;
-use crate::store::{self, ConnectionRow, OutageRow, Store};
+use crate::store::{self, ConnectionRow, OutageRow, Store, UserRow};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionView {
@@ -169,4 +169,19 @@ pub fn render_table(report: &StatusReport) -> String {
         );
     }
     out
+}
+
+/// `users list --json` and `GET /v1/users`: `[{"user_id", "next_due_at", "last_swept_at"}]`.
+pub fn users_json(users: &[UserRow]) -> serde_json::Value {
+    users
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "user_id": u.user_id,
+                "next_due_at": u.next_due_at,
+                "last_swept_at": u.last_swept_at,
+                "gone": u.gone_at.is_some(),
+            })
+        })
+        .collect()
 }

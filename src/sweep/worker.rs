@@ -3,7 +3,7 @@
 //! cancellation, so two passes can never overlap.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -12,22 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Sweeper;
 
-/// What the worker loop reports: for `/healthz`, systemd's watchdog and status line.
+/// When the worker last took a tick: for `/healthz` and systemd's watchdog. Sweep progress
+/// itself lives in [`super::Progress`].
 #[derive(Debug, Default)]
 pub struct TickState {
     /// Unix seconds of the last tick the worker took (0: none yet).
     pub last_tick: AtomicI64,
-    /// Unix seconds of the worker's last sign of progress (a user swept, a pass ended).
-    pub last_progress: AtomicI64,
-    pub passes: AtomicU64,
-    pub users_swept: AtomicU64,
-}
-
-impl TickState {
-    pub fn touch_progress(&self) {
-        self.last_progress
-            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
-    }
 }
 
 /// A running scheduler and worker.
@@ -92,19 +82,13 @@ pub async fn run_scheduler(
                         break;
                     }
                     state.last_tick.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
-                    state.touch_progress();
-                    match sweeper.run_pass("tick", None, &cancel).await {
-                        Ok(counts) => {
-                            state.passes.fetch_add(1, Ordering::Relaxed);
-                            state.users_swept.fetch_add(counts.users_swept, Ordering::Relaxed);
-                        }
-                        Err(e) => tracing::error!(
+                    if let Err(e) = sweeper.run_pass("tick", None, &cancel).await {
+                        tracing::error!(
                             event = "sweep_failed",
                             error = %e,
                             "sweep pass failed (database); the next tick tries again"
-                        ),
+                        );
                     }
-                    state.touch_progress();
                 }
             }
         }
