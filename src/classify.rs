@@ -73,31 +73,48 @@ pub enum Side {
     Bank,
     /// Nobody yet: retry later.
     Retry,
-    /// A code this build does not know.
+    /// Basiq's own refresh cap: wait until the rolling day has room, never sooner.
+    Cap,
+    /// A code this build does not know, or a failure without a code: never retried
+    /// automatically, because nobody can tell whether a retry would lock the user out.
     Unknown,
 }
+
+/// Every code the user must act on (API.md's research, the older codes included).
+pub const USER_CODES: [&str; 11] = [
+    "invalid-credentials",
+    "account-not-accessible-requires-user-action",
+    "user-action-required",
+    "invalid-connection",
+    "authorization-failed",
+    "invalid-username-or-password",
+    "locked-account",
+    "multifactor-required",
+    "multi-factor-authentication",
+    "consent-expired",
+    "consent-revoked",
+];
+
+/// Every code that means the bank or Basiq's connector is at fault.
+pub const BANK_CODES: [&str; 9] = [
+    "service-unavailable",
+    "maintenance",
+    "maintenance-error",
+    "system-unavailable",
+    "temporary-unavailable",
+    "connector-error",
+    "institution-not-available",
+    "institution-disabled",
+    "institution-not-found",
+];
 
 impl Side {
     pub fn of(code: &str) -> Self {
         match code {
-            "invalid-credentials"
-            | "account-not-accessible-requires-user-action"
-            | "user-action-required"
-            | "invalid-connection"
-            | "authorization-failed"
-            | "invalid-username-or-password"
-            | "locked-account"
-            | "multifactor-required"
-            | "consent-expired"
-            | "consent-revoked" => Self::User,
-            "service-unavailable"
-            | "maintenance"
-            | "maintenance-error"
-            | "system-unavailable"
-            | "temporary-unavailable"
-            | "connector-error" => Self::Bank,
-            c if c.starts_with("institution-") => Self::Bank,
-            "unknown-error" | "job-timed-out" | "too-many-requests" => Self::Retry,
+            c if USER_CODES.contains(&c) => Self::User,
+            c if BANK_CODES.contains(&c) || c.starts_with("institution-") => Self::Bank,
+            "unknown-error" | "job-timed-out" => Self::Retry,
+            "too-many-requests" => Self::Cap,
             _ => Self::Unknown,
         }
     }
@@ -107,7 +124,33 @@ impl Side {
             Self::User => "user",
             Self::Bank => "bank",
             Self::Retry => "retry",
+            Self::Cap => "cap",
             Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// What is known of a connection's connector (institution + method).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectorView {
+    /// `/connectors` has never answered on this installation: nobody can tell whether the
+    /// bank is up, so nobody is blamed.
+    Unknown,
+    /// `/connectors` answered and does not list this connector (treated as up).
+    Unlisted,
+    Status(ConnectorStatus),
+}
+
+impl ConnectorView {
+    /// The one predicate of "the bank is down" ([`ConnectorStatus::is_down`]).
+    pub fn is_down(&self) -> bool {
+        matches!(self, Self::Status(s) if s.is_down())
+    }
+
+    pub fn status(&self) -> Option<&ConnectorStatus> {
+        match self {
+            Self::Status(s) => Some(s),
+            _ => None,
         }
     }
 }
@@ -118,6 +161,7 @@ pub struct NewestJob {
     pub state: JobState,
     pub failure_code: Option<String>,
     pub created: Option<DateTime<Utc>>,
+    pub updated: Option<DateTime<Utc>>,
 }
 
 /// Everything classification looks at for one connection.
@@ -128,13 +172,17 @@ pub struct Facts<'a> {
     pub last_used: Option<DateTime<Utc>>,
     pub expiry_date: Option<DateTime<Utc>>,
     pub newest_job: Option<&'a NewestJob>,
-    /// `None` when `/connectors` does not list the connector (treated as operational).
-    pub connector: Option<&'a ConnectorStatus>,
+    pub connector: &'a ConnectorView,
     /// At least `outage.min_users` users failed bank-side at this connector recently.
     pub outage_inferred: bool,
+    /// The stored verdict, kept when a user-side failure cannot be judged yet.
+    pub previous: Option<(Health, Option<&'a str>)>,
     pub stale_after: Duration,
     pub now: DateTime<Utc>,
 }
+
+/// The reason given while a user-side failure waits for the connector status.
+pub const CONNECTOR_STATUS_UNKNOWN: &str = "connector-status-unknown";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -155,11 +203,23 @@ impl Verdict {
 
 /// Classifies one connection.
 pub fn classify(f: &Facts<'_>) -> Verdict {
-    let connector = f.connector.unwrap_or(&ConnectorStatus::Operational);
-    let bank_down = *connector != ConnectorStatus::Operational || f.outage_inferred;
+    let bank_down = f.connector.is_down() || f.outage_inferred;
     let recent_job = f
         .newest_job
         .filter(|j| j.created.is_none_or(|c| f.now - c <= JOB_RETENTION));
+    // A failure that asks the user to act is only reported once the bank is known to be up.
+    let blame_user = |reason: String| {
+        if bank_down {
+            Verdict::new(Health::InstitutionOutage, reason)
+        } else if *f.connector == ConnectorView::Unknown {
+            match f.previous {
+                Some((health, reason)) => Verdict::new(health, reason.map(str::to_owned)),
+                None => Verdict::new(Health::Unknown, CONNECTOR_STATUS_UNKNOWN.to_owned()),
+            }
+        } else {
+            Verdict::new(Health::ActionRequired, reason)
+        }
+    };
 
     if let Some(job) = recent_job
         && job.state == JobState::InProgress
@@ -176,6 +236,7 @@ pub fn classify(f: &Facts<'_>) -> Verdict {
     let consent_expired =
         *f.method == Method::OpenBanking && f.expiry_date.is_some_and(|e| e <= f.now);
     if consent_expired {
+        // The consent's end is a date, not a failure: the bank's state does not change it.
         return Verdict::new(Health::ActionRequired, Some("consent-expired".into()));
     }
 
@@ -185,21 +246,17 @@ pub fn classify(f: &Facts<'_>) -> Verdict {
         let code = job
             .failure_code
             .clone()
-            .unwrap_or_else(|| "unknown-error".into());
+            .unwrap_or_else(|| crate::domain::NO_FAILURE_CODE.into());
         return match Side::of(&code) {
-            // Banks in an outage fail logins too: do not tell the user to re-enter credentials.
-            Side::User if connector.is_outage() => Verdict::new(Health::InstitutionOutage, code),
-            Side::User => Verdict::new(Health::ActionRequired, code),
+            Side::User => blame_user(code),
             Side::Bank if bank_down => Verdict::new(Health::InstitutionOutage, code),
-            Side::Bank | Side::Retry => Verdict::new(Health::TransientFailure, code),
+            Side::Bank | Side::Retry | Side::Cap => Verdict::new(Health::TransientFailure, code),
             Side::Unknown => Verdict::new(Health::Unknown, code),
         };
     }
 
     match f.status {
-        ConnectionStatus::Invalid => {
-            return Verdict::new(Health::ActionRequired, Some("connection-invalid".into()));
-        }
+        ConnectionStatus::Invalid => return blame_user("connection-invalid".into()),
         ConnectionStatus::Revoked => {
             return Verdict::new(Health::ActionRequired, Some("consent-revoked".into()));
         }
@@ -256,6 +313,7 @@ mod tests {
             state,
             failure_code: code.map(str::to_owned),
             created: Some(now() - chrono::Duration::hours(3)),
+            updated: None,
         }
     }
 
@@ -268,6 +326,7 @@ mod tests {
         inferred: bool,
         last_used_hours: Option<i64>,
         expiry_days: Option<i64>,
+        previous: Option<(Health, Option<&'static str>)>,
         expect: (Health, Option<&'static str>),
     }
 
@@ -281,6 +340,7 @@ mod tests {
             inferred: false,
             last_used_hours: Some(5),
             expiry_days: None,
+            previous: None,
             expect: (Health::Healthy, None),
         }
     }
@@ -288,7 +348,11 @@ mod tests {
     fn run(c: &Case) -> Verdict {
         let status = ConnectionStatus::parse(c.status);
         let method = Method::parse(c.method);
-        let connector = c.connector.map(ConnectorStatus::parse);
+        let connector = match c.connector {
+            Some("?") => ConnectorView::Unknown,
+            Some(s) => ConnectorView::Status(ConnectorStatus::parse(s)),
+            None => ConnectorView::Unlisted,
+        };
         classify(&Facts {
             status: &status,
             method: &method,
@@ -297,8 +361,9 @@ mod tests {
                 .map(|h| now() - chrono::Duration::hours(h)),
             expiry_date: c.expiry_days.map(|d| now() + chrono::Duration::days(d)),
             newest_job: c.job.as_ref(),
-            connector: connector.as_ref(),
+            connector: &connector,
             outage_inferred: c.inferred,
+            previous: c.previous,
             stale_after: 72 * H,
             now: now(),
         })
@@ -394,8 +459,8 @@ mod tests {
             Case {
                 job: Some(job(Failed, Some("service-unavailable"))),
                 connector: Some("degraded-performance"),
-                expect: (InstitutionOutage, Some("service-unavailable")),
-                ..case("bank-side while degraded")
+                expect: (TransientFailure, Some("service-unavailable")),
+                ..case("bank-side while merely degraded: retried, not an outage")
             },
             Case {
                 job: Some(job(Failed, Some("institution-not-available"))),
@@ -526,11 +591,125 @@ mod tests {
         );
     }
 
+    /// Rule 13: every documented code has its side.
     #[test]
-    fn failure_codes_have_sides() {
-        assert_eq!(Side::of("authorization-failed"), Side::User);
-        assert_eq!(Side::of("institution-disabled"), Side::Bank);
-        assert_eq!(Side::of("too-many-requests"), Side::Retry);
-        assert_eq!(Side::of("bank-statement-bad"), Side::Unknown);
+    fn every_documented_failure_code_has_its_side() {
+        let table = [
+            ("invalid-credentials", Side::User),
+            ("account-not-accessible-requires-user-action", Side::User),
+            ("user-action-required", Side::User),
+            ("invalid-connection", Side::User),
+            ("authorization-failed", Side::User),
+            ("invalid-username-or-password", Side::User),
+            ("locked-account", Side::User),
+            ("multifactor-required", Side::User),
+            ("multi-factor-authentication", Side::User),
+            ("consent-expired", Side::User),
+            ("consent-revoked", Side::User),
+            ("service-unavailable", Side::Bank),
+            ("maintenance", Side::Bank),
+            ("maintenance-error", Side::Bank),
+            ("system-unavailable", Side::Bank),
+            ("temporary-unavailable", Side::Bank),
+            ("connector-error", Side::Bank),
+            ("institution-not-available", Side::Bank),
+            ("institution-disabled", Side::Bank),
+            ("institution-not-found", Side::Bank),
+            ("unknown-error", Side::Retry),
+            ("job-timed-out", Side::Retry),
+            ("too-many-requests", Side::Cap),
+            ("no-failure-code", Side::Unknown),
+            ("missing-required-field", Side::Unknown),
+            ("invalid-csv-row", Side::Unknown),
+            ("bank-statement-bad", Side::Unknown),
+            ("quantum-flux", Side::Unknown),
+        ];
+        for (code, side) in table {
+            assert_eq!(Side::of(code), side, "{code}");
+        }
+        for code in USER_CODES {
+            assert_eq!(Side::of(code), Side::User, "{code}");
+        }
+    }
+
+    /// Rule 2: a failed step without a code is unknown, never a retry.
+    #[test]
+    fn a_failure_without_a_code_is_unknown() {
+        let c = Case {
+            job: Some(job(JobState::Failed, Some("no-failure-code"))),
+            expect: (Health::Unknown, Some("no-failure-code")),
+            ..case("failed step, result null")
+        };
+        let v = run(&c);
+        assert_eq!((v.health, v.reason.as_deref()), c.expect);
+        let c = Case {
+            job: Some(job(JobState::Failed, None)),
+            ..case("failed job, code lost")
+        };
+        assert_eq!(run(&c).health, Health::Unknown);
+    }
+
+    /// Rules 10 and 11: no user is blamed while the bank is down or its status unknown.
+    #[test]
+    fn a_user_side_failure_is_not_blamed_on_the_user_unless_the_bank_is_known_up() {
+        use Health::*;
+        let failing = |name| Case {
+            job: Some(job(JobState::Failed, Some("invalid-credentials"))),
+            ..case(name)
+        };
+        let cases = [
+            Case {
+                connector: Some("?"),
+                expect: (Unknown, Some("connector-status-unknown")),
+                ..failing("no connector status on a fresh database")
+            },
+            Case {
+                connector: Some("?"),
+                previous: Some((Healthy, None)),
+                expect: (Healthy, None),
+                ..failing("no connector status: the previous verdict is kept")
+            },
+            Case {
+                connector: Some("major-outage"),
+                method: "unknown",
+                expect: (InstitutionOutage, Some("invalid-credentials")),
+                ..failing("method unknown, worst connector status in outage")
+            },
+            Case {
+                connector: Some("on-fire"),
+                expect: (InstitutionOutage, Some("invalid-credentials")),
+                ..failing("a connector status this build does not know")
+            },
+            Case {
+                connector: Some("under-maintenance"),
+                expect: (ActionRequired, Some("invalid-credentials")),
+                ..failing("under maintenance still works")
+            },
+            Case {
+                inferred: true,
+                expect: (InstitutionOutage, Some("invalid-credentials")),
+                ..failing("an inferred outage")
+            },
+            Case {
+                status: "invalid",
+                connector: Some("major-outage"),
+                expect: (InstitutionOutage, Some("connection-invalid")),
+                ..case("invalid during an outage")
+            },
+            Case {
+                job: Some(job(JobState::Failed, Some("too-many-requests"))),
+                expect: (TransientFailure, Some("too-many-requests")),
+                ..case("Basiq's cap")
+            },
+        ];
+        for c in &cases {
+            let v = run(c);
+            assert_eq!(
+                (v.health, v.reason.as_deref()),
+                c.expect,
+                "case: {}",
+                c.name
+            );
+        }
     }
 }

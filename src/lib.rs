@@ -10,6 +10,7 @@
 //! - [`domain`]: ids and Basiq's enums, unknown values kept verbatim.
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.
 //! - [`classify`]: pure health classification.
+//! - [`plan`]: the pure planner: everything one unit of work decides, written in one transaction.
 //! - [`store`]: SQLite through sqlx; no decisions.
 //! - [`policy`]: pure refresh decisions (gates, window, spreading) and the pacer.
 //! - [`sweep`]: one pass over due users, one user's sweep, the ticking scheduler.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod demo;
 pub mod domain;
 pub mod metrics;
+pub mod plan;
 pub mod policy;
 pub mod refresh;
 pub mod report;

@@ -72,6 +72,9 @@ pub(crate) struct ConnectionWire {
     pub last_used: Option<String>,
     #[serde(default)]
     pub expiry_date: Option<String>,
+    /// Read leniently: anything but a JSON boolean is "not said".
+    #[serde(default)]
+    pub mfa_enabled: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,14 +168,16 @@ pub(crate) fn timestamp(
 
 impl ConnectionWire {
     pub(crate) fn into_domain(self) -> Result<Connection, BadTimestamp> {
+        let expiry_date = timestamp("expiryDate", self.expiry_date.as_deref())?;
         Ok(Connection {
             created_date: timestamp("createdDate", self.created_date.as_deref())?,
             last_used: timestamp("lastUsed", self.last_used.as_deref())?,
-            expiry_date: timestamp("expiryDate", self.expiry_date.as_deref())?,
+            method: Method::from_wire(self.method.as_deref(), expiry_date.is_some()),
+            expiry_date,
             id: ConnectionId(self.id),
             status: ConnectionStatus::parse(self.status.as_deref().unwrap_or("")),
-            method: Method::parse(self.method.as_deref().unwrap_or("")),
             institution_id: InstitutionId(self.institution.map(|i| i.id).unwrap_or_default()),
+            mfa_enabled: self.mfa_enabled.and_then(|v| v.as_bool()),
         })
     }
 }
@@ -221,13 +226,15 @@ fn step_result(value: Value) -> StepResult {
 
 impl JobWire {
     pub(crate) fn into_domain(self) -> Result<Job, BadTimestamp> {
+        let source = self
+            .links
+            .and_then(|l| l.source)
+            .filter(|s| !s.trim().is_empty() && !s.contains('{'));
         Ok(Job {
             created: timestamp("created", self.created.as_deref())?,
             updated: timestamp("updated", self.updated.as_deref())?,
-            connection_id: self
-                .links
-                .and_then(|l| l.source)
-                .and_then(|s| connection_id_from_source(&s)),
+            has_source: source.is_some(),
+            connection_id: source.and_then(|s| connection_id_from_source(&s)),
             id: JobId(self.id),
             job_type: self.job_type,
             institution_id: self.institution.map(|i| InstitutionId(i.id)),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub String);
 
@@ -122,8 +122,36 @@ wire_enum!(
         OpenBanking => "open-banking" | "openbanking",
         Csv => "csv",
         Pdf => "pdf",
+        Unknown => "unknown",
     }
 );
+
+// The enums come from a macro that cannot mark a `#[default]` variant.
+#[allow(clippy::derivable_impls)]
+impl Default for Method {
+    fn default() -> Self {
+        Self::Unknown
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for ConnectionStatus {
+    fn default() -> Self {
+        Self::Pending
+    }
+}
+
+impl Method {
+    /// What a connection's method is when Basiq leaves it out (its recorded answers do): an
+    /// `expiryDate` means an open-banking consent; without one the method is unknown.
+    pub fn from_wire(value: Option<&str>, has_expiry: bool) -> Self {
+        match value.map(str::trim).filter(|v| !v.is_empty()) {
+            Some(text) => Self::parse(text),
+            None if has_expiry => Self::OpenBanking,
+            None => Self::Unknown,
+        }
+    }
+}
 
 wire_enum!(
     /// A job step's status.
@@ -147,9 +175,51 @@ wire_enum!(
 );
 
 impl ConnectorStatus {
-    /// Partial and major outages fail logins too; degraded and maintenance still work.
-    pub fn is_outage(&self) -> bool {
-        matches!(self, Self::PartialOutage | Self::MajorOutage)
+    /// The one meaning of "the bank is down", used by classification, the refresh gates and
+    /// recovery alike. Partial and major outages fail logins too; degraded performance and
+    /// `under-maintenance` still work (Basiq: "can and should still be used"). A status this
+    /// build does not know is read as down: blaming the bank wrongly costs a notice,
+    /// blaming the user wrongly costs a locked bank account.
+    pub fn is_down(&self) -> bool {
+        matches!(
+            self,
+            Self::PartialOutage | Self::MajorOutage | Self::Other(_)
+        )
+    }
+
+    /// How bad a status is, for taking the worst over several connectors (higher is worse).
+    pub fn severity(&self) -> u8 {
+        match self {
+            Self::Operational => 0,
+            Self::DegradedPerformance => 1,
+            Self::UnderMaintenance => 2,
+            Self::Other(_) => 3,
+            Self::PartialOutage => 4,
+            Self::MajorOutage => 5,
+        }
+    }
+}
+
+/// A connector's key: an institution reached one way, the method in its canonical
+/// spelling (`openbanking` and `open-banking` are one connector).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ConnectorKey {
+    pub institution_id: String,
+    pub method: String,
+}
+
+impl ConnectorKey {
+    pub fn new(institution_id: &str, method: &Method) -> Self {
+        Self {
+            institution_id: institution_id.to_owned(),
+            method: method.as_str().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ConnectorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.institution_id, self.method)
     }
 }
 
@@ -164,6 +234,8 @@ pub struct Connection {
     pub last_used: Option<chrono::DateTime<chrono::Utc>>,
     /// The open-banking consent's end; `None` for web connections (Basiq sends `""`).
     pub expiry_date: Option<chrono::DateTime<chrono::Utc>>,
+    /// `mfaEnabled`; `None` when Basiq leaves it out (its recorded answers do).
+    pub mfa_enabled: Option<bool>,
 }
 
 /// What a job step produced.
@@ -219,8 +291,14 @@ pub struct Job {
     pub institution_id: Option<InstitutionId>,
     /// From `links.source`; missing while some jobs are in progress.
     pub connection_id: Option<ConnectionId>,
+    /// Whether the job carried a `links.source` at all (one that names no connection, e.g.
+    /// a statement upload's, must not be matched to a connection by institution).
+    pub has_source: bool,
     pub steps: Vec<Step>,
 }
+
+/// The failure code of a failed step that carries none (`result` null or without `code`).
+pub const NO_FAILURE_CODE: &str = "no-failure-code";
 
 impl Job {
     /// Any failed step: failed; all steps succeeded: success; otherwise in progress.
@@ -236,14 +314,27 @@ impl Job {
         }
     }
 
-    /// The failure code of the first failed step, if any.
+    /// The failure code of the first failed step: its `result.code`, or
+    /// [`NO_FAILURE_CODE`] when it has none. `None` when no step failed.
     pub fn failure_code(&self) -> Option<&str> {
+        self.failed_step().map(|s| match &s.result {
+            StepResult::Failure { code, .. } if !code.trim().is_empty() => code.as_str(),
+            _ => NO_FAILURE_CODE,
+        })
+    }
+
+    /// The job asked the user for a one-time code or security answers.
+    pub fn shows_mfa(&self) -> bool {
         self.steps
             .iter()
-            .find_map(|s| match (&s.status, &s.result) {
-                (StepStatus::Failed, StepResult::Failure { code, .. }) => Some(code.as_str()),
-                _ => None,
-            })
+            .any(|s| s.title == "mfa-challenge" || matches!(s.result, StepResult::Mfa { .. }))
+    }
+
+    /// The job is about a connection (statement uploads and other job types are not).
+    pub fn is_connection_job(&self) -> bool {
+        self.job_type
+            .as_deref()
+            .is_none_or(|t| t.is_empty() || t == "connection" || t == "connections")
     }
 
     /// The first failed step, if any.
@@ -294,6 +385,7 @@ mod tests {
             job_type: None,
             institution_id: None,
             connection_id: None,
+            has_source: false,
             steps,
         };
         assert_eq!(

@@ -10,10 +10,13 @@
 //!    `smart-cache` denies [`Trigger::Scheduled`] (`not-scheduled-in-mode`);
 //! 1. `connection-not-active`;
 //! 2. `needs-user-action` (every trigger, login and manual included);
-//! 3. `job-in-progress`;
-//! 4. `recently-refreshed` (see [`not_before`] for the thresholds);
-//! 5. `institution-outage`;
-//! 6. `daily-cap` (the rolling 24 h cap from [`cap_for`], or Basiq said 429/403 recently).
+//! 3. `needs-user-present` (an MFA connection, for every trigger without the user);
+//! 4. `unknown-failure` (a failure nobody can read, for every trigger without the user);
+//! 5. `job-in-progress`;
+//! 6. `recently-refreshed` (see [`not_before`] for the thresholds);
+//! 7. `institution-outage` (the one "bank is down" predicate, or an inferred outage);
+//! 8. `connector-status-unknown` (no `/connectors` answer yet, for automatic triggers);
+//! 9. `daily-cap` (the rolling 24 h cap from [`cap_for`], or Basiq said it is capped).
 //!
 //! Pacing comes after all of them and lives in [`super::pace`].
 
@@ -24,8 +27,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::Health;
-use crate::domain::{ConnectionStatus, ConnectorStatus, Method};
+use crate::classify::{ConnectorView, Health};
+use crate::domain::{ConnectionStatus, Method};
 
 /// `refresh.mode`: when the daemon refreshes on its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +79,9 @@ impl FromStr for RefreshMode {
 }
 
 /// What asked for a refresh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "kebab-case")]
+#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum Trigger {
     /// The partner's app checked the user at login and the data is old.
     Login,
@@ -104,6 +109,10 @@ impl Trigger {
         matches!(self, Self::Login | Self::Manual)
     }
 
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Login => "login",
@@ -121,29 +130,44 @@ impl fmt::Display for Trigger {
     }
 }
 
-/// Why a refresh was denied. Variants are listed in the order they are checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Why a refresh was denied. The gates' variants are listed in the order they are checked;
+/// the last two are what Basiq or the network answered to a request that was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "kebab-case")]
+#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum Denial {
     RefreshOff,
     NotScheduledInMode,
     ConnectionNotActive,
     NeedsUserAction,
+    NeedsUserPresent,
+    UnknownFailure,
     JobInProgress,
     RecentlyRefreshed,
     InstitutionOutage,
+    ConnectorStatusUnknown,
     DailyCap,
+    /// Basiq refused the request (a 4xx other than its cap).
+    RejectedByBasiq,
+    /// The request failed (network, 5xx): nothing is known to have been sent.
+    RequestFailed,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 8] = [
+    pub const ALL: [Denial; 13] = [
         Self::RefreshOff,
         Self::NotScheduledInMode,
         Self::ConnectionNotActive,
         Self::NeedsUserAction,
+        Self::NeedsUserPresent,
+        Self::UnknownFailure,
         Self::JobInProgress,
         Self::RecentlyRefreshed,
         Self::InstitutionOutage,
+        Self::ConnectorStatusUnknown,
         Self::DailyCap,
+        Self::RejectedByBasiq,
+        Self::RequestFailed,
     ];
 
     /// The reason code, as stored and logged.
@@ -153,17 +177,53 @@ impl Denial {
             Self::NotScheduledInMode => "not-scheduled-in-mode",
             Self::ConnectionNotActive => "connection-not-active",
             Self::NeedsUserAction => "needs-user-action",
+            Self::NeedsUserPresent => "needs-user-present",
+            Self::UnknownFailure => "unknown-failure",
             Self::JobInProgress => "job-in-progress",
             Self::RecentlyRefreshed => "recently-refreshed",
             Self::InstitutionOutage => "institution-outage",
+            Self::ConnectorStatusUnknown => "connector-status-unknown",
             Self::DailyCap => "daily-cap",
+            Self::RejectedByBasiq => "rejected-by-basiq",
+            Self::RequestFailed => "request-failed",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == text)
     }
 }
 
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What became of a refresh request, as stored and shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "kebab-case")]
+#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
+pub enum DecisionKind {
+    Refreshed,
+    Denied,
+    /// The pace did not allow it now: it stays owed for a later tick.
+    Deferred,
+}
+
+impl DecisionKind {
+    pub const ALL: [DecisionKind; 3] = [Self::Refreshed, Self::Denied, Self::Deferred];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refreshed => "refreshed",
+            Self::Denied => "denied",
+            Self::Deferred => "deferred",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == text)
     }
 }
 
@@ -208,12 +268,17 @@ pub struct RefreshFacts<'a> {
     pub health: Option<Health>,
     /// A job for this connection is pending or running.
     pub job_running: bool,
+    /// A refresh may ask this user for a one-time code (`mfaEnabled`, or a job of this
+    /// connection showed an `mfa-challenge` step).
+    pub needs_user_present: bool,
     /// Basiq's `lastUsed`: when the connection last fetched data, whoever asked.
     pub last_used: Option<DateTime<Utc>>,
+    /// The newest job of this connection from any origin (the partner's app, Basiq's smart
+    /// cache, us): the later of its created and updated times.
+    pub newest_job_at: Option<DateTime<Utc>>,
     /// Our own last refresh attempt, successful or not.
     pub last_attempt: Option<DateTime<Utc>>,
-    /// `None` when `/connectors` does not list the connector (treated as operational).
-    pub connector: Option<&'a ConnectorStatus>,
+    pub connector: &'a ConnectorView,
     /// Enough users failed bank-side at this connector recently.
     pub outage_inferred: bool,
     /// Our attempts for this connection in the rolling last 24 h.
@@ -243,6 +308,14 @@ pub fn decide(
     if facts.health == Some(Health::ActionRequired) {
         return Err(Denial::NeedsUserAction);
     }
+    // A one-time-password prompt at 3 am: only with the user there to answer it.
+    if facts.needs_user_present && !trigger.is_attended() {
+        return Err(Denial::NeedsUserPresent);
+    }
+    // A failure nobody can read may be a credential failure: no blind retry.
+    if facts.health == Some(Health::Unknown) && !trigger.is_attended() {
+        return Err(Denial::UnknownFailure);
+    }
     // Basiq would answer with the running job anyway; asking again only spends the cap.
     if facts.job_running {
         return Err(Denial::JobInProgress);
@@ -250,8 +323,11 @@ pub fn decide(
     if not_before(trigger, facts, limits).is_some() {
         return Err(Denial::RecentlyRefreshed);
     }
-    if facts.connector.is_some_and(ConnectorStatus::is_outage) || facts.outage_inferred {
+    if facts.connector.is_down() || facts.outage_inferred {
         return Err(Denial::InstitutionOutage);
+    }
+    if *facts.connector == ConnectorView::Unknown && !trigger.is_attended() {
+        return Err(Denial::ConnectorStatusUnknown);
     }
     let capped_by_basiq = facts.basiq_capped_until.is_some_and(|t| t > facts.now);
     if capped_by_basiq || facts.attempts_last_24h >= cap_for(facts.method, trigger, limits) {
@@ -303,8 +379,11 @@ pub fn not_before(
                 .unwrap_or(DateTime::<Utc>::MAX_UTC)
         })
     };
+    // Every refresh counts, whoever made it: Basiq's `lastUsed`, the newest job of any
+    // origin, and our own attempts.
+    let last_activity = facts.last_used.max(facts.newest_job_at);
     [
-        until(facts.last_used, used_threshold),
+        until(last_activity, used_threshold),
         until(facts.last_attempt, limits.min_interval),
     ]
     .into_iter()
@@ -343,6 +422,8 @@ mod tests {
         inferred: bool,
         attempts: u32,
         capped_until_min_from_now: Option<i64>,
+        mfa: bool,
+        job_min_ago: Option<i64>,
         expect: Result<(), Denial>,
     }
 
@@ -363,6 +444,8 @@ mod tests {
             inferred: false,
             attempts: 0,
             capped_until_min_from_now: None,
+            mfa: false,
+            job_min_ago: None,
             expect: Ok(()),
         }
     }
@@ -370,7 +453,11 @@ mod tests {
     fn run(c: &Case) -> Result<(), Denial> {
         let status = ConnectionStatus::parse(c.status);
         let method = Method::parse(c.method);
-        let connector = c.connector.map(ConnectorStatus::parse);
+        let connector = match c.connector {
+            Some("?") => ConnectorView::Unknown,
+            Some(s) => ConnectorView::Status(crate::domain::ConnectorStatus::parse(s)),
+            None => ConnectorView::Unlisted,
+        };
         let limits = RefreshLimits {
             mode: c.mode,
             ..c.limits.clone()
@@ -380,9 +467,11 @@ mod tests {
             method: &method,
             health: c.health,
             job_running: c.job_running,
+            needs_user_present: c.mfa,
             last_used: c.last_used_min_ago.map(ago),
+            newest_job_at: c.job_min_ago.map(ago),
             last_attempt: c.last_attempt_min_ago.map(ago),
-            connector: connector.as_ref(),
+            connector: &connector,
             outage_inferred: c.inferred,
             attempts_last_24h: c.attempts,
             basiq_capped_until: c.capped_until_min_from_now.map(|m| ago(-m)),
@@ -643,8 +732,21 @@ mod tests {
             at("major outage", Some("major-outage"), Err(InstitutionOutage)),
             at("degraded still works", Some("degraded-performance"), Ok(())),
             at("maintenance still works", Some("under-maintenance"), Ok(())),
-            at("unknown connector status", Some("on-fire"), Ok(())),
+            at(
+                "unknown connector status is read as down",
+                Some("on-fire"),
+                Err(InstitutionOutage),
+            ),
             at("connector not listed", None, Ok(())),
+            at(
+                "no /connectors answer yet",
+                Some("?"),
+                Err(ConnectorStatusUnknown),
+            ),
+            Case {
+                connector: Some("?"),
+                ..case("a login while /connectors is unknown", Login)
+            },
             Case {
                 inferred: true,
                 expect: Err(InstitutionOutage),
@@ -866,9 +968,11 @@ mod tests {
             method: &method,
             health: None,
             job_running: false,
+            needs_user_present: false,
             last_used: Some(ago(10)),
+            newest_job_at: None,
             last_attempt: Some(ago(10)),
-            connector: None,
+            connector: &ConnectorView::Unlisted,
             outage_inferred: false,
             attempts_last_24h: 0,
             basiq_capped_until: None,
@@ -912,10 +1016,15 @@ mod tests {
                 "not-scheduled-in-mode",
                 "connection-not-active",
                 "needs-user-action",
+                "needs-user-present",
+                "unknown-failure",
                 "job-in-progress",
                 "recently-refreshed",
                 "institution-outage",
+                "connector-status-unknown",
                 "daily-cap",
+                "rejected-by-basiq",
+                "request-failed",
             ]
         );
         let triggers: Vec<&str> = Trigger::ALL.into_iter().map(Trigger::as_str).collect();
@@ -933,5 +1042,65 @@ mod tests {
         assert!(
             !Recovery.is_attended() && !TransientRetry.is_attended() && !Scheduled.is_attended()
         );
+    }
+
+    /// Rule 1: an MFA connection is refreshed only with the user present.
+    #[test]
+    fn an_mfa_connection_is_never_refreshed_without_the_user_present() {
+        let mut cases: Vec<Case> = [Recovery, TransientRetry, Scheduled]
+            .into_iter()
+            .map(|t| Case {
+                mfa: true,
+                expect: Err(NeedsUserPresent),
+                ..case(t.as_str(), t)
+            })
+            .collect();
+        cases.extend([Login, Manual].into_iter().map(|t| Case {
+            mfa: true,
+            ..case(t.as_str(), t)
+        }));
+        check(&cases);
+    }
+
+    /// Rule 2: a failure nobody can read is never retried automatically.
+    #[test]
+    fn an_unreadable_failure_is_never_refreshed_automatically() {
+        let mut cases: Vec<Case> = [Recovery, TransientRetry, Scheduled]
+            .into_iter()
+            .map(|t| Case {
+                health: Some(Health::Unknown),
+                expect: Err(UnknownFailure),
+                ..case(t.as_str(), t)
+            })
+            .collect();
+        cases.push(Case {
+            health: Some(Health::Unknown),
+            ..case("the user at login may try", Login)
+        });
+        check(&cases);
+    }
+
+    /// Rule 5: a job from any origin counts as a refresh.
+    #[test]
+    fn recently_refreshed_sees_jobs_of_every_origin() {
+        check(&[
+            Case {
+                last_used_min_ago: Some(48 * 60),
+                job_min_ago: Some(30),
+                expect: Err(RecentlyRefreshed),
+                ..case("the partner's app refreshed 30 min ago", Recovery)
+            },
+            Case {
+                last_used_min_ago: None,
+                last_attempt_min_ago: None,
+                job_min_ago: Some(2 * 60),
+                expect: Err(RecentlyRefreshed),
+                ..case("a job 2 h ago, no lastUsed", Login)
+            },
+            Case {
+                job_min_ago: Some(13 * 60),
+                ..case("a job 13 h ago", Login)
+            },
+        ]);
     }
 }

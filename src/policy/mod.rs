@@ -9,18 +9,21 @@
 //! - [`gates`]: modes, triggers, limits, and the gate order.
 //! - [`window`]: the unattended window and each connection's stable slot in it.
 //! - [`spread`]: delays for spreading recovery refreshes and for transient retries.
+//! - [`schedule`]: when a refresh is owed (daily slot, recovery, transient retry), and the
+//!   `plan` dry run.
 //! - [`pace`]: the global and per-institution pacer.
 //!
 //! Knows nothing about HTTP, SQLite or the clock: callers pass `now` and an RNG.
 
 pub mod gates;
 pub mod pace;
+pub mod schedule;
 pub mod spread;
 pub mod window;
 
 pub use gates::{
-    Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, UnknownRefreshMode, cap_for, decide,
-    not_before,
+    DecisionKind, Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, UnknownRefreshMode,
+    cap_for, decide, not_before,
 };
 pub use pace::{Deferred, Pacer};
 pub use spread::{

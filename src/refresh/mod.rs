@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::basiq::{self, RefreshOutcome};
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
-use crate::policy::{self, Pacer, RefreshFacts, RefreshMode, Trigger};
+use crate::plan::ConnectorStatuses;
+use crate::policy::schedule::Owed;
+use crate::policy::{self, DecisionKind, Denial, Pacer, RefreshFacts, RefreshMode, Trigger};
 use crate::settings::RefreshSettings;
 use crate::store::ConnectionRow;
 use crate::sweep::{SweepError, Sweeper};
@@ -46,7 +48,8 @@ impl Decision {
 
 /// How a request ended before it became a decision.
 enum Gate {
-    Denied(String),
+    /// With when it could go, if the gate knows (the recency floor, the cap).
+    Denied(Denial, Option<DateTime<Utc>>),
     /// The pace did not allow it within `max_wait`: the caller keeps it due for a later tick.
     Deferred,
 }
@@ -160,9 +163,14 @@ impl Refresher {
             .await?
         {
             Ok(job_id) => self.decision(user, connection, trigger, dry_run, None, job_id),
-            Err(Gate::Denied(reason)) => {
-                self.decision(user, connection, trigger, dry_run, Some(reason), None)
-            }
+            Err(Gate::Denied(denial, _)) => self.decision(
+                user,
+                connection,
+                trigger,
+                dry_run,
+                Some(denial.as_str().to_owned()),
+                None,
+            ),
             Err(Gate::Deferred) => {
                 self.inner.deferred.fetch_add(1, Ordering::Relaxed);
                 self.decision(
@@ -242,9 +250,49 @@ impl Refresher {
                 connection_id: connection.clone(),
             });
         }
+        let result = self.attempt_row(&row, trigger, dry_run, follow).await;
+        if !dry_run {
+            let now = Utc::now();
+            let (kind, reason, job) = match &result {
+                Ok(Ok(job)) => (
+                    DecisionKind::Refreshed,
+                    None,
+                    job.as_ref().map(|j| j.as_str().to_owned()),
+                ),
+                Ok(Err(Gate::Denied(d, _))) => (DecisionKind::Denied, Some(d.as_str()), None),
+                Ok(Err(Gate::Deferred)) => (DecisionKind::Deferred, Some("deferred"), None),
+                Err(_) => (
+                    DecisionKind::Denied,
+                    Some(Denial::RequestFailed.as_str()),
+                    None,
+                ),
+            };
+            if let Err(e) = store
+                .record_decision(&row, trigger, kind, reason, job.as_deref(), now)
+                .await
+            {
+                tracing::error!(connection_id = %row.connection_id, error = %e, "could not store the refresh decision");
+            }
+        }
+        result
+    }
+
+    async fn attempt_row(
+        &self,
+        row: &ConnectionRow,
+        trigger: Trigger,
+        dry_run: bool,
+        follow: bool,
+    ) -> Result<Result<Option<JobId>, Gate>, RefreshError> {
+        let store = self.inner.sweeper.store();
+        let user = &row.user_id;
+        let connection = &row.connection_id;
         let now = Utc::now();
-        if let Err(denial) = self.gates(&row, trigger, now).await? {
-            return Ok(Err(Gate::Denied(denial.as_str().to_owned())));
+        let statuses = self.inner.sweeper.connectors().await;
+        let facts = self.facts(row, &statuses, now).await?;
+        if let Err(denial) = policy::decide(trigger, &facts.facts(), &self.inner.settings.limits) {
+            let when = policy::not_before(trigger, &facts.facts(), &self.inner.settings.limits);
+            return Ok(Err(Gate::Denied(denial, when)));
         }
         if dry_run {
             return Ok(Ok(None));
@@ -258,15 +306,20 @@ impl Refresher {
         {
             return Ok(Err(Gate::Deferred));
         }
-        // The cap, atomically and durably, before the request leaves.
+        // The cap and the floor, atomically and durably, before the request leaves.
         let cap = policy::cap_for(&row.method, trigger, &self.inner.settings.limits);
-        let Some(attempt) = store
-            .reserve_refresh(&row, trigger.as_str(), cap, Utc::now())
+        let attempt = match store
+            .reserve_refresh(
+                row,
+                trigger,
+                cap,
+                self.inner.settings.limits.min_interval,
+                Utc::now(),
+            )
             .await?
-        else {
-            return Ok(Err(Gate::Denied(
-                policy::Denial::DailyCap.as_str().to_owned(),
-            )));
+        {
+            Ok(id) => id,
+            Err(denial) => return Ok(Err(Gate::Denied(denial, None))),
         };
         let client = self.inner.sweeper.client();
         match client.refresh_connection(user, connection).await {
@@ -320,63 +373,73 @@ impl Refresher {
                 if capped {
                     // Basiq's own count includes the partner app's refreshes: no more
                     // attempts until our window has room again (at least an hour).
-                    let (_, _, oldest) = store.refresh_window(connection, Utc::now()).await?;
+                    let now = Utc::now();
+                    let (_, _, oldest) = store.refresh_window(connection, now).await?;
                     let until = oldest
-                        .map(|o| o + store_cap_window())
-                        .unwrap_or_else(Utc::now)
-                        .max(Utc::now() + chrono::Duration::hours(1));
+                        .map(|o| o + crate::store::refreshes::CAP_WINDOW)
+                        .unwrap_or(now)
+                        .max(now + chrono::Duration::hours(1));
                     store.set_basiq_capped(connection, until).await?;
-                    return Ok(Err(Gate::Denied(
-                        policy::Denial::DailyCap.as_str().to_owned(),
-                    )));
+                    return Ok(Err(Gate::Denied(Denial::DailyCap, Some(until))));
                 }
-                if label == "rejected" {
-                    return Ok(Err(Gate::Denied(
-                        policy::Denial::ConnectionNotActive.as_str().to_owned(),
-                    )));
+                if let basiq::Error::Rejected { api } = &e {
+                    // Refused for the user's reason (a 400 `invalid-credentials`): the user
+                    // must act now, and nothing is retried automatically.
+                    let code = api.code.as_deref().unwrap_or_default();
+                    if let Some(plan) = crate::plan::plan_refresh_rejected(row, code, Utc::now()) {
+                        let now = Utc::now();
+                        store.commit_plan(&plan, now).await?;
+                        crate::sweep::emit_notes(plan.notes);
+                        return Ok(Err(Gate::Denied(Denial::NeedsUserAction, None)));
+                    }
+                    if row.status != crate::domain::ConnectionStatus::Active
+                        || code.contains("not-active")
+                    {
+                        return Ok(Err(Gate::Denied(Denial::ConnectionNotActive, None)));
+                    }
+                    return Ok(Err(Gate::Denied(Denial::RejectedByBasiq, None)));
                 }
                 Err(e.into())
             }
         }
     }
 
-    /// The pure gates, fed from the store and the connector cache.
-    async fn gates(
+    /// Everything the gates look at for one stored connection, from the store and the
+    /// given connector statuses (the `plan` dry run passes the cached ones).
+    pub async fn facts(
         &self,
         row: &ConnectionRow,
-        trigger: Trigger,
+        statuses: &ConnectorStatuses,
         now: DateTime<Utc>,
-    ) -> Result<Result<(), policy::Denial>, RefreshError> {
+    ) -> Result<GateFacts, RefreshError> {
         let store = self.inner.sweeper.store();
-        let statuses = self.inner.sweeper.connectors().await;
-        let key = (
-            row.institution_id.as_str().to_owned(),
-            row.method.as_str().to_owned(),
-        );
+        let view = statuses.view(row.institution_id.as_str(), &row.method);
         let inferred = {
             let mut conn = store.pool().acquire().await?;
-            crate::store::connectors::inferred_open(&mut conn, &key.0, &key.1).await?
+            crate::store::connectors::inferred_open(
+                &mut conn,
+                row.institution_id.as_str(),
+                row.method.as_str(),
+            )
+            .await?
         };
-        let (attempts, last_attempt, _) = store.refresh_window(&row.connection_id, now).await?;
+        let (attempts, last_attempt, oldest_attempt) =
+            store.refresh_window(&row.connection_id, now).await?;
         let job_running = row.newest_job.as_ref().is_some_and(|j| {
             j.state == JobState::InProgress
                 && j.created
                     .is_none_or(|c| now - c <= crate::classify::JOB_RETENTION)
         });
-        let facts = RefreshFacts {
-            status: &row.status,
-            method: &row.method,
-            health: row.health,
+        Ok(GateFacts {
+            row: row.clone(),
+            view,
+            inferred,
             job_running,
-            last_used: row.last_used,
             last_attempt,
-            connector: statuses.get(&key),
-            outage_inferred: inferred,
-            attempts_last_24h: attempts,
-            basiq_capped_until: row.basiq_capped_until,
+            oldest_attempt,
+            attempts,
             now,
-        };
-        Ok(policy::decide(trigger, &facts, &self.inner.settings.limits))
+        })
     }
 
     fn follow(&self, user: UserId, connection: ConnectionId, job: JobId) {
@@ -454,6 +517,40 @@ impl Refresher {
             }
         }
         Ok(sent)
+    }
+}
+
+/// What the gates look at for one connection, owned; [`GateFacts::facts`] borrows it as
+/// the pure [`RefreshFacts`].
+#[derive(Clone, Debug)]
+pub struct GateFacts {
+    pub row: ConnectionRow,
+    pub view: crate::classify::ConnectorView,
+    pub inferred: bool,
+    pub job_running: bool,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub oldest_attempt: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub now: DateTime<Utc>,
+}
+
+impl GateFacts {
+    pub fn facts(&self) -> RefreshFacts<'_> {
+        RefreshFacts {
+            status: &self.row.status,
+            method: &self.row.method,
+            health: self.row.health,
+            job_running: self.job_running,
+            needs_user_present: self.row.needs_user_present,
+            last_used: self.row.last_used,
+            newest_job_at: self.row.newest_job_at(),
+            last_attempt: self.last_attempt,
+            connector: &self.view,
+            outage_inferred: self.inferred,
+            attempts_last_24h: self.attempts,
+            basiq_capped_until: self.row.basiq_capped_until,
+            now: self.now,
+        }
     }
 }
 
@@ -556,12 +653,8 @@ impl Refresher {
             return Ok(Some(false));
         };
         let now = Utc::now();
-        let scheduled = row.refresh_due_at.filter(|t| *t <= now);
-        let trigger = match (scheduled, row.refresh_due_trigger.as_deref()) {
-            (Some(_), Some("recovery")) => Trigger::Recovery,
-            (Some(_), _) => Trigger::TransientRetry,
-            (None, _) => Trigger::Scheduled,
-        };
+        let owed = row.refresh_due.filter(|o| o.at <= now);
+        let trigger = owed.map_or(Trigger::Scheduled, |o| o.trigger);
         // Unattended slots outside the window wait for the next one.
         if trigger == Trigger::Scheduled && !window.contains(now) {
             store
@@ -569,23 +662,58 @@ impl Refresher {
                 .await?;
             return Ok(Some(false));
         }
-        let decision = match self.request(&row.user_id, &id, trigger, false, true).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(user_id = %row.user_id, connection_id = %id, error = %e, "scheduled refresh failed");
+        let outcome = self.attempt(&row.user_id, &id, trigger, false, true).await;
+        let (sent, retry_at) = match outcome {
+            Ok(Ok(job)) => {
+                self.decision(&row.user_id, &id, trigger, false, None, job);
+                (true, None)
+            }
+            Ok(Err(Gate::Deferred)) => {
+                self.inner.deferred.fetch_add(1, Ordering::Relaxed);
                 self.decision(
                     &row.user_id,
                     &id,
                     trigger,
                     false,
-                    Some("error".into()),
+                    Some("deferred".into()),
                     None,
-                )
+                );
+                return Ok(None);
+            }
+            Ok(Err(Gate::Denied(denial, when))) => {
+                self.decision(
+                    &row.user_id,
+                    &id,
+                    trigger,
+                    false,
+                    Some(denial.as_str().to_owned()),
+                    None,
+                );
+                // A refresh owed but held by a gate that opens by itself (the recency floor,
+                // the cap, a status not known yet) stays owed until then; the other gates
+                // end it (the next verdict decides again).
+                let when = match denial {
+                    Denial::RecentlyRefreshed | Denial::DailyCap => {
+                        when.or(Some(now + chrono::Duration::hours(1)))
+                    }
+                    Denial::ConnectorStatusUnknown => Some(now + chrono::Duration::minutes(5)),
+                    _ => None,
+                };
+                (false, when)
+            }
+            Err(e) => {
+                tracing::warn!(user_id = %row.user_id, connection_id = %id, error = %e, "owed refresh failed");
+                self.decision(
+                    &row.user_id,
+                    &id,
+                    trigger,
+                    false,
+                    Some(Denial::RequestFailed.as_str().to_owned()),
+                    None,
+                );
+                (false, None)
             }
         };
-        if decision.reason.as_deref() == Some("deferred") {
-            return Ok(None);
-        }
         match trigger {
             Trigger::Scheduled => {
                 let (_, end) = window.occurrence(now);
@@ -596,12 +724,14 @@ impl Refresher {
                 );
                 store.set_daily_due(&id, Some(next)).await?;
             }
-            _ => store.clear_scheduled_refresh(&id).await?,
+            _ => {
+                let owed = retry_at.map(|at| Owed { at, trigger });
+                // Only if nothing replaced it meanwhile (a followed job's end plans anew).
+                store
+                    .replace_refresh_due(&id, row.refresh_due, owed)
+                    .await?;
+            }
         }
-        Ok(Some(decision.refreshed()))
+        Ok(Some(sent))
     }
-}
-
-fn store_cap_window() -> chrono::Duration {
-    crate::store::refreshes::CAP_WINDOW
 }

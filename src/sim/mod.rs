@@ -153,6 +153,11 @@ pub struct ScriptedConnection {
     pub created: DateTime<Utc>,
     /// The open-banking consent's end; `None` is served as `""`, as Basiq does for web.
     pub expiry: Option<DateTime<Utc>>,
+    /// `mfaEnabled`; `None`: the institution's default.
+    pub mfa: Option<bool>,
+    /// Served in the shape of Basiq's recorded answers: no `method`, no `mfaEnabled`, and
+    /// no `expiryDate` unless there is a consent.
+    pub recorded_shape: bool,
 }
 
 impl ScriptedConnection {
@@ -170,6 +175,8 @@ impl ScriptedConnection {
             last_used: Some(now - TimeDelta::days(1)),
             created: now - TimeDelta::days(90),
             expiry: open_banking.then(|| now + TimeDelta::days(275)),
+            mfa: None,
+            recorded_shape: false,
         }
     }
 }

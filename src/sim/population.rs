@@ -336,6 +336,8 @@ fn make_connection(
         last_used: None,
         created,
         expiry,
+        mfa: None,
+        recorded_shape: false,
     };
     let mut jobs = Vec::new();
     let run = |rng: &mut StdRng, created: DateTime<Utc>| created + secs(rng, 15, 90);

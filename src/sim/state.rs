@@ -616,7 +616,9 @@ impl Conn {
         } else {
             s.method.as_str()
         };
-        let mfa_enabled = INSTITUTIONS.iter().any(|i| i.id == inst && i.mfa);
+        let mfa_enabled = s
+            .mfa
+            .unwrap_or_else(|| INSTITUTIONS.iter().any(|i| i.id == inst && i.mfa));
         let mut out = json!({
             "type": "connection",
             "id": s.id,
@@ -634,6 +636,14 @@ impl Conn {
                 "institution": format!("{base}/institutions/{inst}"),
             },
         });
+        if s.recorded_shape {
+            let o = out.as_object_mut().expect("an object");
+            o.remove("method");
+            o.remove("mfaEnabled");
+            if s.expiry.is_none() {
+                o.remove("expiryDate");
+            }
+        }
         // Never-activated connections have no lastUsed at all.
         let never_used = matches!(s.status.as_str(), "pending" | "pre-init" | "init");
         if let (Some(last), false) = (s.last_used, never_used) {

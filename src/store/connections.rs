@@ -1,18 +1,28 @@
-//! Connections, their current health, and the history of health changes.
+//! Connections, their current health, and the history of health changes; the one write of
+//! a plan ([`write_plan`]) and the reads the planner needs ([`load_stored`]).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
-use super::{Result, Store, from_opt_ts, from_ts, opt_ts, ts};
-use crate::classify::{Health, NewestJob, Side, Verdict};
+use super::{Result, Store, from_opt_ts, from_ts, opt_ts, ts, ts_ceil};
+use crate::classify::{Health, NewestJob, Side};
 use crate::domain::{
-    Connection, ConnectionId, ConnectionStatus, InstitutionId, Job, JobState, Method, UserId,
+    ConnectionId, ConnectionStatus, ConnectorKey, InstitutionId, JobId, JobState, Method,
+    StepResult, UserId,
 };
+use crate::plan::{Attempts, Inference, OutageMove, Stored, StoredJob, UserPlan};
+use crate::policy::schedule::Owed;
+use crate::policy::{DecisionKind, Trigger};
+use crate::store::refreshes::CAP_WINDOW;
 
 const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, created_date,
     last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code, newest_job_created,
     newest_job_updated, health, reason, checked_at, health_since, consent_warned_days, gone_at,
-    basiq_capped_until, refresh_due_at, refresh_due_trigger, transient_retries, daily_due_at";
+    basiq_capped_until, refresh_due_at, refresh_due_trigger, transient_retries, daily_due_at,
+    mfa_enabled, needs_user_present, transient_job_id, bank_failure_at, last_decision,
+    last_decision_reason, last_decision_trigger, last_decision_at";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 struct RawConnection {
@@ -40,10 +50,29 @@ struct RawConnection {
     refresh_due_trigger: Option<String>,
     transient_retries: i64,
     daily_due_at: Option<i64>,
+    mfa_enabled: Option<bool>,
+    needs_user_present: bool,
+    transient_job_id: Option<String>,
+    bank_failure_at: Option<i64>,
+    last_decision: Option<String>,
+    last_decision_reason: Option<String>,
+    last_decision_trigger: Option<String>,
+    last_decision_at: Option<i64>,
 }
 
-/// A connection as stored: what Basiq said, its newest job, and its current health.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The last refresh decision made for a connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LastDecision {
+    pub decision: DecisionKind,
+    /// The denial reason (or `deferred`).
+    pub reason: Option<String>,
+    pub trigger: Option<Trigger>,
+    pub at: DateTime<Utc>,
+}
+
+/// A connection as stored: what Basiq said, its newest job, its current health, and its
+/// refresh schedule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionRow {
     pub connection_id: ConnectionId,
     pub user_id: UserId,
@@ -55,18 +84,41 @@ pub struct ConnectionRow {
     pub expiry_date: Option<DateTime<Utc>>,
     pub newest_job_id: Option<String>,
     pub newest_job: Option<NewestJob>,
-    pub newest_job_updated: Option<DateTime<Utc>>,
     pub health: Option<Health>,
     pub reason: Option<String>,
     pub checked_at: Option<DateTime<Utc>>,
     pub health_since: Option<DateTime<Utc>>,
     pub consent_warned_days: Option<i64>,
     pub gone_at: Option<DateTime<Utc>>,
+    /// Basiq's cap is reached (a 429/403, or a job step `too-many-requests`) until then.
     pub basiq_capped_until: Option<DateTime<Utc>>,
-    pub refresh_due_at: Option<DateTime<Utc>>,
-    pub refresh_due_trigger: Option<String>,
-    pub transient_retries: i64,
+    /// The refresh the daemon owes (recovery or transient retry).
+    pub refresh_due: Option<Owed>,
+    /// Retries spent on the current transient-failure incident.
+    pub transient_retries: u32,
+    pub transient_job_id: Option<String>,
+    /// Daily mode: the next slot in the unattended window.
     pub daily_due_at: Option<DateTime<Utc>>,
+    pub mfa_enabled: Option<bool>,
+    /// A refresh may ask the user for a one-time code: only attended triggers.
+    pub needs_user_present: bool,
+    /// The newest job failed bank-side then: what the outage inference counts.
+    pub bank_failure_at: Option<DateTime<Utc>>,
+    pub last_decision: Option<LastDecision>,
+}
+
+impl ConnectionRow {
+    /// The connector this connection reaches its bank through.
+    pub fn connector_key(&self) -> ConnectorKey {
+        ConnectorKey::new(self.institution_id.as_str(), &self.method)
+    }
+
+    /// The later of the newest job's created and updated times.
+    pub fn newest_job_at(&self) -> Option<DateTime<Utc>> {
+        self.newest_job
+            .as_ref()
+            .and_then(|j| j.updated.max(j.created))
+    }
 }
 
 impl From<RawConnection> for ConnectionRow {
@@ -79,7 +131,26 @@ impl From<RawConnection> for ConnectionRow {
             },
             failure_code: r.newest_job_code.clone(),
             created: from_opt_ts(r.newest_job_created),
+            updated: from_opt_ts(r.newest_job_updated),
         });
+        let refresh_due = r
+            .refresh_due_at
+            .zip(r.refresh_due_trigger.as_deref().and_then(Trigger::parse))
+            .map(|(at, trigger)| Owed {
+                at: from_ts(at),
+                trigger,
+            });
+        let last_decision = r
+            .last_decision
+            .as_deref()
+            .and_then(DecisionKind::parse)
+            .zip(r.last_decision_at)
+            .map(|(decision, at)| LastDecision {
+                decision,
+                reason: r.last_decision_reason.clone(),
+                trigger: r.last_decision_trigger.as_deref().and_then(Trigger::parse),
+                at: from_ts(at),
+            });
         Self {
             connection_id: ConnectionId(r.connection_id),
             user_id: UserId(r.user_id),
@@ -91,7 +162,6 @@ impl From<RawConnection> for ConnectionRow {
             expiry_date: from_opt_ts(r.expiry_date),
             newest_job_id: r.newest_job_id,
             newest_job,
-            newest_job_updated: from_opt_ts(r.newest_job_updated),
             health: r.health.as_deref().and_then(Health::parse),
             reason: r.reason,
             checked_at: from_opt_ts(r.checked_at),
@@ -99,10 +169,14 @@ impl From<RawConnection> for ConnectionRow {
             consent_warned_days: r.consent_warned_days,
             gone_at: from_opt_ts(r.gone_at),
             basiq_capped_until: from_opt_ts(r.basiq_capped_until),
-            refresh_due_at: from_opt_ts(r.refresh_due_at),
-            refresh_due_trigger: r.refresh_due_trigger,
-            transient_retries: r.transient_retries,
+            refresh_due,
+            transient_retries: u32::try_from(r.transient_retries).unwrap_or(0),
+            transient_job_id: r.transient_job_id,
             daily_due_at: from_opt_ts(r.daily_due_at),
+            mfa_enabled: r.mfa_enabled,
+            needs_user_present: r.needs_user_present,
+            bank_failure_at: from_opt_ts(r.bank_failure_at),
+            last_decision,
         }
     }
 }
@@ -115,138 +189,404 @@ pub struct HealthChange {
     pub reason: Option<String>,
 }
 
-/// Stores what Basiq said about a connection and which job is its newest.
-pub async fn upsert_connection(
+/// The statuses that are not "down", as stored text (see `ConnectorStatus::is_down`).
+const UP_STATUSES: &str = "('operational', 'degraded-performance', 'under-maintenance')";
+
+/// Everything the planner needs about one user, read inside the transaction that will
+/// write the plan (so nothing moves between the read and the write).
+pub async fn load_stored(
     conn: &mut SqliteConnection,
     user_id: &UserId,
-    c: &Connection,
-    newest: Option<&Job>,
+    keys: &[ConnectorKey],
+    outage_window: chrono::Duration,
+    outage_min_users: i64,
     now: DateTime<Utc>,
-) -> Result<()> {
-    let code = newest.and_then(|j| j.failure_code().map(str::to_owned));
-    let side = code.as_deref().map(|c| Side::of(c).as_str());
-    sqlx::query(
-        "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
-             created_date, last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code,
-             newest_job_side, newest_job_created, newest_job_updated, first_seen_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (connection_id) DO UPDATE SET
-             user_id = excluded.user_id, institution_id = excluded.institution_id,
-             method = excluded.method, status = excluded.status,
-             created_date = excluded.created_date, last_used = excluded.last_used,
-             expiry_date = excluded.expiry_date,
-             newest_job_id = excluded.newest_job_id, newest_job_state = excluded.newest_job_state,
-             newest_job_code = excluded.newest_job_code, newest_job_side = excluded.newest_job_side,
-             newest_job_created = excluded.newest_job_created,
-             newest_job_updated = excluded.newest_job_updated,
-             gone_at = NULL",
+) -> Result<Stored> {
+    let sql = format!("SELECT {COLUMNS} FROM connections WHERE user_id = ? ORDER BY connection_id");
+    let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(user_id.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    let connections: Vec<ConnectionRow> = rows.into_iter().map(ConnectionRow::from).collect();
+    let jobs: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT job_id, state, updated FROM jobs WHERE user_id = ? AND (created IS NULL OR created >= ?)",
     )
-    .bind(c.id.as_str())
     .bind(user_id.as_str())
-    .bind(c.institution_id.as_str())
-    .bind(c.method.as_str().to_owned())
-    .bind(c.status.as_str().to_owned())
-    .bind(opt_ts(c.created_date))
-    .bind(opt_ts(c.last_used))
-    .bind(opt_ts(c.expiry_date))
-    .bind(newest.map(|j| j.id.as_str().to_owned()))
-    .bind(newest.map(|j| j.state().as_str()))
-    .bind(code)
-    .bind(side)
-    .bind(newest.and_then(|j| opt_ts(j.created)))
-    .bind(newest.and_then(|j| opt_ts(j.updated)))
-    .bind(ts(now))
-    .execute(&mut *conn)
+    .bind(ts(now - chrono::Duration::days(8)))
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    let jobs = jobs
+        .into_iter()
+        .map(|(id, state, updated)| {
+            (
+                JobId(id),
+                StoredJob {
+                    state: job_state(&state),
+                    updated: from_opt_ts(updated),
+                },
+            )
+        })
+        .collect();
+    let attempts = attempts_for_user(conn, user_id, now).await?;
+    let mut inference = HashMap::new();
+    let mut all_keys: Vec<ConnectorKey> = keys.to_vec();
+    all_keys.extend(connections.iter().map(ConnectionRow::connector_key));
+    all_keys.sort();
+    all_keys.dedup();
+    for key in all_keys {
+        let facts = inference_at(
+            conn,
+            &key,
+            Some(user_id),
+            now - outage_window,
+            outage_min_users,
+        )
+        .await?;
+        inference.insert(key, facts);
+    }
+    Ok(Stored {
+        connections,
+        jobs,
+        attempts,
+        inference,
+    })
 }
 
-/// Marks the user's connections Basiq no longer lists as gone.
-pub async fn mark_missing(
+fn job_state(state: &str) -> JobState {
+    match state {
+        "success" => JobState::Success,
+        "failed" => JobState::Failed,
+        _ => JobState::InProgress,
+    }
+}
+
+/// Our attempts per connection of one user: the newest, and the oldest in the window.
+pub async fn attempts_for_user(
     conn: &mut SqliteConnection,
     user_id: &UserId,
-    present: &[ConnectionId],
     now: DateTime<Utc>,
-) -> Result<u64> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT connection_id FROM connections WHERE user_id = ? AND gone_at IS NULL",
+) -> Result<HashMap<ConnectionId, Attempts>> {
+    let rows: Vec<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT connection_id, MAX(reserved_at), MIN(CASE WHEN reserved_at > ? THEN reserved_at END)
+         FROM refresh_attempts
+         WHERE connection_id IN (SELECT connection_id FROM connections WHERE user_id = ?)
+         GROUP BY connection_id",
     )
+    .bind(ts(now - CAP_WINDOW))
     .bind(user_id.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    let mut gone = 0;
-    for id in ids
-        .iter()
-        .filter(|id| !present.iter().any(|p| p.as_str() == id.as_str()))
-    {
-        gone += sqlx::query("UPDATE connections SET gone_at = ? WHERE connection_id = ?")
-            .bind(ts(now))
-            .bind(id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-    }
-    Ok(gone)
+    Ok(rows
+        .into_iter()
+        .map(|(id, last, oldest)| {
+            (
+                ConnectionId(id),
+                Attempts {
+                    last: from_opt_ts(last),
+                    oldest_in_window: from_opt_ts(oldest),
+                },
+            )
+        })
+        .collect())
 }
 
-/// Writes the verdict; records and returns the change when the health or reason moved.
-pub async fn set_health(
+/// Our attempts of a set of connections (a reclassification batch).
+pub async fn attempts_for(
     conn: &mut SqliteConnection,
-    row: &ConnectionRow,
-    verdict: &Verdict,
+    ids: &[ConnectionId],
     now: DateTime<Utc>,
-) -> Result<Option<HealthChange>> {
-    let changed = row.health != Some(verdict.health) || row.reason != verdict.reason;
-    if changed {
-        sqlx::query(
-            "UPDATE connections SET health = ?, reason = ?, checked_at = ?, health_since = ?
-             WHERE connection_id = ?",
+) -> Result<HashMap<ConnectionId, Attempts>> {
+    let mut out = HashMap::new();
+    for id in ids {
+        let (last, oldest): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT MAX(reserved_at), MIN(CASE WHEN reserved_at > ? THEN reserved_at END)
+             FROM refresh_attempts WHERE connection_id = ?",
         )
-        .bind(verdict.health.as_str())
-        .bind(verdict.reason.clone())
+        .bind(ts(now - CAP_WINDOW))
+        .bind(id.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+        if last.is_some() {
+            out.insert(
+                id.clone(),
+                Attempts {
+                    last: from_opt_ts(last),
+                    oldest_in_window: from_opt_ts(oldest),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The inferred-outage facts at one connector: whether one is open, and how many distinct
+/// users other than `except` failed bank-side there since `since` (and since the connector
+/// last recovered from an outage Basiq reported), counted up to `limit` only. Reads only
+/// the partial index of bank-side failures, so its cost does not grow with the bank.
+pub async fn inference_at(
+    conn: &mut SqliteConnection,
+    key: &ConnectorKey,
+    except: Option<&UserId>,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Inference> {
+    let (a, b) = method_spellings(&key.method);
+    let open: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outages WHERE institution_id = ? AND method IN (?, ?)
+         AND source = 'inferred' AND ended_at IS NULL)",
+    )
+    .bind(key.institution_id.clone())
+    .bind(a.clone())
+    .bind(b.clone())
+    .fetch_one(&mut *conn)
+    .await?;
+    let sql = format!(
+        "SELECT MAX(changed_at) FROM connector_status_changes
+         WHERE institution_id = ? AND method IN (?, ?)
+           AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES}"
+    );
+    let recovered: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(key.institution_id.clone())
+        .bind(a.clone())
+        .bind(b.clone())
+        .fetch_one(&mut *conn)
+        .await?;
+    let from = ts(since).max(recovered.unwrap_or(0));
+    let users: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (
+             SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
+             WHERE c.institution_id = ? AND c.method IN (?, ?) AND c.bank_failure_at IS NOT NULL
+               AND c.gone_at IS NULL AND c.bank_failure_at >= ? AND c.user_id != ?
+               AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
+             LIMIT ?)",
+    )
+    .bind(key.institution_id.clone())
+    .bind(a)
+    .bind(b)
+    .bind(from)
+    .bind(except.map_or(String::new(), |u| u.as_str().to_owned()))
+    .bind(limit.max(1))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Inference {
+        open,
+        other_users_failing: users,
+        counts_since: recovered.map(from_ts),
+    })
+}
+
+/// Writes a whole plan: jobs (never backwards), connections, gone ones, health changes,
+/// inferred outages opening and closing, the reclassifications it queues, and the user's
+/// sweep. The caller owns the transaction.
+pub async fn write_plan(
+    conn: &mut SqliteConnection,
+    plan: &UserPlan,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for (job, connection_id) in &plan.jobs {
+        let failed = job.failed_step();
+        let written = sqlx::query(
+            "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
+                               failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+             ON CONFLICT (job_id) DO UPDATE SET
+                 connection_id = COALESCE(excluded.connection_id, jobs.connection_id),
+                 institution_id = COALESCE(excluded.institution_id, jobs.institution_id),
+                 job_type = COALESCE(excluded.job_type, jobs.job_type),
+                 state = excluded.state, failure_code = excluded.failure_code,
+                 failed_step = excluded.failed_step,
+                 created = COALESCE(excluded.created, jobs.created),
+                 updated = COALESCE(excluded.updated, jobs.updated),
+                 last_seen_at = excluded.last_seen_at
+             WHERE NOT (jobs.state != 'in-progress' AND excluded.state = 'in-progress')
+               AND (excluded.updated IS NULL OR jobs.updated IS NULL OR excluded.updated >= jobs.updated)",
+        )
+        .bind(job.id.as_str())
+        .bind(plan.user_id.as_ref().map_or("", |u| u.as_str()))
+        .bind(connection_id.as_ref().map(ConnectionId::as_str))
+        .bind(job.institution_id.as_ref().map(|i| i.as_str().to_owned()))
+        .bind(job.job_type.clone())
+        .bind(job.state().as_str())
+        .bind(job.failure_code().map(str::to_owned))
+        .bind(failed.map(|s| s.title.clone()))
+        .bind(opt_ts(job.created))
+        .bind(opt_ts(job.updated))
         .bind(ts(now))
-        .bind(ts(now))
-        .bind(row.connection_id.as_str())
         .execute(&mut *conn)
         .await?;
+        if written.rows_affected() == 0 {
+            continue;
+        }
+        sqlx::query("DELETE FROM job_steps WHERE job_id = ?")
+            .bind(job.id.as_str())
+            .execute(&mut *conn)
+            .await?;
+        for (position, step) in job.steps.iter().enumerate() {
+            let (code, title, detail) = match &step.result {
+                StepResult::Failure {
+                    code,
+                    title,
+                    detail,
+                } => (Some(code.clone()), title.clone(), detail.clone()),
+                _ => (None, None, None),
+            };
+            sqlx::query(
+                "INSERT INTO job_steps (job_id, position, title, status, result_code, result_title, result_detail)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(job.id.as_str())
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .bind(step.title.clone())
+            .bind(step.status.as_str().to_owned())
+            .bind(code)
+            .bind(title)
+            .bind(detail)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    for row in &plan.connections {
+        write_row(conn, row, now).await?;
+    }
+    for id in &plan.gone {
+        sqlx::query(
+            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND gone_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+    }
+    for change in &plan.health_changes {
         sqlx::query(
             "INSERT INTO health_changes (connection_id, user_id, from_health, to_health, reason, job_id, changed_at)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(row.connection_id.as_str())
-        .bind(row.user_id.as_str())
-        .bind(row.health.map(Health::as_str))
-        .bind(verdict.health.as_str())
-        .bind(verdict.reason.clone())
-        .bind(row.newest_job_id.clone())
+        .bind(change.connection_id.as_str())
+        .bind(change.user_id.as_str())
+        .bind(change.from.map(Health::as_str))
+        .bind(change.to.as_str())
+        .bind(change.reason.clone())
+        .bind(change.job_id.clone())
         .bind(ts(now))
         .execute(&mut *conn)
         .await?;
-        Ok(Some(HealthChange {
-            from: row.health,
-            to: verdict.health,
-            reason: verdict.reason.clone(),
-        }))
-    } else {
-        sqlx::query("UPDATE connections SET checked_at = ? WHERE connection_id = ?")
-            .bind(ts(now))
-            .bind(row.connection_id.as_str())
-            .execute(&mut *conn)
-            .await?;
-        Ok(None)
     }
-}
-
-pub async fn set_consent_warned(
-    conn: &mut SqliteConnection,
-    id: &ConnectionId,
-    days: Option<i64>,
-) -> Result<()> {
-    sqlx::query("UPDATE connections SET consent_warned_days = ? WHERE connection_id = ?")
-        .bind(days)
-        .bind(id.as_str())
+    for outage in &plan.outages {
+        match outage {
+            OutageMove::Open { key, users } => {
+                sqlx::query(
+                    "INSERT INTO outages (institution_id, method, source, started_at, affected_users)
+                     VALUES (?, ?, 'inferred', ?, ?)
+                     ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL DO NOTHING",
+                )
+                .bind(key.institution_id.clone())
+                .bind(key.method.clone())
+                .bind(ts(now))
+                .bind(users)
+                .execute(&mut *conn)
+                .await?;
+            }
+            OutageMove::Close { key } => {
+                super::connectors::close_inferred(conn, &key.institution_id, &key.method, now)
+                    .await?;
+            }
+        }
+    }
+    for key in &plan.reclassify {
+        let recovery = plan
+            .outages
+            .iter()
+            .any(|o| matches!(o, OutageMove::Close { key: k } if k == key));
+        super::connectors::queue_reclassify(conn, key, recovery, now).await?;
+    }
+    if let (Some(user), Some(next)) = (&plan.user_id, plan.next_due_at) {
+        sqlx::query(
+            "UPDATE users SET last_swept_at = ?, next_due_at = ?, gone_at = NULL WHERE user_id = ?",
+        )
+        .bind(ts(now))
+        .bind(ts_ceil(next))
+        .bind(user.as_str())
         .execute(&mut *conn)
         .await?;
+    }
+    Ok(())
+}
+
+/// Writes one connection's whole state. Basiq's "capped until" only grows here: a refresh
+/// answered 429 while the row was being planned is not forgotten.
+async fn write_row(
+    conn: &mut SqliteConnection,
+    r: &ConnectionRow,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let job = r.newest_job.as_ref();
+    let side = job
+        .and_then(|j| j.failure_code.as_deref())
+        .map(|c| Side::of(c).as_str());
+    sqlx::query(
+        "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
+             created_date, last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code,
+             newest_job_side, newest_job_created, newest_job_updated, health, reason, checked_at,
+             health_since, consent_warned_days, gone_at, basiq_capped_until, refresh_due_at,
+             refresh_due_trigger, transient_retries, transient_job_id, mfa_enabled,
+             needs_user_present, bank_failure_at, first_seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+         ON CONFLICT (connection_id) DO UPDATE SET
+             user_id = excluded.user_id, institution_id = excluded.institution_id,
+             method = excluded.method, status = excluded.status,
+             created_date = excluded.created_date, last_used = excluded.last_used,
+             expiry_date = excluded.expiry_date, newest_job_id = excluded.newest_job_id,
+             newest_job_state = excluded.newest_job_state, newest_job_code = excluded.newest_job_code,
+             newest_job_side = excluded.newest_job_side,
+             newest_job_created = excluded.newest_job_created,
+             newest_job_updated = excluded.newest_job_updated, health = excluded.health,
+             reason = excluded.reason, checked_at = excluded.checked_at,
+             health_since = excluded.health_since,
+             consent_warned_days = excluded.consent_warned_days, gone_at = excluded.gone_at,
+             basiq_capped_until = CASE
+                 WHEN connections.basiq_capped_until IS NULL THEN excluded.basiq_capped_until
+                 WHEN excluded.basiq_capped_until IS NULL THEN connections.basiq_capped_until
+                 ELSE MAX(connections.basiq_capped_until, excluded.basiq_capped_until) END,
+             refresh_due_at = excluded.refresh_due_at,
+             refresh_due_trigger = excluded.refresh_due_trigger,
+             transient_retries = excluded.transient_retries,
+             transient_job_id = excluded.transient_job_id, mfa_enabled = excluded.mfa_enabled,
+             needs_user_present = excluded.needs_user_present,
+             bank_failure_at = excluded.bank_failure_at",
+    )
+    .bind(r.connection_id.as_str())
+    .bind(r.user_id.as_str())
+    .bind(r.institution_id.as_str())
+    .bind(r.method.as_str().to_owned())
+    .bind(r.status.as_str().to_owned())
+    .bind(opt_ts(r.created_date))
+    .bind(opt_ts(r.last_used))
+    .bind(opt_ts(r.expiry_date))
+    .bind(r.newest_job_id.clone())
+    .bind(job.map(|j| j.state.as_str()))
+    .bind(job.and_then(|j| j.failure_code.clone()))
+    .bind(side)
+    .bind(job.and_then(|j| opt_ts(j.created)))
+    .bind(job.and_then(|j| opt_ts(j.updated)))
+    .bind(r.health.map(Health::as_str))
+    .bind(r.reason.clone())
+    .bind(opt_ts(r.checked_at))
+    .bind(opt_ts(r.health_since))
+    .bind(r.consent_warned_days)
+    .bind(opt_ts(r.gone_at))
+    .bind(r.basiq_capped_until.map(ts_ceil))
+    .bind(r.refresh_due.map(|o| ts_ceil(o.at)))
+    .bind(r.refresh_due.map(|o| o.trigger.as_str()))
+    .bind(i64::from(r.transient_retries))
+    .bind(r.transient_job_id.clone())
+    .bind(r.mfa_enabled)
+    .bind(r.needs_user_present)
+    .bind(opt_ts(r.bank_failure_at))
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -264,20 +604,27 @@ pub async fn rows_for_user(
     Ok(rows.into_iter().map(ConnectionRow::from).collect())
 }
 
+/// One batch of the connections at a connector, in id order after `after`. A connector
+/// keyed by an unknown method is its institution: every connection there.
 pub async fn rows_at_connector(
     conn: &mut SqliteConnection,
-    institution_id: &str,
-    method: &str,
+    key: &ConnectorKey,
+    after: &str,
+    limit: u32,
 ) -> Result<Vec<ConnectionRow>> {
+    let (a, b) = method_spellings(&key.method);
     let sql = format!(
         "SELECT {COLUMNS} FROM connections
-         WHERE institution_id = ? AND method IN (?, ?) AND gone_at IS NULL ORDER BY connection_id"
+         WHERE institution_id = ?1 AND (method IN (?2, ?3) OR method = 'unknown') AND gone_at IS NULL
+           AND connection_id > ?4
+         ORDER BY connection_id LIMIT ?5"
     );
-    let (a, b) = method_spellings(method);
     let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(institution_id.to_owned())
+        .bind(key.institution_id.clone())
         .bind(a)
         .bind(b)
+        .bind(after.to_owned())
+        .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows.into_iter().map(ConnectionRow::from).collect())
@@ -291,33 +638,41 @@ pub(crate) fn method_spellings(method: &str) -> (String, String) {
     }
 }
 
-/// Distinct users whose newest job at a connector failed bank-side since `since`, counting
-/// only failures after the connector last recovered from an outage (those before it belong
-/// to the outage Basiq already reported).
-pub async fn bank_failure_users(
+/// Stores a refresh decision: the connection's last decision and one history row.
+pub async fn record_decision(
     conn: &mut SqliteConnection,
-    institution_id: &str,
-    method: &str,
-    since: DateTime<Utc>,
-) -> Result<i64> {
-    let (a, b) = method_spellings(method);
-    sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT c.user_id) FROM connections c JOIN users u ON u.user_id = c.user_id
-         WHERE c.institution_id = ? AND c.method IN (?, ?) AND c.gone_at IS NULL
-           AND u.removed_at IS NULL AND c.newest_job_side = 'bank'
-           AND COALESCE(c.newest_job_updated, c.newest_job_created) >= MAX(?, COALESCE(
-               (SELECT MAX(changed_at) FROM connector_status_changes s
-                WHERE s.institution_id = c.institution_id AND s.method IN (?, ?)
-                  AND s.from_status IN ('partial-outage', 'major-outage')), 0))",
+    row: &ConnectionRow,
+    trigger: Trigger,
+    decision: DecisionKind,
+    reason: Option<&str>,
+    job_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE connections SET last_decision = ?, last_decision_reason = ?,
+             last_decision_trigger = ?, last_decision_at = ? WHERE connection_id = ?",
     )
-    .bind(institution_id.to_owned())
-    .bind(a.clone())
-    .bind(b.clone())
-    .bind(ts(since))
-    .bind(a)
-    .bind(b)
-    .fetch_one(&mut *conn)
-    .await
+    .bind(decision.as_str())
+    .bind(reason.map(str::to_owned))
+    .bind(trigger.as_str())
+    .bind(ts(now))
+    .bind(row.connection_id.as_str())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO refresh_decisions (connection_id, user_id, trigger, decision, reason, job_id, decided_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(row.connection_id.as_str())
+    .bind(row.user_id.as_str())
+    .bind(trigger.as_str())
+    .bind(decision.as_str())
+    .bind(reason.map(str::to_owned))
+    .bind(job_id.map(str::to_owned))
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -337,12 +692,29 @@ impl Store {
     }
 
     pub async fn connection(&self, id: &ConnectionId) -> Result<Option<ConnectionRow>> {
-        let sql = format!("SELECT {COLUMNS} FROM connections WHERE connection_id = ?");
-        let row: Option<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(ConnectionRow::from))
+        let mut conn = self.pool().acquire().await?;
+        connection(&mut conn, id).await
+    }
+
+    /// Writes a plan in one `BEGIN IMMEDIATE` transaction.
+    pub async fn commit_plan(&self, plan: &UserPlan, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write().await?;
+        write_plan(&mut tx, plan, now).await?;
+        tx.commit().await
+    }
+
+    pub async fn record_decision(
+        &self,
+        row: &ConnectionRow,
+        trigger: Trigger,
+        decision: DecisionKind,
+        reason: Option<&str>,
+        job_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        record_decision(&mut tx, row, trigger, decision, reason, job_id, now).await?;
+        tx.commit().await
     }
 
     /// Health changes of one connection, oldest first.
@@ -362,4 +734,16 @@ impl Store {
             .map(|(f, t, r, at)| (f, t, r, from_ts(at)))
             .collect())
     }
+}
+
+pub async fn connection(
+    conn: &mut SqliteConnection,
+    id: &ConnectionId,
+) -> Result<Option<ConnectionRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM connections WHERE connection_id = ?");
+    let row: Option<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(ConnectionRow::from))
 }

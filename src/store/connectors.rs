@@ -7,7 +7,8 @@ use sqlx::SqliteConnection;
 
 use super::connections::method_spellings;
 use super::{Result, Store, from_opt_ts, from_ts, ts};
-use crate::domain::{Connector, ConnectorStatus, Method};
+use crate::domain::{Connector, ConnectorKey, ConnectorStatus, Method};
+use crate::plan::ConnectorStatuses;
 
 /// A connector whose status moved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +119,24 @@ impl Store {
             .bind(ts(now))
             .execute(&mut *tx)
             .await?;
-            if c.status.is_outage() {
+            let recovered =
+                before.is_some_and(|b| ConnectorStatus::parse(b).is_down()) && !c.status.is_down();
+            if recovered {
+                // Basiq says the bank is back: an inference drawn from failures during the
+                // outage is over too.
+                close_inferred(&mut tx, &key.0, &key.1, now).await?;
+            }
+            queue_reclassify(
+                &mut tx,
+                &ConnectorKey {
+                    institution_id: key.0.clone(),
+                    method: key.1.clone(),
+                },
+                recovered,
+                now,
+            )
+            .await?;
+            if c.status.is_down() {
                 sqlx::query(
                     "INSERT INTO outages (institution_id, method, source, status, started_at)
                      VALUES (?, ?, 'connectors', ?, ?)
@@ -149,20 +167,39 @@ impl Store {
                 to: c.status.clone(),
             });
         }
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('connectors_answered', '1')")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(changes)
     }
 
-    /// Every connector's last known status.
-    pub async fn connector_statuses(&self) -> Result<HashMap<(String, String), ConnectorStatus>> {
+    /// Every connector's last known status; `known` once `/connectors` has ever answered.
+    pub async fn connector_statuses(&self) -> Result<ConnectorStatuses> {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT institution_id, method, status FROM connectors")
                 .fetch_all(self.pool())
                 .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(i, m, s)| ((i, m), ConnectorStatus::parse(&s)))
-            .collect())
+        let answered: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'connectors_answered')",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ConnectorStatuses {
+            known: answered || !rows.is_empty(),
+            statuses: rows
+                .into_iter()
+                .map(|(i, m, s)| {
+                    (
+                        ConnectorKey {
+                            institution_id: i,
+                            method: m,
+                        },
+                        ConnectorStatus::parse(&s),
+                    )
+                })
+                .collect(),
+        })
     }
 
     pub async fn open_outages(&self) -> Result<Vec<OutageRow>> {
@@ -252,4 +289,100 @@ pub async fn close_inferred(
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// One connector's pending reclassification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reclassify {
+    pub key: ConnectorKey,
+    pub queued_at: DateTime<Utc>,
+    /// The last connection id done.
+    pub cursor: String,
+    pub recovery: bool,
+    pub recovery_total: u32,
+    pub recovery_done: u32,
+}
+
+/// Queues the reclassification of every connection at a connector; `recovery`: an outage
+/// there ended, so the connections it held get recovery slots. A queued one starts over.
+pub async fn queue_reclassify(
+    conn: &mut SqliteConnection,
+    key: &ConnectorKey,
+    recovery: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let (a, b) = method_spellings(&key.method);
+    sqlx::query(
+        "INSERT INTO reclassify_queue (institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done)
+         VALUES (?1, ?2, ?3, '', ?4, CASE WHEN ?4 THEN (
+             SELECT COUNT(*) FROM connections WHERE institution_id = ?1
+               AND (method IN (?5, ?6) OR method = 'unknown') AND gone_at IS NULL
+               AND health = 'institution-outage') ELSE 0 END, 0)
+         ON CONFLICT (institution_id, method) DO UPDATE SET
+             queued_at = excluded.queued_at, cursor = '',
+             recovery = MAX(reclassify_queue.recovery, excluded.recovery),
+             recovery_total = CASE WHEN excluded.recovery THEN excluded.recovery_total
+                                   ELSE reclassify_queue.recovery_total END,
+             recovery_done = CASE WHEN excluded.recovery THEN 0
+                                  ELSE reclassify_queue.recovery_done END",
+    )
+    .bind(key.institution_id.clone())
+    .bind(Method::parse(&key.method).as_str().to_owned())
+    .bind(ts(now))
+    .bind(recovery)
+    .bind(a)
+    .bind(b)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The oldest pending reclassification.
+pub async fn next_reclassify(conn: &mut SqliteConnection) -> Result<Option<Reclassify>> {
+    let row: Option<(String, String, i64, String, bool, i64, i64)> = sqlx::query_as(
+        "SELECT institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done
+         FROM reclassify_queue ORDER BY queued_at, institution_id, method LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(
+        row.map(|(i, m, q, cursor, recovery, total, done)| Reclassify {
+            key: ConnectorKey {
+                institution_id: i,
+                method: m,
+            },
+            queued_at: from_ts(q),
+            cursor,
+            recovery,
+            recovery_total: u32::try_from(total).unwrap_or(0),
+            recovery_done: u32::try_from(done).unwrap_or(0),
+        }),
+    )
+}
+
+/// Records a batch done; `finished` removes the entry.
+pub async fn advance_reclassify(
+    conn: &mut SqliteConnection,
+    job: &Reclassify,
+    finished: bool,
+) -> Result<()> {
+    if finished {
+        sqlx::query("DELETE FROM reclassify_queue WHERE institution_id = ? AND method = ?")
+            .bind(job.key.institution_id.clone())
+            .bind(job.key.method.clone())
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        sqlx::query(
+            "UPDATE reclassify_queue SET cursor = ?, recovery_done = ?
+             WHERE institution_id = ? AND method = ?",
+        )
+        .bind(job.cursor.clone())
+        .bind(i64::from(job.recovery_done))
+        .bind(job.key.institution_id.clone())
+        .bind(job.key.method.clone())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -6,38 +6,52 @@ use sqlx::Connection as _;
 use super::connections::ConnectionRow;
 use super::{Result, Store, from_opt_ts, ts, ts_ceil};
 use crate::domain::ConnectionId;
+use crate::policy::schedule::Owed;
+use crate::policy::{Denial, Trigger};
 
 /// How the cap is counted: attempts in the rolling 24 hours before `now`.
 pub const CAP_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 impl Store {
-    /// Reserves one refresh attempt if fewer than `cap` were made for the connection in the
-    /// last 24 h. One `BEGIN IMMEDIATE` transaction counts and inserts, committed with
-    /// `synchronous = FULL`, before any request is sent: concurrent processes serialise on
-    /// the write lock, and a crash after the commit costs a slot but never allows one more.
+    /// Reserves one refresh attempt, unless `cap` attempts were made for the connection in
+    /// the last 24 h (`daily-cap`) or one within `min_interval` (`recently-refreshed`). One
+    /// `BEGIN IMMEDIATE` transaction counts and inserts, committed with `synchronous = FULL`,
+    /// before any request is sent: concurrent processes serialise on the write lock, and a
+    /// crash after the commit costs a slot but never allows one more.
     pub async fn reserve_refresh(
         &self,
         row: &ConnectionRow,
-        trigger: &str,
+        trigger: Trigger,
         cap: u32,
+        min_interval: std::time::Duration,
         now: DateTime<Utc>,
-    ) -> Result<Option<i64>> {
+    ) -> Result<std::result::Result<i64, Denial>> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;
+        let floor = chrono::Duration::from_std(min_interval).unwrap_or(chrono::Duration::MAX);
         let reserved = async {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-            let used: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM refresh_attempts WHERE connection_id = ? AND reserved_at > ?",
+            let (used, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(CASE WHEN reserved_at > ? THEN 1 END), MAX(reserved_at)
+                 FROM refresh_attempts WHERE connection_id = ?",
             )
-            .bind(row.connection_id.as_str())
             .bind(ts(now - CAP_WINDOW))
+            .bind(row.connection_id.as_str())
             .fetch_one(&mut *tx)
             .await?;
+            let recent = last.is_some_and(|l| {
+                now.checked_sub_signed(floor)
+                    .is_none_or(|edge| super::from_ts(l) > edge)
+            });
+            if recent && !min_interval.is_zero() {
+                tx.rollback().await?;
+                return Ok(Err(Denial::RecentlyRefreshed));
+            }
             if used >= i64::from(cap) {
                 tx.rollback().await?;
-                return Ok(None);
+                return Ok(Err(Denial::DailyCap));
             }
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO refresh_attempts (connection_id, user_id, institution_id, method, trigger, reserved_at)
@@ -47,12 +61,12 @@ impl Store {
             .bind(row.user_id.as_str())
             .bind(row.institution_id.as_str())
             .bind(row.method.as_str().to_owned())
-            .bind(trigger.to_owned())
+            .bind(trigger.as_str())
             .bind(ts(now))
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Some(id))
+            Ok(Ok(id))
         }
         .await;
         // Back to the pool's normal durability whatever happened.
@@ -60,6 +74,11 @@ impl Store {
             .execute(&mut *conn)
             .await
             .ok();
+        if reserved.is_err() {
+            // A failed statement may leave the connection inside a transaction: never hand it
+            // back to the pool.
+            drop(conn.detach());
+        }
         reserved
     }
 
@@ -129,41 +148,37 @@ impl Store {
         Ok(())
     }
 
-    /// Schedules a refresh the daemon owes (recovery or transient retry); an earlier one
-    /// already scheduled is kept.
-    pub async fn schedule_refresh(
+    /// Replaces the refresh the daemon owes a connection, if it is still `expected`.
+    pub async fn replace_refresh_due(
         &self,
         id: &ConnectionId,
-        at: DateTime<Utc>,
-        trigger: &str,
+        expected: Option<Owed>,
+        owed: Option<Owed>,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE connections SET refresh_due_at = ?, refresh_due_trigger = ?
-             WHERE connection_id = ? AND (refresh_due_at IS NULL OR refresh_due_at > ?)",
+             WHERE connection_id = ? AND refresh_due_at IS ? AND refresh_due_trigger IS ?",
         )
-        .bind(ts_ceil(at))
-        .bind(trigger.to_owned())
+        .bind(owed.map(|o| ts_ceil(o.at)))
+        .bind(owed.map(|o| o.trigger.as_str()))
         .bind(id.as_str())
-        .bind(ts_ceil(at))
+        .bind(expected.map(|o| ts_ceil(o.at)))
+        .bind(expected.map(|o| o.trigger.as_str()))
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    pub async fn clear_scheduled_refresh(&self, id: &ConnectionId) -> Result<()> {
-        sqlx::query("UPDATE connections SET refresh_due_at = NULL, refresh_due_trigger = NULL WHERE connection_id = ?")
-            .bind(id.as_str())
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    pub async fn set_transient_retries(&self, id: &ConnectionId, n: i64) -> Result<()> {
-        sqlx::query("UPDATE connections SET transient_retries = ? WHERE connection_id = ?")
-            .bind(n)
-            .bind(id.as_str())
-            .execute(self.pool())
-            .await?;
+    /// Sets (or clears) the refresh the daemon owes a connection.
+    pub async fn set_refresh_due(&self, id: &ConnectionId, owed: Option<Owed>) -> Result<()> {
+        sqlx::query(
+            "UPDATE connections SET refresh_due_at = ?, refresh_due_trigger = ? WHERE connection_id = ?",
+        )
+        .bind(owed.map(|o| ts_ceil(o.at)))
+        .bind(owed.map(|o| o.trigger.as_str()))
+        .bind(id.as_str())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

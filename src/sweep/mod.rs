@@ -1,15 +1,19 @@
 //! One pass over due users (callable from tests, the CLI and the daemon), one user's sweep,
 //! and the scheduler wiring that only ticks.
 //!
-//! A user's sweep is two requests (`/users/{id}/connections`, `/users/{id}/jobs`) plus the
-//! process-wide `/connectors` cache. Everything it learns is written in one `BEGIN IMMEDIATE`
-//! transaction; logs about it are emitted after the commit, so they never claim what the
-//! database does not hold.
+//! A user's sweep reads **fetch → plan → commit → emit**: two requests
+//! (`/users/{id}/connections`, `/users/{id}/jobs`) plus the process-wide `/connectors`
+//! cache; then the pure planner ([`crate::plan::plan_user`]) over what was fetched and what
+//! is stored; then one `BEGIN IMMEDIATE` transaction writes the whole plan; then its log
+//! lines are emitted. Nothing is written after the commit: a crash leaves either the old
+//! state or the whole new one. Reclassifying the connections at a connector (its status
+//! moved, an inferred outage opened or closed) is durable work in `reclassify_queue`,
+//! done in small batches, each its own plan and transaction.
 
 pub mod schedule;
 mod worker;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +24,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::basiq::{self, Client};
-use crate::classify::{self, Facts, Health, Verdict};
-use crate::domain::{Connection, ConnectionId, ConnectorStatus, Job, UserId};
+use crate::classify::{ConnectorView, Health};
+use crate::domain::{ConnectionId, ConnectorKey, Job, UserId};
+use crate::plan::{self, ConnectorStatuses, Fetched, Note, PlanSettings, UserPlan};
+pub use crate::policy::schedule::AutoRefresh;
 use crate::store::{self, ConnectionRow, Store, SweepCounts};
 
 pub use worker::{TickState, run_scheduler};
+
+/// Connections reclassified per transaction: short enough that no write holds the lock for
+/// long, even at a bank with a third of a million connections.
+const RECLASSIFY_BATCH: u32 = 500;
+
+/// The first retry of a failed `/connectors` waits this long, doubling up to the TTL.
+const CONNECTORS_RETRY_BASE: Duration = Duration::from_secs(5);
 
 /// What the sweep needs from the settings.
 #[derive(Clone, Debug)]
@@ -41,17 +54,6 @@ pub struct SweepOptions {
     pub outage_window: Duration,
     /// Refreshes the sweep schedules by itself (none when `refresh.mode = "off"`).
     pub auto_refresh: Option<AutoRefresh>,
-}
-
-/// What the sweep schedules for the refresh worker: recovery after an outage, spread over
-/// `recovery_window`, and transient-failure retries with full-jitter backoff.
-#[derive(Clone, Debug)]
-pub struct AutoRefresh {
-    pub recovery_window: Duration,
-    pub transient_retry_base: Duration,
-    pub transient_max_retries: u32,
-    /// The policy's floor: a retry scheduled earlier would only be denied.
-    pub min_interval: Duration,
 }
 
 /// How one user's sweep ended.
@@ -75,8 +77,12 @@ pub enum SweepError {
 
 /// The cached `/connectors` answer, shared by every task.
 struct ConnectorCache {
+    /// The last successful fetch.
     fetched_at: Option<Instant>,
-    statuses: HashMap<(String, String), ConnectorStatus>,
+    /// Failed fetches since the last success, and when to try again.
+    failures: u32,
+    retry_at: Option<Instant>,
+    statuses: ConnectorStatuses,
 }
 
 /// What the sweep reports about itself: for the watchdog, `/metrics` and the status line.
@@ -130,28 +136,6 @@ pub struct Sweeper {
     inner: Arc<Inner>,
 }
 
-/// Log events gathered inside a transaction and emitted after its commit.
-enum Note {
-    HealthChanged {
-        row: ConnectionRow,
-        from: Option<Health>,
-        verdict: Verdict,
-    },
-    ConsentExpiring {
-        row: ConnectionRow,
-        days: i64,
-    },
-    OutageInferred {
-        institution_id: String,
-        method: String,
-        users: i64,
-    },
-    OutageCleared {
-        institution_id: String,
-        method: String,
-    },
-}
-
 impl Sweeper {
     pub async fn new(store: Store, client: Client, options: SweepOptions) -> store::Result<Self> {
         let seed = store.installation_seed().await?;
@@ -164,6 +148,8 @@ impl Sweeper {
                 seed,
                 connectors: Mutex::new(ConnectorCache {
                     fetched_at: None,
+                    failures: 0,
+                    retry_at: None,
                     statuses,
                 }),
                 progress: Progress::default(),
@@ -187,6 +173,15 @@ impl Sweeper {
         &self.inner.progress
     }
 
+    /// What the planner needs from the settings.
+    pub fn plan_settings(&self) -> PlanSettings {
+        PlanSettings {
+            stale_after: self.inner.options.stale_after,
+            outage_min_users: self.inner.options.outage_min_users,
+            auto_refresh: self.inner.options.auto_refresh.clone(),
+        }
+    }
+
     /// The user's next slot strictly after `after`.
     pub fn next_due(&self, user: &UserId, after: DateTime<Utc>) -> DateTime<Utc> {
         schedule::next_slot(
@@ -206,46 +201,40 @@ impl Sweeper {
             .await
     }
 
+    /// The last known connector statuses, without asking Basiq.
+    pub async fn cached_connectors(&self) -> ConnectorStatuses {
+        self.inner.connectors.lock().await.statuses.clone()
+    }
+
     /// Connector statuses, from cache or (at most once per TTL, single-flight) `/connectors`.
-    /// A status change is recorded and the connections at that connector are reclassified.
-    pub async fn connectors(&self) -> HashMap<(String, String), ConnectorStatus> {
+    /// A failed fetch keeps the last known statuses and is retried with backoff (5 s
+    /// doubling, at most the TTL), not after the full TTL: until `/connectors` has answered
+    /// once, no user is blamed. Status changes are recorded, and the connections at those
+    /// connectors reclassified, before the new statuses are handed out.
+    pub async fn connectors(&self) -> ConnectorStatuses {
         let mut cache = self.inner.connectors.lock().await;
-        let fresh = cache
-            .fetched_at
-            .is_some_and(|t| t.elapsed() < self.inner.options.connectors_ttl);
-        if fresh {
+        let ttl = self.inner.options.connectors_ttl;
+        let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < ttl);
+        let backing_off = cache.retry_at.is_some_and(|t| Instant::now() < t);
+        if fresh || backing_off {
             return cache.statuses.clone();
         }
-        // Whatever happens, do not ask again before the TTL: a failing /connectors must not
-        // turn into one request per user.
-        cache.fetched_at = Some(Instant::now());
         match self.inner.client.list_connectors().await {
             Ok(list) => {
                 let now = Utc::now();
                 match self.inner.store.record_connectors(&list, now).await {
                     Ok(changes) => {
+                        cache.fetched_at = Some(Instant::now());
+                        cache.failures = 0;
+                        cache.retry_at = None;
+                        cache.statuses.known = true;
                         for c in &list {
-                            cache.statuses.insert(
-                                (
-                                    c.institution_id.as_str().to_owned(),
-                                    c.method.as_str().to_owned(),
-                                ),
+                            cache.statuses.statuses.insert(
+                                ConnectorKey::new(c.institution_id.as_str(), &c.method),
                                 c.status.clone(),
                             );
                         }
-                        let statuses = cache.statuses.clone();
-                        drop(cache);
-                        for change in changes {
-                            let recovered =
-                                change.from.as_ref().is_some_and(ConnectorStatus::is_outage)
-                                    && !change.to.is_outage();
-                            if recovered
-                                && let Err(e) = self
-                                    .schedule_recovery(&change.institution_id, &change.method)
-                                    .await
-                            {
-                                tracing::error!(error = %e, institution_id = %change.institution_id, "could not schedule recovery refreshes");
-                            }
+                        for change in &changes {
                             tracing::info!(
                                 event = "connector_status_changed",
                                 institution_id = %change.institution_id,
@@ -254,223 +243,136 @@ impl Sweeper {
                                 to = %change.to,
                                 "connector status changed"
                             );
-                            if let Err(e) = self
-                                .reclassify_connector(
-                                    &change.institution_id,
-                                    &change.method,
-                                    &statuses,
-                                )
-                                .await
-                            {
-                                tracing::error!(error = %e, institution_id = %change.institution_id, "reclassification failed");
-                            }
+                        }
+                        let statuses = cache.statuses.clone();
+                        // Held under the lock: no sweep classifies against the new statuses
+                        // before the connections an outage held got their recovery slots.
+                        if let Err(e) = self.drain_reclassify(&statuses).await {
+                            tracing::error!(error = %e, "reclassification failed; it resumes on the next tick");
                         }
                         return statuses;
                     }
-                    Err(e) => tracing::error!(error = %e, "could not store connector statuses"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not store connector statuses");
+                        self.connectors_failed(&mut cache);
+                    }
                 }
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                correlation_id = e.correlation_id(),
-                "could not fetch /connectors; using the last known statuses"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    correlation_id = e.correlation_id(),
+                    known = cache.statuses.known,
+                    "could not fetch /connectors; using the last known statuses"
+                );
+                self.connectors_failed(&mut cache);
+            }
         }
         cache.statuses.clone()
     }
 
-    /// Schedules refreshes for the connections an outage held, spread uniformly with jitter
-    /// over the recovery window (never at once), each to pass every gate when due.
-    async fn schedule_recovery(
-        &self,
-        institution_id: &str,
-        method: &str,
-    ) -> Result<(), SweepError> {
-        let rows = {
-            let mut tx = self.inner.store.write().await?;
-            // Basiq says the bank is back: an inference drawn from failures during the outage
-            // is over too.
-            store::connectors::close_inferred(&mut tx, institution_id, method, Utc::now()).await?;
-            let rows =
-                store::connections::rows_at_connector(&mut tx, institution_id, method).await?;
-            tx.commit().await?;
-            rows
-        };
-        let Some(auto) = &self.inner.options.auto_refresh else {
-            return Ok(());
-        };
-        let held: Vec<&ConnectionRow> = rows
-            .iter()
-            .filter(|r| r.health == Some(Health::InstitutionOutage))
-            .collect();
-        let delays =
-            crate::policy::recovery_delays(held.len(), auto.recovery_window, &mut rand::rng());
-        let now = Utc::now();
-        for (row, delay) in held.iter().zip(delays) {
-            let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            self.inner
-                .store
-                .schedule_refresh(&row.connection_id, at, "recovery")
-                .await?;
-        }
-        if !held.is_empty() {
-            tracing::info!(
-                event = "recovery_scheduled",
-                institution_id,
-                method,
-                connections = held.len(),
-                window_s = auto.recovery_window.as_secs(),
-                "outage over: recovery refreshes spread over the window"
-            );
-        }
-        Ok(())
+    fn connectors_failed(&self, cache: &mut ConnectorCache) {
+        cache.failures = cache.failures.saturating_add(1);
+        let ttl = self.inner.options.connectors_ttl;
+        let delay = CONNECTORS_RETRY_BASE
+            .checked_mul(2u32.saturating_pow(cache.failures.saturating_sub(1).min(20)))
+            .unwrap_or(ttl)
+            .min(ttl);
+        cache.retry_at = Some(Instant::now() + delay);
     }
 
-    /// After a health change: a transient failure earns a retry (backoff, full jitter, at
-    /// most `transient_max_retries` per incident); leaving it ends the incident.
-    async fn after_health_change(&self, row: &ConnectionRow, to: Health) -> Result<(), SweepError> {
-        let Some(auto) = &self.inner.options.auto_refresh else {
-            return Ok(());
-        };
-        let store = &self.inner.store;
-        if to != Health::TransientFailure {
-            if row.transient_retries > 0
-                || row.refresh_due_trigger.as_deref() == Some("transient-retry")
-            {
-                store.set_transient_retries(&row.connection_id, 0).await?;
-                if row.refresh_due_trigger.as_deref() == Some("transient-retry") {
-                    store.clear_scheduled_refresh(&row.connection_id).await?;
-                }
-            }
-            return Ok(());
-        }
-        let attempt = u32::try_from(row.transient_retries)
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
-        let Some(delay) = crate::policy::transient_retry_delay(
-            attempt,
-            auto.transient_retry_base,
-            auto.transient_max_retries,
-            &mut rand::rng(),
-        ) else {
-            return Ok(());
-        };
-        let now = Utc::now();
-        let floor = chrono::Duration::from_std(auto.min_interval).unwrap_or_default();
-        let (_, last_attempt, _) = store.refresh_window(&row.connection_id, now).await?;
-        let mut at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-        for t in [row.last_used, last_attempt].into_iter().flatten() {
-            at = at.max(t + floor);
-        }
-        store
-            .schedule_refresh(&row.connection_id, at, "transient-retry")
-            .await?;
-        store
-            .set_transient_retries(&row.connection_id, i64::from(attempt))
-            .await?;
-        tracing::info!(
-            event = "retry_scheduled",
-            user_id = %row.user_id,
-            connection_id = %row.connection_id,
-            attempt,
-            at = %at.to_rfc3339(),
-            "transient failure: refresh retry scheduled"
-        );
-        Ok(())
-    }
-
-    /// Reclassifies every connection at a connector (after its status or inference moved).
-    async fn reclassify_connector(
-        &self,
-        institution_id: &str,
-        method: &str,
-        statuses: &HashMap<(String, String), ConnectorStatus>,
-    ) -> Result<(), SweepError> {
-        let now = Utc::now();
-        let mut notes = Vec::new();
-        let mut tx = self.inner.store.write().await?;
-        let rows = store::connections::rows_at_connector(&mut tx, institution_id, method).await?;
-        let inferred = store::connectors::inferred_open(&mut tx, institution_id, method).await?;
-        for row in rows {
-            self.apply_verdict(&mut tx, row, statuses, inferred, now, &mut notes)
-                .await?;
-        }
-        tx.commit().await?;
-        self.after_commit(&notes).await?;
-        emit(notes);
-        Ok(())
-    }
-
-    /// Classifies one stored connection and writes the verdict; a change becomes a note to
-    /// log after the commit. Returns the health.
-    async fn apply_verdict(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        row: ConnectionRow,
-        statuses: &HashMap<(String, String), ConnectorStatus>,
-        inferred: bool,
-        now: DateTime<Utc>,
-        notes: &mut Vec<Note>,
-    ) -> Result<Health, SweepError> {
-        let verdict = self.verdict(&row, statuses, inferred, now);
-        let health = verdict.health;
-        if let Some(change) = store::connections::set_health(tx, &row, &verdict, now).await? {
-            notes.push(Note::HealthChanged {
-                row,
-                from: change.from,
-                verdict,
-            });
-        }
-        Ok(health)
-    }
-
-    /// Follow-ups of committed changes: refresh scheduling.
-    async fn after_commit(&self, notes: &[Note]) -> Result<(), SweepError> {
-        for note in notes {
-            match note {
-                Note::HealthChanged { row, verdict, .. } => {
-                    self.after_health_change(row, verdict.health).await?;
-                }
-                Note::OutageCleared {
-                    institution_id,
-                    method,
-                } => {
-                    self.schedule_recovery(institution_id, method).await?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn verdict(
+    /// The connector view and inferred-outage flag of one stored connection, for the gates.
+    pub async fn connector_facts(
         &self,
         row: &ConnectionRow,
-        statuses: &HashMap<(String, String), ConnectorStatus>,
-        inferred: bool,
-        now: DateTime<Utc>,
-    ) -> Verdict {
-        let key = (
-            row.institution_id.as_str().to_owned(),
-            row.method.as_str().to_owned(),
-        );
-        classify::classify(&Facts {
-            status: &row.status,
-            method: &row.method,
-            last_used: row.last_used,
-            expiry_date: row.expiry_date,
-            newest_job: row.newest_job.as_ref(),
-            connector: statuses.get(&key),
-            outage_inferred: inferred,
-            stale_after: self.inner.options.stale_after,
-            now,
-        })
+    ) -> Result<(ConnectorView, bool), SweepError> {
+        let statuses = self.connectors().await;
+        let view = statuses.view(row.institution_id.as_str(), &row.method);
+        let mut conn = self.inner.store.pool().acquire().await?;
+        let inferred = store::connectors::inferred_open(
+            &mut conn,
+            row.institution_id.as_str(),
+            row.method.as_str(),
+        )
+        .await?;
+        Ok((view, inferred))
     }
 
-    /// Sweeps one user: fetch, store, infer, classify. Every log line names `user_id` on
-    /// the event itself (a span field would be repeated as a duplicate JSON key).
+    /// Works through the reclassification queue, one batch per transaction: each batch is
+    /// planned ([`plan::plan_reclassify`]), written, then logged. The connections an ended
+    /// outage held get recovery slots spread over `recovery_window` by their index in it.
+    pub async fn drain_reclassify(&self, statuses: &ConnectorStatuses) -> Result<(), SweepError> {
+        let settings = self.plan_settings();
+        let window = chrono::Duration::from_std(self.inner.options.outage_window)
+            .unwrap_or(chrono::Duration::MAX);
+        loop {
+            let now = Utc::now();
+            let mut tx = self.inner.store.write().await?;
+            let Some(mut job) = store::connectors::next_reclassify(&mut tx).await? else {
+                tx.rollback().await?;
+                return Ok(());
+            };
+            let rows = store::connections::rows_at_connector(
+                &mut tx,
+                &job.key,
+                &job.cursor,
+                RECLASSIFY_BATCH,
+            )
+            .await?;
+            let finished = rows.len() < RECLASSIFY_BATCH as usize;
+            let inferred = store::connections::inference_at(
+                &mut tx,
+                &job.key,
+                None,
+                now.checked_sub_signed(window)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                settings.outage_min_users,
+            )
+            .await?
+            .open;
+            let ids: Vec<ConnectionId> = rows.iter().map(|r| r.connection_id.clone()).collect();
+            let attempts = store::connections::attempts_for(&mut tx, &ids, now).await?;
+            if let Some(last) = rows.last() {
+                job.cursor = last.connection_id.as_str().to_owned();
+            }
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
+            let held = rows
+                .iter()
+                .filter(|r| r.health == Some(Health::InstitutionOutage))
+                .count();
+            let slots = recovery_slots(&mut job, held, &settings, &mut rng);
+            let plan = plan::plan_reclassify(
+                now,
+                rows,
+                statuses,
+                inferred,
+                &attempts,
+                &settings,
+                slots.into_iter(),
+                &mut rng,
+            );
+            store::connections::write_plan(&mut tx, &plan, now).await?;
+            store::connectors::advance_reclassify(&mut tx, &job, finished).await?;
+            tx.commit().await?;
+            if job.recovery && finished && job.recovery_total > 0 {
+                tracing::info!(
+                    event = "recovery_scheduled",
+                    institution_id = %job.key.institution_id,
+                    method = %job.key.method,
+                    connections = job.recovery_total,
+                    window_s = settings.auto_refresh.as_ref().map(|a| a.recovery_window.as_secs()),
+                    "outage over: recovery refreshes spread over the window"
+                );
+            }
+            emit_notes(plan.notes);
+        }
+    }
+
+    /// Sweeps one user: fetch, plan, commit, emit. Every log line names `user_id` on the
+    /// event itself (a span field would be repeated as a duplicate JSON key).
     pub async fn sweep_user(&self, user: &UserId) -> Result<UserOutcome, SweepError> {
         let store = &self.inner.store;
+        // Fetch.
         let connections = match self.inner.client.list_connections(user).await {
             Ok(c) => c,
             Err(basiq::Error::NotFound { api }) => {
@@ -487,146 +389,71 @@ impl Sweeper {
         };
         let jobs = self.inner.client.list_jobs(user, None).await?;
         let statuses = self.connectors().await;
+        let fetched = Fetched {
+            connections,
+            jobs,
+            complete: true,
+        };
         let now = Utc::now();
-        let newest = newest_jobs(&connections, &jobs);
-        let matched = match_jobs(&connections, &jobs);
-
-        let mut notes = Vec::new();
-        let mut tx = store.write().await?;
-        for (job, connection_id) in jobs.iter().zip(&matched) {
-            store::jobs::upsert_job(&mut tx, user, job, connection_id.as_ref(), now).await?;
-        }
-        for c in &connections {
-            store::connections::upsert_connection(
-                &mut tx,
-                user,
-                c,
-                newest.get(&c.id).copied(),
-                now,
-            )
+        let next = self.next_due(user, now);
+        // Plan and commit.
+        let plan = self
+            .plan_and_commit(user, &fetched, &statuses, Some(next), now)
             .await?;
+        let healths = plan.healths();
+        // Emit.
+        let reclassify = !plan.reclassify.is_empty();
+        emit_notes(plan.notes);
+        if reclassify {
+            self.drain_reclassify(&statuses).await?;
         }
-        let present: Vec<ConnectionId> = connections.iter().map(|c| c.id.clone()).collect();
-        store::connections::mark_missing(&mut tx, user, &present, now).await?;
-
-        // Outage inference at each connector this user uses: the count is over every
-        // user's stored newest job, so the order users are swept in does not matter.
-        let window_start =
-            now - chrono::Duration::from_std(self.inner.options.outage_window).unwrap_or_default();
-        let mut moved: BTreeSet<(String, String)> = BTreeSet::new();
-        let connectors: BTreeSet<(String, String)> = connections
-            .iter()
-            .map(|c| {
-                (
-                    c.institution_id.as_str().to_owned(),
-                    c.method.as_str().to_owned(),
-                )
-            })
-            .collect();
-        for (institution_id, method) in &connectors {
-            let users = store::connections::bank_failure_users(
-                &mut tx,
-                institution_id,
-                method,
-                window_start,
-            )
-            .await?;
-            if users >= self.inner.options.outage_min_users {
-                if store::connectors::open_inferred(&mut tx, institution_id, method, users, now)
-                    .await?
-                {
-                    moved.insert((institution_id.clone(), method.clone()));
-                    notes.push(Note::OutageInferred {
-                        institution_id: institution_id.clone(),
-                        method: method.clone(),
-                        users,
-                    });
-                }
-            } else if store::connectors::close_inferred(&mut tx, institution_id, method, now)
-                .await?
-            {
-                moved.insert((institution_id.clone(), method.clone()));
-                notes.push(Note::OutageCleared {
-                    institution_id: institution_id.clone(),
-                    method: method.clone(),
-                });
-            }
-        }
-
-        // Classify this user's connections, then everyone's at a connector whose inferred
-        // outage opened or closed.
-        let mut rows = store::connections::rows_for_user(&mut tx, user).await?;
-        for (institution_id, method) in &moved {
-            for row in
-                store::connections::rows_at_connector(&mut tx, institution_id, method).await?
-            {
-                if row.user_id != *user {
-                    rows.push(row);
-                }
-            }
-        }
-        let mut inferred_cache: HashMap<(String, String), bool> = HashMap::new();
-        let mut healths = Vec::new();
-        for row in rows {
-            let key = (
-                row.institution_id.as_str().to_owned(),
-                row.method.as_str().to_owned(),
-            );
-            let inferred = match inferred_cache.get(&key) {
-                Some(v) => *v,
-                None => {
-                    let v = store::connectors::inferred_open(&mut tx, &key.0, &key.1).await?;
-                    inferred_cache.insert(key, v);
-                    v
-                }
-            };
-            if row.user_id == *user {
-                let threshold = classify::consent_threshold(&row.method, row.expiry_date, now);
-                match threshold {
-                    // One warning per threshold crossed (30, 7, 1 days), not one per sweep.
-                    Some(days) if row.consent_warned_days.is_none_or(|w| days < w) => {
-                        store::connections::set_consent_warned(
-                            &mut tx,
-                            &row.connection_id,
-                            Some(days),
-                        )
-                        .await?;
-                        notes.push(Note::ConsentExpiring {
-                            row: row.clone(),
-                            days,
-                        });
-                    }
-                    // Consent renewed: warn again when the new one nears its end.
-                    None if row.consent_warned_days.is_some()
-                        && row
-                            .expiry_date
-                            .is_some_and(|e| e - now > chrono::Duration::days(30)) =>
-                    {
-                        store::connections::set_consent_warned(&mut tx, &row.connection_id, None)
-                            .await?;
-                    }
-                    _ => {}
-                }
-            }
-            let mine = row.user_id == *user;
-            let health = self
-                .apply_verdict(&mut tx, row, &statuses, inferred, now, &mut notes)
-                .await?;
-            if mine {
-                healths.push(health);
-            }
-        }
-        tx.commit().await?;
-        store
-            .mark_swept(user, now, self.next_due(user, now))
-            .await?;
-        self.after_commit(&notes).await?;
-        emit(notes);
         Ok(UserOutcome::Swept(healths))
     }
 
-    /// A followed job ended: store it, re-read the connection (one request) and classify it
-    /// again.
+    /// Reads the stored state, plans and writes the plan, in one transaction: nothing can
+    /// move between the read and the write.
+    async fn plan_and_commit(
+        &self,
+        user: &UserId,
+        fetched: &Fetched,
+        statuses: &ConnectorStatuses,
+        next_due_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<UserPlan, SweepError> {
+        let keys: Vec<ConnectorKey> = fetched
+            .connections
+            .iter()
+            .map(|c| ConnectorKey::new(c.institution_id.as_str(), &c.method))
+            .collect();
+        let window = chrono::Duration::from_std(self.inner.options.outage_window)
+            .unwrap_or(chrono::Duration::MAX);
+        let mut tx = self.inner.store.write().await?;
+        let stored = store::connections::load_stored(
+            &mut tx,
+            user,
+            &keys,
+            window,
+            self.inner.options.outage_min_users,
+            now,
+        )
+        .await?;
+        let plan = plan::plan_user(
+            now,
+            user,
+            fetched,
+            &stored,
+            statuses,
+            &self.plan_settings(),
+            next_due_at,
+            &mut rand::rng(),
+        );
+        store::connections::write_plan(&mut tx, &plan, now).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    /// A followed job ended: re-read the connection (one request), plan and commit it with
+    /// the job, emit.
     pub async fn job_ended(
         &self,
         user: &UserId,
@@ -640,23 +467,23 @@ impl Sweeper {
             .await?;
         let statuses = self.connectors().await;
         let now = Utc::now();
-        let mut notes = Vec::new();
-        let mut tx = self.inner.store.write().await?;
-        store::jobs::upsert_job(&mut tx, user, job, Some(connection_id), now).await?;
-        store::connections::upsert_connection(&mut tx, user, &connection, Some(job), now).await?;
-        let key = (
-            connection.institution_id.as_str().to_owned(),
-            connection.method.as_str().to_owned(),
-        );
-        let inferred = store::connectors::inferred_open(&mut tx, &key.0, &key.1).await?;
-        let rows = store::connections::rows_for_user(&mut tx, user).await?;
-        if let Some(row) = rows.into_iter().find(|r| &r.connection_id == connection_id) {
-            self.apply_verdict(&mut tx, row, &statuses, inferred, now, &mut notes)
-                .await?;
+        let mut job = job.clone();
+        // We asked for this job for this connection.
+        job.connection_id = Some(connection_id.clone());
+        job.has_source = true;
+        let fetched = Fetched {
+            connections: vec![connection],
+            jobs: vec![job],
+            complete: false,
+        };
+        let plan = self
+            .plan_and_commit(user, &fetched, &statuses, None, now)
+            .await?;
+        let reclassify = !plan.reclassify.is_empty();
+        emit_notes(plan.notes);
+        if reclassify {
+            self.drain_reclassify(&statuses).await?;
         }
-        tx.commit().await?;
-        self.after_commit(&notes).await?;
-        emit(notes);
         Ok(())
     }
 
@@ -696,6 +523,11 @@ impl Sweeper {
             // Connector statuses move without any user being due (an outage ends): read them
             // on every tick, at most once per TTL.
             self.connectors().await;
+            // Work a crash left in the reclassification queue.
+            let statuses = self.cached_connectors().await;
+            if let Err(e) = self.drain_reclassify(&statuses).await {
+                tracing::error!(error = %e, "reclassification failed; it resumes on the next tick");
+            }
         }
         let mut named = only;
         loop {
@@ -822,44 +654,42 @@ fn trigger_is_named(trigger: &str) -> bool {
     trigger != "tick"
 }
 
-/// The newest job (by `created`) of each connection.
-fn newest_jobs<'a>(connections: &[Connection], jobs: &'a [Job]) -> HashMap<ConnectionId, &'a Job> {
-    let matched = match_jobs(connections, jobs);
-    let mut newest: HashMap<ConnectionId, &Job> = HashMap::new();
-    for (job, connection) in jobs.iter().zip(matched) {
-        let Some(connection) = connection else {
-            continue;
-        };
-        let entry = newest.entry(connection).or_insert(job);
-        if job.created > entry.created {
-            *entry = job;
-        }
-    }
-    newest
-}
-
-/// Which connection each job belongs to: `links.source`, else the one connection at the
-/// job's institution (Basiq allows one active connection per institution and user).
-fn match_jobs(connections: &[Connection], jobs: &[Job]) -> Vec<Option<ConnectionId>> {
-    jobs.iter()
-        .map(|job| {
-            if let Some(id) = &job.connection_id {
-                return Some(id.clone());
-            }
-            let institution = job.institution_id.as_ref()?;
-            let mut at: Vec<&Connection> = connections
-                .iter()
-                .filter(|c| &c.institution_id == institution)
-                .collect();
-            if at.len() > 1 {
-                at.retain(|c| c.status == crate::domain::ConnectionStatus::Active);
-            }
-            (at.len() == 1).then(|| at[0].id.clone())
+/// The recovery slots of one reclassification batch holding `held` connections an outage
+/// held: the k-th of n refreshes in the k-th n-th of the window after the outage ended,
+/// with jitter, so the whole window is used whatever the batch size.
+fn recovery_slots(
+    job: &mut store::connectors::Reclassify,
+    held: usize,
+    settings: &PlanSettings,
+    rng: &mut impl rand::Rng,
+) -> Vec<DateTime<Utc>> {
+    let Some(auto) = settings.auto_refresh.as_ref().filter(|_| job.recovery) else {
+        return Vec::new();
+    };
+    let held = u32::try_from(held).unwrap_or(u32::MAX);
+    let total = job
+        .recovery_total
+        .max(job.recovery_done.saturating_add(held))
+        .max(1);
+    let w = auto.recovery_window.as_nanos();
+    let slots = (job.recovery_done..job.recovery_done.saturating_add(held))
+        .map(|k| {
+            let low = w * u128::from(k) / u128::from(total);
+            let high = w * u128::from(k + 1) / u128::from(total);
+            let at = if high > low {
+                rng.random_range(low..high)
+            } else {
+                low
+            };
+            job.queued_at + chrono::Duration::nanoseconds(i64::try_from(at).unwrap_or(i64::MAX))
         })
-        .collect()
+        .collect();
+    job.recovery_done = job.recovery_done.saturating_add(held);
+    slots
 }
 
-fn emit(notes: Vec<Note>) {
+/// Logs a plan's notes, after its commit.
+pub fn emit_notes(notes: Vec<Note>) {
     for note in notes {
         match note {
             Note::HealthChanged { row, from, verdict } => {
@@ -898,25 +728,34 @@ fn emit(notes: Vec<Note>) {
                 expires_at = row.expiry_date.map(|e| e.to_rfc3339()),
                 "open-banking consent expires within {days} day(s): the user must re-consent"
             ),
-            Note::OutageInferred {
-                institution_id,
-                method,
-                users,
-            } => tracing::warn!(
+            Note::OutageInferred { key, users } => tracing::warn!(
                 event = "outage_inferred",
-                institution_id = %institution_id,
-                method = %method,
+                institution_id = %key.institution_id,
+                method = %key.method,
                 users,
                 "several users fail bank-side at this connector: treating it as an outage"
             ),
-            Note::OutageCleared {
-                institution_id,
-                method,
-            } => tracing::info!(
+            Note::OutageCleared { key } => tracing::info!(
                 event = "outage_cleared",
-                institution_id = %institution_id,
-                method = %method,
+                institution_id = %key.institution_id,
+                method = %key.method,
                 "inferred outage is over"
+            ),
+            Note::RetryScheduled { row, attempt, at } => tracing::info!(
+                event = "retry_scheduled",
+                user_id = %row.user_id,
+                connection_id = %row.connection_id,
+                attempt,
+                at = %at.to_rfc3339(),
+                "transient failure: refresh retry scheduled"
+            ),
+            Note::CappedByBasiq { row, until } => tracing::warn!(
+                event = "capped_by_basiq",
+                user_id = %row.user_id,
+                connection_id = %row.connection_id,
+                job_id = row.newest_job_id.as_deref(),
+                until = %until.to_rfc3339(),
+                "Basiq's refresh cap is reached for this connection: no attempt until the window has room"
             ),
         }
     }

@@ -30,6 +30,8 @@ fn add_active_connection(
             last_used: Some(now - chrono::Duration::days(2)),
             created: now - chrono::Duration::days(30),
             expiry: Some(now + chrono::Duration::days(200)),
+            mfa: None,
+            recorded_shape: false,
         },
     );
     ConnectionId::new(id)
@@ -327,7 +329,7 @@ async fn every_connection_and_job_of_the_population_parses() {
         "the running-job-without-source quirk is served"
     );
     let connectors = client.list_connectors().await.unwrap();
-    assert!(connectors.iter().any(|c| c.status.is_outage()));
+    assert!(connectors.iter().any(|c| c.status.is_down()));
 }
 
 #[tokio::test]

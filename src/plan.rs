@@ -1,0 +1,607 @@
+//! The planner: every decision one unit of work makes, as a pure function of what was
+//! fetched, what is stored, the settings and `now`. No I/O.
+//!
+//! A user's sweep reads fetch → plan → commit → emit: [`plan_user`] turns Basiq's answer and
+//! the stored state into a [`UserPlan`] (the jobs and connections to write, the health
+//! changes, consent warnings, inferred outages opening and closing, the refreshes owed, the
+//! user's next slot, and the log notes), which the store writes in one transaction and the
+//! sweep logs after the commit. [`plan_reclassify`] does the same for the connections at a
+//! connector whose status or inferred outage moved. The same planner serves a followed
+//! job's end, with the one connection re-read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::classify::{self, ConnectorView, Facts, Health, NewestJob, Side, Verdict};
+use crate::domain::{
+    Connection, ConnectionId, ConnectorKey, ConnectorStatus, Job, JobId, JobState, Method, UserId,
+};
+use crate::policy::Trigger;
+use crate::policy::schedule::{self, AutoRefresh, Incident, Owed};
+use crate::store::ConnectionRow;
+use crate::store::refreshes::CAP_WINDOW;
+
+/// What the planner needs from the settings.
+#[derive(Clone, Debug)]
+pub struct PlanSettings {
+    pub stale_after: Duration,
+    pub outage_min_users: i64,
+    /// Refreshes the sweep schedules by itself (none when `refresh.mode = "off"`).
+    pub auto_refresh: Option<AutoRefresh>,
+}
+
+/// The last `/connectors` answer as far as it is known.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectorStatuses {
+    /// `/connectors` has answered at least once on this installation.
+    pub known: bool,
+    pub statuses: HashMap<ConnectorKey, ConnectorStatus>,
+}
+
+impl ConnectorStatuses {
+    /// The status a connection's connector has. A connection whose method is unknown (Basiq's
+    /// recorded answers leave `method` out) gets its institution's worst status.
+    pub fn view(&self, institution_id: &str, method: &Method) -> ConnectorView {
+        if !self.known {
+            return ConnectorView::Unknown;
+        }
+        let found = if *method == Method::Unknown {
+            self.statuses
+                .iter()
+                .filter(|(k, _)| k.institution_id == institution_id)
+                .map(|(_, s)| s)
+                .max_by_key(|s| s.severity())
+        } else {
+            self.statuses
+                .get(&ConnectorKey::new(institution_id, method))
+        };
+        found.map_or(ConnectorView::Unlisted, |s| {
+            ConnectorView::Status(s.clone())
+        })
+    }
+}
+
+/// A stored job's snapshot, to keep jobs from going backwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredJob {
+    pub state: JobState,
+    pub updated: Option<DateTime<Utc>>,
+}
+
+/// Our refresh attempts of one connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attempts {
+    pub last: Option<DateTime<Utc>>,
+    /// The oldest in the rolling 24 h window.
+    pub oldest_in_window: Option<DateTime<Utc>>,
+}
+
+/// Inferred-outage facts at one connector, from everyone else's stored state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inference {
+    pub open: bool,
+    /// Distinct *other* users failing bank-side there in the window (counted up to the
+    /// threshold only).
+    pub other_users_failing: i64,
+    /// Failures before this are the outage Basiq already reported.
+    pub counts_since: Option<DateTime<Utc>>,
+}
+
+/// What the store holds for one user.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub connections: Vec<ConnectionRow>,
+    pub jobs: HashMap<JobId, StoredJob>,
+    pub attempts: HashMap<ConnectionId, Attempts>,
+    pub inference: HashMap<ConnectorKey, Inference>,
+}
+
+/// What Basiq said.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub connections: Vec<Connection>,
+    pub jobs: Vec<Job>,
+    /// `connections` is the user's whole list (a sweep), not one re-read connection.
+    pub complete: bool,
+}
+
+/// An inferred outage opening or closing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutageMove {
+    Open { key: ConnectorKey, users: i64 },
+    Close { key: ConnectorKey },
+}
+
+/// A recorded change of health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthChange {
+    pub connection_id: ConnectionId,
+    pub user_id: UserId,
+    pub from: Option<Health>,
+    pub to: Health,
+    pub reason: Option<String>,
+    pub job_id: Option<String>,
+}
+
+/// Log events, emitted after the commit so they never claim what the database does not hold.
+#[derive(Clone, Debug)]
+pub enum Note {
+    HealthChanged {
+        row: Box<ConnectionRow>,
+        from: Option<Health>,
+        verdict: Verdict,
+    },
+    ConsentExpiring {
+        row: Box<ConnectionRow>,
+        days: i64,
+    },
+    OutageInferred {
+        key: ConnectorKey,
+        users: i64,
+    },
+    OutageCleared {
+        key: ConnectorKey,
+    },
+    RetryScheduled {
+        row: Box<ConnectionRow>,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    CappedByBasiq {
+        row: Box<ConnectionRow>,
+        until: DateTime<Utc>,
+    },
+}
+
+/// Everything one unit of work writes, in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct UserPlan {
+    pub user_id: Option<UserId>,
+    /// Jobs to store, each with the connection it belongs to.
+    pub jobs: Vec<(Job, Option<ConnectionId>)>,
+    /// The new state of every connection touched, whole.
+    pub connections: Vec<ConnectionRow>,
+    /// Connections Basiq no longer lists.
+    pub gone: Vec<ConnectionId>,
+    pub health_changes: Vec<HealthChange>,
+    pub outages: Vec<OutageMove>,
+    /// Connectors whose other connections must be classified again.
+    pub reclassify: Vec<ConnectorKey>,
+    /// A sweep: the user's next slot.
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub notes: Vec<Note>,
+}
+
+impl UserPlan {
+    /// The health of each of the user's connections, for the pass's counts.
+    pub fn healths(&self) -> Vec<Health> {
+        self.connections.iter().filter_map(|r| r.health).collect()
+    }
+}
+
+/// Which connection each job belongs to: its `links.source`; when it has none, and it is a
+/// connection job, the one connection at its institution (Basiq allows one active
+/// connection per institution and user). A statement job at the same bank is not matched.
+pub fn match_jobs(connections: &[Connection], jobs: &[Job]) -> Vec<Option<ConnectionId>> {
+    jobs.iter()
+        .map(|job| {
+            if job.has_source {
+                return job.connection_id.clone();
+            }
+            if !job.is_connection_job() {
+                return None;
+            }
+            let institution = job.institution_id.as_ref()?;
+            let mut at: Vec<&Connection> = connections
+                .iter()
+                .filter(|c| &c.institution_id == institution)
+                .collect();
+            if at.len() > 1 {
+                at.retain(|c| c.status == crate::domain::ConnectionStatus::Active);
+            }
+            (at.len() == 1).then(|| at[0].id.clone())
+        })
+        .collect()
+}
+
+/// A job snapshot older than the stored one, or a finished job seen running again, is not
+/// news.
+fn is_backwards(job: &Job, stored: Option<&StoredJob>) -> bool {
+    let Some(s) = stored else {
+        return false;
+    };
+    let older = matches!((s.updated, job.updated), (Some(had), Some(new)) if new < had);
+    let reopened = s.state != JobState::InProgress && job.state() == JobState::InProgress;
+    older || reopened
+}
+
+fn newest_of(job: &Job) -> NewestJob {
+    NewestJob {
+        state: job.state(),
+        failure_code: job.failure_code().map(str::to_owned),
+        created: job.created,
+        updated: job.updated,
+    }
+}
+
+/// A fresh row for a connection seen for the first time.
+fn fresh_row(user: &UserId, c: &Connection) -> ConnectionRow {
+    ConnectionRow {
+        connection_id: c.id.clone(),
+        user_id: user.clone(),
+        institution_id: c.institution_id.clone(),
+        method: c.method.clone(),
+        status: c.status.clone(),
+        ..ConnectionRow::default()
+    }
+}
+
+/// Plans one user's sweep (or, with `fetched.complete = false`, one re-read connection).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_user(
+    now: DateTime<Utc>,
+    user: &UserId,
+    fetched: &Fetched,
+    stored: &Stored,
+    connectors: &ConnectorStatuses,
+    settings: &PlanSettings,
+    next_due_at: Option<DateTime<Utc>>,
+    rng: &mut impl rand::Rng,
+) -> UserPlan {
+    let mut plan = UserPlan {
+        user_id: Some(user.clone()),
+        next_due_at,
+        ..UserPlan::default()
+    };
+    let by_id: HashMap<&ConnectionId, &ConnectionRow> = stored
+        .connections
+        .iter()
+        .map(|r| (&r.connection_id, r))
+        .collect();
+
+    // Jobs: matched, never backwards; the newest per connection by `created`.
+    let matched = match_jobs(&fetched.connections, &fetched.jobs);
+    let mut newest: HashMap<ConnectionId, &Job> = HashMap::new();
+    let mut mfa_seen: BTreeSet<ConnectionId> = BTreeSet::new();
+    for (job, connection) in fetched.jobs.iter().zip(&matched) {
+        if is_backwards(job, stored.jobs.get(&job.id)) {
+            continue;
+        }
+        plan.jobs.push((job.clone(), connection.clone()));
+        let Some(connection) = connection else {
+            continue;
+        };
+        if job.shows_mfa() {
+            mfa_seen.insert(connection.clone());
+        }
+        let entry = newest.entry(connection.clone()).or_insert(job);
+        if job.created > entry.created {
+            *entry = job;
+        }
+    }
+
+    // The new state of each connection, before classification.
+    let mut rows: Vec<ConnectionRow> = Vec::new();
+    for c in &fetched.connections {
+        let mut row = by_id
+            .get(&c.id)
+            .map(|r| (*r).clone())
+            .unwrap_or_else(|| fresh_row(user, c));
+        row.user_id = user.clone();
+        row.institution_id = c.institution_id.clone();
+        row.method = c.method.clone();
+        row.status = c.status.clone();
+        row.created_date = c.created_date;
+        row.last_used = c.last_used;
+        row.expiry_date = c.expiry_date;
+        row.mfa_enabled = c.mfa_enabled;
+        // Once a refresh has prompted for a code, it may again: this is never forgotten.
+        row.needs_user_present =
+            row.needs_user_present || c.mfa_enabled == Some(true) || mfa_seen.contains(&c.id);
+        row.gone_at = None;
+        if let Some(job) = newest.get(&c.id) {
+            // A job newer than this one (a followed refresh) stays the newest.
+            let stored_is_newer = row.newest_job_id.as_deref() != Some(job.id.as_str())
+                && row
+                    .newest_job
+                    .as_ref()
+                    .and_then(|j| j.created)
+                    .zip(job.created)
+                    .is_some_and(|(had, new)| had > new);
+            if !stored_is_newer {
+                row.newest_job_id = Some(job.id.as_str().to_owned());
+                row.newest_job = Some(newest_of(job));
+            }
+        }
+        row.bank_failure_at = row.newest_job.as_ref().and_then(|j| {
+            let bank = j.state == JobState::Failed
+                && j.failure_code
+                    .as_deref()
+                    .is_some_and(|c| Side::of(c) == Side::Bank);
+            bank.then(|| j.updated.or(j.created).unwrap_or(now))
+        });
+        rows.push(row);
+    }
+    if fetched.complete {
+        let present: BTreeSet<&ConnectionId> = fetched.connections.iter().map(|c| &c.id).collect();
+        plan.gone = stored
+            .connections
+            .iter()
+            .filter(|r| r.gone_at.is_none() && !present.contains(&r.connection_id))
+            .map(|r| r.connection_id.clone())
+            .collect();
+    }
+
+    // Inferred outages at each connector this user uses: everyone else's failures plus
+    // this user's, so the order users are swept in does not matter.
+    let mut inferred: HashMap<ConnectorKey, bool> = HashMap::new();
+    let keys: BTreeSet<ConnectorKey> = rows
+        .iter()
+        .map(|r| ConnectorKey::new(r.institution_id.as_str(), &r.method))
+        .collect();
+    for key in keys {
+        let facts = stored.inference.get(&key).copied().unwrap_or_default();
+        let mine = rows.iter().any(|r| {
+            ConnectorKey::new(r.institution_id.as_str(), &r.method) == key
+                && r.bank_failure_at
+                    .is_some_and(|t| facts.counts_since.is_none_or(|since| t >= since))
+        });
+        let users = facts.other_users_failing + i64::from(mine);
+        let open = users >= settings.outage_min_users;
+        if open && !facts.open {
+            plan.outages.push(OutageMove::Open {
+                key: key.clone(),
+                users,
+            });
+            plan.notes.push(Note::OutageInferred {
+                key: key.clone(),
+                users,
+            });
+            plan.reclassify.push(key.clone());
+        } else if !open && facts.open {
+            plan.outages.push(OutageMove::Close { key: key.clone() });
+            plan.notes.push(Note::OutageCleared { key: key.clone() });
+            plan.reclassify.push(key.clone());
+        }
+        inferred.insert(key, open);
+    }
+
+    for mut row in rows {
+        let key = ConnectorKey::new(row.institution_id.as_str(), &row.method);
+        let view = connectors.view(row.institution_id.as_str(), &row.method);
+        let attempts = stored
+            .attempts
+            .get(&row.connection_id)
+            .copied()
+            .unwrap_or_default();
+        consent(&mut row, now, &mut plan.notes);
+        capped_by_basiq(&mut row, &attempts, now, &mut plan.notes);
+        let inferred = inferred.get(&key).copied().unwrap_or(false);
+        classify_row(
+            &mut row, &view, inferred, &attempts, now, settings, rng, &mut plan,
+        );
+        plan.connections.push(row);
+    }
+    plan
+}
+
+/// Plans the reclassification of a batch of connections at one connector. `recovery`: the
+/// outage there ended; held connections get recovery slots (`slots`, one per connection
+/// held, in order).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_reclassify(
+    now: DateTime<Utc>,
+    rows: Vec<ConnectionRow>,
+    connectors: &ConnectorStatuses,
+    inferred: bool,
+    attempts: &HashMap<ConnectionId, Attempts>,
+    settings: &PlanSettings,
+    mut recovery_slots: impl Iterator<Item = DateTime<Utc>>,
+    rng: &mut impl rand::Rng,
+) -> UserPlan {
+    let mut plan = UserPlan::default();
+    for mut row in rows {
+        let view = connectors.view(row.institution_id.as_str(), &row.method);
+        if settings.auto_refresh.is_some()
+            && row.health == Some(Health::InstitutionOutage)
+            && let Some(at) = recovery_slots.next()
+        {
+            row.refresh_due = Some(schedule::merge(
+                row.refresh_due,
+                Owed {
+                    at,
+                    trigger: Trigger::Recovery,
+                },
+            ));
+        }
+        let a = attempts
+            .get(&row.connection_id)
+            .copied()
+            .unwrap_or_default();
+        classify_row(&mut row, &view, inferred, &a, now, settings, rng, &mut plan);
+        plan.connections.push(row);
+    }
+    plan
+}
+
+/// Consent warnings: one per threshold crossed (30, 7, 1 days), not one per sweep.
+fn consent(row: &mut ConnectionRow, now: DateTime<Utc>, notes: &mut Vec<Note>) {
+    match classify::consent_threshold(&row.method, row.expiry_date, now) {
+        Some(days) if row.consent_warned_days.is_none_or(|w| days < w) => {
+            row.consent_warned_days = Some(days);
+            notes.push(Note::ConsentExpiring {
+                row: Box::new(row.clone()),
+                days,
+            });
+        }
+        // Consent renewed: warn again when the new one nears its end.
+        None if row.consent_warned_days.is_some()
+            && row
+                .expiry_date
+                .is_some_and(|e| e - now > chrono::Duration::days(30)) =>
+        {
+            row.consent_warned_days = None;
+        }
+        _ => {}
+    }
+}
+
+/// A job that failed with Basiq's own `too-many-requests`: no attempt until the rolling
+/// window has room (the oldest refresh we know of leaves it), at least an hour.
+fn capped_by_basiq(
+    row: &mut ConnectionRow,
+    attempts: &Attempts,
+    now: DateTime<Utc>,
+    notes: &mut Vec<Note>,
+) {
+    let Some(job) = row.newest_job.as_ref() else {
+        return;
+    };
+    let capped = job.state == JobState::Failed
+        && job
+            .failure_code
+            .as_deref()
+            .is_some_and(|c| Side::of(c) == Side::Cap)
+        && job.created.is_none_or(|c| now - c <= CAP_WINDOW);
+    if !capped {
+        return;
+    }
+    let oldest = [attempts.oldest_in_window, job.created]
+        .into_iter()
+        .flatten()
+        .filter(|t| now - *t < CAP_WINDOW)
+        .min();
+    let until = oldest
+        .map(|o| o + CAP_WINDOW)
+        .unwrap_or(now + CAP_WINDOW)
+        .max(now + chrono::Duration::hours(1));
+    if row.basiq_capped_until.is_none_or(|t| t < until)
+        && row.basiq_capped_until.is_none_or(|t| t <= now)
+    {
+        row.basiq_capped_until = Some(until);
+        notes.push(Note::CappedByBasiq {
+            row: Box::new(row.clone()),
+            until,
+        });
+    }
+}
+
+/// Classifies one connection's new state, records a change, and updates its schedule.
+#[allow(clippy::too_many_arguments)]
+fn classify_row(
+    row: &mut ConnectionRow,
+    view: &ConnectorView,
+    inferred: bool,
+    attempts: &Attempts,
+    now: DateTime<Utc>,
+    settings: &PlanSettings,
+    rng: &mut impl rand::Rng,
+    plan: &mut UserPlan,
+) {
+    let verdict = classify::classify(&Facts {
+        status: &row.status,
+        method: &row.method,
+        last_used: row.last_used,
+        expiry_date: row.expiry_date,
+        newest_job: row.newest_job.as_ref(),
+        connector: view,
+        outage_inferred: inferred,
+        previous: row.health.map(|h| (h, row.reason.as_deref())),
+        stale_after: settings.stale_after,
+        now,
+    });
+    apply_verdict(row, verdict, now, plan);
+    if let Some(auto) = &settings.auto_refresh {
+        let newest_at = row
+            .newest_job
+            .as_ref()
+            .and_then(|j| j.updated.max(j.created));
+        let s = schedule::after_verdict(
+            auto,
+            now,
+            row.health.unwrap_or(Health::Unknown),
+            row.reason.as_deref(),
+            row.newest_job_id.as_deref(),
+            row.refresh_due,
+            Incident {
+                retries: row.transient_retries,
+                job_id: row.transient_job_id.clone(),
+            },
+            &[row.last_used, newest_at, attempts.last],
+            rng,
+        );
+        row.refresh_due = s.owed;
+        row.transient_retries = s.incident.retries;
+        row.transient_job_id = s.incident.job_id;
+        if let Some((attempt, at)) = s.new_retry {
+            plan.notes.push(Note::RetryScheduled {
+                row: Box::new(row.clone()),
+                attempt,
+                at,
+            });
+        }
+    }
+}
+
+/// Writes a verdict into the row; a change of health or reason is recorded and noted.
+pub fn apply_verdict(
+    row: &mut ConnectionRow,
+    verdict: Verdict,
+    now: DateTime<Utc>,
+    plan: &mut UserPlan,
+) {
+    row.checked_at = Some(now);
+    if row.health == Some(verdict.health) && row.reason == verdict.reason {
+        return;
+    }
+    plan.health_changes.push(HealthChange {
+        connection_id: row.connection_id.clone(),
+        user_id: row.user_id.clone(),
+        from: row.health,
+        to: verdict.health,
+        reason: verdict.reason.clone(),
+        job_id: row.newest_job_id.clone(),
+    });
+    let from = row.health;
+    row.health = Some(verdict.health);
+    row.reason = verdict.reason.clone();
+    row.health_since = Some(now);
+    plan.notes.push(Note::HealthChanged {
+        row: Box::new(row.clone()),
+        from,
+        verdict,
+    });
+}
+
+/// Basiq refused a refresh with a code the user must act on (a 400 `invalid-credentials`):
+/// the connection needs the user now, and no automatic attempt follows.
+pub fn plan_refresh_rejected(
+    row: &ConnectionRow,
+    code: &str,
+    now: DateTime<Utc>,
+) -> Option<UserPlan> {
+    if Side::of(code) != Side::User {
+        return None;
+    }
+    let mut plan = UserPlan::default();
+    let mut row = row.clone();
+    apply_verdict(
+        &mut row,
+        Verdict {
+            health: Health::ActionRequired,
+            reason: Some(code.to_owned()),
+        },
+        now,
+        &mut plan,
+    );
+    row.refresh_due = None;
+    row.transient_retries = 0;
+    row.transient_job_id = None;
+    plan.connections.push(row);
+    Some(plan)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+//! When the daemon owes a refresh (pure): the one owner of the schedule.
+//!
+//! Four triggers put a refresh on the schedule: the user's login (not scheduled: it happens
+//! when the partner's app asks), a daily slot in the unattended window (mode `daily`), the
+//! end of an outage (recovery, spread over `recovery_window`), and a transient failure
+//! (backoff with full jitter, at most `transient_max_retries` per incident). *Whether* a
+//! refresh may go is [`super::decide`]; this module says *when* one is owed, and
+//! [`upcoming`] puts both together for the `plan` dry run.
+//!
+//! Precedence: a recovery slot is never replaced by a transient retry (the spread is the
+//! point of recovery); a recovery replaces a transient retry.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+
+use super::gates::{Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, decide, not_before};
+use super::spread::{recovery_delays, transient_retry_delay};
+use crate::classify::{Health, Side};
+
+/// What the sweep schedules by itself (none when `refresh.mode = "off"`).
+#[derive(Clone, Debug)]
+pub struct AutoRefresh {
+    pub recovery_window: Duration,
+    pub transient_retry_base: Duration,
+    pub transient_max_retries: u32,
+    /// The policy's floor: a retry scheduled earlier would only be denied.
+    pub min_interval: Duration,
+}
+
+/// A refresh the daemon owes: when, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Owed {
+    pub at: DateTime<Utc>,
+    pub trigger: Trigger,
+}
+
+/// One connection's transient-failure incident.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Incident {
+    /// Retries scheduled in this incident.
+    pub retries: u32,
+    /// The failed job the last retry decision was made for: the same failure seen again
+    /// (the next sweep, a followed job) is not a new failure.
+    pub job_id: Option<String>,
+}
+
+/// The schedule of one connection after its newest state is classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub owed: Option<Owed>,
+    pub incident: Incident,
+    /// A retry was newly scheduled (for the log).
+    pub new_retry: Option<(u32, DateTime<Utc>)>,
+}
+
+/// The schedule after a verdict. `newest_job` is the connection's newest job id, `floors`
+/// the times a refresh must wait `min_interval` after (Basiq's `lastUsed`, the newest job
+/// of any origin, our last attempt).
+#[allow(clippy::too_many_arguments)]
+pub fn after_verdict(
+    auto: &AutoRefresh,
+    now: DateTime<Utc>,
+    health: Health,
+    reason: Option<&str>,
+    newest_job: Option<&str>,
+    owed: Option<Owed>,
+    incident: Incident,
+    floors: &[Option<DateTime<Utc>>],
+    rng: &mut impl Rng,
+) -> Scheduled {
+    let keep = |incident| Scheduled {
+        owed,
+        incident,
+        new_retry: None,
+    };
+    match health {
+        // The retry's own job is running, or the bank is down: the incident goes on.
+        Health::InProgress | Health::InstitutionOutage => keep(incident),
+        Health::TransientFailure => {
+            // Basiq's own cap: waiting for the rolling window is the only remedy.
+            if reason.is_some_and(|r| Side::of(r) == Side::Cap) {
+                return keep(incident);
+            }
+            if newest_job.is_some() && incident.job_id.as_deref() == newest_job {
+                return keep(incident);
+            }
+            let seen = Incident {
+                retries: incident.retries,
+                job_id: newest_job.map(str::to_owned),
+            };
+            if owed.is_some_and(|o| o.trigger == Trigger::Recovery) {
+                return keep(seen);
+            }
+            let attempt = incident.retries.saturating_add(1);
+            let Some(delay) = transient_retry_delay(
+                attempt,
+                auto.transient_retry_base,
+                auto.transient_max_retries,
+                rng,
+            ) else {
+                return keep(seen);
+            };
+            let floor = chrono::Duration::from_std(auto.min_interval).unwrap_or_default();
+            let mut at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            for t in floors.iter().flatten() {
+                at = at.max(*t + floor);
+            }
+            Scheduled {
+                owed: Some(Owed {
+                    at,
+                    trigger: Trigger::TransientRetry,
+                }),
+                incident: Incident {
+                    retries: attempt,
+                    job_id: newest_job.map(str::to_owned),
+                },
+                new_retry: Some((attempt, at)),
+            }
+        }
+        // Healthy, stale, pending, action required, unknown: the incident is over.
+        _ => Scheduled {
+            owed: owed.filter(|o| o.trigger != Trigger::TransientRetry),
+            incident: Incident::default(),
+            new_retry: None,
+        },
+    }
+}
+
+/// Recovery slots for `n` connections after an outage ends: uniform with jitter over the
+/// window, in increasing order, never all at once.
+pub fn recovery_slots(
+    n: usize,
+    window: Duration,
+    now: DateTime<Utc>,
+    rng: &mut impl Rng,
+) -> Vec<DateTime<Utc>> {
+    recovery_delays(n, window, rng)
+        .into_iter()
+        .map(|d| now + chrono::Duration::from_std(d).unwrap_or_default())
+        .collect()
+}
+
+/// A recovery replaces anything but an earlier recovery; a retry replaces nothing but
+/// another retry.
+pub fn merge(current: Option<Owed>, new: Owed) -> Owed {
+    match current {
+        Some(c) if c.trigger == Trigger::Recovery && new.trigger != Trigger::Recovery => c,
+        _ => new,
+    }
+}
+
+/// What the next 24 hours hold for one connection, as `plan` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Upcoming {
+    Refresh {
+        refresh_at: DateTime<Utc>,
+        trigger: Trigger,
+    },
+    Denied {
+        denied: Denial,
+    },
+}
+
+/// The dry run of one connection over `horizon`: its owed refresh (or daily slot), pushed
+/// past the recency floor and the cap when they open in time, or the reason it will not go.
+pub fn upcoming(
+    facts: &RefreshFacts<'_>,
+    owed: Option<Owed>,
+    daily_slot: Option<DateTime<Utc>>,
+    oldest_attempt: Option<DateTime<Utc>>,
+    limits: &RefreshLimits,
+    horizon: chrono::Duration,
+) -> Upcoming {
+    let now = facts.now;
+    let end = now + horizon;
+    let mut candidates: Vec<Owed> = owed.into_iter().collect();
+    if limits.mode == RefreshMode::Daily
+        && let Some(at) = daily_slot
+    {
+        candidates.push(Owed {
+            at,
+            trigger: Trigger::Scheduled,
+        });
+    }
+    candidates.sort_by_key(|o| o.at);
+    let Some(first) = candidates.first().copied() else {
+        return Upcoming::Denied {
+            denied: match limits.mode {
+                RefreshMode::Off => Denial::RefreshOff,
+                _ => Denial::NotScheduledInMode,
+            },
+        };
+    };
+    let mut denial = None;
+    for candidate in candidates {
+        let mut at = candidate.at.max(now);
+        // Two passes: the recency floor may move the time, and then the cap may.
+        for _ in 0..3 {
+            let facts_then = RefreshFacts {
+                now: at,
+                ..facts.clone()
+            };
+            match decide(candidate.trigger, &facts_then, limits) {
+                Ok(()) => {
+                    if at <= end {
+                        return Upcoming::Refresh {
+                            refresh_at: at,
+                            trigger: candidate.trigger,
+                        };
+                    }
+                    break;
+                }
+                Err(Denial::RecentlyRefreshed) => {
+                    match not_before(candidate.trigger, &facts_then, limits) {
+                        Some(t) if t <= end => at = t,
+                        _ => {
+                            denial.get_or_insert(Denial::RecentlyRefreshed);
+                            break;
+                        }
+                    }
+                }
+                Err(Denial::DailyCap) => {
+                    let opens = [
+                        facts.basiq_capped_until,
+                        oldest_attempt.map(|o| o + crate::store::refreshes::CAP_WINDOW),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| *t > at)
+                    .min();
+                    match opens {
+                        Some(t) if t <= end => at = t,
+                        _ => {
+                            denial.get_or_insert(Denial::DailyCap);
+                            break;
+                        }
+                    }
+                }
+                Err(other) => {
+                    denial.get_or_insert(other);
+                    break;
+                }
+            }
+        }
+    }
+    let _ = first;
+    Upcoming::Denied {
+        denied: denial.unwrap_or(Denial::NotScheduledInMode),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn auto() -> AutoRefresh {
+        AutoRefresh {
+            recovery_window: Duration::from_secs(3600),
+            transient_retry_base: super::super::TRANSIENT_RETRY_BASE,
+            transient_max_retries: 2,
+            min_interval: Duration::from_secs(3600),
+        }
+    }
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    fn after(
+        health: Health,
+        job: Option<&str>,
+        owed: Option<Owed>,
+        incident: Incident,
+    ) -> Scheduled {
+        after_verdict(
+            &auto(),
+            now(),
+            health,
+            Some("service-unavailable"),
+            job,
+            owed,
+            incident,
+            &[],
+            &mut rng(),
+        )
+    }
+
+    /// Rule 8: retries are decided per failed job, bounded, and survive the retry's own job.
+    #[test]
+    fn transient_retries_are_bounded_and_survive_their_own_job_in_progress() {
+        let first = after(
+            Health::TransientFailure,
+            Some("j1"),
+            None,
+            Incident::default(),
+        );
+        assert_eq!(first.incident.retries, 1);
+        assert_eq!(first.owed.map(|o| o.trigger), Some(Trigger::TransientRetry));
+        // The same failed job seen again decides nothing new.
+        let again = after(
+            Health::TransientFailure,
+            Some("j1"),
+            first.owed,
+            first.incident.clone(),
+        );
+        assert_eq!(again.incident.retries, 1);
+        assert!(again.new_retry.is_none());
+        // The retry's own job in progress keeps the count.
+        let running = after(Health::InProgress, Some("j2"), None, first.incident.clone());
+        assert_eq!(running.incident.retries, 1);
+        // The retry failed too: a second retry.
+        let second = after(Health::TransientFailure, Some("j2"), None, running.incident);
+        assert_eq!(second.incident.retries, 2);
+        assert!(second.owed.is_some());
+        // And no third.
+        let third = after(Health::TransientFailure, Some("j3"), None, second.incident);
+        assert_eq!(third.incident.retries, 2);
+        assert!(third.owed.is_none());
+        // Success ends the incident.
+        let healed = after(Health::Healthy, Some("j4"), first.owed, third.incident);
+        assert_eq!(healed.incident, Incident::default());
+        assert!(healed.owed.is_none());
+    }
+
+    /// Rule 7: a transient retry never replaces a recovery slot.
+    #[test]
+    fn a_transient_retry_never_replaces_a_recovery_slot() {
+        let recovery = Owed {
+            at: now() + chrono::Duration::minutes(50),
+            trigger: Trigger::Recovery,
+        };
+        let s = after(
+            Health::TransientFailure,
+            Some("j1"),
+            Some(recovery),
+            Incident::default(),
+        );
+        assert_eq!(s.owed, Some(recovery));
+        let retry = Owed {
+            at: now() + chrono::Duration::minutes(5),
+            trigger: Trigger::TransientRetry,
+        };
+        assert_eq!(merge(Some(recovery), retry), recovery);
+        assert_eq!(merge(Some(retry), recovery), recovery);
+    }
+
+    /// Rule 3: Basiq's cap is waited out, never retried.
+    #[test]
+    fn too_many_requests_schedules_no_retry() {
+        let s = after_verdict(
+            &auto(),
+            now(),
+            Health::TransientFailure,
+            Some("too-many-requests"),
+            Some("j1"),
+            None,
+            Incident::default(),
+            &[],
+            &mut rng(),
+        );
+        assert!(s.owed.is_none());
+    }
+
+    #[test]
+    fn retries_wait_for_the_recency_floor() {
+        let used = now() - chrono::Duration::minutes(10);
+        let s = after_verdict(
+            &auto(),
+            now(),
+            Health::TransientFailure,
+            Some("service-unavailable"),
+            Some("j1"),
+            None,
+            Incident::default(),
+            &[Some(used)],
+            &mut rng(),
+        );
+        assert!(s.owed.unwrap().at >= used + chrono::Duration::hours(1));
+    }
+
+    #[test]
+    fn recovery_slots_cover_the_window() {
+        let window = Duration::from_secs(3600);
+        let slots = recovery_slots(20, window, now(), &mut rng());
+        let mut gaps = vec![slots[0] - now()];
+        gaps.extend(slots.windows(2).map(|w| w[1] - w[0]));
+        let largest = gaps.into_iter().max().unwrap();
+        assert!(largest <= chrono::Duration::seconds(3 * 3600 / 20));
+        assert!(*slots.last().unwrap() - now() >= chrono::Duration::minutes(45));
+    }
+}
