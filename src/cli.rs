@@ -63,6 +63,11 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Report connection health: a table, or JSON with --json.
     Status(StatusArgs),
+    /// The dry run of the next 24 h: which connections the daemon would refresh, when and
+    /// why (trigger), and which it would not and why (reason). Sends nothing to Basiq and
+    /// reserves nothing. JSON: one object per connection with either
+    /// {"refresh_at", "trigger"} or {"denied": reason}.
+    Plan(PlanArgs),
     /// Manage the register of watched users.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -117,6 +122,16 @@ pub struct StatusArgs {
     /// Only this user's connections.
     #[arg(long = "user", value_name = "ID")]
     pub user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Only this user's connections (repeatable).
+    #[arg(long = "user", value_name = "ID")]
+    pub users: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,6 +352,23 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
                 print!("{}", report::render_table(&report));
             }
             store.close().await;
+            Ok(0)
+        }
+        Command::Plan(args) => {
+            let refresher = refresher(&settings).await?;
+            let users: Vec<UserId> = args.users.into_iter().map(UserId::new).collect();
+            let lines = refresher
+                .dry_run(
+                    (!users.is_empty()).then_some(users.as_slice()),
+                    chrono::Utc::now(),
+                )
+                .await?;
+            refresher.sweeper().store().close().await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else {
+                print!("{}", report::render_plan(&lines));
+            }
             Ok(0)
         }
         Command::Users(command) => users(command, &settings).await,

@@ -23,6 +23,14 @@ pub struct ConnectionView {
     pub job_id: Option<String>,
     pub checked_at: Option<DateTime<Utc>>,
     pub consent_expires_at: Option<DateTime<Utc>>,
+    /// A refresh may prompt the user for a one-time code: only with the user present.
+    pub needs_user_present: bool,
+    /// The last refresh decision: `{"decision", "reason", "trigger", "at"}`.
+    pub last_decision: Option<store::connections::LastDecision>,
+    /// The next refresh the daemon has scheduled: `{"at", "trigger"}`.
+    pub next_refresh: Option<crate::policy::schedule::Owed>,
+    /// Basiq's refresh cap is reached until then.
+    pub capped_until: Option<DateTime<Utc>>,
 }
 
 impl From<&ConnectionRow> for ConnectionView {
@@ -40,8 +48,24 @@ impl From<&ConnectionRow> for ConnectionView {
             consent_expires_at: r
                 .expiry_date
                 .filter(|_| r.method == crate::domain::Method::OpenBanking),
+            needs_user_present: r.needs_user_present,
+            last_decision: r.last_decision.clone(),
+            next_refresh: next_refresh(r),
+            capped_until: r.basiq_capped_until,
         }
     }
+}
+
+/// The earlier of the owed refresh and the daily slot.
+fn next_refresh(r: &ConnectionRow) -> Option<crate::policy::schedule::Owed> {
+    let daily = r.daily_due_at.map(|at| crate::policy::schedule::Owed {
+        at,
+        trigger: crate::policy::Trigger::Scheduled,
+    });
+    [r.refresh_due, daily]
+        .into_iter()
+        .flatten()
+        .min_by_key(|o| o.at)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -167,6 +191,120 @@ pub fn render_table(report: &StatusReport) -> String {
             "  ... and {} more (status --json lists all)",
             needing.len() - 50
         );
+    }
+    // One user (or a small installation): every connection with its refresh story.
+    if report.connections.len() <= 20 && !report.connections.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+connections:"
+        );
+        for c in &report.connections {
+            let _ = writeln!(
+                out,
+                "  {} at {} ({}): {}{}",
+                c.connection_id,
+                c.institution_id,
+                c.method,
+                c.health.as_deref().unwrap_or("not classified"),
+                c.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+            let last = c.last_decision.as_ref().map_or("none".to_owned(), |d| {
+                format!(
+                    "{}{} ({}) at {}",
+                    d.decision.as_str(),
+                    d.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default(),
+                    d.trigger.map_or("-", |t| t.as_str()),
+                    d.at.format("%Y-%m-%d %H:%M:%SZ")
+                )
+            });
+            let _ = writeln!(out, "      last refresh decision: {last}");
+            let next = c.next_refresh.map_or("none scheduled".to_owned(), |o| {
+                format!("{} ({})", o.at.format("%Y-%m-%d %H:%M:%SZ"), o.trigger)
+            });
+            let _ = writeln!(out, "      next refresh: {next}");
+            if let Some(until) = c.capped_until.filter(|t| *t > Utc::now()) {
+                let _ = writeln!(
+                    out,
+                    "      Basiq's cap reached until {}",
+                    until.format("%Y-%m-%d %H:%M:%SZ")
+                );
+            }
+            if c.needs_user_present {
+                let _ = writeln!(out, "      MFA: refreshed only with the user present");
+            }
+        }
+    }
+    out
+}
+
+/// The `plan` dry run as a table: refreshes in time order, then the connections that
+/// would not be refreshed, counted by reason.
+pub fn render_plan(lines: &[crate::refresh::PlanLine]) -> String {
+    use crate::policy::schedule::Upcoming;
+    let mut out = String::new();
+    let mut refreshes: Vec<(&crate::refresh::PlanLine, DateTime<Utc>, &str)> = lines
+        .iter()
+        .filter_map(|l| match &l.upcoming {
+            Upcoming::Refresh {
+                refresh_at,
+                trigger,
+            } => Some((l, *refresh_at, trigger.as_str())),
+            Upcoming::Denied { .. } => None,
+        })
+        .collect();
+    refreshes.sort_by_key(|(_, at, _)| *at);
+    let _ = writeln!(
+        out,
+        "refreshes in the next 24 h: {} of {} connections",
+        refreshes.len(),
+        lines.len()
+    );
+    for (l, at, trigger) in &refreshes {
+        let _ = writeln!(
+            out,
+            "  {}  {:<16} user {} connection {} at {} ({})",
+            at.format("%Y-%m-%d %H:%M:%SZ"),
+            trigger,
+            l.user_id,
+            l.connection_id,
+            l.institution_id,
+            l.method
+        );
+    }
+    let mut denied: BTreeMap<&str, Vec<&crate::refresh::PlanLine>> = BTreeMap::new();
+    for l in lines {
+        if let Upcoming::Denied { denied: d } = &l.upcoming {
+            denied.entry(d.as_str()).or_default().push(l);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "
+not refreshed:"
+    );
+    for (reason, ls) in &denied {
+        let _ = writeln!(out, "  {reason:<26}{:>6}", ls.len());
+        for l in ls.iter().take(20) {
+            let _ = writeln!(
+                out,
+                "      user {} connection {} at {}",
+                l.user_id, l.connection_id, l.institution_id
+            );
+        }
+        if ls.len() > 20 {
+            let _ = writeln!(
+                out,
+                "      ... and {} more (plan --json lists all)",
+                ls.len() - 20
+            );
+        }
     }
     out
 }

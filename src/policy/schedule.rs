@@ -187,14 +187,28 @@ pub fn upcoming(
         });
     }
     candidates.sort_by_key(|o| o.at);
-    let Some(first) = candidates.first().copied() else {
+    if candidates.is_empty() {
+        // Nothing owed: a gate that would refuse any unattended refresh explains more than
+        // the mode does (a connection waiting for its user says so).
+        let any_mode = RefreshLimits {
+            mode: RefreshMode::Daily,
+            ..limits.clone()
+        };
+        let gate = decide(Trigger::Recovery, facts, &any_mode)
+            .err()
+            .filter(|d| {
+                !matches!(
+                    d,
+                    Denial::RecentlyRefreshed | Denial::DailyCap | Denial::JobInProgress
+                )
+            });
         return Upcoming::Denied {
-            denied: match limits.mode {
+            denied: gate.unwrap_or(match limits.mode {
                 RefreshMode::Off => Denial::RefreshOff,
                 _ => Denial::NotScheduledInMode,
-            },
+            }),
         };
-    };
+    }
     let mut denial = None;
     for candidate in candidates {
         let mut at = candidate.at.max(now);
@@ -247,7 +261,6 @@ pub fn upcoming(
             }
         }
     }
-    let _ = first;
     Upcoming::Denied {
         denied: denial.unwrap_or(Denial::NotScheduledInMode),
     }

@@ -320,6 +320,9 @@ pub enum Fault {
         #[serde(default)]
         retry_after: Option<u64>,
     },
+    /// Answer this status with Basiq's error envelope carrying this error code (e.g. 400
+    /// `invalid-credentials` to a refresh).
+    Error { status: u16, code: String },
     /// Wait, then answer normally.
     Delay { ms: u64 },
     /// Answer 200 `application/json` with a body that is not valid JSON.
@@ -557,6 +560,18 @@ impl Simulator {
     /// when the user has no such connection).
     pub fn add_job(&self, user_id: &str, job: ScriptedJob) {
         self.lock().add_job(user_id, job);
+    }
+
+    /// Serves a job with another `jobType` (e.g. `statement`); false when no such job.
+    pub fn set_job_type(&self, job_id: &str, job_type: &str) -> bool {
+        let mut state = self.lock();
+        match state.jobs.iter_mut().find(|j| j.id == job_id) {
+            Some(job) => {
+                job.job_type = Some(job_type.to_owned());
+                true
+            }
+            None => false,
+        }
     }
 
     /// The user's connection ids, in the order they are served.

@@ -140,6 +140,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
                     source: SourceLink::Always,
                     // The first failure in population order is served as an array.
                     result_as_array: failed && !std::mem::replace(&mut array_quirk_done, true),
+                    job_type: None,
                 });
             }
             if slot.case == Case::Healthy {
@@ -174,6 +175,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
             },
             source: SourceLink::WhenFinished,
             result_as_array: false,
+            job_type: None,
         };
         state.push_job(job);
     }

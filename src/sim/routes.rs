@@ -99,6 +99,12 @@ async fn track(
             status,
             retry_after,
         }) => fault_status(status, retry_after),
+        Some(Fault::Error { status, code }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            ApiError::new(status, code, "Simulated error")
+                .detail("Simulated error with a chosen code")
+                .into_response()
+        }
         Some(Fault::Malformed) => malformed(),
         Some(Fault::Drop) => dropped(),
     }
@@ -191,7 +197,7 @@ impl Simulator {
 #[derive(Debug)]
 pub(super) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: std::borrow::Cow<'static, str>,
     title: &'static str,
     detail: Option<String>,
     source: ErrorSource,
@@ -205,10 +211,14 @@ enum ErrorSource {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+    fn new(
+        status: StatusCode,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        title: &'static str,
+    ) -> Self {
         Self {
             status,
-            code,
+            code: code.into(),
             title,
             detail: None,
             source: ErrorSource::Absent,
@@ -288,7 +298,7 @@ impl IntoResponse for ApiError {
         }
         tracing::debug!(
             status = self.status.as_u16(),
-            code = self.code,
+            code = %self.code,
             %correlation_id,
             "simulator answering an error"
         );
@@ -604,6 +614,7 @@ fn refresh_one(
         },
         source: SourceLink::Always,
         result_as_array: false,
+        job_type: None,
     });
     Ok(Refreshed::Started(id))
 }

@@ -79,6 +79,8 @@ pub(super) struct Job {
     pub source: SourceLink,
     /// Serve the failure result as an array of one object (one Basiq guide does).
     pub result_as_array: bool,
+    /// `jobType`; `None`: `connection`.
+    pub job_type: Option<String>,
 }
 
 pub(super) enum Timing {
@@ -327,6 +329,7 @@ impl State {
                 SourceLink::Never
             },
             result_as_array: false,
+            job_type: None,
         });
     }
 
@@ -506,7 +509,10 @@ impl Job {
                 ..
             } if i == end && stage > end => {
                 let error = json!({"code": code, "title": error_title, "detail": detail});
-                let result = if self.result_as_array {
+                // An empty code: Basiq's recorded failures with `"result": null`.
+                let result = if code.is_empty() {
+                    Value::Null
+                } else if self.result_as_array {
                     Value::Array(vec![error])
                 } else {
                     error
@@ -554,7 +560,7 @@ impl Job {
             "id": self.id,
             "created": ts(self.created),
             "updated": ts(view.updated),
-            "jobType": "connection",
+            "jobType": self.job_type.as_deref().unwrap_or("connection"),
             "institution": institution_ref(base, &self.institution_id),
             "steps": view.steps,
             "links": links,
