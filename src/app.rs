@@ -165,6 +165,7 @@ impl App {
                                     jobs = p.jobs,
                                     health_changes = p.health_changes,
                                     refresh_attempts = p.refresh_attempts,
+                                    refresh_decisions = p.refresh_decisions,
                                     sweeps = p.sweeps,
                                     retain_days,
                                     "history pruned"

@@ -14,6 +14,7 @@ pub struct Pruned {
     pub jobs: u64,
     pub health_changes: u64,
     pub refresh_attempts: u64,
+    pub refresh_decisions: u64,
     pub sweeps: u64,
 }
 
@@ -63,6 +64,12 @@ impl Store {
                 attempts_cutoff,
             )
             .await?;
+        let refresh_decisions = self
+            .delete_batches(
+                "DELETE FROM refresh_decisions WHERE rowid IN (SELECT rowid FROM refresh_decisions WHERE decided_at < ? LIMIT ?)",
+                cutoff,
+            )
+            .await?;
         let sweeps = self
             .delete_batches(
                 "DELETE FROM sweeps WHERE rowid IN (SELECT rowid FROM sweeps WHERE started_at < ? LIMIT ?)",
@@ -74,6 +81,7 @@ impl Store {
             jobs,
             health_changes,
             refresh_attempts,
+            refresh_decisions,
             sweeps,
         })
     }

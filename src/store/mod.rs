@@ -81,10 +81,21 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        sqlx::migrate!()
-            .run(&pool)
-            .await
-            .map_err(|e| fail(format!("migration failed: {e}")))?;
+        // Several processes opening a fresh database race to migrate it: each migration is
+        // one transaction, so the loser's fails ("table already exists") and rolls back;
+        // running the migrator again finds it applied.
+        let mut tries = 0;
+        loop {
+            match sqlx::migrate!().run(&pool).await {
+                Ok(()) => break,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "migration raced another process; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(fail(format!("migration failed: {e}"))),
+            }
+        }
         Ok(Self { pool })
     }
 
