@@ -17,7 +17,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use super::gates::{Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, decide, not_before};
-use super::spread::{recovery_delays, transient_retry_delay};
+use super::spread::transient_retry_delay;
 use crate::classify::{Health, Side};
 
 /// What the sweep schedules by itself (none when `refresh.mode = "off"`).
@@ -129,18 +129,26 @@ pub fn after_verdict(
     }
 }
 
-/// Recovery slots for `n` connections after an outage ends: uniform with jitter over the
-/// window, in increasing order, never all at once.
-pub fn recovery_slots(
-    n: usize,
+/// The recovery slot of the `k`-th of `n` connections an outage held (from 0): uniform with
+/// jitter in the k-th n-th of the window after `ended`. Indexed, so batches of any size
+/// together cover the whole window, never its first minutes only.
+pub fn recovery_slot(
+    k: u32,
+    n: u32,
     window: Duration,
-    now: DateTime<Utc>,
+    ended: DateTime<Utc>,
     rng: &mut impl Rng,
-) -> Vec<DateTime<Utc>> {
-    recovery_delays(n, window, rng)
-        .into_iter()
-        .map(|d| now + chrono::Duration::from_std(d).unwrap_or_default())
-        .collect()
+) -> DateTime<Utc> {
+    let n = n.max(k.saturating_add(1));
+    let w = window.as_nanos();
+    let low = w * u128::from(k) / u128::from(n);
+    let high = w * (u128::from(k) + 1) / u128::from(n);
+    let at = if high > low {
+        rng.random_range(low..high)
+    } else {
+        low
+    };
+    ended + chrono::Duration::nanoseconds(i64::try_from(at).unwrap_or(i64::MAX))
 }
 
 /// A recovery replaces anything but an earlier recovery; a retry replaces nothing but
@@ -403,7 +411,10 @@ mod tests {
     #[test]
     fn recovery_slots_cover_the_window() {
         let window = Duration::from_secs(3600);
-        let slots = recovery_slots(20, window, now(), &mut rng());
+        let mut r = rng();
+        let slots: Vec<_> = (0..20)
+            .map(|k| recovery_slot(k, 20, window, now(), &mut r))
+            .collect();
         let mut gaps = vec![slots[0] - now()];
         gaps.extend(slots.windows(2).map(|w| w[1] - w[0]));
         let largest = gaps.into_iter().max().unwrap();

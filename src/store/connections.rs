@@ -590,20 +590,6 @@ async fn write_row(
     Ok(())
 }
 
-pub async fn rows_for_user(
-    conn: &mut SqliteConnection,
-    user_id: &UserId,
-) -> Result<Vec<ConnectionRow>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM connections WHERE user_id = ? AND gone_at IS NULL ORDER BY connection_id"
-    );
-    let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows.into_iter().map(ConnectionRow::from).collect())
-}
-
 /// One batch of the connections at a connector, in id order after `after`. A connector
 /// keyed by an unknown method is its institution: every connection there.
 pub async fn rows_at_connector(

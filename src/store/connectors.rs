@@ -246,30 +246,6 @@ pub async fn inferred_open(
     Ok(n > 0)
 }
 
-/// Opens an inferred outage unless one is open; true when it opened one.
-pub async fn open_inferred(
-    conn: &mut SqliteConnection,
-    institution_id: &str,
-    method: &str,
-    users: i64,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    if inferred_open(conn, institution_id, method).await? {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO outages (institution_id, method, source, started_at, affected_users)
-         VALUES (?, ?, 'inferred', ?, ?)",
-    )
-    .bind(institution_id.to_owned())
-    .bind(Method::parse(method).as_str().to_owned())
-    .bind(ts(now))
-    .bind(users)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
-}
-
 /// Ends an open inferred outage; true when one was open.
 pub async fn close_inferred(
     conn: &mut SqliteConnection,

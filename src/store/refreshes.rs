@@ -169,19 +169,6 @@ impl Store {
         Ok(())
     }
 
-    /// Sets (or clears) the refresh the daemon owes a connection.
-    pub async fn set_refresh_due(&self, id: &ConnectionId, owed: Option<Owed>) -> Result<()> {
-        sqlx::query(
-            "UPDATE connections SET refresh_due_at = ?, refresh_due_trigger = ? WHERE connection_id = ?",
-        )
-        .bind(owed.map(|o| ts_ceil(o.at)))
-        .bind(owed.map(|o| o.trigger.as_str()))
-        .bind(id.as_str())
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     pub async fn set_daily_due(&self, id: &ConnectionId, at: Option<DateTime<Utc>>) -> Result<()> {
         sqlx::query("UPDATE connections SET daily_due_at = ? WHERE connection_id = ?")
             .bind(at.map(ts_ceil))

@@ -669,19 +669,16 @@ fn recovery_slots(
     let held = u32::try_from(held).unwrap_or(u32::MAX);
     let total = job
         .recovery_total
-        .max(job.recovery_done.saturating_add(held))
-        .max(1);
-    let w = auto.recovery_window.as_nanos();
+        .max(job.recovery_done.saturating_add(held));
     let slots = (job.recovery_done..job.recovery_done.saturating_add(held))
         .map(|k| {
-            let low = w * u128::from(k) / u128::from(total);
-            let high = w * u128::from(k + 1) / u128::from(total);
-            let at = if high > low {
-                rng.random_range(low..high)
-            } else {
-                low
-            };
-            job.queued_at + chrono::Duration::nanoseconds(i64::try_from(at).unwrap_or(i64::MAX))
+            crate::policy::schedule::recovery_slot(
+                k,
+                total,
+                auto.recovery_window,
+                job.queued_at,
+                rng,
+            )
         })
         .collect();
     job.recovery_done = job.recovery_done.saturating_add(held);
