@@ -550,7 +550,7 @@ impl Client {
             });
         }
         let token: wire::TokenResponse = parse("token", &body)?;
-        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600).max(1));
+        let lifetime = wire::token_lifetime(token.expires_in);
         Ok((token.access_token, lifetime))
     }
 }

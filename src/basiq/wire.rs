@@ -23,7 +23,8 @@ pub(crate) struct List<T> {
 pub(crate) struct TokenResponse {
     pub access_token: secrecy::SecretString,
     #[serde(default)]
-    pub expires_in: Option<u64>,
+    /// Seconds; the spec allows any integer, so it is clamped by [`token_lifetime`].
+    pub expires_in: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,5 +409,43 @@ mod fixture_tests {
             ConnectorStatus::Other("melting".into())
         );
         assert_eq!(connectors[1].method, Method::OpenBanking);
+    }
+}
+
+/// How long a token is used: Basiq's `expires_in`, at most 24 h (the spec allows any
+/// integer; a huge one used to overflow the clock). Missing means Basiq's documented hour;
+/// zero or negative means "fetch again soon": 30 s, so a broken answer does not become one
+/// `/token` call per request.
+pub fn token_lifetime(expires_in: Option<i64>) -> std::time::Duration {
+    let secs = match expires_in {
+        None => 3600,
+        Some(s) if s <= 0 => 30,
+        Some(s) => s.min(24 * 3600),
+    };
+    std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(3600))
+}
+
+#[cfg(test)]
+mod token_lifetime_tests {
+    use super::token_lifetime;
+    use std::time::Duration;
+
+    #[test]
+    fn expires_in_is_clamped_to_a_sane_range() {
+        for (given, secs) in [
+            (None, 3600),
+            (Some(3600), 3600),
+            (Some(i64::MAX), 86_400),
+            (Some(0), 30),
+            (Some(-5), 30),
+            (Some(i64::MIN), 30),
+            (Some(2), 2),
+        ] {
+            assert_eq!(
+                token_lifetime(given),
+                Duration::from_secs(secs),
+                "{given:?}"
+            );
+        }
     }
 }
