@@ -9,8 +9,7 @@ use sqlx::SqliteConnection;
 use super::{Result, Store, from_opt_ts, from_ts, opt_ts, ts, ts_ceil};
 use crate::classify::{Health, NewestJob, Side};
 use crate::domain::{
-    ConnectionId, ConnectionStatus, ConnectorKey, InstitutionId, JobId, JobState, Method,
-    StepResult, UserId,
+    ConnectionId, ConnectionStatus, ConnectorKey, InstitutionId, JobId, JobState, Method, UserId,
 };
 use crate::plan::{Attempts, Inference, OutageMove, Stored, StoredJob, UserPlan};
 use crate::policy::schedule::Owed;
@@ -383,66 +382,9 @@ pub async fn write_plan(
     plan: &UserPlan,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for (job, connection_id) in &plan.jobs {
-        let failed = job.failed_step();
-        let written = sqlx::query(
-            "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
-                               failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
-             ON CONFLICT (job_id) DO UPDATE SET
-                 connection_id = COALESCE(excluded.connection_id, jobs.connection_id),
-                 institution_id = COALESCE(excluded.institution_id, jobs.institution_id),
-                 job_type = COALESCE(excluded.job_type, jobs.job_type),
-                 state = excluded.state, failure_code = excluded.failure_code,
-                 failed_step = excluded.failed_step,
-                 created = COALESCE(excluded.created, jobs.created),
-                 updated = COALESCE(excluded.updated, jobs.updated),
-                 last_seen_at = excluded.last_seen_at
-             WHERE NOT (jobs.state != 'in-progress' AND excluded.state = 'in-progress')
-               AND (excluded.updated IS NULL OR jobs.updated IS NULL OR excluded.updated >= jobs.updated)",
-        )
-        .bind(job.id.as_str())
-        .bind(plan.user_id.as_ref().map_or("", |u| u.as_str()))
-        .bind(connection_id.as_ref().map(ConnectionId::as_str))
-        .bind(job.institution_id.as_ref().map(|i| i.as_str().to_owned()))
-        .bind(job.job_type.clone())
-        .bind(job.state().as_str())
-        .bind(job.failure_code().map(str::to_owned))
-        .bind(failed.map(|s| s.title.clone()))
-        .bind(opt_ts(job.created))
-        .bind(opt_ts(job.updated))
-        .bind(ts(now))
-        .execute(&mut *conn)
-        .await?;
-        if written.rows_affected() == 0 {
-            continue;
-        }
-        sqlx::query("DELETE FROM job_steps WHERE job_id = ?")
-            .bind(job.id.as_str())
-            .execute(&mut *conn)
-            .await?;
-        for (position, step) in job.steps.iter().enumerate() {
-            let (code, title, detail) = match &step.result {
-                StepResult::Failure {
-                    code,
-                    title,
-                    detail,
-                } => (Some(code.clone()), title.clone(), detail.clone()),
-                _ => (None, None, None),
-            };
-            sqlx::query(
-                "INSERT INTO job_steps (job_id, position, title, status, result_code, result_title, result_detail)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(job.id.as_str())
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .bind(step.title.clone())
-            .bind(step.status.as_str().to_owned())
-            .bind(code)
-            .bind(title)
-            .bind(detail)
-            .execute(&mut *conn)
-            .await?;
+    if let Some(user) = &plan.user_id {
+        for (job, connection_id) in &plan.jobs {
+            super::jobs::upsert_job(conn, user, job, connection_id.as_ref(), now).await?;
         }
     }
     for row in &plan.connections {

@@ -27,16 +27,18 @@ impl JobRow {
 }
 
 /// Inserts or updates a job and replaces its steps. `connection_id` is the connection the
-/// job was matched to (from `links.source`, or by institution when that is missing).
+/// job was matched to (from `links.source`, or by institution when that is missing). A
+/// stored job never goes backwards: an older snapshot (lower `updated`), or a finished job
+/// seen in progress again, changes nothing. Returns whether it was written.
 pub async fn upsert_job(
     conn: &mut SqliteConnection,
     user_id: &UserId,
     job: &Job,
     connection_id: Option<&ConnectionId>,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<bool> {
     let failed = job.failed_step();
-    sqlx::query(
+    let written = sqlx::query(
         "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
                            failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -48,7 +50,9 @@ pub async fn upsert_job(
              failed_step = excluded.failed_step,
              created = COALESCE(excluded.created, jobs.created),
              updated = COALESCE(excluded.updated, jobs.updated),
-             last_seen_at = excluded.last_seen_at",
+             last_seen_at = excluded.last_seen_at
+         WHERE NOT (jobs.state != 'in-progress' AND excluded.state = 'in-progress')
+           AND (excluded.updated IS NULL OR jobs.updated IS NULL OR excluded.updated >= jobs.updated)",
     )
     .bind(job.id.as_str())
     .bind(user_id.as_str())
@@ -64,6 +68,9 @@ pub async fn upsert_job(
     .bind(ts(now))
     .execute(&mut *conn)
     .await?;
+    if written.rows_affected() == 0 {
+        return Ok(false);
+    }
     sqlx::query("DELETE FROM job_steps WHERE job_id = ?")
         .bind(job.id.as_str())
         .execute(&mut *conn)
@@ -91,7 +98,7 @@ pub async fn upsert_job(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 impl Store {
