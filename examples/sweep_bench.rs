@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use basiq_health::domain::UserId;
 use basiq_health::settings::Settings;
-use basiq_health::sim::{SimConfig, Simulator};
+use basiq_sim::{SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
 fn peak_rss_kib() -> Option<u64> {

@@ -14,9 +14,9 @@ use crate::app::{self, App};
 use crate::domain::UserId;
 use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
-use crate::sim::{SimConfig, Simulator};
 use crate::store::OpenError;
 use crate::telemetry;
+use basiq_sim::{SimConfig, Simulator};
 
 /// Exit code for a configuration error (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
@@ -177,9 +177,13 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Address to listen on (loopback).
+    /// Address to listen on: loopback only, unless `--allow-non-loopback` is given.
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: SocketAddr,
+    /// Listen on a non-loopback `--listen` address. The `/_sim/` control routes have no
+    /// authentication: anyone who can reach the address can steer the simulator.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
     /// How many users the seeded population has.
     #[arg(long, default_value_t = 50)]
     pub users: usize,
@@ -506,6 +510,14 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
+    if !args.listen.ip().is_loopback() && !args.allow_non_loopback {
+        eprintln!(
+            "basiq-health: refusing --listen {}: not a loopback address, and the simulator's \
+             /_sim/ control routes have no authentication (add --allow-non-loopback to mean it)",
+            args.listen
+        );
+        return Ok(2);
+    }
     let mut signals = Signals::new();
     let mut config = SimConfig {
         users: args.users,
@@ -517,7 +529,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
     if let Some(key) = args.api_key {
         config.api_key = key;
     } else {
-        config.api_key = crate::sim::default_api_key(args.seed);
+        config.api_key = basiq_sim::default_api_key(args.seed);
     }
     let sim = Simulator::new(config);
     if let Some(path) = &args.users_file {
@@ -528,7 +540,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
     }
     let running = sim
         .clone()
-        .bind(args.listen)
+        .bind_exposed(args.listen)
         .await
         .with_context(|| format!("while binding {}", args.listen))?;
     println!("simulator listening on {}", running.base_url());

@@ -10,9 +10,9 @@ use crate::app::App;
 use crate::domain::UserId;
 use crate::report;
 use crate::settings::{LogFormat, LogSettings, Settings};
-use crate::sim::{SimConfig, Simulator};
 use crate::store::Store;
 use crate::telemetry;
+use basiq_sim::{SimConfig, Simulator};
 
 /// The connector the demo takes down and brings back.
 const DEMO_OUTAGE: (&str, &str) = ("AU00002", "open-banking");

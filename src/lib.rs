@@ -17,7 +17,8 @@
 //! - [`report`]: the status report (JSON and table).
 //! - [`app`]: build, then run until stopped.
 //! - [`api`]: the local control API.
-//! - [`sim`]: a Basiq stand-in on a loopback port for the demo, tests and benchmarks.
+//! - the simulator (a Basiq stand-in on a loopback port for the demo, tests and benchmarks) is
+//!   its own crate, `basiq-sim` in `crates/basiq-sim`, which knows nothing of this one.
 //! - [`cli`]: the commands.
 #![forbid(unsafe_code)]
 
@@ -35,7 +36,6 @@ pub mod refresh;
 pub mod report;
 pub mod service;
 pub mod settings;
-pub mod sim;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;

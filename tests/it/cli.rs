@@ -295,3 +295,16 @@ async fn simulate_serves_connections_and_jobs_in_basiq_shapes_to_the_printed_key
         .unwrap();
     assert_eq!(refused.status(), 401, "no bearer, no data");
 }
+
+#[test]
+fn simulate_refuses_a_non_loopback_listen_address_unless_told() {
+    let out = bin()
+        .args(["simulate", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.0.0.0:0"), "{err}");
+    assert!(err.contains("--allow-non-loopback"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing was served");
+}

@@ -4,20 +4,16 @@ use std::time::{Duration, Instant};
 
 use basiq_health::basiq::{Error, RefreshOutcome};
 use basiq_health::domain::{ConnectionId, UserId};
-use basiq_health::sim::{Fault, Outcome, Route, ScriptedConnection};
+use basiq_sim::{Fault, Outcome, Route, ScriptedConnection};
 
 use crate::helpers::*;
 
-fn first_user(sim: &basiq_health::sim::RunningSim) -> UserId {
+fn first_user(sim: &basiq_sim::RunningSim) -> UserId {
     UserId::new(sim.sim.user_ids()[0].clone())
 }
 
 /// A fresh active open-banking connection with a scripted successful refresh.
-fn add_active_connection(
-    sim: &basiq_health::sim::RunningSim,
-    user: &UserId,
-    id: &str,
-) -> ConnectionId {
+fn add_active_connection(sim: &basiq_sim::RunningSim, user: &UserId, id: &str) -> ConnectionId {
     let now = chrono::Utc::now();
     sim.sim.add_connection(
         user.as_str(),

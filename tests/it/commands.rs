@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use basiq_health::sim::RunningSim;
+use basiq_sim::RunningSim;
 
 use crate::cli::bin;
 use crate::helpers::*;
@@ -110,12 +110,12 @@ async fn sweep_check_and_status_work_from_the_command_line() {
     assert!(!checked["connections"].as_array().unwrap().is_empty());
     let c = sim.sim.counters();
     assert_eq!(
-        c.requests.get(&basiq_health::sim::Route::Connections),
+        c.requests.get(&basiq_sim::Route::Connections),
         None,
         "not swept again"
     );
     assert_eq!(
-        c.requests.get(&basiq_health::sim::Route::Jobs),
+        c.requests.get(&basiq_sim::Route::Jobs),
         None,
         "not swept again"
     );

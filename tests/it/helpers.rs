@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use basiq_health::basiq::{Client, ClientOptions};
 use basiq_health::settings::{LogFormat, LogSettings};
-use basiq_health::sim::{RunningSim, SimConfig, Simulator};
+use basiq_sim::{RunningSim, SimConfig, Simulator};
 use secrecy::SecretString;
 
 pub const CANARY_KEY: &str = "Y2FuYXJ5LWtleS1kby1ub3QtbG9nLTdmM2E5";

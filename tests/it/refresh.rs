@@ -7,7 +7,7 @@ use std::time::Duration as StdDuration;
 
 use basiq_health::domain::{ConnectionId, UserId};
 use basiq_health::policy::Trigger;
-use basiq_health::sim::{
+use basiq_sim::{
     Fault, OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig,
 };
 use chrono::{DateTime, Duration, Utc};

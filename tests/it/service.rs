@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use basiq_health::domain::UserId;
-use basiq_health::sim::SimConfig;
+use basiq_sim::SimConfig;
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -90,11 +90,7 @@ fn the_timeout_to_stop_is_above_the_shutdown_grace() {
     assert!(stop > settings.shutdown_grace);
 }
 
-fn daemon(
-    sim: &basiq_health::sim::RunningSim,
-    db: &std::path::Path,
-    envs: &[(&str, &str)],
-) -> Command {
+fn daemon(sim: &basiq_sim::RunningSim, db: &std::path::Path, envs: &[(&str, &str)]) -> Command {
     let mut cmd = bin();
     cmd.arg("--config")
         .arg(config())

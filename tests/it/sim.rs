@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use basiq_health::sim::{
+use basiq_sim::{
     Case, Counters, DEGRADED_CONNECTOR, Fault, OUTAGE_CONNECTOR, Outcome, Route, RunningSim,
     ScriptedConnection, ScriptedJob, SimConfig, Simulator,
 };
@@ -1268,4 +1268,20 @@ async fn shutdown_stops_serving() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn the_simulator_binds_only_loopback_unless_exposed_on_purpose() {
+    let refused = Simulator::new(crate::helpers::sim_config())
+        .bind("0.0.0.0:0".parse().unwrap())
+        .await
+        .err()
+        .expect("a non-loopback bind is refused");
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(refused.to_string().contains("loopback"), "{refused}");
+    let exposed = Simulator::new(crate::helpers::sim_config())
+        .bind_exposed("0.0.0.0:0".parse().unwrap())
+        .await
+        .expect("bind_exposed binds any address");
+    assert!(exposed.addr.ip().is_unspecified());
 }

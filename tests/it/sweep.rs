@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 
 use basiq_health::classify::Health;
 use basiq_health::domain::{ConnectionId, UserId};
-use basiq_health::sim::{
-    OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob,
-};
 use basiq_health::sweep::Sweeper;
+use basiq_sim::{OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 

@@ -411,7 +411,24 @@ impl Simulator {
     }
 
     /// Binds `addr` (port 0 picks a free port) and serves the simulator on a spawned task.
+    ///
+    /// Only a loopback address is accepted: the `/_sim/` control routes have no
+    /// authentication. [`Simulator::bind_exposed`] binds any address when that is meant.
     pub async fn bind(self, addr: SocketAddr) -> std::io::Result<RunningSim> {
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to listen on {addr}: not a loopback address, and the simulator's \
+                     /_sim/ control routes have no authentication"
+                ),
+            ));
+        }
+        self.bind_exposed(addr).await
+    }
+
+    /// Binds any address, loopback or not. Anyone who can reach it can steer the simulator.
+    pub async fn bind_exposed(self, addr: SocketAddr) -> std::io::Result<RunningSim> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         *self.inner.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(base_url_of(addr));
