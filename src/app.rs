@@ -30,6 +30,7 @@ pub fn client_options(b: &BasiqSettings, api_key: secrecy::SecretString) -> Clie
         max_attempts: b.max_attempts,
         retry_base_delay: b.retry_base_delay,
         max_retry_delay: b.max_retry_delay,
+        refresh_lookups: crate::basiq::REFRESH_LOOKUPS,
     }
 }
 

@@ -94,7 +94,8 @@ pub struct RefreshArgs {
     /// Decide only: pass the gates, reserve nothing, send nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Follow the job to its end (logs each step) before exiting.
+    /// Follow the job to its end (logs each step) before exiting; exits 1 when the job could
+    /// not be read to its end (unreadable, or still running at `refresh.follow_timeout`).
     #[arg(long)]
     pub follow: bool,
 }
@@ -310,14 +311,25 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             refresher.wait_for_followers().await;
             println!("{}", serde_json::to_string(&decision)?);
             sweeper.store().close().await;
+            if args.follow && refresher.unfinished_follows() > 0 {
+                eprintln!(
+                    "basiq-health: could not follow the job of connection {connection} of user {user} \
+                     to its end (unreadable or still running at refresh.follow_timeout); \
+                     the next sweep reads it"
+                );
+                return Ok(1);
+            }
             Ok(0)
         }
         Command::Purge(args) => {
             let refresher = refresher(&settings).await?;
             let user = UserId::new(args.user);
             let connection = crate::domain::ConnectionId::new(args.connection_id);
-            let outcome = refresher.purge(&user, &connection, args.yes).await?;
+            let outcome = refresher.purge(&user, &connection, args.yes).await;
             refresher.sweeper().store().close().await;
+            // Every message names the connection asked about, not an id read from Basiq.
+            let outcome = outcome
+                .with_context(|| format!("while purging connection {connection} of user {user}"))?;
             use crate::refresh::PurgeOutcome;
             match outcome {
                 PurgeOutcome::WouldPurge(c) => {
@@ -325,14 +337,14 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
                         "would purge connection {} of user {} at {} ({}): all its accounts and transactions \
                          are deleted at Basiq; the connection id is kept and the next refresh fetches the data again.\n\
                          Irreversible: run again with --yes to purge.",
-                        c.id, user, c.institution_id, c.method
+                        connection, user, c.institution_id, c.method
                     );
                     Ok(2)
                 }
                 PurgeOutcome::NotActive(c) => {
                     anyhow::bail!(
                         "refusing to purge connection {} of user {}: its status is {:?}, and Basiq purges only active connections",
-                        c.id,
+                        connection,
                         user,
                         c.status.as_str()
                     )
@@ -340,7 +352,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
                 PurgeOutcome::Purged(c) => {
                     println!(
                         "{}",
-                        serde_json::json!({"purged": true, "user_id": user, "connection_id": c.id, "institution_id": c.institution_id})
+                        serde_json::json!({"purged": true, "user_id": user, "connection_id": connection, "institution_id": c.institution_id})
                     );
                     Ok(0)
                 }

@@ -34,7 +34,14 @@ pub struct ClientOptions {
     pub retry_base_delay: Duration,
     /// Upper bound for one backoff, and for a `Retry-After` Basiq sends.
     pub max_retry_delay: Duration,
+    /// After a refresh request timed out, when to look for its job: each delay is waited in
+    /// turn (Basiq may accept the request seconds after the answer was lost), and the
+    /// refresh is given up only after the last look.
+    pub refresh_lookups: [Duration; 2],
 }
+
+/// The default looks for a refresh job whose answer was lost: soon, then once more later.
+pub const REFRESH_LOOKUPS: [Duration; 2] = [Duration::from_secs(3), Duration::from_secs(10)];
 
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_requests_per_second", &self.max_requests_per_second)
             .field("max_attempts", &self.max_attempts)
+            .field("refresh_lookups", &self.refresh_lookups)
             .finish()
     }
 }
@@ -327,13 +335,37 @@ impl Client {
                     error = %err,
                     "refresh answer lost; looking for the job instead of sending it again"
                 );
-                let jobs = self.list_jobs(user_id, Some(connection_id)).await?;
                 let since = asked_at - chrono::Duration::seconds(5);
-                jobs.into_iter()
-                    .filter(|j| j.created.is_some_and(|c| c >= since))
-                    .max_by_key(|j| j.created)
-                    .map(|j| RefreshOutcome::FoundAfterTimeout(j.id))
-                    .ok_or(err)
+                let looks = self.inner.options.refresh_lookups;
+                for (look, delay) in looks.iter().enumerate() {
+                    tokio::time::sleep(*delay).await;
+                    match self.list_jobs(user_id, Some(connection_id)).await {
+                        Ok(jobs) => {
+                            let found = jobs
+                                .into_iter()
+                                .filter(|j| j.created.is_some_and(|c| c >= since))
+                                .max_by_key(|j| j.created);
+                            if let Some(job) = found {
+                                return Ok(RefreshOutcome::FoundAfterTimeout(job.id));
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            user_id = %user_id,
+                            connection_id = %connection_id,
+                            correlation_id = e.correlation_id(),
+                            error = %e,
+                            look = look + 1,
+                            "could not list the jobs while looking for a lost refresh"
+                        ),
+                    }
+                }
+                tracing::warn!(
+                    user_id = %user_id,
+                    connection_id = %connection_id,
+                    looks = looks.len(),
+                    "no job found for the lost refresh; it counts as attempted and is not resent"
+                );
+                Err(err)
             }
             Err(err) => Err(err),
         }

@@ -8,6 +8,6 @@ mod error;
 mod token;
 mod wire;
 
-pub use client::{Client, ClientOptions, Ids, RefreshOutcome, Stats, UserSummary};
+pub use client::{Client, ClientOptions, Ids, REFRESH_LOOKUPS, RefreshOutcome, Stats, UserSummary};
 pub use error::{ApiError, Error};
 pub use wire::BadTimestamp;

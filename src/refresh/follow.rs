@@ -9,12 +9,25 @@ use tokio::time::Instant;
 use super::Refresher;
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
 
+/// How following a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Followed {
+    /// The job's end was read and recorded.
+    ToTheEnd,
+    /// The job could not be read before the follow timeout.
+    Unreadable,
+    /// The job was still running at the follow timeout.
+    StillRunning,
+    /// Shutdown stopped the follower.
+    Cancelled,
+}
+
 pub(super) async fn follow_job(
     r: &Refresher,
     user: &UserId,
     connection: &ConnectionId,
     job_id: &JobId,
-) {
+) -> Followed {
     let settings = &r.inner.settings;
     let cancel = r.inner.cancel.clone();
     let client = r.inner.sweeper.client().clone();
@@ -23,7 +36,7 @@ pub(super) async fn follow_job(
     let mut seen: Vec<(String, String)> = Vec::new();
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return Followed::Cancelled,
             () = tokio::time::sleep(delay) => {}
         }
         let job = match client.get_job(job_id).await {
@@ -35,7 +48,12 @@ pub(super) async fn follow_job(
                     "could not read the job; trying again"
                 );
                 if started.elapsed() >= settings.follow_timeout {
-                    return;
+                    tracing::error!(
+                        user_id = %user, connection_id = %connection, job_id = %job_id,
+                        correlation_id = e.correlation_id(), error = %e,
+                        "could not read the job to its end; the next sweep picks it up"
+                    );
+                    return Followed::Unreadable;
                 }
                 delay = next_delay(delay, settings.follow_poll_max);
                 continue;
@@ -61,7 +79,8 @@ pub(super) async fn follow_job(
             .map(|s| (s.title.clone(), s.status.as_str().to_owned()))
             .collect();
         if job.state() != JobState::InProgress {
-            if let Err(e) = r.inner.sweeper.job_ended(user, connection, &job).await {
+            let recorded = r.inner.sweeper.job_ended(user, connection, &job).await;
+            if let Err(e) = &recorded {
                 tracing::error!(user_id = %user, connection_id = %connection, job_id = %job_id, error = %e, "could not record the finished job");
             }
             tracing::info!(
@@ -73,14 +92,18 @@ pub(super) async fn follow_job(
                 failure_code = job.failure_code(),
                 "refresh job ended"
             );
-            return;
+            return if recorded.is_ok() {
+                Followed::ToTheEnd
+            } else {
+                Followed::Unreadable
+            };
         }
         if started.elapsed() >= settings.follow_timeout {
             tracing::warn!(
                 user_id = %user, connection_id = %connection, job_id = %job_id,
                 "job still running after the follow timeout; the next sweep picks it up"
             );
-            return;
+            return Followed::StillRunning;
         }
         delay = next_delay(delay, settings.follow_poll_max);
     }

@@ -79,6 +79,9 @@ struct Inner {
     /// Decisions by (decision, reason), for metrics.
     decisions: Mutex<BTreeMap<(String, String), u64>>,
     deferred: AtomicU64,
+    /// Followed jobs whose end could not be read (unreadable, still running at the follow
+    /// timeout, or stopped by shutdown).
+    unfinished_follows: AtomicU64,
 }
 
 /// Cheap to clone; every clone shares the pacer and the followers.
@@ -109,6 +112,7 @@ impl Refresher {
                 cancel: CancellationToken::new(),
                 decisions: Mutex::new(BTreeMap::new()),
                 deferred: AtomicU64::new(0),
+                unfinished_follows: AtomicU64::new(0),
             }),
         })
     }
@@ -132,6 +136,11 @@ impl Refresher {
 
     pub fn deferred_count(&self) -> u64 {
         self.inner.deferred.load(Ordering::Relaxed)
+    }
+
+    /// How many followed jobs were not read to their end (`refresh --follow` exits 1).
+    pub fn unfinished_follows(&self) -> u64 {
+        self.inner.unfinished_follows.load(Ordering::Relaxed)
     }
 
     /// Stops following jobs and waits for the followers (they stop at their next poll).
@@ -445,7 +454,13 @@ impl Refresher {
     fn follow(&self, user: UserId, connection: ConnectionId, job: JobId) {
         let this = self.clone();
         self.inner.tracker.spawn(async move {
-            follow::follow_job(&this, &user, &connection, &job).await;
+            if follow::follow_job(&this, &user, &connection, &job).await
+                != follow::Followed::ToTheEnd
+            {
+                this.inner
+                    .unfinished_follows
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         });
     }
 

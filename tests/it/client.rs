@@ -301,6 +301,42 @@ async fn a_refresh_that_times_out_is_not_sent_again() {
 }
 
 #[tokio::test]
+async fn a_refresh_accepted_after_the_timeout_is_found_by_a_later_look() {
+    let sim = start_sim(sim_config()).await;
+    let mut options = client_options(&sim);
+    options.timeout = Duration::from_millis(300);
+    // Looks at about 0.6 s and 2.1 s; Basiq takes the request at 1 s.
+    options.refresh_lookups = [Duration::from_millis(300), Duration::from_millis(1500)];
+    let client = basiq_health::basiq::Client::new(options).unwrap();
+    let user = first_user(&sim);
+    let conn = add_active_connection(&sim, &user, "c-refresh-late");
+    client.list_connections(&user).await.unwrap();
+    sim.sim
+        .inject_fault(Route::Refresh, Fault::LateAccept { ms: 1000 }, 1);
+    let result = client.refresh_connection(&user, &conn).await;
+    let counters = sim.sim.counters();
+    assert_eq!(
+        counters
+            .refresh_calls
+            .get(conn.as_str())
+            .map_or(0, Vec::len),
+        1,
+        "sent once, never again"
+    );
+    assert!(
+        counters.requests.get(&Route::Jobs).copied().unwrap_or(0) == 2,
+        "looked twice: too early, then in time"
+    );
+    match result {
+        Ok(RefreshOutcome::FoundAfterTimeout(job)) => {
+            let read = client.get_job(&job).await.unwrap();
+            assert_eq!(read.connection_id.as_ref(), Some(&conn));
+        }
+        other => panic!("the late job was not found: {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn every_connection_and_job_of_the_population_parses() {
     let mut config = sim_config();
     config.users = 200;

@@ -39,6 +39,7 @@ pub fn client_options(sim: &RunningSim) -> ClientOptions {
         max_attempts: 3,
         retry_base_delay: Duration::from_millis(20),
         max_retry_delay: Duration::from_secs(5),
+        refresh_lookups: [Duration::from_millis(300), Duration::from_millis(1500)],
     }
 }
 

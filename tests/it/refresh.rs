@@ -720,3 +720,129 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
         "classified again when the job ended"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_follow_exits_non_zero_when_the_job_cannot_be_read_to_its_end() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, good) = add(
+        &sim,
+        "follower",
+        "c-follow-ok",
+        "AU00004",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    let (_, lost) = add(
+        &sim,
+        "follower",
+        "c-follow-lost",
+        "AU00005",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    let mut envs = NO_FLOOR.to_vec();
+    envs.extend([
+        ("BASIQ_HEALTH__REFRESH__FOLLOW_POLL_INITIAL", "50ms"),
+        ("BASIQ_HEALTH__REFRESH__FOLLOW_POLL_MAX", "100ms"),
+        ("BASIQ_HEALTH__REFRESH__FOLLOW_TIMEOUT", "1s"),
+        ("BASIQ_HEALTH__BASIQ__MAX_ATTEMPTS", "1"),
+    ]);
+
+    let followed = command(
+        &sim,
+        &db,
+        &envs,
+        &[
+            "refresh",
+            "--user",
+            user.as_str(),
+            good.as_str(),
+            "--follow",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(decision(&followed)["decision"], "refreshed");
+
+    // Every read of the job fails until the follow timeout.
+    sim.sim.inject_fault(
+        Route::Job,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        1000,
+    );
+    let unread = command(
+        &sim,
+        &db,
+        &envs,
+        &[
+            "refresh",
+            "--user",
+            user.as_str(),
+            lost.as_str(),
+            "--follow",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&unread.stderr);
+    assert_eq!(unread.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(lost.as_str()), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_slice(&unread.stdout).unwrap();
+    assert_eq!(
+        printed["decision"], "refreshed",
+        "the refresh itself went out and is reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_names_the_connection_it_was_asked_about() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = add(
+        &sim,
+        "purge-names",
+        "c-purge-named",
+        "AU00004",
+        "web",
+        "active",
+        Duration::days(2),
+    );
+    let dry = command(
+        &sim,
+        &db,
+        &[],
+        &["purge", "--user", user.as_str(), conn.as_str()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(dry.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains(conn.as_str()));
+
+    let missing = command(
+        &sim,
+        &db,
+        &[],
+        &[
+            "purge",
+            "--user",
+            user.as_str(),
+            "c-nowhere-to-be-found",
+            "--yes",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("c-nowhere-to-be-found"), "{stderr}");
+    assert!(stderr.contains(user.as_str()), "{stderr}");
+    assert_eq!(sim.sim.counters().purge_calls, 0);
+}

@@ -325,6 +325,9 @@ pub enum Fault {
     Error { status: u16, code: String },
     /// Wait, then answer normally.
     Delay { ms: u64 },
+    /// Act on the request only after `ms`, whether the caller still waits or has given up
+    /// (Basiq accepting a refresh seconds after the client's timeout).
+    LateAccept { ms: u64 },
     /// Answer 200 `application/json` with a body that is not valid JSON.
     Malformed,
     /// Close the connection without an HTTP response.

@@ -95,6 +95,15 @@ async fn track(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             next.run(req).await
         }
+        Some(Fault::LateAccept { ms }) => {
+            // Spawned, so the request is handled even after the caller hung up.
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                next.run(req).await
+            });
+            late.await
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
         Some(Fault::Status {
             status,
             retry_after,
