@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod faults;
 mod helpers;
 mod planner;
 mod refresh;

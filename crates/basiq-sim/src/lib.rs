@@ -504,6 +504,27 @@ impl Simulator {
             .push_back((fault, times));
     }
 
+    /// Chaos on `route`: from now on every `every`-th request to it gets the next fault of
+    /// `faults`, in turn (deterministic, so a run repeats). Queued faults
+    /// ([`Simulator::inject_fault`]) come first. An empty list or `every == 0` stops it.
+    pub fn set_chaos(&self, route: Route, every: u32, faults: Vec<Fault>) {
+        let mut st = self.lock();
+        if every == 0 || faults.is_empty() {
+            st.chaos.remove(&route);
+            return;
+        }
+        tracing::info!(%route, every, faults = faults.len(), "simulator chaos set");
+        st.chaos.insert(
+            route,
+            state::Chaos {
+                every,
+                faults,
+                seen: 0,
+                next: 0,
+            },
+        );
+    }
+
     /// Adds `delay` to every request to `route` (`None`: to every route) until changed.
     /// A route's own delay adds to the all-routes one. [`Duration::ZERO`] clears that route's
     /// delay; with `None` it clears every delay.

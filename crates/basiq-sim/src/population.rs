@@ -104,6 +104,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         faults: HashMap::new(),
         global_delay: Duration::ZERO,
         route_delays: HashMap::new(),
+        chaos: HashMap::new(),
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed_5eed_5eed_5eed),
         cases: HashMap::new(),
     };

@@ -158,7 +158,7 @@ impl Simulator {
             _ => {}
         }
         let delay = st.global_delay + st.route_delays.get(&route).copied().unwrap_or_default();
-        let fault = st.faults.get_mut(&route).and_then(|queue| {
+        let queued = st.faults.get_mut(&route).and_then(|queue| {
             let (fault, left) = queue.front_mut()?;
             let fault = fault.clone();
             *left -= 1;
@@ -167,6 +167,11 @@ impl Simulator {
             }
             Some(fault)
         });
+        let chaos = st
+            .chaos
+            .get_mut(&route)
+            .and_then(super::state::Chaos::on_request);
+        let fault = queued.or(chaos);
         if let Some(fault) = &fault {
             tracing::debug!(%route, ?fault, "simulator applying an injected fault");
         }

@@ -46,9 +46,32 @@ pub(super) struct State {
     pub faults: HashMap<Route, VecDeque<(Fault, u32)>>,
     pub global_delay: Duration,
     pub route_delays: HashMap<Route, Duration>,
+    /// Chaos per route: every n-th request gets the next fault of the list, in turn.
+    pub chaos: HashMap<Route, Chaos>,
     /// For ids and tokens made while serving; seeded, so runs repeat.
     pub rng: StdRng,
     pub cases: HashMap<String, Case>,
+}
+
+/// Faults handed out every `every`-th request of a route, cycling through `faults`.
+pub(super) struct Chaos {
+    pub every: u32,
+    pub faults: Vec<Fault>,
+    pub seen: u64,
+    pub next: usize,
+}
+
+impl Chaos {
+    /// The fault for this request, if it is one of every `every`.
+    pub fn on_request(&mut self) -> Option<Fault> {
+        self.seen += 1;
+        if self.faults.is_empty() || !self.seen.is_multiple_of(u64::from(self.every.max(1))) {
+            return None;
+        }
+        let fault = self.faults[self.next % self.faults.len()].clone();
+        self.next += 1;
+        Some(fault)
+    }
 }
 
 pub(super) struct User {
