@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod commands;
 mod helpers;
+mod ids;
 mod planner;
 mod refresh;
 mod service;
