@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut counted = 0;
         for i in 0..calls {
-            let me = UserId::new(format!("u{}", i * 3));
+            let me = UserId::parse(format!("u{}", i * 3)).unwrap();
             counted = inference_at(&mut conn, &key, Some(&me), since, 3)
                 .await?
                 .other_users_failing;
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let calls = 2000u32;
     let mut counted = 0;
     for i in 0..calls {
-        let me = UserId::new(format!("u{}", i * 3));
+        let me = UserId::parse(format!("u{}", i * 3)).unwrap();
         counted = inference_at(&mut conn, &key, Some(&me), since, 3)
             .await?
             .other_users_failing;

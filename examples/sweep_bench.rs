@@ -37,7 +37,11 @@ async fn main() -> anyhow::Result<()> {
         ..SimConfig::default()
     });
     let running = sim.clone().bind("127.0.0.1:0".parse()?).await?;
-    let ids: Vec<UserId> = sim.user_ids().into_iter().map(UserId::new).collect();
+    let ids: Vec<UserId> = sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
     println!("sweep benchmark: {users} simulated users, loopback simulator");
     let mut baseline = None;
     for concurrency in [1usize, 8, 32] {

@@ -56,6 +56,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A user id from a request path, checked before anything reaches the store or Basiq:
+/// one outside the rule answers 400 with an error naming it.
+fn user_id(raw: String) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
 fn authorise(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
@@ -99,7 +105,7 @@ async fn add_user(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let id = UserId::new(id);
+    let id = user_id(id)?;
     let added = state.sweeper.add_users(std::slice::from_ref(&id)).await? > 0;
     let code = if added {
         StatusCode::CREATED
@@ -115,7 +121,7 @@ async fn remove_user(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let id = UserId::new(id);
+    let id = user_id(id)?;
     let removed = state
         .sweeper
         .store()
@@ -141,7 +147,7 @@ async fn login(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let id = UserId::new(id);
+    let id = user_id(id)?;
     let (swept, refreshes) = match state.refresher.login(&id).await {
         Ok(done) => done,
         Err(e) => {
@@ -161,7 +167,7 @@ async fn user_health(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let id = UserId::new(id);
+    let id = user_id(id)?;
     if state.sweeper.store().get_user(&id).await?.is_none() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,

@@ -1,7 +1,9 @@
 //! The command line: clap definitions and one function per command.
 //!
-//! Exit codes: 0 success, 78 configuration (EX_CONFIG), 74 database (EX_IOERR), 1 anything
-//! else; each error is one line on stderr.
+//! Exit codes: 0 success, 2 usage or bad input (an id outside the rule, a bad import file),
+//! 78 configuration (EX_CONFIG), 74 database (EX_IOERR), 1 anything else; each error is one
+//! line on stderr. Every id argument is parsed by clap into its checked type, so a bad one
+//! stops the command before it opens the database or reaches Basiq.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,13 +13,15 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, App};
-use crate::domain::UserId;
+use crate::domain::{ConnectionId, IdError, UserId};
 use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
 use crate::store::OpenError;
 use crate::telemetry;
 use basiq_sim::{SimConfig, Simulator};
 
+/// Exit code for bad usage or bad input (clap's own, and a refused import file).
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a configuration error (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit code for a database that cannot be opened or migrated (sysexits EX_IOERR).
@@ -82,15 +86,15 @@ pub enum Command {
 pub struct SweepArgs {
     /// Sweep only this user (repeatable).
     #[arg(long = "user", value_name = "ID")]
-    pub users: Vec<String>,
+    pub users: Vec<UserId>,
 }
 
 #[derive(Debug, Args)]
 pub struct RefreshArgs {
     /// The connection's user.
     #[arg(long = "user", value_name = "USER_ID")]
-    pub user: String,
-    pub connection_id: String,
+    pub user: UserId,
+    pub connection_id: ConnectionId,
     /// Decide only: pass the gates, reserve nothing, send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -103,8 +107,8 @@ pub struct RefreshArgs {
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
     #[arg(long = "user", value_name = "USER_ID")]
-    pub user: String,
-    pub connection_id: String,
+    pub user: UserId,
+    pub connection_id: ConnectionId,
     /// Confirm: without it, the command says what would be removed and exits 2.
     #[arg(long)]
     pub yes: bool,
@@ -112,7 +116,7 @@ pub struct PurgeArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 #[derive(Debug, Args)]
@@ -122,14 +126,14 @@ pub struct StatusArgs {
     pub json: bool,
     /// Only this user's connections.
     #[arg(long = "user", value_name = "ID")]
-    pub user: Option<String>,
+    pub user: Option<UserId>,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Only this user's connections (repeatable).
     #[arg(long = "user", value_name = "ID")]
-    pub users: Vec<String>,
+    pub users: Vec<UserId>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -140,14 +144,15 @@ pub enum UsersCommand {
     /// Register users (idempotent).
     Add {
         #[arg(required = true)]
-        ids: Vec<String>,
+        ids: Vec<UserId>,
     },
     /// Stop watching users (their history is kept).
     Remove {
         #[arg(required = true)]
-        ids: Vec<String>,
+        ids: Vec<UserId>,
     },
-    /// Register the ids in FILE: one per line, `#` starts a comment (idempotent).
+    /// Register the ids in FILE: one per line, `#` starts a comment (idempotent). A file
+    /// with any id outside the rule is refused whole (exit 2, naming each bad line).
     Import { file: PathBuf },
     /// List registered users with their next and last sweep.
     List {
@@ -259,7 +264,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
                     .map(|u| u.user_id)
                     .collect()
             } else {
-                args.users.into_iter().map(UserId::new).collect()
+                args.users
             };
             let cancel = tokio_util::sync::CancellationToken::new();
             let stop = cancel.clone();
@@ -276,7 +281,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         }
         Command::Check(args) => {
             let refresher = refresher(&settings).await?;
-            let user = UserId::new(args.user_id);
+            let user = args.user_id;
             let (swept, refreshes) = refresher.login(&user).await?;
             let report = report::status(refresher.sweeper().store(), Some(&user)).await?;
             let body = serde_json::json!({
@@ -291,8 +296,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         }
         Command::Refresh(args) => {
             let refresher = refresher(&settings).await?;
-            let user = UserId::new(args.user);
-            let connection = crate::domain::ConnectionId::new(args.connection_id);
+            let (user, connection) = (args.user, args.connection_id);
             // Fresh facts first: the user's connections and jobs as Basiq has them now.
             let sweeper = refresher.sweeper();
             if sweeper.store().get_user(&user).await?.is_none() {
@@ -323,8 +327,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         }
         Command::Purge(args) => {
             let refresher = refresher(&settings).await?;
-            let user = UserId::new(args.user);
-            let connection = crate::domain::ConnectionId::new(args.connection_id);
+            let (user, connection) = (args.user, args.connection_id);
             let outcome = refresher.purge(&user, &connection, args.yes).await;
             refresher.sweeper().store().close().await;
             // Every message names the connection asked about, not an id read from Basiq.
@@ -360,7 +363,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         }
         Command::Status(args) => {
             let store = app::open_store(&settings).await?;
-            let user = args.user.map(UserId::new);
+            let user = args.user;
             let report = report::status(&store, user.as_ref()).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -372,7 +375,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         }
         Command::Plan(args) => {
             let refresher = refresher(&settings).await?;
-            let users: Vec<UserId> = args.users.into_iter().map(UserId::new).collect();
+            let users = args.users;
             let lines = refresher
                 .dry_run(
                     (!users.is_empty()).then_some(users.as_slice()),
@@ -398,6 +401,19 @@ async fn refresher(settings: &Settings) -> anyhow::Result<crate::refresh::Refres
 }
 
 async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8> {
+    // An import file is read and checked whole before the database is opened: a bad file
+    // changes nothing.
+    let imported = match &command {
+        UsersCommand::Import { file } => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("while reading {}", file.display()))?;
+            // Bytes that are not UTF-8 become U+FFFD, which the id rule then refuses by line.
+            let ids = parse_user_file(&String::from_utf8_lossy(&bytes))
+                .with_context(|| format!("refusing {}: nothing imported", file.display()))?;
+            Some(ids)
+        }
+        _ => None,
+    };
     let store = app::open_store(settings).await?;
     // Offsets need the installation seed and the period only: no key, no network.
     let seed = store.installation_seed().await?;
@@ -406,7 +422,6 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
     let due = |u: &UserId| crate::sweep::schedule::next_slot(seed, u.as_str(), period, now);
     match command {
         UsersCommand::Add { ids } => {
-            let ids: Vec<UserId> = ids.into_iter().map(UserId::new).collect();
             let added = store.add_users(&ids, now, due).await?;
             println!(
                 "added {added} user(s), {} already registered",
@@ -414,14 +429,11 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
             );
         }
         UsersCommand::Remove { ids } => {
-            let ids: Vec<UserId> = ids.into_iter().map(UserId::new).collect();
             let removed = store.remove_users(&ids, now).await?;
             println!("removed {removed} user(s)");
         }
         UsersCommand::Import { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("while reading {}", file.display()))?;
-            let ids = parse_user_file(&text);
+            let ids = imported.unwrap_or_default();
             let added = store.add_users(&ids, now, due).await?;
             println!(
                 "imported {} id(s) from {}: {added} new, {} already registered",
@@ -466,20 +478,63 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
     Ok(0)
 }
 
-/// One id per line; blank lines and `#` comments (whole-line or trailing) are ignored.
-pub fn parse_user_file(text: &str) -> Vec<UserId> {
+/// An import file with ids outside the rule: every bad line, by number.
+#[derive(Debug, thiserror::Error)]
+pub struct ImportError {
+    pub bad: Vec<(usize, IdError)>,
+}
+
+/// How many bad lines an [`ImportError`] spells out; the rest are counted.
+const IMPORT_ERRORS_SHOWN: usize = 10;
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} line(s) with a bad id", self.bad.len())?;
+        for (line, err) in self.bad.iter().take(IMPORT_ERRORS_SHOWN) {
+            write!(f, "; line {line}: {err}")?;
+        }
+        if self.bad.len() > IMPORT_ERRORS_SHOWN {
+            write!(f, "; and {} more", self.bad.len() - IMPORT_ERRORS_SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+/// One id per line; blank lines and `#` comments (whole-line or trailing) are ignored, and
+/// so are repeats. Any id outside the rule refuses the whole file.
+pub fn parse_user_file(text: &str) -> Result<Vec<UserId>, ImportError> {
     let mut seen = std::collections::BTreeSet::new();
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .filter(|l| seen.insert(l.to_string()))
-        .map(UserId::new)
-        .collect()
+    let mut ids = Vec::new();
+    let mut bad = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let id = line.split('#').next().unwrap_or("").trim();
+        if id.is_empty() {
+            continue;
+        }
+        match UserId::parse(id) {
+            Ok(id) => {
+                if seen.insert(id.clone()) {
+                    ids.push(id);
+                }
+            }
+            Err(e) => bad.push((index + 1, e)),
+        }
+    }
+    if bad.is_empty() {
+        Ok(ids)
+    } else {
+        Err(ImportError { bad })
+    }
 }
 
 /// The exit code an error maps to.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|c| c.is::<SettingsError>()) {
+    if err
+        .chain()
+        .any(|c| c.is::<ImportError>() || c.is::<IdError>())
+    {
+        EXIT_USAGE
+    } else if err.chain().any(|c| c.is::<SettingsError>()) {
         EXIT_CONFIG
     } else if err.chain().any(|c| c.is::<OpenError>()) {
         EXIT_DATABASE

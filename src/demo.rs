@@ -66,7 +66,11 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     );
     println!("  logs (JSON lines): {}", dir.join("demo.log").display());
     let app = App::build_with_key(settings, secrecy::SecretString::from(sim.api_key())).await?;
-    let ids: Vec<UserId> = sim.user_ids().into_iter().map(UserId::new).collect();
+    let ids = sim
+        .user_ids()
+        .into_iter()
+        .map(UserId::parse)
+        .collect::<Result<Vec<_>, _>>()?;
     let registered = app.sweeper().add_users(&ids).await?;
     println!("  registered {registered} users, each at its own offset in the day\n");
     let store: Store = app.sweeper().store().clone();

@@ -234,7 +234,26 @@ fn fresh_row(user: &UserId, c: &Connection) -> ConnectionRow {
         institution_id: c.institution_id.clone(),
         method: c.method.clone(),
         status: c.status.clone(),
-        ..ConnectionRow::default()
+        created_date: None,
+        last_used: None,
+        expiry_date: None,
+        newest_job_id: None,
+        newest_job: None,
+        health: None,
+        reason: None,
+        checked_at: None,
+        health_since: None,
+        consent_warned_days: None,
+        gone_at: None,
+        basiq_capped_until: None,
+        refresh_due: None,
+        transient_retries: 0,
+        transient_job_id: None,
+        daily_due_at: None,
+        mfa_enabled: None,
+        needs_user_present: false,
+        bank_failure_at: None,
+        last_decision: None,
     }
 }
 

@@ -1,4 +1,7 @@
 //! The Basiq client: typed endpoints over one pipeline (pace, token, send, classify, retry).
+//!
+//! Every URL is built by [`endpoint_url`], segment by segment, never by formatting a string:
+//! an id is always exactly one percent-encoded path segment.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -166,7 +169,7 @@ impl std::fmt::Debug for Client {
 /// One request through the pipeline.
 struct Call<'a> {
     method: HttpMethod,
-    path: String,
+    url: Url,
     query: Vec<(&'static str, String)>,
     endpoint: &'static str,
     ids: Ids<'a>,
@@ -207,32 +210,24 @@ impl Client {
 
     /// `GET /users/{id}`.
     pub async fn get_user(&self, user_id: &UserId) -> Result<UserSummary, Error> {
+        let url = self.url(&["users", user_id.as_str()])?;
         let user: wire::UserWire = self
-            .get_json(
-                "user",
-                format!("users/{user_id}"),
-                vec![],
-                Ids::user(user_id),
-            )
+            .get_json("user", url, vec![], Ids::user(user_id))
             .await?;
         Ok(UserSummary {
-            id: UserId(user.id),
+            id: user.id,
             connection_ids: user
                 .connections
-                .map(|l| l.data.into_iter().map(|r| ConnectionId(r.id)).collect())
+                .map(|l| l.data.into_iter().map(|r| r.id).collect())
                 .unwrap_or_default(),
         })
     }
 
     /// `GET /users/{id}/connections`.
     pub async fn list_connections(&self, user_id: &UserId) -> Result<Vec<Connection>, Error> {
+        let url = self.url(&["users", user_id.as_str(), "connections"])?;
         let list: wire::List<wire::ConnectionWire> = self
-            .get_json(
-                "connections",
-                format!("users/{user_id}/connections"),
-                vec![],
-                Ids::user(user_id),
-            )
+            .get_json("connections", url, vec![], Ids::user(user_id))
             .await?;
         list.data
             .into_iter()
@@ -246,10 +241,16 @@ impl Client {
         user_id: &UserId,
         connection_id: &ConnectionId,
     ) -> Result<Connection, Error> {
+        let url = self.url(&[
+            "users",
+            user_id.as_str(),
+            "connections",
+            connection_id.as_str(),
+        ])?;
         let c: wire::ConnectionWire = self
             .get_json(
                 "connection",
-                format!("users/{user_id}/connections/{connection_id}"),
+                url,
                 vec![],
                 Ids::connection(user_id, connection_id),
             )
@@ -271,9 +272,8 @@ impl Client {
             connection_id,
             job_id: None,
         };
-        let list: wire::List<wire::JobWire> = self
-            .get_json("jobs", format!("users/{user_id}/jobs"), query, ids)
-            .await?;
+        let url = self.url(&["users", user_id.as_str(), "jobs"])?;
+        let list: wire::List<wire::JobWire> = self.get_json("jobs", url, query, ids).await?;
         list.data
             .into_iter()
             .map(|j| j.into_domain().map_err(|e| decode("jobs", e)))
@@ -282,16 +282,20 @@ impl Client {
 
     /// `GET /jobs/{id}`.
     pub async fn get_job(&self, job_id: &JobId) -> Result<Job, Error> {
-        let job: wire::JobWire = self
-            .get_json("job", format!("jobs/{job_id}"), vec![], Ids::job(job_id))
-            .await?;
+        let url = self.url(&["jobs", job_id.as_str()])?;
+        let job: wire::JobWire = self.get_json("job", url, vec![], Ids::job(job_id)).await?;
         job.into_domain().map_err(|e| decode("job", e))
     }
 
     /// `GET /connectors`: every connector's status, a few hundred of them.
     pub async fn list_connectors(&self) -> Result<Vec<Connector>, Error> {
         let list: wire::List<wire::ConnectorWire> = self
-            .get_json("connectors", "connectors".into(), vec![], Ids::default())
+            .get_json(
+                "connectors",
+                self.url(&["connectors"])?,
+                vec![],
+                Ids::default(),
+            )
             .await?;
         Ok(list
             .data
@@ -312,7 +316,13 @@ impl Client {
         let asked_at = chrono::Utc::now();
         let call = Call {
             method: HttpMethod::POST,
-            path: format!("users/{user_id}/connections/{connection_id}/refresh"),
+            url: self.url(&[
+                "users",
+                user_id.as_str(),
+                "connections",
+                connection_id.as_str(),
+                "refresh",
+            ])?,
             query: vec![],
             endpoint: "refresh",
             ids: Ids::connection(user_id, connection_id),
@@ -321,7 +331,7 @@ impl Client {
         match self.execute(call).await {
             Ok((status, body)) => {
                 let stub: wire::JobStub = parse("refresh", &body)?;
-                let id = JobId(stub.id);
+                let id = stub.id;
                 Ok(if status == StatusCode::OK {
                     RefreshOutcome::Existing(id)
                 } else {
@@ -380,7 +390,13 @@ impl Client {
     ) -> Result<(), Error> {
         self.execute(Call {
             method: HttpMethod::POST,
-            path: format!("users/{user_id}/connections/{connection_id}/purge"),
+            url: self.url(&[
+                "users",
+                user_id.as_str(),
+                "connections",
+                connection_id.as_str(),
+                "purge",
+            ])?,
             query: vec![],
             endpoint: "purge",
             ids: Ids::connection(user_id, connection_id),
@@ -393,14 +409,14 @@ impl Client {
     async fn get_json<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
-        path: String,
+        url: Url,
         query: Vec<(&'static str, String)>,
         ids: Ids<'_>,
     ) -> Result<T, Error> {
         let (_, body) = self
             .execute(Call {
                 method: HttpMethod::GET,
-                path,
+                url,
                 query,
                 endpoint,
                 ids,
@@ -410,27 +426,22 @@ impl Client {
         parse(endpoint, &body)
     }
 
-    fn url(&self, path: &str) -> Result<Url, Error> {
-        let base = &self.inner.options.base_url;
-        let joined = format!("{}/{}", base.as_str().trim_end_matches('/'), path);
-        Url::parse(&joined).map_err(|e| Error::Transport {
-            message: format!("bad request URL for {path}: {e}"),
-            timeout: false,
-        })
+    fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        endpoint_url(&self.inner.options.base_url, segments)
     }
 
     /// Pace, authenticate, send, classify; retry transient failures with full jitter and
     /// replace a refused token once.
     async fn execute(&self, call: Call<'_>) -> Result<(StatusCode, bytes::Bytes), Error> {
         let opts = &self.inner.options;
-        let url = self.url(&call.path)?;
+        let url = &call.url;
         let mut attempt: u32 = 0;
         let mut token_replaced = false;
         loop {
             attempt += 1;
             self.inner.limiter.until_ready().await;
             let token = self.token().await?;
-            let result = self.send_once(&call, &url, &token).await;
+            let result = self.send_once(&call, url, &token).await;
             let err = match result {
                 Ok(ok) => return Ok(ok),
                 Err(err) => err,
@@ -517,7 +528,7 @@ impl Client {
     /// `POST /token` with the API key, retried like any transient failure.
     async fn fetch_token(&self) -> Result<(SecretString, Duration), Error> {
         let opts = &self.inner.options;
-        let url = self.url("token")?;
+        let url = self.url(&["token"])?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -535,7 +546,7 @@ impl Client {
             let delay = retry.then(|| self.backoff(attempt, err.retry_after()));
             let call = Call {
                 method: HttpMethod::POST,
-                path: "token".into(),
+                url: url.clone(),
                 query: vec![],
                 endpoint: "token",
                 ids: Ids::default(),
@@ -585,6 +596,31 @@ impl Client {
         let lifetime = wire::token_lifetime(token.expires_in);
         Ok((token.access_token, lifetime))
     }
+}
+
+/// The URL of `segments` under `base`, pushed one by one with `path_segments_mut`: each is
+/// percent-encoded as a single segment (`/`, `%`, `?`, `#` and spaces included), so an id
+/// can never climb out of its place, whatever it holds. A path prefix in `base`
+/// (`https://proxy.example/basiq/`) is kept. Segments the URL parser would drop or change
+/// (empty, `.`, `..`, or holding a tab, CR or LF) are refused rather than sent altered.
+pub(crate) fn endpoint_url(base: &Url, segments: &[&str]) -> Result<Url, Error> {
+    let refuse = |why: String| Error::InvalidRequest {
+        message: format!("cannot build a Basiq URL: {why}"),
+    };
+    if let Some(bad) = segments
+        .iter()
+        .find(|s| s.is_empty() || **s == "." || **s == ".." || s.contains(['\t', '\n', '\r']))
+    {
+        return Err(refuse(format!("path segment {bad:?} cannot be sent as is")));
+    }
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.path_segments_mut()
+        .map_err(|()| refuse(format!("base_url {:?} cannot take a path", base.as_str())))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
 }
 
 fn log_failed_attempt(
@@ -656,5 +692,63 @@ fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
         title: first.title,
         detail: first.detail,
         correlation_id: envelope.correlation_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(base: &str, segments: &[&str]) -> Result<String, Error> {
+        endpoint_url(&Url::parse(base).unwrap(), segments).map(String::from)
+    }
+
+    #[test]
+    fn basiq_urls_are_built_segment_by_segment() {
+        assert_eq!(
+            url("https://au-api.basiq.io", &["users", "u1", "connections"]).unwrap(),
+            "https://au-api.basiq.io/users/u1/connections"
+        );
+        // Even an id that skipped validation stays one segment: it cannot climb the path.
+        assert_eq!(
+            url(
+                "https://au-api.basiq.io/",
+                &["users", "../../etc", "connections"]
+            )
+            .unwrap(),
+            "https://au-api.basiq.io/users/..%2F..%2Fetc/connections"
+        );
+        assert_eq!(
+            url(
+                "https://au-api.basiq.io",
+                &["users", "real/connections/x/../..", "connections"]
+            )
+            .unwrap(),
+            "https://au-api.basiq.io/users/real%2Fconnections%2Fx%2F..%2F../connections"
+        );
+        assert_eq!(
+            url("http://127.0.0.1:9/", &["jobs", "a b?c#d%2e\\e"]).unwrap(),
+            "http://127.0.0.1:9/jobs/a%20b%3Fc%23d%252e%5Ce"
+        );
+        // A path prefix in base_url is kept, with or without its trailing slash; a query or
+        // fragment in it is not carried into requests.
+        for base in [
+            "http://proxy.local/basiq/v3/",
+            "http://proxy.local/basiq/v3?x=1#f",
+        ] {
+            assert_eq!(
+                url(base, &["users", "u1"]).unwrap(),
+                "http://proxy.local/basiq/v3/users/u1"
+            );
+        }
+        // Segments the URL parser would drop or alter are refused, not sent changed.
+        for bad in ["", ".", "..", "a\tb", "u1\n", "\r"] {
+            let err = url("https://au-api.basiq.io", &["users", bad]).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidRequest { .. }),
+                "{bad:?}: {err}"
+            );
+            assert!(!err.is_transient());
+        }
     }
 }

@@ -55,6 +55,10 @@ pub enum Error {
     /// No answer: connect failure, timeout, reset connection.
     #[error("could not reach Basiq: {message}")]
     Transport { message: String, timeout: bool },
+    /// Not sent: the request could not be built (an id the URL cannot carry as one path
+    /// segment). Not transient: sending it again builds the same refusal.
+    #[error("request not sent to Basiq: {message}")]
+    InvalidRequest { message: String },
     /// An answer we could not read.
     #[error("could not read Basiq's answer to {endpoint}: {message}")]
     Decode {

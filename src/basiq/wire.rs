@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::{
-    Connection, ConnectionId, ConnectionStatus, Connector, ConnectorStatus, InstitutionId, Job,
-    JobId, Method, Step, StepResult, StepStatus,
+    Connection, ConnectionId, ConnectionStatus, Connector, ConnectorStatus, IdError, InstitutionId,
+    Job, JobId, Method, Step, StepResult, StepStatus, UserId,
 };
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +51,12 @@ pub(crate) struct Reference {
     pub id: String,
 }
 
+/// A connection named inside another answer (`GET /users/{id}`): its id is checked as read.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConnectionRef {
+    pub id: ConnectionId,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Links {
     #[serde(default)]
@@ -60,7 +66,8 @@ pub(crate) struct Links {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConnectionWire {
-    pub id: String,
+    /// Checked as read: an id outside [`crate::domain::ID_RULE`] fails this item's decode.
+    pub id: ConnectionId,
     #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]
@@ -81,7 +88,7 @@ pub(crate) struct ConnectionWire {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct JobWire {
-    pub id: String,
+    pub id: JobId,
     #[serde(default)]
     pub created: Option<String>,
     #[serde(default)]
@@ -109,7 +116,7 @@ pub(crate) struct StepWire {
 /// The stub a refresh answers with: `{"type":"job","id":...,"links":{"self":...}}`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct JobStub {
-    pub id: String,
+    pub id: JobId,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,9 +139,9 @@ pub(crate) struct ConnectorInstitution {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UserWire {
-    pub id: String,
+    pub id: UserId,
     #[serde(default)]
-    pub connections: Option<List<Reference>>,
+    pub connections: Option<List<ConnectionRef>>,
 }
 
 /// A timestamp Basiq sent that we could not read.
@@ -143,6 +150,15 @@ pub(crate) struct UserWire {
 pub struct BadTimestamp {
     pub field: &'static str,
     pub value: String,
+}
+
+/// A job whose `links.source` or timestamps cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BadJob {
+    #[error(transparent)]
+    Timestamp(#[from] BadTimestamp),
+    #[error("field `links.source` names a connection by an id we refuse: {0}")]
+    SourceId(#[from] IdError),
 }
 
 /// Basiq sends RFC 3339 (`2020-09-09T11:06:52Z`); an empty string means "none".
@@ -175,7 +191,7 @@ impl ConnectionWire {
             last_used: timestamp("lastUsed", self.last_used.as_deref())?,
             method: Method::from_wire(self.method.as_deref(), expiry_date.is_some()),
             expiry_date,
-            id: ConnectionId(self.id),
+            id: self.id,
             status: ConnectionStatus::parse(self.status.as_deref().unwrap_or("")),
             institution_id: InstitutionId(self.institution.map(|i| i.id).unwrap_or_default()),
             mfa_enabled: self.mfa_enabled.and_then(|v| v.as_bool()),
@@ -184,14 +200,18 @@ impl ConnectionWire {
 }
 
 /// The connection id is the last path segment of `links.source` when it points at a
-/// connection; Basiq's own test data also holds the placeholder `"{source}"`.
-pub(crate) fn connection_id_from_source(source: &str) -> Option<ConnectionId> {
+/// connection; Basiq's own test data also holds the placeholder `"{source}"`. A segment
+/// that names a connection but breaks the id rule is an error, not "no connection".
+pub(crate) fn connection_id_from_source(source: &str) -> Result<Option<ConnectionId>, IdError> {
     let path = source.split(['?', '#']).next().unwrap_or("");
     let mut segments = path.trim_end_matches('/').rsplit('/');
-    let id = segments.next()?;
-    let parent = segments.next()?;
-    (parent == "connections" && !id.is_empty() && !id.contains('{'))
-        .then(|| ConnectionId(id.to_owned()))
+    let (Some(id), Some(parent)) = (segments.next(), segments.next()) else {
+        return Ok(None);
+    };
+    if parent != "connections" || id.is_empty() || id.contains('{') {
+        return Ok(None);
+    }
+    ConnectionId::parse(id).map(Some)
 }
 
 fn step_result(value: Value) -> StepResult {
@@ -226,7 +246,7 @@ fn step_result(value: Value) -> StepResult {
 }
 
 impl JobWire {
-    pub(crate) fn into_domain(self) -> Result<Job, BadTimestamp> {
+    pub(crate) fn into_domain(self) -> Result<Job, BadJob> {
         let source = self
             .links
             .and_then(|l| l.source)
@@ -235,8 +255,12 @@ impl JobWire {
             created: timestamp("created", self.created.as_deref())?,
             updated: timestamp("updated", self.updated.as_deref())?,
             has_source: source.is_some(),
-            connection_id: source.and_then(|s| connection_id_from_source(&s)),
-            id: JobId(self.id),
+            connection_id: source
+                .as_deref()
+                .map(connection_id_from_source)
+                .transpose()?
+                .flatten(),
+            id: self.id,
             job_type: self.job_type,
             institution_id: self.institution.map(|i| InstitutionId(i.id)),
             steps: self
@@ -270,11 +294,46 @@ mod tests {
     #[test]
     fn source_link_yields_the_connection_id() {
         assert_eq!(
-            connection_id_from_source("https://au-api.basiq.io/users/u1/connections/c1"),
-            Some(ConnectionId::from("c1"))
+            connection_id_from_source("https://au-api.basiq.io/users/u1/connections/c1").unwrap(),
+            Some(ConnectionId::parse("c1").unwrap())
         );
-        assert_eq!(connection_id_from_source("{source}"), None);
-        assert_eq!(connection_id_from_source("https://x/users/u1"), None);
+        assert_eq!(connection_id_from_source("{source}").unwrap(), None);
+        assert_eq!(
+            connection_id_from_source("https://x/users/u1").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn an_id_outside_the_alphabet_in_a_basiq_answer_is_a_decode_error() {
+        let connection = |id: &str| serde_json::json!({"id": id, "status": "active"});
+        let good: ConnectionWire =
+            serde_json::from_value(connection("64011b56-988a-4c2c-bfca-16c836cec23f")).unwrap();
+        assert_eq!(good.id.as_str(), "64011b56-988a-4c2c-bfca-16c836cec23f");
+        for bad in ["../../etc", "u1/connections/x/../..", "", "a b", "%2e%2e"] {
+            let err = serde_json::from_value::<ConnectionWire>(connection(bad)).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("invalid connection id {bad:?}")),
+                "{err}"
+            );
+            let err =
+                serde_json::from_value::<JobWire>(serde_json::json!({"id": bad})).unwrap_err();
+            assert!(err.to_string().contains("invalid job id"), "{err}");
+            assert!(serde_json::from_value::<JobStub>(serde_json::json!({"id": bad})).is_err());
+            assert!(serde_json::from_value::<UserWire>(serde_json::json!({"id": bad})).is_err());
+            let user = serde_json::json!({"id": "u1", "connections": {"data": [{"id": bad}]}});
+            assert!(serde_json::from_value::<UserWire>(user).is_err());
+        }
+        // The connection named by a job's `links.source` is checked too.
+        let job: JobWire = serde_json::from_value(serde_json::json!({
+            "id": "j1",
+            "links": {"source": "https://au-api.basiq.io/users/u1/connections/a%2F..%2Fb"}
+        }))
+        .unwrap();
+        let err = job.into_domain().unwrap_err();
+        assert!(matches!(err, BadJob::SourceId(_)), "{err}");
+        assert!(err.to_string().contains("a%2F..%2Fb"), "{err}");
     }
 
     #[test]

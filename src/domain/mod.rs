@@ -3,22 +3,133 @@
 //! Knows nothing about HTTP or SQLite. Every enum that mirrors a Basiq value keeps unknown
 //! values verbatim in an `Other(String)` variant: Basiq adds values without notice, and an
 //! unknown value must never turn a good answer into a parse failure.
+//!
+//! Ids are the exception: a user, connection or job id outside [`ID_RULE`] is refused
+//! wherever it enters (command line, import file, local API, Basiq's answers), because an
+//! id ends up in URLs, SQL and log lines.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The rule every Basiq user, connection and job id must meet before it reaches the store,
+/// a URL or a log line: 1 to 64 ASCII letters, digits or `-`. Basiq's ids are UUIDs
+/// (`64011b56-988a-4c2c-bfca-16c836cec23f`, 36 characters), well inside it.
+pub const ID_RULE: &str = "[A-Za-z0-9-]{1,64}";
+
+/// The longest id [`ID_RULE`] accepts.
+pub const ID_MAX_LEN: usize = 64;
+
+/// How much of a refused id an error quotes: enough to recognise it, never a whole file.
+const QUOTED_MAX_CHARS: usize = 100;
+
+/// What is wrong with a refused id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdProblem {
+    Empty,
+    /// Longer than [`ID_MAX_LEN`]; the length in characters.
+    TooLong(usize),
+    /// A character outside the alphabet, at a 1-based character position.
+    BadChar {
+        ch: char,
+        at: usize,
+    },
+}
+
+impl fmt::Display for IdProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("it is empty"),
+            Self::TooLong(n) => write!(f, "it is {n} characters long (at most {ID_MAX_LEN})"),
+            Self::BadChar { ch, at } => write!(f, "character {at} ({ch:?}) is not allowed"),
+        }
+    }
+}
+
+/// An id that breaks [`ID_RULE`]. Its message names the kind of id, quotes the id (escaped,
+/// truncated when huge) and states the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid {kind} {quoted}: {problem}; an id is 1 to {ID_MAX_LEN} ASCII letters, digits or '-' ({ID_RULE})"
+)]
+pub struct IdError {
+    kind: &'static str,
+    quoted: String,
+    problem: IdProblem,
+}
+
+impl IdError {
+    /// `user id`, `connection id` or `job id`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+    pub fn problem(&self) -> &IdProblem {
+        &self.problem
+    }
+}
+
+/// The id in double quotes with every control or invisible character escaped (Rust's
+/// `Debug` for strings), cut after [`QUOTED_MAX_CHARS`] characters.
+fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_MAX_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!(
+            "{:?}... ({} characters)",
+            &value[..cut],
+            value.chars().count()
+        ),
+    }
+}
+
+/// Checks `value` against [`ID_RULE`].
+fn check_id(kind: &'static str, value: &str) -> Result<(), IdError> {
+    let refuse = |problem| IdError {
+        kind,
+        quoted: quote(value),
+        problem,
+    };
+    if value.is_empty() {
+        return Err(refuse(IdProblem::Empty));
+    }
+    if let Some((at, ch)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return Err(refuse(IdProblem::BadChar { ch, at: at + 1 }));
+    }
+    // Only ASCII is left, so bytes are characters.
+    if value.len() > ID_MAX_LEN {
+        return Err(refuse(IdProblem::TooLong(value.len())));
+    }
+    Ok(())
+}
+
+/// An id newtype that holds only ids meeting [`ID_RULE`]: built by `parse` (also `FromStr`,
+/// `TryFrom`, and `Deserialize`, so an id in a Basiq answer is checked as it is read).
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub String);
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(String);
 
         impl $name {
-            pub fn new(value: impl Into<String>) -> Self {
-                Self(value.into())
+            /// The id, if it meets [`ID_RULE`]; otherwise an error naming it.
+            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                check_id($kind, &value)?;
+                Ok(Self(value))
             }
+
+            /// An id read back from this daemon's own database, not checked again: every
+            /// id is checked before it is stored. A row written before ids were checked may
+            /// break the rule; that is harmless, because URLs are built segment by segment
+            /// (`basiq::client`) and SQL binds values.
+            pub(crate) fn from_store(value: String) -> Self {
+                Self(value)
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -30,9 +141,30 @@ macro_rules! id_type {
             }
         }
 
-        impl From<&str> for $name {
-            fn from(value: &str) -> Self {
-                Self(value.to_owned())
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = IdError;
+            fn from_str(value: &str) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(value: &str) -> Result<Self, IdError> {
+                Self::parse(value)
             }
         }
     };
@@ -40,20 +172,46 @@ macro_rules! id_type {
 
 id_type!(
     /// A Basiq user id.
-    UserId
+    UserId,
+    "user id"
 );
 id_type!(
     /// A Basiq connection id (stable across purge).
-    ConnectionId
+    ConnectionId,
+    "connection id"
 );
 id_type!(
     /// A Basiq job id.
-    JobId
+    JobId,
+    "job id"
 );
-id_type!(
-    /// A Basiq institution id, e.g. `AU00000`.
-    InstitutionId
-);
+
+/// A Basiq institution id, e.g. `AU00000`. Not checked: it never goes into a URL path, only
+/// into the store and the connector key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstitutionId(pub String);
+
+impl InstitutionId {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstitutionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for InstitutionId {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
 
 /// Generates an enum over known kebab-case wire values with an `Other` catch-all.
 macro_rules! wire_enum {
@@ -357,6 +515,88 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_meet_the_rule_or_are_refused_naming_the_id_and_the_rule() {
+        let uuid = "64011b56-988a-4c2c-bfca-16c836cec23f";
+        let max = "a".repeat(64);
+        for ok in [uuid, "u1", "A-9", "-", &max] {
+            assert_eq!(UserId::parse(ok).unwrap().as_str(), ok);
+            assert_eq!(ok.parse::<ConnectionId>().unwrap().as_str(), ok);
+            assert_eq!(JobId::try_from(ok.to_owned()).unwrap().as_str(), ok);
+        }
+        let long = "a".repeat(65);
+        for (bad, quoted, problem) in [
+            ("", "\"\"", IdProblem::Empty),
+            (&long, &format!("{long:?}"), IdProblem::TooLong(65)),
+            (
+                "caf\u{e9}",
+                "\"caf\u{e9}\"",
+                IdProblem::BadChar {
+                    ch: '\u{e9}',
+                    at: 4,
+                },
+            ),
+            ("%2e", "\"%2e\"", IdProblem::BadChar { ch: '%', at: 1 }),
+            ("a b", "\"a b\"", IdProblem::BadChar { ch: ' ', at: 2 }),
+            ("a\0b", "\"a\\0b\"", IdProblem::BadChar { ch: '\0', at: 2 }),
+            ("a/b", "\"a/b\"", IdProblem::BadChar { ch: '/', at: 2 }),
+            ("..", "\"..\"", IdProblem::BadChar { ch: '.', at: 1 }),
+            (
+                "../../etc",
+                "\"../../etc\"",
+                IdProblem::BadChar { ch: '.', at: 1 },
+            ),
+            ("a_b", "\"a_b\"", IdProblem::BadChar { ch: '_', at: 2 }),
+            ("u1\n", "\"u1\\n\"", IdProblem::BadChar { ch: '\n', at: 3 }),
+            (
+                "\u{1b}[2J",
+                "\"\\u{1b}[2J\"",
+                IdProblem::BadChar {
+                    ch: '\u{1b}',
+                    at: 1,
+                },
+            ),
+        ] {
+            let err = UserId::parse(bad).unwrap_err();
+            assert_eq!(err.problem(), &problem, "{bad:?}");
+            assert_eq!(err.kind(), "user id");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("invalid user id {quoted}: ")),
+                "{bad:?}: {text}"
+            );
+            assert!(text.contains("[A-Za-z0-9-]{1,64}"), "{text}");
+            assert!(ConnectionId::parse(bad).is_err() && JobId::parse(bad).is_err());
+        }
+        assert!(
+            ConnectionId::parse("a/b")
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid connection id \"a/b\"")
+        );
+    }
+
+    #[test]
+    fn a_huge_refused_id_is_quoted_truncated() {
+        let huge = format!("{}/{}", "x".repeat(1_000_000), "y");
+        let text = UserId::parse(huge).unwrap_err().to_string();
+        assert!(text.len() < 400, "{} bytes", text.len());
+        assert!(text.contains("1000002 characters"), "{text}");
+        assert!(text.contains("'/'"), "{text}");
+    }
+
+    #[test]
+    fn ids_serialize_as_strings_and_deserialize_only_when_valid() {
+        let id = UserId::parse("u-1").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"u-1\"");
+        assert_eq!(serde_json::from_str::<UserId>("\"u-1\"").unwrap(), id);
+        let err = serde_json::from_str::<JobId>("\"../jobs\"").unwrap_err();
+        assert!(
+            err.to_string().contains("invalid job id \"../jobs\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_enum_values_are_kept_verbatim() {
         assert_eq!(
             ConnectionStatus::parse("frozen"),
@@ -379,7 +619,7 @@ mod tests {
             result: StepResult::None,
         };
         let job = |steps| Job {
-            id: JobId::from("j"),
+            id: JobId::parse("j").unwrap(),
             created: None,
             updated: None,
             job_type: None,

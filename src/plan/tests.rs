@@ -21,7 +21,7 @@ fn mins(n: i64) -> chrono::Duration {
 }
 
 fn user() -> UserId {
-    UserId::new("u1")
+    UserId::parse("u1").unwrap()
 }
 
 fn settings() -> PlanSettings {
@@ -39,7 +39,7 @@ fn settings() -> PlanSettings {
 
 fn connection(id: &str, method: Method) -> Connection {
     Connection {
-        id: ConnectionId::new(id),
+        id: ConnectionId::parse(id).unwrap(),
         status: crate::domain::ConnectionStatus::Active,
         method,
         institution_id: InstitutionId::new(BANK),
@@ -68,12 +68,12 @@ fn failed_job(id: &str, connection: Option<&str>, code: Option<&str>, ago: i64) 
         None => StepResult::None,
     };
     Job {
-        id: JobId::new(id),
+        id: JobId::parse(id).unwrap(),
         created: Some(now() - mins(ago)),
         updated: Some(now() - mins(ago) + mins(1)),
         job_type: None,
         institution_id: Some(InstitutionId::new(BANK)),
-        connection_id: connection.map(ConnectionId::new),
+        connection_id: connection.map(|id| ConnectionId::parse(id).unwrap()),
         has_source: connection.is_some(),
         steps: vec![step("verify-credentials", StepStatus::Failed, result)],
     }
@@ -81,12 +81,12 @@ fn failed_job(id: &str, connection: Option<&str>, code: Option<&str>, ago: i64) 
 
 fn ok_job(id: &str, connection: &str, ago: i64) -> Job {
     Job {
-        id: JobId::new(id),
+        id: JobId::parse(id).unwrap(),
         created: Some(now() - mins(ago)),
         updated: Some(now() - mins(ago) + mins(1)),
         job_type: None,
         institution_id: Some(InstitutionId::new(BANK)),
-        connection_id: Some(ConnectionId::new(connection)),
+        connection_id: Some(ConnectionId::parse(connection).unwrap()),
         has_source: true,
         steps: vec![
             step("verify-credentials", StepStatus::Success, StepResult::None),
@@ -372,7 +372,7 @@ fn stored_jobs_never_go_backwards() {
     let done = ok_job("j1", "c1", 30);
     let stored = Stored {
         jobs: [(
-            JobId::new("j1"),
+            JobId::parse("j1").unwrap(),
             StoredJob {
                 state: JobState::Success,
                 updated: done.updated,
@@ -501,7 +501,7 @@ fn a_statement_job_at_the_same_bank_does_not_hide_a_failing_connection() {
     no_source.has_source = false;
     assert_eq!(
         match_jobs(&connections, &[statement.clone(), no_source.clone()]),
-        vec![None, Some(ConnectionId::new("c1"))]
+        vec![None, Some(ConnectionId::parse("c1").unwrap())]
     );
     let mut typed_statement = statement.clone();
     typed_statement.has_source = false;
@@ -592,7 +592,7 @@ fn connections_basiq_no_longer_lists_are_gone_only_after_a_full_list() {
         &stored,
         &operational(),
     );
-    assert_eq!(p.gone, vec![ConnectionId::new("c2")]);
+    assert_eq!(p.gone, vec![ConnectionId::parse("c2").unwrap()]);
     let partial = Fetched {
         complete: false,
         ..sweep(vec![connection("c1", Method::Web)], vec![])

@@ -230,7 +230,7 @@ impl Refresher {
         Decision {
             decision,
             reason,
-            job_id: job_id.map(|j| j.0),
+            job_id: job_id.map(|j| j.as_str().to_owned()),
             trigger: trigger.as_str(),
             dry_run,
             connection_id: connection.to_string(),

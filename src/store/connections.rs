@@ -70,8 +70,8 @@ pub struct LastDecision {
 }
 
 /// A connection as stored: what Basiq said, its newest job, its current health, and its
-/// refresh schedule.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// refresh schedule. No `Default`: an id has no valid empty value.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionRow {
     pub connection_id: ConnectionId,
     pub user_id: UserId,
@@ -151,8 +151,8 @@ impl From<RawConnection> for ConnectionRow {
                 at: from_ts(at),
             });
         Self {
-            connection_id: ConnectionId(r.connection_id),
-            user_id: UserId(r.user_id),
+            connection_id: ConnectionId::from_store(r.connection_id),
+            user_id: UserId::from_store(r.user_id),
             institution_id: InstitutionId(r.institution_id),
             method: Method::parse(&r.method),
             status: ConnectionStatus::parse(&r.status),
@@ -218,7 +218,7 @@ pub async fn load_stored(
         .into_iter()
         .map(|(id, state, updated)| {
             (
-                JobId(id),
+                JobId::from_store(id),
                 StoredJob {
                     state: job_state(&state),
                     updated: from_opt_ts(updated),
@@ -279,7 +279,7 @@ pub async fn attempts_for_user(
         .into_iter()
         .map(|(id, last, oldest)| {
             (
-                ConnectionId(id),
+                ConnectionId::from_store(id),
                 Attempts {
                     last: from_opt_ts(last),
                     oldest_in_window: from_opt_ts(oldest),

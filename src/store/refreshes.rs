@@ -188,7 +188,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        Ok(ids.into_iter().map(ConnectionId).collect())
+        Ok(ids.into_iter().map(ConnectionId::from_store).collect())
     }
 
     /// Connections whose scheduled or daily refresh is due, oldest first.
@@ -209,7 +209,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        Ok(ids.into_iter().map(ConnectionId).collect())
+        Ok(ids.into_iter().map(ConnectionId::from_store).collect())
     }
 
     #[allow(clippy::too_many_arguments)]

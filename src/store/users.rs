@@ -26,7 +26,7 @@ pub struct UserRow {
 impl From<RawUser> for UserRow {
     fn from(r: RawUser) -> Self {
         Self {
-            user_id: UserId(r.user_id),
+            user_id: UserId::from_store(r.user_id),
             next_due_at: from_ts(r.next_due_at),
             last_swept_at: from_opt_ts(r.last_swept_at),
             gone_at: from_opt_ts(r.gone_at),
@@ -113,7 +113,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids.into_iter().map(UserId).collect())
+        Ok(ids.into_iter().map(UserId::from_store).collect())
     }
 
     /// Users counted as watched (not removed, not gone).

@@ -9,7 +9,7 @@ use basiq_sim::{Fault, Outcome, Route, ScriptedConnection};
 use crate::helpers::*;
 
 fn first_user(sim: &basiq_sim::RunningSim) -> UserId {
-    UserId::new(sim.sim.user_ids()[0].clone())
+    UserId::parse(sim.sim.user_ids()[0].clone()).unwrap()
 }
 
 /// A fresh active open-banking connection with a scripted successful refresh.
@@ -30,7 +30,7 @@ fn add_active_connection(sim: &basiq_sim::RunningSim, user: &UserId, id: &str) -
             recorded_shape: false,
         },
     );
-    ConnectionId::new(id)
+    ConnectionId::parse(id).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +262,10 @@ async fn refresh_tells_a_new_job_from_the_running_one_and_refuses_inactive_conne
             .find(|u| sim.sim.connection_ids(u).contains(&invalid.id))
             .unwrap();
         let err = client
-            .refresh_connection(&UserId::new(owner), &ConnectionId::new(invalid.id))
+            .refresh_connection(
+                &UserId::parse(owner).unwrap(),
+                &ConnectionId::parse(invalid.id).unwrap(),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.status(), Some(400), "{err:?}");
@@ -345,7 +348,7 @@ async fn every_connection_and_job_of_the_population_parses() {
     let mut connections = 0;
     let mut jobs_without_source = 0;
     for user in sim.sim.user_ids() {
-        let user = UserId::new(user);
+        let user = UserId::parse(user).unwrap();
         connections += client.list_connections(&user).await.unwrap().len();
         jobs_without_source += client
             .list_jobs(&user, None)
@@ -369,7 +372,7 @@ async fn a_404_user_is_not_found() {
     let sim = start_sim(sim_config()).await;
     let client = client(&sim);
     let err = client
-        .list_connections(&UserId::new("no-such-user"))
+        .list_connections(&UserId::parse("no-such-user").unwrap())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");

@@ -14,7 +14,7 @@ fn config() -> &'static str {
 
 /// Runs the binary against `sim` with its database at `db` (blocking: call it from a
 /// multi-thread runtime so the in-process simulator keeps serving).
-fn run(sim: &RunningSim, db: &Path, args: &[&str]) -> Output {
+pub fn run(sim: &RunningSim, db: &Path, args: &[&str]) -> Output {
     bin()
         .arg("--config")
         .arg(config())

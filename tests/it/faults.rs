@@ -104,7 +104,12 @@ async fn a_500_user_sweep_survives_the_fault_matrix_within_two_passes() {
     let sim = matrix_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bh.db");
-    let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
     assert_eq!(users.len(), USERS);
     let sweeper = sweeper(&sim, &db).await;
     sweeper.add_users(&users).await.unwrap();
@@ -242,7 +247,12 @@ async fn a_500_user_sweep_survives_the_fault_matrix_within_two_passes() {
 #[tokio::test]
 async fn connectors_failing_on_a_fresh_database_blame_nobody_and_the_next_pass_is_right() {
     let sim = matrix_sim().await;
-    let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
 
     // The right answer, from a database that saw /connectors answer.

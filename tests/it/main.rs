@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod faults;
 mod helpers;
+mod ids;
 mod planner;
 mod refresh;
 mod service;

@@ -85,7 +85,10 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
         ),
     )
     .await;
-    let users = [UserId::new("u-mfa"), UserId::new("u-plain")];
+    let users = [
+        UserId::parse("u-mfa").unwrap(),
+        UserId::parse("u-plain").unwrap(),
+    ];
     sweep(&app, &users).await;
     let refresher = app.refresher();
     // Every daily slot of the window has passed or is due within the test.
@@ -98,7 +101,7 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
     }
     let store = app.sweeper().store();
     let row = store
-        .connection(&ConnectionId::new("c-mfa"))
+        .connection(&ConnectionId::parse("c-mfa").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -117,7 +120,7 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
     let d = refresher
         .request(
             &users[0],
-            &ConnectionId::new("c-mfa"),
+            &ConnectionId::parse("c-mfa").unwrap(),
             Trigger::Manual,
             false,
             false,
@@ -144,11 +147,11 @@ async fn a_failure_without_a_code_is_unknown_and_never_retried() {
         "[refresh]\ntransient_retry_base = \"1s\"\nmin_interval = \"0s\"\n",
     )
     .await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .sweeper()
         .store()
-        .connection(&ConnectionId::new("c1"))
+        .connection(&ConnectionId::parse("c1").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -186,11 +189,11 @@ async fn a_too_many_requests_step_caps_the_connection() {
         "[refresh]\nmin_interval = \"0s\"\nlogin_stale_after = \"0s\"\n",
     )
     .await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .sweeper()
         .store()
-        .connection(&ConnectionId::new("c1"))
+        .connection(&ConnectionId::parse("c1").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -202,8 +205,8 @@ async fn a_too_many_requests_step_caps_the_connection() {
     let d = app
         .refresher()
         .request(
-            &UserId::new("u1"),
-            &ConnectionId::new("c1"),
+            &UserId::parse("u1").unwrap(),
+            &ConnectionId::parse("c1").unwrap(),
             Trigger::Login,
             false,
             false,
@@ -223,7 +226,7 @@ async fn a_refresh_refused_for_the_user_s_reason_needs_the_user() {
     sim.sim
         .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
     let app = app(&sim, &dir, "[refresh]\nmin_interval = \"0s\"\n").await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     sim.sim.inject_fault(
         Route::Refresh,
         Fault::Error {
@@ -232,7 +235,10 @@ async fn a_refresh_refused_for_the_user_s_reason_needs_the_user() {
         },
         1,
     );
-    let (user, c) = (UserId::new("u1"), ConnectionId::new("c1"));
+    let (user, c) = (
+        UserId::parse("u1").unwrap(),
+        ConnectionId::parse("c1").unwrap(),
+    );
     let d = app
         .refresher()
         .request(&user, &c, Trigger::Manual, false, false)
@@ -273,12 +279,12 @@ async fn a_refresh_by_the_partner_s_app_counts_as_recent() {
         },
     );
     let app = app(&sim, &dir, "").await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let d = app
         .refresher()
         .request(
-            &UserId::new("u1"),
-            &ConnectionId::new("c1"),
+            &UserId::parse("u1").unwrap(),
+            &ConnectionId::parse("c1").unwrap(),
             Trigger::Login,
             false,
             false,
@@ -348,7 +354,7 @@ async fn recovery_slots_cover_the_window_and_survive_a_sweep() {
             &u,
             failed_job(&c, "service-unavailable", Duration::hours(2)),
         );
-        users.push(UserId::new(u));
+        users.push(UserId::parse(u).unwrap());
     }
     sim.sim.set_connector_status(inst, method, "major-outage");
     let app = app(
@@ -412,7 +418,7 @@ async fn transient_retries_are_bounded_and_happen() {
          follow_poll_initial = \"100ms\"\nfollow_poll_max = \"200ms\"\n",
     )
     .await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let daemon = Daemon::start(app);
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
     while posts(&sim, "c1") < 2 && tokio::time::Instant::now() < deadline {
@@ -441,11 +447,11 @@ async fn the_recorded_shape_in_a_major_outage_is_an_institution_outage() {
     sim.sim
         .set_connector_status("AU00000", "web", "major-outage");
     let app = app(&sim, &dir, "").await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .sweeper()
         .store()
-        .connection(&ConnectionId::new("c1"))
+        .connection(&ConnectionId::parse("c1").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -469,7 +475,7 @@ async fn no_connector_status_on_a_fresh_database_blames_no_user() {
             &u,
             failed_job(&c, "invalid-credentials", Duration::minutes(20)),
         );
-        users.push(UserId::new(u));
+        users.push(UserId::parse(u).unwrap());
     }
     sim.sim
         .set_connector_status("AU00000", "web", "major-outage");
@@ -522,11 +528,11 @@ async fn an_unknown_connector_status_is_read_as_down() {
     sim.sim
         .set_connector_status("AU00000", "web", "scheduled-outage");
     let app = app(&sim, &dir, "").await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .sweeper()
         .store()
-        .connection(&ConnectionId::new("c1"))
+        .connection(&ConnectionId::parse("c1").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -545,11 +551,11 @@ async fn a_multi_factor_authentication_failure_needs_the_user() {
         failed_job("c1", "multi-factor-authentication", Duration::minutes(30)),
     );
     let app = app(&sim, &dir, "").await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .sweeper()
         .store()
-        .connection(&ConnectionId::new("c1"))
+        .connection(&ConnectionId::parse("c1").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -580,11 +586,11 @@ async fn a_statement_job_does_not_hide_a_failing_connection() {
     );
     assert!(sim.sim.set_job_type("stmt-1", "statement"));
     let app = app(&sim, &dir, "").await;
-    sweep(&app, &[UserId::new("u1")]).await;
+    sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .sweeper()
         .store()
-        .connection(&ConnectionId::new("c1"))
+        .connection(&ConnectionId::parse("c1").unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -611,7 +617,11 @@ async fn plan_json_lists_each_connection_s_next_refresh_or_why_not() {
         failed_job("c-user", "invalid-credentials", Duration::hours(2)),
     );
     let app = app(&sim, &dir, "").await;
-    sweep(&app, &[UserId::new("u1"), UserId::new("u2")]).await;
+    sweep(
+        &app,
+        &[UserId::parse("u1").unwrap(), UserId::parse("u2").unwrap()],
+    )
+    .await;
     sim.sim.reset_counters();
     let run = |args: &[&str]| {
         let out = crate::cli::bin()

@@ -75,7 +75,10 @@ fn add(
     c.last_used = Some(Utc::now() - last_used);
     c.expiry = (method == "open-banking").then(|| Utc::now() + Duration::days(200));
     sim.sim.add_connection(user, c);
-    (UserId::new(user), ConnectionId::new(conn))
+    (
+        UserId::parse(user).unwrap(),
+        ConnectionId::parse(conn).unwrap(),
+    )
 }
 
 const NO_FLOOR: [(&str, &str); 2] = [
@@ -702,7 +705,7 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
     let stored = app
         .sweeper()
         .store()
-        .get_job(&basiq_health::domain::JobId::new(job_id))
+        .get_job(&basiq_health::domain::JobId::parse(job_id).unwrap())
         .await
         .unwrap()
         .unwrap();

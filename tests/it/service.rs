@@ -170,7 +170,12 @@ async fn sigterm_during_a_sweep_of_500_users_exits_0_within_the_grace_and_leaves
         )
         .await
         .unwrap();
-        let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
+        let users: Vec<UserId> = sim
+            .sim
+            .user_ids()
+            .into_iter()
+            .map(|id| UserId::parse(id).unwrap())
+            .collect();
         sweeper.add_users(&users).await.unwrap();
         sweeper.store().close().await;
     }
@@ -297,7 +302,12 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
     .await
     .unwrap();
     let base = format!("http://{}", app.api_addr().unwrap());
-    let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
     app.sweeper().add_users(&users).await.unwrap();
     let sweeper = app.sweeper().clone();
     let daemon = Daemon::start(app);
@@ -350,7 +360,7 @@ async fn history_older_than_retain_days_is_pruned_and_recent_history_kept() {
     let store = sweeper.store();
     let now = Utc::now();
     store
-        .add_users(&[UserId::new("old")], now, |_| now)
+        .add_users(&[UserId::parse("old").unwrap()], now, |_| now)
         .await
         .unwrap();
     for (i, age_days) in [500i64, 450, 10, 1].iter().enumerate() {

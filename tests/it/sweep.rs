@@ -52,7 +52,10 @@ fn script(sim: &RunningSim, name: &str, s: Script) -> (UserId, ConnectionId) {
             },
         );
     }
-    (UserId::new(user), ConnectionId::new(conn))
+    (
+        UserId::parse(user).unwrap(),
+        ConnectionId::parse(conn).unwrap(),
+    )
 }
 
 fn ok() -> Script {
@@ -397,7 +400,12 @@ async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_tok
         "[sweep]\nconcurrency = 16\n",
     )
     .await;
-    let users: Vec<UserId> = sim.sim.user_ids().into_iter().map(UserId::new).collect();
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
     sweeper.add_users(&users).await.unwrap();
     sim.sim.reset_counters();
     let counts = sweep_all(&sweeper, &users).await;
@@ -428,7 +436,7 @@ async fn a_user_basiq_does_not_know_is_marked_gone_and_the_sweep_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
     let (good, conn) = script(&sim, "good", ok());
-    let ghost = UserId::new("user-that-basiq-forgot");
+    let ghost = UserId::parse("user-that-basiq-forgot").unwrap();
     let users = vec![ghost.clone(), good.clone()];
     sweeper.add_users(&users).await.unwrap();
     let counts = sweep_all(&sweeper, &users).await;
@@ -495,7 +503,7 @@ async fn a_restart_does_not_move_a_users_offset() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bh.db");
     let users: Vec<UserId> = (0..20)
-        .map(|i| UserId::new(format!("restart-{i}")))
+        .map(|i| UserId::parse(format!("restart-{i}")).unwrap())
         .collect();
     let first = sweeper_for(&sim, &db, "").await;
     first.add_users(&users).await.unwrap();
