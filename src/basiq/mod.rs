@@ -8,6 +8,9 @@ mod error;
 mod token;
 mod wire;
 
-pub use client::{Client, ClientOptions, Ids, RefreshOutcome, Stats, UserSummary};
+#[cfg(test)]
+mod fuzz_tests;
+
+pub use client::{Client, ClientOptions, Ids, Listed, RefreshOutcome, Stats, UserSummary};
 pub use error::{ApiError, Error};
-pub use wire::BadTimestamp;
+pub use wire::BadField;

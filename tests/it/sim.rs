@@ -1275,8 +1275,7 @@ async fn the_simulator_binds_only_loopback_unless_exposed_on_purpose() {
     let refused = Simulator::new(crate::helpers::sim_config())
         .bind("0.0.0.0:0".parse().unwrap())
         .await
-        .err()
-        .expect("a non-loopback bind is refused");
+        .expect_err("a non-loopback bind is refused");
     assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
     assert!(refused.to_string().contains("loopback"), "{refused}");
     let exposed = Simulator::new(crate::helpers::sim_config())

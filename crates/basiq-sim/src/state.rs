@@ -49,6 +49,8 @@ pub(super) struct State {
     /// For ids and tokens made while serving; seeded, so runs repeat.
     pub rng: StdRng,
     pub cases: HashMap<String, Case>,
+    /// Items served wrong and other shape switches.
+    pub shapes: super::shapes::Shapes,
 }
 
 pub(super) struct User {
