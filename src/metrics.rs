@@ -26,6 +26,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: String,
     reason: String,
@@ -72,7 +77,7 @@ pub async fn render(sweeper: &Sweeper, refresher: &Refresher) -> Result<String, 
     );
     registry.register(
         "users_gone",
-        "Users Basiq answered 404 for, since start",
+        "Users Basiq answered 404 resource-not-found for, since start",
         progress.users_gone.clone(),
     );
     registry.register(
@@ -116,6 +121,19 @@ pub async fn render(sweeper: &Sweeper, refresher: &Refresher) -> Result<String, 
         "basiq_requests",
         "Requests to Basiq by endpoint and HTTP status",
         requests,
+    );
+    let undecodable = Family::<EndpointLabel, Counter>::default();
+    for (endpoint, n) in stats.undecodable_items() {
+        undecodable
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.to_owned(),
+            })
+            .inc_by(n);
+    }
+    registry.register(
+        "basiq_undecodable_items",
+        "List items from Basiq skipped because they could not be read, by endpoint",
+        undecodable,
     );
     registry.register(
         "token_fetches",

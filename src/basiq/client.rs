@@ -116,11 +116,28 @@ pub struct UserSummary {
     pub connection_ids: Vec<ConnectionId>,
 }
 
-/// Counters the daemon exports (token fetches, requests by endpoint and status).
+/// The readable items of a list Basiq answered, and how many it could not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    /// Items skipped because they could not be read (each logged and counted).
+    pub unreadable: usize,
+}
+
+impl<T> Listed<T> {
+    /// Every item was read: an id missing from `items` is missing at Basiq.
+    pub fn is_complete(&self) -> bool {
+        self.unreadable == 0
+    }
+}
+
+/// Counters the daemon exports (token fetches, requests by endpoint and status, list items
+/// that could not be read).
 #[derive(Default)]
 pub struct Stats {
     token_fetches: AtomicU64,
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
+    undecodable: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Stats {
@@ -133,6 +150,21 @@ impl Stats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+    /// List items skipped because they could not be read, by endpoint.
+    pub fn undecodable_items(&self) -> BTreeMap<&'static str, u64> {
+        self.undecodable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    fn count_undecodable(&self, endpoint: &'static str, n: u64) {
+        *self
+            .undecodable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(endpoint)
+            .or_default() += n;
     }
     fn count(&self, endpoint: &'static str, status: String) {
         *self
@@ -211,28 +243,33 @@ impl Client {
     /// `GET /users/{id}`.
     pub async fn get_user(&self, user_id: &UserId) -> Result<UserSummary, Error> {
         let url = self.url(&["users", user_id.as_str()])?;
-        let user: wire::UserWire = self
-            .get_json("user", url, vec![], Ids::user(user_id))
+        let body = self
+            .get_body("user", url, vec![], Ids::user(user_id))
             .await?;
+        let user: wire::UserWire = parse("user", &body)?;
+        let refs = user.connections.map(|l| l.data).unwrap_or_default();
+        let refs = self.items("user", Ids::user(user_id), refs, |r: wire::Reference| {
+            r.into_connection_id()
+        });
         Ok(UserSummary {
             id: user.id,
-            connection_ids: user
-                .connections
-                .map(|l| l.data.into_iter().map(|r| r.id).collect())
-                .unwrap_or_default(),
+            connection_ids: refs.items,
         })
     }
 
-    /// `GET /users/{id}/connections`.
-    pub async fn list_connections(&self, user_id: &UserId) -> Result<Vec<Connection>, Error> {
+    /// `GET /users/{id}/connections`. An item that cannot be read is skipped, logged and
+    /// counted: the list is then not complete ([`Listed::is_complete`]).
+    pub async fn list_connections(&self, user_id: &UserId) -> Result<Listed<Connection>, Error> {
+        let ids = Ids::user(user_id);
         let url = self.url(&["users", user_id.as_str(), "connections"])?;
-        let list: wire::List<wire::ConnectionWire> = self
-            .get_json("connections", url, vec![], Ids::user(user_id))
-            .await?;
-        list.data
-            .into_iter()
-            .map(|c| c.into_domain().map_err(|e| decode("connections", e)))
-            .collect()
+        let body = self.get_body("connections", url, vec![], ids).await?;
+        let list: wire::RawList = parse("connections", &body)?;
+        Ok(self.items(
+            "connections",
+            ids,
+            list.data,
+            wire::ConnectionWire::into_domain,
+        ))
     }
 
     /// `GET /users/{id}/connections/{cid}`.
@@ -247,18 +284,19 @@ impl Client {
             "connections",
             connection_id.as_str(),
         ])?;
-        let c: wire::ConnectionWire = self
-            .get_json(
+        let body = self
+            .get_body(
                 "connection",
                 url,
                 vec![],
                 Ids::connection(user_id, connection_id),
             )
             .await?;
-        c.into_domain().map_err(|e| decode("connection", e))
+        one("connection", &body, wire::ConnectionWire::into_domain)
     }
 
-    /// `GET /users/{id}/jobs`, optionally for one connection only (Basiq keeps 7 days).
+    /// `GET /users/{id}/jobs`, optionally for one connection only (Basiq keeps 7 days). An
+    /// item that cannot be read is skipped, logged and counted: that job is just not seen.
     pub async fn list_jobs(
         &self,
         user_id: &UserId,
@@ -273,35 +311,72 @@ impl Client {
             job_id: None,
         };
         let url = self.url(&["users", user_id.as_str(), "jobs"])?;
-        let list: wire::List<wire::JobWire> = self.get_json("jobs", url, query, ids).await?;
-        list.data
-            .into_iter()
-            .map(|j| j.into_domain().map_err(|e| decode("jobs", e)))
-            .collect()
+        let body = self.get_body("jobs", url, query, ids).await?;
+        let list: wire::RawList = parse("jobs", &body)?;
+        Ok(self
+            .items("jobs", ids, list.data, wire::JobWire::into_domain)
+            .items)
     }
 
     /// `GET /jobs/{id}`.
     pub async fn get_job(&self, job_id: &JobId) -> Result<Job, Error> {
         let url = self.url(&["jobs", job_id.as_str()])?;
-        let job: wire::JobWire = self.get_json("job", url, vec![], Ids::job(job_id)).await?;
-        job.into_domain().map_err(|e| decode("job", e))
+        let body = self.get_body("job", url, vec![], Ids::job(job_id)).await?;
+        one("job", &body, wire::JobWire::into_domain)
     }
 
-    /// `GET /connectors`: every connector's status, a few hundred of them.
+    /// `GET /connectors`: every connector's status, a few hundred of them. An entry that
+    /// cannot be read is skipped, logged and counted; its last known status stays.
     pub async fn list_connectors(&self) -> Result<Vec<Connector>, Error> {
-        let list: wire::List<wire::ConnectorWire> = self
-            .get_json(
+        let body = self
+            .get_body(
                 "connectors",
                 self.url(&["connectors"])?,
                 vec![],
                 Ids::default(),
             )
             .await?;
-        Ok(list
-            .data
-            .into_iter()
-            .map(wire::ConnectorWire::into_domain)
-            .collect())
+        let list: wire::RawList = parse("connectors", &body)?;
+        Ok(self
+            .items(
+                "connectors",
+                Ids::default(),
+                list.data,
+                wire::ConnectorWire::into_domain,
+            )
+            .items)
+    }
+
+    /// Decodes a list's items one by one; each unreadable one is logged once and counted.
+    fn items<W: DeserializeOwned, D>(
+        &self,
+        endpoint: &'static str,
+        ids: Ids<'_>,
+        data: Vec<serde_json::Value>,
+        convert: impl Fn(W) -> Result<D, wire::BadField>,
+    ) -> Listed<D> {
+        let decoded = wire::decode_items(data, convert);
+        for item in &decoded.unreadable {
+            tracing::warn!(
+                event = "unreadable_item",
+                endpoint,
+                user_id = ids.user_id.map(UserId::as_str),
+                item_id = %item.shown_id(),
+                field = %item.field,
+                error = %item.message,
+                "skipped an item of a Basiq list that could not be read; the others are kept"
+            );
+        }
+        let unreadable = decoded.unreadable.len();
+        if unreadable > 0 {
+            self.inner
+                .stats
+                .count_undecodable(endpoint, u64::try_from(unreadable).unwrap_or(u64::MAX));
+        }
+        Listed {
+            items: decoded.items,
+            unreadable,
+        }
     }
 
     /// `POST /users/{id}/connections/{cid}/refresh`: 202 is a new job, 200 the running one.
@@ -330,8 +405,7 @@ impl Client {
         };
         match self.execute(call).await {
             Ok((status, body)) => {
-                let stub: wire::JobStub = parse("refresh", &body)?;
-                let id = stub.id;
+                let id = one("refresh", &body, wire::JobStub::into_domain)?;
                 Ok(if status == StatusCode::OK {
                     RefreshOutcome::Existing(id)
                 } else {
@@ -406,13 +480,13 @@ impl Client {
         .map(|_| ())
     }
 
-    async fn get_json<T: DeserializeOwned>(
+    async fn get_body(
         &self,
         endpoint: &'static str,
         url: Url,
         query: Vec<(&'static str, String)>,
         ids: Ids<'_>,
-    ) -> Result<T, Error> {
+    ) -> Result<bytes::Bytes, Error> {
         let (_, body) = self
             .execute(Call {
                 method: HttpMethod::GET,
@@ -423,7 +497,7 @@ impl Client {
                 retry_transient: true,
             })
             .await?;
-        parse(endpoint, &body)
+        Ok(body)
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, Error> {
@@ -672,6 +746,16 @@ fn parse<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, 
     serde_json::from_slice(body).map_err(|e| decode(endpoint, e))
 }
 
+/// A single resource: read like a list item, so the error names the field.
+fn one<W: DeserializeOwned, D>(
+    endpoint: &'static str,
+    body: &[u8],
+    convert: impl Fn(W) -> Result<D, wire::BadField>,
+) -> Result<D, Error> {
+    let value: serde_json::Value = parse(endpoint, body)?;
+    wire::decode_one(value, convert).map_err(|e| decode(endpoint, e))
+}
+
 fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -684,13 +768,12 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
 
 /// Reads Basiq's error envelope; a body that is not one still yields the status.
 fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
-    let envelope: wire::ErrorEnvelope = serde_json::from_slice(body).unwrap_or_default();
-    let first = envelope.data.into_iter().next().unwrap_or_default();
+    let envelope = wire::ErrorEnvelope::read(body);
     ApiError {
         status: status.as_u16(),
-        code: first.code,
-        title: first.title,
-        detail: first.detail,
+        code: envelope.code,
+        title: envelope.title,
+        detail: envelope.detail,
         correlation_id: envelope.correlation_id,
     }
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The code of Basiq's own 404: only it says a resource is gone.
+const RESOURCE_NOT_FOUND: &str = "resource-not-found";
+
 /// What Basiq said about a failed request: its status, error code and correlation id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiError {
@@ -44,8 +47,13 @@ pub enum Error {
     /// 401, 403, or a key Basiq does not know (404 on /token).
     #[error("not authorised by Basiq ({api})")]
     Unauthorised { api: ApiError },
+    /// 404 with Basiq's own `resource-not-found`: the resource is gone.
     #[error("not found at Basiq ({api})")]
     NotFound { api: ApiError },
+    /// Any other 404 (a gateway's HTML page, an empty body, another code): nothing says the
+    /// resource is gone, so it is read as a passing server fault and retried.
+    #[error("HTTP 404 without Basiq's resource-not-found; read as a passing fault ({api})")]
+    UnconfirmedNotFound { api: ApiError },
     /// Another 4xx: the request itself was refused (e.g. refreshing a connection that is not active).
     #[error("request refused by Basiq ({api})")]
     Rejected { api: ApiError },
@@ -68,10 +76,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// Worth retrying later: 429, 500, 502, 503, 504, timeouts, resets.
+    /// Worth retrying later: 429, 500, 502, 503, 504, a 404 Basiq did not explain, timeouts,
+    /// resets.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::Transport { .. } => true,
+            Self::RateLimited { .. }
+            | Self::Transport { .. }
+            | Self::UnconfirmedNotFound { .. } => true,
             Self::Server { api } => matches!(api.status, 500 | 502 | 503 | 504),
             _ => false,
         }
@@ -82,6 +93,7 @@ impl Error {
             Self::RateLimited { api, .. }
             | Self::Unauthorised { api }
             | Self::NotFound { api }
+            | Self::UnconfirmedNotFound { api }
             | Self::Rejected { api }
             | Self::Server { api } => Some(api),
             _ => None,
@@ -126,7 +138,8 @@ impl Error {
         match status {
             429 => Self::RateLimited { retry_after, api },
             401 | 403 => Self::Unauthorised { api },
-            404 => Self::NotFound { api },
+            404 if api.code.as_deref() == Some(RESOURCE_NOT_FOUND) => Self::NotFound { api },
+            404 => Self::UnconfirmedNotFound { api },
             500..=599 => Self::Server { api },
             _ => Self::Rejected { api },
         }
@@ -153,6 +166,19 @@ mod tests {
         assert!(!Error::from_status(501, api(501, "x", ""), None).is_transient());
         assert!(!Error::from_status(404, api(404, "resource-not-found", ""), None).is_transient());
         assert!(!Error::from_status(400, api(400, "parameter-not-valid", ""), None).is_transient());
+    }
+
+    #[test]
+    fn only_basiq_s_resource_not_found_is_a_not_found() {
+        assert!(matches!(
+            Error::from_status(404, api(404, "resource-not-found", ""), None),
+            Error::NotFound { .. }
+        ));
+        let gateway = Error::from_status(404, ApiError::default(), None);
+        assert!(matches!(gateway, Error::UnconfirmedNotFound { .. }));
+        assert!(gateway.is_transient());
+        let other = Error::from_status(404, api(404, "parameter-not-valid", ""), None);
+        assert!(matches!(other, Error::UnconfirmedNotFound { .. }));
     }
 
     #[test]

@@ -8,6 +8,11 @@ mod error;
 mod token;
 mod wire;
 
-pub use client::{Client, ClientOptions, Ids, REFRESH_LOOKUPS, RefreshOutcome, Stats, UserSummary};
+#[cfg(test)]
+mod fuzz_tests;
+
+pub use client::{
+    Client, ClientOptions, Ids, Listed, REFRESH_LOOKUPS, RefreshOutcome, Stats, UserSummary,
+};
 pub use error::{ApiError, Error};
-pub use wire::BadTimestamp;
+pub use wire::BadField;

@@ -2,21 +2,29 @@
 //!
 //! Private to `basiq`: nothing outside this module sees a wire type. Every quirk listed in
 //! API.md is absorbed here (method `openbanking`, `expiryDate: ""`, failure `result` without
-//! `type`, `result` as an array, missing or placeholder `links.source`, `source: null`).
+//! `type`, `result` as an array, missing or placeholder `links.source`, `source: null`,
+//! an error envelope whose `data` is `null`).
+//!
+//! A list is read item by item ([`decode_items`]): one item Basiq sent in a shape we cannot
+//! read is reported as [`Unreadable`] (its id when readable, the field, serde's message) and
+//! the others are kept. Ids are checked here too: an id outside `[A-Za-z0-9-]` would end up
+//! in a request path or a filter, so it makes its item unreadable.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::domain::{
-    Connection, ConnectionId, ConnectionStatus, Connector, ConnectorStatus, IdError, InstitutionId,
-    Job, JobId, Method, Step, StepResult, StepStatus, UserId,
+    Connection, ConnectionId, ConnectionStatus, Connector, ConnectorStatus, InstitutionId, Job,
+    JobId, Method, Step, StepResult, StepStatus, UserId,
 };
 
+/// A list envelope `{"type":"list","data":[...]}` whose items are read one at a time.
+/// `data` must be an array: a list without one tells nothing (not even "empty").
 #[derive(Debug, Deserialize)]
-pub(crate) struct List<T> {
-    #[serde(default = "Vec::new")]
-    pub data: Vec<T>,
+pub(crate) struct RawList {
+    pub data: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -27,34 +35,47 @@ pub(crate) struct TokenResponse {
     pub expires_in: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Basiq's error envelope, read leniently: whatever part of it is there is kept. A body that
+/// is not JSON (a gateway's HTML page, an empty body) gives the default (all `None`).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ErrorEnvelope {
-    #[serde(default)]
     pub correlation_id: Option<String>,
-    #[serde(default)]
-    pub data: Vec<ErrorItem>,
+    pub code: Option<String>,
+    pub title: Option<String>,
+    pub detail: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ErrorItem {
-    #[serde(default)]
-    pub code: Option<String>,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub detail: Option<String>,
+/// Longest text kept from an error envelope field: a body is not a log line.
+const MAX_ERROR_TEXT: usize = 500;
+
+impl ErrorEnvelope {
+    /// `correlationId` from the top level; code, title and detail from the first error in
+    /// `data` (an array, or one object). `data` may be `null`, missing or of any shape.
+    pub(crate) fn read(body: &[u8]) -> Self {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+            return Self::default();
+        };
+        let text = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .map(|s| s.chars().take(MAX_ERROR_TEXT).collect::<String>())
+        };
+        let first = match map.get("data") {
+            Some(Value::Array(items)) => items.iter().find(|i| i.is_object()),
+            Some(item @ Value::Object(_)) => Some(item),
+            _ => None,
+        };
+        Self {
+            correlation_id: text(map.get("correlationId")),
+            code: text(first.and_then(|f| f.get("code"))),
+            title: text(first.and_then(|f| f.get("title"))),
+            detail: text(first.and_then(|f| f.get("detail"))),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct Reference {
     pub id: String,
-}
-
-/// A connection named inside another answer (`GET /users/{id}`): its id is checked as read.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ConnectionRef {
-    pub id: ConnectionId,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,50 +162,159 @@ pub(crate) struct ConnectorInstitution {
 pub(crate) struct UserWire {
     pub id: UserId,
     #[serde(default)]
-    pub connections: Option<List<ConnectionRef>>,
+    pub connections: Option<RawList>,
 }
 
-/// A timestamp Basiq sent that we could not read.
+/// A field Basiq sent that we could not turn into a domain value.
 #[derive(Debug, thiserror::Error)]
-#[error("field `{field}` is not a timestamp: {value:?}")]
-pub struct BadTimestamp {
+#[error("field `{field}` is not {expected}: {value:?}")]
+pub struct BadField {
     pub field: &'static str,
+    /// What the field should have been, e.g. "a timestamp".
+    pub expected: &'static str,
+    /// The value, cut to 80 characters.
     pub value: String,
 }
 
-/// A job whose `links.source` or timestamps cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum BadJob {
-    #[error(transparent)]
-    Timestamp(#[from] BadTimestamp),
-    #[error("field `links.source` names a connection by an id we refuse: {0}")]
-    SourceId(#[from] IdError),
+impl BadField {
+    fn new(field: &'static str, expected: &'static str, value: &str) -> Self {
+        Self {
+            field,
+            expected,
+            value: value.chars().take(80).collect(),
+        }
+    }
 }
+
+/// Timestamps outside these years are read as garbage: date arithmetic near chrono's limits
+/// would overflow. Year 1 stays readable: `0001-01-01T00:00:00Z` is a common "never".
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
 
 /// Basiq sends RFC 3339 (`2020-09-09T11:06:52Z`); an empty string means "none".
 pub(crate) fn timestamp(
     field: &'static str,
     value: Option<&str>,
-) -> Result<Option<DateTime<Utc>>, BadTimestamp> {
+) -> Result<Option<DateTime<Utc>>, BadField> {
     let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(Some(t.with_timezone(&Utc)));
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .into_iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|t| t.and_utc())
+        });
+    match parsed {
+        Some(t) if YEARS.contains(&t.year()) => Ok(Some(t)),
+        _ => Err(BadField::new(field, "a timestamp", text)),
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(Some(t.and_utc()));
+}
+
+/// Basiq's ids are UUIDs or short hex/alphanumeric strings. Anything else (a slash, a quote,
+/// a space) would change the path or the filter of the requests the id goes into.
+/// One list item that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unreadable {
+    /// The item's `id`, when it is a string (shown escaped: it may be anything).
+    pub id: Option<String>,
+    /// Where in the item: serde's path (`steps[0].status`, `.` for the item itself) or the
+    /// field a conversion refused.
+    pub field: String,
+    pub message: String,
+}
+
+impl Unreadable {
+    /// The id for a log line: escaped and cut, so it cannot forge or flood one.
+    pub(crate) fn shown_id(&self) -> String {
+        match &self.id {
+            Some(id) => id.chars().take(80).flat_map(char::escape_debug).collect(),
+            None => "(unreadable)".to_owned(),
         }
     }
-    Err(BadTimestamp {
-        field,
-        value: text.to_owned(),
+}
+
+/// Why one item (or one single-resource answer) could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ItemError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ItemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.message)
+    }
+}
+
+/// Decodes one value into its wire type (serde's path names the field that failed), then
+/// converts it into a domain value.
+pub(crate) fn decode_one<W: DeserializeOwned, D>(
+    value: Value,
+    convert: impl Fn(W) -> Result<D, BadField>,
+) -> Result<D, ItemError> {
+    // serde reads a struct from an array too (positionally): Basiq's resources are objects.
+    if !value.is_object() {
+        return Err(ItemError {
+            field: ".".to_owned(),
+            message: format!("expected an object, found {}", kind_of(&value)),
+        });
+    }
+    let wire: W = serde_path_to_error::deserialize(value).map_err(|e| ItemError {
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })?;
+    convert(wire).map_err(|e| ItemError {
+        field: e.field.to_owned(),
+        message: e.to_string(),
     })
 }
 
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The items of a list that could be read, and those that could not.
+#[derive(Debug)]
+pub(crate) struct Decoded<D> {
+    pub items: Vec<D>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Decodes each item on its own: one unreadable item does not cost the others.
+pub(crate) fn decode_items<W: DeserializeOwned, D>(
+    data: Vec<Value>,
+    convert: impl Fn(W) -> Result<D, BadField>,
+) -> Decoded<D> {
+    let mut decoded = Decoded {
+        items: Vec::with_capacity(data.len()),
+        unreadable: Vec::new(),
+    };
+    for item in data {
+        let id = item.get("id").and_then(Value::as_str).map(str::to_owned);
+        match decode_one(item, &convert) {
+            Ok(d) => decoded.items.push(d),
+            Err(e) => decoded.unreadable.push(Unreadable {
+                id,
+                field: e.field,
+                message: e.message,
+            }),
+        }
+    }
+    decoded
+}
+
 impl ConnectionWire {
-    pub(crate) fn into_domain(self) -> Result<Connection, BadTimestamp> {
+    pub(crate) fn into_domain(self) -> Result<Connection, BadField> {
         let expiry_date = timestamp("expiryDate", self.expiry_date.as_deref())?;
         Ok(Connection {
             created_date: timestamp("createdDate", self.created_date.as_deref())?,
@@ -202,7 +332,7 @@ impl ConnectionWire {
 /// The connection id is the last path segment of `links.source` when it points at a
 /// connection; Basiq's own test data also holds the placeholder `"{source}"`. A segment
 /// that names a connection but breaks the id rule is an error, not "no connection".
-pub(crate) fn connection_id_from_source(source: &str) -> Result<Option<ConnectionId>, IdError> {
+pub(crate) fn connection_id_from_source(source: &str) -> Result<Option<ConnectionId>, BadField> {
     let path = source.split(['?', '#']).next().unwrap_or("");
     let mut segments = path.trim_end_matches('/').rsplit('/');
     let (Some(id), Some(parent)) = (segments.next(), segments.next()) else {
@@ -211,7 +341,13 @@ pub(crate) fn connection_id_from_source(source: &str) -> Result<Option<Connectio
     if parent != "connections" || id.is_empty() || id.contains('{') {
         return Ok(None);
     }
-    ConnectionId::parse(id).map(Some)
+    ConnectionId::parse(id).map(Some).map_err(|_| {
+        BadField::new(
+            "links.source",
+            "a link to a connection id of [A-Za-z0-9-]{1,64}",
+            source,
+        )
+    })
 }
 
 fn step_result(value: Value) -> StepResult {
@@ -246,7 +382,7 @@ fn step_result(value: Value) -> StepResult {
 }
 
 impl JobWire {
-    pub(crate) fn into_domain(self) -> Result<Job, BadJob> {
+    pub(crate) fn into_domain(self) -> Result<Job, BadField> {
         let source = self
             .links
             .and_then(|l| l.source)
@@ -255,11 +391,10 @@ impl JobWire {
             created: timestamp("created", self.created.as_deref())?,
             updated: timestamp("updated", self.updated.as_deref())?,
             has_source: source.is_some(),
-            connection_id: source
-                .as_deref()
-                .map(connection_id_from_source)
-                .transpose()?
-                .flatten(),
+            connection_id: match source {
+                Some(s) => connection_id_from_source(&s)?,
+                None => None,
+            },
             id: self.id,
             job_type: self.job_type,
             institution_id: self.institution.map(|i| InstitutionId(i.id)),
@@ -277,13 +412,26 @@ impl JobWire {
 }
 
 impl ConnectorWire {
-    pub(crate) fn into_domain(self) -> Connector {
-        Connector {
+    pub(crate) fn into_domain(self) -> Result<Connector, BadField> {
+        Ok(Connector {
             institution_id: InstitutionId(self.id),
             method: Method::parse(self.method.as_deref().unwrap_or("")),
             status: ConnectorStatus::parse(self.status.as_deref().unwrap_or("")),
             name: self.institution.and_then(|i| i.name),
-        }
+        })
+    }
+}
+
+impl JobStub {
+    pub(crate) fn into_domain(self) -> Result<JobId, BadField> {
+        Ok(self.id)
+    }
+}
+
+impl Reference {
+    pub(crate) fn into_connection_id(self) -> Result<ConnectionId, BadField> {
+        ConnectionId::parse(self.id.as_str())
+            .map_err(|_| BadField::new("id", "an id of [A-Za-z0-9-]{1,64}", &self.id))
     }
 }
 
@@ -322,8 +470,10 @@ mod tests {
             assert!(err.to_string().contains("invalid job id"), "{err}");
             assert!(serde_json::from_value::<JobStub>(serde_json::json!({"id": bad})).is_err());
             assert!(serde_json::from_value::<UserWire>(serde_json::json!({"id": bad})).is_err());
-            let user = serde_json::json!({"id": "u1", "connections": {"data": [{"id": bad}]}});
-            assert!(serde_json::from_value::<UserWire>(user).is_err());
+            // A user's list of connections is read item by item: the bad one is refused.
+            let reference: Reference =
+                serde_json::from_value(serde_json::json!({"id": bad})).unwrap();
+            assert!(reference.into_connection_id().is_err());
         }
         // The connection named by a job's `links.source` is checked too.
         let job: JobWire = serde_json::from_value(serde_json::json!({
@@ -332,7 +482,7 @@ mod tests {
         }))
         .unwrap();
         let err = job.into_domain().unwrap_err();
-        assert!(matches!(err, BadJob::SourceId(_)), "{err}");
+        assert_eq!(err.field, "links.source", "{err}");
         assert!(err.to_string().contains("a%2F..%2Fb"), "{err}");
     }
 
@@ -381,19 +531,27 @@ mod fixture_tests {
     use super::*;
     use crate::domain::{JobState, StepResult};
 
-    fn load<T: serde::de::DeserializeOwned>(text: &str) -> T {
-        serde_json::from_str(text).expect("fixture parses")
+    /// Every item of a list fixture, each of which must be readable.
+    fn load<W: DeserializeOwned, D>(
+        text: &str,
+        convert: impl Fn(W) -> Result<D, BadField>,
+    ) -> Vec<D> {
+        let list: RawList = serde_json::from_str(text).expect("fixture parses");
+        let decoded = decode_items(list.data, convert);
+        assert_eq!(
+            decoded.unreadable,
+            vec![],
+            "every item of the fixture is readable"
+        );
+        decoded.items
     }
 
     #[test]
     fn connection_quirks_parse() {
-        let list: List<ConnectionWire> =
-            load(include_str!("../../tests/fixtures/connections-quirks.json"));
-        let conns: Vec<Connection> = list
-            .data
-            .into_iter()
-            .map(|c| c.into_domain().unwrap())
-            .collect();
+        let conns: Vec<Connection> = load(
+            include_str!("../../tests/fixtures/connections-quirks.json"),
+            ConnectionWire::into_domain,
+        );
         assert_eq!(
             conns[0].method,
             Method::OpenBanking,
@@ -411,12 +569,10 @@ mod fixture_tests {
 
     #[test]
     fn job_quirks_parse() {
-        let list: List<JobWire> = load(include_str!("../../tests/fixtures/jobs-quirks.json"));
-        let jobs: Vec<Job> = list
-            .data
-            .into_iter()
-            .map(|j| j.into_domain().unwrap())
-            .collect();
+        let jobs: Vec<Job> = load(
+            include_str!("../../tests/fixtures/jobs-quirks.json"),
+            JobWire::into_domain,
+        );
         assert_eq!(
             jobs[0].failure_code(),
             Some("invalid-credentials"),
@@ -445,22 +601,85 @@ mod fixture_tests {
 
     #[test]
     fn error_envelope_with_null_source_parses() {
-        let env: ErrorEnvelope = load(include_str!("../../tests/fixtures/error-source-null.json"));
+        let env = ErrorEnvelope::read(include_bytes!(
+            "../../tests/fixtures/error-source-null.json"
+        ));
         assert_eq!(
             env.correlation_id.as_deref(),
             Some("7f3c2a10-5b1e-4e7e-9d57-0c1a2b3c4d5e")
         );
-        assert_eq!(env.data[0].code.as_deref(), Some("access-denied"));
+        assert_eq!(env.code.as_deref(), Some("access-denied"));
+    }
+
+    #[test]
+    fn an_error_envelope_with_null_data_keeps_its_correlation_id() {
+        for body in [
+            r#"{"type":"list","correlationId":"c0ffee00-0000-4000-8000-000000000001","data":null}"#,
+            r#"{"type":"list","correlationId":"c0ffee00-0000-4000-8000-000000000001"}"#,
+            r#"{"correlationId":"c0ffee00-0000-4000-8000-000000000001","data":"oops"}"#,
+        ] {
+            let env = ErrorEnvelope::read(body.as_bytes());
+            assert_eq!(
+                env.correlation_id.as_deref(),
+                Some("c0ffee00-0000-4000-8000-000000000001"),
+                "{body}"
+            );
+            assert_eq!(env.code, None, "{body}");
+        }
+        // `data` as one object, and errors beside non-objects: what is there is kept.
+        let env = ErrorEnvelope::read(
+            br#"{"correlationId":"c1","data":[null,{"code":"resource-not-found","detail":7}]}"#,
+        );
+        assert_eq!(env.correlation_id.as_deref(), Some("c1"));
+        assert_eq!(env.code.as_deref(), Some("resource-not-found"));
+        assert_eq!(env.detail, None);
+        let env = ErrorEnvelope::read(br#"{"data":{"code":"access-denied"}}"#);
+        assert_eq!(env.code.as_deref(), Some("access-denied"));
+        assert_eq!(
+            ErrorEnvelope::read(b"<html>404</html>"),
+            ErrorEnvelope::default()
+        );
+    }
+
+    #[test]
+    fn one_unreadable_item_is_reported_and_the_others_kept() {
+        let items: Vec<Value> = serde_json::from_str(
+            r#"[
+              {"id": "j-good", "created": "2026-11-20T02:15:00Z", "steps": []},
+              {"id": "j-null-steps", "steps": null},
+              {"id": "j-bad-time", "created": "yesterday"},
+              {"id": "../j", "steps": []},
+              ["not", "a", "job"],
+              {"id": "j-bad-step", "steps": [{"title": "verify-credentials", "status": 3}]}
+            ]"#,
+        )
+        .unwrap();
+        let decoded = decode_items(items, JobWire::into_domain);
+        assert_eq!(decoded.items.len(), 1);
+        assert_eq!(decoded.items[0].id.as_str(), "j-good");
+        let seen: Vec<(Option<&str>, &str)> = decoded
+            .unreadable
+            .iter()
+            .map(|u| (u.id.as_deref(), u.field.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (Some("j-null-steps"), "steps"),
+                (Some("j-bad-time"), "created"),
+                (Some("../j"), "id"),
+                (None, "."),
+                (Some("j-bad-step"), "steps[0].status"),
+            ]
+        );
     }
 
     #[test]
     fn connectors_parse_with_unknown_status() {
-        let list: List<ConnectorWire> = load(include_str!("../../tests/fixtures/connectors.json"));
-        let connectors: Vec<Connector> = list
-            .data
-            .into_iter()
-            .map(ConnectorWire::into_domain)
-            .collect();
+        let connectors: Vec<Connector> = load(
+            include_str!("../../tests/fixtures/connectors.json"),
+            ConnectorWire::into_domain,
+        );
         assert_eq!(connectors[0].status, ConnectorStatus::MajorOutage);
         assert_eq!(connectors[0].name.as_deref(), Some("Hooli Bank"));
         assert_eq!(

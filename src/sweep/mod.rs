@@ -375,13 +375,15 @@ impl Sweeper {
         // Fetch.
         let connections = match self.inner.client.list_connections(user).await {
             Ok(c) => c,
+            // Only Basiq's own `resource-not-found`: a gateway's 404 is retried, never gone.
             Err(basiq::Error::NotFound { api }) => {
                 store.mark_gone(user, Utc::now()).await?;
                 tracing::warn!(
                     event = "user_gone",
                     user_id = %user,
                     correlation_id = api.correlation_id.as_deref(),
-                    "Basiq does not know this user (404): it will not be swept until re-added"
+                    "Basiq does not know this user (404 resource-not-found): it is not swept \
+                     until re-added or checked at login"
                 );
                 return Ok(UserOutcome::Gone);
             }
@@ -389,10 +391,12 @@ impl Sweeper {
         };
         let jobs = self.inner.client.list_jobs(user, None).await?;
         let statuses = self.connectors().await;
+        // A connection Basiq sent that could not be read is absent from the list but not
+        // gone: with one skipped, no connection is marked gone this time.
         let fetched = Fetched {
-            connections,
+            complete: connections.is_complete(),
+            connections: connections.items,
             jobs,
-            complete: true,
         };
         let now = Utc::now();
         let next = self.next_due(user, now);
@@ -639,7 +643,10 @@ impl Sweeper {
         let row = store.get_user(user).await?;
         let min =
             chrono::Duration::from_std(self.inner.options.login_min_interval).unwrap_or_default();
+        // A gone user logging in is the news that it may exist again: always asked, and a
+        // successful sweep clears `gone`.
         let recent = row
+            .filter(|r| r.gone_at.is_none())
             .and_then(|r| r.last_swept_at)
             .is_some_and(|t| Utc::now() - t < min);
         if recent {

@@ -102,7 +102,7 @@ async fn an_expired_token_is_replaced_and_the_request_retried_once() {
     sim.sim.expire_tokens();
     sim.sim.reset_counters();
     let connections = client.list_connections(&user).await.unwrap();
-    assert!(!connections.is_empty());
+    assert!(!connections.items.is_empty());
     let counters = sim.sim.counters();
     assert_eq!(counters.token_calls, 1);
     assert_eq!(counters.requests.get(&Route::Connections).copied(), Some(2));
@@ -123,7 +123,7 @@ async fn a_429_with_retry_after_is_waited_out_then_succeeds() {
     );
     let started = Instant::now();
     let connections = client.list_connections(&user).await.unwrap();
-    assert!(!connections.is_empty());
+    assert!(!connections.items.is_empty());
     assert!(
         started.elapsed() >= Duration::from_millis(950),
         "Retry-After: 1 was honoured (waited {:?})",
@@ -349,7 +349,7 @@ async fn every_connection_and_job_of_the_population_parses() {
     let mut jobs_without_source = 0;
     for user in sim.sim.user_ids() {
         let user = UserId::parse(user).unwrap();
-        connections += client.list_connections(&user).await.unwrap().len();
+        connections += client.list_connections(&user).await.unwrap().items.len();
         jobs_without_source += client
             .list_jobs(&user, None)
             .await

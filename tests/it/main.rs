@@ -1,6 +1,7 @@
 //! Integration tests: the real client, store and daemon against the built-in simulator on a
 //! loopback port, real SQLite files, real processes.
 
+mod answers;
 mod cli;
 mod client;
 mod commands;

@@ -11,6 +11,9 @@
 //! [`Simulator::case_of`]. Jobs started by a refresh progress lazily, step by step, each time
 //! something reads them; when one finishes it changes its connection the way Basiq would.
 //!
+//! It can also send what Basiq really sends at its worst ([`ItemFault`] for one unreadable item
+//! of a list, `/connectors` without logos, a gateway's HTML 404: see `shapes`).
+//!
 //! Tests steer it in process (faults, delays, outages, expired tokens, counters); a person with
 //! curl or the daemon's `demo` steers it through the unauthenticated `/_sim/` control routes.
 //!
@@ -19,6 +22,7 @@
 
 mod population;
 mod routes;
+mod shapes;
 mod state;
 
 use std::collections::BTreeMap;
@@ -34,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use shapes::ItemFault;
 use state::State;
 
 /// The connector (institution id, method) in `major-outage` when the simulator starts; most
@@ -332,6 +337,11 @@ pub enum Fault {
     Malformed,
     /// Close the connection without an HTTP response.
     Drop,
+    /// Answer this status with a gateway's HTML page instead of Basiq's envelope (a 404 from
+    /// a load balancer says nothing about the resource).
+    GatewayPage { status: u16 },
+    /// Answer this status with an empty body.
+    EmptyBody { status: u16 },
 }
 
 /// A snapshot of what the simulator has been asked.

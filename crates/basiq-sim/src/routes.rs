@@ -13,7 +13,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
@@ -69,6 +69,9 @@ pub(super) fn router(sim: Simulator) -> Router {
             post(ctl_connector),
         )
         .route("/_sim/expire-tokens", post(ctl_expire_tokens))
+        .route("/_sim/items", delete(ctl_clear_item_faults))
+        .route("/_sim/items/{item_id}", post(ctl_mangle_item))
+        .route("/_sim/connectors-logo", post(ctl_connectors_logo))
         .route("/_sim/users", get(ctl_users))
         .route(
             "/_sim/users/{user_id}",
@@ -116,6 +119,8 @@ async fn track(
         }
         Some(Fault::Malformed) => malformed(),
         Some(Fault::Drop) => dropped(),
+        Some(Fault::GatewayPage { status }) => super::shapes::gateway_page(status),
+        Some(Fault::EmptyBody { status }) => super::shapes::empty_body(status),
     }
 }
 
@@ -473,7 +478,7 @@ async fn connections(
     let data: Vec<Value> = user
         .connections
         .iter()
-        .map(|c| c.to_json(&base, &user_id))
+        .map(|c| st.shapes.item(&c.s.id, c.to_json(&base, &user_id)))
         .collect();
     Ok(Json(json!({
         "type": "list",
@@ -500,7 +505,7 @@ async fn connection(
         .iter()
         .find(|c| c.s.id == connection_id)
         .ok_or_else(|| ApiError::not_found("connection"))?;
-    Ok(Json(conn.to_json(&base, &user_id)).into_response())
+    Ok(Json(st.shapes.item(&conn.s.id, conn.to_json(&base, &user_id))).into_response())
 }
 
 /// `connection.id.eq('CID')`, with single, double or no quotes.
@@ -540,7 +545,7 @@ async fn jobs(
         .iter()
         .filter(|j| j.user_id == user_id && now - j.created < JOB_RETENTION)
         .filter(|j| connection_id.as_ref().is_none_or(|c| *c == j.connection_id))
-        .map(|j| j.to_json(&base, now))
+        .map(|j| st.shapes.item(&j.id, j.to_json(&base, now)))
         .collect();
     Ok(Json(json!({
         "type": "list",
@@ -566,7 +571,7 @@ async fn job(
         .iter()
         .find(|j| j.id == job_id)
         .ok_or_else(|| ApiError::not_found("job"))?;
-    Ok(Json(job.to_json(&base, now)).into_response())
+    Ok(Json(st.shapes.item(&job.id, job.to_json(&base, now))).into_response())
 }
 
 /// What a refresh of one connection does; the caller holds the lock.
@@ -717,7 +722,11 @@ async fn connectors(State(sim): State<Simulator>, headers: HeaderMap) -> ApiResu
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
     let st = sim.lock();
-    let data: Vec<Value> = st.connectors.iter().map(|c| c.to_json(&base)).collect();
+    let data: Vec<Value> = st
+        .connectors
+        .iter()
+        .map(|c| st.shapes.connector(c.to_json(&base)))
+        .collect();
     Ok(Json(json!({
         "type": "list",
         "totalCount": data.len(),
@@ -745,7 +754,7 @@ async fn connector(
         .iter()
         .find(|c| c.institution.id == connector_id && c.method == method)
         .ok_or_else(|| ApiError::not_found("connector"))?;
-    Ok(Json(found.to_json(&base)).into_response())
+    Ok(Json(st.shapes.connector(found.to_json(&base))).into_response())
 }
 
 // ---- control routes --------------------------------------------------------------------
@@ -808,6 +817,36 @@ async fn ctl_connector(
 
 async fn ctl_expire_tokens(State(sim): State<Simulator>) -> StatusCode {
     sim.expire_tokens();
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /_sim/items/{id}` with an [`super::ItemFault`]: serve that item wrong.
+async fn ctl_mangle_item(
+    State(sim): State<Simulator>,
+    Path(item_id): Path<String>,
+    Json(fault): Json<super::ItemFault>,
+) -> StatusCode {
+    sim.mangle_item(&item_id, fault);
+    StatusCode::NO_CONTENT
+}
+
+/// `DELETE /_sim/items`: every item served as it is again.
+async fn ctl_clear_item_faults(State(sim): State<Simulator>) -> StatusCode {
+    sim.clear_item_faults();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct LogoRequest {
+    served: bool,
+}
+
+/// `POST /_sim/connectors-logo` `{"served": false}`: `/connectors` without logos.
+async fn ctl_connectors_logo(
+    State(sim): State<Simulator>,
+    Json(req): Json<LogoRequest>,
+) -> StatusCode {
+    sim.set_connectors_without_logo(!req.served);
     StatusCode::NO_CONTENT
 }
 

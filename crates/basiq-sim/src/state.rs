@@ -51,6 +51,8 @@ pub(super) struct State {
     /// For ids and tokens made while serving; seeded, so runs repeat.
     pub rng: StdRng,
     pub cases: HashMap<String, Case>,
+    /// Items served wrong and other shape switches.
+    pub shapes: super::shapes::Shapes,
 }
 
 /// Faults handed out every `every`-th request of a route, cycling through `faults`.
