@@ -49,6 +49,31 @@ pub(super) struct State {
     /// For ids and tokens made while serving; seeded, so runs repeat.
     pub rng: StdRng,
     pub cases: HashMap<String, Case>,
+    /// A revoked key and faults aimed at one user.
+    pub access: AccessFaults,
+}
+
+/// Faults about who may do what: a revoked API key, and faults aimed at one user's routes.
+#[derive(Default)]
+pub(super) struct AccessFaults {
+    /// `POST /token` answers this status whatever the key.
+    pub revoked_key: Option<u16>,
+    pub user_faults: HashMap<String, VecDeque<(Fault, u32)>>,
+}
+
+impl AccessFaults {
+    /// The next fault queued for the user whose routes `path` is under (`/users/{id}/...`).
+    pub fn next_user_fault(&mut self, path: &str) -> Option<Fault> {
+        let user_id = path.strip_prefix("/users/")?.split('/').next()?;
+        let queue = self.user_faults.get_mut(user_id)?;
+        let (fault, left) = queue.front_mut()?;
+        let fault = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            queue.pop_front();
+        }
+        Some(fault)
+    }
 }
 
 pub(super) struct User {
