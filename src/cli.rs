@@ -1,7 +1,8 @@
 //! The command line: clap definitions and one function per command.
 //!
 //! Exit codes: 0 success, 2 usage or bad input (an id outside the rule, a bad import file),
-//! 78 configuration (EX_CONFIG), 74 database (EX_IOERR), 1 anything else; each error is one
+//! 78 configuration (EX_CONFIG), 74 database (EX_IOERR), 77 Basiq refused the API key
+//! (EX_NOPERM), 1 anything else (for `sweep`: no user could be swept); each error is one
 //! line on stderr. Every id argument is parsed by clap into its checked type, so a bad one
 //! stops the command before it opens the database or reaches Basiq.
 
@@ -26,6 +27,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit code for a database that cannot be opened or migrated (sysexits EX_IOERR).
 pub const EXIT_DATABASE: u8 = 74;
+/// Exit code when Basiq refused the API key (sysexits EX_NOPERM): wrong or revoked.
+pub const EXIT_AUTH: u8 = 77;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +58,11 @@ pub enum Command {
     /// Run the daemon: scheduler, sweep worker and local API, until SIGTERM or SIGINT.
     Run,
     /// One pass now over all registered users (or those named), then exit.
+    ///
+    /// Prints the pass's counts as JSON ({"users_swept", "users_failed", "users_gone",
+    /// "by_health", "aborted": null or {"cause": "auth", "error"}}). Exit 0 when at least one user was swept (or none failed),
+    /// 1 when every user it tried failed, 77 when Basiq refused the API key (the pass stops
+    /// at the first refusal).
     Sweep(SweepArgs),
     /// The login-time check: sweep one user now (unless swept very recently) and print
     /// its connections' health as JSON.
@@ -277,7 +285,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             signal.abort();
             sweeper.store().close().await;
             println!("{}", serde_json::to_string(&counts)?);
-            Ok(0)
+            Ok(sweep_exit_code(&counts))
         }
         Command::Check(args) => {
             let refresher = refresher(&settings).await?;
@@ -527,8 +535,37 @@ pub fn parse_user_file(text: &str) -> Result<Vec<UserId>, ImportError> {
     }
 }
 
+/// What `sweep` exits with: 77 when the pass stopped because Basiq refused the API key,
+/// 1 when every user it tried failed, 0 otherwise (some swept, or none to sweep).
+pub fn sweep_exit_code(counts: &crate::store::SweepCounts) -> u8 {
+    if let Some(abort) = counts
+        .aborted
+        .as_ref()
+        .filter(|a| a.cause == crate::store::AbortCause::Auth)
+    {
+        eprintln!("basiq-health: the sweep stopped: {}", abort.error);
+        EXIT_AUTH
+    } else if counts.users_failed > 0 && counts.users_swept + counts.users_gone == 0 {
+        eprintln!(
+            "basiq-health: no user could be swept ({} failed; see the log)",
+            counts.users_failed
+        );
+        1
+    } else {
+        0
+    }
+}
+
 /// The exit code an error maps to.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let refused_key = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<crate::basiq::Error>()
+            .is_some_and(crate::basiq::Error::is_auth)
+            || c.downcast_ref::<crate::sweep::SweepError>()
+                .is_some_and(crate::sweep::SweepError::is_auth)
+            || c.downcast_ref::<crate::refresh::RefreshError>()
+                .is_some_and(crate::refresh::RefreshError::is_auth)
+    };
     if err
         .chain()
         .any(|c| c.is::<ImportError>() || c.is::<IdError>())
@@ -538,6 +575,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         EXIT_CONFIG
     } else if err.chain().any(|c| c.is::<OpenError>()) {
         EXIT_DATABASE
+    } else if err.chain().any(refused_key) {
+        EXIT_AUTH
     } else {
         1
     }

@@ -520,17 +520,22 @@ impl Client {
                 Ok(ok) => return Ok(ok),
                 Err(err) => err,
             };
-            if err.is_stale_token() && !token_replaced {
-                token_replaced = true;
-                attempt -= 1;
-                tracing::info!(
-                    endpoint = call.endpoint,
-                    status = err.status(),
-                    correlation_id = err.correlation_id(),
-                    "Basiq refused the token; fetching a new one and retrying once"
-                );
-                self.inner.token.invalidate(token.generation).await;
-                continue;
+            if err.is_stale_token() {
+                // Replaced once per request; a burst of refusals costs one `/token` call, and
+                // fresh tokens refused again and again back off in the cache.
+                self.inner.token.invalidate(token.generation, &err).await;
+                if !token_replaced {
+                    token_replaced = true;
+                    attempt -= 1;
+                    tracing::info!(
+                        endpoint = call.endpoint,
+                        status = err.status(),
+                        code = err.code(),
+                        correlation_id = err.correlation_id(),
+                        "Basiq refused the token; fetching a new one and retrying once"
+                    );
+                    continue;
+                }
             }
             let retry = call.retry_transient && err.is_transient() && attempt < opts.max_attempts;
             let delay = retry.then(|| self.backoff(attempt, err.retry_after()));
@@ -616,6 +621,8 @@ impl Client {
                 Ok(token) => return Ok(token),
                 Err(err) => err,
             };
+            // A refused key (`Error::Auth`) is not transient: never retried here, and the
+            // token cache backs off before the next try.
             let retry = err.is_transient() && attempt < opts.max_attempts;
             let delay = retry.then(|| self.backoff(attempt, err.retry_after()));
             let call = Call {
@@ -659,11 +666,11 @@ impl Client {
         let body = response.bytes().await.map_err(|e| transport(&e))?;
         if !status.is_success() {
             let api = api_error(status, &body);
-            // A wrong key answers 404 "Unable to authenticate": that is an auth failure.
-            return Err(if status == StatusCode::NOT_FOUND {
-                Error::Unauthorised { api }
-            } else {
-                Error::from_status(status.as_u16(), api, retry_after)
+            // A wrong key answers 404 "Unable to authenticate"; a revoked one is undocumented
+            // (401 or 403): all three mean the key, not this request, is the trouble.
+            return Err(match status.as_u16() {
+                401 | 403 | 404 => Error::Auth { api },
+                other => Error::from_status(other, api, retry_after),
             });
         }
         let token: wire::TokenResponse = parse("token", &body)?;

@@ -35,8 +35,9 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// A failed call to Basiq.
-#[derive(Debug, thiserror::Error)]
+/// A failed call to Basiq. `Clone`, so the token cache can hand its last `/token` failure to
+/// every caller during the backoff window.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// 429: slow down; `retry_after` when Basiq said how long.
     #[error("rate limited by Basiq ({api})")]
@@ -44,7 +45,12 @@ pub enum Error {
         retry_after: Option<Duration>,
         api: ApiError,
     },
-    /// 401, 403, or a key Basiq does not know (404 on /token).
+    /// `/token` refused the API key (401, 403, or 404 "Unable to authenticate"): the key is
+    /// wrong or revoked. Nothing works until the key is fixed, so a sweep pass stops on it.
+    #[error("Basiq refused the API key ({api}); check basiq.api_key")]
+    Auth { api: ApiError },
+    /// 401 or 403 on a resource: the token is stale (see [`Error::is_stale_token`]), or it
+    /// does not cover this user or resource (`unauthorized-access`, `forbidden-access`).
     #[error("not authorised by Basiq ({api})")]
     Unauthorised { api: ApiError },
     /// 404 with Basiq's own `resource-not-found`: the resource is gone.
@@ -91,6 +97,7 @@ impl Error {
     pub fn api(&self) -> Option<&ApiError> {
         match self {
             Self::RateLimited { api, .. }
+            | Self::Auth { api }
             | Self::Unauthorised { api }
             | Self::NotFound { api }
             | Self::UnconfirmedNotFound { api }
@@ -119,17 +126,25 @@ impl Error {
         }
     }
 
-    /// Basiq answers an expired token with 403 `access-denied` "Token has expired" (not 401).
+    /// The API key was refused: no request can succeed until it is fixed.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Auth { .. })
+    }
+
+    /// Basiq refused the token itself, so a new one may help: 403 `access-denied` "Token has
+    /// expired" (an expired token, not 401!) or 401 `invalid-authorization-token` (a malformed
+    /// or unknown one). A 401/403 `unauthorized-access` is about one user or resource: the
+    /// token is fine, and replacing it would only cost a `/token` call.
     pub(crate) fn is_stale_token(&self) -> bool {
-        match self {
-            Self::Unauthorised { api } => {
-                api.status == 401
-                    || (api.code.as_deref() == Some("access-denied")
-                        && api
-                            .detail
-                            .as_deref()
-                            .is_some_and(|d| d.to_ascii_lowercase().contains("expired")))
-            }
+        let Self::Unauthorised { api } = self else {
+            return false;
+        };
+        match (api.status, api.code.as_deref()) {
+            (401, Some("invalid-authorization-token")) => true,
+            (403, Some("access-denied")) => api
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.to_ascii_lowercase().contains("expired")),
             _ => false,
         }
     }
@@ -192,5 +207,33 @@ mod tests {
                 .is_stale_token()
         );
         assert!(!Error::from_status(403, api(403, "forbidden-access", ""), None).is_stale_token());
+    }
+
+    #[test]
+    fn unauthorized_access_about_one_user_is_not_a_stale_token() {
+        for status in [401, 403] {
+            let err = Error::from_status(
+                status,
+                api(
+                    status,
+                    "unauthorized-access",
+                    "Token does not cover this user",
+                ),
+                None,
+            );
+            assert!(!err.is_stale_token(), "{status} unauthorized-access");
+            assert!(!err.is_transient() && !err.is_auth());
+        }
+        // 403 access-denied is stale only when it says the token expired.
+        assert!(
+            !Error::from_status(403, api(403, "access-denied", "Invalid request"), None)
+                .is_stale_token()
+        );
+        // A bare 401 without Basiq's code is not known to be about the token.
+        let bare = ApiError {
+            status: 401,
+            ..ApiError::default()
+        };
+        assert!(!Error::from_status(401, bare, None).is_stale_token());
     }
 }

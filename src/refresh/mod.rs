@@ -69,6 +69,17 @@ pub enum RefreshError {
     },
 }
 
+impl RefreshError {
+    /// Basiq refused the API key.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            Self::Sweep(e) => e.is_auth(),
+            Self::Basiq(e) => e.is_auth(),
+            _ => false,
+        }
+    }
+}
+
 struct Inner {
     sweeper: Sweeper,
     settings: RefreshSettings,

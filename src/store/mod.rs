@@ -24,7 +24,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 pub use connections::{ConnectionRow, HealthChange};
 pub use connectors::{ConnectorChange, OutageRow};
 pub use jobs::JobRow;
-pub use sweeps::SweepCounts;
+pub use sweeps::{Abort, AbortCause, SweepCounts};
 pub use users::UserRow;
 
 /// The database could not be opened or migrated: exit code 74.

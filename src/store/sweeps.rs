@@ -13,6 +13,28 @@ pub struct SweepCounts {
     pub users_failed: u64,
     pub users_gone: u64,
     pub by_health: BTreeMap<String, u64>,
+    /// Why the pass stopped before its end; `None` when it ran to its end or was
+    /// interrupted by shutdown.
+    pub aborted: Option<Abort>,
+}
+
+/// A pass that stopped early, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Abort {
+    pub cause: AbortCause,
+    /// The error, as logged (Basiq's answer and correlation id; never a secret).
+    pub error: String,
+}
+
+/// What stopped a pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[serde(rename_all = "kebab-case")]
+#[sqlx(rename_all = "kebab-case")]
+pub enum AbortCause {
+    /// Basiq refused the API key: no user can be swept until it is fixed.
+    Auth,
+    /// The database failed (locked, full disk): the next pass tries again.
+    Database,
 }
 
 impl Store {
@@ -32,14 +54,16 @@ impl Store {
     ) -> Result<()> {
         let by_health = serde_json::to_string(&counts.by_health).unwrap_or_default();
         sqlx::query(
-            "UPDATE sweeps SET ended_at = ?, users_swept = ?, users_failed = ?, users_gone = ?, counts = ?
-             WHERE id = ?",
+            "UPDATE sweeps SET ended_at = ?, users_swept = ?, users_failed = ?, users_gone = ?, counts = ?,
+             aborted = ?, abort_error = ? WHERE id = ?",
         )
         .bind(ts(now))
         .bind(i64::try_from(counts.users_swept).unwrap_or(i64::MAX))
         .bind(i64::try_from(counts.users_failed).unwrap_or(i64::MAX))
         .bind(i64::try_from(counts.users_gone).unwrap_or(i64::MAX))
         .bind(by_health)
+        .bind(counts.aborted.as_ref().map(|a| a.cause))
+        .bind(counts.aborted.as_ref().map(|a| a.error.clone()))
         .bind(id)
         .execute(self.pool())
         .await?;

@@ -75,6 +75,13 @@ pub enum SweepError {
     Store(#[from] sqlx::Error),
 }
 
+impl SweepError {
+    /// Basiq refused the API key: no other user can be swept either.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Basiq(e) if e.is_auth())
+    }
+}
+
 /// The cached `/connectors` answer, shared by every task.
 struct ConnectorCache {
     /// The last successful fetch.
@@ -493,6 +500,11 @@ impl Sweeper {
 
     /// One pass: `only` names users (swept whether due or not); otherwise every due user,
     /// in batches, until none is due. Stops taking new users when `cancel` fires.
+    ///
+    /// An authentication failure (Basiq refused the API key) stops the pass: no user is
+    /// started after it, one error line says so, and the counts come back with `aborted`
+    /// set (also stored on the pass's row). The users it stopped are not postponed: the next
+    /// pass takes them again, and the token cache's backoff paces the `/token` calls.
     pub async fn run_pass(
         &self,
         trigger: &str,
@@ -533,9 +545,14 @@ impl Sweeper {
                 tracing::error!(error = %e, "reclassification failed; it resumes on the next tick");
             }
         }
+        // Fired by `cancel`, an authentication failure or a database failure: users not yet
+        // started are skipped, the ones in flight finish (never dropped inside a write).
+        let stop = cancel.child_token();
+        let mut auth_failure: Option<basiq::Error> = None;
+        let mut store_failure: Option<sqlx::Error> = None;
         let mut named = only;
         loop {
-            if cancel.is_cancelled() {
+            if stop.is_cancelled() {
                 break;
             }
             let batch = match named.take() {
@@ -550,19 +567,17 @@ impl Sweeper {
             if batch.is_empty() {
                 break;
             }
-            let results: Vec<(UserId, Result<UserOutcome, SweepError>)> =
-                futures_util::stream::iter(batch)
-                    .map(|user| async move {
-                        if cancel.is_cancelled() {
-                            return (user, Ok(UserOutcome::Skipped));
-                        }
-                        let result = self.sweep_user(&user).await;
-                        (user, result)
-                    })
-                    .buffer_unordered(self.inner.options.concurrency.max(1))
-                    .collect()
-                    .await;
-            for (user, result) in results {
+            let stop = &stop;
+            let mut results = futures_util::stream::iter(batch)
+                .map(|user| async move {
+                    if stop.is_cancelled() {
+                        return (user, Ok(UserOutcome::Skipped));
+                    }
+                    let result = self.sweep_user(&user).await;
+                    (user, result)
+                })
+                .buffer_unordered(self.inner.options.concurrency.max(1));
+            while let Some((user, result)) = results.next().await {
                 match result {
                     Ok(UserOutcome::Swept(healths)) => {
                         counts.users_swept += 1;
@@ -576,6 +591,15 @@ impl Sweeper {
                         progress.users_gone.inc();
                     }
                     Ok(UserOutcome::Skipped) => {}
+                    Err(SweepError::Basiq(e)) if e.is_auth() => {
+                        // Not this user's fault: counted, not postponed, logged once below.
+                        counts.users_failed += 1;
+                        progress.users_failed.inc();
+                        if auth_failure.is_none() {
+                            stop.cancel();
+                            auth_failure = Some(e);
+                        }
+                    }
                     Err(e) => {
                         counts.users_failed += 1;
                         progress.users_failed.inc();
@@ -599,15 +623,41 @@ impl Sweeper {
                         if let Err(e) = store.set_next_due(&user, retry).await {
                             tracing::error!(user_id = %user, error = %e, "could not postpone the user");
                         }
-                        if let SweepError::Store(e) = e {
+                        if let SweepError::Store(e) = e
+                            && store_failure.is_none()
+                        {
                             // Infrastructure trouble (full disk, locked database): stop this
-                            // pass; the next tick tries again.
-                            store.finish_sweep(sweep_id, &counts, Utc::now()).await.ok();
-                            return Err(e);
+                            // pass once the users in flight are done; the next tick tries again.
+                            stop.cancel();
+                            store_failure = Some(e);
                         }
                     }
                 }
             }
+        }
+        if let Some(e) = store_failure {
+            counts.aborted = Some(store::Abort {
+                cause: store::AbortCause::Database,
+                error: e.to_string(),
+            });
+            store.finish_sweep(sweep_id, &counts, Utc::now()).await.ok();
+            return Err(e);
+        }
+        if let Some(e) = &auth_failure {
+            counts.aborted = Some(store::Abort {
+                cause: store::AbortCause::Auth,
+                error: e.to_string(),
+            });
+            tracing::error!(
+                event = "sweep_aborted",
+                trigger,
+                status = e.status(),
+                code = e.code(),
+                correlation_id = e.correlation_id(),
+                users_swept = counts.users_swept,
+                error = %e,
+                "Basiq refused the API key: the sweep pass stops; the next pass tries again"
+            );
         }
         store.finish_sweep(sweep_id, &counts, Utc::now()).await?;
         progress.passes.inc();
@@ -628,6 +678,7 @@ impl Sweeper {
             by_health = %serde_json::to_string(&by_health).unwrap_or_default(),
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             interrupted = cancel.is_cancelled(),
+            aborted = auth_failure.is_some(),
             "sweep finished"
         );
         Ok(counts)

@@ -382,13 +382,150 @@ async fn a_404_user_is_not_found() {
 }
 
 #[tokio::test]
-async fn a_wrong_api_key_is_unauthorised() {
+async fn a_wrong_api_key_is_an_authentication_failure_not_retried() {
     let sim = start_sim(sim_config()).await;
     let mut options = client_options(&sim);
     options.api_key = secrecy::SecretString::from("d3Jvbmcta2V5".to_owned());
     let client = basiq_health::basiq::Client::new(options).unwrap();
     let err = client.list_connectors().await.unwrap_err();
-    assert!(matches!(err, Error::Unauthorised { .. }), "{err:?}");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(err.is_auth() && !err.is_transient());
+    assert_eq!(
+        sim.sim.counters().token_calls,
+        1,
+        "a refused key is not retried"
+    );
+    assert!(err.to_string().contains("basiq.api_key"), "{err}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_an_authentication_failure_whatever_basiq_answers() {
+    let sim = start_sim(sim_config()).await;
+    for status in [401, 403, 404] {
+        sim.sim.revoke_api_key(status);
+        let err = client(&sim).list_connectors().await.unwrap_err();
+        assert!(matches!(err, Error::Auth { .. }), "{status}: {err:?}");
+        assert_eq!(err.status(), Some(status));
+    }
+}
+
+#[tokio::test]
+async fn a_stale_token_answer_fetches_one_new_token() {
+    // 403 access-denied "Token has expired", then 401 invalid-authorization-token, each on
+    // its own simulator (two fresh tokens refused in a row would open the token backoff).
+    for expired in [true, false] {
+        let sim = start_sim(sim_config()).await;
+        let client = client(&sim);
+        let user = first_user(&sim);
+        client.list_connections(&user).await.unwrap();
+        sim.sim.reset_counters();
+        if expired {
+            sim.sim.expire_tokens();
+        } else {
+            sim.sim.inject_fault(
+                Route::Connections,
+                Fault::Status {
+                    status: 401,
+                    retry_after: None,
+                },
+                1,
+            );
+        }
+        client.list_connections(&user).await.unwrap();
+        client.list_jobs(&user, None).await.unwrap();
+        let c = sim.sim.counters();
+        assert_eq!(c.token_calls, 1, "expired: {expired}");
+        assert_eq!(c.requests.get(&Route::Connections).copied(), Some(2));
+        assert_eq!(c.requests.get(&Route::Jobs).copied(), Some(1));
+    }
+}
+
+#[tokio::test]
+async fn an_unauthorized_access_answer_is_not_retried_with_a_new_token() {
+    let sim = start_sim(sim_config()).await;
+    let client = client(&sim);
+    let users = sim.sim.user_ids();
+    let (denied, other) = (
+        UserId::parse(users[0].clone()).unwrap(),
+        UserId::parse(users[1].clone()).unwrap(),
+    );
+    client.list_connections(&other).await.unwrap();
+    sim.sim.reset_counters();
+    for status in [401, 403] {
+        sim.sim
+            .inject_user_fault(denied.as_str(), Fault::UnauthorizedAccess { status }, 1);
+        let err = client.list_connections(&denied).await.unwrap_err();
+        assert!(matches!(err, Error::Unauthorised { .. }), "{err:?}");
+        assert_eq!(err.code(), Some("unauthorized-access"));
+        assert!(!err.is_auth());
+    }
+    client.list_connections(&other).await.unwrap();
+    let c = sim.sim.counters();
+    assert_eq!(c.token_calls, 0, "the shared token is kept");
+    assert_eq!(
+        c.requests.get(&Route::Connections).copied(),
+        Some(3),
+        "each refusal sent once, then the other user with the same token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_route_is_tried_once_for_sixty_four_callers() {
+    let sim = start_sim(sim_config()).await;
+    let client = client(&sim);
+    let user = first_user(&sim);
+    sim.sim.inject_fault(
+        Route::Token,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        1000,
+    );
+    let calls = (0..64).map(|_| {
+        let client = client.clone();
+        let user = user.clone();
+        tokio::spawn(async move { client.list_connections(&user).await })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        let err = call.unwrap().unwrap_err();
+        assert_eq!(err.status(), Some(503), "{err}");
+    }
+    let c = sim.sim.counters();
+    assert_eq!(
+        c.token_calls, 3,
+        "one fetch of max_attempts = 3 tries, shared by every caller in the backoff window"
+    );
+    assert_eq!(c.requests.get(&Route::Connections), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_expires_in_does_not_storm_the_token_route() {
+    // `expires_in: 0`, and tokens that are dead on arrival.
+    let mut config = sim_config();
+    config.token_ttl = Duration::ZERO;
+    let sim = start_sim(config).await;
+    let client = client(&sim);
+    let user = first_user(&sim);
+    let tasks = (0..8).map(|_| {
+        let client = client.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            for _ in 0..25 {
+                let err = client.list_connections(&user).await.unwrap_err();
+                assert!(matches!(err, Error::Unauthorised { .. }), "{err:?}");
+            }
+        })
+    });
+    for task in futures_util::future::join_all(tasks).await {
+        task.unwrap();
+    }
+    let c = sim.sim.counters();
+    assert!(
+        c.token_calls <= 5,
+        "{} /token calls for 200 requests",
+        c.token_calls
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,11 @@ fn config() -> &'static str {
 /// Runs the binary against `sim` with its database at `db` (blocking: call it from a
 /// multi-thread runtime so the in-process simulator keeps serving).
 pub fn run(sim: &RunningSim, db: &Path, args: &[&str]) -> Output {
+    run_with_key(sim, db, args, &sim.sim.api_key())
+}
+
+/// [`run`] with this API key.
+fn run_with_key(sim: &RunningSim, db: &Path, args: &[&str], key: &str) -> Output {
     bin()
         .arg("--config")
         .arg(config())
@@ -22,7 +27,7 @@ pub fn run(sim: &RunningSim, db: &Path, args: &[&str]) -> Output {
         .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
         .env("BASIQ_HEALTH__DATABASE__PATH", db)
         .env("BASIQ_HEALTH__API__LISTEN", "")
-        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+        .env("BASIQ_HEALTH_API_KEY", key)
         .output()
         .unwrap()
 }
@@ -340,4 +345,103 @@ fn an_unwritable_database_path_exits_74() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/sub/bh.db"));
+}
+
+/// Registers the simulator's users; returns their ids.
+fn register_all(sim: &RunningSim, db: &Path) -> Vec<String> {
+    let users = sim.sim.user_ids();
+    let mut add = vec!["users", "add"];
+    add.extend(users.iter().map(String::as_str));
+    stdout(&run(sim, db, &add));
+    users
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_exits_non_zero_with_a_wrong_key() {
+    let mut config = sim_config();
+    config.users = 30;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    register_all(&sim, &db);
+    sim.sim.reset_counters();
+    let wrong = "d3Jvbmcta2V5LWZvci1iYXNpcS1oZWFsdGg=";
+    let out = run_with_key(&sim, &db, &["sweep"], wrong);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts["users_swept"], 0);
+    assert_eq!(counts["aborted"]["cause"], "auth", "{counts}");
+    assert!(
+        stderr.contains("Basiq refused the API key"),
+        "one clear line: {stderr}"
+    );
+    assert!(!stderr.contains(wrong), "the key leaked: {stderr}");
+    assert!(sim.sim.counters().token_calls <= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_exits_non_zero_when_no_user_could_be_swept() {
+    let mut config = sim_config();
+    config.users = 3;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let users = register_all(&sim, &db);
+    let deny = |user: &str| {
+        sim.sim.inject_user_fault(
+            user,
+            basiq_sim::Fault::UnauthorizedAccess { status: 403 },
+            1,
+        )
+    };
+    for user in &users {
+        deny(user);
+    }
+    let out = run(&sim, &db, &["sweep"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            counts["users_swept"].as_u64(),
+            counts["users_failed"].as_u64()
+        ),
+        (Some(0), Some(3))
+    );
+    assert!(
+        counts["aborted"].is_null(),
+        "a failure per user does not stop the pass"
+    );
+    assert!(stderr.contains("no user could be swept"), "{stderr}");
+
+    // One user failing out of three is a partial success: exit 0.
+    deny(&users[0]);
+    let out = run(&sim, &db, &["sweep"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            counts["users_swept"].as_u64(),
+            counts["users_failed"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_77_when_basiq_refuses_the_key() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    sim.sim.revoke_api_key(401);
+    let out = run(&sim, &db, &["check", "some-user"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("basiq.api_key"), "{stderr}");
 }

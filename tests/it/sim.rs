@@ -305,6 +305,105 @@ async fn tokens_expire_after_their_ttl() {
     assert_eq!(body["data"][0]["detail"], "Token has expired");
 }
 
+// ---- access: a revoked key, faults about one user ----------------------------------------
+
+async fn post_token(h: &Harness, key: &str) -> (StatusCode, Value) {
+    let resp = h
+        .client
+        .post(format!("{}/token", h.base))
+        .header("Authorization", format!("Basic {key}"))
+        .header("basiq-version", "3.0")
+        .form(&[("scope", "SERVER_ACCESS")])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_token_until_restored() {
+    let h = Harness::start(quick(2, Duration::from_secs(2))).await;
+    let key = h.sim().api_key();
+    let user = h.sim().user_ids()[0].clone();
+    for (status, code) in [
+        (401, "unauthorized-access"),
+        (403, "access-denied"),
+        (404, "parameter-not-valid"),
+    ] {
+        h.sim().revoke_api_key(status);
+        let (got, body) = post_token(&h, &key).await;
+        assert_eq!(got.as_u16(), status);
+        assert_error(&body, code);
+    }
+    // Tokens issued before the revocation live on until they expire.
+    assert_eq!(h.get(&format!("/users/{user}")).await.0, StatusCode::OK);
+
+    let ctl = |p: &str| format!("{}/_sim/{p}", h.base);
+    let resp = h.client.post(ctl("restore-key")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(post_token(&h, &key).await.0, StatusCode::OK);
+    // The control route; without a body it answers 403, as the default revocation.
+    let resp = h.client.post(ctl("revoke-key")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(post_token(&h, &key).await.0, StatusCode::FORBIDDEN);
+    let resp = h
+        .client
+        .post(ctl("revoke-key"))
+        .json(&serde_json::json!({"status": 401}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(post_token(&h, &key).await.0, StatusCode::UNAUTHORIZED);
+    h.sim().restore_api_key();
+    assert_eq!(post_token(&h, &key).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unauthorized_access_fault_hits_only_the_users_routes() {
+    let h = Harness::start(quick(3, Duration::from_secs(2))).await;
+    let users = h.sim().user_ids();
+    let (denied, other) = (&users[0], &users[1]);
+    h.sim()
+        .inject_user_fault(denied, Fault::UnauthorizedAccess { status: 401 }, 2);
+    assert_eq!(
+        h.get(&format!("/users/{other}/connections")).await.0,
+        StatusCode::OK,
+        "another user's route is untouched"
+    );
+    assert_eq!(h.get("/connectors").await.0, StatusCode::OK);
+    let (status, body) = h.get(&format!("/users/{denied}/connections")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_error(&body, "unauthorized-access");
+    assert_eq!(
+        h.get(&format!("/users/{denied}/jobs")).await.0,
+        StatusCode::UNAUTHORIZED,
+        "every route of the user"
+    );
+    assert_eq!(
+        h.get(&format!("/users/{denied}/jobs")).await.0,
+        StatusCode::OK,
+        "used up after `times`"
+    );
+
+    let resp = h
+        .client
+        .post(format!("{}/_sim/user-faults", h.base))
+        .json(&serde_json::json!({
+            "user_id": denied,
+            "fault": {"kind": "unauthorized-access", "status": 403},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (status, body) = h.get(&format!("/users/{denied}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_error(&body, "unauthorized-access");
+    assert_eq!(h.get(&format!("/users/{denied}")).await.0, StatusCode::OK);
+}
+
 // ---- shapes -------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -668,3 +668,222 @@ async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pas
     let counts = sweep_all(&sweeper, std::slice::from_ref(&second)).await;
     assert_eq!(counts.users_swept, 1, "the next pass works");
 }
+
+// ---- the shared token and a refused key ---------------------------------------------------
+
+#[tokio::test]
+async fn a_revoked_key_stops_the_pass_after_a_handful_of_token_calls() {
+    let mut config = sim_config();
+    config.users = 500;
+    let sim = start_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nconcurrency = 16\n",
+    )
+    .await;
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
+    sweeper.add_users(&users).await.unwrap();
+    let schedule_before = sweeper.store().list_users().await.unwrap();
+    sim.sim.revoke_api_key(403);
+    sim.sim.reset_counters();
+
+    let (logs, _guard) = capture_logs();
+    let counts = sweep_all(&sweeper, &users).await;
+    let c = sim.sim.counters();
+    assert!(
+        c.token_calls <= 5,
+        "{} /token calls for 500 users",
+        c.token_calls
+    );
+    assert_eq!(
+        c.requests.get(&Route::Connections),
+        None,
+        "no user route asked"
+    );
+    assert_eq!(counts.users_swept, 0);
+    assert!(
+        counts.users_failed <= 16,
+        "only the users in flight: {counts:?}"
+    );
+    let abort = counts.aborted.expect("the pass reports its abort");
+    assert_eq!(abort.cause, basiq_health::store::AbortCause::Auth);
+    assert!(abort.error.contains("403"), "{}", abort.error);
+
+    let (cause, error): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT aborted, abort_error FROM sweeps ORDER BY id DESC LIMIT 1")
+            .fetch_one(sweeper.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(cause.as_deref(), Some("auth"));
+    assert_eq!(error.as_deref(), Some(abort.error.as_str()));
+    assert_eq!(
+        sweeper.store().list_users().await.unwrap(),
+        schedule_before,
+        "nobody postponed: the next pass takes them again"
+    );
+
+    let errors: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {errors:?}");
+    assert_eq!(errors[0]["event"], "sweep_aborted");
+    assert_eq!(errors[0]["status"], 403);
+    assert!(!logs.text().contains(CANARY_KEY), "the API key leaked");
+}
+
+#[tokio::test]
+async fn a_key_revoked_while_running_stops_the_next_pass_at_once() {
+    let sim = start_sim(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nconcurrency = 8\n",
+    )
+    .await;
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
+    sweeper.add_users(&users).await.unwrap();
+    assert_eq!(sweep_all(&sweeper, &users).await.users_swept, 20);
+    // The key is revoked and its tokens die with it.
+    sim.sim.revoke_api_key(401);
+    sim.sim.expire_tokens();
+    sim.sim.reset_counters();
+    let counts = sweep_all(&sweeper, &users).await;
+    assert!(
+        counts.users_failed <= 8,
+        "no user started after the refusal: {counts:?}"
+    );
+    assert_eq!(
+        counts.aborted.map(|a| a.cause),
+        Some(basiq_health::store::AbortCause::Auth)
+    );
+    let c = sim.sim.counters();
+    assert!(c.token_calls <= 2, "{} /token calls", c.token_calls);
+    let asked = c.requests.get(&Route::Connections).copied().unwrap_or(0);
+    assert!(asked <= 8, "only the users in flight asked: {asked}");
+}
+
+#[tokio::test]
+async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
+    let sim = start_sim(sim_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sweeper = sweeper_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nconcurrency = 4\n",
+    )
+    .await;
+    let users: Vec<UserId> = sim
+        .sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).unwrap())
+        .collect();
+    sweeper.add_users(&users).await.unwrap();
+    let denied = users[3].clone();
+    sim.sim.inject_user_fault(
+        denied.as_str(),
+        basiq_sim::Fault::UnauthorizedAccess { status: 401 },
+        10,
+    );
+    sim.sim.reset_counters();
+    let (logs, _guard) = capture_logs();
+    let counts = sweep_all(&sweeper, &users).await;
+    assert_eq!(sim.sim.counters().token_calls, 1, "one token for the pass");
+    assert_eq!((counts.users_swept, counts.users_failed), (19, 1));
+    assert_eq!(counts.aborted, None);
+    let failed: Vec<_> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["event"] == "user_sweep_failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["user_id"], denied.as_str());
+    assert_eq!(failed[0]["status"], 401);
+    let row = sweeper.store().get_user(&denied).await.unwrap().unwrap();
+    assert!(row.next_due_at > Utc::now(), "the user alone is postponed");
+}
+
+#[tokio::test]
+async fn a_scheduled_pass_stopped_by_a_refused_key_is_tried_again_on_a_later_tick() {
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let settings = settings_for(
+        &sim,
+        &db,
+        "[sweep]\nperiod = \"2s\"\ntick = \"* * * * * *\"\n",
+    );
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    let users: Vec<UserId> = (0..3)
+        .map(|i| script(&sim, &format!("refused{i}"), ok()).0)
+        .collect();
+    app.sweeper().add_users(&users).await.unwrap();
+    let store = app.sweeper().store().clone();
+    sim.sim.revoke_api_key(404);
+    let daemon = Daemon::start(app);
+
+    // Two aborted passes (bounded poll on the database).
+    let aborted = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sweeps WHERE aborted = 'auth'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while aborted().await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no two aborted passes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let passes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sweeps")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        sim.sim.counters().token_calls <= u64::try_from(passes).unwrap() + 1,
+        "at most one /token call per tick"
+    );
+    // The key works again: a later tick sweeps everyone.
+    sim.sim.restore_api_key();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let swept = store
+            .list_users()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|u| u.last_swept_at.is_some())
+            .count();
+        if swept == users.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {swept} users swept after the key came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}

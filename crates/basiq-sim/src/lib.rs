@@ -14,8 +14,9 @@
 //! It can also send what Basiq really sends at its worst ([`ItemFault`] for one unreadable item
 //! of a list, `/connectors` without logos, a gateway's HTML 404: see `shapes`).
 //!
-//! Tests steer it in process (faults, delays, outages, expired tokens, counters); a person with
-//! curl or the daemon's `demo` steers it through the unauthenticated `/_sim/` control routes.
+//! Tests steer it in process (faults, delays, outages, expired tokens, a revoked key, faults
+//! aimed at one user, counters); a person with curl or the daemon's `demo` steers it through
+//! the unauthenticated `/_sim/` control routes.
 //!
 //! It knows nothing about SQLite or the daemon's modules: it only speaks HTTP, and never uses
 //! anything else from this crate, so it compiles on its own.
@@ -342,6 +343,10 @@ pub enum Fault {
     GatewayPage { status: u16 },
     /// Answer this status with an empty body.
     EmptyBody { status: u16 },
+    /// Answer 401 or 403 `unauthorized-access`, as Basiq does when the token does not cover
+    /// the user or resource (the token itself is fine). Aim it at one user with
+    /// [`Simulator::inject_user_fault`].
+    UnauthorizedAccess { status: u16 },
 }
 
 /// A snapshot of what the simulator has been asked.
@@ -589,6 +594,38 @@ impl Simulator {
     /// Every token issued so far now answers 403 "Token has expired"; new ones work.
     pub fn expire_tokens(&self) {
         self.lock().expire_tokens();
+    }
+
+    /// Revokes the API key: from now on `POST /token` answers `status` whatever key is sent
+    /// (401 `unauthorized-access`, 403 `access-denied`, or 404 "Unable to authenticate" as
+    /// for a wrong key; any other status is taken as 403). Basiq documents only the 404 of a
+    /// wrong key. Tokens already issued keep working until they expire: add
+    /// [`Simulator::expire_tokens`] for a key whose tokens die with it.
+    pub fn revoke_api_key(&self, status: u16) {
+        tracing::info!(status, "simulator API key revoked");
+        self.lock().access.revoked_key = Some(status);
+    }
+
+    /// Undoes [`Simulator::revoke_api_key`]: `POST /token` accepts the key again.
+    pub fn restore_api_key(&self) {
+        tracing::info!("simulator API key restored");
+        self.lock().access.revoked_key = None;
+    }
+
+    /// The next `times` requests to any route of `user_id` (`/users/{user_id}/...`) get
+    /// `fault`, e.g. [`Fault::UnauthorizedAccess`]. Faults queued on the route itself with
+    /// [`Simulator::inject_fault`] come first.
+    pub fn inject_user_fault(&self, user_id: &str, fault: Fault, times: u32) {
+        if times == 0 {
+            return;
+        }
+        tracing::info!(user_id, ?fault, times, "simulator user fault injected");
+        self.lock()
+            .access
+            .user_faults
+            .entry(user_id.to_owned())
+            .or_default()
+            .push_back((fault, times));
     }
 
     /// Adds a user without connections (nothing happens when it exists).

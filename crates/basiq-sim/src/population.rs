@@ -108,6 +108,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x5eed_5eed_5eed_5eed),
         cases: HashMap::new(),
         shapes: Default::default(),
+        access: Default::default(),
     };
 
     let mut by_user: Vec<Vec<&Slot>> = vec![Vec::new(); users.len()];

@@ -72,6 +72,9 @@ pub(super) fn router(sim: Simulator) -> Router {
         .route("/_sim/items", delete(ctl_clear_item_faults))
         .route("/_sim/items/{item_id}", post(ctl_mangle_item))
         .route("/_sim/connectors-logo", post(ctl_connectors_logo))
+        .route("/_sim/revoke-key", post(ctl_revoke_key))
+        .route("/_sim/restore-key", post(ctl_restore_key))
+        .route("/_sim/user-faults", post(ctl_user_fault))
         .route("/_sim/users", get(ctl_users))
         .route(
             "/_sim/users/{user_id}",
@@ -121,6 +124,9 @@ async fn track(
         Some(Fault::Drop) => dropped(),
         Some(Fault::GatewayPage { status }) => super::shapes::gateway_page(status),
         Some(Fault::EmptyBody { status }) => super::shapes::empty_body(status),
+        Some(Fault::UnauthorizedAccess { status }) => {
+            ApiError::unauthorized_access(status).into_response()
+        }
     }
 }
 
@@ -177,6 +183,7 @@ impl Simulator {
             .get_mut(&route)
             .and_then(super::state::Chaos::on_request);
         let fault = queued.or(chaos);
+        let fault = fault.or_else(|| st.access.next_user_fault(path));
         if let Some(fault) = &fault {
             tracing::debug!(%route, ?fault, "simulator applying an injected fault");
         }
@@ -271,6 +278,42 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "access-denied", "Access denied.")
             .detail("Token has expired")
             .null_source()
+    }
+
+    /// The token is fine but does not cover this user or resource.
+    fn unauthorized_access(status: u16) -> Self {
+        let status = if status == 403 {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        Self::new(status, "unauthorized-access", "Unauthorized Access")
+            .detail("The token does not cover this user")
+    }
+
+    /// `POST /token` with a revoked key.
+    fn key_refused(status: u16) -> Self {
+        match status {
+            401 => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized-access",
+                "Unauthorized Access",
+            )
+            .detail("Invalid API key"),
+            404 => Self::wrong_key(),
+            _ => Self::new(StatusCode::FORBIDDEN, "access-denied", "Access denied.")
+                .detail("The API key has been revoked"),
+        }
+    }
+
+    /// What Basiq answers `POST /token` with a key it does not know.
+    fn wrong_key() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "parameter-not-valid",
+            "We have encountered an error",
+        )
+        .detail("Unable to authenticate. Please, check your API key")
     }
 
     fn not_found(what: &str) -> Self {
@@ -413,14 +456,12 @@ async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: String) -
         .detail("Basiq-version must be specified in HTTP request header")
         .source(json!({"parameter": "basiq-version", "pointer": "header/basiq-version"})));
     }
+    if let Some(status) = sim.lock().access.revoked_key {
+        return Err(ApiError::key_refused(status));
+    }
     let expected = format!("Basic {}", sim.inner.api_key);
     if headers.get(AUTHORIZATION).map(HeaderValue::as_bytes) != Some(expected.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "parameter-not-valid",
-            "We have encountered an error",
-        )
-        .detail("Unable to authenticate. Please, check your API key"));
+        return Err(ApiError::wrong_key());
     }
     let scope = url::form_urlencoded::parse(body.as_bytes())
         .find(|(k, _)| k == "scope")
@@ -837,6 +878,40 @@ async fn ctl_clear_item_faults(State(sim): State<Simulator>) -> StatusCode {
 }
 
 #[derive(Deserialize)]
+struct RevokeRequest {
+    #[serde(default = "forbidden")]
+    status: u16,
+}
+
+fn forbidden() -> u16 {
+    403
+}
+
+/// Body optional: `{"status": 401 | 403 | 404}`, 403 when absent.
+async fn ctl_revoke_key(State(sim): State<Simulator>, body: String) -> Response {
+    let req: RevokeRequest = if body.trim().is_empty() {
+        RevokeRequest {
+            status: forbidden(),
+        }
+    } else {
+        match serde_json::from_str(&body) {
+            Ok(req) => req,
+            Err(e) => {
+                return ApiError::not_valid("status", format!("bad revoke-key body: {e}"))
+                    .into_response();
+            }
+        }
+    };
+    sim.revoke_api_key(req.status);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn ctl_restore_key(State(sim): State<Simulator>) -> StatusCode {
+    sim.restore_api_key();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
 struct LogoRequest {
     served: bool,
 }
@@ -847,6 +922,22 @@ async fn ctl_connectors_logo(
     Json(req): Json<LogoRequest>,
 ) -> StatusCode {
     sim.set_connectors_without_logo(!req.served);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct UserFaultRequest {
+    user_id: String,
+    fault: Fault,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+async fn ctl_user_fault(
+    State(sim): State<Simulator>,
+    Json(req): Json<UserFaultRequest>,
+) -> StatusCode {
+    sim.inject_user_fault(&req.user_id, req.fault, req.times);
     StatusCode::NO_CONTENT
 }
 

@@ -53,6 +53,8 @@ pub(super) struct State {
     pub cases: HashMap<String, Case>,
     /// Items served wrong and other shape switches.
     pub shapes: super::shapes::Shapes,
+    /// A revoked key and faults aimed at one user.
+    pub access: AccessFaults,
 }
 
 /// Faults handed out every `every`-th request of a route, cycling through `faults`.
@@ -72,6 +74,29 @@ impl Chaos {
         }
         let fault = self.faults[self.next % self.faults.len()].clone();
         self.next += 1;
+        Some(fault)
+    }
+}
+
+/// Faults about who may do what: a revoked API key, and faults aimed at one user's routes.
+#[derive(Default)]
+pub(super) struct AccessFaults {
+    /// `POST /token` answers this status whatever the key.
+    pub revoked_key: Option<u16>,
+    pub user_faults: HashMap<String, VecDeque<(Fault, u32)>>,
+}
+
+impl AccessFaults {
+    /// The next fault queued for the user whose routes `path` is under (`/users/{id}/...`).
+    pub fn next_user_fault(&mut self, path: &str) -> Option<Fault> {
+        let user_id = path.strip_prefix("/users/")?.split('/').next()?;
+        let queue = self.user_faults.get_mut(user_id)?;
+        let (fault, left) = queue.front_mut()?;
+        let fault = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            queue.pop_front();
+        }
         Some(fault)
     }
 }
