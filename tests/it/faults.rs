@@ -34,6 +34,9 @@ async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Sweeper {
     let mut settings = settings_for(sim, db, EXTRA);
     settings.basiq.timeout = Duration::from_millis(400);
     settings.basiq.max_retry_delay = Duration::from_millis(1500);
+    // Sixteen writers on a loaded 2-core machine: wait for the lock rather than fail the
+    // pass (the single writer of the performance issue removes the contention).
+    settings.database.busy_timeout = Duration::from_secs(60);
     basiq_health::app::build_sweeper_with_key(
         &settings,
         secrecy::SecretString::from(sim.sim.api_key()),
