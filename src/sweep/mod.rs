@@ -574,6 +574,19 @@ impl Sweeper {
                         return (user, Ok(UserOutcome::Skipped));
                     }
                     let result = self.sweep_user(&user).await;
+                    if let Err(e) = &result
+                        && !matches!(e, SweepError::Basiq(b) if b.is_auth())
+                    {
+                        // Postponed here, inside the user's own future: awaiting a write in
+                        // the loop below would stop polling the users in flight, and one of
+                        // them may hold the write lock this write waits for.
+                        let retry = Utc::now()
+                            + chrono::Duration::from_std(self.inner.options.retry_after)
+                                .unwrap_or_default();
+                        if let Err(e) = self.inner.store.set_next_due(&user, retry).await {
+                            tracing::error!(user_id = %user, error = %e, "could not postpone the user");
+                        }
+                    }
                     (user, result)
                 })
                 .buffer_unordered(self.inner.options.concurrency.max(1));
@@ -617,12 +630,6 @@ impl Sweeper {
                             error = %e,
                             "sweep of this user failed; it is retried later"
                         );
-                        let retry = Utc::now()
-                            + chrono::Duration::from_std(self.inner.options.retry_after)
-                                .unwrap_or_default();
-                        if let Err(e) = store.set_next_due(&user, retry).await {
-                            tracing::error!(user_id = %user, error = %e, "could not postpone the user");
-                        }
                         if let SweepError::Store(e) = e
                             && store_failure.is_none()
                         {

@@ -34,9 +34,6 @@ async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Sweeper {
     let mut settings = settings_for(sim, db, EXTRA);
     settings.basiq.timeout = Duration::from_millis(400);
     settings.basiq.max_retry_delay = Duration::from_millis(1500);
-    // Sixteen writers on a loaded 2-core machine: wait for the lock rather than fail the
-    // pass (the single writer of the performance issue removes the contention).
-    settings.database.busy_timeout = Duration::from_secs(60);
     basiq_health::app::build_sweeper_with_key(
         &settings,
         secrecy::SecretString::from(sim.sim.api_key()),
@@ -103,17 +100,11 @@ fn every_fault() -> Vec<Fault> {
 }
 
 #[tokio::test]
-#[ignore = "stalls since the shared /token backoff landed (chaos on /token): under investigation"]
 async fn a_500_user_sweep_survives_the_fault_matrix_within_two_passes() {
     let sim = matrix_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bh.db");
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     assert_eq!(users.len(), USERS);
     let sweeper = sweeper(&sim, &db).await;
     sweeper.add_users(&users).await.unwrap();
@@ -251,12 +242,7 @@ async fn a_500_user_sweep_survives_the_fault_matrix_within_two_passes() {
 #[tokio::test]
 async fn connectors_failing_on_a_fresh_database_blame_nobody_and_the_next_pass_is_right() {
     let sim = matrix_sim().await;
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     let dir = tempfile::tempdir().unwrap();
 
     // The right answer, from a database that saw /connectors answer.

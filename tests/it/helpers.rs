@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use basiq_health::basiq::{Client, ClientOptions};
+use basiq_health::domain::UserId;
 use basiq_health::settings::{LogFormat, LogSettings};
 use basiq_sim::{RunningSim, SimConfig, Simulator};
 use secrecy::SecretString;
@@ -198,4 +199,13 @@ impl Daemon {
             .expect("daemon task")
             .expect("daemon stopped cleanly");
     }
+}
+
+/// Every user the simulator holds, as the daemon's ids.
+pub fn sim_users(sim: &RunningSim) -> Vec<UserId> {
+    sim.sim
+        .user_ids()
+        .into_iter()
+        .map(|id| UserId::parse(id).expect("the simulator's ids are valid"))
+        .collect()
 }

@@ -170,12 +170,7 @@ async fn sigterm_during_a_sweep_of_500_users_exits_0_within_the_grace_and_leaves
         )
         .await
         .unwrap();
-        let users: Vec<UserId> = sim
-            .sim
-            .user_ids()
-            .into_iter()
-            .map(|id| UserId::parse(id).unwrap())
-            .collect();
+        let users: Vec<UserId> = sim_users(&sim);
         sweeper.add_users(&users).await.unwrap();
         sweeper.store().close().await;
     }
@@ -302,12 +297,7 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
     .await
     .unwrap();
     let base = format!("http://{}", app.api_addr().unwrap());
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     app.sweeper().add_users(&users).await.unwrap();
     let sweeper = app.sweeper().clone();
     let daemon = Daemon::start(app);

@@ -400,12 +400,7 @@ async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_tok
         "[sweep]\nconcurrency = 16\n",
     )
     .await;
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     sim.sim.reset_counters();
     let counts = sweep_all(&sweeper, &users).await;
@@ -683,12 +678,7 @@ async fn a_revoked_key_stops_the_pass_after_a_handful_of_token_calls() {
         "[sweep]\nconcurrency = 16\n",
     )
     .await;
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     let schedule_before = sweeper.store().list_users().await.unwrap();
     sim.sim.revoke_api_key(403);
@@ -750,12 +740,7 @@ async fn a_key_revoked_while_running_stops_the_next_pass_at_once() {
         "[sweep]\nconcurrency = 8\n",
     )
     .await;
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     assert_eq!(sweep_all(&sweeper, &users).await.users_swept, 20);
     // The key is revoked and its tokens die with it.
@@ -787,12 +772,7 @@ async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
         "[sweep]\nconcurrency = 4\n",
     )
     .await;
-    let users: Vec<UserId> = sim
-        .sim
-        .user_ids()
-        .into_iter()
-        .map(|id| UserId::parse(id).unwrap())
-        .collect();
+    let users: Vec<UserId> = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     let denied = users[3].clone();
     sim.sim.inject_user_fault(
