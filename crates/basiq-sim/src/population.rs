@@ -109,6 +109,9 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         cases: HashMap::new(),
         shapes: Default::default(),
         access: Default::default(),
+        user_index: HashMap::new(),
+        job_index: None,
+        live_jobs: 0,
     };
 
     let mut by_user: Vec<Vec<&Slot>> = vec![Vec::new(); users.len()];
@@ -129,7 +132,8 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
             for (created, updated, outcome) in made.jobs {
                 let failed = matches!(outcome, Outcome::Fail { .. });
                 let id = uuid(&mut rng);
-                state.push_job(Job {
+                // Sorted once below: inserting each in place is quadratic at 100,000 users.
+                state.jobs.push(Job {
                     id,
                     user_id: user_id.clone(),
                     connection_id: made.conn.id.clone(),
@@ -159,6 +163,9 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         }
     }
 
+    // Stable: jobs created in the same instant keep the order they were made in.
+    state.jobs.sort_by_key(|j| j.created);
+
     // A refresh that is running as the simulator starts, without `links.source` until it ends:
     // on the last healthy connection, so the first ones stay plain.
     if healthy.len() >= 2
@@ -184,6 +191,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
     }
 
     state.users = users;
+    state.reindex_users();
     state
 }
 

@@ -581,10 +581,10 @@ async fn jobs(
         return Err(ApiError::not_found("user"));
     }
     // Oldest first: Basiq documents no order, so the daemon has to sort by `created` itself.
+    st.index_jobs();
     let data: Vec<Value> = st
-        .jobs
-        .iter()
-        .filter(|j| j.user_id == user_id && now - j.created < JOB_RETENTION)
+        .user_jobs(&user_id)
+        .filter(|j| now - j.created < JOB_RETENTION)
         .filter(|j| connection_id.as_ref().is_none_or(|c| *c == j.connection_id))
         .map(|j| st.shapes.item(&j.id, j.to_json(&base, now)))
         .collect();

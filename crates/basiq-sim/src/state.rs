@@ -55,6 +55,12 @@ pub(super) struct State {
     pub shapes: super::shapes::Shapes,
     /// A revoked key and faults aimed at one user.
     pub access: AccessFaults,
+    /// Where each user sits in `users`: a lookup per request must not walk the population.
+    pub user_index: HashMap<String, usize>,
+    /// Each user's jobs (positions in `jobs`, oldest first); rebuilt after `jobs` changes.
+    pub job_index: Option<HashMap<String, Vec<usize>>>,
+    /// Jobs still running whose outcome is not yet applied: `settle` has work only then.
+    pub live_jobs: usize,
 }
 
 /// Faults handed out every `every`-th request of a route, cycling through `faults`.
@@ -233,11 +239,43 @@ pub(super) struct JobView {
 
 impl State {
     pub fn user(&self, user_id: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.id == user_id)
+        self.user_index.get(user_id).map(|&i| &self.users[i])
     }
 
     pub fn user_mut(&mut self, user_id: &str) -> Option<&mut User> {
-        self.users.iter_mut().find(|u| u.id == user_id)
+        self.user_index.get(user_id).map(|&i| &mut self.users[i])
+    }
+
+    /// Rebuilds the user index after `users` was replaced or reordered.
+    pub fn reindex_users(&mut self) {
+        self.user_index = self
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.id.clone(), i))
+            .collect();
+    }
+
+    /// Builds the per-user job index if `jobs` changed since it was last built.
+    pub fn index_jobs(&mut self) {
+        if self.job_index.is_none() {
+            let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, j) in self.jobs.iter().enumerate() {
+                index.entry(j.user_id.clone()).or_default().push(i);
+            }
+            self.job_index = Some(index);
+        }
+    }
+
+    /// The user's jobs, oldest first; [`State::index_jobs`] first, or none are found.
+    pub fn user_jobs(&self, user_id: &str) -> impl Iterator<Item = &Job> {
+        let positions = self
+            .job_index
+            .as_ref()
+            .and_then(|index| index.get(user_id))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        positions.iter().map(|&i| &self.jobs[i])
     }
 
     pub fn connection_mut(&mut self, connection_id: &str) -> Option<&mut Conn> {
@@ -309,6 +347,7 @@ impl State {
             return;
         }
         let short: String = user_id.chars().take(8).collect();
+        self.user_index.insert(user_id.to_owned(), self.users.len());
         self.users.push(User {
             id: user_id.to_owned(),
             email: format!("user-{short}@example.com"),
@@ -321,7 +360,10 @@ impl State {
 
     pub fn remove_user(&mut self, user_id: &str) {
         self.users.retain(|u| u.id != user_id);
+        self.reindex_users();
         self.jobs.retain(|j| j.user_id != user_id);
+        self.job_index = None;
+        self.live_jobs = self.jobs.iter().filter(|j| j.is_unsettled()).count();
     }
 
     pub fn add_connection(&mut self, user_id: &str, mut conn: ScriptedConnection) {
@@ -385,12 +427,19 @@ impl State {
 
     /// Keeps `jobs` ordered by creation time, so lists come out oldest first.
     pub fn push_job(&mut self, job: Job) {
+        if job.is_unsettled() {
+            self.live_jobs += 1;
+        }
         let at = self.jobs.partition_point(|j| j.created <= job.created);
         self.jobs.insert(at, job);
+        self.job_index = None;
     }
 
     /// Applies every job that has finished by `now` to its connection, in finishing order.
     pub fn settle(&mut self, now: DateTime<Utc>) {
+        if self.live_jobs == 0 {
+            return;
+        }
         let mut done: Vec<(DateTime<Utc>, usize)> = self
             .jobs
             .iter()
@@ -410,6 +459,7 @@ impl State {
                 if let Timing::Live { applied, .. } = &mut job.timing {
                     *applied = true;
                 }
+                self.live_jobs = self.live_jobs.saturating_sub(1);
                 (
                     job.user_id.clone(),
                     job.connection_id.clone(),
@@ -493,6 +543,11 @@ fn layout(outcome: &Outcome) -> (Vec<String>, usize) {
 impl Job {
     /// The job at `now`.
     ///
+    /// Running, with its outcome not yet applied to its connection.
+    pub fn is_unsettled(&self) -> bool {
+        matches!(self.timing, Timing::Live { applied: false, .. })
+    }
+
     /// A live job moves one step per `step`: step k is `in-progress` during
     /// `[created + k*step, created + (k+1)*step)` and done after. `MfaPending` and `Hang` stop
     /// moving at their second step. A fixed job is either done or frozen on its last step.
