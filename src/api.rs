@@ -214,6 +214,15 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     let mut problems = Vec::new();
     if let Err(e) = &writable {
         problems.push(format!("database not writable: {e}"));
+    } else if let Some(f) = state.sweeper.store().write_health().failing() {
+        // The probe above is rolled back, so it cannot see a full disk; the last real
+        // write can.
+        problems.push(format!(
+            "database writes failing since {} ({} failure(s)): {}",
+            f.since.to_rfc3339(),
+            f.failures,
+            f.error
+        ));
     }
     problems.extend(crate::service::tick_problem(
         last_tick,

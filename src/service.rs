@@ -108,7 +108,21 @@ pub fn spawn_watchdog(
     let stall = watchdog.unwrap_or(Duration::from_secs(600));
     tokio::spawn(async move {
         loop {
-            if watchdog.is_some() && worker_healthy(&sweeper, &ticks, tick_interval, started, stall)
+            let failing = sweeper.store().write_health().failing();
+            if watchdog.is_some()
+                && let Some(f) = &failing
+            {
+                // Writes keep failing (a full disk, a read-only file system): let systemd
+                // restart the service rather than report a healthy daemon that stores nothing.
+                tracing::error!(
+                    event = "watchdog_withheld",
+                    since = %f.since,
+                    failures = f.failures,
+                    error = %f.error,
+                    "database writes are failing: not petting the watchdog"
+                );
+            } else if watchdog.is_some()
+                && worker_healthy(&sweeper, &ticks, tick_interval, started, stall)
             {
                 send(&[NotifyState::Watchdog]);
             } else if watchdog.is_some() {

@@ -2,27 +2,43 @@
 //! table family. Makes no decisions; every timestamp is unix seconds.
 //!
 //! WAL, `busy_timeout` and foreign keys are set on every connection. Writes that read then
-//! write run in `BEGIN IMMEDIATE` transactions so concurrent writers wait instead of failing
-//! with "database is locked".
+//! write run in `BEGIN IMMEDIATE` transactions ([`Store::write`]) so concurrent writers wait
+//! instead of failing with "database is locked".
+//!
+//! A failed write must not poison the pool: when a statement or the COMMIT fails (a full
+//! disk fails the COMMIT), SQLite may or may not have rolled the transaction back, and a
+//! connection handed back in that state fails every later `BEGIN`. So a [`WriteTx`] that
+//! did not end in a successful COMMIT or ROLLBACK closes its connection instead of
+//! returning it, and every write's outcome feeds [`WriteHealth`].
+//!
+//! The database file is created `0600` before SQLite opens it (SQLite gives the `-wal` and
+//! `-shm` files the database file's mode), and tightened to `0600` when it is more open.
 
 pub mod connections;
 pub mod connectors;
+pub mod health;
 pub mod housekeeping;
 pub mod jobs;
 pub mod refreshes;
 mod sweeps;
 mod users;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqlitePool};
 
 pub use connections::{ConnectionRow, HealthChange};
 pub use connectors::{ConnectorChange, OutageRow};
+pub use health::{Failing, WriteHealth};
 pub use jobs::JobRow;
 pub use sweeps::{Abort, AbortCause, SweepCounts};
 pub use users::UserRow;
@@ -41,6 +57,7 @@ pub type Result<T> = std::result::Result<T, sqlx::Error>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    health: Arc<WriteHealth>,
 }
 
 impl Store {
@@ -67,6 +84,7 @@ impl Store {
                 parent.display()
             )));
         }
+        private_file(path).map_err(|e| fail(e.to_string()))?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| fail(e.to_string()))?
             .filename(path)
@@ -96,16 +114,48 @@ impl Store {
                 Err(e) => return Err(fail(format!("migration failed: {e}"))),
             }
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            health: Arc::default(),
+        })
     }
 
+    /// For reads. A write on the pool itself is one autocommit statement (it cannot leave a
+    /// transaction open) and goes through [`Store::note`]; anything longer is a [`WriteTx`].
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`).
-    pub async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// Whether writes are failing, fed by every write.
+    pub fn write_health(&self) -> &WriteHealth {
+        &self.health
+    }
+
+    /// Records the outcome of a one-statement write made on the pool.
+    pub(crate) fn note<T>(&self, result: Result<T>) -> Result<T> {
+        self.health.note(result)
+    }
+
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`) on a
+    /// connection of its own. End it with [`WriteTx::commit`], [`WriteTx::rollback`] or
+    /// [`WriteTx::finish`]; dropped otherwise (an error returned early, a cancelled future),
+    /// its connection is closed, which rolls the transaction back, and never reused.
+    pub async fn write(&self) -> Result<WriteTx> {
+        // Only failures are noted here: a BEGIN succeeds on a full disk, and only a COMMIT
+        // that succeeded says writes work again.
+        let conn = self.pool.acquire().await.inspect_err(|e| {
+            self.health.failed(e);
+        })?;
+        let mut tx = WriteTx {
+            conn: Some(conn),
+            health: self.health.clone(),
+        };
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
+            tx.health.failed(&e);
+            tx.discard().await;
+            return Err(e);
+        }
+        Ok(tx)
     }
 
     pub async fn close(&self) {
@@ -116,10 +166,12 @@ impl Store {
     /// differently on every installation and identically across restarts.
     pub async fn installation_seed(&self) -> Result<u64> {
         let fresh: u64 = rand::random();
-        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('installation_seed', ?)")
-            .bind(fresh.to_string())
-            .execute(&self.pool)
-            .await?;
+        let inserted =
+            sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('installation_seed', ?)")
+                .bind(fresh.to_string())
+                .execute(&self.pool)
+                .await;
+        self.note(inserted)?;
         let value: String =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'installation_seed'")
                 .fetch_one(&self.pool)
@@ -136,6 +188,139 @@ impl Store {
             .await?;
         Ok(answer == "ok")
     }
+}
+
+/// One `BEGIN IMMEDIATE` transaction on a connection taken from the pool; derefs to the
+/// connection for the statements inside it.
+///
+/// Its connection goes back to the pool only after a COMMIT or ROLLBACK that succeeded;
+/// after any failure, and when dropped unfinished, it is closed instead: SQLite may have
+/// rolled the transaction back by itself or not, and a connection in an unknown state would
+/// fail every later write ("cannot start a transaction within a transaction").
+pub struct WriteTx {
+    /// `None` once finished.
+    conn: Option<PoolConnection<Sqlite>>,
+    health: Arc<WriteHealth>,
+}
+
+impl WriteTx {
+    /// Commits; the whole transaction or, on error, none of it.
+    pub async fn commit(mut self) -> Result<()> {
+        let result = sqlx::query("COMMIT").execute(&mut *self).await.map(drop);
+        self.end(result).await
+    }
+
+    /// Rolls back (nothing was written, so write health is unchanged unless it fails).
+    pub async fn rollback(mut self) -> Result<()> {
+        let result = sqlx::query("ROLLBACK").execute(&mut *self).await.map(drop);
+        if let Err(e) = &result {
+            self.health.failed(e);
+            self.discard().await;
+        }
+        result
+    }
+
+    /// Commits when the work inside succeeded, otherwise rolls back by closing the
+    /// connection, and hands the work's result back: `tx.finish(async { ... }.await)`.
+    pub async fn finish<T>(mut self, work: Result<T>) -> Result<T> {
+        match work {
+            Ok(value) => self.commit().await.map(|()| value),
+            Err(e) => {
+                self.health.failed(&e);
+                self.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn end(&mut self, result: Result<()>) -> Result<()> {
+        match &result {
+            Ok(()) => {
+                self.health.succeeded();
+                // Back to the pool, outside any transaction.
+                drop(self.conn.take());
+            }
+            Err(e) => {
+                self.health.failed(e);
+                self.discard().await;
+            }
+        }
+        result
+    }
+
+    /// Closes the connection (SQLite rolls back whatever is open) instead of returning it.
+    async fn discard(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && let Err(e) = conn.close().await
+        {
+            tracing::debug!(error = %e, "closing a failed write's connection");
+        }
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        // Some until finished, and finishing consumes the WriteTx.
+        self.conn
+            .as_deref()
+            .expect("an unfinished write transaction")
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn
+            .as_deref_mut()
+            .expect("an unfinished write transaction")
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            // Dropped unfinished: an error returned early or a cancelled future. Closed in
+            // the background, which rolls back; never handed to another writer.
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// Creates the database file `0600` if it is missing, and takes group and other access
+/// away from it and its `-wal` and `-shm` files when they have any, whatever the umask.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let mut names = vec![path.to_owned()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(PathBuf::from(name));
+    }
+    for name in names {
+        let mode = match std::fs::metadata(&name) {
+            Ok(m) => m.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&name, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn ts(t: DateTime<Utc>) -> i64 {

@@ -5,6 +5,7 @@ mod answers;
 mod cli;
 mod client;
 mod commands;
+mod disk;
 mod faults;
 mod helpers;
 mod ids;

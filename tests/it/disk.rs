@@ -1,0 +1,206 @@
+//! The database on a file system that fills up: the pass fails cleanly, nothing stored is
+//! lost, write health says so, and once space returns the same store works again without a
+//! restart (no connection left inside a failed transaction). And the files are private.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use basiq_health::store::Store;
+use basiq_sim::SimConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+/// A tmpfs of `size` mounted for the test's lifetime (we run as root here and in CI).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("the mount command runs");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Writes a filler file until the file system is full.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    while file
+        .write_all(&chunk)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    // The last bytes, one at a time.
+    while file.write_all(&[0]).and_then(|()| file.sync_all()).is_ok() {}
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_returns() {
+    let sim = start_sim(SimConfig {
+        users: 60,
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = Tmpfs::mount(dir.path(), "16m");
+    let db = dir.path().join("bh.db");
+    let settings = settings_for(&sim, &db, "[sweep]\nconcurrency = 4\n");
+    let sweeper = basiq_health::app::build_sweeper_with_key(
+        &settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .expect("sweeper builds");
+    let users = sim_users(&sim);
+    sweeper.add_users(&users).await.unwrap();
+    let clean = sweeper
+        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(clean.users_swept, users.len() as u64);
+    let connections = sweeper.store().all_connections(None).await.unwrap().len();
+    assert!(connections >= users.len());
+
+    // The disk fills: passes write until one fails (the WAL may hold a pass or two).
+    let filler = dir.path().join("filler");
+    fill(&filler);
+    let mut failed = None;
+    for _ in 0..30 {
+        match sweeper
+            .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+            .await
+        {
+            Ok(_) => continue,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let error = failed.expect("a pass fails once the disk is full");
+    let text = error.to_string();
+    assert!(
+        text.contains("full") || text.contains("disk") || text.contains("I/O"),
+        "a storage error: {text}"
+    );
+    let failing = sweeper
+        .store()
+        .write_health()
+        .failing()
+        .expect("write health says writes fail");
+    assert!(failing.failures >= 1);
+
+    // Space returns: the same store, no restart, writes again.
+    std::fs::remove_file(&filler).unwrap();
+    let back = Instant::now();
+    let again = sweeper
+        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .await
+        .expect("the next pass works once space is back");
+    eprintln!(
+        "recovered {} ms after space returned",
+        back.elapsed().as_millis()
+    );
+    assert_eq!(again.users_swept, users.len() as u64, "{again:?}");
+    assert_eq!(sweeper.store().write_health().failing(), None);
+    assert!(sweeper.store().integrity_ok().await.unwrap());
+    assert_eq!(
+        sweeper.store().all_connections(None).await.unwrap().len(),
+        connections,
+        "nothing stored was lost"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_statement_inside_a_write_does_not_poison_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(&dir.path().join("bh.db"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    // More failures than the pool has connections: each must not come back in a transaction.
+    for _ in 0..8 {
+        let mut tx = store.write().await.unwrap();
+        let bad = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+            .execute(&mut *tx)
+            .await;
+        assert!(bad.is_err());
+        drop(tx);
+    }
+    for n in 0..8 {
+        let mut tx = store.write().await.expect("a new write begins");
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, 'v')")
+            .bind(format!("k{n}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM meta WHERE key LIKE 'k%'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, 8);
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+#[tokio::test]
+async fn the_database_and_its_wal_and_shm_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fresh database, whatever the umask (022 here would give 0644).
+    let fresh = dir.path().join("fresh.db");
+    let store = Store::open(&fresh).await.unwrap();
+    store.installation_seed().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(&sidecar(&fresh, suffix)), 0o600, "fresh.db{suffix}");
+    }
+    store.close().await;
+
+    // An existing one left world-readable is tightened at open.
+    let old = dir.path().join("old.db");
+    let store = Store::open(&old).await.unwrap();
+    store.installation_seed().await.unwrap();
+    store.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = sidecar(&old, suffix);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
+    let store = Store::open(&old).await.unwrap();
+    store.installation_seed().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = sidecar(&old, suffix);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "old.db{suffix}");
+        }
+    }
+}
