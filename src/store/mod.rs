@@ -137,8 +137,8 @@ impl Store {
     }
 
     /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`) on a
-    /// connection of its own. End it with [`WriteTx::commit`], [`WriteTx::rollback`] or
-    /// [`WriteTx::finish`]; dropped otherwise (an error returned early, a cancelled future),
+    /// connection of its own. End it with [`WriteTx::commit`] or [`WriteTx::rollback`];
+    /// dropped otherwise (an error returned early, a cancelled future),
     /// its connection is closed, which rolls the transaction back, and never reused.
     pub async fn write(&self) -> Result<WriteTx> {
         // Only failures are noted here: a BEGIN succeeds on a full disk, and only a COMMIT
@@ -218,19 +218,6 @@ impl WriteTx {
             self.discard().await;
         }
         result
-    }
-
-    /// Commits when the work inside succeeded, otherwise rolls back by closing the
-    /// connection, and hands the work's result back: `tx.finish(async { ... }.await)`.
-    pub async fn finish<T>(mut self, work: Result<T>) -> Result<T> {
-        match work {
-            Ok(value) => self.commit().await.map(|()| value),
-            Err(e) => {
-                self.health.failed(&e);
-                self.discard().await;
-                Err(e)
-            }
-        }
     }
 
     async fn end(&mut self, result: Result<()>) -> Result<()> {

@@ -64,13 +64,7 @@ async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_re
     let dir = tempfile::tempdir().unwrap();
     let _mount = Tmpfs::mount(dir.path(), "16m");
     let db = dir.path().join("bh.db");
-    let settings = settings_for(&sim, &db, "[sweep]\nconcurrency = 4\n");
-    let sweeper = basiq_health::app::build_sweeper_with_key(
-        &settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .expect("sweeper builds");
+    let sweeper = sweeper_for(&sim, &db, "[sweep]\nconcurrency = 4\n").await;
     let users = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     let clean = sweeper
