@@ -1,7 +1,11 @@
 //! The local control API (axum): register users, login-time checks, health, status.
 //!
-//! Loopback by default; a non-loopback listen address requires a bearer token (checked at
-//! load). Thin: every handler calls the sweeper, the store or the report.
+//! Every `/v1` route needs the bearer token, on loopback too (any local account could
+//! otherwise add and delete users or list every user id): `api.token_file`, or the
+//! `api-token` file the daemon creates beside the database at first start (random, 0600).
+//! `/healthz` and `/metrics` are open on a loopback address (probes, a local scraper); on any
+//! other address `/metrics` needs the token too. Thin: every handler calls the sweeper, the
+//! store or the report.
 
 use std::sync::Arc;
 
@@ -22,7 +26,9 @@ pub struct ApiState {
     pub refresher: crate::refresh::Refresher,
     pub sweeper: Sweeper,
     pub ticks: Arc<TickState>,
-    pub token: Option<SecretString>,
+    pub token: SecretString,
+    /// The API listens on a loopback address: `/metrics` needs no token.
+    pub loopback: bool,
     /// The cron's tick interval: `/healthz` fails when the last tick is three of these old.
     pub tick_interval: std::time::Duration,
     /// Unix seconds the daemon started (the reference before the first tick).
@@ -63,14 +69,12 @@ fn user_id(raw: String) -> Result<UserId, ApiError> {
 }
 
 fn authorise(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
+    let token = &state.token;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time enough for a local API: compare full lengths without early exit.
+    // No early exit on the first differing byte: the time does not say how much matched.
     let expected = token.expose_secret().as_bytes();
     let ok = given.is_some_and(|g| {
         let g = g.as_bytes();
@@ -85,7 +89,9 @@ fn authorise(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "bearer token required".into(),
+            "a bearer token is required: send `Authorization: Bearer <token>` with the token \
+             from api.token_file (default: the api-token file beside the database)"
+                .into(),
         ))
     }
 }
@@ -184,7 +190,9 @@ async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Result<Res
 }
 
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorise(&state, &headers)?;
+    if !state.loopback {
+        authorise(&state, &headers)?;
+    }
     let text = crate::metrics::render(&state.sweeper, &state.refresher).await?;
     Ok((
         [(
@@ -239,5 +247,99 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         Json(body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// The bearer token in `path`, created first when missing: 32 random bytes as hex, written
+/// to a private temporary file (0600 whatever the umask) and hard-linked into place, so two
+/// processes starting at once agree on one token and nobody ever reads a half-written file.
+/// Returns the token and whether this call created it.
+pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<(SecretString, bool)> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match crate::settings::read_token_file(path) {
+        Ok(token) => return Ok((token, false)),
+        Err(_) if !path.exists() => {}
+        Err(problem) => anyhow::bail!("the local API token file: {problem}"),
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| crate::settings::API_TOKEN_FILE_NAME.to_owned());
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+                let _ = dir.sync_all();
+            }
+            Ok((SecretString::from(token), true))
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let token = crate::settings::read_token_file(path)
+                .map_err(|p| anyhow::anyhow!("the local API token file: {p}"))?;
+            Ok((token, false))
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "while creating the local API token file {} (set api.token_file to use another)",
+                path.display()
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racing_starts_agree_on_one_private_token_and_a_restart_reuses_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        let tokens: Vec<(String, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (t, created) = load_or_create_token(&path).unwrap();
+                        (t.expose_secret().to_owned(), created)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(tokens.iter().all(|(t, _)| t == &tokens[0].0), "{tokens:?}");
+        assert!(tokens.iter().filter(|(_, c)| *c).count() <= 1);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (again, created) = load_or_create_token(&path).unwrap();
+        assert!(!created);
+        assert_eq!(again.expose_secret(), tokens[0].0);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // An empty file is an error naming it, not silently replaced.
+        std::fs::write(&path, "").unwrap();
+        let err = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(err.contains("api-token") && err.contains("empty"), "{err}");
     }
 }

@@ -89,6 +89,8 @@ pub struct App {
     refresher: Refresher,
     ticks: Arc<TickState>,
     listener: Option<TcpListener>,
+    /// The local API's bearer token (read or created at build when the API is enabled).
+    api_token: Option<secrecy::SecretString>,
 }
 
 impl App {
@@ -115,12 +117,29 @@ impl App {
                 })?),
                 None => None,
             };
+        let api_token = match (&listener, &settings.api.token) {
+            (None, _) => None,
+            (Some(_), Some(token)) => Some(token.clone()),
+            (Some(_), None) => {
+                let file = &settings.api.token_file;
+                let (token, created) = api::load_or_create_token(file)?;
+                tracing::info!(
+                    event = "api_token",
+                    file = %file.display(),
+                    created,
+                    "the local API's bearer token is in {} (send it as `Authorization: Bearer ...`)",
+                    file.display()
+                );
+                Some(token)
+            }
+        };
         Ok(Self {
             settings,
             sweeper,
             refresher,
             ticks: Arc::new(TickState::default()),
             listener,
+            api_token,
         })
     }
 
@@ -134,6 +153,11 @@ impl App {
 
     pub fn ticks(&self) -> Arc<TickState> {
         self.ticks.clone()
+    }
+
+    /// The local API's bearer token, if the API is enabled.
+    pub fn api_token(&self) -> Option<&secrecy::SecretString> {
+        self.api_token.as_ref()
     }
 
     /// The local API's bound address (port 0 resolved), if enabled.
@@ -215,12 +239,15 @@ impl App {
             tick_interval,
             cancel.clone(),
         );
-        let api_task = self.listener.map(|listener| {
+        let api_token = self.api_token.clone();
+        let api_task = self.listener.zip(api_token).map(|(listener, token)| {
+            let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
             let state = api::ApiState {
                 refresher: self.refresher.clone(),
                 sweeper: self.sweeper.clone(),
                 ticks: self.ticks.clone(),
-                token: self.settings.api.token.clone(),
+                token,
+                loopback,
                 tick_interval,
                 started: chrono::Utc::now().timestamp(),
             };

@@ -611,6 +611,16 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
         }
         None => eprintln!("warning: {}", SettingsError::MissingApiKey),
     }
+    if settings.api.listen.is_some() {
+        let file = settings.api.token_file.display();
+        if settings.api.token_file_generated && !settings.api.token_file.exists() {
+            eprintln!(
+                "note: the local API's bearer token will be created in {file} at the daemon's first start"
+            );
+        } else {
+            eprintln!("note: the local API's bearer token is read from {file}");
+        }
+    }
     eprintln!("configuration OK");
     Ok(0)
 }

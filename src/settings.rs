@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// Where the daemon's configuration lives unless `--config` says otherwise.
@@ -45,12 +45,115 @@ fn invalid(key: &str, problem: impl Into<String>) -> SettingsError {
     }
 }
 
-// ---- raw, as written -------------------------------------------------------------------
+// ---- ranges ----------------------------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+/// The values a numeric key accepts, inclusive. Checked at load (exit 78 naming the key) and
+/// documented beside each key in config/basiq-health.toml as `Range: MIN..=MAX.`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// A whole number.
+    Count(i64, i64),
+    /// A duration, bounds written the way the file writes durations.
+    Span(&'static str, &'static str),
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count(min, max) => write!(f, "{min}..={max}"),
+            Self::Span(min, max) => write!(f, "{min}..={max}"),
+        }
+    }
+}
+
+/// Every numeric key and its range. A numeric key missing here is refused at load, and a
+/// test checks that every numeric key of the defaults is listed and documented.
+pub const RANGES: &[(&str, Range)] = &[
+    ("shutdown_grace", Range::Span("1s", "10m")),
+    ("basiq.timeout", Range::Span("100ms", "10m")),
+    ("basiq.connect_timeout", Range::Span("100ms", "5m")),
+    ("basiq.max_requests_per_second", Range::Count(1, 100_000)),
+    ("basiq.max_attempts", Range::Count(1, 10)),
+    ("basiq.retry_base_delay", Range::Span("0s", "1m")),
+    ("basiq.max_retry_delay", Range::Span("0s", "1h")),
+    ("database.retain_days", Range::Count(1, 3650)),
+    ("database.busy_timeout", Range::Span("0s", "10m")),
+    ("sweep.period", Range::Span("1s", "31d")),
+    ("sweep.concurrency", Range::Count(1, 256)),
+    ("sweep.connectors_ttl", Range::Span("0s", "24h")),
+    ("sweep.stale_after", Range::Span("1s", "366d")),
+    ("sweep.login_min_interval", Range::Span("0s", "7d")),
+    ("sweep.retry_after", Range::Span("1s", "7d")),
+    ("sweep.batch_size", Range::Count(1, 10_000)),
+    ("outage.min_users", Range::Count(1, 1_000_000)),
+    ("outage.window", Range::Span("1s", "7d")),
+    ("refresh.login_stale_after", Range::Span("0s", "7d")),
+    ("refresh.stale_after", Range::Span("0s", "7d")),
+    ("refresh.min_interval", Range::Span("0s", "7d")),
+    ("refresh.open_banking_daily_cap", Range::Count(0, 20)),
+    ("refresh.web_daily_cap", Range::Count(0, 20)),
+    ("refresh.reserved_for_login", Range::Count(0, 20)),
+    ("refresh.global_per_minute", Range::Count(1, 6000)),
+    ("refresh.per_institution_per_minute", Range::Count(1, 6000)),
+    ("refresh.max_wait", Range::Span("0s", "1h")),
+    ("refresh.recovery_window", Range::Span("0s", "24h")),
+    ("refresh.transient_retry_base", Range::Span("1s", "24h")),
+    ("refresh.transient_max_retries", Range::Count(0, 10)),
+    ("refresh.follow_poll_initial", Range::Span("10ms", "10m")),
+    ("refresh.follow_poll_max", Range::Span("10ms", "1h")),
+    ("refresh.follow_timeout", Range::Span("1s", "24h")),
+];
+
+fn range_of(key: &str) -> Result<Range, SettingsError> {
+    RANGES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, r)| *r)
+        .ok_or_else(|| invalid(key, "has no documented range (a bug: add it to RANGES)"))
+}
+
+/// A whole number inside its key's range.
+fn count(key: &str, value: i64) -> Result<u32, SettingsError> {
+    let Range::Count(min, max) = range_of(key)? else {
+        return Err(invalid(key, "is not a count (a bug in RANGES)"));
+    };
+    if !(min..=max).contains(&value) {
+        return Err(invalid(
+            key,
+            format!("must be a whole number in {min}..={max}, got {value}"),
+        ));
+    }
+    u32::try_from(value).map_err(|_| invalid(key, format!("is out of range: {value}")))
+}
+
+/// A duration inside its key's range.
+fn span(key: &str, text: &str) -> Result<Duration, SettingsError> {
+    let Range::Span(min, max) = range_of(key)? else {
+        return Err(invalid(key, "is not a duration (a bug in RANGES)"));
+    };
+    let d = duration(key, text)?;
+    let bound = |b: &str| {
+        humantime::parse_duration(b)
+            .map_err(|e| invalid(key, format!("has a bad range bound {b:?} ({e})")))
+    };
+    if d < bound(min)? || d > bound(max)? {
+        return Err(invalid(
+            key,
+            format!("must be a duration in {min}..={max}, got {text:?}"),
+        ));
+    }
+    Ok(d)
+}
+
+// ---- raw, as written (the one place defaults live) ---------------------------------------
+
+/// The file as written. Its `Default` is the single source of every default value;
+/// config/basiq-health.toml writes the same values out (a test keeps them equal). Numbers
+/// are read as `i64` so an out-of-range value is refused with its range, not a type error.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-struct RawSettings {
-    shutdown_grace: Option<String>,
+pub struct RawSettings {
+    shutdown_grace: String,
     basiq: RawBasiq,
     database: RawDatabase,
     log: RawLog,
@@ -60,24 +163,46 @@ struct RawSettings {
     refresh: RawRefresh,
 }
 
-#[derive(Debug, Deserialize)]
+impl Default for RawSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: "20s".into(),
+            basiq: RawBasiq::default(),
+            database: RawDatabase::default(),
+            log: RawLog::default(),
+            sweep: RawSweep::default(),
+            outage: RawOutage::default(),
+            api: RawApi::default(),
+            refresh: RawRefresh::default(),
+        }
+    }
+}
+
+impl RawSettings {
+    /// The defaults as TOML (tests compare them with the example file).
+    pub fn defaults_toml() -> String {
+        toml::to_string(&Self::default()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawRefresh {
     mode: String,
     login_stale_after: String,
     stale_after: String,
     min_interval: String,
-    open_banking_daily_cap: u32,
-    web_daily_cap: u32,
-    reserved_for_login: u32,
-    global_per_minute: u32,
-    per_institution_per_minute: u32,
+    open_banking_daily_cap: i64,
+    web_daily_cap: i64,
+    reserved_for_login: i64,
+    global_per_minute: i64,
+    per_institution_per_minute: i64,
     max_wait: String,
     unattended_window: String,
     timezone: String,
     recovery_window: String,
     transient_retry_base: String,
-    transient_max_retries: u32,
+    transient_max_retries: i64,
     follow_poll_initial: String,
     follow_poll_max: String,
     follow_timeout: String,
@@ -108,17 +233,17 @@ impl Default for RawRefresh {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawSweep {
     period: String,
     tick: String,
-    concurrency: u32,
+    concurrency: i64,
     connectors_ttl: String,
     stale_after: String,
     login_min_interval: String,
     retry_after: String,
-    batch_size: u32,
+    batch_size: i64,
 }
 
 impl Default for RawSweep {
@@ -136,10 +261,10 @@ impl Default for RawSweep {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawOutage {
-    min_users: u32,
+    min_users: i64,
     window: String,
 }
 
@@ -152,10 +277,11 @@ impl Default for RawOutage {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawApi {
     listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<PathBuf>,
 }
 
@@ -168,15 +294,16 @@ impl Default for RawApi {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawBasiq {
     base_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     api_key_file: Option<PathBuf>,
     timeout: String,
     connect_timeout: String,
-    max_requests_per_second: u32,
-    max_attempts: u32,
+    max_requests_per_second: i64,
+    max_attempts: i64,
     retry_base_delay: String,
     max_retry_delay: String,
 }
@@ -196,27 +323,86 @@ impl Default for RawBasiq {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawDatabase {
+    /// Default: `$STATE_DIRECTORY/basiq-health.db`, else /var/lib/basiq-health/basiq-health.db.
+    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<PathBuf>,
-    retain_days: Option<u32>,
-    busy_timeout: Option<String>,
+    retain_days: i64,
+    busy_timeout: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            path: None,
+            retain_days: 400,
+            busy_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawLog {
+    /// Default: json when stdout is not a terminal, pretty when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<String>,
-    level: Option<String>,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: None,
+            level: "info".into(),
+        }
+    }
 }
 
 // ---- typed ---------------------------------------------------------------------------------
 
-/// The validated settings.
-#[derive(Debug, Clone)]
+/// Durations as the file writes them (`"1h 30m"`, `"500ms"`), for `config check`.
+pub(crate) fn serialize_duration<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// A URL with any password in it replaced by `[redacted]` (a proxy's credentials).
+pub fn redacted_url(url: &Url) -> String {
+    if url.password().is_some() {
+        let mut shown = url.clone();
+        if shown.set_password(Some("REDACTED")).is_ok() {
+            return shown.as_str().replacen(":REDACTED@", ":[redacted]@", 1);
+        }
+        return "[a URL with a password: redacted]".to_owned();
+    }
+    url.as_str().to_owned()
+}
+
+fn serialize_url<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(url))
+}
+
+fn serialize_listen<S: serde::Serializer>(
+    listen: &Option<std::net::SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match listen {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str(""),
+    }
+}
+
+/// The validated settings. `config check` prints them through `Serialize`, so what it
+/// shows is what the daemon uses; secrets show as `[redacted]`.
+#[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// How long a stop may take: users in flight finish, then the database closes.
+    #[serde(serialize_with = "serialize_duration")]
     pub shutdown_grace: Duration,
     pub basiq: BasiqSettings,
     pub database: DatabaseSettings,
@@ -228,46 +414,72 @@ pub struct Settings {
 }
 
 /// `[refresh]`: when the daemon may refresh, how fast, and how it follows the job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RefreshSettings {
+    #[serde(flatten)]
     pub limits: crate::policy::RefreshLimits,
     pub global_per_minute: NonZeroU32,
     pub per_institution_per_minute: NonZeroU32,
+    #[serde(serialize_with = "serialize_duration")]
     pub max_wait: Duration,
+    #[serde(flatten)]
     pub unattended_window: crate::policy::DailyWindow,
+    #[serde(serialize_with = "serialize_duration")]
     pub recovery_window: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub transient_retry_base: Duration,
     pub transient_max_retries: u32,
+    #[serde(serialize_with = "serialize_duration")]
     pub follow_poll_initial: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub follow_poll_max: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub follow_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SweepSettings {
     /// Each user is swept once per period, at its stable offset.
+    #[serde(serialize_with = "serialize_duration")]
     pub period: Duration,
     /// 6-field cron (seconds first) for the one periodic tick.
     pub tick: String,
     pub concurrency: NonZeroU32,
+    #[serde(serialize_with = "serialize_duration")]
     pub connectors_ttl: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub stale_after: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub login_min_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub retry_after: Duration,
     pub batch_size: NonZeroU32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OutageSettings {
     pub min_users: NonZeroU32,
+    #[serde(serialize_with = "serialize_duration")]
     pub window: Duration,
 }
 
-#[derive(Clone)]
+/// The name of the token file created next to the database when `api.token_file` is unset.
+pub const API_TOKEN_FILE_NAME: &str = "api-token";
+
+#[derive(Clone, Serialize)]
 pub struct ApiSettings {
     /// `None`: the local API is disabled (`listen = ""`).
+    #[serde(serialize_with = "serialize_listen")]
     pub listen: Option<std::net::SocketAddr>,
-    pub token_file: Option<PathBuf>,
+    /// The bearer token's file: `api.token_file`, or `api-token` beside the database,
+    /// created (random, 0600) at the daemon's first start.
+    pub token_file: PathBuf,
+    /// True when `token_file` was not configured (the daemon creates it when missing).
+    #[serde(skip)]
+    pub token_file_generated: bool,
+    /// Read at load from a configured `token_file`; `None` for a generated one until the
+    /// daemon starts.
+    #[serde(skip)]
     pub token: Option<SecretString>,
 }
 
@@ -281,24 +493,31 @@ impl std::fmt::Debug for ApiSettings {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Serialize)]
 pub struct BasiqSettings {
+    #[serde(serialize_with = "serialize_url")]
     pub base_url: Url,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_file: Option<PathBuf>,
     /// The key and where it came from; `None` when no source holds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKey>,
+    #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub connect_timeout: Duration,
     pub max_requests_per_second: NonZeroU32,
     pub max_attempts: u32,
+    #[serde(serialize_with = "serialize_duration")]
     pub retry_base_delay: Duration,
+    #[serde(serialize_with = "serialize_duration")]
     pub max_retry_delay: Duration,
 }
 
 impl std::fmt::Debug for BasiqSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BasiqSettings")
-            .field("base_url", &self.base_url.as_str())
+            .field("base_url", &redacted_url(&self.base_url))
             .field("api_key_file", &self.api_key_file)
             .field("api_key", &self.api_key)
             .field("timeout", &self.timeout)
@@ -309,7 +528,7 @@ impl std::fmt::Debug for BasiqSettings {
     }
 }
 
-/// The API key with where it was found. `Debug` never shows the key.
+/// The API key with where it was found. `Debug` and `Serialize` never show the key.
 #[derive(Clone)]
 pub struct ApiKey {
     pub secret: SecretString,
@@ -324,22 +543,30 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
-#[derive(Debug, Clone)]
+impl Serialize for ApiKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("[redacted] (from {})", self.source))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct DatabaseSettings {
     pub path: PathBuf,
     /// Job and health-change history older than this is pruned daily.
     pub retain_days: u32,
     /// How long a write waits for a lock held by another process before it fails.
+    #[serde(serialize_with = "serialize_duration")]
     pub busy_timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
     Pretty,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
@@ -350,7 +577,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             format: default_log_format(),
-            level: "info".into(),
+            level: RawLog::default().level,
         }
     }
 }
@@ -415,58 +642,30 @@ impl Settings {
             std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             std::env::var(API_KEY_ENV).ok(),
         )?;
+        let nonzero = |key: &str, value: i64| {
+            let n = count(key, value)?;
+            NonZeroU32::new(n).ok_or_else(|| invalid(key, "must be at least 1"))
+        };
         let basiq = BasiqSettings {
             base_url,
             api_key_file: b.api_key_file,
             api_key,
-            timeout: duration("basiq.timeout", &b.timeout)?,
-            connect_timeout: duration("basiq.connect_timeout", &b.connect_timeout)?,
-            max_requests_per_second: NonZeroU32::new(b.max_requests_per_second).ok_or_else(
-                || {
-                    invalid(
-                        "basiq.max_requests_per_second",
-                        "must be at least 1 (default 10)",
-                    )
-                },
+            timeout: span("basiq.timeout", &b.timeout)?,
+            connect_timeout: span("basiq.connect_timeout", &b.connect_timeout)?,
+            max_requests_per_second: nonzero(
+                "basiq.max_requests_per_second",
+                b.max_requests_per_second,
             )?,
-            max_attempts: match b.max_attempts {
-                0 => {
-                    return Err(invalid(
-                        "basiq.max_attempts",
-                        "must be at least 1 (default 3)",
-                    ));
-                }
-                n => n,
-            },
-            retry_base_delay: duration("basiq.retry_base_delay", &b.retry_base_delay)?,
-            max_retry_delay: duration("basiq.max_retry_delay", &b.max_retry_delay)?,
+            max_attempts: count("basiq.max_attempts", b.max_attempts)?,
+            retry_base_delay: span("basiq.retry_base_delay", &b.retry_base_delay)?,
+            max_retry_delay: span("basiq.max_retry_delay", &b.max_retry_delay)?,
         };
-        if basiq.timeout.is_zero() {
-            return Err(invalid(
-                "basiq.timeout",
-                "must be more than 0s (default \"30s\")",
-            ));
-        }
         let database = DatabaseSettings {
             path: raw.database.path.unwrap_or_else(default_database_path),
-            retain_days: match raw.database.retain_days.unwrap_or(400) {
-                0 => {
-                    return Err(invalid(
-                        "database.retain_days",
-                        "must be at least 1 (default 400)",
-                    ));
-                }
-                n => n,
-            },
-            busy_timeout: duration(
-                "database.busy_timeout",
-                raw.database.busy_timeout.as_deref().unwrap_or("10s"),
-            )?,
+            retain_days: count("database.retain_days", raw.database.retain_days)?,
+            busy_timeout: span("database.busy_timeout", &raw.database.busy_timeout)?,
         };
-        let shutdown_grace = positive(
-            "shutdown_grace",
-            raw.shutdown_grace.as_deref().unwrap_or("20s"),
-        )?;
+        let shutdown_grace = span("shutdown_grace", &raw.shutdown_grace)?;
         let log = LogSettings {
             format: match raw.log.format.as_deref() {
                 None => default_log_format(),
@@ -479,7 +678,7 @@ impl Settings {
                     ));
                 }
             },
-            level: raw.log.level.unwrap_or_else(|| "info".into()),
+            level: raw.log.level,
         };
         if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
             return Err(invalid(
@@ -492,24 +691,21 @@ impl Settings {
         }
         let sw = raw.sweep;
         let sweep = SweepSettings {
-            period: positive("sweep.period", &sw.period)?,
+            period: span("sweep.period", &sw.period)?,
             tick: validate_cron("sweep.tick", &sw.tick)?,
-            concurrency: NonZeroU32::new(sw.concurrency)
-                .ok_or_else(|| invalid("sweep.concurrency", "must be at least 1 (default 8)"))?,
-            connectors_ttl: duration("sweep.connectors_ttl", &sw.connectors_ttl)?,
-            stale_after: positive("sweep.stale_after", &sw.stale_after)?,
-            login_min_interval: duration("sweep.login_min_interval", &sw.login_min_interval)?,
-            retry_after: positive("sweep.retry_after", &sw.retry_after)?,
-            batch_size: NonZeroU32::new(sw.batch_size)
-                .ok_or_else(|| invalid("sweep.batch_size", "must be at least 1 (default 200)"))?,
+            concurrency: nonzero("sweep.concurrency", sw.concurrency)?,
+            connectors_ttl: span("sweep.connectors_ttl", &sw.connectors_ttl)?,
+            stale_after: span("sweep.stale_after", &sw.stale_after)?,
+            login_min_interval: span("sweep.login_min_interval", &sw.login_min_interval)?,
+            retry_after: span("sweep.retry_after", &sw.retry_after)?,
+            batch_size: nonzero("sweep.batch_size", sw.batch_size)?,
         };
         let outage = OutageSettings {
-            min_users: NonZeroU32::new(raw.outage.min_users)
-                .ok_or_else(|| invalid("outage.min_users", "must be at least 1 (default 3)"))?,
-            window: positive("outage.window", &raw.outage.window)?,
+            min_users: nonzero("outage.min_users", raw.outage.min_users)?,
+            window: span("outage.window", &raw.outage.window)?,
         };
-        let api = parse_api(raw.api)?;
-        let refresh = parse_refresh(raw.refresh)?;
+        let api = parse_api(raw.api, &database.path)?;
+        let refresh = parse_refresh(raw.refresh, nonzero)?;
         Ok(Self {
             shutdown_grace,
             basiq,
@@ -530,155 +726,13 @@ impl Settings {
             .ok_or(SettingsError::MissingApiKey)
     }
 
-    /// The effective settings as TOML, secrets redacted (`config check`).
+    /// The effective settings as TOML, secrets redacted (`config check`), derived from the
+    /// typed values through `Serialize`.
     pub fn render(&self) -> String {
-        let b = &self.basiq;
-        let key = match &b.api_key {
-            Some(k) => format!("\"[redacted]\"  # from {}", k.source),
-            None => "# none found".to_owned(),
-        };
-        let mut out = String::new();
-        out.push_str(&format!(
-            "shutdown_grace = {:?}\n\n",
-            fmt_duration(self.shutdown_grace)
-        ));
-        out.push_str("[basiq]\n");
-        out.push_str(&format!("base_url = {:?}\n", b.base_url.as_str()));
-        if let Some(file) = &b.api_key_file {
-            out.push_str(&format!(
-                "api_key_file = {:?}\n",
-                file.display().to_string()
-            ));
+        match toml::to_string(self) {
+            Ok(text) => text,
+            Err(e) => format!("# the settings could not be printed: {e}\n"),
         }
-        out.push_str(&format!("api_key = {key}\n"));
-        out.push_str(&format!("timeout = {:?}\n", fmt_duration(b.timeout)));
-        out.push_str(&format!(
-            "connect_timeout = {:?}\n",
-            fmt_duration(b.connect_timeout)
-        ));
-        out.push_str(&format!(
-            "max_requests_per_second = {}\n",
-            b.max_requests_per_second
-        ));
-        out.push_str(&format!("max_attempts = {}\n", b.max_attempts));
-        out.push_str(&format!(
-            "retry_base_delay = {:?}\n",
-            fmt_duration(b.retry_base_delay)
-        ));
-        out.push_str(&format!(
-            "max_retry_delay = {:?}\n",
-            fmt_duration(b.max_retry_delay)
-        ));
-        out.push_str("\n[database]\n");
-        out.push_str(&format!(
-            "path = {:?}\n",
-            self.database.path.display().to_string()
-        ));
-        out.push_str("\n[log]\n");
-        let format = match self.log.format {
-            LogFormat::Json => "json",
-            LogFormat::Pretty => "pretty",
-        };
-        out.push_str(&format!("format = {format:?}\n"));
-        out.push_str(&format!("level = {:?}\n", self.log.level));
-        let sw = &self.sweep;
-        out.push_str("\n[sweep]\n");
-        out.push_str(&format!("period = {:?}\n", fmt_duration(sw.period)));
-        out.push_str(&format!("tick = {:?}\n", sw.tick));
-        out.push_str(&format!("concurrency = {}\n", sw.concurrency));
-        out.push_str(&format!(
-            "connectors_ttl = {:?}\n",
-            fmt_duration(sw.connectors_ttl)
-        ));
-        out.push_str(&format!(
-            "stale_after = {:?}\n",
-            fmt_duration(sw.stale_after)
-        ));
-        out.push_str(&format!(
-            "login_min_interval = {:?}\n",
-            fmt_duration(sw.login_min_interval)
-        ));
-        out.push_str(&format!(
-            "retry_after = {:?}\n",
-            fmt_duration(sw.retry_after)
-        ));
-        out.push_str(&format!("batch_size = {}\n", sw.batch_size));
-        out.push_str("\n[outage]\n");
-        out.push_str(&format!("min_users = {}\n", self.outage.min_users));
-        out.push_str(&format!(
-            "window = {:?}\n",
-            fmt_duration(self.outage.window)
-        ));
-        let r = &self.refresh;
-        out.push_str("\n[refresh]\n");
-        out.push_str(&format!("mode = {:?}\n", r.limits.mode.as_str()));
-        out.push_str(&format!(
-            "login_stale_after = {:?}\n",
-            fmt_duration(r.limits.login_stale_after)
-        ));
-        out.push_str(&format!(
-            "stale_after = {:?}\n",
-            fmt_duration(r.limits.stale_after)
-        ));
-        out.push_str(&format!(
-            "min_interval = {:?}\n",
-            fmt_duration(r.limits.min_interval)
-        ));
-        out.push_str(&format!(
-            "open_banking_daily_cap = {}\n",
-            r.limits.open_banking_daily_cap
-        ));
-        out.push_str(&format!("web_daily_cap = {}\n", r.limits.web_daily_cap));
-        out.push_str(&format!(
-            "reserved_for_login = {}\n",
-            r.limits.reserved_for_login
-        ));
-        out.push_str(&format!("global_per_minute = {}\n", r.global_per_minute));
-        out.push_str(&format!(
-            "per_institution_per_minute = {}\n",
-            r.per_institution_per_minute
-        ));
-        out.push_str(&format!("max_wait = {:?}\n", fmt_duration(r.max_wait)));
-        out.push_str(&format!(
-            "unattended_window = \"{}-{}\"\n",
-            r.unattended_window.start.format("%H:%M"),
-            r.unattended_window.end.format("%H:%M")
-        ));
-        out.push_str(&format!("timezone = {:?}\n", r.unattended_window.tz.name()));
-        out.push_str(&format!(
-            "recovery_window = {:?}\n",
-            fmt_duration(r.recovery_window)
-        ));
-        out.push_str(&format!(
-            "transient_retry_base = {:?}\n",
-            fmt_duration(r.transient_retry_base)
-        ));
-        out.push_str(&format!(
-            "transient_max_retries = {}\n",
-            r.transient_max_retries
-        ));
-        out.push_str(&format!(
-            "follow_poll_initial = {:?}\n",
-            fmt_duration(r.follow_poll_initial)
-        ));
-        out.push_str(&format!(
-            "follow_poll_max = {:?}\n",
-            fmt_duration(r.follow_poll_max)
-        ));
-        out.push_str(&format!(
-            "follow_timeout = {:?}\n",
-            fmt_duration(r.follow_timeout)
-        ));
-        out.push_str("\n[api]\n");
-        let listen = self.api.listen.map(|a| a.to_string()).unwrap_or_default();
-        out.push_str(&format!("listen = {listen:?}\n"));
-        if let Some(file) = &self.api.token_file {
-            out.push_str(&format!(
-                "token_file = {:?}  # token [redacted]\n",
-                file.display().to_string()
-            ));
-        }
-        out
     }
 }
 
@@ -697,15 +751,6 @@ fn default_database_path() -> PathBuf {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("/var/lib/basiq-health"));
     dir.join("basiq-health.db")
-}
-
-/// A duration that must be more than zero.
-fn positive(key: &str, text: &str) -> Result<Duration, SettingsError> {
-    let d = duration(key, text)?;
-    if d.is_zero() {
-        return Err(invalid(key, format!("must be more than 0s, got {text:?}")));
-    }
-    Ok(d)
 }
 
 /// Six fields, seconds first, as tokio-cron-scheduler wants.
@@ -728,33 +773,24 @@ fn validate_cron(key: &str, text: &str) -> Result<String, SettingsError> {
     Ok(text.trim().to_owned())
 }
 
-fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
+fn parse_refresh(
+    r: RawRefresh,
+    nonzero: impl Fn(&str, i64) -> Result<NonZeroU32, SettingsError>,
+) -> Result<RefreshSettings, SettingsError> {
     let mode: crate::policy::RefreshMode = r
         .mode
         .parse()
         .map_err(|e: crate::policy::UnknownRefreshMode| invalid("refresh.mode", e.to_string()))?;
-    if r.open_banking_daily_cap > 20 {
-        return Err(invalid(
-            "refresh.open_banking_daily_cap",
-            format!(
-                "must be at most 20 (Open Banking allows 20 refreshes a day), got {}",
-                r.open_banking_daily_cap
-            ),
-        ));
-    }
-    if r.reserved_for_login > r.open_banking_daily_cap {
+    let open_banking_daily_cap = count("refresh.open_banking_daily_cap", r.open_banking_daily_cap)?;
+    let reserved_for_login = count("refresh.reserved_for_login", r.reserved_for_login)?;
+    if reserved_for_login > open_banking_daily_cap {
         return Err(invalid(
             "refresh.reserved_for_login",
             format!(
-                "must not exceed refresh.open_banking_daily_cap ({}), got {}",
-                r.open_banking_daily_cap, r.reserved_for_login
+                "must not exceed refresh.open_banking_daily_cap ({open_banking_daily_cap}), got {reserved_for_login}"
             ),
         ));
     }
-    let per_minute = |key: &str, n: u32, default: u32| {
-        NonZeroU32::new(n)
-            .ok_or_else(|| invalid(key, format!("must be at least 1 (default {default})")))
-    };
     let unattended_window = crate::policy::DailyWindow::parse(&r.unattended_window, &r.timezone)
         .map_err(|e| {
             let key = if matches!(e, crate::policy::WindowError::TimeZone(_)) {
@@ -767,36 +803,48 @@ fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
     Ok(RefreshSettings {
         limits: crate::policy::RefreshLimits {
             mode,
-            min_interval: duration("refresh.min_interval", &r.min_interval)?,
-            login_stale_after: duration("refresh.login_stale_after", &r.login_stale_after)?,
-            stale_after: duration("refresh.stale_after", &r.stale_after)?,
-            open_banking_daily_cap: r.open_banking_daily_cap,
-            web_daily_cap: r.web_daily_cap,
-            reserved_for_login: r.reserved_for_login,
+            min_interval: span("refresh.min_interval", &r.min_interval)?,
+            login_stale_after: span("refresh.login_stale_after", &r.login_stale_after)?,
+            stale_after: span("refresh.stale_after", &r.stale_after)?,
+            open_banking_daily_cap,
+            web_daily_cap: count("refresh.web_daily_cap", r.web_daily_cap)?,
+            reserved_for_login,
         },
-        global_per_minute: per_minute("refresh.global_per_minute", r.global_per_minute, 30)?,
-        per_institution_per_minute: per_minute(
+        global_per_minute: nonzero("refresh.global_per_minute", r.global_per_minute)?,
+        per_institution_per_minute: nonzero(
             "refresh.per_institution_per_minute",
             r.per_institution_per_minute,
-            10,
         )?,
-        max_wait: duration("refresh.max_wait", &r.max_wait)?,
+        max_wait: span("refresh.max_wait", &r.max_wait)?,
         unattended_window,
-        recovery_window: duration("refresh.recovery_window", &r.recovery_window)?,
-        transient_retry_base: positive("refresh.transient_retry_base", &r.transient_retry_base)?,
-        transient_max_retries: r.transient_max_retries,
-        follow_poll_initial: positive("refresh.follow_poll_initial", &r.follow_poll_initial)?,
-        follow_poll_max: positive("refresh.follow_poll_max", &r.follow_poll_max)?,
-        follow_timeout: positive("refresh.follow_timeout", &r.follow_timeout)?,
+        recovery_window: span("refresh.recovery_window", &r.recovery_window)?,
+        transient_retry_base: span("refresh.transient_retry_base", &r.transient_retry_base)?,
+        transient_max_retries: count("refresh.transient_max_retries", r.transient_max_retries)?,
+        follow_poll_initial: span("refresh.follow_poll_initial", &r.follow_poll_initial)?,
+        follow_poll_max: span("refresh.follow_poll_max", &r.follow_poll_max)?,
+        follow_timeout: span("refresh.follow_timeout", &r.follow_timeout)?,
     })
 }
 
-fn parse_api(raw: RawApi) -> Result<ApiSettings, SettingsError> {
+/// `api.token_file`, else `api-token` beside the database. A configured file must exist
+/// and hold a token; a generated one is created by the daemon at start (`run`).
+fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError> {
+    let (token_file, token_file_generated) = match raw.token_file {
+        Some(path) => (path, false),
+        None => (
+            database
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(API_TOKEN_FILE_NAME),
+            true,
+        ),
+    };
     let listen = raw.listen.trim();
     if listen.is_empty() {
         return Ok(ApiSettings {
             listen: None,
-            token_file: raw.token_file,
+            token_file,
+            token_file_generated,
             token: None,
         });
     }
@@ -808,26 +856,7 @@ fn parse_api(raw: RawApi) -> Result<ApiSettings, SettingsError> {
             ),
         )
     })?;
-    let token = match &raw.token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "api.token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(invalid(
-                    "api.token_file",
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            Some(SecretString::from(text.to_owned()))
-        }
-        None => None,
-    };
-    if !addr.ip().is_loopback() && token.is_none() {
+    if !addr.ip().is_loopback() && token_file_generated {
         return Err(invalid(
             "api.listen",
             format!(
@@ -835,11 +864,28 @@ fn parse_api(raw: RawApi) -> Result<ApiSettings, SettingsError> {
             ),
         ));
     }
+    let token = if token_file_generated {
+        None
+    } else {
+        Some(read_token_file(&token_file).map_err(|problem| invalid("api.token_file", problem))?)
+    };
     Ok(ApiSettings {
         listen: Some(addr),
-        token_file: raw.token_file,
+        token_file,
+        token_file_generated,
         token,
     })
+}
+
+/// Reads a bearer token file: trimmed, not empty.
+pub fn read_token_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::from(text.to_owned()))
 }
 
 pub(crate) fn duration(key: &str, text: &str) -> Result<Duration, SettingsError> {
@@ -1019,5 +1065,208 @@ mod tests {
             "{err}"
         );
         assert_eq!(duration("k", "90s").unwrap(), Duration::from_secs(90));
+    }
+
+    /// `section.key` → value for every leaf of a TOML table.
+    fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => leaves(t, &key, out),
+                other => out.push((key, other.clone())),
+            }
+        }
+    }
+
+    fn is_numeric(v: &toml::Value) -> bool {
+        match v {
+            toml::Value::Integer(_) => true,
+            toml::Value::String(s) => humantime::parse_duration(s).is_ok(),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn every_numeric_key_has_a_range_and_the_example_file_documents_it() {
+        let defaults: toml::Table = toml::from_str(&RawSettings::defaults_toml()).unwrap();
+        let mut all = Vec::new();
+        leaves(&defaults, "", &mut all);
+        let numeric: Vec<&str> = all
+            .iter()
+            .filter(|(_, v)| is_numeric(v))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert!(numeric.len() >= 33, "{numeric:?}");
+        for key in &numeric {
+            assert!(
+                RANGES.iter().any(|(k, _)| k == key),
+                "numeric key {key} has no range in RANGES"
+            );
+        }
+        for (key, _) in RANGES {
+            assert!(
+                numeric.contains(key),
+                "RANGES names {key}, not a numeric key"
+            );
+        }
+        // The example file writes `# Range: MIN..=MAX.` in the comment block above each key.
+        let file = include_str!("../config/basiq-health.toml");
+        for (key, range) in RANGES {
+            let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+            let mut current = "";
+            let mut last_range = None;
+            let mut found = None;
+            for line in file.lines() {
+                if let Some(s) = line.strip_prefix('[') {
+                    current = s.trim_end_matches(']');
+                    last_range = None;
+                } else if let Some(r) = line.strip_prefix("# Range: ") {
+                    last_range = Some(r.trim_end_matches('.'));
+                } else if current == section
+                    && line
+                        .trim_start_matches("# ")
+                        .starts_with(&format!("{name} = "))
+                {
+                    found = Some(last_range);
+                    break;
+                } else if !line.starts_with('#') {
+                    last_range = None;
+                }
+            }
+            let documented = found.unwrap_or_else(|| panic!("{key} is not in the example file"));
+            assert_eq!(
+                documented,
+                Some(range.to_string().as_str()),
+                "the example file documents {key}'s range"
+            );
+        }
+    }
+
+    /// A document setting `key` (as `section.name`) to the raw TOML `value`.
+    fn with(key: &str, value: &str) -> String {
+        match key.rsplit_once('.') {
+            Some((section, name)) => format!("[{section}]\n{name} = {value}\n"),
+            None => format!("{key} = {value}\n"),
+        }
+    }
+
+    #[test]
+    fn every_numeric_key_accepts_its_bounds_and_refuses_one_step_outside_naming_itself() {
+        for (key, range) in RANGES {
+            let (lo, hi, below, above) = match *range {
+                Range::Count(min, max) => (
+                    min.to_string(),
+                    max.to_string(),
+                    (min - 1).to_string(),
+                    (max + 1).to_string(),
+                ),
+                Range::Span(min, max) => {
+                    let min_d = humantime::parse_duration(min).unwrap();
+                    let max_d = humantime::parse_duration(max).unwrap();
+                    let below = min_d
+                        .checked_sub(Duration::from_millis(1))
+                        .map(|d| format!("\"{}ms\"", d.as_millis()))
+                        .unwrap_or_else(|| "\"-1s\"".into());
+                    (
+                        format!("\"{min}\""),
+                        format!("\"{max}\""),
+                        below,
+                        format!("\"{}ms\"", (max_d + Duration::from_millis(1)).as_millis()),
+                    )
+                }
+            };
+            // The cap bounds the reservation: test the cap's own range with none reserved.
+            let extra = if *key == "refresh.open_banking_daily_cap" {
+                "reserved_for_login = 0\n"
+            } else {
+                ""
+            };
+            for ok in [&lo, &hi] {
+                let doc = with(key, ok) + extra;
+                if let Err(e) = Settings::from_toml(&doc) {
+                    panic!("{key} = {ok} is inside {range} and refused: {e}");
+                }
+            }
+            for bad in [&below, &above] {
+                let err = Settings::from_toml(&(with(key, bad) + extra))
+                    .err()
+                    .unwrap_or_else(|| panic!("{key} = {bad} is outside {range} and accepted"));
+                let text = err.to_string();
+                assert!(text.contains(key), "{key} = {bad}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_holds_exactly_the_defaults() {
+        let example = Settings::from_toml(include_str!("../config/basiq-health.toml")).unwrap();
+        let defaults = Settings::from_toml("").unwrap();
+        assert_eq!(example.render(), defaults.render());
+    }
+
+    #[test]
+    fn config_check_output_reads_back_as_the_same_settings() {
+        let doc = "shutdown_grace = \"45s\"\n[basiq]\nbase_url = \"http://127.0.0.1:9/p/\"\nmax_attempts = 7\n\
+                   retry_base_delay = \"1s 500ms\"\n[database]\npath = \"/tmp/x/bh.db\"\nretain_days = 9\n\
+                   busy_timeout = \"250ms\"\n[log]\nformat = \"pretty\"\nlevel = \"debug\"\n\
+                   [sweep]\nperiod = \"36h\"\ntick = \"*/5 * * * * *\"\nbatch_size = 17\n\
+                   [outage]\nmin_users = 9\n[api]\nlisten = \"\"\n\
+                   [refresh]\nmode = \"daily\"\nweb_daily_cap = 2\nunattended_window = \"22:30-05:00\"\n\
+                   timezone = \"Australia/Perth\"\nfollow_timeout = \"2h\"\n";
+        let first = Settings::from_toml(doc).unwrap().render();
+        for line in [
+            "retain_days = 9",
+            "busy_timeout = \"250ms\"",
+            "web_daily_cap = 2",
+            "unattended_window = \"22:30-05:00\"",
+            "timezone = \"Australia/Perth\"",
+            "format = \"pretty\"",
+            "listen = \"\"",
+            "period = \"1day 12h\"",
+        ] {
+            assert!(first.contains(line), "{line} missing from:\n{first}");
+        }
+        // The printed key is a note, not a key the file takes.
+        let back: String = first
+            .lines()
+            .filter(|l| !l.starts_with("api_key = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let second = Settings::from_toml(&back).unwrap().render();
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_password_in_base_url_is_redacted_everywhere_it_is_shown() {
+        let s = Settings::from_toml(
+            "[basiq]\nbase_url = \"https://proxy-user:hunter2-canary@proxy.example/basiq/\"\n",
+        )
+        .unwrap();
+        let rendered = s.render();
+        let debug = format!("{s:?}");
+        for shown in [&rendered, &debug] {
+            assert!(!shown.contains("hunter2-canary"), "{shown}");
+            assert!(
+                shown.contains("proxy-user:[redacted]@proxy.example"),
+                "{shown}"
+            );
+        }
+        // The URL used for requests keeps it.
+        assert_eq!(s.basiq.base_url.password(), Some("hunter2-canary"));
+    }
+
+    #[test]
+    fn the_api_token_file_defaults_to_beside_the_database() {
+        let s = Settings::from_toml("[database]\npath = \"/srv/bh/state.db\"\n").unwrap();
+        assert_eq!(s.api.token_file, Path::new("/srv/bh/api-token"));
+        assert!(s.api.token_file_generated && s.api.token.is_none());
+        let err = Settings::from_toml("[api]\nlisten = \"0.0.0.0:8088\"\n").unwrap_err();
+        assert!(err.to_string().contains("api.listen"), "{err}");
+        let err = Settings::from_toml("[api]\ntoken_file = \"/nonexistent/t\"\n").unwrap_err();
+        assert!(err.to_string().contains("api.token_file"), "{err}");
     }
 }

@@ -49,7 +49,7 @@ pub const REFRESH_LOOKUPS: [Duration; 2] = [Duration::from_secs(3), Duration::fr
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientOptions")
-            .field("base_url", &self.base_url.as_str())
+            .field("base_url", &crate::settings::redacted_url(&self.base_url))
             .field("api_key", &"[redacted]")
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -698,7 +698,12 @@ pub(crate) fn endpoint_url(base: &Url, segments: &[&str]) -> Result<Url, Error> 
     url.set_query(None);
     url.set_fragment(None);
     url.path_segments_mut()
-        .map_err(|()| refuse(format!("base_url {:?} cannot take a path", base.as_str())))?
+        .map_err(|()| {
+            refuse(format!(
+                "base_url {:?} cannot take a path",
+                crate::settings::redacted_url(base)
+            ))
+        })?
         .pop_if_empty()
         .extend(segments);
     Ok(url)

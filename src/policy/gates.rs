@@ -227,15 +227,18 @@ impl DecisionKind {
     }
 }
 
-/// The `refresh.*` limits, already validated by settings.
-#[derive(Clone, Debug)]
+/// The `refresh.*` limits, already validated by settings (serialized as those keys).
+#[derive(Clone, Debug, Serialize)]
 pub struct RefreshLimits {
     pub mode: RefreshMode,
     /// The floor for every trigger: no refresh within this of the last one (ours or anyone's).
+    #[serde(serialize_with = "crate::settings::serialize_duration")]
     pub min_interval: Duration,
     /// A login check refreshes only data older than this.
+    #[serde(serialize_with = "crate::settings::serialize_duration")]
     pub login_stale_after: Duration,
     /// The daily schedule refreshes only data older than this.
+    #[serde(serialize_with = "crate::settings::serialize_duration")]
     pub stale_after: Duration,
     /// Basiq's 20 a day; settings refuse more.
     pub open_banking_daily_cap: u32,

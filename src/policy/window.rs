@@ -64,6 +64,24 @@ impl fmt::Display for DailyWindow {
     }
 }
 
+/// As the two keys it is written with: `unattended_window = "HH:MM-HH:MM"` and `timezone`.
+impl serde::Serialize for DailyWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry(
+            "unattended_window",
+            &format!(
+                "{}-{}",
+                self.start.format("%H:%M"),
+                self.end.format("%H:%M")
+            ),
+        )?;
+        map.serialize_entry("timezone", self.tz.name())?;
+        map.end()
+    }
+}
+
 impl DailyWindow {
     /// Parses `"HH:MM-HH:MM"` (spaces around the parts allowed; `24:00` as the end means
     /// midnight) and an IANA time zone name.

@@ -308,3 +308,93 @@ fn simulate_refuses_a_non_loopback_listen_address_unless_told() {
     assert!(err.contains("--allow-non-loopback"), "{err}");
     assert!(out.stdout.is_empty(), "nothing was served");
 }
+
+/// Every numeric key, through the real binary: out-of-range and extreme values (the
+/// largest integers, negatives, durations that overflow) exit 78, never a panic (101), and
+/// a value the parser reads names its key.
+#[test]
+fn config_check_refuses_out_of_range_and_extreme_values_for_every_numeric_key() {
+    use basiq_health::settings::{RANGES, Range};
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = 0;
+    for (key, range) in RANGES {
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+        let named: Vec<String> = match range {
+            Range::Count(_, max) => vec![
+                (max + 1).to_string(),
+                "-1".into(),
+                "4294967295".into(),
+                "4294967296".into(),
+                i64::MAX.to_string(),
+                i64::MIN.to_string(),
+            ],
+            Range::Span(..) => vec![
+                "\"18446744073709551615s\"".into(),
+                "\"10000000000000d\"".into(),
+                "\"-1s\"".into(),
+                "\"\"".into(),
+                "\"1 fortnight\"".into(),
+            ],
+        };
+        // Beyond what TOML or humantime can read at all: refused, the key not always named.
+        let unreadable: Vec<String> = match range {
+            Range::Count(..) => vec![
+                "9223372036854775808".into(),
+                "1e309".into(),
+                "\"lots\"".into(),
+            ],
+            Range::Span(..) => vec![
+                "\"99999999999999999999999999h\"".into(),
+                "1e309".into(),
+                "5".into(),
+            ],
+        };
+        for (value, must_name) in named
+            .iter()
+            .map(|v| (v, true))
+            .chain(unreadable.iter().map(|v| (v, false)))
+        {
+            let doc = if section.is_empty() {
+                format!("{name} = {value}\n")
+            } else {
+                format!("[{section}]\n{name} = {value}\n")
+            };
+            let path = write_config(&dir, &doc);
+            let (code, _, stderr) = check(&path, &[]);
+            runs += 1;
+            assert_eq!(code, 78, "{key} = {value}: exit {code}\n{stderr}");
+            assert!(!stderr.contains("panicked"), "{key} = {value}: {stderr}");
+            if must_name {
+                assert!(stderr.contains(name), "{key} = {value}: {stderr}");
+            }
+        }
+        // The environment takes the same route.
+        let env_key = format!("BASIQ_HEALTH__{}", key.replace('.', "__").to_uppercase());
+        let (code, _, stderr) = check(example_config(), &[(env_key.as_str(), "99999999999999")]);
+        assert_eq!(code, 78, "{env_key}=99999999999999: {stderr}");
+    }
+    assert!(runs > 250, "{runs} runs");
+}
+
+#[test]
+fn config_check_prints_every_key_with_its_value_and_redacts_a_password_in_base_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "[basiq]\nbase_url = \"https://u:pw-canary-77@proxy.example/basiq/\"\n\
+         [database]\npath = \"/tmp/bh-check/state.db\"\nretain_days = 31\nbusy_timeout = \"3s\"\n",
+    );
+    let (code, stdout, stderr) = check(&path, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("pw-canary-77") && !stderr.contains("pw-canary-77"));
+    assert!(stdout.contains("u:[redacted]@proxy.example"), "{stdout}");
+    // The keys the hand-written list used to omit.
+    assert!(stdout.contains("retain_days = 31"), "{stdout}");
+    assert!(stdout.contains("busy_timeout = \"3s\""), "{stdout}");
+    // Where the local API token lives is said.
+    assert!(
+        stdout.contains("token_file = \"/tmp/bh-check/api-token\""),
+        "{stdout}"
+    );
+    assert!(stderr.contains("/tmp/bh-check/api-token"), "{stderr}");
+}

@@ -184,8 +184,8 @@ async fn the_local_api_registers_users_checks_logins_and_reports() {
     .await
     .unwrap();
     let base = format!("http://{}", app.api_addr().unwrap());
+    let http = api_client(&app);
     let daemon = Daemon::start(app);
-    let http = reqwest::Client::new();
     let user = sim.sim.user_ids()[0].clone();
 
     let put = http

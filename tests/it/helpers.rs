@@ -209,3 +209,19 @@ pub fn sim_users(sim: &RunningSim) -> Vec<UserId> {
         .map(|id| UserId::parse(id).expect("the simulator's ids are valid"))
         .collect()
 }
+
+/// An HTTP client for the local API that sends the app's bearer token on every request.
+pub fn api_client(app: &basiq_health::app::App) -> reqwest::Client {
+    use secrecy::ExposeSecret;
+    let token = app.api_token().expect("the local API is enabled");
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}

@@ -382,3 +382,149 @@ async fn history_older_than_retain_days_is_pruned_and_recent_history_kept() {
     );
     assert!(store.integrity_ok().await.unwrap());
 }
+
+/// Starts the real daemon with the local API on a free loopback port and no
+/// `api.token_file`, under umask 000; returns it and the API's base URL once it answers.
+async fn daemon_with_api(
+    sim: &basiq_sim::RunningSim,
+    db: &std::path::Path,
+    log: &std::path::Path,
+) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let inner = daemon(sim, db, &[("BASIQ_HEALTH__API__LISTEN", listen.as_str())]);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_clear()
+        .envs(
+            inner
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + StdDuration::from_secs(20);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the API did not answer within 20 s"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_api_needs_the_generated_token_on_every_v1_route_even_on_loopback() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = empty_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let log = dir.path().join("daemon.log");
+    let (mut child, base) = daemon_with_api(&sim, &db, &log).await;
+
+    let file = dir.path().join("api-token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file is private whatever the umask");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64, "32 random bytes as hex");
+
+    let http = reqwest::Client::new();
+    let routes = [
+        (reqwest::Method::GET, "/v1/users"),
+        (reqwest::Method::PUT, "/v1/users/user-a"),
+        (reqwest::Method::DELETE, "/v1/users/user-a"),
+        (reqwest::Method::POST, "/v1/users/user-a/login"),
+        (reqwest::Method::GET, "/v1/users/user-a/health"),
+        (reqwest::Method::GET, "/v1/status"),
+    ];
+    let wrong = format!("{}x", &token[..63]);
+    for (method, path) in &routes {
+        for auth in [None, Some(wrong.as_str()), Some(""), Some(&token[..10])] {
+            let mut request = http.request(method.clone(), format!("{base}{path}"));
+            if let Some(t) = auth {
+                request = request.bearer_auth(t);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{method} {path} with {auth:?}");
+        }
+    }
+    // Nothing was registered by the refused PUTs.
+    let users: serde_json::Value = http
+        .get(format!("{base}/v1/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users, serde_json::json!([]));
+    let put = http
+        .put(format!("{base}/v1/users/user-a"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    // Probes and the local scraper need no token on loopback.
+    for open in ["/healthz", "/metrics"] {
+        let response = http.get(format!("{base}{open}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{open}");
+    }
+    sigterm(child.id());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&file.display().to_string()),
+        "the log says where the token is"
+    );
+    assert!(!logged.contains(&token), "the token is never logged");
+
+    // A restart reuses the same token.
+    let (mut child, base) = daemon_with_api(&sim, &db, &log).await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    let users: serde_json::Value = http
+        .get(format!("{base}/v1/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users[0]["user_id"], "user-a");
+    sigterm(child.id());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn an_empty_token_file_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("tok");
+    std::fs::write(&token, "  \n").unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(config())
+        .args(["config", "check"])
+        .env("BASIQ_HEALTH__API__TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api.token_file") && stderr.contains("empty"),
+        "{stderr}"
+    );
+}
