@@ -143,7 +143,7 @@ async fn remove_user(
 }
 
 async fn health_json(state: &ApiState, id: &UserId) -> Result<serde_json::Value, ApiError> {
-    let report = report::status(state.sweeper.store(), Some(id)).await?;
+    let report = report::status(state.sweeper.store(), Some(id), None).await?;
     Ok(json!({"user_id": id, "connections": report.connections}))
 }
 
@@ -183,9 +183,32 @@ async fn user_health(
     Ok(Json(health_json(&state, &id).await?).into_response())
 }
 
-async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /v1/status?limit=N&all=true`: at most `limit` connections listed (default
+/// [`report::DEFAULT_LIMIT`]), every one with `all=true`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct StatusQuery {
+    limit: Option<usize>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn status(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let report = report::status(state.sweeper.store(), None).await?;
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the query must be limit=N and/or all=true: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let limit = (!query.all).then_some(query.limit.unwrap_or(report::DEFAULT_LIMIT));
+    let report = report::status(state.sweeper.store(), None, limit).await?;
     Ok(Json(report).into_response())
 }
 

@@ -135,6 +135,13 @@ pub struct StatusArgs {
     /// Only this user's connections.
     #[arg(long = "user", value_name = "ID")]
     pub user: Option<UserId>,
+    /// List at most N connections (those needing the user's action first); the counts are
+    /// always whole. Ignored with --user (every connection of the user is listed).
+    #[arg(long, value_name = "N", default_value_t = crate::report::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// List every connection.
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -262,18 +269,9 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         }
         Command::Sweep(args) => {
             let sweeper = app::build_sweeper(&settings).await?;
-            let only: Vec<UserId> = if args.users.is_empty() {
-                sweeper
-                    .store()
-                    .list_users()
-                    .await?
-                    .into_iter()
-                    .filter(|u| u.gone_at.is_none())
-                    .map(|u| u.user_id)
-                    .collect()
-            } else {
-                args.users
-            };
+            // Every user is read page by page inside the pass: memory follows the page, not
+            // the register.
+            let only = (!args.users.is_empty()).then_some(args.users);
             let cancel = tokio_util::sync::CancellationToken::new();
             let stop = cancel.clone();
             let mut signals = Signals::new();
@@ -281,7 +279,10 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
                 signals.recv().await;
                 stop.cancel();
             });
-            let counts = sweeper.run_pass("command", Some(only), &cancel).await?;
+            let counts = match only {
+                Some(users) => sweeper.run_pass("command", Some(users), &cancel).await?,
+                None => sweeper.run_pass_all("command", &cancel).await?,
+            };
             signal.abort();
             sweeper.store().close().await;
             println!("{}", serde_json::to_string(&counts)?);
@@ -291,7 +292,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             let refresher = refresher(&settings).await?;
             let user = args.user_id;
             let (swept, refreshes) = refresher.login(&user).await?;
-            let report = report::status(refresher.sweeper().store(), Some(&user)).await?;
+            let report = report::status(refresher.sweeper().store(), Some(&user), None).await?;
             let body = serde_json::json!({
                 "user_id": user,
                 "swept": swept,
@@ -372,7 +373,8 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         Command::Status(args) => {
             let store = app::open_store(&settings).await?;
             let user = args.user;
-            let report = report::status(&store, user.as_ref()).await?;
+            let limit = (!args.all).then_some(args.limit);
+            let report = report::status(&store, user.as_ref(), limit).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -413,12 +415,11 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
     // changes nothing.
     let imported = match &command {
         UsersCommand::Import { file } => {
-            let bytes =
-                std::fs::read(file).with_context(|| format!("while reading {}", file.display()))?;
-            // Bytes that are not UTF-8 become U+FFFD, which the id rule then refuses by line.
-            let ids = parse_user_file(&String::from_utf8_lossy(&bytes))
+            // Read as a stream, twice: checked whole first, then imported in batches. Memory
+            // follows the batch, not the file.
+            let lines = check_user_file(file)
                 .with_context(|| format!("refusing {}: nothing imported", file.display()))?;
-            Some(ids)
+            Some(lines)
         }
         _ => None,
     };
@@ -441,13 +442,33 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
             println!("removed {removed} user(s)");
         }
         UsersCommand::Import { file } => {
-            let ids = imported.unwrap_or_default();
-            let added = store.add_users(&ids, now, due).await?;
+            let lines = imported.unwrap_or_default();
+            let mut added = 0;
+            let mut read = 0u64;
+            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            let mut ids = UserFile::open(&file)?;
+            loop {
+                let next = ids.next_id()?;
+                let end = next.is_none();
+                if let Some(id) = next {
+                    batch.push(id);
+                    read += 1;
+                }
+                if batch.len() == IMPORT_BATCH || (end && !batch.is_empty()) {
+                    // One short transaction per batch: a running daemon's writes wait for
+                    // one batch at most, never for the whole file.
+                    added += store.add_users(&batch, now, &due).await?;
+                    batch.clear();
+                }
+                if end {
+                    break;
+                }
+            }
+            debug_assert_eq!(read, lines);
             println!(
-                "imported {} id(s) from {}: {added} new, {} already registered",
-                ids.len(),
+                "imported {read} id(s) from {}: {added} new, {} already registered or repeated",
                 file.display(),
-                ids.len() as u64 - added
+                read - added
             );
         }
         UsersCommand::List { json } => {
@@ -489,7 +510,10 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
 /// An import file with ids outside the rule: every bad line, by number.
 #[derive(Debug, thiserror::Error)]
 pub struct ImportError {
+    /// The first bad lines, by number.
     pub bad: Vec<(usize, IdError)>,
+    /// Bad lines beyond those.
+    pub more: usize,
 }
 
 /// How many bad lines an [`ImportError`] spells out; the rest are counted.
@@ -497,41 +521,94 @@ const IMPORT_ERRORS_SHOWN: usize = 10;
 
 impl std::fmt::Display for ImportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} line(s) with a bad id", self.bad.len())?;
-        for (line, err) in self.bad.iter().take(IMPORT_ERRORS_SHOWN) {
+        write!(f, "{} line(s) with a bad id", self.bad.len() + self.more)?;
+        for (line, err) in &self.bad {
             write!(f, "; line {line}: {err}")?;
         }
-        if self.bad.len() > IMPORT_ERRORS_SHOWN {
-            write!(f, "; and {} more", self.bad.len() - IMPORT_ERRORS_SHOWN)?;
+        if self.more > 0 {
+            write!(f, "; and {} more", self.more)?;
         }
         Ok(())
     }
 }
 
-/// One id per line; blank lines and `#` comments (whole-line or trailing) are ignored, and
-/// so are repeats. Any id outside the rule refuses the whole file.
-pub fn parse_user_file(text: &str) -> Result<Vec<UserId>, ImportError> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut ids = Vec::new();
-    let mut bad = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let id = line.split('#').next().unwrap_or("").trim();
-        if id.is_empty() {
-            continue;
-        }
-        match UserId::parse(id) {
-            Ok(id) => {
-                if seen.insert(id.clone()) {
-                    ids.push(id);
-                }
+/// Ids registered per transaction by `users import`.
+const IMPORT_BATCH: usize = 10_000;
+
+/// An import file read line by line: one id per line; blank lines and `#` comments
+/// (whole-line or trailing) are ignored. Bytes that are not UTF-8 become U+FFFD, which
+/// the id rule then refuses by line.
+pub struct UserFile {
+    reader: std::io::BufReader<std::fs::File>,
+    line: Vec<u8>,
+    number: usize,
+}
+
+impl UserFile {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("while reading {}", path.display()))?;
+        Ok(Self {
+            reader: std::io::BufReader::with_capacity(1 << 16, file),
+            line: Vec::new(),
+            number: 0,
+        })
+    }
+
+    /// The next line holding an id: its number and the id as written.
+    fn next_raw(&mut self) -> std::io::Result<Option<(usize, String)>> {
+        use std::io::BufRead;
+        loop {
+            self.line.clear();
+            if self.reader.read_until(b'\n', &mut self.line)? == 0 {
+                return Ok(None);
             }
-            Err(e) => bad.push((index + 1, e)),
+            self.number += 1;
+            let text = String::from_utf8_lossy(&self.line);
+            let id = text.split('#').next().unwrap_or("").trim();
+            if !id.is_empty() {
+                return Ok(Some((self.number, id.to_owned())));
+            }
+        }
+    }
+
+    /// The next id; a bad one is an error naming its line (the file changed since it
+    /// was checked).
+    pub fn next_id(&mut self) -> anyhow::Result<Option<UserId>> {
+        match self.next_raw()? {
+            None => Ok(None),
+            Some((number, id)) => UserId::parse(id).map(Some).map_err(|e| {
+                ImportError {
+                    bad: vec![(number, e)],
+                    more: 0,
+                }
+                .into()
+            }),
+        }
+    }
+}
+
+/// Checks a whole import file as a stream: the number of ids in it, or every bad line (the
+/// first few spelled out, the rest counted). Any id outside the rule refuses the file.
+pub fn check_user_file(path: &std::path::Path) -> anyhow::Result<u64> {
+    let mut file = UserFile::open(path)?;
+    let mut ids = 0u64;
+    let mut bad = Vec::new();
+    let mut more = 0;
+    while let Some((number, id)) = file
+        .next_raw()
+        .with_context(|| format!("while reading {}", path.display()))?
+    {
+        match UserId::parse(id) {
+            Ok(_) => ids += 1,
+            Err(e) if bad.len() < IMPORT_ERRORS_SHOWN => bad.push((number, e)),
+            Err(_) => more += 1,
         }
     }
     if bad.is_empty() {
         Ok(ids)
     } else {
-        Err(ImportError { bad })
+        Err(ImportError { bad, more }.into())
     }
 }
 

@@ -121,7 +121,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     daemon.await.context("the daemon task failed")??;
 
     let store = Store::open(&db).await?;
-    let status = report::status(&store, None).await?;
+    let status = report::status(&store, None, None).await?;
     let since = chrono::Utc::now()
         - chrono::Duration::from_std(total + Duration::from_secs(60)).unwrap_or_default();
     let outages = store.outages_since(since).await?;

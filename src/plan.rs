@@ -68,6 +68,8 @@ impl ConnectorStatuses {
 pub struct StoredJob {
     pub state: JobState,
     pub updated: Option<DateTime<Utc>>,
+    /// The stored job is matched to a connection.
+    pub matched: bool,
 }
 
 /// Our refresh attempts of one connection.
@@ -217,6 +219,17 @@ fn is_backwards(job: &Job, stored: Option<&StoredJob>) -> bool {
     older || reopened
 }
 
+/// A finished job whose stored snapshot says the same (state, `updated`, and a match to
+/// a connection when it has one now).
+fn is_unchanged(job: &Job, stored: Option<&StoredJob>, matched: bool) -> bool {
+    stored.is_some_and(|s| {
+        s.state != JobState::InProgress
+            && s.state == job.state()
+            && s.updated == job.updated
+            && (s.matched || !matched)
+    })
+}
+
 fn newest_of(job: &Job) -> NewestJob {
     NewestJob {
         state: job.state(),
@@ -285,10 +298,15 @@ pub fn plan_user(
     let mut newest: HashMap<ConnectionId, &Job> = HashMap::new();
     let mut mfa_seen: BTreeSet<ConnectionId> = BTreeSet::new();
     for (job, connection) in fetched.jobs.iter().zip(&matched) {
-        if is_backwards(job, stored.jobs.get(&job.id)) {
+        let had = stored.jobs.get(&job.id);
+        if is_backwards(job, had) {
             continue;
         }
-        plan.jobs.push((job.clone(), connection.clone()));
+        // A finished job already stored as it is now has nothing to write (most jobs of a
+        // daily sweep): only new or moved jobs are written.
+        if !is_unchanged(job, had, connection.is_some()) {
+            plan.jobs.push((job.clone(), connection.clone()));
+        }
         let Some(connection) = connection else {
             continue;
         };

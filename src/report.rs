@@ -75,6 +75,11 @@ pub struct Summary {
     pub by_health: BTreeMap<String, u64>,
     pub action_required: u64,
     pub open_outages: usize,
+    /// How many connections `connections` lists: all of them, or the first `limit` (those
+    /// needing the user's action first).
+    pub connections_listed: usize,
+    /// `connections` lists fewer than there are (`--all` or `?all=true` lists every one).
+    pub truncated: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,32 +89,60 @@ pub struct StatusReport {
     pub outages: Vec<OutageRow>,
 }
 
-/// Builds the report, for every user or one.
-pub async fn status(store: &Store, user: Option<&UserId>) -> store::Result<StatusReport> {
-    let rows = store.all_connections(user).await?;
+/// How many connections a report of every user lists unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// Builds the report, for every user or one. For one user every connection is listed; for
+/// every user at most `limit` (`None`: all), those needing the user's action first. The
+/// counts come from the kept tallies, never from a scan, so the report of a register of
+/// millions costs what its listing costs.
+pub async fn status(
+    store: &Store,
+    user: Option<&UserId>,
+    limit: Option<usize>,
+) -> store::Result<StatusReport> {
     let outages = store.open_outages().await?;
-    let users = match user {
-        Some(_) => 1,
-        None => store.count_active_users().await?,
-    };
     let mut by_health: BTreeMap<String, u64> = Health::ALL
         .iter()
         .map(|h| (h.as_str().to_owned(), 0))
         .collect();
-    for r in &rows {
-        if let Some(h) = r.health {
-            *by_health.entry(h.as_str().to_owned()).or_default() += 1;
+    let (rows, users, total) = match user {
+        Some(_) => {
+            let rows = store.all_connections(user).await?;
+            for r in &rows {
+                if let Some(h) = r.health {
+                    *by_health.entry(h.as_str().to_owned()).or_default() += 1;
+                }
+            }
+            let total = rows.len();
+            (rows, 1, total)
         }
-    }
+        None => {
+            let tallies = store.tallies().await?;
+            for (health, n) in &tallies.connections {
+                if !health.is_empty() {
+                    *by_health.entry(health.clone()).or_default() += u64::try_from(*n).unwrap_or(0);
+                }
+            }
+            let total = usize::try_from(tallies.connections_total()).unwrap_or(0);
+            let rows = match limit {
+                Some(limit) => store.connections_listed(limit).await?,
+                None => store.all_connections(None).await?,
+            };
+            (rows, tallies.users_active, total)
+        }
+    };
     let action_required = by_health.get("action-required").copied().unwrap_or(0);
     Ok(StatusReport {
         connections: rows.iter().map(ConnectionView::from).collect(),
         summary: Summary {
             users,
-            connections: rows.len(),
+            connections: total,
             by_health,
             action_required,
             open_outages: outages.len(),
+            connections_listed: rows.len(),
+            truncated: rows.len() < total,
         },
         outages,
     })
@@ -170,7 +203,7 @@ pub fn render_table(report: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "\nconnections needing the user's action: {}",
-        needing.len()
+        s.action_required
     );
     for c in needing.iter().take(50) {
         let reason = c.reason.as_deref().unwrap_or("-");
@@ -185,15 +218,16 @@ pub fn render_table(report: &StatusReport) -> String {
             advice("action-required", c.reason.as_deref())
         );
     }
-    if needing.len() > 50 {
+    let shown = needing.len().min(50) as u64;
+    if s.action_required > shown {
         let _ = writeln!(
             out,
-            "  ... and {} more (status --json lists all)",
-            needing.len() - 50
+            "  ... and {} more (status --json --all lists all)",
+            s.action_required - shown
         );
     }
     // One user (or a small installation): every connection with its refresh story.
-    if report.connections.len() <= 20 && !report.connections.is_empty() {
+    if report.connections.len() <= 20 && !report.connections.is_empty() && !s.truncated {
         let _ = writeln!(
             out,
             "

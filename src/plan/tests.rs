@@ -376,6 +376,7 @@ fn stored_jobs_never_go_backwards() {
             StoredJob {
                 state: JobState::Success,
                 updated: done.updated,
+                matched: true,
             },
         )]
         .into(),
@@ -400,8 +401,20 @@ fn stored_jobs_never_go_backwards() {
     );
     assert!(p.jobs.is_empty());
 
+    // Seen again as stored: nothing to write. Moved on: written.
     let p = plan(
-        &sweep(vec![connection("c1", Method::Web)], vec![done]),
+        &sweep(vec![connection("c1", Method::Web)], vec![done.clone()]),
+        &stored,
+        &operational(),
+    );
+    assert!(
+        p.jobs.is_empty(),
+        "an unchanged finished job is not written again"
+    );
+    let mut newer = done;
+    newer.updated = Some(now() - mins(5));
+    let p = plan(
+        &sweep(vec![connection("c1", Method::Web)], vec![newer]),
         &stored,
         &operational(),
     );

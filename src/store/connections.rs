@@ -207,8 +207,9 @@ pub async fn load_stored(
         .fetch_all(&mut *conn)
         .await?;
     let connections: Vec<ConnectionRow> = rows.into_iter().map(ConnectionRow::from).collect();
-    let jobs: Vec<(String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT job_id, state, updated FROM jobs WHERE user_id = ? AND (created IS NULL OR created >= ?)",
+    let jobs: Vec<(String, String, Option<i64>, bool)> = sqlx::query_as(
+        "SELECT job_id, state, updated, connection_id IS NOT NULL FROM jobs
+         WHERE user_id = ? AND (created IS NULL OR created >= ?)",
     )
     .bind(user_id.as_str())
     .bind(ts(now - chrono::Duration::days(8)))
@@ -216,12 +217,13 @@ pub async fn load_stored(
     .await?;
     let jobs = jobs
         .into_iter()
-        .map(|(id, state, updated)| {
+        .map(|(id, state, updated, matched)| {
             (
                 JobId::from_store(id),
                 StoredJob {
                     state: job_state(&state),
                     updated: from_opt_ts(updated),
+                    matched,
                 },
             )
         })
@@ -330,43 +332,35 @@ pub async fn inference_at(
     limit: i64,
 ) -> Result<Inference> {
     let (a, b) = method_spellings(&key.method);
-    let open: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM outages WHERE institution_id = ? AND method IN (?, ?)
-         AND source = 'inferred' AND ended_at IS NULL)",
-    )
-    .bind(key.institution_id.clone())
-    .bind(a.clone())
-    .bind(b.clone())
-    .fetch_one(&mut *conn)
-    .await?;
+    // One statement (one hand-off to SQLite's thread), three answers.
     let sql = format!(
-        "SELECT MAX(changed_at) FROM connector_status_changes
-         WHERE institution_id = ? AND method IN (?, ?)
-           AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES}"
+        "WITH recovered AS (
+             SELECT MAX(changed_at) AS at FROM connector_status_changes
+             WHERE institution_id = ?1 AND method IN (?2, ?3)
+               AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES})
+         SELECT
+             EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
+                     AND source = 'inferred' AND ended_at IS NULL),
+             (SELECT at FROM recovered),
+             (SELECT COUNT(*) FROM (
+                 SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
+                 WHERE c.institution_id = ?1 AND c.method IN (?2, ?3) AND c.bank_failure_at IS NOT NULL
+                   AND c.gone_at IS NULL
+                   AND c.bank_failure_at >= MAX(?4, COALESCE((SELECT at FROM recovered), 0))
+                   AND c.user_id != ?5
+                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
+                 LIMIT ?6))"
     );
-    let recovered: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(key.institution_id.clone())
-        .bind(a.clone())
-        .bind(b.clone())
-        .fetch_one(&mut *conn)
-        .await?;
-    let from = ts(since).max(recovered.unwrap_or(0));
-    let users: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (
-             SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
-             WHERE c.institution_id = ? AND c.method IN (?, ?) AND c.bank_failure_at IS NOT NULL
-               AND c.gone_at IS NULL AND c.bank_failure_at >= ? AND c.user_id != ?
-               AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
-             LIMIT ?)",
-    )
-    .bind(key.institution_id.clone())
-    .bind(a)
-    .bind(b)
-    .bind(from)
-    .bind(except.map_or(String::new(), |u| u.as_str().to_owned()))
-    .bind(limit.max(1))
-    .fetch_one(&mut *conn)
-    .await?;
+    let (open, recovered, users): (bool, Option<i64>, i64) =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key.institution_id.clone())
+            .bind(a)
+            .bind(b)
+            .bind(ts(since))
+            .bind(except.map_or(String::new(), |u| u.as_str().to_owned()))
+            .bind(limit.max(1))
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(Inference {
         open,
         other_users_failing: users,
@@ -609,13 +603,45 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM connections
              WHERE gone_at IS NULL AND (?1 IS NULL OR user_id = ?1)
-               AND user_id IN (SELECT user_id FROM users WHERE removed_at IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM users u
+                               WHERE u.user_id = connections.user_id AND u.removed_at IS NOT NULL)
              ORDER BY user_id, connection_id"
         );
         let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(user.map(|u| u.as_str().to_owned()))
             .fetch_all(self.pool())
             .await?;
+        Ok(rows.into_iter().map(ConnectionRow::from).collect())
+    }
+
+    /// At most `limit` watched connections: those needing the user's action first (through
+    /// their partial index), then the others in id order. Reads `limit` rows, not the table.
+    pub async fn connections_listed(&self, limit: usize) -> Result<Vec<ConnectionRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let not_removed = "NOT EXISTS (SELECT 1 FROM users u
+                           WHERE u.user_id = connections.user_id AND u.removed_at IS NOT NULL)";
+        let sql = format!(
+            "SELECT {COLUMNS} FROM connections INDEXED BY connections_action_required
+             WHERE health = 'action-required' AND gone_at IS NULL AND {not_removed}
+             ORDER BY connection_id LIMIT ?"
+        );
+        let mut rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        let left = limit - i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        if left > 0 {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM connections
+                 WHERE health IS NOT 'action-required' AND gone_at IS NULL AND {not_removed}
+                 ORDER BY connection_id LIMIT ?"
+            );
+            let more: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(left)
+                .fetch_all(self.pool())
+                .await?;
+            rows.extend(more);
+        }
         Ok(rows.into_iter().map(ConnectionRow::from).collect())
     }
 

@@ -36,7 +36,7 @@ impl Store {
         let pruned = self.prune(retain_days, now).await?;
         sqlx::query("INSERT INTO meta (key, value) VALUES ('last_pruned_at', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .bind(ts(now).to_string())
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await?;
         Ok(Some(pruned))
     }
@@ -76,7 +76,9 @@ impl Store {
                 cutoff,
             )
             .await?;
-        sqlx::query("PRAGMA optimize").execute(self.pool()).await?;
+        sqlx::query("PRAGMA optimize")
+            .execute(self.write_pool())
+            .await?;
         Ok(Pruned {
             jobs,
             health_changes,
@@ -92,7 +94,7 @@ impl Store {
             let done = sqlx::query(sql)
                 .bind(cutoff)
                 .bind(BATCH)
-                .execute(self.pool())
+                .execute(self.write_pool())
                 .await?
                 .rows_affected();
             total += done;

@@ -30,6 +30,9 @@ impl JobRow {
 /// job was matched to (from `links.source`, or by institution when that is missing). A
 /// stored job never goes backwards: an older snapshot (lower `updated`), or a finished job
 /// seen in progress again, changes nothing. Returns whether it was written.
+/// Steps per multi-row INSERT (7 parameters each, well under SQLite's 32,766).
+const STEPS_PER_STATEMENT: usize = 1000;
+
 pub async fn upsert_job(
     conn: &mut SqliteConnection,
     user_id: &UserId,
@@ -75,28 +78,40 @@ pub async fn upsert_job(
         .bind(job.id.as_str())
         .execute(&mut *conn)
         .await?;
-    for (position, step) in job.steps.iter().enumerate() {
-        let (code, title, detail) = match &step.result {
-            StepResult::Failure {
-                code,
-                title,
-                detail,
-            } => (Some(code.clone()), title.clone(), detail.clone()),
-            _ => (None, None, None),
-        };
-        sqlx::query(
-            "INSERT INTO job_steps (job_id, position, title, status, result_code, result_title, result_detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(job.id.as_str())
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
-        .bind(step.title.clone())
-        .bind(step.status.as_str().to_owned())
-        .bind(code)
-        .bind(title)
-        .bind(detail)
-        .execute(&mut *conn)
-        .await?;
+    // The steps in one statement (a job has a handful; chunked, so a job with thousands
+    // stays under SQLite's parameter limit): one hand-off to SQLite's thread, not one per step.
+    for (chunk_index, chunk) in job.steps.chunks(STEPS_PER_STATEMENT).enumerate() {
+        let mut sql = String::from(
+            "INSERT INTO job_steps (job_id, position, title, status, result_code, result_title, result_detail) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?, ?)"
+            });
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, step) in chunk.iter().enumerate() {
+            let position = chunk_index * STEPS_PER_STATEMENT + i;
+            let (code, title, detail) = match &step.result {
+                StepResult::Failure {
+                    code,
+                    title,
+                    detail,
+                } => (Some(code.clone()), title.clone(), detail.clone()),
+                _ => (None, None, None),
+            };
+            query = query
+                .bind(job.id.as_str().to_owned())
+                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .bind(step.title.clone())
+                .bind(step.status.as_str().to_owned())
+                .bind(code)
+                .bind(title)
+                .bind(detail);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(true)
 }

@@ -1,9 +1,16 @@
-//! SQLite through sqlx, and nothing else: plain async functions over one pool, one file per
-//! table family. Makes no decisions; every timestamp is unix seconds.
+//! SQLite through sqlx, and nothing else: plain async functions, one file per table family.
+//! Makes no decisions; every timestamp is unix seconds.
 //!
-//! WAL, `busy_timeout` and foreign keys are set on every connection. Writes that read then
-//! write run in `BEGIN IMMEDIATE` transactions ([`Store::write`]) so concurrent writers wait
-//! instead of failing with "database is locked".
+//! **One writer.** Reads use a pool of their own (`query_only`: a write that strays there
+//! fails loudly). Every write goes through one connection (a pool of one): in-process
+//! writers queue for it instead of fighting over SQLite's lock, so SQLite's busy handler
+//! only ever sleeps for another process. Writes that read then write run in `BEGIN
+//! IMMEDIATE` transactions ([`Store::write`]). A sweep's per-user plans are committed
+//! together ([`Store::write_grouped`]): a writer task takes every plan queued (up to
+//! [`GROUP_MAX`]) into one transaction, each plan inside its own savepoint, so a plan is
+//! applied whole or not at all and many users cost one commit.
+//!
+//! WAL, `busy_timeout` and foreign keys are set on every connection.
 //!
 //! A failed write must not poison the pool: when a statement or the COMMIT fails (a full
 //! disk fails the COMMIT), SQLite may or may not have rolled the transaction back, and a
@@ -21,6 +28,7 @@ pub mod housekeeping;
 pub mod jobs;
 pub mod refreshes;
 mod sweeps;
+pub mod tallies;
 mod users;
 
 use std::ops::{Deref, DerefMut};
@@ -30,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -41,6 +50,7 @@ pub use connectors::{ConnectorChange, OutageRow};
 pub use health::{Failing, WriteHealth};
 pub use jobs::JobRow;
 pub use sweeps::{Abort, AbortCause, SweepCounts};
+pub use tallies::Tallies;
 pub use users::UserRow;
 
 /// The database could not be opened or migrated: exit code 74.
@@ -53,11 +63,44 @@ pub struct OpenError {
 
 pub type Result<T> = std::result::Result<T, sqlx::Error>;
 
+/// Plans committed in one group transaction at most.
+pub const GROUP_MAX: usize = 64;
+
 /// The daemon's database.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Readers (`query_only`).
+    pool: SqlitePool,
+    writer: Writer,
+    /// To the group-commit task; it ends when the last `Store` is dropped.
+    group: tokio::sync::mpsc::Sender<Grouped>,
+}
+
+/// The one write connection (a pool of one, so a connection closed after a failure is
+/// replaced by a fresh one) and what every write's outcome feeds.
+#[derive(Clone, Debug)]
+struct Writer {
     pool: SqlitePool,
     health: Arc<WriteHealth>,
+    groups: Arc<GroupStats>,
+}
+
+/// What group commit did since start, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    /// Group transactions committed.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Plans (callers of [`Store::write_grouped`]) committed in them.
+    pub plans: std::sync::atomic::AtomicU64,
+}
+
+type GroupWork =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<()>> + Send>;
+
+/// One caller's part of a group transaction, and where to say how it ended.
+struct Grouped {
+    work: GroupWork,
+    reply: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
 impl Store {
@@ -93,10 +136,10 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(busy_timeout)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
             .await
             .map_err(|e| fail(e.to_string()))?;
         // Several processes opening a fresh database race to migrate it: each migration is
@@ -104,7 +147,7 @@ impl Store {
         // running the migrator again finds it applied.
         let mut tries = 0;
         loop {
-            match sqlx::migrate!().run(&pool).await {
+            match sqlx::migrate!().run(&writer).await {
                 Ok(()) => break,
                 Err(e) if tries < 5 => {
                     tries += 1;
@@ -114,52 +157,103 @@ impl Store {
                 Err(e) => return Err(fail(format!("migration failed: {e}"))),
             }
         }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.pragma("query_only", "ON"))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let writer = Writer {
+            pool: writer,
+            health: Arc::default(),
+            groups: Arc::default(),
+        };
+        let (group, queue) = tokio::sync::mpsc::channel(GROUP_MAX * 4);
+        tokio::spawn(group_writer(writer.clone(), queue));
         Ok(Self {
             pool,
-            health: Arc::default(),
+            writer,
+            group,
         })
     }
 
-    /// For reads. A write on the pool itself is one autocommit statement (it cannot leave a
-    /// transaction open) and goes through [`Store::note`]; anything longer is a [`WriteTx`].
+    /// For reads (`query_only`: a write here fails). Writes go through [`Store::write`],
+    /// [`Store::write_grouped`] or, for one autocommit statement, [`Store::write_pool`].
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
+    /// The one write connection, for a single autocommit statement (it cannot leave a
+    /// transaction open); its outcome goes through [`Store::note`]. Anything longer is a
+    /// [`WriteTx`].
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.writer.pool
+    }
+
     /// Whether writes are failing, fed by every write.
     pub fn write_health(&self) -> &WriteHealth {
-        &self.health
+        &self.writer.health
     }
 
-    /// Records the outcome of a one-statement write made on the pool.
+    /// Group commits and the plans they carried, since start.
+    pub fn group_stats(&self) -> &GroupStats {
+        &self.writer.groups
+    }
+
+    /// Records the outcome of a one-statement write made on the write pool.
     pub(crate) fn note<T>(&self, result: Result<T>) -> Result<T> {
-        self.health.note(result)
+        self.writer.health.note(result)
     }
 
-    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`) on a
-    /// connection of its own. End it with [`WriteTx::commit`] or [`WriteTx::rollback`];
-    /// dropped otherwise (an error returned early, a cancelled future),
-    /// its connection is closed, which rolls the transaction back, and never reused.
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`) on the
+    /// write connection, which it holds alone until it ends. End it with
+    /// [`WriteTx::commit`] or [`WriteTx::rollback`]; dropped otherwise (an error returned
+    /// early, a cancelled future), its connection is closed, which rolls the transaction
+    /// back, and never reused.
     pub async fn write(&self) -> Result<WriteTx> {
-        // Only failures are noted here: a BEGIN succeeds on a full disk, and only a COMMIT
-        // that succeeded says writes work again.
-        let conn = self.pool.acquire().await.inspect_err(|e| {
-            self.health.failed(e);
-        })?;
-        let mut tx = WriteTx {
-            conn: Some(conn),
-            health: self.health.clone(),
-        };
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
-            tx.health.failed(&e);
-            tx.discard().await;
-            return Err(e);
-        }
-        Ok(tx)
+        self.writer.write().await
+    }
+
+    /// Runs `work` on the write connection inside a transaction shared with the other
+    /// callers queued at the same moment (group commit), in its own savepoint: `work`'s
+    /// statements are committed whole, or not at all if `work` fails (the others' are
+    /// kept) or the commit fails (every caller's fails). Returns once committed.
+    ///
+    /// `work` must not wait for anything that needs the write connection. A caller that
+    /// stops waiting does not stop its work: it is committed with the group.
+    pub async fn write_grouped<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let filled = slot.clone();
+        let work: GroupWork = Box::new(move |conn| {
+            Box::pin(async move {
+                let value = work(conn).await?;
+                *filled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+                Ok(())
+            })
+        });
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let gone = || sqlx::Error::PoolClosed;
+        self.group
+            .send(Grouped { work, reply })
+            .await
+            .map_err(|_| gone())?;
+        replied.await.map_err(|_| gone())??;
+        let value = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        value.ok_or_else(gone)
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.pool.close().await;
     }
 
     /// The installation's seed, made once and kept: it spreads users' sweep offsets
@@ -169,7 +263,7 @@ impl Store {
         let inserted =
             sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('installation_seed', ?)")
                 .bind(fresh.to_string())
-                .execute(&self.pool)
+                .execute(self.write_pool())
                 .await;
         self.note(inserted)?;
         let value: String =
@@ -190,8 +284,147 @@ impl Store {
     }
 }
 
-/// One `BEGIN IMMEDIATE` transaction on a connection taken from the pool; derefs to the
-/// connection for the statements inside it.
+impl Writer {
+    async fn write(&self) -> Result<WriteTx> {
+        // Only failures are noted here: a BEGIN succeeds on a full disk, and only a COMMIT
+        // that succeeded says writes work again.
+        let conn = self.pool.acquire().await.inspect_err(|e| {
+            self.health.failed(e);
+        })?;
+        let mut tx = WriteTx {
+            conn: Some(conn),
+            health: self.health.clone(),
+        };
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
+            tx.health.failed(&e);
+            tx.discard().await;
+            return Err(e);
+        }
+        Ok(tx)
+    }
+}
+
+/// The group-commit task: takes every job queued (at most [`GROUP_MAX`]) into one
+/// transaction. Ends when every sender (every `Store`) is gone.
+async fn group_writer(writer: Writer, mut queue: tokio::sync::mpsc::Receiver<Grouped>) {
+    let mut batch = Vec::with_capacity(GROUP_MAX);
+    while let Some(first) = queue.recv().await {
+        // The write lock first, then every plan queued by then: the plans that arrive while
+        // the writer waits for the lock (or for the last commit) share the next one.
+        let tx = writer.write().await;
+        batch.push(first);
+        while batch.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_group(&writer, tx, &mut batch).await;
+        batch.clear();
+    }
+}
+
+/// An error for every member of a group that failed as a whole: the same words, and the
+/// same class (a storage failure stays one).
+fn copy_error(e: &sqlx::Error) -> sqlx::Error {
+    let message = format!("the group transaction failed: {e}");
+    if health::is_storage_failure(e) {
+        sqlx::Error::Io(std::io::Error::other(message))
+    } else {
+        sqlx::Error::Protocol(message)
+    }
+}
+
+async fn commit_group(writer: &Writer, tx: Result<WriteTx>, batch: &mut Vec<Grouped>) {
+    let mut tx = match tx {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(copy_error(&e)));
+            }
+            return;
+        }
+    };
+    let alone = batch.len() == 1;
+    let mut done = Vec::with_capacity(batch.len());
+    let mut jobs = batch.drain(..);
+    while let Some(job) = jobs.next() {
+        if !alone && let Err(e) = sqlx::query("SAVEPOINT plan").execute(&mut *tx).await {
+            tx.health.failed(&e);
+            tx.discard().await;
+            for reply in done.into_iter().chain(std::iter::once(job.reply)) {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+            for job in jobs {
+                let _ = job.reply.send(Err(copy_error(&e)));
+            }
+            return;
+        }
+        match (job.work)(&mut tx).await {
+            Ok(()) => {
+                if !alone && let Err(e) = sqlx::query("RELEASE plan").execute(&mut *tx).await {
+                    tx.health.failed(&e);
+                    tx.discard().await;
+                    for reply in done.into_iter().chain(std::iter::once(job.reply)) {
+                        let _ = reply.send(Err(copy_error(&e)));
+                    }
+                    for job in jobs {
+                        let _ = job.reply.send(Err(copy_error(&e)));
+                    }
+                    return;
+                }
+                done.push(job.reply);
+            }
+            Err(e) => {
+                // This plan alone is undone, unless the storage itself failed: then the whole
+                // transaction is in doubt and every member fails.
+                let undone = if alone || health::is_storage_failure(&e) {
+                    Err(())
+                } else {
+                    sqlx::query("ROLLBACK TO plan; RELEASE plan")
+                        .execute(&mut *tx)
+                        .await
+                        .map(drop)
+                        .map_err(drop)
+                };
+                if undone.is_err() {
+                    tx.health.failed(&e);
+                    tx.discard().await;
+                    for reply in done {
+                        let _ = reply.send(Err(copy_error(&e)));
+                    }
+                    let _ = job.reply.send(Err(e));
+                    for job in jobs {
+                        let _ = job.reply.send(Err(copy_error(&sqlx::Error::Protocol(
+                            "an earlier plan of the group failed".into(),
+                        ))));
+                    }
+                    return;
+                }
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+    drop(jobs);
+    match tx.commit().await {
+        Ok(()) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            writer.groups.commits.fetch_add(1, Relaxed);
+            writer.groups.plans.fetch_add(done.len() as u64, Relaxed);
+            for reply in done {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            for reply in done {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
+    }
+}
+
+/// One `BEGIN IMMEDIATE` transaction on the write connection; derefs to the connection for
+/// the statements inside it.
 ///
 /// Its connection goes back to the pool only after a COMMIT or ROLLBACK that succeeded;
 /// after any failure, and when dropped unfinished, it is closed instead: SQLite may have
@@ -334,4 +567,91 @@ pub fn from_ts(secs: i64) -> DateTime<Utc> {
 
 pub fn from_opt_ts(secs: Option<i64>) -> Option<DateTime<Utc>> {
     secs.map(from_ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn count(store: &Store) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM meta WHERE key LIKE 'g-%'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Ten plans queued while the writer is busy go into one transaction; the one that
+    /// fails is undone alone (its first statement too), the nine others are kept.
+    #[tokio::test]
+    async fn plans_queued_together_commit_in_one_transaction_and_a_failing_one_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.db")).await.unwrap();
+        // Hold the write connection so the ten queue up behind it.
+        let held = store.write().await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .write_grouped(move |conn| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO meta (key, value) VALUES (?, 'x')")
+                                .bind(format!("g-{i}"))
+                                .execute(&mut *conn)
+                                .await?;
+                            if i == 4 {
+                                // A mistake of this plan (not of the storage).
+                                sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
+                            Ok(i)
+                        })
+                    })
+                    .await
+            }));
+        }
+        // Let every task reach the queue before the writer is free.
+        // (The writer task may hold the first, waiting for the lock, with nine queued.)
+        while store.group.max_capacity() - store.group.capacity() < 9 {
+            tokio::task::yield_now().await;
+        }
+        held.rollback().await.unwrap();
+        let mut ok = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(v) => ok.push(v),
+                Err(e) => {
+                    assert_eq!(i, 4, "only the failing plan fails: {e}");
+                    assert!(e.to_string().contains("no_such_table"), "{e}");
+                }
+            }
+        }
+        assert_eq!(ok, [0, 1, 2, 3, 5, 6, 7, 8, 9]);
+        assert_eq!(
+            count(&store).await,
+            9,
+            "the failing plan's first insert is undone"
+        );
+        let stats = store.group_stats();
+        assert_eq!(stats.commits.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(stats.plans.load(std::sync::atomic::Ordering::Relaxed), 9);
+        assert!(store.write_health().failing().is_none());
+    }
+
+    /// A write that strays onto the readers' pool fails instead of competing with the writer.
+    #[tokio::test]
+    async fn the_readers_pool_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("r.db")).await.unwrap();
+        let e = sqlx::query("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("readonly"), "{e}");
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('k', 'v')")
+            .execute(store.write_pool())
+            .await
+            .unwrap();
+    }
 }

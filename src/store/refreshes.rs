@@ -26,7 +26,7 @@ impl Store {
         min_interval: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Result<std::result::Result<i64, Denial>> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.write_pool().acquire().await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;
@@ -98,7 +98,7 @@ impl Store {
         .bind(http_status.map(i64::from))
         .bind(ts(now))
         .bind(id)
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }
@@ -130,20 +130,23 @@ impl Store {
         ))
     }
 
-    /// Attempts per (trigger, outcome), for metrics and reports.
+    /// Attempts per (trigger, outcome), for metrics and reports, from the kept tallies.
     pub async fn refresh_attempt_counts(&self) -> Result<Vec<(String, String, i64)>> {
-        sqlx::query_as(
-            "SELECT trigger, outcome, COUNT(*) FROM refresh_attempts GROUP BY trigger, outcome",
-        )
-        .fetch_all(self.pool())
-        .await
+        Ok(self
+            .tallies()
+            .await?
+            .reservations
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|((t, o), n)| (t, o, n))
+            .collect())
     }
 
     pub async fn set_basiq_capped(&self, id: &ConnectionId, until: DateTime<Utc>) -> Result<()> {
         sqlx::query("UPDATE connections SET basiq_capped_until = ? WHERE connection_id = ?")
             .bind(ts_ceil(until))
             .bind(id.as_str())
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await?;
         Ok(())
     }
@@ -164,7 +167,7 @@ impl Store {
         .bind(id.as_str())
         .bind(expected.map(|o| ts_ceil(o.at)))
         .bind(expected.map(|o| o.trigger.as_str()))
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }
@@ -173,7 +176,7 @@ impl Store {
         sqlx::query("UPDATE connections SET daily_due_at = ? WHERE connection_id = ?")
             .bind(at.map(ts_ceil))
             .bind(id.as_str())
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await?;
         Ok(())
     }
@@ -236,7 +239,7 @@ impl Store {
         .bind(http_status.map(i64::from))
         .bind(correlation_id.map(str::to_owned))
         .bind(detail.map(str::to_owned))
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }

@@ -42,7 +42,7 @@ impl Store {
         sqlx::query_scalar("INSERT INTO sweeps (trigger, started_at) VALUES (?, ?) RETURNING id")
             .bind(trigger.to_owned())
             .bind(ts(now))
-            .fetch_one(self.pool())
+            .fetch_one(self.write_pool())
             .await
     }
 
@@ -65,7 +65,7 @@ impl Store {
         .bind(counts.aborted.as_ref().map(|a| a.cause))
         .bind(counts.aborted.as_ref().map(|a| a.error.clone()))
         .bind(id)
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await?;
         Ok(())
     }

@@ -34,6 +34,9 @@ impl From<RawUser> for UserRow {
     }
 }
 
+/// Rows of one multi-row `INSERT INTO users` (3 parameters each, well under SQLite's 32,766).
+const USERS_PER_STATEMENT: usize = 500;
+
 impl Store {
     /// Registers users (idempotent; re-adding a removed or gone user watches it again).
     /// `due` gives each new user's first due time. Returns how many were newly added.
@@ -45,18 +48,25 @@ impl Store {
     ) -> Result<u64> {
         let mut tx = self.write().await?;
         let mut added = 0;
-        for id in ids {
-            let result = sqlx::query(
-                "INSERT INTO users (user_id, added_at, next_due_at) VALUES (?, ?, ?)
-                 ON CONFLICT (user_id) DO UPDATE SET removed_at = NULL, gone_at = NULL
+        // Many rows per statement: one hand-off to SQLite's thread per chunk, not per user.
+        for chunk in ids.chunks(USERS_PER_STATEMENT) {
+            let mut sql =
+                String::from("INSERT INTO users (user_id, added_at, next_due_at) VALUES ");
+            for i in 0..chunk.len() {
+                sql.push_str(if i == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+            }
+            sql.push_str(
+                " ON CONFLICT (user_id) DO UPDATE SET removed_at = NULL, gone_at = NULL
                  WHERE removed_at IS NOT NULL OR gone_at IS NOT NULL",
-            )
-            .bind(id.as_str())
-            .bind(ts(now))
-            .bind(ts_ceil(due(id)))
-            .execute(&mut *tx)
-            .await?;
-            added += result.rows_affected();
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query
+                    .bind(id.as_str().to_owned())
+                    .bind(ts(now))
+                    .bind(ts_ceil(due(id)));
+            }
+            added += query.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(added)
@@ -91,6 +101,21 @@ impl Store {
         Ok(rows.into_iter().map(UserRow::from).collect())
     }
 
+    /// One page of the users a whole sweep takes (neither gone nor removed), in id order
+    /// after `after`: a pass over every user holds one page in memory, not the register.
+    pub async fn users_page(&self, after: Option<&UserId>, limit: u32) -> Result<Vec<UserId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM users
+             WHERE user_id > ? AND gone_at IS NULL AND removed_at IS NULL
+             ORDER BY user_id LIMIT ?",
+        )
+        .bind(after.map_or("", UserId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(UserId::from_store).collect())
+    }
+
     pub async fn get_user(&self, id: &UserId) -> Result<Option<UserRow>> {
         let row: Option<RawUser> = sqlx::query_as(
             "SELECT user_id, next_due_at, last_swept_at, gone_at FROM users
@@ -116,13 +141,13 @@ impl Store {
         Ok(ids.into_iter().map(UserId::from_store).collect())
     }
 
-    /// Users counted as watched (not removed, not gone).
+    /// Users counted as watched (not removed, not gone), from the kept tally.
     pub async fn count_active_users(&self) -> Result<i64> {
-        sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE gone_at IS NULL AND removed_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT n FROM tallies WHERE name = 'users' AND key = 'active'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(n.unwrap_or(0))
     }
 
     pub async fn mark_swept(
@@ -135,7 +160,7 @@ impl Store {
             .bind(ts(swept_at))
             .bind(ts_ceil(next_due_at))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(self.write_pool())
             .await?;
         Ok(())
     }
@@ -145,7 +170,7 @@ impl Store {
         sqlx::query("UPDATE users SET next_due_at = ? WHERE user_id = ?")
             .bind(ts_ceil(next_due_at))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(self.write_pool())
             .await?;
         Ok(())
     }
@@ -154,7 +179,7 @@ impl Store {
         sqlx::query("UPDATE users SET gone_at = ? WHERE user_id = ?")
             .bind(ts(now))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(self.write_pool())
             .await?;
         Ok(())
     }

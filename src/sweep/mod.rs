@@ -135,6 +135,8 @@ struct Inner {
     seed: u64,
     connectors: Mutex<ConnectorCache>,
     progress: Progress,
+    /// `sweep.concurrency` permits to fetch a user's two lists.
+    fetching: tokio::sync::Semaphore,
 }
 
 /// Sweeps users; cheap to clone.
@@ -147,6 +149,7 @@ impl Sweeper {
     pub async fn new(store: Store, client: Client, options: SweepOptions) -> store::Result<Self> {
         let seed = store.installation_seed().await?;
         let statuses = store.connector_statuses().await?;
+        let fetching = tokio::sync::Semaphore::new(options.concurrency.max(1));
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -160,6 +163,7 @@ impl Sweeper {
                     statuses,
                 }),
                 progress: Progress::default(),
+                fetching,
             }),
         })
     }
@@ -378,8 +382,27 @@ impl Sweeper {
     /// Sweeps one user: fetch, plan, commit, emit. Every log line names `user_id` on the
     /// event itself (a span field would be repeated as a duplicate JSON key).
     pub async fn sweep_user(&self, user: &UserId) -> Result<UserOutcome, SweepError> {
+        let permit = self.fetch_permit().await?;
+        self.sweep_user_with(user, permit).await
+    }
+
+    /// One of `sweep.concurrency` permits to fetch a user's lists: the requests in flight
+    /// at Basiq follow the setting, while users whose plans wait for the group commit hold
+    /// none.
+    async fn fetch_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SweepError> {
+        self.inner
+            .fetching
+            .acquire()
+            .await
+            .map_err(|_| SweepError::Store(sqlx::Error::PoolClosed))
+    }
+
+    async fn sweep_user_with(
+        &self,
+        user: &UserId,
+        permit: tokio::sync::SemaphorePermit<'_>,
+    ) -> Result<UserOutcome, SweepError> {
         let store = &self.inner.store;
-        // Fetch.
         let connections = match self.inner.client.list_connections(user).await {
             Ok(c) => c,
             // Only Basiq's own `resource-not-found`: a gateway's 404 is retried, never gone.
@@ -397,6 +420,7 @@ impl Sweeper {
             Err(e) => return Err(e.into()),
         };
         let jobs = self.inner.client.list_jobs(user, None).await?;
+        drop(permit);
         let statuses = self.connectors().await;
         // A connection Basiq sent that could not be read is absent from the list but not
         // gone: with one skipped, no connection is marked gone this time.
@@ -409,7 +433,7 @@ impl Sweeper {
         let next = self.next_due(user, now);
         // Plan and commit.
         let plan = self
-            .plan_and_commit(user, &fetched, &statuses, Some(next), now)
+            .plan_and_commit(user, fetched, statuses.clone(), Some(next), now)
             .await?;
         let healths = plan.healths();
         // Emit.
@@ -423,11 +447,14 @@ impl Sweeper {
 
     /// Reads the stored state, plans and writes the plan, in one transaction: nothing can
     /// move between the read and the write.
+    ///
+    /// The transaction is shared with the other users' plans queued at the same moment
+    /// (group commit, [`Store::write_grouped`]); this plan is applied whole or not at all.
     async fn plan_and_commit(
         &self,
         user: &UserId,
-        fetched: &Fetched,
-        statuses: &ConnectorStatuses,
+        fetched: Fetched,
+        statuses: ConnectorStatuses,
         next_due_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<UserPlan, SweepError> {
@@ -438,28 +465,32 @@ impl Sweeper {
             .collect();
         let window = chrono::Duration::from_std(self.inner.options.outage_window)
             .unwrap_or(chrono::Duration::MAX);
-        let mut tx = self.inner.store.write().await?;
-        let stored = store::connections::load_stored(
-            &mut tx,
-            user,
-            &keys,
-            window,
-            self.inner.options.outage_min_users,
-            now,
-        )
-        .await?;
-        let plan = plan::plan_user(
-            now,
-            user,
-            fetched,
-            &stored,
-            statuses,
-            &self.plan_settings(),
-            next_due_at,
-            &mut rand::rng(),
-        );
-        store::connections::write_plan(&mut tx, &plan, now).await?;
-        tx.commit().await?;
+        let min_users = self.inner.options.outage_min_users;
+        let settings = self.plan_settings();
+        let user = user.clone();
+        let plan = self
+            .inner
+            .store
+            .write_grouped(move |conn| {
+                Box::pin(async move {
+                    let stored =
+                        store::connections::load_stored(conn, &user, &keys, window, min_users, now)
+                            .await?;
+                    let plan = plan::plan_user(
+                        now,
+                        &user,
+                        &fetched,
+                        &stored,
+                        &statuses,
+                        &settings,
+                        next_due_at,
+                        &mut rand::rng(),
+                    );
+                    store::connections::write_plan(conn, &plan, now).await?;
+                    Ok(plan)
+                })
+            })
+            .await?;
         Ok(plan)
     }
 
@@ -488,7 +519,7 @@ impl Sweeper {
             complete: false,
         };
         let plan = self
-            .plan_and_commit(user, &fetched, &statuses, None, now)
+            .plan_and_commit(user, fetched, statuses.clone(), None, now)
             .await?;
         let reclassify = !plan.reclassify.is_empty();
         emit_notes(plan.notes);
@@ -511,12 +542,37 @@ impl Sweeper {
         only: Option<Vec<UserId>>,
         cancel: &CancellationToken,
     ) -> store::Result<SweepCounts> {
+        let source = match only {
+            Some(users) => Source::Named(Some(users)),
+            None if trigger_is_named(trigger) => Source::Named(None),
+            None => Source::Due,
+        };
+        self.run_pass_from(trigger, source, cancel).await
+    }
+
+    /// A pass over every registered user (neither gone nor removed), due or not, read page
+    /// by page (`sweep.batch_size` ids at a time): `basiq-health sweep`.
+    pub async fn run_pass_all(
+        &self,
+        trigger: &str,
+        cancel: &CancellationToken,
+    ) -> store::Result<SweepCounts> {
+        self.run_pass_from(trigger, Source::All { after: None }, cancel)
+            .await
+    }
+
+    async fn run_pass_from(
+        &self,
+        trigger: &str,
+        source: Source,
+        cancel: &CancellationToken,
+    ) -> store::Result<SweepCounts> {
         let progress = &self.inner.progress;
         progress
             .in_pass
             .store(true, std::sync::atomic::Ordering::Relaxed);
         progress.touch();
-        let result = self.run_pass_inner(trigger, only, cancel).await;
+        let result = self.run_pass_inner(trigger, source, cancel).await;
         progress
             .in_pass
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -527,7 +583,7 @@ impl Sweeper {
     async fn run_pass_inner(
         &self,
         trigger: &str,
-        only: Option<Vec<UserId>>,
+        mut source: Source,
         cancel: &CancellationToken,
     ) -> store::Result<SweepCounts> {
         let store = &self.inner.store;
@@ -550,18 +606,26 @@ impl Sweeper {
         let stop = cancel.child_token();
         let mut auth_failure: Option<basiq::Error> = None;
         let mut store_failure: Option<sqlx::Error> = None;
-        let mut named = only;
         loop {
             if stop.is_cancelled() {
                 break;
             }
-            let batch = match named.take() {
-                Some(users) => users,
-                None if trigger_is_named(trigger) => break,
-                None => {
+            let batch = match &mut source {
+                Source::Named(users) => match users.take() {
+                    Some(users) => users,
+                    None => break,
+                },
+                Source::Due => {
                     store
                         .due_users(Utc::now(), self.inner.options.batch_size)
                         .await?
+                }
+                Source::All { after } => {
+                    let page = store
+                        .users_page(after.as_ref(), self.inner.options.batch_size)
+                        .await?;
+                    *after = page.last().cloned();
+                    page
                 }
             };
             if batch.is_empty() {
@@ -573,7 +637,16 @@ impl Sweeper {
                     if stop.is_cancelled() {
                         return (user, Ok(UserOutcome::Skipped));
                     }
-                    let result = self.sweep_user(&user).await;
+                    let permit = match self.fetch_permit().await {
+                        Ok(permit) => permit,
+                        Err(e) => return (user, Err(e)),
+                    };
+                    // Checked again once a permit is ours: a stop while this user waited
+                    // (an auth failure, SIGTERM) starts no request for it.
+                    if stop.is_cancelled() {
+                        return (user, Ok(UserOutcome::Skipped));
+                    }
+                    let result = self.sweep_user_with(&user, permit).await;
                     if let Err(e) = &result
                         && !matches!(e, SweepError::Basiq(b) if b.is_auth())
                     {
@@ -589,7 +662,9 @@ impl Sweeper {
                     }
                     (user, result)
                 })
-                .buffer_unordered(self.inner.options.concurrency.max(1));
+                // Up to `concurrency` users fetching (the permits) and a group's worth more
+                // waiting for their commit, so a group commit can take many plans.
+                .buffer_unordered(self.inner.options.concurrency.max(1) + store::GROUP_MAX);
             while let Some((user, result)) = results.next().await {
                 match result {
                     Ok(UserOutcome::Swept(healths)) => {
@@ -713,6 +788,16 @@ impl Sweeper {
         self.sweep_user(user).await?;
         Ok(true)
     }
+}
+
+/// Where a pass takes its users from.
+enum Source {
+    /// The users named, once.
+    Named(Option<Vec<UserId>>),
+    /// Due users, batch after batch, until none is due.
+    Due,
+    /// Every user, page after page in id order.
+    All { after: Option<UserId> },
 }
 
 fn trigger_is_named(trigger: &str) -> bool {

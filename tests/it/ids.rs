@@ -238,7 +238,7 @@ async fn a_stored_id_from_before_the_rule_still_names_only_itself_at_basiq() {
     let legacy = format!("{real}/connections/x/../..");
     sqlx::query("INSERT INTO users (user_id, added_at, next_due_at) VALUES (?, 0, 0)")
         .bind(&legacy)
-        .execute(sweeper.store().pool())
+        .execute(sweeper.store().write_pool())
         .await
         .unwrap();
     let ids: Vec<UserId> = sweeper

@@ -14,3 +14,4 @@ mod refresh;
 mod service;
 mod sim;
 mod sweep;
+mod tallies;

@@ -360,12 +360,12 @@ async fn history_older_than_retain_days_is_pruned_and_recent_history_kept() {
             .bind(t)
             .bind(t)
             .bind(t)
-            .execute(store.pool())
+            .execute(store.write_pool())
             .await
             .unwrap();
         sqlx::query("INSERT INTO health_changes (connection_id, user_id, to_health, changed_at) VALUES ('c', 'old', 'healthy', ?)")
             .bind(t)
-            .execute(store.pool())
+            .execute(store.write_pool())
             .await
             .unwrap();
     }
