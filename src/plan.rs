@@ -183,6 +183,162 @@ impl UserPlan {
     }
 }
 
+/// One user of a group commit: what Basiq said, the connector statuses it was fetched
+/// with, and its next slot (a sweep) or none (a followed job).
+pub struct GroupMember<'a> {
+    pub user: &'a UserId,
+    pub fetched: &'a Fetched,
+    pub connectors: &'a ConnectorStatuses,
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+/// What the plans made so far in a group changed about the inferred-outage facts the
+/// store gave for the whole group: as if each plan had been committed before the next one
+/// was made.
+#[derive(Default)]
+struct GroupOverlay {
+    failing: HashMap<ConnectorKey, BTreeSet<UserId>>,
+    not_failing: HashMap<ConnectorKey, BTreeSet<UserId>>,
+    open: HashMap<ConnectorKey, bool>,
+}
+
+impl GroupOverlay {
+    fn inference(
+        &self,
+        key: &ConnectorKey,
+        facts: &crate::store::connections::KeyFacts,
+        user: &UserId,
+        limit: i64,
+    ) -> Inference {
+        let mut users: BTreeSet<&UserId> = facts.failing.iter().collect();
+        if let Some(add) = self.failing.get(key) {
+            users.extend(add);
+        }
+        if let Some(remove) = self.not_failing.get(key) {
+            for u in remove {
+                users.remove(u);
+            }
+        }
+        users.remove(user);
+        Inference {
+            open: self.open.get(key).copied().unwrap_or(facts.open),
+            other_users_failing: i64::try_from(users.len()).unwrap_or(i64::MAX).min(limit),
+            counts_since: facts.counts_since,
+        }
+    }
+
+    /// After `plan` of `user` (whose stored rows were `stored`): at each connector, is the
+    /// user now failing bank-side, and did an inferred outage open or close.
+    fn apply(
+        &mut self,
+        user: &UserId,
+        stored: &[ConnectionRow],
+        plan: &UserPlan,
+        facts: &HashMap<ConnectorKey, crate::store::connections::KeyFacts>,
+    ) {
+        let gone: BTreeSet<&ConnectionId> = plan.gone.iter().collect();
+        let mut rows: HashMap<&ConnectionId, &ConnectionRow> =
+            stored.iter().map(|r| (&r.connection_id, r)).collect();
+        for r in &plan.connections {
+            rows.insert(&r.connection_id, r);
+        }
+        let keys: BTreeSet<ConnectorKey> = rows.values().map(|r| r.connector_key()).collect();
+        for key in keys {
+            let Some(f) = facts.get(&key) else { continue };
+            let failing = rows.values().any(|r| {
+                r.connector_key() == key
+                    && r.gone_at.is_none()
+                    && !gone.contains(&r.connection_id)
+                    && r.bank_failure_at.is_some_and(|t| t >= f.from)
+            });
+            let (add, remove) = if failing {
+                (&mut self.failing, &mut self.not_failing)
+            } else {
+                (&mut self.not_failing, &mut self.failing)
+            };
+            add.entry(key.clone()).or_default().insert(user.clone());
+            if let Some(set) = remove.get_mut(&key) {
+                set.remove(user);
+            }
+        }
+        for outage in &plan.outages {
+            match outage {
+                OutageMove::Open { key, .. } => self.open.insert(key.clone(), true),
+                OutageMove::Close { key } => self.open.insert(key.clone(), false),
+            };
+        }
+    }
+}
+
+/// The connectors whose inferred-outage facts a group's plans need: those of what each
+/// member fetched and of what is stored for it.
+pub fn group_keys(
+    members: &[GroupMember<'_>],
+    stored: &HashMap<UserId, Stored>,
+) -> Vec<ConnectorKey> {
+    let keys: BTreeSet<ConnectorKey> = members
+        .iter()
+        .flat_map(|m| member_keys(m, stored.get(m.user)))
+        .collect();
+    keys.into_iter().collect()
+}
+
+/// The connectors of what one member fetched and of what is stored for it.
+fn member_keys(m: &GroupMember<'_>, stored: Option<&Stored>) -> BTreeSet<ConnectorKey> {
+    let mut keys: BTreeSet<ConnectorKey> = m
+        .fetched
+        .connections
+        .iter()
+        .map(|c| ConnectorKey::new(c.institution_id.as_str(), &c.method))
+        .collect();
+    if let Some(s) = stored {
+        keys.extend(s.connections.iter().map(ConnectionRow::connector_key));
+    }
+    keys
+}
+
+/// Plans a group of users one after the other, each seeing the inferred-outage facts as
+/// the plans before it left them, exactly as if each had been committed before the next
+/// was made: the order users are swept in, and how they are grouped, changes nothing.
+/// `facts` must list at least `limit` + the group's size failing users per connector.
+pub fn plan_group(
+    now: DateTime<Utc>,
+    members: &[GroupMember<'_>],
+    mut stored: HashMap<UserId, Stored>,
+    facts: &HashMap<ConnectorKey, crate::store::connections::KeyFacts>,
+    settings: &PlanSettings,
+    rng: &mut impl rand::Rng,
+) -> Vec<UserPlan> {
+    let mut overlay = GroupOverlay::default();
+    let limit = settings.outage_min_users.max(1);
+    members
+        .iter()
+        .map(|m| {
+            let mut mine = stored.remove(m.user).unwrap_or_default();
+            mine.inference = member_keys(m, Some(&mine))
+                .into_iter()
+                .filter_map(|key| {
+                    let f = facts.get(&key)?;
+                    let facts = overlay.inference(&key, f, m.user, limit);
+                    Some((key, facts))
+                })
+                .collect();
+            let plan = plan_user(
+                now,
+                m.user,
+                m.fetched,
+                &mine,
+                m.connectors,
+                settings,
+                m.next_due_at,
+                rng,
+            );
+            overlay.apply(m.user, &mine.connections, &plan, facts);
+            plan
+        })
+        .collect()
+}
+
 /// Which connection each job belongs to: its `links.source`; when it has none, and it is a
 /// connection job, the one connection at its institution (Basiq allows one active
 /// connection per institution and user). A statement job at the same bank is not matched.

@@ -612,3 +612,133 @@ fn connections_basiq_no_longer_lists_are_gone_only_after_a_full_list() {
     };
     assert!(plan(&partial, &stored, &operational()).gone.is_empty());
 }
+
+/// Group commit: users planned together see each other's failures as if committed one by
+/// one. Three users failing bank-side at one bank in one group: the third plan opens the
+/// outage and classifies its own connection as the bank's; a user who was failing and no
+/// longer is stops being counted by those after it; the last, healthy there, sees it open.
+#[test]
+fn a_group_of_plans_sees_each_other_as_if_committed_one_by_one() {
+    use crate::store::connections::KeyFacts;
+    let key = ConnectorKey::new(BANK, &Method::Web);
+    let users: Vec<UserId> = (1..=5)
+        .map(|i| UserId::parse(format!("g{i}")).unwrap())
+        .collect();
+    let failing = |i: usize| {
+        sweep(
+            vec![connection(&format!("c{i}"), Method::Web)],
+            vec![failed_job(
+                &format!("j{i}"),
+                Some(&format!("c{i}")),
+                Some("institution-not-available"),
+                10,
+            )],
+        )
+    };
+    let healthy = |i: usize| {
+        sweep(
+            vec![connection(&format!("c{i}"), Method::Web)],
+            vec![ok_job(&format!("j{i}"), &format!("c{i}"), 10)],
+        )
+    };
+    // g5 was stored failing; now it succeeds.
+    let fetched = [failing(1), failing(2), healthy(5), failing(3), healthy(4)];
+    let order = [0usize, 1, 4, 2, 3];
+    let connectors = operational();
+    let members: Vec<GroupMember<'_>> = order
+        .iter()
+        .zip(&fetched)
+        .map(|(&u, f)| GroupMember {
+            user: &users[u],
+            fetched: f,
+            connectors: &connectors,
+            next_due_at: None,
+        })
+        .collect();
+    let facts: HashMap<ConnectorKey, KeyFacts> = [(
+        key.clone(),
+        KeyFacts {
+            open: false,
+            counts_since: None,
+            from: now() - chrono::Duration::hours(1),
+            failing: [users[4].clone()].into(),
+        },
+    )]
+    .into();
+    let plans = plan_group(
+        now(),
+        &members,
+        HashMap::new(),
+        &facts,
+        &settings(),
+        &mut StdRng::seed_from_u64(1),
+    );
+    // g1: g5 stored failing + g1 = 2. g2: g5, g1, g2 = 3 → opens. Without the group's
+    // overlay, g2 would see only g5 and open nothing.
+    assert!(plans[0].outages.is_empty(), "{:?}", plans[0].outages);
+    assert_eq!(
+        plans[1].outages,
+        vec![OutageMove::Open {
+            key: key.clone(),
+            users: 3
+        }]
+    );
+    assert_eq!(only(&plans[1]).health, Some(Health::InstitutionOutage));
+    // g5 succeeds: no longer counted, two fail, the outage closes. g3 fails: g1, g2, g3 =
+    // 3, it opens again.
+    assert_eq!(
+        plans[2].outages,
+        vec![OutageMove::Close { key: key.clone() }]
+    );
+    assert_eq!(
+        plans[3].outages,
+        vec![OutageMove::Open {
+            key: key.clone(),
+            users: 3
+        }]
+    );
+    assert_eq!(only(&plans[3]).health, Some(Health::InstitutionOutage));
+    // g4, healthy, sees the outage open and keeps it (three others failing).
+    assert!(plans[4].outages.is_empty());
+    assert_eq!(only(&plans[4]).health, Some(Health::Healthy));
+
+    // The same users one by one, each seeing the facts as the previous left them, give the
+    // same plans' outage moves.
+    let mut stored_failing: BTreeSet<UserId> = [users[4].clone()].into();
+    let mut open = false;
+    for (m, grouped) in members.iter().zip(&plans) {
+        let others = stored_failing.iter().filter(|u| *u != m.user).count() as i64;
+        let stored = Stored {
+            inference: [(
+                key.clone(),
+                Inference {
+                    open,
+                    other_users_failing: others.min(3),
+                    counts_since: None,
+                },
+            )]
+            .into(),
+            ..Stored::default()
+        };
+        let alone = plan_user(
+            now(),
+            m.user,
+            m.fetched,
+            &stored,
+            &connectors,
+            &settings(),
+            None,
+            &mut StdRng::seed_from_u64(1),
+        );
+        assert_eq!(alone.outages, grouped.outages, "user {}", m.user);
+        assert_eq!(only(&alone).health, only(grouped).health, "user {}", m.user);
+        if only(&alone).bank_failure_at.is_some() {
+            stored_failing.insert(m.user.clone());
+        } else {
+            stored_failing.remove(m.user);
+        }
+        for o in &alone.outages {
+            open = matches!(o, OutageMove::Open { .. });
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! Connections, their current health, and the history of health changes; the one write of
-//! a plan ([`write_plan`]) and the reads the planner needs ([`load_stored`]).
+//! plans ([`write_plans`]) and the reads the planner needs ([`load_users`], [`key_facts`]).
 
 use std::collections::HashMap;
 
@@ -22,6 +22,15 @@ const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, c
     basiq_capped_until, refresh_due_at, refresh_due_trigger, transient_retries, daily_due_at,
     mfa_enabled, needs_user_present, transient_job_id, bank_failure_at, last_decision,
     last_decision_reason, last_decision_trigger, last_decision_at";
+
+/// A stored connection with our refresh attempts of it.
+#[derive(Debug, sqlx::FromRow)]
+struct RawWithAttempts {
+    #[sqlx(flatten)]
+    row: RawConnection,
+    attempt_last: Option<i64>,
+    attempt_oldest: Option<i64>,
+}
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 struct RawConnection {
@@ -191,66 +200,144 @@ pub struct HealthChange {
 /// The statuses that are not "down", as stored text (see `ConnectorStatus::is_down`).
 const UP_STATUSES: &str = "('operational', 'degraded-performance', 'under-maintenance')";
 
-/// Everything the planner needs about one user, read inside the transaction that will
-/// write the plan (so nothing moves between the read and the write).
-pub async fn load_stored(
+/// The stored state of several users (their rows, our refresh attempts of them, their
+/// recent jobs), read in two statements for the whole group; `inference` is left empty
+/// (see [`key_facts`]). Read inside the transaction that writes their plans.
+pub async fn load_users(
     conn: &mut SqliteConnection,
-    user_id: &UserId,
-    keys: &[ConnectorKey],
-    outage_window: chrono::Duration,
-    outage_min_users: i64,
+    users: &[UserId],
     now: DateTime<Utc>,
-) -> Result<Stored> {
-    let sql = format!("SELECT {COLUMNS} FROM connections WHERE user_id = ? ORDER BY connection_id");
-    let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-    let connections: Vec<ConnectionRow> = rows.into_iter().map(ConnectionRow::from).collect();
-    let jobs: Vec<(String, String, Option<i64>, bool)> = sqlx::query_as(
-        "SELECT job_id, state, updated, connection_id IS NOT NULL FROM jobs
-         WHERE user_id = ? AND (created IS NULL OR created >= ?)",
-    )
-    .bind(user_id.as_str())
-    .bind(ts(now - chrono::Duration::days(8)))
-    .fetch_all(&mut *conn)
-    .await?;
-    let jobs = jobs
-        .into_iter()
-        .map(|(id, state, updated, matched)| {
-            (
-                JobId::from_store(id),
-                StoredJob {
-                    state: job_state(&state),
-                    updated: from_opt_ts(updated),
-                    matched,
-                },
-            )
-        })
+) -> Result<HashMap<UserId, Stored>> {
+    let mut out: HashMap<UserId, Stored> = users
+        .iter()
+        .map(|u| (u.clone(), Stored::default()))
         .collect();
-    let attempts = attempts_for_user(conn, user_id, now).await?;
-    let mut inference = HashMap::new();
-    let mut all_keys: Vec<ConnectorKey> = keys.to_vec();
-    all_keys.extend(connections.iter().map(ConnectionRow::connector_key));
-    all_keys.sort();
-    all_keys.dedup();
-    for key in all_keys {
-        let facts = inference_at(
-            conn,
-            &key,
-            Some(user_id),
-            now - outage_window,
-            outage_min_users,
-        )
-        .await?;
-        inference.insert(key, facts);
+    for chunk in users.chunks(IDS_PER_STATEMENT) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT {COLUMNS},
+                 (SELECT MAX(reserved_at) FROM refresh_attempts a
+                   WHERE a.connection_id = connections.connection_id) AS attempt_last,
+                 (SELECT MIN(CASE WHEN reserved_at > ? THEN reserved_at END) FROM refresh_attempts a
+                   WHERE a.connection_id = connections.connection_id) AS attempt_oldest
+             FROM connections WHERE user_id IN ({marks}) ORDER BY user_id, connection_id"
+        );
+        let mut query = sqlx::query_as::<_, RawWithAttempts>(sqlx::AssertSqlSafe(sql))
+            .bind(ts(now - CAP_WINDOW));
+        for u in chunk {
+            query = query.bind(u.as_str().to_owned());
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            let row = ConnectionRow::from(r.row);
+            let Some(stored) = out.get_mut(&row.user_id) else {
+                continue;
+            };
+            if r.attempt_last.is_some() {
+                stored.attempts.insert(
+                    row.connection_id.clone(),
+                    Attempts {
+                        last: from_opt_ts(r.attempt_last),
+                        oldest_in_window: from_opt_ts(r.attempt_oldest),
+                    },
+                );
+            }
+            stored.connections.push(row);
+        }
+        let sql = format!(
+            "SELECT user_id, job_id, state, updated, connection_id IS NOT NULL FROM jobs
+             WHERE user_id IN ({marks}) AND (created IS NULL OR created >= ?)"
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String, Option<i64>, bool)>(
+            sqlx::AssertSqlSafe(sql),
+        );
+        for u in chunk {
+            query = query.bind(u.as_str().to_owned());
+        }
+        let jobs = query
+            .bind(ts(now - chrono::Duration::days(8)))
+            .fetch_all(&mut *conn)
+            .await?;
+        for (user, id, state, updated, matched) in jobs {
+            if let Some(stored) = out.get_mut(&UserId::from_store(user)) {
+                stored.jobs.insert(
+                    JobId::from_store(id),
+                    StoredJob {
+                        state: job_state(&state),
+                        updated: from_opt_ts(updated),
+                        matched,
+                    },
+                );
+            }
+        }
     }
-    Ok(Stored {
-        connections,
-        jobs,
-        attempts,
-        inference,
-    })
+    Ok(out)
+}
+
+/// Ids per `IN (...)` list.
+const IDS_PER_STATEMENT: usize = 500;
+
+/// What the store says about inferred outages at one connector, for a whole group of
+/// plans: whether one is open, since when failures count, and the users failing
+/// bank-side there since then (at most `limit` of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub open: bool,
+    /// Failures before this are the outage Basiq already reported.
+    pub counts_since: Option<DateTime<Utc>>,
+    /// Failures count from here: the later of the window's start and `counts_since`.
+    pub from: DateTime<Utc>,
+    pub failing: std::collections::BTreeSet<UserId>,
+}
+
+/// [`KeyFacts`] of each connector, one statement each; `limit` users listed at most.
+pub async fn key_facts(
+    conn: &mut SqliteConnection,
+    keys: &[ConnectorKey],
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<HashMap<ConnectorKey, KeyFacts>> {
+    let mut out = HashMap::new();
+    let sql = format!(
+        "WITH recovered AS (
+             SELECT MAX(changed_at) AS at FROM connector_status_changes
+             WHERE institution_id = ?1 AND method IN (?2, ?3)
+               AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES})
+         SELECT
+             EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
+                     AND source = 'inferred' AND ended_at IS NULL),
+             (SELECT at FROM recovered),
+             (SELECT json_group_array(user_id) FROM (
+                 SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
+                 WHERE c.institution_id = ?1 AND c.method IN (?2, ?3) AND c.bank_failure_at IS NOT NULL
+                   AND c.gone_at IS NULL
+                   AND c.bank_failure_at >= MAX(?4, COALESCE((SELECT at FROM recovered), 0))
+                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
+                 LIMIT ?5))"
+    );
+    for key in keys {
+        let (a, b) = method_spellings(&key.method);
+        let (open, recovered, failing): (bool, Option<i64>, String) =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(key.institution_id.clone())
+                .bind(a)
+                .bind(b)
+                .bind(ts(since))
+                .bind(limit.max(1))
+                .fetch_one(&mut *conn)
+                .await?;
+        let failing: Vec<String> = serde_json::from_str(&failing)
+            .map_err(|e| sqlx::Error::Decode(format!("failing users at {key}: {e}").into()))?;
+        out.insert(
+            key.clone(),
+            KeyFacts {
+                open,
+                counts_since: recovered.map(from_ts),
+                from: from_ts(ts(since).max(recovered.unwrap_or(0))),
+                failing: failing.into_iter().map(UserId::from_store).collect(),
+            },
+        );
+    }
+    Ok(out)
 }
 
 fn job_state(state: &str) -> JobState {
@@ -259,36 +346,6 @@ fn job_state(state: &str) -> JobState {
         "failed" => JobState::Failed,
         _ => JobState::InProgress,
     }
-}
-
-/// Our attempts per connection of one user: the newest, and the oldest in the window.
-pub async fn attempts_for_user(
-    conn: &mut SqliteConnection,
-    user_id: &UserId,
-    now: DateTime<Utc>,
-) -> Result<HashMap<ConnectionId, Attempts>> {
-    let rows: Vec<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT connection_id, MAX(reserved_at), MIN(CASE WHEN reserved_at > ? THEN reserved_at END)
-         FROM refresh_attempts
-         WHERE connection_id IN (SELECT connection_id FROM connections WHERE user_id = ?)
-         GROUP BY connection_id",
-    )
-    .bind(ts(now - CAP_WINDOW))
-    .bind(user_id.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, last, oldest)| {
-            (
-                ConnectionId::from_store(id),
-                Attempts {
-                    last: from_opt_ts(last),
-                    oldest_in_window: from_opt_ts(oldest),
-                },
-            )
-        })
-        .collect())
 }
 
 /// Our attempts of a set of connections (a reclassification batch).
@@ -368,107 +425,144 @@ pub async fn inference_at(
     })
 }
 
-/// Writes a whole plan: jobs (never backwards), connections, gone ones, health changes,
-/// inferred outages opening and closing, the reclassifications it queues, and the user's
-/// sweep. The caller owns the transaction.
+/// Writes a whole plan: see [`write_plans`].
 pub async fn write_plan(
     conn: &mut SqliteConnection,
     plan: &UserPlan,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    if let Some(user) = &plan.user_id {
-        for (job, connection_id) in &plan.jobs {
-            super::jobs::upsert_job(conn, user, job, connection_id.as_ref(), now).await?;
+    write_plans(conn, &[plan], now).await
+}
+
+/// Writes whole plans (a group commit's): jobs (never backwards), connections, gone ones,
+/// health changes, inferred outages opening and closing, the reclassifications they queue,
+/// and each user's sweep. Multi-row statements: a handful of hand-offs to SQLite's thread
+/// for the whole group, whatever the number of users, jobs and connections. The caller
+/// owns the transaction.
+pub async fn write_plans(
+    conn: &mut SqliteConnection,
+    plans: &[&UserPlan],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let jobs: Vec<(&UserId, &crate::domain::Job, Option<&ConnectionId>)> = plans
+        .iter()
+        .filter_map(|p| p.user_id.as_ref().map(|u| (u, &p.jobs)))
+        .flat_map(|(u, jobs)| jobs.iter().map(move |(j, c)| (u, j, c.as_ref())))
+        .collect();
+    if !jobs.is_empty() {
+        super::jobs::upsert_jobs(conn, &jobs, now).await?;
+    }
+    let rows: Vec<&ConnectionRow> = plans.iter().flat_map(|p| &p.connections).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        write_rows(conn, chunk, now).await?;
+    }
+    let gone: Vec<&ConnectionId> = plans.iter().flat_map(|p| &p.gone).collect();
+    for chunk in gone.chunks(IDS_PER_STATEMENT) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE connections SET gone_at = ? WHERE gone_at IS NULL AND connection_id IN ({marks})"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ts(now));
+        for id in chunk {
+            query = query.bind(id.as_str().to_owned());
         }
+        query.execute(&mut *conn).await?;
     }
-    for row in &plan.connections {
-        write_row(conn, row, now).await?;
-    }
-    for id in &plan.gone {
-        sqlx::query(
-            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND gone_at IS NULL",
-        )
-        .bind(ts(now))
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
-    }
-    for change in &plan.health_changes {
-        sqlx::query(
+    let changes: Vec<&crate::plan::HealthChange> =
+        plans.iter().flat_map(|p| &p.health_changes).collect();
+    for chunk in changes.chunks(ROWS_PER_STATEMENT) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
             "INSERT INTO health_changes (connection_id, user_id, from_health, to_health, reason, job_id, changed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(change.connection_id.as_str())
-        .bind(change.user_id.as_str())
-        .bind(change.from.map(Health::as_str))
-        .bind(change.to.as_str())
-        .bind(change.reason.clone())
-        .bind(change.job_id.clone())
-        .bind(ts(now))
-        .execute(&mut *conn)
-        .await?;
+             VALUES {values}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for change in chunk {
+            query = query
+                .bind(change.connection_id.as_str().to_owned())
+                .bind(change.user_id.as_str().to_owned())
+                .bind(change.from.map(Health::as_str))
+                .bind(change.to.as_str())
+                .bind(change.reason.clone())
+                .bind(change.job_id.clone())
+                .bind(ts(now));
+        }
+        query.execute(&mut *conn).await?;
     }
-    for outage in &plan.outages {
-        match outage {
-            OutageMove::Open { key, users } => {
-                sqlx::query(
-                    "INSERT INTO outages (institution_id, method, source, started_at, affected_users)
-                     VALUES (?, ?, 'inferred', ?, ?)
-                     ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL DO NOTHING",
-                )
-                .bind(key.institution_id.clone())
-                .bind(key.method.clone())
-                .bind(ts(now))
-                .bind(users)
-                .execute(&mut *conn)
-                .await?;
-            }
-            OutageMove::Close { key } => {
-                super::connectors::close_inferred(conn, &key.institution_id, &key.method, now)
+    // Outages and reclassifications are rare: one plan after the other.
+    for plan in plans {
+        for outage in &plan.outages {
+            match outage {
+                OutageMove::Open { key, users } => {
+                    sqlx::query(
+                        "INSERT INTO outages (institution_id, method, source, started_at, affected_users)
+                         VALUES (?, ?, 'inferred', ?, ?)
+                         ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL DO NOTHING",
+                    )
+                    .bind(key.institution_id.clone())
+                    .bind(key.method.clone())
+                    .bind(ts(now))
+                    .bind(users)
+                    .execute(&mut *conn)
                     .await?;
+                }
+                OutageMove::Close { key } => {
+                    super::connectors::close_inferred(conn, &key.institution_id, &key.method, now)
+                        .await?;
+                }
             }
         }
+        for key in &plan.reclassify {
+            let recovery = plan
+                .outages
+                .iter()
+                .any(|o| matches!(o, OutageMove::Close { key: k } if k == key));
+            super::connectors::queue_reclassify(conn, key, recovery, now).await?;
+        }
     }
-    for key in &plan.reclassify {
-        let recovery = plan
-            .outages
-            .iter()
-            .any(|o| matches!(o, OutageMove::Close { key: k } if k == key));
-        super::connectors::queue_reclassify(conn, key, recovery, now).await?;
-    }
-    if let (Some(user), Some(next)) = (&plan.user_id, plan.next_due_at) {
-        sqlx::query(
-            "UPDATE users SET last_swept_at = ?, next_due_at = ?, gone_at = NULL WHERE user_id = ?",
-        )
-        .bind(ts(now))
-        .bind(ts_ceil(next))
-        .bind(user.as_str())
-        .execute(&mut *conn)
-        .await?;
+    let swept: Vec<(&UserId, DateTime<Utc>)> = plans
+        .iter()
+        .filter_map(|p| p.user_id.as_ref().zip(p.next_due_at))
+        .collect();
+    for chunk in swept.chunks(IDS_PER_STATEMENT) {
+        let values = vec!["(?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "UPDATE users SET last_swept_at = ?, next_due_at = v.column2, gone_at = NULL
+             FROM (VALUES {values}) AS v WHERE users.user_id = v.column1"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ts(now));
+        for (user, next) in chunk {
+            query = query.bind(user.as_str().to_owned()).bind(ts_ceil(*next));
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// Writes one connection's whole state. Basiq's "capped until" only grows here: a refresh
+/// Connection rows per multi-row statement (29 parameters each, under SQLite's 32,766).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Writes connections' whole state, in one statement. Basiq's "capped until" only grows here: a refresh
 /// answered 429 while the row was being planned is not forgotten.
-async fn write_row(
+async fn write_rows(
     conn: &mut SqliteConnection,
-    r: &ConnectionRow,
+    rows: &[&ConnectionRow],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let job = r.newest_job.as_ref();
-    let side = job
-        .and_then(|j| j.failure_code.as_deref())
-        .map(|c| Side::of(c).as_str());
-    sqlx::query(
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let one =
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let values = vec![one; rows.len()].join(", ");
+    let sql = format!(
         "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
              created_date, last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code,
              newest_job_side, newest_job_created, newest_job_updated, health, reason, checked_at,
              health_since, consent_warned_days, gone_at, basiq_capped_until, refresh_due_at,
              refresh_due_trigger, transient_retries, transient_job_id, mfa_enabled,
              needs_user_present, bank_failure_at, first_seen_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-                 ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+         VALUES {values}
          ON CONFLICT (connection_id) DO UPDATE SET
              user_id = excluded.user_id, institution_id = excluded.institution_id,
              method = excluded.method, status = excluded.status,
@@ -490,39 +584,46 @@ async fn write_row(
              transient_retries = excluded.transient_retries,
              transient_job_id = excluded.transient_job_id, mfa_enabled = excluded.mfa_enabled,
              needs_user_present = excluded.needs_user_present,
-             bank_failure_at = excluded.bank_failure_at",
-    )
-    .bind(r.connection_id.as_str())
-    .bind(r.user_id.as_str())
-    .bind(r.institution_id.as_str())
-    .bind(r.method.as_str().to_owned())
-    .bind(r.status.as_str().to_owned())
-    .bind(opt_ts(r.created_date))
-    .bind(opt_ts(r.last_used))
-    .bind(opt_ts(r.expiry_date))
-    .bind(r.newest_job_id.clone())
-    .bind(job.map(|j| j.state.as_str()))
-    .bind(job.and_then(|j| j.failure_code.clone()))
-    .bind(side)
-    .bind(job.and_then(|j| opt_ts(j.created)))
-    .bind(job.and_then(|j| opt_ts(j.updated)))
-    .bind(r.health.map(Health::as_str))
-    .bind(r.reason.clone())
-    .bind(opt_ts(r.checked_at))
-    .bind(opt_ts(r.health_since))
-    .bind(r.consent_warned_days)
-    .bind(opt_ts(r.gone_at))
-    .bind(r.basiq_capped_until.map(ts_ceil))
-    .bind(r.refresh_due.map(|o| ts_ceil(o.at)))
-    .bind(r.refresh_due.map(|o| o.trigger.as_str()))
-    .bind(i64::from(r.transient_retries))
-    .bind(r.transient_job_id.clone())
-    .bind(r.mfa_enabled)
-    .bind(r.needs_user_present)
-    .bind(opt_ts(r.bank_failure_at))
-    .bind(ts(now))
-    .execute(&mut *conn)
-    .await?;
+             bank_failure_at = excluded.bank_failure_at"
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in rows {
+        let job = r.newest_job.as_ref();
+        let side = job
+            .and_then(|j| j.failure_code.as_deref())
+            .map(|c| Side::of(c).as_str());
+        query = query
+            .bind(r.connection_id.as_str().to_owned())
+            .bind(r.user_id.as_str())
+            .bind(r.institution_id.as_str())
+            .bind(r.method.as_str().to_owned())
+            .bind(r.status.as_str().to_owned())
+            .bind(opt_ts(r.created_date))
+            .bind(opt_ts(r.last_used))
+            .bind(opt_ts(r.expiry_date))
+            .bind(r.newest_job_id.clone())
+            .bind(job.map(|j| j.state.as_str()))
+            .bind(job.and_then(|j| j.failure_code.clone()))
+            .bind(side)
+            .bind(job.and_then(|j| opt_ts(j.created)))
+            .bind(job.and_then(|j| opt_ts(j.updated)))
+            .bind(r.health.map(Health::as_str))
+            .bind(r.reason.clone())
+            .bind(opt_ts(r.checked_at))
+            .bind(opt_ts(r.health_since))
+            .bind(r.consent_warned_days)
+            .bind(opt_ts(r.gone_at))
+            .bind(r.basiq_capped_until.map(ts_ceil))
+            .bind(r.refresh_due.map(|o| ts_ceil(o.at)))
+            .bind(r.refresh_due.map(|o| o.trigger.as_str()))
+            .bind(i64::from(r.transient_retries))
+            .bind(r.transient_job_id.clone())
+            .bind(r.mfa_enabled)
+            .bind(r.needs_user_present)
+            .bind(opt_ts(r.bank_failure_at))
+            .bind(ts(now));
+    }
+    query.execute(&mut *conn).await?;
     Ok(())
 }
 

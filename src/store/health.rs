@@ -109,7 +109,10 @@ pub fn is_storage_failure(e: &sqlx::Error) -> bool {
             .code()
             .and_then(|c| c.parse::<i64>().ok())
             .is_some_and(|c| STORAGE_CODES.contains(&(c & 0xff))),
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
 }

@@ -78,9 +78,110 @@ pub async fn upsert_job(
         .bind(job.id.as_str())
         .execute(&mut *conn)
         .await?;
-    // The steps in one statement (a job has a handful; chunked, so a job with thousands
-    // stays under SQLite's parameter limit): one hand-off to SQLite's thread, not one per step.
-    for (chunk_index, chunk) in job.steps.chunks(STEPS_PER_STATEMENT).enumerate() {
+    let steps: Vec<(&Job, usize, &crate::domain::Step)> = job
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (job, i, s))
+        .collect();
+    insert_steps(conn, &steps).await?;
+    Ok(true)
+}
+
+/// Jobs per multi-row upsert (12 parameters each).
+const JOBS_PER_STATEMENT: usize = 1000;
+
+/// [`upsert_job`] for many jobs of one user in a few statements: one multi-row upsert per
+/// 1,000 jobs (`RETURNING` says which were written), then the steps of the written ones
+/// replaced in one DELETE and one multi-row INSERT. Same rules: never backwards.
+pub async fn upsert_jobs(
+    conn: &mut SqliteConnection,
+    jobs: &[(&UserId, &Job, Option<&ConnectionId>)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in jobs.chunks(JOBS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
+                               failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
+             VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            });
+        }
+        sql.push_str(
+            " ON CONFLICT (job_id) DO UPDATE SET
+                 connection_id = COALESCE(excluded.connection_id, jobs.connection_id),
+                 institution_id = COALESCE(excluded.institution_id, jobs.institution_id),
+                 job_type = COALESCE(excluded.job_type, jobs.job_type),
+                 state = excluded.state, failure_code = excluded.failure_code,
+                 failed_step = excluded.failed_step,
+                 created = COALESCE(excluded.created, jobs.created),
+                 updated = COALESCE(excluded.updated, jobs.updated),
+                 last_seen_at = excluded.last_seen_at
+             WHERE NOT (jobs.state != 'in-progress' AND excluded.state = 'in-progress')
+               AND (excluded.updated IS NULL OR jobs.updated IS NULL OR excluded.updated >= jobs.updated)
+             RETURNING job_id",
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for (user_id, job, connection_id) in chunk {
+            let failed = job.failed_step();
+            query = query
+                .bind(job.id.as_str().to_owned())
+                .bind(user_id.as_str().to_owned())
+                .bind(connection_id.map(|c| c.as_str().to_owned()))
+                .bind(job.institution_id.as_ref().map(|i| i.as_str().to_owned()))
+                .bind(job.job_type.clone())
+                .bind(job.state().as_str())
+                .bind(job.failure_code().map(str::to_owned))
+                .bind(failed.map(|s| s.title.clone()))
+                .bind(opt_ts(job.created))
+                .bind(opt_ts(job.updated))
+                .bind(ts(now))
+                .bind(ts(now));
+        }
+        let written: std::collections::HashSet<String> =
+            query.fetch_all(&mut *conn).await?.into_iter().collect();
+        // A job listed twice was upserted twice: its steps are the last copy's, once.
+        let mut seen = std::collections::HashSet::new();
+        let mut written: Vec<&Job> = chunk
+            .iter()
+            .rev()
+            .map(|(_, job, _)| *job)
+            .filter(|job| written.contains(job.id.as_str()) && seen.insert(job.id.as_str()))
+            .collect();
+        written.reverse();
+        if written.is_empty() {
+            continue;
+        }
+        let mut sql = String::from("DELETE FROM job_steps WHERE job_id IN (");
+        for i in 0..written.len() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+        }
+        sql.push(')');
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for job in &written {
+            query = query.bind(job.id.as_str().to_owned());
+        }
+        query.execute(&mut *conn).await?;
+        let steps: Vec<(&Job, usize, &crate::domain::Step)> = written
+            .iter()
+            .flat_map(|job| job.steps.iter().enumerate().map(move |(i, s)| (*job, i, s)))
+            .collect();
+        insert_steps(conn, &steps).await?;
+    }
+    Ok(())
+}
+
+/// Steps in multi-row INSERTs of at most [`STEPS_PER_STATEMENT`].
+async fn insert_steps(
+    conn: &mut SqliteConnection,
+    steps: &[(&Job, usize, &crate::domain::Step)],
+) -> Result<()> {
+    for chunk in steps.chunks(STEPS_PER_STATEMENT) {
         let mut sql = String::from(
             "INSERT INTO job_steps (job_id, position, title, status, result_code, result_title, result_detail) VALUES ",
         );
@@ -92,8 +193,7 @@ pub async fn upsert_job(
             });
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (i, step) in chunk.iter().enumerate() {
-            let position = chunk_index * STEPS_PER_STATEMENT + i;
+        for (job, position, step) in chunk {
             let (code, title, detail) = match &step.result {
                 StepResult::Failure {
                     code,
@@ -104,7 +204,7 @@ pub async fn upsert_job(
             };
             query = query
                 .bind(job.id.as_str().to_owned())
-                .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                .bind(i64::try_from(*position).unwrap_or(i64::MAX))
                 .bind(step.title.clone())
                 .bind(step.status.as_str().to_owned())
                 .bind(code)
@@ -113,7 +213,7 @@ pub async fn upsert_job(
         }
         query.execute(&mut *conn).await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 impl Store {
@@ -144,5 +244,76 @@ impl Store {
         sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
             .fetch_one(self.pool())
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Step, StepStatus};
+
+    fn job(id: &str, steps: usize, minutes_ago: i64) -> Job {
+        let at = Utc::now() - chrono::Duration::minutes(minutes_ago);
+        Job {
+            id: JobId::parse(id).unwrap(),
+            created: Some(at),
+            updated: Some(at),
+            job_type: None,
+            institution_id: None,
+            connection_id: None,
+            has_source: false,
+            steps: (0..steps)
+                .map(|i| Step {
+                    title: format!("step-{i}"),
+                    status: StepStatus::Success,
+                    result: StepResult::None,
+                })
+                .collect(),
+        }
+    }
+
+    async fn steps_of(store: &Store, id: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT title FROM job_steps WHERE job_id = ? ORDER BY position")
+            .bind(id)
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Many jobs in few statements keep the one-by-one rules: a job listed twice is
+    /// written once with the last copy's steps, thousands of steps stay under SQLite's
+    /// parameter limit, and an older snapshot changes nothing.
+    #[tokio::test]
+    async fn many_jobs_at_once_keep_the_one_by_one_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("j.db")).await.unwrap();
+        let user = UserId::parse("u1").unwrap();
+        let now = Utc::now();
+        let twice_a = job("j-twice", 2, 10);
+        let mut twice_b = job("j-twice", 3, 10);
+        twice_b.updated = Some(now - chrono::Duration::minutes(5));
+        let long = job("j-long", 2500, 20);
+        let jobs = [twice_a, twice_b, long];
+        let jobs: Vec<(&UserId, &Job, Option<&ConnectionId>)> =
+            jobs.iter().map(|j| (&user, j, None)).collect();
+        let mut tx = store.write().await.unwrap();
+        upsert_jobs(&mut tx, &jobs, now).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            steps_of(&store, "j-twice").await,
+            ["step-0", "step-1", "step-2"]
+        );
+        let long = steps_of(&store, "j-long").await;
+        assert_eq!(long.len(), 2500);
+        assert_eq!(long[2499], "step-2499");
+
+        // An older snapshot of j-twice with one step: not written.
+        let older = job("j-twice", 1, 30);
+        let mut tx = store.write().await.unwrap();
+        upsert_jobs(&mut tx, &[(&user, &older, None)], now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(steps_of(&store, "j-twice").await.len(), 3);
     }
 }

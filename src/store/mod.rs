@@ -6,9 +6,8 @@
 //! writers queue for it instead of fighting over SQLite's lock, so SQLite's busy handler
 //! only ever sleeps for another process. Writes that read then write run in `BEGIN
 //! IMMEDIATE` transactions ([`Store::write`]). A sweep's per-user plans are committed
-//! together ([`Store::write_grouped`]): a writer task takes every plan queued (up to
-//! [`GROUP_MAX`]) into one transaction, each plan inside its own savepoint, so a plan is
-//! applied whole or not at all and many users cost one commit.
+//! together, up to [`GROUP_MAX`] per transaction (the sweep's committer, with the
+//! multi-row statements of [`connections::write_plans`]): many users cost one commit.
 //!
 //! WAL, `busy_timeout` and foreign keys are set on every connection.
 //!
@@ -38,7 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -72,8 +70,6 @@ pub struct Store {
     /// Readers (`query_only`).
     pool: SqlitePool,
     writer: Writer,
-    /// To the group-commit task; it ends when the last `Store` is dropped.
-    group: tokio::sync::mpsc::Sender<Grouped>,
 }
 
 /// The one write connection (a pool of one, so a connection closed after a failure is
@@ -90,17 +86,8 @@ struct Writer {
 pub struct GroupStats {
     /// Group transactions committed.
     pub commits: std::sync::atomic::AtomicU64,
-    /// Plans (callers of [`Store::write_grouped`]) committed in them.
+    /// Per-user plans committed in them.
     pub plans: std::sync::atomic::AtomicU64,
-}
-
-type GroupWork =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<()>> + Send>;
-
-/// One caller's part of a group transaction, and where to say how it ended.
-struct Grouped {
-    work: GroupWork,
-    reply: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
 impl Store {
@@ -168,17 +155,11 @@ impl Store {
             health: Arc::default(),
             groups: Arc::default(),
         };
-        let (group, queue) = tokio::sync::mpsc::channel(GROUP_MAX * 4);
-        tokio::spawn(group_writer(writer.clone(), queue));
-        Ok(Self {
-            pool,
-            writer,
-            group,
-        })
+        Ok(Self { pool, writer })
     }
 
     /// For reads (`query_only`: a write here fails). Writes go through [`Store::write`],
-    /// [`Store::write_grouped`] or, for one autocommit statement, [`Store::write_pool`].
+    /// or, for one autocommit statement, [`Store::write_pool`].
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -212,43 +193,6 @@ impl Store {
     /// back, and never reused.
     pub async fn write(&self) -> Result<WriteTx> {
         self.writer.write().await
-    }
-
-    /// Runs `work` on the write connection inside a transaction shared with the other
-    /// callers queued at the same moment (group commit), in its own savepoint: `work`'s
-    /// statements are committed whole, or not at all if `work` fails (the others' are
-    /// kept) or the commit fails (every caller's fails). Returns once committed.
-    ///
-    /// `work` must not wait for anything that needs the write connection. A caller that
-    /// stops waiting does not stop its work: it is committed with the group.
-    pub async fn write_grouped<T, F>(&self, work: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
-    {
-        let slot = Arc::new(std::sync::Mutex::new(None));
-        let filled = slot.clone();
-        let work: GroupWork = Box::new(move |conn| {
-            Box::pin(async move {
-                let value = work(conn).await?;
-                *filled
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
-                Ok(())
-            })
-        });
-        let (reply, replied) = tokio::sync::oneshot::channel();
-        let gone = || sqlx::Error::PoolClosed;
-        self.group
-            .send(Grouped { work, reply })
-            .await
-            .map_err(|_| gone())?;
-        replied.await.map_err(|_| gone())??;
-        let value = slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        value.ok_or_else(gone)
     }
 
     pub async fn close(&self) {
@@ -304,122 +248,14 @@ impl Writer {
     }
 }
 
-/// The group-commit task: takes every job queued (at most [`GROUP_MAX`]) into one
-/// transaction. Ends when every sender (every `Store`) is gone.
-async fn group_writer(writer: Writer, mut queue: tokio::sync::mpsc::Receiver<Grouped>) {
-    let mut batch = Vec::with_capacity(GROUP_MAX);
-    while let Some(first) = queue.recv().await {
-        // The write lock first, then every plan queued by then: the plans that arrive while
-        // the writer waits for the lock (or for the last commit) share the next one.
-        let tx = writer.write().await;
-        batch.push(first);
-        while batch.len() < GROUP_MAX {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        commit_group(&writer, tx, &mut batch).await;
-        batch.clear();
-    }
-}
-
 /// An error for every member of a group that failed as a whole: the same words, and the
 /// same class (a storage failure stays one).
-fn copy_error(e: &sqlx::Error) -> sqlx::Error {
+pub(crate) fn copy_error(e: &sqlx::Error) -> sqlx::Error {
     let message = format!("the group transaction failed: {e}");
     if health::is_storage_failure(e) {
         sqlx::Error::Io(std::io::Error::other(message))
     } else {
         sqlx::Error::Protocol(message)
-    }
-}
-
-async fn commit_group(writer: &Writer, tx: Result<WriteTx>, batch: &mut Vec<Grouped>) {
-    let mut tx = match tx {
-        Ok(tx) => tx,
-        Err(e) => {
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(copy_error(&e)));
-            }
-            return;
-        }
-    };
-    let alone = batch.len() == 1;
-    let mut done = Vec::with_capacity(batch.len());
-    let mut jobs = batch.drain(..);
-    while let Some(job) = jobs.next() {
-        if !alone && let Err(e) = sqlx::query("SAVEPOINT plan").execute(&mut *tx).await {
-            tx.health.failed(&e);
-            tx.discard().await;
-            for reply in done.into_iter().chain(std::iter::once(job.reply)) {
-                let _ = reply.send(Err(copy_error(&e)));
-            }
-            for job in jobs {
-                let _ = job.reply.send(Err(copy_error(&e)));
-            }
-            return;
-        }
-        match (job.work)(&mut tx).await {
-            Ok(()) => {
-                if !alone && let Err(e) = sqlx::query("RELEASE plan").execute(&mut *tx).await {
-                    tx.health.failed(&e);
-                    tx.discard().await;
-                    for reply in done.into_iter().chain(std::iter::once(job.reply)) {
-                        let _ = reply.send(Err(copy_error(&e)));
-                    }
-                    for job in jobs {
-                        let _ = job.reply.send(Err(copy_error(&e)));
-                    }
-                    return;
-                }
-                done.push(job.reply);
-            }
-            Err(e) => {
-                // This plan alone is undone, unless the storage itself failed: then the whole
-                // transaction is in doubt and every member fails.
-                let undone = if alone || health::is_storage_failure(&e) {
-                    Err(())
-                } else {
-                    sqlx::query("ROLLBACK TO plan; RELEASE plan")
-                        .execute(&mut *tx)
-                        .await
-                        .map(drop)
-                        .map_err(drop)
-                };
-                if undone.is_err() {
-                    tx.health.failed(&e);
-                    tx.discard().await;
-                    for reply in done {
-                        let _ = reply.send(Err(copy_error(&e)));
-                    }
-                    let _ = job.reply.send(Err(e));
-                    for job in jobs {
-                        let _ = job.reply.send(Err(copy_error(&sqlx::Error::Protocol(
-                            "an earlier plan of the group failed".into(),
-                        ))));
-                    }
-                    return;
-                }
-                let _ = job.reply.send(Err(e));
-            }
-        }
-    }
-    drop(jobs);
-    match tx.commit().await {
-        Ok(()) => {
-            use std::sync::atomic::Ordering::Relaxed;
-            writer.groups.commits.fetch_add(1, Relaxed);
-            writer.groups.plans.fetch_add(done.len() as u64, Relaxed);
-            for reply in done {
-                let _ = reply.send(Ok(()));
-            }
-        }
-        Err(e) => {
-            for reply in done {
-                let _ = reply.send(Err(copy_error(&e)));
-            }
-        }
     }
 }
 
@@ -572,72 +408,6 @@ pub fn from_opt_ts(secs: Option<i64>) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn count(store: &Store) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM meta WHERE key LIKE 'g-%'")
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-    }
-
-    /// Ten plans queued while the writer is busy go into one transaction; the one that
-    /// fails is undone alone (its first statement too), the nine others are kept.
-    #[tokio::test]
-    async fn plans_queued_together_commit_in_one_transaction_and_a_failing_one_is_undone_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("g.db")).await.unwrap();
-        // Hold the write connection so the ten queue up behind it.
-        let held = store.write().await.unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..10 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                store
-                    .write_grouped(move |conn| {
-                        Box::pin(async move {
-                            sqlx::query("INSERT INTO meta (key, value) VALUES (?, 'x')")
-                                .bind(format!("g-{i}"))
-                                .execute(&mut *conn)
-                                .await?;
-                            if i == 4 {
-                                // A mistake of this plan (not of the storage).
-                                sqlx::query("INSERT INTO no_such_table VALUES (1)")
-                                    .execute(&mut *conn)
-                                    .await?;
-                            }
-                            Ok(i)
-                        })
-                    })
-                    .await
-            }));
-        }
-        // Let every task reach the queue before the writer is free.
-        // (The writer task may hold the first, waiting for the lock, with nine queued.)
-        while store.group.max_capacity() - store.group.capacity() < 9 {
-            tokio::task::yield_now().await;
-        }
-        held.rollback().await.unwrap();
-        let mut ok = Vec::new();
-        for (i, t) in tasks.into_iter().enumerate() {
-            match t.await.unwrap() {
-                Ok(v) => ok.push(v),
-                Err(e) => {
-                    assert_eq!(i, 4, "only the failing plan fails: {e}");
-                    assert!(e.to_string().contains("no_such_table"), "{e}");
-                }
-            }
-        }
-        assert_eq!(ok, [0, 1, 2, 3, 5, 6, 7, 8, 9]);
-        assert_eq!(
-            count(&store).await,
-            9,
-            "the failing plan's first insert is undone"
-        );
-        let stats = store.group_stats();
-        assert_eq!(stats.commits.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert_eq!(stats.plans.load(std::sync::atomic::Ordering::Relaxed), 9);
-        assert!(store.write_health().failing().is_none());
-    }
 
     /// A write that strays onto the readers' pool fails instead of competing with the writer.
     #[tokio::test]

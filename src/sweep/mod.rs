@@ -10,6 +10,7 @@
 //! moved, an inferred outage opened or closed) is durable work in `reclassify_queue`,
 //! done in small batches, each its own plan and transaction.
 
+mod commit;
 pub mod schedule;
 mod worker;
 
@@ -137,6 +138,8 @@ struct Inner {
     progress: Progress,
     /// `sweep.concurrency` permits to fetch a user's two lists.
     fetching: tokio::sync::Semaphore,
+    /// To the group committer.
+    commits: tokio::sync::mpsc::Sender<commit::PlanRequest>,
 }
 
 /// Sweeps users; cheap to clone.
@@ -150,6 +153,17 @@ impl Sweeper {
         let seed = store.installation_seed().await?;
         let statuses = store.connector_statuses().await?;
         let fetching = tokio::sync::Semaphore::new(options.concurrency.max(1));
+        let (commits, queue) = tokio::sync::mpsc::channel(store::GROUP_MAX * 4);
+        let commit_settings = commit::CommitSettings {
+            plan: PlanSettings {
+                stale_after: options.stale_after,
+                outage_min_users: options.outage_min_users,
+                auto_refresh: options.auto_refresh.clone(),
+            },
+            outage_window: chrono::Duration::from_std(options.outage_window)
+                .unwrap_or(chrono::Duration::MAX),
+        };
+        tokio::spawn(commit::run_committer(store.clone(), commit_settings, queue));
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -164,6 +178,7 @@ impl Sweeper {
                 }),
                 progress: Progress::default(),
                 fetching,
+                commits,
             }),
         })
     }
@@ -433,7 +448,7 @@ impl Sweeper {
         let next = self.next_due(user, now);
         // Plan and commit.
         let plan = self
-            .plan_and_commit(user, fetched, statuses.clone(), Some(next), now)
+            .plan_and_commit(user, fetched, statuses.clone(), Some(next))
             .await?;
         let healths = plan.healths();
         // Emit.
@@ -446,52 +461,31 @@ impl Sweeper {
     }
 
     /// Reads the stored state, plans and writes the plan, in one transaction: nothing can
-    /// move between the read and the write.
-    ///
-    /// The transaction is shared with the other users' plans queued at the same moment
-    /// (group commit, [`Store::write_grouped`]); this plan is applied whole or not at all.
+    /// move between the read and the write. The transaction is shared with the other users'
+    /// plans queued at the same moment (group commit, see `commit`); this plan is applied
+    /// whole or not at all.
     async fn plan_and_commit(
         &self,
         user: &UserId,
         fetched: Fetched,
         statuses: ConnectorStatuses,
         next_due_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
     ) -> Result<UserPlan, SweepError> {
-        let keys: Vec<ConnectorKey> = fetched
-            .connections
-            .iter()
-            .map(|c| ConnectorKey::new(c.institution_id.as_str(), &c.method))
-            .collect();
-        let window = chrono::Duration::from_std(self.inner.options.outage_window)
-            .unwrap_or(chrono::Duration::MAX);
-        let min_users = self.inner.options.outage_min_users;
-        let settings = self.plan_settings();
-        let user = user.clone();
-        let plan = self
-            .inner
-            .store
-            .write_grouped(move |conn| {
-                Box::pin(async move {
-                    let stored =
-                        store::connections::load_stored(conn, &user, &keys, window, min_users, now)
-                            .await?;
-                    let plan = plan::plan_user(
-                        now,
-                        &user,
-                        &fetched,
-                        &stored,
-                        &statuses,
-                        &settings,
-                        next_due_at,
-                        &mut rand::rng(),
-                    );
-                    store::connections::write_plan(conn, &plan, now).await?;
-                    Ok(plan)
-                })
-            })
-            .await?;
-        Ok(plan)
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let request = commit::PlanRequest {
+            user: user.clone(),
+            fetched,
+            connectors: statuses,
+            next_due_at,
+            reply,
+        };
+        let closed = || SweepError::Store(sqlx::Error::PoolClosed);
+        self.inner
+            .commits
+            .send(request)
+            .await
+            .map_err(|_| closed())?;
+        Ok(replied.await.map_err(|_| closed())??)
     }
 
     /// A followed job ended: re-read the connection (one request), plan and commit it with
@@ -508,7 +502,6 @@ impl Sweeper {
             .get_connection(user, connection_id)
             .await?;
         let statuses = self.connectors().await;
-        let now = Utc::now();
         let mut job = job.clone();
         // We asked for this job for this connection.
         job.connection_id = Some(connection_id.clone());
@@ -519,7 +512,7 @@ impl Sweeper {
             complete: false,
         };
         let plan = self
-            .plan_and_commit(user, fetched, statuses.clone(), None, now)
+            .plan_and_commit(user, fetched, statuses.clone(), None)
             .await?;
         let reclassify = !plan.reclassify.is_empty();
         emit_notes(plan.notes);
@@ -707,9 +700,11 @@ impl Sweeper {
                         );
                         if let SweepError::Store(e) = e
                             && store_failure.is_none()
+                            && store::health::is_storage_failure(&e)
                         {
                             // Infrastructure trouble (full disk, locked database): stop this
                             // pass once the users in flight are done; the next tick tries again.
+                            // A failure of one user's plan (a constraint) fails that user only.
                             stop.cancel();
                             store_failure = Some(e);
                         }

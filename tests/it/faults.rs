@@ -21,13 +21,20 @@ const USERS: usize = 500;
 /// Sixteen users at a time; the sweeper only sweeps (no refresh is sent).
 const EXTRA: &str = "[sweep]\nconcurrency = 16\n";
 
+/// The population's one live refresh (running as the simulator starts) ends within a few
+/// milliseconds, so every pass sees the same finished state whenever it runs: the tests
+/// compare passes made seconds apart, and a pass that ran fast enough to catch the live
+/// job running would otherwise differ from a later one for a reason that is not a fault.
 async fn matrix_sim() -> RunningSim {
-    start_sim(SimConfig {
+    let sim = start_sim(SimConfig {
         users: USERS,
         seed: 23,
+        step_duration: Duration::from_millis(1),
         ..sim_config()
     })
-    .await
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sim
 }
 
 async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Sweeper {

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod disk;
 mod faults;
+mod group;
 mod helpers;
 mod ids;
 mod planner;
