@@ -62,7 +62,7 @@ pub struct OpenError {
 pub type Result<T> = std::result::Result<T, sqlx::Error>;
 
 /// Plans committed in one group transaction at most.
-pub const GROUP_MAX: usize = 64;
+pub const GROUP_MAX: usize = 128;
 
 /// The daemon's database.
 #[derive(Clone, Debug)]

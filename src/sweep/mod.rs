@@ -655,9 +655,10 @@ impl Sweeper {
                     }
                     (user, result)
                 })
-                // Up to `concurrency` users fetching (the permits) and a group's worth more
-                // waiting for their commit, so a group commit can take many plans.
-                .buffer_unordered(self.inner.options.concurrency.max(1) + store::GROUP_MAX);
+                // Up to `concurrency` users fetching (the permits) and two groups' worth more
+                // waiting for their commit (one group committing, the next forming), so a
+                // group commit can take many plans while fetching goes on.
+                .buffer_unordered(self.inner.options.concurrency.max(1) + 2 * store::GROUP_MAX);
             while let Some((user, result)) = results.next().await {
                 match result {
                     Ok(UserOutcome::Swept(healths)) => {
