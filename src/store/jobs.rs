@@ -26,74 +26,18 @@ impl JobRow {
     }
 }
 
-/// Inserts or updates a job and replaces its steps. `connection_id` is the connection the
-/// job was matched to (from `links.source`, or by institution when that is missing). A
-/// stored job never goes backwards: an older snapshot (lower `updated`), or a finished job
-/// seen in progress again, changes nothing. Returns whether it was written.
 /// Steps per multi-row INSERT (7 parameters each, well under SQLite's 32,766).
 const STEPS_PER_STATEMENT: usize = 1000;
-
-pub async fn upsert_job(
-    conn: &mut SqliteConnection,
-    user_id: &UserId,
-    job: &Job,
-    connection_id: Option<&ConnectionId>,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let failed = job.failed_step();
-    let written = sqlx::query(
-        "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
-                           failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (job_id) DO UPDATE SET
-             connection_id = COALESCE(excluded.connection_id, jobs.connection_id),
-             institution_id = COALESCE(excluded.institution_id, jobs.institution_id),
-             job_type = COALESCE(excluded.job_type, jobs.job_type),
-             state = excluded.state, failure_code = excluded.failure_code,
-             failed_step = excluded.failed_step,
-             created = COALESCE(excluded.created, jobs.created),
-             updated = COALESCE(excluded.updated, jobs.updated),
-             last_seen_at = excluded.last_seen_at
-         WHERE NOT (jobs.state != 'in-progress' AND excluded.state = 'in-progress')
-           AND (excluded.updated IS NULL OR jobs.updated IS NULL OR excluded.updated >= jobs.updated)",
-    )
-    .bind(job.id.as_str())
-    .bind(user_id.as_str())
-    .bind(connection_id.map(ConnectionId::as_str))
-    .bind(job.institution_id.as_ref().map(|i| i.as_str().to_owned()))
-    .bind(job.job_type.clone())
-    .bind(job.state().as_str())
-    .bind(job.failure_code().map(str::to_owned))
-    .bind(failed.map(|s| s.title.clone()))
-    .bind(opt_ts(job.created))
-    .bind(opt_ts(job.updated))
-    .bind(ts(now))
-    .bind(ts(now))
-    .execute(&mut *conn)
-    .await?;
-    if written.rows_affected() == 0 {
-        return Ok(false);
-    }
-    sqlx::query("DELETE FROM job_steps WHERE job_id = ?")
-        .bind(job.id.as_str())
-        .execute(&mut *conn)
-        .await?;
-    let steps: Vec<(&Job, usize, &crate::domain::Step)> = job
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (job, i, s))
-        .collect();
-    insert_steps(conn, &steps).await?;
-    Ok(true)
-}
 
 /// Jobs per multi-row upsert (12 parameters each).
 const JOBS_PER_STATEMENT: usize = 1000;
 
-/// [`upsert_job`] for many jobs of one user in a few statements: one multi-row upsert per
+/// Stores jobs (of one or many users) in a few statements: one multi-row upsert per
 /// 1,000 jobs (`RETURNING` says which were written), then the steps of the written ones
-/// replaced in one DELETE and one multi-row INSERT. Same rules: never backwards.
+/// replaced in one DELETE and one multi-row INSERT. Each job comes with the connection it
+/// was matched to (from `links.source`, or by institution when that is missing). A stored
+/// job never goes backwards: an older snapshot (lower `updated`), or a finished job seen in
+/// progress again, changes nothing.
 pub async fn upsert_jobs(
     conn: &mut SqliteConnection,
     jobs: &[(&UserId, &Job, Option<&ConnectionId>)],
