@@ -111,11 +111,19 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
         0,
         "an MFA connection refreshed unattended"
     );
-    if posts(&sim, "c-plain") > 0 {
-        let last = row.last_decision.expect("the denial is stored");
-        assert_eq!(last.decision, DecisionKind::Denied);
-        assert_eq!(last.reason.as_deref(), Some("needs-user-present"));
-        assert_eq!(last.trigger, Some(Trigger::Scheduled));
+    // Each connection has its own random slot in the window: the MFA one's may still be
+    // ahead when the plain one's has come. Once it has come, the denial is stored.
+    match row.last_decision {
+        Some(last) => {
+            assert_eq!(last.decision, DecisionKind::Denied);
+            assert_eq!(last.reason.as_deref(), Some("needs-user-present"));
+            assert_eq!(last.trigger, Some(Trigger::Scheduled));
+        }
+        None => assert!(
+            row.daily_due_at
+                .is_some_and(|at| at > Utc::now() - Duration::seconds(5)),
+            "no decision stored although the slot has passed: {row:?}"
+        ),
     }
     let d = refresher
         .request(
