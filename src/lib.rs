@@ -30,6 +30,7 @@ pub mod cli;
 pub mod demo;
 pub mod domain;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod refresh;

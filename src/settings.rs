@@ -102,6 +102,12 @@ pub const RANGES: &[(&str, Range)] = &[
     ("refresh.follow_poll_initial", Range::Span("10ms", "10m")),
     ("refresh.follow_poll_max", Range::Span("10ms", "1h")),
     ("refresh.follow_timeout", Range::Span("1s", "24h")),
+    ("webhooks.max_body", Range::Count(1024, 1_048_576)),
+    ("webhooks.poll_interval", Range::Span("0s", "24h")),
+    ("notify.max_age", Range::Span("1s", "7d")),
+    ("notify.backoff_initial", Range::Span("10ms", "1h")),
+    ("notify.backoff_max", Range::Span("10ms", "24h")),
+    ("notify.timeout", Range::Span("100ms", "5m")),
 ];
 
 fn range_of(key: &str) -> Result<Range, SettingsError> {
@@ -161,6 +167,8 @@ pub struct RawSettings {
     outage: RawOutage,
     api: RawApi,
     refresh: RawRefresh,
+    webhooks: RawWebhooks,
+    notify: RawNotify,
 }
 
 impl Default for RawSettings {
@@ -174,8 +182,68 @@ impl Default for RawSettings {
             outage: RawOutage::default(),
             api: RawApi::default(),
             refresh: RawRefresh::default(),
+            webhooks: RawWebhooks::default(),
+            notify: RawNotify::default(),
         }
     }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWebhooks {
+    listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_file: Option<PathBuf>,
+    max_body: i64,
+    poll_interval: String,
+    register_new_users: bool,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            secret_file: None,
+            max_body: 65_536,
+            poll_interval: "15m".into(),
+            register_new_users: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawNotify {
+    max_age: String,
+    backoff_initial: String,
+    backoff_max: String,
+    timeout: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    endpoints: Vec<RawEndpoint>,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        Self {
+            max_age: "24h".into(),
+            backoff_initial: "5s".into(),
+            backoff_max: "1h".into(),
+            timeout: "10s".into(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_credential: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<String>>,
 }
 
 impl RawSettings {
@@ -411,6 +479,117 @@ pub struct Settings {
     pub outage: OutageSettings,
     pub api: ApiSettings,
     pub refresh: RefreshSettings,
+    pub webhooks: WebhookSettings,
+    pub notify: NotifySettings,
+}
+
+/// The systemd credential holding Basiq's webhook secret(s).
+pub const WEBHOOK_CREDENTIAL_NAME: &str = "basiq-webhook-secret";
+
+/// The notification types an endpoint can ask for.
+pub const NOTIFY_EVENTS: [&str; 4] = [
+    "connection.health_changed",
+    "connection.consent_expiring",
+    "institution.outage_started",
+    "institution.outage_ended",
+];
+
+/// A Standard Webhooks secret (`whsec_<base64>`): never printed.
+#[derive(Clone)]
+pub struct WebhookSecret(SecretString);
+
+impl WebhookSecret {
+    /// Checks the secret's shape; the error names nothing of the secret.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        standardwebhooks::Webhook::new(text).map_err(|_| {
+            "is not a Standard Webhooks secret (expected whsec_ followed by base64)".to_owned()
+        })?;
+        Ok(Self(SecretString::from(text.to_owned())))
+    }
+
+    /// The signer/verifier. The secret was checked at load.
+    pub fn webhook(&self) -> Option<standardwebhooks::Webhook> {
+        use secrecy::ExposeSecret;
+        standardwebhooks::Webhook::new(self.0.expose_secret()).ok()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for WebhookSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// `[webhooks]`: Basiq's webhooks in, and the `/events` poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookSettings {
+    /// `None`: no receiver (`listen = ""`, the default).
+    #[serde(serialize_with = "serialize_listen")]
+    pub listen: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Every secret accepted (one per line of the file: several during a rotation).
+    #[serde(skip)]
+    pub secrets: Vec<WebhookSecret>,
+    pub max_body: u32,
+    /// `None`: no poll (`poll_interval = "0s"`).
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub poll_interval: Option<Duration>,
+    pub register_new_users: bool,
+}
+
+/// `[notify]`: notifications to the partner's app.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifySettings {
+    #[serde(serialize_with = "serialize_duration")]
+    pub max_age: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub backoff_initial: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub backoff_max: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointSettings>,
+}
+
+/// One `[[notify.endpoints]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointSettings {
+    #[serde(serialize_with = "serialize_url")]
+    pub url: Url,
+    /// Where the secret was read (a file, or the credential's file).
+    pub secret_file: PathBuf,
+    #[serde(skip)]
+    pub secret: WebhookSecret,
+    /// The notification types sent there (all when the key is absent).
+    pub events: Vec<String>,
+}
+
+impl EndpointSettings {
+    /// The endpoint's name in the database, the CLI and /metrics: its URL, any password
+    /// redacted.
+    pub fn name(&self) -> String {
+        redacted_url(&self.url)
+    }
+
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.iter().any(|e| e == event_type)
+    }
+}
+
+fn serialize_opt_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&d.map_or_else(|| "0s".to_owned(), fmt_duration))
 }
 
 /// `[refresh]`: when the daemon may refresh, how fast, and how it follows the job.
@@ -706,6 +885,9 @@ impl Settings {
         };
         let api = parse_api(raw.api, &database.path)?;
         let refresh = parse_refresh(raw.refresh, nonzero)?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref())?;
+        let notify = parse_notify(raw.notify, credentials.as_deref())?;
         Ok(Self {
             shutdown_grace,
             basiq,
@@ -715,6 +897,8 @@ impl Settings {
             outage,
             api,
             refresh,
+            webhooks,
+            notify,
         })
     }
 
@@ -874,6 +1058,169 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
         token_file,
         token_file_generated,
         token,
+    })
+}
+
+/// `[webhooks]`: a receiver needs at least one secret, from `secret_file` or the systemd
+/// credential `basiq-webhook-secret`; each non-empty line is one secret.
+fn parse_webhooks(
+    raw: RawWebhooks,
+    credentials: Option<&Path>,
+) -> Result<WebhookSettings, SettingsError> {
+    let listen = raw.listen.trim();
+    let listen = if listen.is_empty() {
+        None
+    } else {
+        Some(listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(
+                "webhooks.listen",
+                format!("must be an address such as \"0.0.0.0:8089\", or \"\" to disable, got {listen:?}"),
+            )
+        })?)
+    };
+    let (key, path) = match (&raw.secret_file, credentials) {
+        (Some(path), _) => ("webhooks.secret_file", Some(path.clone())),
+        (None, Some(dir)) if dir.join(WEBHOOK_CREDENTIAL_NAME).exists() => (
+            "$CREDENTIALS_DIRECTORY",
+            Some(dir.join(WEBHOOK_CREDENTIAL_NAME)),
+        ),
+        _ => ("webhooks.secret_file", None),
+    };
+    let mut secrets = Vec::new();
+    if let Some(path) = &path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            secrets.push(WebhookSecret::parse(line).map_err(|problem| {
+                invalid(key, format!("{}: line {} {problem}", path.display(), n + 1))
+            })?);
+        }
+        if secrets.is_empty() {
+            return Err(invalid(key, format!("{} holds no secret", path.display())));
+        }
+    }
+    if listen.is_some() && secrets.is_empty() {
+        return Err(invalid(
+            "webhooks.listen",
+            format!(
+                "needs Basiq's signing secret: set webhooks.secret_file, or provide the systemd \
+                 credential $CREDENTIALS_DIRECTORY/{WEBHOOK_CREDENTIAL_NAME}"
+            ),
+        ));
+    }
+    let poll = span("webhooks.poll_interval", &raw.poll_interval)?;
+    Ok(WebhookSettings {
+        listen,
+        secret_file: raw.secret_file,
+        secrets,
+        max_body: count("webhooks.max_body", raw.max_body)?,
+        poll_interval: (!poll.is_zero()).then_some(poll),
+        register_new_users: raw.register_new_users,
+    })
+}
+
+/// `[notify]` and its endpoints: `https://` (plain `http://` only to loopback), a secret
+/// from `secret_file` or `secret_credential`, known event names.
+fn parse_notify(
+    raw: RawNotify,
+    credentials: Option<&Path>,
+) -> Result<NotifySettings, SettingsError> {
+    let mut endpoints = Vec::new();
+    for (n, e) in raw.endpoints.into_iter().enumerate() {
+        let key = |k: &str| format!("notify.endpoints[{n}].{k}");
+        let url = Url::parse(e.url.trim())
+            .map_err(|err| invalid(&key("url"), format!("is not a URL ({err})")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            _ => {
+                return Err(invalid(
+                    &key("url"),
+                    "must use https:// (plain http only to a loopback host)",
+                ));
+            }
+        }
+        let path = match (e.secret_file, e.secret_credential, credentials) {
+            (Some(path), None, _) => path,
+            (None, Some(name), Some(dir)) => dir.join(name),
+            (None, Some(_), None) => {
+                return Err(invalid(
+                    &key("secret_credential"),
+                    "names a systemd credential, but $CREDENTIALS_DIRECTORY is not set",
+                ));
+            }
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    &key("secret_file"),
+                    "and secret_credential are both set: keep one",
+                ));
+            }
+            (None, None, _) => {
+                return Err(invalid(
+                    &key("secret_file"),
+                    "is required: the file holding the endpoint's whsec_ signing secret",
+                ));
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|err| {
+            invalid(
+                &key("secret_file"),
+                format!("cannot read {}: {err}", path.display()),
+            )
+        })?;
+        let secret = WebhookSecret::parse(&text).map_err(|problem| {
+            invalid(
+                &key("secret_file"),
+                format!("{}: {problem}", path.display()),
+            )
+        })?;
+        let events = match e.events {
+            None => NOTIFY_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
+            Some(list) => {
+                for name in &list {
+                    if !NOTIFY_EVENTS.contains(&name.as_str()) {
+                        return Err(invalid(
+                            &key("events"),
+                            format!(
+                                "names {name:?}: the events are {}",
+                                NOTIFY_EVENTS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                list
+            }
+        };
+        endpoints.push(EndpointSettings {
+            url,
+            secret_file: path,
+            secret,
+            events,
+        });
+    }
+    let mut names: Vec<String> = endpoints.iter().map(EndpointSettings::name).collect();
+    names.sort();
+    names.dedup();
+    if names.len() != endpoints.len() {
+        return Err(invalid("notify.endpoints", "lists one URL twice"));
+    }
+    let backoff_initial = span("notify.backoff_initial", &raw.backoff_initial)?;
+    let backoff_max = span("notify.backoff_max", &raw.backoff_max)?;
+    if backoff_max < backoff_initial {
+        return Err(invalid(
+            "notify.backoff_max",
+            "must not be below notify.backoff_initial",
+        ));
+    }
+    Ok(NotifySettings {
+        max_age: span("notify.max_age", &raw.max_age)?,
+        backoff_initial,
+        backoff_max,
+        timeout: span("notify.timeout", &raw.timeout)?,
+        endpoints,
     })
 }
 

@@ -490,6 +490,7 @@ pub async fn write_plans(
         query.execute(&mut *conn).await?;
     }
     // Outages and reclassifications are rare: one plan after the other.
+    let mut closed = Vec::new();
     for plan in plans {
         for outage in &plan.outages {
             match outage {
@@ -507,8 +508,16 @@ pub async fn write_plans(
                     .await?;
                 }
                 OutageMove::Close { key } => {
-                    super::connectors::close_inferred(conn, &key.institution_id, &key.method, now)
-                        .await?;
+                    if super::connectors::close_inferred(
+                        conn,
+                        &key.institution_id,
+                        &key.method,
+                        now,
+                    )
+                    .await?
+                    {
+                        closed.push(key.clone());
+                    }
                 }
             }
         }
@@ -536,7 +545,8 @@ pub async fn write_plans(
         }
         query.execute(&mut *conn).await?;
     }
-    Ok(())
+    // The notifications these changes cause, in the same transaction.
+    super::events::write_plan_notices(conn, plans, &closed, now).await
 }
 
 /// Connection rows per multi-row statement (29 parameters each, under SQLite's 32,766).

@@ -80,6 +80,7 @@ impl Store {
         let stored: HashMap<(String, String), String> =
             stored.into_iter().map(|(i, m, s)| ((i, m), s)).collect();
         let mut changes = Vec::new();
+        let mut notices = Vec::new();
         for c in connectors {
             let key = connector_key(c.institution_id.as_str(), &c.method);
             let before = stored.get(&key);
@@ -119,8 +120,21 @@ impl Store {
             .bind(ts(now))
             .execute(&mut *tx)
             .await?;
-            let recovered =
-                before.is_some_and(|b| ConnectorStatus::parse(b).is_down()) && !c.status.is_down();
+            let was_down = before.is_some_and(|b| ConnectorStatus::parse(b).is_down());
+            let recovered = was_down && !c.status.is_down();
+            if was_down != c.status.is_down() {
+                let key = ConnectorKey {
+                    institution_id: key.0.clone(),
+                    method: key.1.clone(),
+                };
+                let affected = super::events::connections_at(&mut tx, &key).await?;
+                notices.push(crate::notify::outage_notice(
+                    &key,
+                    c.status.is_down(),
+                    crate::notify::OutageSource::Connectors,
+                    affected,
+                ));
+            }
             if recovered {
                 // Basiq says the bank is back: an inference drawn from failures during the
                 // outage is over too.
@@ -170,6 +184,7 @@ impl Store {
         sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('connectors_answered', '1')")
             .execute(&mut *tx)
             .await?;
+        super::events::write_notices(&mut tx, &notices, now).await?;
         tx.commit().await?;
         Ok(changes)
     }

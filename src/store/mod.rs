@@ -22,6 +22,7 @@
 
 pub mod connections;
 pub mod connectors;
+pub mod events;
 pub mod health;
 pub mod housekeeping;
 pub mod jobs;

@@ -1,0 +1,210 @@
+//! Delivers the outbox to each `[[notify.endpoints]]`: one task per endpoint, so a slow or
+//! failing endpoint holds up only itself, never a sweep or another endpoint.
+//!
+//! Each round makes the endpoint's deliveries from new outbox rows, then posts those due
+//! (at most one per user at a time: a user's notifications arrive in order), signed the
+//! Standard Webhooks way with the notification's stable `webhook-id`. A failure is retried
+//! with exponential backoff and jitter until the delivery's deadline (`notify.max_age`
+//! after the notification), then dead-lettered.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{EndpointSettings, NotifySettings};
+use crate::store::events::DueDelivery;
+use crate::store::{Store, from_ts};
+
+/// How often an idle deliverer looks for new notifications.
+const IDLE: Duration = Duration::from_millis(250);
+/// Deliveries attempted per round.
+const ROUND: u32 = 32;
+
+/// The delay before retry number `failures` (1 for the first retry): `initial * 2^(n-1)`,
+/// capped, with up to 25 % of jitter either way, never below 1 ms.
+pub fn backoff(initial: Duration, max: Duration, failures: i64, jitter: f64) -> Duration {
+    let exp = u32::try_from(failures.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let base = initial.saturating_mul(1u32 << exp).min(max);
+    let factor = 1.0 + 0.25 * jitter.clamp(-1.0, 1.0);
+    base.mul_f64(factor).max(Duration::from_millis(1))
+}
+
+/// Runs every endpoint's deliverer until `cancel`.
+pub async fn run(store: Store, settings: NotifySettings, cancel: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for endpoint in settings.endpoints.clone() {
+        let store = store.clone();
+        let settings = settings.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move { endpoint_loop(store, settings, endpoint, cancel).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn endpoint_loop(
+    store: Store,
+    settings: NotifySettings,
+    endpoint: EndpointSettings,
+    cancel: CancellationToken,
+) {
+    let name = endpoint.name();
+    let http = match reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(event = "notify_client_failed", endpoint = %name, error = %e, "cannot build the HTTP client for this endpoint");
+            return;
+        }
+    };
+    let Some(signer) = endpoint.secret.webhook() else {
+        return;
+    };
+    tracing::info!(event = "notify_started", endpoint = %name, events = ?endpoint.events, "delivering notifications");
+    while !cancel.is_cancelled() {
+        let worked = match round(&store, &settings, &endpoint, &name, &http, &signer).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::warn!(event = "notify_store_failed", endpoint = %name, error = %e, "cannot read or write deliveries; trying again");
+                false
+            }
+        };
+        if worked {
+            continue;
+        }
+        let wait = match store.next_delivery_at(&name).await {
+            Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or_default().min(IDLE),
+            _ => IDLE,
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One round: enqueue, then attempt what is due, concurrently (one per user at most).
+/// Returns the deliveries attempted.
+async fn round(
+    store: &Store,
+    settings: &NotifySettings,
+    endpoint: &EndpointSettings,
+    name: &str,
+    http: &reqwest::Client,
+    signer: &standardwebhooks::Webhook,
+) -> crate::store::Result<usize> {
+    let now = Utc::now();
+    store
+        .enqueue_deliveries(name, &endpoint.events, settings.max_age, now)
+        .await?;
+    let due = store.due_deliveries(name, now, ROUND).await?;
+    let attempted = due.len();
+    let sends = due.into_iter().map(|d| async move {
+        let result = send(http, &endpoint.url, signer, &d).await;
+        (d, result)
+    });
+    for (d, result) in futures_util::future::join_all(sends).await {
+        let now = Utc::now();
+        match result {
+            Ok(status) => {
+                store.delivery_succeeded(d.id, status, now).await?;
+                tracing::info!(event = "notify_delivered", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, "notification delivered");
+            }
+            Err((status, error)) => {
+                let retry_at = next_try(settings, &d, now);
+                store
+                    .delivery_failed(d.id, status, &error, retry_at, now)
+                    .await?;
+                match retry_at {
+                    Some(at) => {
+                        tracing::warn!(event = "notify_failed", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, error = %error, retry_at = %at.to_rfc3339(), "notification not delivered; retrying")
+                    }
+                    None => {
+                        tracing::error!(event = "notify_dead_lettered", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, error = %error, created_at = %from_ts(d.created_at).to_rfc3339(), "notification not delivered within notify.max_age: dead-lettered (see `basiq-health notify list --failed`)")
+                    }
+                }
+            }
+        }
+    }
+    Ok(attempted)
+}
+
+/// When to try again, or `None` past the deadline (dead-lettered).
+fn next_try(
+    settings: &NotifySettings,
+    d: &DueDelivery,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let jitter = rand::rng().random_range(-1.0..=1.0);
+    let wait = backoff(
+        settings.backoff_initial,
+        settings.backoff_max,
+        d.attempts + 1,
+        jitter,
+    );
+    let at = now + chrono::Duration::from_std(wait).ok()?;
+    (at.timestamp() <= d.deadline).then_some(at)
+}
+
+/// Posts one notification; the HTTP status on success, or the status and error.
+async fn send(
+    http: &reqwest::Client,
+    url: &url::Url,
+    signer: &standardwebhooks::Webhook,
+    d: &DueDelivery,
+) -> Result<u16, (Option<u16>, String)> {
+    let ts = Utc::now().timestamp();
+    let signature = signer
+        .sign(&d.webhook_id, ts, d.payload.as_bytes())
+        .map_err(|e| (None, format!("cannot sign: {e}")))?;
+    let answer = http
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .header("webhook-id", &d.webhook_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(d.payload.clone())
+        .send()
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
+        Ok(r) => Err((
+            Some(r.status().as_u16()),
+            format!("answered {}", r.status()),
+        )),
+        // No URL in the error: it may carry credentials.
+        Err(e) => Err((None, transport_error(&e))),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_bounded_jitter() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(5), s(3600), 1, 0.0), s(5));
+        assert_eq!(backoff(s(5), s(3600), 2, 0.0), s(10));
+        assert_eq!(backoff(s(5), s(3600), 4, 0.0), s(40));
+        assert_eq!(backoff(s(5), s(3600), 40, 0.0), s(3600));
+        assert_eq!(backoff(s(4), s(3600), 1, 1.0), s(5));
+        assert_eq!(backoff(s(4), s(3600), 1, -1.0), s(3));
+        assert_eq!(backoff(s(4), s(3600), i64::MAX, 0.0), s(3600));
+    }
+}

@@ -1,0 +1,552 @@
+//! Events heard (the inbox), notifications to send (the outbox) and their deliveries.
+//!
+//! The inbox is written before a webhook is answered (`synchronous = FULL`); its unique
+//! keys make a retried or duplicated delivery, or an event heard by webhook and by the
+//! poll, a no-op. The outbox is written inside the plan's transaction
+//! ([`write_plan_notices`]): a notification exists exactly when the change that causes it
+//! was committed. Deliveries are made per endpoint from the outbox after the endpoint's
+//! cursor.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sqlx::SqliteConnection;
+
+use super::{Result, Store, from_ts, ts};
+use crate::domain::{ConnectionId, ConnectorKey, UserId};
+use crate::notify::{self, Notice, OutageSource};
+use crate::plan::{OutageMove, UserPlan};
+
+/// One event to store in the inbox.
+#[derive(Clone, Debug)]
+pub struct NewEvent<'a> {
+    pub delivery_id: &'a str,
+    pub event_id: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub source: &'static str,
+    pub user_id: Option<&'a str>,
+    pub entity_link: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// An inbox row waiting to be processed.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InboxRow {
+    pub seq: i64,
+    pub delivery_id: String,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub source: String,
+    pub user_id: Option<String>,
+    pub entity_link: Option<String>,
+    pub body: String,
+    pub attempts: i64,
+}
+
+/// An inbox row as `events list` shows it.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct InboxEntry {
+    pub seq: i64,
+    pub delivery_id: String,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub source: String,
+    pub user_id: Option<String>,
+    pub received_at: i64,
+    pub processed_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+/// A delivery due to be attempted, with its notification.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DueDelivery {
+    pub id: i64,
+    pub webhook_id: String,
+    pub payload: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub deadline: i64,
+}
+
+/// A delivery as `notify list` shows it.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct DeliveryEntry {
+    pub id: i64,
+    pub endpoint: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub failures: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub next_at: i64,
+    pub done_at: Option<i64>,
+}
+
+/// Deliveries per endpoint and state, and failed attempts, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryCounts {
+    /// (endpoint, state) → deliveries.
+    pub by_state: Vec<(String, String, i64)>,
+    /// endpoint → attempts that failed.
+    pub failures: Vec<(String, i64)>,
+}
+
+/// A fresh Standard Webhooks message id.
+fn new_webhook_id() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+/// Inserts notices into the outbox (multi-row).
+pub async fn write_notices(
+    conn: &mut SqliteConnection,
+    notices: &[Notice],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in notices.chunks(500) {
+        let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO outbox (webhook_id, event_type, user_id, payload, created_at) VALUES {values}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for n in chunk {
+            query = query
+                .bind(new_webhook_id())
+                .bind(n.event_type)
+                .bind(n.user_id.as_ref().map(|u| u.as_str().to_owned()))
+                .bind(n.payload(now).to_string())
+                .bind(ts(now));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Watched connections at a connector (an outage notice's count).
+pub async fn connections_at(conn: &mut SqliteConnection, key: &ConnectorKey) -> Result<i64> {
+    let (a, b) = super::connections::method_spellings(&key.method);
+    let unknown = crate::domain::Method::Unknown.as_str().to_owned();
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM connections WHERE institution_id = ? AND method IN (?, ?, ?)
+         AND gone_at IS NULL",
+    )
+    .bind(key.institution_id.clone())
+    .bind(a)
+    .bind(b)
+    .bind(unknown)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The notifications the plans cause, written in the plans' transaction: health changes
+/// not told yet, consent warnings, inferred outages opening and closing (`closed` says
+/// which closes really closed one).
+pub async fn write_plan_notices(
+    conn: &mut SqliteConnection,
+    plans: &[&UserPlan],
+    closed: &[ConnectorKey],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let candidates = notify::candidates(plans);
+    let mut notices = Vec::new();
+    if !candidates.is_empty() {
+        let mut told = HashMap::new();
+        for chunk in candidates.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT connection_id, health, reason FROM notified WHERE connection_id IN ({marks})"
+            );
+            let mut query =
+                sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+            for c in chunk {
+                query = query.bind(c.connection_id.as_str().to_owned());
+            }
+            for (id, health, reason) in query.fetch_all(&mut *conn).await? {
+                if let Some(h) = crate::classify::Health::parse(&health) {
+                    told.insert(id, (h, reason));
+                }
+            }
+        }
+        let rows: HashMap<&ConnectionId, &super::ConnectionRow> = plans
+            .iter()
+            .flat_map(|p| &p.connections)
+            .map(|r| (&r.connection_id, r))
+            .collect();
+        let (health, now_told) = notify::health_notices(&candidates, &told, &rows);
+        notices.extend(health);
+        for chunk in now_told.chunks(500) {
+            let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO notified (connection_id, health, reason) VALUES {values}
+                 ON CONFLICT (connection_id) DO UPDATE SET health = excluded.health, reason = excluded.reason"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, (h, r)) in chunk {
+                query = query
+                    .bind(id.as_str().to_owned())
+                    .bind(h.as_str())
+                    .bind(r.clone());
+            }
+            query.execute(&mut *conn).await?;
+        }
+    }
+    notices.extend(notify::consent_notices(plans));
+    for plan in plans {
+        for outage in &plan.outages {
+            let (key, started) = match outage {
+                OutageMove::Open { key, .. } => (key, true),
+                OutageMove::Close { key } if closed.contains(key) => (key, false),
+                OutageMove::Close { .. } => continue,
+            };
+            let affected = connections_at(conn, key).await?;
+            notices.push(notify::outage_notice(
+                key,
+                started,
+                OutageSource::Inferred,
+                affected,
+            ));
+        }
+    }
+    write_notices(conn, &notices, now).await
+}
+
+impl Store {
+    /// Stores an event heard, durably (`synchronous = FULL`) before the caller answers.
+    /// False when it was heard before (same delivery id or event id).
+    pub async fn insert_event(&self, e: &NewEvent<'_>, now: DateTime<Utc>) -> Result<bool> {
+        let mut conn = self.write_pool().acquire().await?;
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO inbox (delivery_id, event_id, event_type, source, user_id,
+                 entity_link, body, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.delivery_id)
+        .bind(e.event_id)
+        .bind(e.event_type)
+        .bind(e.source)
+        .bind(e.user_id)
+        .bind(e.entity_link)
+        .bind(e.body)
+        .bind(ts(now))
+        .execute(&mut *conn)
+        .await;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await
+            .ok();
+        Ok(self.note(done)?.rows_affected() > 0)
+    }
+
+    /// Whether an event id is in the inbox already.
+    pub async fn event_known(&self, event_id: &str) -> Result<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = ?)")
+            .bind(event_id)
+            .fetch_one(self.pool())
+            .await
+    }
+
+    /// The oldest unprocessed events.
+    pub async fn unprocessed_events(&self, limit: u32) -> Result<Vec<InboxRow>> {
+        sqlx::query_as(
+            "SELECT seq, delivery_id, event_id, event_type, source, user_id, entity_link, body, attempts
+             FROM inbox WHERE processed_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// Marks an event processed with its outcome.
+    pub async fn event_processed(&self, seq: i64, outcome: &str, now: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query("UPDATE inbox SET processed_at = ?, outcome = ? WHERE seq = ?")
+            .bind(ts(now))
+            .bind(outcome)
+            .bind(seq)
+            .execute(self.write_pool())
+            .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// Counts a failed processing attempt (the event is taken again later).
+    pub async fn event_attempt_failed(&self, seq: i64) -> Result<()> {
+        let done = sqlx::query("UPDATE inbox SET attempts = attempts + 1 WHERE seq = ?")
+            .bind(seq)
+            .execute(self.write_pool())
+            .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// The newest inbox rows, for `events list`.
+    pub async fn recent_events(&self, limit: u32) -> Result<Vec<InboxEntry>> {
+        sqlx::query_as(
+            "SELECT seq, delivery_id, event_id, event_type, source, user_id, received_at,
+                 processed_at, outcome
+             FROM inbox ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// Events per type and source, for `/metrics`.
+    pub async fn event_counts(&self) -> Result<Vec<(String, String, bool, i64)>> {
+        sqlx::query_as(
+            "SELECT COALESCE(event_type, ''), source, processed_at IS NOT NULL, COUNT(*)
+             FROM inbox GROUP BY 1, 2, 3",
+        )
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// The `/events` poll's cursor: the newest event creation time seen.
+    pub async fn events_cursor(&self) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'events_cursor'")
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(v.and_then(|v| v.parse::<i64>().ok()).map(from_ts))
+    }
+
+    pub async fn set_events_cursor(&self, at: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('events_cursor', ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(ts(at).to_string())
+        .execute(self.write_pool())
+        .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// Writes notices on their own (an outage from `/connectors` has its own transaction,
+    /// see `record_connectors`; this is for tests and tools).
+    pub async fn add_notices(&self, notices: &[Notice], now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write().await?;
+        write_notices(&mut tx, notices, now).await?;
+        tx.commit().await
+    }
+
+    /// Makes the endpoint's deliveries from the outbox rows after its cursor that it wants
+    /// and that are younger than `max_age`; returns how many were made. A new endpoint
+    /// starts with the notifications of the last `max_age`.
+    pub async fn enqueue_deliveries(
+        &self,
+        endpoint: &str,
+        wants: &[String],
+        max_age: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let cursor: Option<i64> =
+            sqlx::query_scalar("SELECT last_outbox_id FROM delivery_cursors WHERE endpoint = ?")
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM outbox")
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(newest) = newest.filter(|n| *n > cursor.unwrap_or(0)) else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        let oldest = now.checked_sub_signed(age).map_or(0, ts);
+        let deadline = now.checked_add_signed(age).map_or(i64::MAX, ts);
+        let types = vec!["?"; wants.len().max(1)].join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO deliveries (endpoint, outbox_id, user_id, state, next_at, deadline)
+             SELECT ?, id, user_id, 'pending', ?, MIN(created_at + ?, ?) FROM outbox
+             WHERE id > ? AND id <= ? AND created_at >= ? AND event_type IN ({types})
+             ORDER BY id"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(endpoint)
+            .bind(ts(now))
+            .bind(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX / 2))
+            .bind(deadline)
+            .bind(cursor.unwrap_or(0))
+            .bind(newest)
+            .bind(oldest);
+        for w in wants {
+            query = query.bind(w.clone());
+        }
+        if wants.is_empty() {
+            query = query.bind("");
+        }
+        let made = query.execute(&mut *tx).await?.rows_affected();
+        sqlx::query(
+            "INSERT INTO delivery_cursors (endpoint, last_outbox_id) VALUES (?, ?)
+             ON CONFLICT (endpoint) DO UPDATE SET last_outbox_id = excluded.last_outbox_id",
+        )
+        .bind(endpoint)
+        .bind(newest)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    /// Deliveries due at an endpoint, oldest first; a user's delivery waits while an older
+    /// one of the same user is pending there (in order per user).
+    pub async fn due_deliveries(
+        &self,
+        endpoint: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>> {
+        sqlx::query_as(
+            "SELECT d.id, o.webhook_id, o.payload, o.created_at, d.attempts, d.deadline
+             FROM deliveries d JOIN outbox o ON o.id = d.outbox_id
+             WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_at <= ?
+               AND (d.user_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM deliveries e WHERE e.endpoint = d.endpoint AND e.state = 'pending'
+                      AND e.user_id = d.user_id AND e.outbox_id < d.outbox_id))
+             ORDER BY d.outbox_id LIMIT ?",
+        )
+        .bind(endpoint)
+        .bind(ts(now))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// The soonest time a pending delivery of the endpoint is due.
+    pub async fn next_delivery_at(&self, endpoint: &str) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_at) FROM deliveries WHERE endpoint = ? AND state = 'pending'",
+        )
+        .bind(endpoint)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(at.map(from_ts))
+    }
+
+    /// A delivery answered 2xx.
+    pub async fn delivery_succeeded(&self, id: i64, status: u16, now: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'succeeded', attempts = attempts + 1, last_status = ?,
+                 last_error = NULL, done_at = ? WHERE id = ?",
+        )
+        .bind(i64::from(status))
+        .bind(ts(now))
+        .bind(id)
+        .execute(self.write_pool())
+        .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// A delivery failed: tried again at `retry_at`, or dead-lettered when `None`.
+    pub async fn delivery_failed(
+        &self,
+        id: i64,
+        status: Option<u16>,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET attempts = attempts + 1, failures = failures + 1,
+                 last_status = ?, last_error = ?,
+                 state = CASE WHEN ? IS NULL THEN 'dead' ELSE 'pending' END,
+                 next_at = COALESCE(?, next_at),
+                 done_at = CASE WHEN ? IS NULL THEN ? ELSE NULL END
+             WHERE id = ?",
+        )
+        .bind(status.map(i64::from))
+        .bind(error)
+        .bind(retry_at.map(ts))
+        .bind(retry_at.map(ts))
+        .bind(retry_at.map(ts))
+        .bind(ts(now))
+        .bind(id)
+        .execute(self.write_pool())
+        .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// Deliveries, newest first; only dead-lettered and failing ones with `failed`.
+    pub async fn list_deliveries(&self, failed: bool, limit: u32) -> Result<Vec<DeliveryEntry>> {
+        let filter = if failed {
+            "WHERE d.state = 'dead' OR (d.state = 'pending' AND d.failures > 0)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT d.id, d.endpoint, o.webhook_id, o.event_type, d.user_id, d.state, d.attempts,
+                 d.failures, d.last_status, d.last_error, o.created_at, d.next_at, d.done_at
+             FROM deliveries d JOIN outbox o ON o.id = d.outbox_id {filter}
+             ORDER BY d.id DESC LIMIT ?"
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+    }
+
+    /// Sends a delivery again now, with a fresh `max_age`: by delivery id, or every
+    /// delivery of a webhook id. Returns how many were queued again (0: no such
+    /// delivery, or it succeeded already).
+    pub async fn retry_delivery(
+        &self,
+        id: &str,
+        max_age: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        let deadline = now.checked_add_signed(age).map_or(i64::MAX, ts);
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'pending', next_at = ?1, deadline = ?2, done_at = NULL
+             WHERE state != 'succeeded' AND (CAST(id AS TEXT) = ?3
+                OR outbox_id IN (SELECT id FROM outbox WHERE webhook_id = ?3))",
+        )
+        .bind(ts(now))
+        .bind(deadline)
+        .bind(id)
+        .execute(self.write_pool())
+        .await;
+        Ok(self.note(done)?.rows_affected())
+    }
+
+    /// Deliveries per endpoint and state, and failed attempts.
+    pub async fn delivery_counts(&self) -> Result<DeliveryCounts> {
+        let by_state = sqlx::query_as(
+            "SELECT endpoint, state, COUNT(*) FROM deliveries GROUP BY endpoint, state",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let failures =
+            sqlx::query_as("SELECT endpoint, SUM(failures) FROM deliveries GROUP BY endpoint")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(DeliveryCounts { by_state, failures })
+    }
+
+    /// Marks a connection removed from the watched state (`connection.deleted`); its
+    /// history stays. False when it was not watched.
+    pub async fn connection_deleted(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND user_id = ?
+             AND gone_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(connection.as_str())
+        .bind(user.as_str())
+        .execute(self.write_pool())
+        .await;
+        Ok(self.note(done)?.rows_affected() > 0)
+    }
+}
