@@ -89,6 +89,9 @@ pub struct App {
     refresher: Refresher,
     ticks: Arc<TickState>,
     listener: Option<TcpListener>,
+    /// The webhook receiver's (`webhooks.listen`).
+    webhook_listener: Option<TcpListener>,
+    receiver_stats: Arc<crate::events::receiver::ReceiverStats>,
     /// The local API's bearer token (read or created at build when the API is enabled).
     api_token: Option<secrecy::SecretString>,
 }
@@ -117,6 +120,12 @@ impl App {
                 })?),
                 None => None,
             };
+        let webhook_listener = match settings.webhooks.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("while binding the webhook receiver to {addr} (webhooks.listen)")
+            })?),
+            None => None,
+        };
         let api_token = match (&listener, &settings.api.token) {
             (None, _) => None,
             (Some(_), Some(token)) => Some(token.clone()),
@@ -139,8 +148,17 @@ impl App {
             refresher,
             ticks: Arc::new(TickState::default()),
             listener,
+            webhook_listener,
+            receiver_stats: Arc::default(),
             api_token,
         })
+    }
+
+    /// The webhook receiver's bound address (port 0 resolved), if enabled.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn sweeper(&self) -> &Sweeper {
@@ -165,9 +183,89 @@ impl App {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Events in and out: the inbox processor, the webhook receiver, the `/events` poll and
+    /// the notification deliverers.
+    fn spawn_events(
+        &self,
+        webhook_listener: Option<TcpListener>,
+        cancel: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let processor = crate::events::process::Processor {
+            sweeper: self.sweeper.clone(),
+            register_new_users: self.settings.webhooks.register_new_users,
+            wake: wake.clone(),
+        };
+        tasks.push(tokio::spawn(processor.run(cancel.clone())));
+        if let Some(listener) = webhook_listener {
+            let verifiers: Vec<_> = self
+                .settings
+                .webhooks
+                .secrets
+                .iter()
+                .filter_map(crate::settings::WebhookSecret::webhook)
+                .collect();
+            let state = crate::events::receiver::ReceiverState {
+                store: self.sweeper.store().clone(),
+                verifiers: Arc::new(verifiers),
+                wake: wake.clone(),
+                stats: self.receiver_stats.clone(),
+            };
+            let max_body = usize::try_from(self.settings.webhooks.max_body).unwrap_or(65_536);
+            let cancel = cancel.clone();
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(event = "webhooks_listening", addr = %addr, path = crate::events::receiver::PATH, "receiving Basiq's webhooks");
+            }
+            tasks.push(tokio::spawn(async move {
+                let served =
+                    axum::serve(listener, crate::events::receiver::router(state, max_body))
+                        .with_graceful_shutdown(async move { cancel.cancelled().await })
+                        .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "webhook receiver stopped with an error");
+                }
+            }));
+        }
+        if let Some(interval) = self.settings.webhooks.poll_interval {
+            let client = self.sweeper.client().clone();
+            let store = self.sweeper.store().clone();
+            let cancel = cancel.clone();
+            let wake = wake.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match crate::events::poll::poll_once(&client, &store, chrono::Utc::now()).await {
+                        Ok(p) => {
+                            if p.stored > 0 {
+                                wake.notify_one();
+                            }
+                            tracing::debug!(event = "events_polled", listed = p.listed, stored = p.stored, "polled /events");
+                        }
+                        Err(e) => tracing::warn!(event = "events_poll_failed", error = %e, "GET /events failed; tried again at the next interval"),
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+            }));
+        }
+        if !self.settings.notify.endpoints.is_empty() {
+            tasks.push(tokio::spawn(crate::notify::deliver::run(
+                self.sweeper.store().clone(),
+                self.settings.notify.clone(),
+                cancel.clone(),
+            )));
+        }
+        tasks
+    }
+
     /// Runs until `shutdown` resolves; then stops taking new users, lets in-flight users
     /// finish, stops the API and closes the database.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick);
         // Housekeeping: fed by the tick, prunes history once a day.
@@ -239,6 +337,8 @@ impl App {
             tick_interval,
             cancel.clone(),
         );
+        let webhook_listener = self.webhook_listener.take();
+        let events_tasks = self.spawn_events(webhook_listener, &cancel);
         let api_token = self.api_token.clone();
         let api_task = self.listener.zip(api_token).map(|(listener, token)| {
             let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
@@ -284,6 +384,9 @@ impl App {
             let _ = watchdog.await;
             refresher.shutdown().await;
             if let Some(task) = api_task {
+                let _ = task.await;
+            }
+            for task in events_tasks {
                 let _ = task.await;
             }
         })

@@ -29,6 +29,7 @@ pub mod classify;
 pub mod cli;
 pub mod demo;
 pub mod domain;
+pub mod events;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

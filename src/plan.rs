@@ -739,6 +739,61 @@ fn classify_row(
 }
 
 /// Writes a verdict into the row; a change of health or reason is recorded and noted.
+/// Basiq says the user's consent was revoked or expired (`reason`): every open-banking
+/// connection of theirs (and those whose method Basiq did not say) needs the user.
+pub fn plan_consent_ended(
+    user: &UserId,
+    rows: Vec<ConnectionRow>,
+    reason: &'static str,
+    now: DateTime<Utc>,
+) -> UserPlan {
+    let mut plan = UserPlan {
+        user_id: Some(user.clone()),
+        ..UserPlan::default()
+    };
+    for mut row in rows.into_iter().filter(|r| consent_based(&r.method)) {
+        let verdict = Verdict {
+            health: Health::ActionRequired,
+            reason: Some(reason.to_owned()),
+        };
+        apply_verdict(&mut row, verdict, now, &mut plan);
+        plan.connections.push(row);
+    }
+    plan
+}
+
+/// Basiq's consent warning (sent 7 days before the end): each open-banking connection
+/// warned at 7 days, once (a connection already warned at 7 or 1 is not warned again).
+pub fn plan_consent_warning(
+    user: &UserId,
+    rows: Vec<ConnectionRow>,
+    now: DateTime<Utc>,
+) -> UserPlan {
+    const DAYS: i64 = 7;
+    let mut plan = UserPlan {
+        user_id: Some(user.clone()),
+        ..UserPlan::default()
+    };
+    for mut row in rows.into_iter().filter(|r| consent_based(&r.method)) {
+        if row.consent_warned_days.is_some_and(|w| w <= DAYS) {
+            continue;
+        }
+        row.consent_warned_days = Some(DAYS);
+        row.checked_at = Some(now);
+        plan.notes.push(Note::ConsentExpiring {
+            row: Box::new(row.clone()),
+            days: DAYS,
+        });
+        plan.connections.push(row);
+    }
+    plan
+}
+
+/// Open banking, or a method Basiq's answers left out (its recorded connections have none).
+fn consent_based(method: &Method) -> bool {
+    matches!(method, Method::OpenBanking | Method::Unknown)
+}
+
 pub fn apply_verdict(
     row: &mut ConnectionRow,
     verdict: Verdict,

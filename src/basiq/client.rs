@@ -347,6 +347,32 @@ impl Client {
             .items)
     }
 
+    /// `GET /events/{id}`: the event with its user and resource.
+    pub async fn get_event(
+        &self,
+        event_id: &crate::domain::EventId,
+    ) -> Result<crate::domain::Event, Error> {
+        let url = self.url(&["events", event_id.as_str()])?;
+        let body = self.get_body("event", url, vec![], Ids::default()).await?;
+        one("event", &body, wire::EventWire::into_domain)
+    }
+
+    /// `GET /events`: the application's events of the last 7 days, one request (Basiq's
+    /// `links.next` pages are not followed: the next poll continues from the cursor). An
+    /// unreadable event is skipped, logged and counted.
+    pub async fn list_events(&self) -> Result<Listed<crate::domain::Event>, Error> {
+        let body = self
+            .get_body("events", self.url(&["events"])?, vec![], Ids::default())
+            .await?;
+        let list: wire::RawList = parse("events", &body)?;
+        Ok(self.items(
+            "events",
+            Ids::default(),
+            list.data,
+            wire::EventWire::into_domain,
+        ))
+    }
+
     /// Decodes a list's items one by one; each unreadable one is logged once and counted.
     fn items<W: DeserializeOwned, D>(
         &self,

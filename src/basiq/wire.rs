@@ -165,6 +165,45 @@ pub(crate) struct UserWire {
     pub connections: Option<RawList>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EventWire {
+    pub id: crate::domain::EventId,
+    #[serde(default)]
+    pub created_date: Option<String>,
+    #[serde(default)]
+    pub entity: Option<String>,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<Value>,
+    #[serde(default)]
+    pub data_ref: Option<String>,
+}
+
+impl EventWire {
+    pub(crate) fn into_domain(self) -> Result<crate::domain::Event, BadField> {
+        let kind = self.event_type.unwrap_or_default();
+        let event_type = match self.entity.filter(|e| !e.is_empty()) {
+            Some(entity) if !kind.contains('.') => format!("{entity}.{kind}"),
+            _ => kind,
+        };
+        // A user id that breaks the id rule is not taken (the entity link may still say).
+        let user_id = self
+            .user_id
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|u| UserId::parse(u).ok());
+        Ok(crate::domain::Event {
+            id: self.id,
+            event_type,
+            user_id,
+            data_ref: self.data_ref,
+            created: timestamp("createdDate", self.created_date.as_deref())?,
+        })
+    }
+}
+
 /// A field Basiq sent that we could not turn into a domain value.
 #[derive(Debug, thiserror::Error)]
 #[error("field `{field}` is not {expected}: {value:?}")]

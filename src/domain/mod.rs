@@ -126,6 +126,7 @@ macro_rules! id_type {
             /// id is checked before it is stored. A row written before ids were checked may
             /// break the rule; that is harmless, because URLs are built segment by segment
             /// (`basiq::client`) and SQL binds values.
+            #[allow(dead_code)] // not every kind of id is stored
             pub(crate) fn from_store(value: String) -> Self {
                 Self(value)
             }
@@ -185,6 +186,23 @@ id_type!(
     JobId,
     "job id"
 );
+id_type!(
+    /// A Basiq event id (`/events/{id}`).
+    EventId,
+    "event id"
+);
+
+/// An event as `GET /events` and `GET /events/{id}` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub id: EventId,
+    /// `entity.eventType`, e.g. `connection.invalidated`.
+    pub event_type: String,
+    pub user_id: Option<UserId>,
+    /// The resource's URL (`dataRef`).
+    pub data_ref: Option<String>,
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
+}
 
 /// A Basiq institution id, e.g. `AU00000`. Not checked: it never goes into a URL path, only
 /// into the store and the connector key.

@@ -1,0 +1,170 @@
+//! Takes the inbox in order and does what each event says, through the planner and the
+//! sweep: fetch (when the event needs Basiq) → plan → commit → emit, like a sweep.
+//!
+//! An event is marked processed after its effect is committed. A crash in between does the
+//! effect again on restart, which is harmless: a sweep is a sweep, and a plan that finds
+//! the state already changed changes nothing. A failure Basiq or the disk may recover from
+//! leaves the event for a later round; after [`MAX_ATTEMPTS`] it is marked `failed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Action, EntityIds, action};
+use crate::domain::{EventId, UserId};
+use crate::plan;
+use crate::store::events::InboxRow;
+use crate::sweep::{SweepError, Sweeper, emit_notes};
+
+/// Tries of one event before it is given up (`outcome = failed`).
+pub const MAX_ATTEMPTS: i64 = 8;
+/// How often an idle processor looks at the inbox (a stored webhook wakes it at once).
+const IDLE: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct Processor {
+    pub sweeper: Sweeper,
+    pub register_new_users: bool,
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+impl Processor {
+    /// Processes the inbox until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            let worked = match self.process_pending(&cancel).await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(event = "inbox_read_failed", error = %e, "cannot read the inbox; trying again");
+                    false
+                }
+            };
+            if worked {
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(IDLE) => {}
+            }
+        }
+    }
+
+    /// Processes what the inbox holds now; returns how many events were finished.
+    pub async fn process_pending(&self, cancel: &CancellationToken) -> crate::store::Result<usize> {
+        let store = self.sweeper.store();
+        let rows = store.unprocessed_events(32).await?;
+        let mut finished = 0;
+        for row in rows {
+            if cancel.is_cancelled() {
+                break;
+            }
+            match self.process(&row).await {
+                Ok(outcome) => {
+                    store.event_processed(row.seq, outcome, Utc::now()).await?;
+                    tracing::info!(
+                        event = "event_processed",
+                        delivery_id = %row.delivery_id,
+                        event_id = row.event_id.as_deref(),
+                        event_type = row.event_type.as_deref(),
+                        source = %row.source,
+                        outcome,
+                        "event processed"
+                    );
+                    finished += 1;
+                }
+                Err(e) if row.attempts + 1 >= MAX_ATTEMPTS => {
+                    store.event_processed(row.seq, "failed", Utc::now()).await?;
+                    tracing::error!(event = "event_failed", delivery_id = %row.delivery_id, event_type = row.event_type.as_deref(), error = %e, "gave up on an event after {MAX_ATTEMPTS} tries; the user's daily sweep still covers it");
+                    finished += 1;
+                }
+                Err(e) => {
+                    store.event_attempt_failed(row.seq).await?;
+                    tracing::warn!(event = "event_retry", delivery_id = %row.delivery_id, event_type = row.event_type.as_deref(), error = %e, "could not process an event now; tried again later");
+                    if matches!(e, SweepError::Store(_)) || e.is_auth() {
+                        // The disk or the key: the others would fail the same way.
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Does what one event says; the outcome to store.
+    async fn process(&self, row: &InboxRow) -> Result<&'static str, SweepError> {
+        let Some(event_type) = row.event_type.as_deref() else {
+            return Ok("unreadable");
+        };
+        let mut ids = EntityIds::from_link(row.entity_link.as_deref());
+        if let Some(u) = row.user_id.as_deref().and_then(|u| UserId::parse(u).ok()) {
+            ids.user_id = Some(u);
+        }
+        let mut act = action(event_type, &ids, self.register_new_users);
+        if act == Action::NeedsLookup {
+            let Some(id) = row.event_id.as_deref().and_then(|e| EventId::parse(e).ok()) else {
+                return Ok("no-user");
+            };
+            let event = self.sweeper.client().get_event(&id).await?;
+            let mut looked = EntityIds::from_link(event.data_ref.as_deref());
+            if event.user_id.is_some() {
+                looked.user_id = event.user_id;
+            }
+            act = action(event_type, &looked, self.register_new_users);
+            if act == Action::NeedsLookup {
+                return Ok("no-user");
+            }
+        }
+        let store = self.sweeper.store();
+        let watched = |user: &UserId| {
+            let user = user.clone();
+            async move { store.get_user(&user).await.map(|u| u.is_some()) }
+        };
+        let now = Utc::now();
+        Ok(match act {
+            Action::Sweep(user) => {
+                if !watched(&user).await? {
+                    return Ok("not-watched");
+                }
+                self.sweeper.sweep_user(&user).await?;
+                "swept"
+            }
+            Action::ConnectionDeleted(user, connection) => {
+                if store.connection_deleted(&user, &connection, now).await? {
+                    "connection-removed"
+                } else {
+                    "not-watched"
+                }
+            }
+            Action::ConsentEnded(user, reason) => {
+                let rows = store.all_connections(Some(&user)).await?;
+                let plan = plan::plan_consent_ended(&user, rows, reason, now);
+                store.commit_plan(&plan, now).await?;
+                emit_notes(plan.notes);
+                "consent-ended"
+            }
+            Action::ConsentWarning(user) => {
+                let rows = store.all_connections(Some(&user)).await?;
+                let plan = plan::plan_consent_warning(&user, rows, now);
+                store.commit_plan(&plan, now).await?;
+                emit_notes(plan.notes);
+                "consent-warned"
+            }
+            Action::UserDeleted(user) => {
+                if !watched(&user).await? {
+                    return Ok("not-watched");
+                }
+                store.mark_gone(&user, now).await?;
+                "user-gone"
+            }
+            Action::UserCreated(user) => {
+                self.sweeper.add_users(&[user]).await?;
+                "user-registered"
+            }
+            Action::NeedsLookup => "no-user",
+            Action::Ignore(why) => why,
+        })
+    }
+}
