@@ -705,6 +705,7 @@ fn classify_row(
         stale_after: settings.stale_after,
         now,
     });
+    let verdict = keep_consent_end(row, verdict);
     apply_verdict(row, verdict, now, plan);
     if let Some(auto) = &settings.auto_refresh {
         let newest_at = row
@@ -787,6 +788,34 @@ pub fn plan_consent_warning(
         plan.connections.push(row);
     }
     plan
+}
+
+/// A consent Basiq said was revoked or expired (a `consent.*` event) stays ended until the
+/// user connects again: Basiq's connection may still read `active` with an old successful
+/// job, which says nothing about the consent. A job that succeeded after the end shows the
+/// user re-consented.
+fn keep_consent_end(row: &ConnectionRow, verdict: Verdict) -> Verdict {
+    let ended = row.health == Some(Health::ActionRequired)
+        && matches!(
+            row.reason.as_deref(),
+            Some("consent-revoked" | "consent-expired")
+        );
+    if !ended || verdict.health == Health::InProgress {
+        return verdict;
+    }
+    let reconsented = row.newest_job.as_ref().is_some_and(|j| {
+        j.state == JobState::Success
+            && j.created
+                .zip(row.health_since)
+                .is_some_and(|(created, since)| created > since)
+    });
+    if reconsented {
+        return verdict;
+    }
+    Verdict {
+        health: Health::ActionRequired,
+        reason: row.reason.clone(),
+    }
 }
 
 /// Open banking, or a method Basiq's answers left out (its recorded connections have none).

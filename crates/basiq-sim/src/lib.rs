@@ -21,6 +21,7 @@
 //! It knows nothing about SQLite or the daemon's modules: it only speaks HTTP, and never uses
 //! anything else from this crate, so it compiles on its own.
 
+mod events;
 mod population;
 mod routes;
 mod shapes;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use events::{Sent, SimEvent, WebhookFault, WebhookTarget};
 pub use shapes::ItemFault;
 use state::State;
 
@@ -115,6 +117,16 @@ struct Inner {
     peak: AtomicU64,
     /// Where [`Simulator::bind`] listens: the fallback for links when a request has no `Host`.
     bound: Mutex<Option<String>>,
+    webhooks: Mutex<Webhooks>,
+}
+
+/// Where webhooks go, the faults queued for them, and every delivery attempt's answer.
+#[derive(Default)]
+struct Webhooks {
+    target: Option<WebhookTarget>,
+    faults: std::collections::VecDeque<(WebhookFault, u32)>,
+    sent: Arc<Mutex<Vec<Sent>>>,
+    in_flight: Vec<JoinHandle<()>>,
 }
 
 impl fmt::Debug for Simulator {
@@ -258,11 +270,13 @@ pub enum Route {
     Purge,
     /// `GET /connectors` and `GET /connectors/{id}/{method}`
     Connectors,
+    /// `GET /events` and `GET /events/{id}`
+    Events,
 }
 
 impl Route {
     /// Every route, in declaration order.
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 11] = [
         Route::Token,
         Route::User,
         Route::Connections,
@@ -273,6 +287,7 @@ impl Route {
         Route::BulkRefresh,
         Route::Purge,
         Route::Connectors,
+        Route::Events,
     ];
 
     /// The kebab-case name used in JSON and by [`FromStr`].
@@ -288,6 +303,7 @@ impl Route {
             Route::BulkRefresh => "bulk-refresh",
             Route::Purge => "purge",
             Route::Connectors => "connectors",
+            Route::Events => "events",
         }
     }
 }
@@ -301,7 +317,7 @@ impl fmt::Display for Route {
 /// A route name that is not one of [`Route::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown route {0:?}: expected one of token, user, connections, connection, jobs, job, refresh, bulk-refresh, purge, connectors"
+    "unknown route {0:?}: expected one of token, user, connections, connection, jobs, job, refresh, bulk-refresh, purge, connectors, events"
 )]
 pub struct UnknownRoute(pub String);
 
@@ -424,6 +440,7 @@ impl Simulator {
                 in_flight: AtomicU64::new(0),
                 peak: AtomicU64::new(0),
                 bound: Mutex::new(None),
+                webhooks: Mutex::new(Webhooks::default()),
             }),
         }
     }
@@ -713,6 +730,160 @@ impl Simulator {
             .filter(|j| j.user_id == user_id)
             .map(|j| j.id.clone())
             .collect()
+    }
+
+    /// Sends webhooks for every event from now on to `url`, signed with `secret`
+    /// (`whsec_<base64>`).
+    pub fn set_webhook_target(&self, url: &str, secret: &str) {
+        self.webhooks().target = Some(WebhookTarget {
+            url: url.to_owned(),
+            secret: secret.to_owned(),
+        });
+    }
+
+    /// Stops sending webhooks (events are still recorded for `/events`).
+    pub fn clear_webhook_target(&self) {
+        self.webhooks().target = None;
+    }
+
+    /// The next `times` webhook deliveries get `fault`.
+    pub fn inject_webhook_fault(&self, fault: WebhookFault, times: u32) {
+        if times > 0 {
+            self.webhooks().faults.push_back((fault, times));
+        }
+    }
+
+    /// Every webhook delivery attempt so far, with the receiver's answer.
+    pub fn webhooks_sent(&self) -> Vec<Sent> {
+        let sent = self.webhooks().sent.clone();
+        sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the webhooks being sent are done (their retries included).
+    pub async fn webhooks_settled(&self) {
+        loop {
+            let task = self.webhooks().in_flight.pop();
+            match task {
+                Some(t) => {
+                    let _ = t.await;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Every event recorded, oldest first.
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.lock().events.clone()
+    }
+
+    /// Records an event about `user_id` (and `connection_id`), served by `/events` from
+    /// now on, and sends its webhook when a target is set. `event_type` is Basiq's id, e.g.
+    /// `connection.invalidated`.
+    pub fn emit_event(
+        &self,
+        event_type: &str,
+        user_id: &str,
+        connection_id: Option<&str>,
+    ) -> SimEvent {
+        let (entity, kind) = event_type.split_once('.').unwrap_or(("user", event_type));
+        let path = match connection_id {
+            Some(c) => format!("/users/{user_id}/connections/{c}"),
+            None => format!("/users/{user_id}"),
+        };
+        let event = {
+            let mut st = self.lock();
+            let id: String = {
+                let a = st.new_id().replace('-', "");
+                let b = st.new_id().replace('-', "");
+                format!("{a}{b}")
+            };
+            let event = SimEvent {
+                id,
+                created: Utc::now(),
+                entity: entity.to_owned(),
+                event_type: kind.to_owned(),
+                user_id: user_id.to_owned(),
+                path,
+            };
+            st.events.push(event.clone());
+            event
+        };
+        tracing::info!(event_type, user_id, id = %event.id, "simulator event");
+        let base = self
+            .inner
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1".to_owned());
+        let mut hooks = self.webhooks();
+        if let Some(target) = hooks.target.clone() {
+            let fault = match hooks.faults.front_mut() {
+                Some((f, n)) => {
+                    let f = *f;
+                    *n -= 1;
+                    if *n == 0 {
+                        hooks.faults.pop_front();
+                    }
+                    Some(f)
+                }
+                None => None,
+            };
+            let sent = hooks.sent.clone();
+            let e = event.clone();
+            hooks.in_flight.push(tokio::spawn(async move {
+                let seen = events::deliver(target, e, base, fault).await;
+                sent.lock().unwrap_or_else(|e| e.into_inner()).extend(seen);
+            }));
+        }
+        event
+    }
+
+    /// The connection becomes `invalid` (the user changed their password) and Basiq's
+    /// `connection.invalidated` event is sent. False when the connection is unknown.
+    pub fn invalidate_connection(&self, connection_id: &str) -> Option<SimEvent> {
+        let user = {
+            let mut st = self.lock();
+            st.settle(Utc::now());
+            let user = st
+                .users
+                .iter()
+                .find(|u| u.connections.iter().any(|c| c.s.id == connection_id))
+                .map(|u| u.id.clone())?;
+            if let Some(c) = st.connection_mut(connection_id) {
+                c.s.status = "invalid".into();
+                c.s.outcome = Outcome::fail(
+                    "verify-credentials",
+                    "invalid-credentials",
+                    "Cannot login to target institution using supplied credentials.",
+                    "Cannot login to target institution, check credentials and try again.",
+                );
+            }
+            user
+        };
+        Some(self.emit_event("connection.invalidated", &user, Some(connection_id)))
+    }
+
+    /// Removes a connection and sends `connection.deleted`. `None` when unknown.
+    pub fn delete_connection(&self, user_id: &str, connection_id: &str) -> Option<SimEvent> {
+        {
+            let mut st = self.lock();
+            let user = st.user_mut(user_id)?;
+            let before = user.connections.len();
+            user.connections.retain(|c| c.s.id != connection_id);
+            if user.connections.len() == before {
+                return None;
+            }
+        }
+        Some(self.emit_event("connection.deleted", user_id, Some(connection_id)))
+    }
+
+    fn webhooks(&self) -> MutexGuard<'_, Webhooks> {
+        self.inner
+            .webhooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

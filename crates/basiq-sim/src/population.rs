@@ -112,6 +112,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         user_index: HashMap::new(),
         job_index: None,
         live_jobs: 0,
+        events: Vec::new(),
     };
 
     let mut by_user: Vec<Vec<&Slot>> = vec![Vec::new(); users.len()];

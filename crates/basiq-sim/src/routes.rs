@@ -57,7 +57,9 @@ pub(super) fn router(sim: Simulator) -> Router {
         .route(
             "/connectors/{connector_id}/{method}",
             counted(Route::Connectors, get(connector)),
-        );
+        )
+        .route("/events", counted(Route::Events, get(events)))
+        .route("/events/{event_id}", counted(Route::Events, get(event)));
     let control = Router::new()
         .route("/_sim/counters", get(ctl_counters))
         .route("/_sim/reset-counters", post(ctl_reset_counters))
@@ -76,6 +78,13 @@ pub(super) fn router(sim: Simulator) -> Router {
         .route("/_sim/restore-key", post(ctl_restore_key))
         .route("/_sim/user-faults", post(ctl_user_fault))
         .route("/_sim/users", get(ctl_users))
+        .route("/_sim/webhooks", post(ctl_webhooks).get(ctl_webhooks_sent))
+        .route("/_sim/webhook-faults", post(ctl_webhook_fault))
+        .route("/_sim/events", post(ctl_event))
+        .route(
+            "/_sim/connections/{connection_id}/invalidate",
+            post(ctl_invalidate),
+        )
         .route(
             "/_sim/users/{user_id}",
             get(ctl_user).put(ctl_add_user).delete(ctl_remove_user),
@@ -437,6 +446,102 @@ fn dropped() -> Response {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(2u64));
     headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     response
+}
+
+/// Basiq keeps events 7 days.
+const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(7);
+
+async fn events(State(sim): State<Simulator>, headers: HeaderMap) -> ApiResult {
+    sim.authorize(&headers)?;
+    let base = sim.base_url(&headers);
+    let now = Utc::now();
+    let st = sim.lock();
+    let data: Vec<Value> = st
+        .events
+        .iter()
+        .filter(|e| now - e.created <= EVENT_RETENTION)
+        .map(|e| st.shapes.item(&e.id, e.to_json(&base)))
+        .collect();
+    Ok(Json(json!({
+        "type": "list",
+        "data": data,
+        "links": {"self": format!("{base}/events")},
+    }))
+    .into_response())
+}
+
+async fn event(
+    State(sim): State<Simulator>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    sim.authorize(&headers)?;
+    let base = sim.base_url(&headers);
+    let st = sim.lock();
+    let e = st
+        .events
+        .iter()
+        .find(|e| e.id == event_id)
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(Json(e.to_json(&base)).into_response())
+}
+
+#[derive(Deserialize)]
+struct WebhookTargetBody {
+    url: String,
+    secret: String,
+}
+
+async fn ctl_webhooks(State(sim): State<Simulator>, Json(b): Json<WebhookTargetBody>) -> Response {
+    sim.set_webhook_target(&b.url, &b.secret);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn ctl_webhooks_sent(State(sim): State<Simulator>) -> Response {
+    Json(json!({"sent": sim.webhooks_sent()})).into_response()
+}
+
+#[derive(Deserialize)]
+struct WebhookFaultBody {
+    fault: super::WebhookFault,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn ctl_webhook_fault(
+    State(sim): State<Simulator>,
+    Json(b): Json<WebhookFaultBody>,
+) -> Response {
+    sim.inject_webhook_fault(b.fault, b.times);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct EventBody {
+    #[serde(rename = "type")]
+    event_type: String,
+    user_id: String,
+    #[serde(default)]
+    connection_id: Option<String>,
+}
+
+async fn ctl_event(State(sim): State<Simulator>, Json(b): Json<EventBody>) -> Response {
+    let e = sim.emit_event(&b.event_type, &b.user_id, b.connection_id.as_deref());
+    Json(e).into_response()
+}
+
+async fn ctl_invalidate(
+    State(sim): State<Simulator>,
+    Path(connection_id): Path<String>,
+) -> Response {
+    match sim.invalidate_connection(&connection_id) {
+        Some(e) => Json(e).into_response(),
+        None => ApiError::not_found("connection").into_response(),
+    }
 }
 
 async fn no_route() -> ApiError {
@@ -815,10 +920,6 @@ struct FaultRequest {
     fault: Fault,
     #[serde(default = "one")]
     times: u32,
-}
-
-fn one() -> u32 {
-    1
 }
 
 async fn ctl_fault(State(sim): State<Simulator>, Json(req): Json<FaultRequest>) -> StatusCode {

@@ -61,6 +61,8 @@ pub(super) struct State {
     pub job_index: Option<HashMap<String, Vec<usize>>>,
     /// Jobs still running whose outcome is not yet applied: `settle` has work only then.
     pub live_jobs: usize,
+    /// Basiq's events, oldest first.
+    pub events: Vec<super::SimEvent>,
 }
 
 /// Faults handed out every `every`-th request of a route, cycling through `faults`.
