@@ -33,6 +33,8 @@ pub struct ApiState {
     pub tick_interval: std::time::Duration,
     /// Unix seconds the daemon started (the reference before the first tick).
     pub started: i64,
+    /// The webhook receiver's answers, for `/metrics`.
+    pub receiver: Arc<crate::events::receiver::ReceiverStats>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -216,7 +218,7 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     if !state.loopback {
         authorise(&state, &headers)?;
     }
-    let text = crate::metrics::render(&state.sweeper, &state.refresher).await?;
+    let text = crate::metrics::render(&state.sweeper, &state.refresher, &state.receiver).await?;
     Ok((
         [(
             header::CONTENT_TYPE,

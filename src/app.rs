@@ -350,6 +350,7 @@ impl App {
                 loopback,
                 tick_interval,
                 started: chrono::Utc::now().timestamp(),
+                receiver: self.receiver_stats.clone(),
             };
             let cancel = cancel.clone();
             tokio::spawn(async move {

@@ -83,6 +83,12 @@ pub enum Command {
     /// Manage the register of watched users.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Notifications to the partner's app (`[[notify.endpoints]]`).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+    /// Basiq's events heard (webhooks and the `/events` poll).
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// A one-minute tour: the simulator, a temporary database and the real daemon path
     /// over a compressed day with an outage that starts and ends. Needs no config file.
     Demo(DemoArgs),
@@ -174,6 +180,39 @@ pub enum UsersCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// List deliveries, newest first, as JSON lines: {"id", "endpoint", "webhook_id",
+    /// "event_type", "user_id", "state" (pending, succeeded, dead), "attempts", "failures",
+    /// "last_status", "last_error", "created_at", "next_at", "done_at"}.
+    List {
+        /// Only dead-lettered deliveries and pending ones that failed at least once.
+        #[arg(long)]
+        failed: bool,
+        /// At most N deliveries.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// Send a delivery again now, with a fresh `notify.max_age`: ID is a delivery id (from
+    /// `notify list`) or a webhook id (`msg_...`: every endpoint's delivery of it). Exit 1
+    /// when there is no such delivery, or it succeeded already. A running daemon sends it.
+    Retry { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List the events heard, newest first, as JSON lines: {"seq", "delivery_id",
+    /// "event_id", "event_type", "source" (webhook, poll), "user_id", "received_at",
+    /// "processed_at", "outcome"}.
+    List {
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// Read Basiq's `GET /events` once now and process what was not heard yet (what the
+    /// daemon does every `webhooks.poll_interval`). Prints {"listed", "stored", "processed"}.
+    Poll,
 }
 
 #[derive(Debug, Args)]
@@ -401,7 +440,72 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             Ok(0)
         }
         Command::Users(command) => users(command, &settings).await,
+        Command::Notify(command) => notify(command, &settings).await,
+        Command::Events(command) => events(command, &settings).await,
         Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
+    }
+}
+
+async fn notify(command: NotifyCommand, settings: &Settings) -> anyhow::Result<u8> {
+    let store = app::open_store(settings).await?;
+    match command {
+        NotifyCommand::List { failed, limit } => {
+            for d in store.list_deliveries(failed, limit).await? {
+                println!("{}", serde_json::to_string(&d)?);
+            }
+            Ok(0)
+        }
+        NotifyCommand::Retry { id } => {
+            let queued = store
+                .retry_delivery(&id, settings.notify.max_age, chrono::Utc::now())
+                .await?;
+            if queued == 0 {
+                eprintln!("no delivery {id:?} to retry (unknown, or delivered already)");
+                return Ok(1);
+            }
+            println!("queued {queued} delivery(ies) again");
+            Ok(0)
+        }
+    }
+}
+
+async fn events(command: EventsCommand, settings: &Settings) -> anyhow::Result<u8> {
+    match command {
+        EventsCommand::List { limit } => {
+            let store = app::open_store(settings).await?;
+            for e in store.recent_events(limit).await? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+            Ok(0)
+        }
+        EventsCommand::Poll => {
+            let sweeper = app::build_sweeper(settings).await?;
+            let polled = crate::events::poll::poll_once(
+                sweeper.client(),
+                sweeper.store(),
+                chrono::Utc::now(),
+            )
+            .await?;
+            let processor = crate::events::process::Processor {
+                sweeper: sweeper.clone(),
+                register_new_users: settings.webhooks.register_new_users,
+                wake: std::sync::Arc::default(),
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let mut processed = 0;
+            loop {
+                let n = processor.process_pending(&cancel).await?;
+                if n == 0 {
+                    break;
+                }
+                processed += n;
+            }
+            println!(
+                "{}",
+                serde_json::json!({"listed": polled.listed, "stored": polled.stored, "processed": processed})
+            );
+            Ok(0)
+        }
     }
 }
 

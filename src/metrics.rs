@@ -31,6 +31,95 @@ struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event_type: String,
+    source: String,
+    processed: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    endpoint: String,
+    state: String,
+}
+
+/// Events heard and notifications delivered.
+async fn render_events(
+    registry: &mut Registry,
+    store: &crate::store::Store,
+    receiver: &crate::events::receiver::ReceiverStats,
+) -> Result<(), sqlx::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let events = Family::<EventLabels, Gauge>::default();
+    for (event_type, source, processed, n) in store.event_counts().await? {
+        events
+            .get_or_create(&EventLabels {
+                event_type,
+                source,
+                processed: processed.to_string(),
+            })
+            .set(n);
+    }
+    registry.register(
+        "events_stored",
+        "Basiq events in the inbox (kept history), by type, source (webhook, poll) and whether processed",
+        events,
+    );
+    let answers = Family::<OutcomeLabel, Counter>::default();
+    for (outcome, n) in [
+        ("stored", &receiver.stored),
+        ("duplicate", &receiver.duplicates),
+        ("bad_signature", &receiver.bad_signature),
+        ("stale_timestamp", &receiver.stale),
+        ("malformed", &receiver.malformed),
+        ("store_failed", &receiver.failed),
+    ] {
+        answers
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n.load(Relaxed));
+    }
+    registry.register(
+        "webhooks_received",
+        "Webhook deliveries answered since start, by outcome",
+        answers,
+    );
+    let counts = store.delivery_counts().await?;
+    let deliveries = Family::<DeliveryLabels, Gauge>::default();
+    for (endpoint, state, n) in counts.by_state {
+        let state = if state == "dead" {
+            "dead_lettered".to_owned()
+        } else {
+            state
+        };
+        deliveries
+            .get_or_create(&DeliveryLabels { endpoint, state })
+            .set(n);
+    }
+    registry.register(
+        "notify_deliveries",
+        "Notification deliveries (kept history) per endpoint and state: pending, succeeded, dead_lettered",
+        deliveries,
+    );
+    let failed = Family::<EndpointLabel, Gauge>::default();
+    for (endpoint, n) in counts.failures {
+        failed.get_or_create(&EndpointLabel { endpoint }).set(n);
+    }
+    registry.register(
+        "notify_failed_attempts",
+        "Notification delivery attempts that failed (kept history), per endpoint",
+        failed,
+    );
+    Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: String,
     reason: String,
@@ -55,7 +144,11 @@ fn counter(value: u64) -> Counter {
 }
 
 /// The current metrics as Prometheus text.
-pub async fn render(sweeper: &Sweeper, refresher: &Refresher) -> Result<String, sqlx::Error> {
+pub async fn render(
+    sweeper: &Sweeper,
+    refresher: &Refresher,
+    receiver: &crate::events::receiver::ReceiverStats,
+) -> Result<String, sqlx::Error> {
     let store = sweeper.store();
     let mut registry = Registry::with_prefix("basiq_health");
     let progress = sweeper.progress();
@@ -184,6 +277,8 @@ pub async fn render(sweeper: &Sweeper, refresher: &Refresher) -> Result<String, 
         "Refresh attempts reserved against the daily cap (kept history)",
         reservations,
     );
+
+    render_events(&mut registry, store, receiver).await?;
 
     let mut out = String::new();
     encode(&mut out, &registry)
