@@ -62,7 +62,7 @@ async fn metric(sweeper: &Sweeper, settings: &basiq_health::settings::Settings, 
         basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
             .await
             .unwrap();
-    let text = basiq_health::metrics::render(sweeper, &refresher)
+    let text = basiq_health::metrics::render(sweeper, &refresher, &Default::default())
         .await
         .unwrap();
     text.lines()

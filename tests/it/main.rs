@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod commands;
 mod disk;
+mod events;
 mod faults;
 mod group;
 mod helpers;

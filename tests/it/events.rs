@@ -1,0 +1,926 @@
+//! Events in and out: Basiq's signed webhooks and the `/events` poll through the inbox, and
+//! notifications to the partner's app through the outbox, against the simulator and a
+//! receiver that verifies with the official Python `standardwebhooks` package.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration as StdDuration, Instant};
+
+use basiq_health::app::App;
+use basiq_health::classify::Health;
+use basiq_health::domain::{ConnectionId, UserId};
+use basiq_health::store::Store;
+use basiq_sim::{
+    Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig, WebhookFault,
+};
+use chrono::{Duration, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+/// A Standard Webhooks secret for Basiq's deliveries, and another for the partner's.
+pub const BASIQ_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const APP_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+async fn quick_sim() -> RunningSim {
+    start_sim(SimConfig {
+        users: 0,
+        step_duration: StdDuration::from_millis(1),
+        ..sim_config()
+    })
+    .await
+}
+
+/// A user with one healthy open-banking connection (a job that succeeded an hour ago).
+fn healthy_user(sim: &RunningSim, user: &str, connection: &str) -> (UserId, ConnectionId) {
+    sim.sim.add_user(user);
+    let mut c = ScriptedConnection::new("AU00000", "open-banking");
+    c.id = connection.into();
+    c.last_used = Some(Utc::now() - Duration::hours(1));
+    sim.sim.add_connection(user, c);
+    sim.sim.add_job(
+        user,
+        ScriptedJob {
+            id: None,
+            connection_id: connection.into(),
+            created: Utc::now() - Duration::hours(1),
+            updated: Utc::now() - Duration::hours(1) + Duration::seconds(30),
+            outcome: Outcome::Success,
+            running: false,
+            with_source: true,
+        },
+    );
+    (
+        UserId::parse(user).unwrap(),
+        ConnectionId::parse(connection).unwrap(),
+    )
+}
+
+fn write_secret(dir: &tempfile::TempDir, name: &str, secret: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    path
+}
+
+/// Settings with the receiver on a loopback port, the poll off unless asked, a day's period.
+fn events_toml(dir: &tempfile::TempDir, extra_webhooks: &str, rest: &str) -> String {
+    let secret = write_secret(dir, "basiq-webhook-secret", BASIQ_SECRET);
+    format!(
+        "[sweep]\nperiod = \"24h\"\n[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\n\
+         poll_interval = \"0s\"\n{extra_webhooks}\n{rest}",
+        secret.display().to_string()
+    )
+}
+
+async fn app_with(sim: &RunningSim, dir: &tempfile::TempDir, toml: &str) -> App {
+    let settings = settings_for(sim, &dir.path().join("bh.db"), toml);
+    App::build_with_key(settings, secrecy::SecretString::from(sim.sim.api_key()))
+        .await
+        .unwrap()
+}
+
+async fn health_of(store: &Store, id: &ConnectionId) -> Option<(Option<Health>, Option<String>)> {
+    store
+        .connection(id)
+        .await
+        .unwrap()
+        .map(|r| (r.health, r.reason))
+}
+
+/// Waits (up to 20 s) until `check` holds.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < StdDuration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(StdDuration::from_millis(25)).await;
+    }
+}
+
+fn requests(sim: &RunningSim, route: Route) -> u64 {
+    sim.sim
+        .counters()
+        .requests
+        .get(&route)
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn first_sweep(app: &App, user: &UserId) {
+    app.sweeper()
+        .add_users(std::slice::from_ref(user))
+        .await
+        .unwrap();
+    app.sweeper()
+        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_for_two_requests_and_a_replay_does_nothing()
+ {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-hook", "c-hook");
+    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let addr = app.webhook_addr().expect("the receiver is bound");
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    assert_eq!(
+        health_of(&store, &conn).await.unwrap().0,
+        Some(Health::Healthy)
+    );
+    // The user's slot is a day away: only the event can make this sweep happen now.
+    let row = store.get_user(&user).await.unwrap().unwrap();
+    assert!(row.next_due_at > Utc::now() + Duration::minutes(1));
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    let (lists, jobs) = (
+        requests(&sim, Route::Connections),
+        requests(&sim, Route::Jobs),
+    );
+    sim.sim.invalidate_connection("c-hook").unwrap();
+    until(
+        "the invalidated connection to be action-required",
+        || async { health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired) },
+    )
+    .await;
+    sim.sim.webhooks_settled().await;
+    assert_eq!(
+        requests(&sim, Route::Connections) - lists,
+        1,
+        "one list of connections"
+    );
+    assert_eq!(requests(&sim, Route::Jobs) - jobs, 1, "one list of jobs");
+    let events = store.recent_events(10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].event_type.as_deref(),
+        Some("connection.invalidated")
+    );
+    assert_eq!(events[0].outcome.as_deref(), Some("swept"));
+
+    // The same delivery twice (a retry Basiq thought lost): both acknowledged, one stored,
+    // one sweep.
+    let (lists, jobs) = (
+        requests(&sim, Route::Connections),
+        requests(&sim, Route::Jobs),
+    );
+    sim.sim.inject_webhook_fault(WebhookFault::Duplicate, 1);
+    let dup = sim
+        .sim
+        .emit_event("connection.activated", "u-hook", Some("c-hook"));
+    sim.sim.webhooks_settled().await;
+    let answers: Vec<u16> = sim
+        .sim
+        .webhooks_sent()
+        .iter()
+        .filter(|s| s.event_type == "connection.activated")
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(answers, vec![200, 200], "both copies acknowledged");
+    until("the activated event to be processed", || async {
+        store
+            .recent_events(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event_id.as_deref() == Some(dup.id.as_str()) && e.processed_at.is_some())
+    })
+    .await;
+    // Give a second processing every chance to happen before counting.
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let stored: Vec<_> = store
+        .recent_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event_id.as_deref() == Some(dup.id.as_str()))
+        .collect();
+    assert_eq!(stored.len(), 1, "a replay is not stored twice");
+    assert_eq!(requests(&sim, Route::Connections) - lists, 1, "swept once");
+    assert_eq!(requests(&sim, Route::Jobs) - jobs, 1, "swept once");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_stale_timestamps_and_oversized_bodies_are_refused_and_nothing_is_stored() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-bad", "c-bad");
+    let app = app_with(&sim, &dir, &events_toml(&dir, "max_body = 4096", "")).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    let url = format!("http://{addr}/v1/basiq/webhook");
+    sim.sim.set_webhook_target(&url, BASIQ_SECRET);
+    sim.sim.inject_webhook_fault(WebhookFault::BadSignature, 1);
+    sim.sim
+        .inject_webhook_fault(WebhookFault::StaleTimestamp, 1);
+    sim.sim.emit_event("consent.revoked", "u-bad", None);
+    sim.sim.emit_event("consent.revoked", "u-bad", None);
+    sim.sim.webhooks_settled().await;
+    let statuses: Vec<(Option<WebhookFault>, u16)> = sim
+        .sim
+        .webhooks_sent()
+        .iter()
+        .map(|s| (s.fault, s.status))
+        .collect();
+    assert!(
+        statuses.contains(&(Some(WebhookFault::BadSignature), 401)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&(Some(WebhookFault::StaleTimestamp), 401)),
+        "{statuses:?}"
+    );
+
+    // Signed right, but too big: 413 before anything is read into the inbox.
+    let signer = standardwebhooks::Webhook::new(BASIQ_SECRET).unwrap();
+    let body = format!(
+        "{{\"eventTypeId\":\"consent.revoked\",\"pad\":\"{}\"}}",
+        "x".repeat(8000)
+    );
+    let ts = Utc::now().timestamp();
+    let signature = signer.sign("msg_big", ts, body.as_bytes()).unwrap();
+    let http = reqwest::Client::new();
+    let big = http
+        .post(&url)
+        .header("webhook-id", "msg_big")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status().as_u16(), 413);
+    // No headers at all.
+    let bare = http.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(bare.status().as_u16(), 400);
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    assert!(
+        store.recent_events(10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert_eq!(
+        health_of(&store, &conn).await.unwrap().0,
+        Some(Health::Healthy),
+        "nothing done"
+    );
+    // Rotation: a second secret listed in the file is accepted too.
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_rotation_either_secret_is_accepted() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-rot", "c-rot");
+    let file = dir.path().join("rotating");
+    std::fs::write(&file, format!("{APP_SECRET}\n{BASIQ_SECRET}\n")).unwrap();
+    let toml = format!(
+        "[sweep]\nperiod = \"24h\"\n[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\npoll_interval = \"0s\"\n",
+        file.display().to_string()
+    );
+    let app = app_with(&sim, &dir, &toml).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.emit_event("consent.revoked", "u-rot", None);
+    until("the consent to be revoked", || async {
+        health_of(&store, &conn).await.unwrap()
+            == (Some(Health::ActionRequired), Some("consent-revoked".into()))
+    })
+    .await;
+    // A sweep afterwards (Basiq still shows the connection active, its old job a success)
+    // keeps the consent ended.
+    app_sweep_again(&store, &sim, &dir, &user).await;
+    assert_eq!(
+        health_of(&store, &conn).await.unwrap(),
+        (Some(Health::ActionRequired), Some("consent-revoked".into()))
+    );
+    daemon.stop().await;
+}
+
+async fn app_sweep_again(_store: &Store, sim: &RunningSim, dir: &tempfile::TempDir, user: &UserId) {
+    let sweeper = sweeper_for(sim, &dir.path().join("bh.db"), "").await;
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-poll", "c-poll");
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .await
+        .unwrap();
+    sim.sim.invalidate_connection("c-poll").unwrap();
+    let processor = basiq_health::events::process::Processor {
+        sweeper: sweeper.clone(),
+        register_new_users: false,
+        wake: Default::default(),
+    };
+    let cancel = CancellationToken::new();
+    let (lists, jobs) = (
+        requests(&sim, Route::Connections),
+        requests(&sim, Route::Jobs),
+    );
+    let polled =
+        basiq_health::events::poll::poll_once(sweeper.client(), sweeper.store(), Utc::now())
+            .await
+            .unwrap();
+    assert_eq!((polled.listed, polled.stored), (1, 1));
+    assert_eq!(processor.process_pending(&cancel).await.unwrap(), 1);
+    assert_eq!(
+        health_of(sweeper.store(), &conn).await.unwrap().0,
+        Some(Health::ActionRequired)
+    );
+    // Polled again: the event is known, nothing is stored or done.
+    let again =
+        basiq_health::events::poll::poll_once(sweeper.client(), sweeper.store(), Utc::now())
+            .await
+            .unwrap();
+    assert_eq!((again.listed, again.stored), (1, 0));
+    assert_eq!(processor.process_pending(&cancel).await.unwrap(), 0);
+    assert_eq!(requests(&sim, Route::Connections) - lists, 1);
+    assert_eq!(requests(&sim, Route::Jobs) - jobs, 1);
+    assert_eq!(requests(&sim, Route::Events), 2, "one request per poll");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_heard_by_webhook_and_by_the_poll_is_done_once_and_one_without_its_link_is_looked_up()
+ {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-both", "c-both");
+    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    let client = app.sweeper().client().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    // No eventEntity link: the user comes from GET /events/{id}.
+    sim.sim.inject_webhook_fault(WebhookFault::NoEntityLink, 1);
+    let e = sim.sim.invalidate_connection("c-both").unwrap();
+    until("the event to be processed", || async {
+        health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
+    })
+    .await;
+    assert_eq!(requests(&sim, Route::Events), 1, "one look-up of the event");
+    let polled = basiq_health::events::poll::poll_once(&client, &store, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (polled.listed, polled.stored),
+        (1, 0),
+        "the poll finds it known"
+    );
+    let events = store.recent_events(10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_id.as_deref(), Some(e.id.as_str()));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_connections_and_users_leave_the_watched_state_and_unwatched_users_are_not_swept() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-del", "c-del");
+    let (other, _) = healthy_user(&sim, "u-del2", "c-del2");
+    let app = app_with(
+        &sim,
+        &dir,
+        &events_toml(&dir, "register_new_users = true", ""),
+    )
+    .await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    first_sweep(&app, &other).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.delete_connection("u-del", "c-del").unwrap();
+    sim.sim.emit_event("user.deleted", "u-del2", None);
+    sim.sim
+        .emit_event("connection.invalidated", "u-stranger", Some("c-x"));
+    sim.sim.emit_event("user.created", "u-new", None);
+    sim.sim.emit_event("transactions.updated", "u-del2", None);
+    until("five events processed", || async {
+        let e = store.recent_events(10).await.unwrap();
+        e.len() == 5 && e.iter().all(|e| e.processed_at.is_some())
+    })
+    .await;
+    let outcomes: std::collections::BTreeMap<String, String> = store
+        .recent_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event_type.unwrap(), e.outcome.unwrap()))
+        .collect();
+    assert_eq!(outcomes["connection.deleted"], "connection-removed");
+    assert_eq!(outcomes["user.deleted"], "user-gone");
+    assert_eq!(outcomes["connection.invalidated"], "not-watched");
+    assert_eq!(outcomes["user.created"], "user-registered");
+    assert_eq!(outcomes["transactions.updated"], "not-handled");
+    assert!(
+        store
+            .connection(&conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .gone_at
+            .is_some()
+    );
+    assert!(
+        store
+            .get_user(&other)
+            .await
+            .unwrap()
+            .unwrap()
+            .gone_at
+            .is_some()
+    );
+    assert!(
+        store
+            .get_user(&UserId::parse("u-new").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    daemon.stop().await;
+}
+
+// ---- the daemon as a process: SIGKILL ------------------------------------------------------
+
+fn daemon_process(sim: &RunningSim, db: &std::path::Path, config: &std::path::Path) -> Child {
+    crate::cli::bin()
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env("BASIQ_HEALTH__DATABASE__PATH", db)
+        .spawn()
+        .unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn process_config(
+    sim: &RunningSim,
+    dir: &tempfile::TempDir,
+    webhook_port: u16,
+    notify: &str,
+) -> std::path::PathBuf {
+    let secret = write_secret(dir, "basiq-webhook-secret", BASIQ_SECRET);
+    let path = dir.path().join("bh.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "shutdown_grace = \"2s\"\n[basiq]\nbase_url = {:?}\nretry_base_delay = \"20ms\"\n\
+             [api]\nlisten = \"\"\n[log]\nformat = \"json\"\n[sweep]\nperiod = \"24h\"\n\
+             [webhooks]\nlisten = \"127.0.0.1:{webhook_port}\"\nsecret_file = {:?}\npoll_interval = \"0s\"\n{notify}",
+            sim.base_url(),
+            secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_after_the_2xx_and_before_processing_loses_nothing() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = healthy_user(&sim, "u-kill", "c-kill");
+    {
+        let sweeper = sweeper_for(&sim, &db, "[sweep]\nperiod = \"24h\"").await;
+        sweeper
+            .add_users(std::slice::from_ref(&user))
+            .await
+            .unwrap();
+        sweeper
+            .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+            .await
+            .unwrap();
+        sweeper.store().close().await;
+    }
+    let port = free_port();
+    let config = process_config(&sim, &dir, port, "");
+    let mut child = daemon_process(&sim, &db, &config);
+    let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
+    until("the receiver to listen", || async {
+        reqwest::Client::new().post(&url).send().await.is_ok()
+    })
+    .await;
+    // The sweep the event causes hangs at Basiq: the daemon is killed while processing.
+    sim.sim
+        .set_delay(Some(Route::Connections), StdDuration::from_secs(30));
+    sim.sim.set_webhook_target(&url, BASIQ_SECRET);
+    let e = sim.sim.invalidate_connection("c-kill").unwrap();
+    sim.sim.webhooks_settled().await;
+    assert!(
+        sim.sim.webhooks_sent().iter().any(|s| s.status == 200),
+        "acknowledged: {:?}",
+        sim.sim.webhooks_sent()
+    );
+    kill9(&mut child);
+    {
+        let store = Store::open(&db).await.unwrap();
+        let events = store.recent_events(10).await.unwrap();
+        assert_eq!(events.len(), 1, "stored before the 2xx");
+        assert!(events[0].processed_at.is_none(), "killed before processing");
+        store.close().await;
+    }
+    sim.sim
+        .set_delay(Some(Route::Connections), StdDuration::ZERO);
+    let mut child = daemon_process(&sim, &db, &config);
+    let store = Store::open(&db).await.unwrap();
+    until("the event to be processed after the restart", || async {
+        health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
+    })
+    .await;
+    let events = store.recent_events(10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_id.as_deref(), Some(e.id.as_str()));
+    assert_eq!(events[0].outcome.as_deref(), Some("swept"));
+    kill9(&mut child);
+}
+
+// ---- notifications out ------------------------------------------------------------------
+
+/// The Python receiver (tests/receiver.py, the official `standardwebhooks` package).
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &tempfile::TempDir, name: &str, fail_first: u32) -> Self {
+        Self::spawn(dir, name, fail_first, 0)
+    }
+
+    fn start_on(dir: &tempfile::TempDir, name: &str, port: u16) -> Self {
+        Self::spawn(dir, name, 0, port)
+    }
+
+    fn spawn(dir: &tempfile::TempDir, name: &str, fail_first: u32, port: u16) -> Self {
+        let secret = write_secret(dir, &format!("{name}-secret"), APP_SECRET);
+        let out = dir.path().join(format!("{name}.jsonl"));
+        let mut child = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/receiver.py"))
+            .arg(&secret)
+            .arg(&out)
+            .arg(fail_first.to_string())
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (.ci/run installs the standardwebhooks package)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the receiver prints its port (is the standardwebhooks package installed?): {line:?}"));
+        Self { child, port, out }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn seen(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn endpoint_toml(dir: &tempfile::TempDir, url: &str, notify: &str) -> String {
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
+    format!(
+        "[notify]\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\ntimeout = \"2s\"\n{notify}\n\
+         [[notify.endpoints]]\nurl = {url:?}\nsecret_file = {:?}\nevents = [\"connection.health_changed\"]\n",
+        secret.display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_three_times_gets_the_notification_on_the_fourth_try_verified_with_one_webhook_id()
+ {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir, "app", 3);
+    let (user, conn) = healthy_user(&sim, "u-out", "c-out");
+    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &receiver.url(), ""));
+    let app = app_with(&sim, &dir, &toml).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-out").unwrap();
+    until("the notification to be delivered", || async {
+        receiver.seen().iter().any(|s| s["status"] == 204)
+    })
+    .await;
+    let seen = receiver.seen();
+    assert!(
+        seen.iter().all(|s| s["verified"] == true),
+        "every delivery verifies: {seen:?}"
+    );
+    let tries: Vec<_> = seen
+        .iter()
+        .filter(|s| s["body"]["type"] == "connection.health_changed")
+        .collect();
+    assert_eq!(tries.len(), 4, "three 500s, then delivered: {seen:?}");
+    let ids: std::collections::BTreeSet<_> =
+        tries.iter().map(|s| s["webhook_id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "one webhook-id across retries");
+    let data = &tries[3]["body"]["data"];
+    assert_eq!(data["user_id"], "u-out");
+    assert_eq!(data["connection_id"], "c-out");
+    assert_eq!(data["institution_id"], "AU00000");
+    assert_eq!(data["from"], "healthy");
+    assert_eq!(data["to"], "action-required");
+    assert_eq!(data["user_action"], "reenter-credentials");
+    assert!(
+        tries[3]["body"]["timestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(
+        health_of(&store, &conn).await.unwrap().0,
+        Some(Health::ActionRequired)
+    );
+    let list = store.list_deliveries(false, 10).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].state.as_str(), list[0].attempts, list[0].failures),
+        ("succeeded", 4, 3)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_lettered_and_counted() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("http://127.0.0.1:{}/hook", free_port());
+    let (user, _) = healthy_user(&sim, "u-dead", "c-dead");
+    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &down, "max_age = \"2s\""));
+    let app = app_with(&sim, &dir, &toml).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-dead").unwrap();
+    until("the notification to be dead-lettered", || async {
+        store
+            .list_deliveries(true, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.state == "dead")
+    })
+    .await;
+    let dead = store.list_deliveries(true, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].attempts >= 2, "retried before giving up: {dead:?}");
+    assert_eq!(dead[0].attempts, dead[0].failures);
+    let counts = store.delivery_counts().await.unwrap();
+    assert!(
+        counts
+            .by_state
+            .iter()
+            .any(|(e, s, n)| e == &down.to_string() && s == "dead" && *n == 1),
+        "{counts:?}"
+    );
+    // `notify retry` queues it again.
+    assert_eq!(
+        store
+            .retry_delivery(&dead[0].webhook_id, StdDuration::from_secs(60), Utc::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.list_deliveries(false, 10).await.unwrap()[0].state,
+        "pending"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restart_with_one_webhook_id()
+ {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = healthy_user(&sim, "u-k2", "c-k2");
+    {
+        let sweeper = sweeper_for(&sim, &db, "[sweep]\nperiod = \"24h\"").await;
+        sweeper
+            .add_users(std::slice::from_ref(&user))
+            .await
+            .unwrap();
+        sweeper
+            .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+            .await
+            .unwrap();
+        sweeper.store().close().await;
+    }
+    // The app's receiver is not up yet: the first daemon cannot deliver.
+    let app_port = free_port();
+    let port = free_port();
+    let notify = endpoint_toml(&dir, &format!("http://127.0.0.1:{app_port}/hook"), "")
+        .replace("backoff_initial = \"50ms\"", "backoff_initial = \"5s\"")
+        .replace("backoff_max = \"200ms\"", "backoff_max = \"5s\"");
+    let config = process_config(&sim, &dir, port, &notify);
+    let mut child = daemon_process(&sim, &db, &config);
+    let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
+    until("the receiver to listen", || async {
+        reqwest::Client::new().post(&url).send().await.is_ok()
+    })
+    .await;
+    sim.sim.set_webhook_target(&url, BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-k2").unwrap();
+    let store = Store::open(&db).await.unwrap();
+    until("the health change to be committed", || async {
+        health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
+    })
+    .await;
+    kill9(&mut child);
+    let pending = store.list_deliveries(false, 10).await.unwrap();
+    let webhook_id = match pending.first() {
+        Some(d) => {
+            assert_eq!(d.state, "pending");
+            d.webhook_id.clone()
+        }
+        // Killed before the deliverer made the delivery: the outbox row is there.
+        None => sqlx::query_scalar::<_, String>(
+            "SELECT webhook_id FROM outbox WHERE event_type = 'connection.health_changed'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap(),
+    };
+    // Now the app is up, on the port the endpoint names.
+    let receiver = Receiver::start_on(&dir, "late", app_port);
+    let mut child = daemon_process(&sim, &db, &config);
+    until(
+        "the notification to be delivered after the restart",
+        || async { receiver.seen().iter().any(|s| s["status"] == 204) },
+    )
+    .await;
+    let ids: Vec<_> = receiver
+        .seen()
+        .iter()
+        .filter(|s| s["body"]["type"] == "connection.health_changed")
+        .map(|s| s["webhook_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![webhook_id],
+        "exactly one delivery, with the stored webhook-id"
+    );
+    kill9(&mut child);
+}
+
+// ---- what the notifications say -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_during_it() {
+    let sim = start_sim(SimConfig {
+        users: 0,
+        step_duration: StdDuration::from_millis(1),
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-out1", "c-out1");
+    let sweeper = sweeper_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
+    )
+    .await;
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    sim.sim
+        .set_connector_status("AU00000", "open-banking", "major-outage");
+    sim.sim.invalidate_connection("c-out1").unwrap();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        health_of(sweeper.store(), &conn).await.unwrap().0,
+        Some(Health::InstitutionOutage)
+    );
+    sim.sim
+        .set_connector_status("AU00000", "open-banking", "operational");
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        health_of(sweeper.store(), &conn).await.unwrap().0,
+        Some(Health::ActionRequired)
+    );
+    // The simulator starts with another bank in outage: only AU00000's notices here.
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT event_type, payload FROM outbox WHERE payload LIKE '%AU00000%' ORDER BY id")
+            .fetch_all(sweeper.store().pool())
+            .await
+            .unwrap();
+    let types: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        vec![
+            "institution.outage_started",
+            "connection.health_changed",
+            "institution.outage_ended",
+            "connection.health_changed"
+        ],
+        "{rows:?}"
+    );
+    let payloads: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!(payloads[0]["data"]["source"], "connectors");
+    assert_eq!(payloads[0]["data"]["affected_connections"], 1);
+    assert_eq!(payloads[1]["data"]["to"], "institution-outage");
+    assert_eq!(
+        payloads[1]["data"]["user_action"], "none",
+        "no action during the outage"
+    );
+    assert_eq!(payloads[3]["data"]["to"], "action-required");
+    assert_eq!(payloads[3]["data"]["user_action"], "reenter-credentials");
+}
