@@ -233,7 +233,12 @@ impl App {
             let cancel = cancel.clone();
             let wake = wake.clone();
             tasks.push(tokio::spawn(async move {
+                // The first read one interval after the start: a start asks Basiq nothing.
                 loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(interval) => {}
+                    }
                     match crate::events::poll::poll_once(&client, &store, chrono::Utc::now()).await {
                         Ok(p) => {
                             if p.stored > 0 {
@@ -242,10 +247,6 @@ impl App {
                             tracing::debug!(event = "events_polled", listed = p.listed, stored = p.stored, "polled /events");
                         }
                         Err(e) => tracing::warn!(event = "events_poll_failed", error = %e, "GET /events failed; tried again at the next interval"),
-                    }
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(interval) => {}
                     }
                 }
             }));
@@ -290,6 +291,8 @@ impl App {
                                     refresh_attempts = p.refresh_attempts,
                                     refresh_decisions = p.refresh_decisions,
                                     sweeps = p.sweeps,
+                                    events = p.events,
+                                    notifications = p.notifications,
                                     retain_days,
                                     "history pruned"
                                 ),

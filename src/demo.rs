@@ -14,6 +14,49 @@ use crate::store::Store;
 use crate::telemetry;
 use basiq_sim::{SimConfig, Simulator};
 
+/// The demo's two Standard Webhooks secrets: Basiq's (the simulator signs with it) and the
+/// app's (the daemon signs its notifications with it). Made up, used nowhere else.
+const BASIQ_SECRET: &str = "whsec_ZGVtby1iYXNpcS1zZWNyZXQtZm9yLWJhc2lxLWhlYWx0aA==";
+const APP_SECRET: &str = "whsec_ZGVtby1hcHAtc2VjcmV0LWZvci1iYXNpcS1oZWFsdGg=";
+
+/// What the demo's receiver verified: when, and the notification.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, serde_json::Value)>>>;
+
+/// A small receiver, as a partner's app would run: verifies each notification with the
+/// `standardwebhooks` crate and keeps it.
+async fn start_receiver() -> anyhow::Result<(std::net::SocketAddr, Received)> {
+    use axum::http::{HeaderMap, StatusCode};
+    let received: Received = Default::default();
+    let kept = received.clone();
+    let verifier = std::sync::Arc::new(
+        standardwebhooks::Webhook::new(APP_SECRET).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: bytes::Bytes| {
+            let kept = kept.clone();
+            let verifier = verifier.clone();
+            async move {
+                if verifier.verify(&body, &headers).is_err() {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    kept.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((tokio::time::Instant::now(), v));
+                }
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, received))
+}
+
 /// The connector the demo takes down and brings back.
 const DEMO_OUTAGE: (&str, &str) = ("AU00002", "open-banking");
 
@@ -32,16 +75,26 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         .context("while starting the simulator")?;
     let dir = tempfile_dir()?;
     let db = dir.join("demo.db");
+    let (receiver, received) = start_receiver().await?;
+    let basiq_secret = dir.join("basiq-webhook-secret");
+    let app_secret = dir.join("app-secret");
+    std::fs::write(&basiq_secret, BASIQ_SECRET)?;
+    std::fs::write(&app_secret, APP_SECRET)?;
     // The compressed day: a tick every second, connectors re-read every 2 s.
     let toml = format!(
         "[basiq]\nbase_url = {base:?}\nmax_requests_per_second = 200\n\
          [database]\npath = {db:?}\n\
          [log]\nformat = \"json\"\nlevel = \"warn\"\n\
          [sweep]\nperiod = \"{period}ms\"\ntick = \"* * * * * *\"\nconcurrency = 8\nconnectors_ttl = \"2s\"\n\
-         [api]\nlisten = \"\"\n",
+         [api]\nlisten = \"\"\n\
+         [webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {basiq_secret:?}\npoll_interval = \"0s\"\n\
+         [notify]\nbackoff_initial = \"200ms\"\n\
+         [[notify.endpoints]]\nurl = \"http://{receiver}/hook\"\nsecret_file = {app_secret:?}\n",
         base = running.base_url(),
         db = db.display().to_string(),
         period = day.as_millis(),
+        basiq_secret = basiq_secret.display().to_string(),
+        app_secret = app_secret.display().to_string(),
     );
     // The simulator's key is handed over in-process, never through the environment.
     let settings = Settings::from_toml(&toml)?;
@@ -71,6 +124,10 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         .into_iter()
         .map(UserId::parse)
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(addr) = app.webhook_addr() {
+        sim.set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+        println!("  webhooks in: http://{addr}/v1/basiq/webhook   notifications out: http://{receiver}/hook");
+    }
     let registered = app.sweeper().add_users(&ids).await?;
     println!("  registered {registered} users, each at its own offset in the day\n");
     let store: Store = app.sweeper().store().clone();
@@ -81,6 +138,8 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     }));
 
     let started = tokio::time::Instant::now();
+    let mut outage_window: (Option<tokio::time::Instant>, Option<tokio::time::Instant>) =
+        (None, None);
     let mut outage_started = false;
     let mut outage_ended = false;
     // The day plus a little: every user's slot passes once.
@@ -91,6 +150,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         if !outage_started && t >= 0.25 {
             sim.set_connector_status(DEMO_OUTAGE.0, DEMO_OUTAGE.1, "major-outage");
             outage_started = true;
+            outage_window.0 = Some(tokio::time::Instant::now());
             println!(
                 "  [{:>5.1}s] Pied Piper Bank (open banking) goes down",
                 started.elapsed().as_secs_f64()
@@ -99,6 +159,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         if outage_started && !outage_ended && t >= 0.6 {
             sim.set_connector_status(DEMO_OUTAGE.0, DEMO_OUTAGE.1, "operational");
             outage_ended = true;
+            outage_window.1 = Some(tokio::time::Instant::now());
             println!(
                 "  [{:>5.1}s] Pied Piper Bank (open banking) is back",
                 started.elapsed().as_secs_f64()
@@ -117,6 +178,8 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
             ids.len()
         );
     }
+    event_flow(&sim, &store, &received).await;
+    outage_notices(&received, outage_window);
     let _ = stop_tx.send(());
     daemon.await.context("the daemon task failed")??;
 
@@ -155,6 +218,127 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         db.display()
     );
     Ok(0)
+}
+
+/// A healthy connection invalidated at the simulator: Basiq's webhook in, the user swept,
+/// `action-required` stored, the notification out, each step timed.
+async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
+    let Some((user, connection)) = sim.user_ids().into_iter().find_map(|u| {
+        sim.scripted(&u)
+            .into_iter()
+            .find(|c| sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy) && c.institution_id != DEMO_OUTAGE.0)
+            .map(|c| (u, c.id))
+    }) else {
+        println!("\n(no healthy connection to invalidate)");
+        return;
+    };
+    let Ok(connection_id) = crate::domain::ConnectionId::parse(connection.clone()) else {
+        return;
+    };
+    println!("\n== webhook in, notification out ==");
+    let t0 = tokio::time::Instant::now();
+    let Some(event) = sim.invalidate_connection(&connection) else {
+        return;
+    };
+    println!("  [ 0.000s] the simulator invalidates connection {connection} of user {user} and sends connection.invalidated");
+    let deadline = t0 + Duration::from_secs(20);
+    let mut heard = None;
+    let mut action = None;
+    let mut told = None;
+    while tokio::time::Instant::now() < deadline && told.is_none() {
+        if heard.is_none()
+            && store
+                .recent_events(50)
+                .await
+                .is_ok_and(|e| e.iter().any(|e| e.event_id.as_deref() == Some(event.id.as_str())))
+        {
+            heard = Some(t0.elapsed());
+            println!("  [{:>6.3}s] webhook in: verified and stored, answered 200", t0.elapsed().as_secs_f64());
+        }
+        if action.is_none()
+            && store
+                .connection(&connection_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.health == Some(crate::classify::Health::ActionRequired))
+        {
+            action = Some(t0.elapsed());
+            println!("  [{:>6.3}s] user swept (2 requests): health action-required", t0.elapsed().as_secs_f64());
+        }
+        let got = received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(at, n)| *at >= t0 && n["data"]["connection_id"] == connection.as_str())
+            .map(|(at, n)| (*at - t0, n.clone()));
+        if let Some((at, n)) = got {
+            told = Some(at);
+            println!(
+                "  [{:>6.3}s] notification out: {} {} -> {}, user_action {}: \"{}\"",
+                at.as_secs_f64(),
+                n["type"].as_str().unwrap_or_default(),
+                n["data"]["from"].as_str().unwrap_or("-"),
+                n["data"]["to"].as_str().unwrap_or("-"),
+                n["data"]["user_action"].as_str().unwrap_or("-"),
+                n["data"]["text"].as_str().unwrap_or_default(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if told.is_none() {
+        println!("  (no notification within 20 s)");
+    }
+}
+
+/// The outage's two notices at the receiver, and what was told about its connections
+/// while it lasted.
+fn outage_notices(
+    received: &Received,
+    window: (Option<tokio::time::Instant>, Option<tokio::time::Instant>),
+) {
+    let all = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    println!("\n== notifications about {} {} ==", DEMO_OUTAGE.0, DEMO_OUTAGE.1);
+    let at_bank = |n: &serde_json::Value| n["data"]["institution_id"] == DEMO_OUTAGE.0;
+    let mut start = None;
+    let mut end = None;
+    for (at, n) in all.iter().filter(|(_, n)| at_bank(n)) {
+        let kind = n["type"].as_str().unwrap_or_default();
+        if kind == crate::notify::OUTAGE_STARTED && start.is_none() {
+            start = Some(*at);
+        }
+        if kind == crate::notify::OUTAGE_ENDED && start.is_some() {
+            end = Some(*at);
+        }
+        if kind.starts_with("institution.") {
+            println!(
+                "  {kind}: source {}, {} connection(s) affected",
+                n["data"]["source"].as_str().unwrap_or("-"),
+                n["data"]["affected_connections"]
+            );
+        }
+    }
+    let (Some(from), to) = (start.or(window.0), end.or(window.1)) else {
+        println!("  (the outage was not seen)");
+        return;
+    };
+    let during: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|(at, n)| *at >= from && to.is_none_or(|t| *at <= t) && at_bank(n))
+        .filter(|(_, n)| n["type"] == crate::notify::HEALTH_CHANGED)
+        .map(|(_, n)| n)
+        .collect();
+    let asked = during.iter().filter(|n| n["data"]["user_action"] != "none").count();
+    println!(
+        "  during the outage: {} health notice(s) about its connections, {asked} asking a user to act",
+        during.len()
+    );
+    let by_type = all.iter().fold(std::collections::BTreeMap::new(), |mut m, (_, n)| {
+        *m.entry(n["type"].as_str().unwrap_or_default().to_owned()).or_insert(0u32) += 1;
+        m
+    });
+    let line: Vec<String> = by_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    println!("  all notifications verified and received: {}", line.join(", "));
 }
 
 fn per_institution(status: &report::StatusReport) -> String {

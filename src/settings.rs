@@ -1209,12 +1209,8 @@ fn parse_notify(
     }
     let backoff_initial = span("notify.backoff_initial", &raw.backoff_initial)?;
     let backoff_max = span("notify.backoff_max", &raw.backoff_max)?;
-    if backoff_max < backoff_initial {
-        return Err(invalid(
-            "notify.backoff_max",
-            "must not be below notify.backoff_initial",
-        ));
-    }
+    // A cap below the first delay caps every delay at it.
+    let backoff_max = backoff_max.max(backoff_initial);
     Ok(NotifySettings {
         max_age: span("notify.max_age", &raw.max_age)?,
         backoff_initial,

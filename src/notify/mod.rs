@@ -260,6 +260,123 @@ pub fn outage_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::HealthChange;
+
+    fn change(from: Option<Health>, to: Health, reason: Option<&str>) -> HealthChange {
+        HealthChange {
+            connection_id: ConnectionId::parse("c").unwrap(),
+            user_id: UserId::parse("u").unwrap(),
+            from,
+            to,
+            reason: reason.map(str::to_owned),
+            job_id: None,
+        }
+    }
+
+    fn told_of(plans: &[UserPlan], told: &HashMap<String, Told>) -> Vec<Value> {
+        let refs: Vec<&UserPlan> = plans.iter().collect();
+        let c = candidates(&refs);
+        health_notices(&c, told, &HashMap::new())
+            .0
+            .into_iter()
+            .map(|n| n.data)
+            .collect()
+    }
+
+    fn plan(changes: Vec<HealthChange>) -> UserPlan {
+        UserPlan {
+            health_changes: changes,
+            ..UserPlan::default()
+        }
+    }
+
+    #[test]
+    fn a_change_that_reverts_before_it_settles_is_not_told() {
+        use Health::*;
+        let told: HashMap<String, Told> = [("c".to_owned(), (Healthy, None))].into();
+        // One commit: healthy -> in-progress -> healthy.
+        let one = plan(vec![
+            change(Some(Healthy), InProgress, None),
+            change(Some(InProgress), Healthy, None),
+        ]);
+        assert!(told_of(&[one], &told).is_empty());
+        // Two commits: the first (into in-progress) is not told, the second finds healthy told.
+        assert!(
+            told_of(
+                &[plan(vec![change(Some(Healthy), InProgress, None)])],
+                &told
+            )
+            .is_empty()
+        );
+        assert!(
+            told_of(
+                &[plan(vec![change(Some(InProgress), Healthy, None)])],
+                &told
+            )
+            .is_empty()
+        );
+        // Into action-required after a refresh: told once, from what was told.
+        let sent = told_of(
+            &[plan(vec![change(
+                Some(InProgress),
+                ActionRequired,
+                Some("invalid-credentials"),
+            )])],
+            &told,
+        );
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["from"], "healthy");
+        assert_eq!(sent[0]["user_action"], "reenter-credentials");
+    }
+
+    #[test]
+    fn a_first_sight_is_told_only_when_it_asks_for_attention() {
+        use Health::*;
+        let none = HashMap::new();
+        assert!(told_of(&[plan(vec![change(None, Healthy, None)])], &none).is_empty());
+        assert!(
+            told_of(
+                &[plan(vec![change(None, Stale, Some("no-recent-job"))])],
+                &none
+            )
+            .is_empty()
+        );
+        let sent = told_of(
+            &[plan(vec![change(
+                None,
+                InstitutionOutage,
+                Some("maintenance"),
+            )])],
+            &none,
+        );
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["user_action"], "none");
+        assert!(sent[0]["from"].is_null());
+    }
+
+    #[test]
+    fn a_new_reason_that_asks_something_else_of_the_user_is_told() {
+        use Health::*;
+        let told: HashMap<String, Told> = [(
+            "c".to_owned(),
+            (ActionRequired, Some("invalid-credentials".to_owned())),
+        )]
+        .into();
+        let same_ask = plan(vec![change(
+            Some(ActionRequired),
+            ActionRequired,
+            Some("invalid-username-or-password"),
+        )]);
+        assert!(told_of(&[same_ask], &told).is_empty());
+        let new_ask = plan(vec![change(
+            Some(ActionRequired),
+            ActionRequired,
+            Some("consent-revoked"),
+        )]);
+        let sent = told_of(&[new_ask], &told);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["user_action"], "reconsent");
+    }
 
     #[test]
     fn only_action_required_asks_the_user_to_act() {

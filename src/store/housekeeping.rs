@@ -16,6 +16,10 @@ pub struct Pruned {
     pub refresh_attempts: u64,
     pub refresh_decisions: u64,
     pub sweeps: u64,
+    /// Processed inbox events.
+    pub events: u64,
+    /// Outbox notifications no longer being delivered (their deliveries with them).
+    pub notifications: u64,
 }
 
 impl Store {
@@ -76,6 +80,23 @@ impl Store {
                 cutoff,
             )
             .await?;
+        // Basiq retries a delivery for about 32 h and `/events` reaches back 7 days: an
+        // event id is remembered for 8 days at least, so neither is taken as new.
+        let events_cutoff = cutoff.min(ts(now - chrono::Duration::days(8)));
+        let events = self
+            .delete_batches(
+                "DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox WHERE processed_at IS NOT NULL AND received_at < ? LIMIT ?)",
+                events_cutoff,
+            )
+            .await?;
+        // A notification still being delivered is kept whatever its age.
+        let notifications = self
+            .delete_batches(
+                "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.created_at < ?
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.outbox_id = o.id AND d.state = 'pending') LIMIT ?)",
+                cutoff,
+            )
+            .await?;
         sqlx::query("PRAGMA optimize")
             .execute(self.write_pool())
             .await?;
@@ -85,6 +106,8 @@ impl Store {
             refresh_attempts,
             refresh_decisions,
             sweeps,
+            events,
+            notifications,
         })
     }
 

@@ -894,11 +894,12 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
         Some(Health::ActionRequired)
     );
     // The simulator starts with another bank in outage: only AU00000's notices here.
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT event_type, payload FROM outbox WHERE payload LIKE '%AU00000%' ORDER BY id")
-            .fetch_all(sweeper.store().pool())
-            .await
-            .unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, payload FROM outbox WHERE payload LIKE '%AU00000%' ORDER BY id",
+    )
+    .fetch_all(sweeper.store().pool())
+    .await
+    .unwrap();
     let types: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         types,
