@@ -52,7 +52,9 @@ CREATE TABLE deliveries (
     endpoint       TEXT NOT NULL,
     outbox_id      INTEGER NOT NULL REFERENCES outbox (id) ON DELETE CASCADE,
     user_id        TEXT,
-    state          TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'dead')),
+    -- superseded: a health notice whose connection no longer has that health when its turn
+    -- came (e.g. an outage found since): not sent, so nobody is asked to act for nothing.
+    state          TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'dead', 'superseded')),
     attempts       INTEGER NOT NULL DEFAULT 0,
     -- Attempts answered with an error or not answered.
     failures       INTEGER NOT NULL DEFAULT 0,

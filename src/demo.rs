@@ -126,7 +126,9 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(addr) = app.webhook_addr() {
         sim.set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
-        println!("  webhooks in: http://{addr}/v1/basiq/webhook   notifications out: http://{receiver}/hook");
+        println!(
+            "  webhooks in: http://{addr}/v1/basiq/webhook   notifications out: http://{receiver}/hook"
+        );
     }
     let registered = app.sweeper().add_users(&ids).await?;
     println!("  registered {registered} users, each at its own offset in the day\n");
@@ -155,6 +157,15 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
                 "  [{:>5.1}s] Pied Piper Bank (open banking) goes down",
                 started.elapsed().as_secs_f64()
             );
+            // A user of that bank changes their password meanwhile: Basiq's webhook says
+            // so, but the bank is down, so nobody is asked to act until it is back.
+            if let Some(c) = healthy_at(&sim, DEMO_OUTAGE.0, DEMO_OUTAGE.1) {
+                sim.invalidate_connection(&c);
+                println!(
+                    "  [{:>5.1}s] ... and connection {c} there is invalidated (connection.invalidated sent)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
         if outage_started && !outage_ended && t >= 0.6 {
             sim.set_connector_status(DEMO_OUTAGE.0, DEMO_OUTAGE.1, "operational");
@@ -226,7 +237,10 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
     let Some((user, connection)) = sim.user_ids().into_iter().find_map(|u| {
         sim.scripted(&u)
             .into_iter()
-            .find(|c| sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy) && c.institution_id != DEMO_OUTAGE.0)
+            .find(|c| {
+                sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy)
+                    && c.institution_id != DEMO_OUTAGE.0
+            })
             .map(|c| (u, c.id))
     }) else {
         println!("\n(no healthy connection to invalidate)");
@@ -240,20 +254,25 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
     let Some(event) = sim.invalidate_connection(&connection) else {
         return;
     };
-    println!("  [ 0.000s] the simulator invalidates connection {connection} of user {user} and sends connection.invalidated");
+    println!(
+        "  [ 0.000s] the simulator invalidates connection {connection} of user {user} and sends connection.invalidated"
+    );
     let deadline = t0 + Duration::from_secs(20);
     let mut heard = None;
     let mut action = None;
     let mut told = None;
     while tokio::time::Instant::now() < deadline && told.is_none() {
         if heard.is_none()
-            && store
-                .recent_events(50)
-                .await
-                .is_ok_and(|e| e.iter().any(|e| e.event_id.as_deref() == Some(event.id.as_str())))
+            && store.recent_events(50).await.is_ok_and(|e| {
+                e.iter()
+                    .any(|e| e.event_id.as_deref() == Some(event.id.as_str()))
+            })
         {
             heard = Some(t0.elapsed());
-            println!("  [{:>6.3}s] webhook in: verified and stored, answered 200", t0.elapsed().as_secs_f64());
+            println!(
+                "  [{:>6.3}s] webhook in: verified and stored, answered 200",
+                t0.elapsed().as_secs_f64()
+            );
         }
         if action.is_none()
             && store
@@ -264,7 +283,10 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
                 .is_some_and(|r| r.health == Some(crate::classify::Health::ActionRequired))
         {
             action = Some(t0.elapsed());
-            println!("  [{:>6.3}s] user swept (2 requests): health action-required", t0.elapsed().as_secs_f64());
+            println!(
+                "  [{:>6.3}s] user swept (2 requests): health action-required",
+                t0.elapsed().as_secs_f64()
+            );
         }
         let got = received
             .lock()
@@ -291,6 +313,20 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
     }
 }
 
+/// A healthy connection at a connector.
+fn healthy_at(sim: &Simulator, institution: &str, method: &str) -> Option<String> {
+    sim.user_ids().into_iter().find_map(|u| {
+        sim.scripted(&u)
+            .into_iter()
+            .find(|c| {
+                sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy)
+                    && c.institution_id == institution
+                    && c.method == method
+            })
+            .map(|c| c.id)
+    })
+}
+
 /// The outage's two notices at the receiver, and what was told about its connections
 /// while it lasted.
 fn outage_notices(
@@ -298,8 +334,13 @@ fn outage_notices(
     window: (Option<tokio::time::Instant>, Option<tokio::time::Instant>),
 ) {
     let all = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    println!("\n== notifications about {} {} ==", DEMO_OUTAGE.0, DEMO_OUTAGE.1);
-    let at_bank = |n: &serde_json::Value| n["data"]["institution_id"] == DEMO_OUTAGE.0;
+    println!(
+        "\n== notifications about {} {} ==",
+        DEMO_OUTAGE.0, DEMO_OUTAGE.1
+    );
+    let at_bank = |n: &serde_json::Value| {
+        n["data"]["institution_id"] == DEMO_OUTAGE.0 && n["data"]["method"] == DEMO_OUTAGE.1
+    };
     let mut start = None;
     let mut end = None;
     for (at, n) in all.iter().filter(|(_, n)| at_bank(n)) {
@@ -328,17 +369,50 @@ fn outage_notices(
         .filter(|(_, n)| n["type"] == crate::notify::HEALTH_CHANGED)
         .map(|(_, n)| n)
         .collect();
-    let asked = during.iter().filter(|n| n["data"]["user_action"] != "none").count();
+    for n in &during {
+        println!(
+            "  during the outage: connection {} {} -> {}, user_action {}",
+            n["data"]["connection_id"].as_str().unwrap_or("-"),
+            n["data"]["from"].as_str().unwrap_or("-"),
+            n["data"]["to"].as_str().unwrap_or("-"),
+            n["data"]["user_action"].as_str().unwrap_or("-"),
+        );
+    }
+    let after: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|(at, n)| to.is_some_and(|t| *at > t) && at_bank(n))
+        .filter(|(_, n)| n["type"] == crate::notify::HEALTH_CHANGED)
+        .map(|(_, n)| n)
+        .collect();
+    for n in &after {
+        println!(
+            "  after it: connection {} {} -> {}, user_action {}",
+            n["data"]["connection_id"].as_str().unwrap_or("-"),
+            n["data"]["from"].as_str().unwrap_or("-"),
+            n["data"]["to"].as_str().unwrap_or("-"),
+            n["data"]["user_action"].as_str().unwrap_or("-"),
+        );
+    }
+    let asked = during
+        .iter()
+        .filter(|n| n["data"]["user_action"] != "none")
+        .count();
     println!(
         "  during the outage: {} health notice(s) about its connections, {asked} asking a user to act",
         during.len()
     );
-    let by_type = all.iter().fold(std::collections::BTreeMap::new(), |mut m, (_, n)| {
-        *m.entry(n["type"].as_str().unwrap_or_default().to_owned()).or_insert(0u32) += 1;
-        m
-    });
+    let by_type = all
+        .iter()
+        .fold(std::collections::BTreeMap::new(), |mut m, (_, n)| {
+            *m.entry(n["type"].as_str().unwrap_or_default().to_owned())
+                .or_insert(0u32) += 1;
+            m
+        });
     let line: Vec<String> = by_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    println!("  all notifications verified and received: {}", line.join(", "));
+    println!(
+        "  all notifications verified and received: {}",
+        line.join(", ")
+    );
 }
 
 fn per_institution(status: &report::StatusReport) -> String {

@@ -102,7 +102,15 @@ async fn round(
     store
         .enqueue_deliveries(name, &endpoint.events, settings.max_age, now)
         .await?;
-    let due = store.due_deliveries(name, now, ROUND).await?;
+    let mut due = Vec::new();
+    for d in store.due_deliveries(name, now, ROUND).await? {
+        if still_true(store, &d).await? {
+            due.push(d);
+        } else {
+            store.delivery_superseded(d.id, now).await?;
+            tracing::info!(event = "notify_superseded", endpoint = %name, webhook_id = %d.webhook_id, "a notice asking a user to act no longer holds (the connection's health moved since): not sent");
+        }
+    }
     let attempted = due.len();
     let sends = due.into_iter().map(|d| async move {
         let result = send(http, &endpoint.url, signer, &d).await;
@@ -132,6 +140,34 @@ async fn round(
         }
     }
     Ok(attempted)
+}
+
+/// A notice asking a user to act still holds when its turn comes: the connection still has
+/// that health and asks the same (an outage found since, or a re-consent, makes it moot).
+async fn still_true(store: &Store, d: &DueDelivery) -> crate::store::Result<bool> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.payload) else {
+        return Ok(true);
+    };
+    let data = &v["data"];
+    let asks = data["user_action"].as_str().unwrap_or("none");
+    if v["type"] != super::HEALTH_CHANGED || asks == "none" {
+        return Ok(true);
+    }
+    let Some(id) = data["connection_id"]
+        .as_str()
+        .and_then(|c| crate::domain::ConnectionId::parse(c).ok())
+    else {
+        return Ok(true);
+    };
+    Ok(match store.connection(&id).await? {
+        Some(row) => {
+            let health = row.health.unwrap_or(crate::classify::Health::Unknown);
+            row.gone_at.is_none()
+                && data["to"] == health.as_str()
+                && super::user_action(health, row.reason.as_deref()) == asks
+        }
+        None => false,
+    })
 }
 
 /// When to try again, or `None` past the deadline (dead-lettered).

@@ -166,9 +166,9 @@ pub fn health_notices(
         if same || (before.is_none() && !worth_telling_first(c.to)) {
             continue;
         }
-        let institution = rows
-            .get(c.connection_id)
-            .map(|r| r.institution_id.as_str().to_owned());
+        let row = rows.get(c.connection_id);
+        let institution = row.map(|r| r.institution_id.as_str().to_owned());
+        let method = row.map(|r| r.method.as_str().to_owned());
         notices.push(Notice {
             event_type: HEALTH_CHANGED,
             user_id: Some(c.user_id.clone()),
@@ -176,6 +176,7 @@ pub fn health_notices(
                 "user_id": c.user_id,
                 "connection_id": c.connection_id,
                 "institution_id": institution,
+                "method": method,
                 "from": before.as_ref().map(|(h, _)| h.as_str()),
                 "to": c.to.as_str(),
                 "reason": c.reason,

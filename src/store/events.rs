@@ -444,6 +444,18 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
+    /// A delivery not sent because what it says no longer holds.
+    pub async fn delivery_superseded(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'superseded', done_at = ? WHERE id = ? AND state = 'pending'",
+        )
+        .bind(ts(now))
+        .bind(id)
+        .execute(self.write_pool())
+        .await;
+        self.note(done).map(|_| ())
+    }
+
     /// A delivery failed: tried again at `retry_at`, or dead-lettered when `None`.
     pub async fn delivery_failed(
         &self,

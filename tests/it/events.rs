@@ -925,3 +925,70 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
     assert_eq!(payloads[3]["data"]["to"], "action-required");
     assert_eq!(payloads[3]["data"]["user_action"], "reenter-credentials");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_failure() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The first attempt fails: by the retry, the outage is known.
+    let receiver = Receiver::start(&dir, "sup", 1);
+    let (user, conn) = healthy_user(&sim, "u-sup", "c-sup");
+    let notify = endpoint_toml(&dir, &receiver.url(), "")
+        .replace("backoff_initial = \"50ms\"", "backoff_initial = \"2s\"")
+        .replace("backoff_max = \"200ms\"", "backoff_max = \"2s\"");
+    let toml = events_toml(&dir, "", &notify).replace(
+        "[sweep]\nperiod = \"24h\"",
+        "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
+    );
+    let app = app_with(&sim, &dir, &toml).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    let sweeper = app.sweeper().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-sup").unwrap();
+    until("the first attempt to fail", || async {
+        receiver.seen().iter().any(|s| s["status"] == 500)
+    })
+    .await;
+    // The bank turns out to be down: the next sweep says so.
+    sim.sim
+        .set_connector_status("AU00000", "open-banking", "major-outage");
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        health_of(&store, &conn).await.unwrap().0,
+        Some(Health::InstitutionOutage)
+    );
+    until("the outage's notice to be delivered", || async {
+        receiver
+            .seen()
+            .iter()
+            .any(|s| s["status"] == 204 && s["body"]["data"]["to"] == "institution-outage")
+    })
+    .await;
+    let delivered: Vec<_> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| s["status"] == 204)
+        .collect();
+    assert!(
+        delivered
+            .iter()
+            .all(|s| s["body"]["data"]["user_action"] == "none"),
+        "nobody is asked to act: {delivered:?}"
+    );
+    let states: Vec<String> = store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.state)
+        .collect();
+    assert!(states.contains(&"superseded".to_owned()), "{states:?}");
+    daemon.stop().await;
+}
