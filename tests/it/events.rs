@@ -992,3 +992,168 @@ async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_f
     assert!(states.contains(&"superseded".to_owned()), "{states:?}");
     daemon.stop().await;
 }
+
+// ---- the commands ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_line() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let (user, conn) = healthy_user(&sim, "u-cli", "c-cli");
+    {
+        let sweeper = sweeper_for(&sim, &db, "[sweep]\nperiod = \"24h\"").await;
+        sweeper
+            .add_users(std::slice::from_ref(&user))
+            .await
+            .unwrap();
+        sweeper
+            .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+            .await
+            .unwrap();
+        sweeper.store().close().await;
+    }
+    sim.sim.invalidate_connection("c-cli").unwrap();
+    let config = dir.path().join("bh.toml");
+    let app_secret = write_secret(&dir, "app-secret", APP_SECRET);
+    std::fs::write(
+        &config,
+        format!(
+            "[basiq]\nbase_url = {:?}\n[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
+             [[notify.endpoints]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_file = {:?}\n",
+            sim.base_url(),
+            db.display().to_string(),
+            app_secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::cli::bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["events", "poll"]);
+    assert_eq!(code, 0, "{stderr}");
+    let polled: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        polled,
+        serde_json::json!({"listed": 1, "stored": 1, "processed": 1})
+    );
+    let (code, stdout, _) = run(&["events", "poll"]);
+    assert_eq!(code, 0);
+    let again: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(again["stored"], 0, "known already");
+    let (code, stdout, _) = run(&["events", "list"]);
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["event_type"], "connection.invalidated");
+    assert_eq!(listed[0]["source"], "poll");
+    assert_eq!(listed[0]["outcome"], "swept");
+    {
+        let store = Store::open(&db).await.unwrap();
+        assert_eq!(
+            health_of(&store, &conn).await.unwrap().0,
+            Some(Health::ActionRequired)
+        );
+        // No daemon ran a deliverer: make the endpoint's delivery as it would, so the
+        // commands have one to show.
+        store
+            .enqueue_deliveries(
+                "http://127.0.0.1:9/hook",
+                &["connection.health_changed".into()],
+                StdDuration::from_secs(3600),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let (code, stdout, _) = run(&["notify", "list"]);
+    assert_eq!(code, 0);
+    let deliveries: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(deliveries.len(), 1, "{stdout}");
+    assert_eq!(deliveries[0]["state"], "pending");
+    assert_eq!(deliveries[0]["event_type"], "connection.health_changed");
+    let (code, stdout, _) = run(&["notify", "list", "--failed"]);
+    assert_eq!((code, stdout.trim()), (0, ""), "nothing failed yet");
+    let (code, _, _) = run(&[
+        "notify",
+        "retry",
+        deliveries[0]["webhook_id"].as_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let (code, _, stderr) = run(&["notify", "retry", "msg_nothing"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("msg_nothing"), "{stderr}");
+}
+
+#[test]
+fn webhook_secrets_never_show_in_config_check_and_a_bad_one_is_named_by_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let basiq = write_secret(&dir, "basiq", BASIQ_SECRET);
+    let app = write_secret(&dir, "app", APP_SECRET);
+    let config = dir.path().join("bh.toml");
+    let text = format!(
+        "[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {:?}\n\
+         [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {:?}\n",
+        basiq.display().to_string(),
+        app.display().to_string()
+    );
+    std::fs::write(&config, &text).unwrap();
+    let out = crate::cli::bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"])
+        .env("BASIQ_HEALTH_API_KEY", "c2VjcmV0LWNhbmFyeQ==")
+        .output()
+        .unwrap();
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for secret in [BASIQ_SECRET, APP_SECRET] {
+        let key = secret.trim_start_matches("whsec_");
+        assert!(!all.contains(key), "a secret is printed: {all}");
+    }
+    assert!(all.contains("https://app.example.com/hook"), "{all}");
+    // A secret that is not whsec_/base64: exit 78 naming the key, not the value.
+    std::fs::write(&app, "not a secret at all!\n").unwrap();
+    let out = crate::cli::bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"])
+        .env("BASIQ_HEALTH_API_KEY", "c2VjcmV0LWNhbmFyeQ==")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("notify.endpoints[0].secret_file"), "{err}");
+    assert!(!err.contains("not a secret at all"), "{err}");
+    // A receiver without a secret is refused.
+    std::fs::write(&config, "[webhooks]\nlisten = \"127.0.0.1:8089\"\n").unwrap();
+    let out = crate::cli::bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"])
+        .env("BASIQ_HEALTH_API_KEY", "c2VjcmV0LWNhbmFyeQ==")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("webhooks.listen"), "{err}");
+}
