@@ -76,6 +76,8 @@ pub async fn build_sweeper_with_key(
     key: secrecy::SecretString,
 ) -> anyhow::Result<Sweeper> {
     let store = open_store(settings).await?;
+    // No endpoint would send a notification: none is kept.
+    store.set_notices(!settings.notify.endpoints.is_empty());
     let client = Client::new(client_options(&settings.basiq, key))?;
     Sweeper::new(store, client, sweep_options(settings))
         .await

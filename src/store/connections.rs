@@ -427,11 +427,11 @@ pub async fn inference_at(
 
 /// Writes a whole plan: see [`write_plans`].
 pub async fn write_plan(
-    conn: &mut SqliteConnection,
+    tx: &mut super::WriteTx,
     plan: &UserPlan,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    write_plans(conn, &[plan], now).await
+    write_plans(tx, &[plan], now).await
 }
 
 /// Writes whole plans (a group commit's): jobs (never backwards), connections, gone ones,
@@ -440,10 +440,12 @@ pub async fn write_plan(
 /// for the whole group, whatever the number of users, jobs and connections. The caller
 /// owns the transaction.
 pub async fn write_plans(
-    conn: &mut SqliteConnection,
+    tx: &mut super::WriteTx,
     plans: &[&UserPlan],
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let notices = tx.notices();
+    let conn: &mut SqliteConnection = tx;
     let jobs: Vec<(&UserId, &crate::domain::Job, Option<&ConnectionId>)> = plans
         .iter()
         .filter_map(|p| p.user_id.as_ref().map(|u| (u, &p.jobs)))
@@ -546,7 +548,10 @@ pub async fn write_plans(
         query.execute(&mut *conn).await?;
     }
     // The notifications these changes cause, in the same transaction.
-    super::events::write_plan_notices(conn, plans, &closed, now).await
+    if notices {
+        super::events::write_plan_notices(conn, plans, &closed, now).await?;
+    }
+    Ok(())
 }
 
 /// Connection rows per multi-row statement (29 parameters each, under SQLite's 32,766).

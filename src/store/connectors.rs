@@ -122,7 +122,7 @@ impl Store {
             .await?;
             let was_down = before.is_some_and(|b| ConnectorStatus::parse(b).is_down());
             let recovered = was_down && !c.status.is_down();
-            if was_down != c.status.is_down() {
+            if was_down != c.status.is_down() && tx.notices() {
                 let key = ConnectorKey {
                     institution_id: key.0.clone(),
                     method: key.1.clone(),

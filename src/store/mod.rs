@@ -80,6 +80,9 @@ struct Writer {
     pool: SqlitePool,
     health: Arc<WriteHealth>,
     groups: Arc<GroupStats>,
+    /// Notifications are written to the outbox (some `[[notify.endpoints]]` will send
+    /// them); off, the outbox is left alone.
+    notices: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What group commit did since start, for `/metrics`.
@@ -155,6 +158,7 @@ impl Store {
             pool: writer,
             health: Arc::default(),
             groups: Arc::default(),
+            notices: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         Ok(Self { pool, writer })
     }
@@ -175,6 +179,20 @@ impl Store {
     /// Whether writes are failing, fed by every write.
     pub fn write_health(&self) -> &WriteHealth {
         &self.writer.health
+    }
+
+    /// Whether plans write their notifications to the outbox (on by default; the daemon
+    /// turns it off when no `[[notify.endpoints]]` would send them).
+    pub fn set_notices(&self, on: bool) {
+        self.writer
+            .notices
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn notices(&self) -> bool {
+        self.writer
+            .notices
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Group commits and the plans they carried, since start.
@@ -239,6 +257,7 @@ impl Writer {
         let mut tx = WriteTx {
             conn: Some(conn),
             health: self.health.clone(),
+            notices: self.notices.load(std::sync::atomic::Ordering::Relaxed),
         };
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
             tx.health.failed(&e);
@@ -271,9 +290,15 @@ pub struct WriteTx {
     /// `None` once finished.
     conn: Option<PoolConnection<Sqlite>>,
     health: Arc<WriteHealth>,
+    notices: bool,
 }
 
 impl WriteTx {
+    /// Notifications go to the outbox in this transaction ([`Store::set_notices`]).
+    pub fn notices(&self) -> bool {
+        self.notices
+    }
+
     /// Commits; the whole transaction or, on error, none of it.
     pub async fn commit(mut self) -> Result<()> {
         let result = sqlx::query("COMMIT").execute(&mut *self).await.map(drop);

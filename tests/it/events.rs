@@ -857,12 +857,12 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
     .await;
     let dir = tempfile::tempdir().unwrap();
     let (user, conn) = healthy_user(&sim, "u-out1", "c-out1");
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
-    )
-    .await;
+    // An endpoint is configured (no deliverer runs here): notifications are kept.
+    let toml = format!(
+        "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"\n{}",
+        endpoint_toml(&dir, "http://127.0.0.1:9/hook", "")
+    );
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), &toml).await;
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -994,6 +994,69 @@ async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_f
 }
 
 // ---- the commands ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_no_notification_is_kept() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-none", "c-none");
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    sim.sim.invalidate_connection("c-none").unwrap();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        health_of(sweeper.store(), &conn).await.unwrap().0,
+        Some(Health::ActionRequired)
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(sweeper.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-tick", "c-tick");
+    let app = app_with(
+        &sim,
+        &dir,
+        "[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1s\"\n",
+    )
+    .await;
+    assert!(app.webhook_addr().is_none(), "no receiver");
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    assert_eq!(requests(&sim, Route::Events), 0, "a start asks nothing");
+    sim.sim.invalidate_connection("c-tick").unwrap();
+    until("the polled event to be done", || async {
+        health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
+    })
+    .await;
+    until("another poll", || async {
+        requests(&sim, Route::Events) >= 2
+    })
+    .await;
+    let events = store.recent_events(10).await.unwrap();
+    assert_eq!(events.len(), 1, "polled twice, stored once");
+    assert_eq!(events[0].source, "poll");
+    assert_eq!(events[0].outcome.as_deref(), Some("swept"));
+    daemon.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_line() {
