@@ -31,6 +31,9 @@ CREATE TABLE outbox (
     webhook_id  TEXT NOT NULL UNIQUE,
     event_type  TEXT NOT NULL,
     user_id     TEXT,
+    -- Deliveries with the same key reach an endpoint in order: the user's id, or
+    -- 'institution:' || institution || '/' || method for an outage's notices.
+    order_key   TEXT NOT NULL,
     payload     TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 ) STRICT;
@@ -51,7 +54,7 @@ CREATE TABLE deliveries (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     endpoint       TEXT NOT NULL,
     outbox_id      INTEGER NOT NULL REFERENCES outbox (id) ON DELETE CASCADE,
-    user_id        TEXT,
+    order_key      TEXT NOT NULL,
     -- superseded: a health notice whose connection no longer has that health when its turn
     -- came (e.g. an outage found since): not sent, so nobody is asked to act for nothing.
     state          TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'dead', 'superseded')),
@@ -67,7 +70,7 @@ CREATE TABLE deliveries (
 ) STRICT;
 
 CREATE INDEX deliveries_pending ON deliveries (endpoint, next_at) WHERE state = 'pending';
-CREATE INDEX deliveries_user ON deliveries (endpoint, user_id, outbox_id) WHERE state = 'pending';
+CREATE INDEX deliveries_order ON deliveries (endpoint, order_key, outbox_id) WHERE state = 'pending';
 
 CREATE TABLE delivery_cursors (
     endpoint TEXT PRIMARY KEY,

@@ -43,6 +43,19 @@ pub struct Notice {
 }
 
 impl Notice {
+    /// Notices with the same key reach an endpoint in order: a user's, or one connector's
+    /// outage start and end.
+    pub fn order_key(&self) -> String {
+        match &self.user_id {
+            Some(u) => u.as_str().to_owned(),
+            None => format!(
+                "institution:{}/{}",
+                self.data["institution_id"].as_str().unwrap_or_default(),
+                self.data["method"].as_str().unwrap_or_default()
+            ),
+        }
+    }
+
     /// The Standard Webhooks payload.
     pub fn payload(&self, at: DateTime<Utc>) -> Value {
         json!({

@@ -110,9 +110,9 @@ pub async fn write_notices(
     now: DateTime<Utc>,
 ) -> Result<()> {
     for chunk in notices.chunks(500) {
-        let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO outbox (webhook_id, event_type, user_id, payload, created_at) VALUES {values}"
+            "INSERT INTO outbox (webhook_id, event_type, user_id, order_key, payload, created_at) VALUES {values}"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for n in chunk {
@@ -120,6 +120,7 @@ pub async fn write_notices(
                 .bind(new_webhook_id())
                 .bind(n.event_type)
                 .bind(n.user_id.as_ref().map(|u| u.as_str().to_owned()))
+                .bind(n.order_key())
                 .bind(n.payload(now).to_string())
                 .bind(ts(now));
         }
@@ -363,8 +364,8 @@ impl Store {
         let deadline = now.checked_add_signed(age).map_or(i64::MAX, ts);
         let types = vec!["?"; wants.len().max(1)].join(", ");
         let sql = format!(
-            "INSERT OR IGNORE INTO deliveries (endpoint, outbox_id, user_id, state, next_at, deadline)
-             SELECT ?, id, user_id, 'pending', ?, MIN(created_at + ?, ?) FROM outbox
+            "INSERT OR IGNORE INTO deliveries (endpoint, outbox_id, order_key, state, next_at, deadline)
+             SELECT ?, id, order_key, 'pending', ?, MIN(created_at + ?, ?) FROM outbox
              WHERE id > ? AND id <= ? AND created_at >= ? AND event_type IN ({types})
              ORDER BY id"
         );
@@ -395,8 +396,8 @@ impl Store {
         Ok(made)
     }
 
-    /// Deliveries due at an endpoint, oldest first; a user's delivery waits while an older
-    /// one of the same user is pending there (in order per user).
+    /// Deliveries due at an endpoint, oldest first; a delivery waits while an older one with
+    /// the same order key (the user, or the outage's connector) is pending there.
     pub async fn due_deliveries(
         &self,
         endpoint: &str,
@@ -407,9 +408,9 @@ impl Store {
             "SELECT d.id, o.webhook_id, o.payload, o.created_at, d.attempts, d.deadline
              FROM deliveries d JOIN outbox o ON o.id = d.outbox_id
              WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_at <= ?
-               AND (d.user_id IS NULL OR NOT EXISTS (
+               AND NOT EXISTS (
                    SELECT 1 FROM deliveries e WHERE e.endpoint = d.endpoint AND e.state = 'pending'
-                      AND e.user_id = d.user_id AND e.outbox_id < d.outbox_id))
+                      AND e.order_key = d.order_key AND e.outbox_id < d.outbox_id)
              ORDER BY d.outbox_id LIMIT ?",
         )
         .bind(endpoint)
@@ -493,7 +494,7 @@ impl Store {
             ""
         };
         let sql = format!(
-            "SELECT d.id, d.endpoint, o.webhook_id, o.event_type, d.user_id, d.state, d.attempts,
+            "SELECT d.id, d.endpoint, o.webhook_id, o.event_type, o.user_id, d.state, d.attempts,
                  d.failures, d.last_status, d.last_error, o.created_at, d.next_at, d.done_at
              FROM deliveries d JOIN outbox o ON o.id = d.outbox_id {filter}
              ORDER BY d.id DESC LIMIT ?"

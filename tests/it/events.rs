@@ -1220,3 +1220,73 @@ fn webhook_secrets_never_show_in_config_check_and_a_bad_one_is_named_by_its_key(
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("webhooks.listen"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_s_notifications_reach_an_endpoint_in_order_even_when_the_first_is_retried() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir, "order", 1);
+    let (user, conn) = healthy_user(&sim, "u-ord", "c-ord");
+    let notify = endpoint_toml(&dir, &receiver.url(), "")
+        .replace("backoff_initial = \"50ms\"", "backoff_initial = \"1s\"")
+        .replace("backoff_max = \"200ms\"", "backoff_max = \"1s\"")
+        .replace(
+            "events = [\"connection.health_changed\"]",
+            "events = [\"connection.health_changed\", \"connection.consent_expiring\"]",
+        );
+    let app = app_with(&sim, &dir, &events_toml(&dir, "", &notify)).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-ord").unwrap();
+    until("the first notice's first attempt to fail", || async {
+        receiver.seen().iter().any(|s| s["status"] == 500)
+    })
+    .await;
+    sim.sim.emit_event("consent.warning", "u-ord", None);
+    until("the consent warning to be stored", || async {
+        store
+            .connection(&conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .consent_warned_days
+            == Some(7)
+    })
+    .await;
+    until("both notices delivered", || async {
+        receiver
+            .seen()
+            .iter()
+            .filter(|s| s["status"] == 204)
+            .count()
+            == 2
+    })
+    .await;
+    let asks: Vec<(String, i64)> = receiver
+        .seen()
+        .iter()
+        .map(|s| {
+            (
+                s["body"]["data"]["user_action"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                s["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        asks,
+        vec![
+            ("reenter-credentials".to_owned(), 500),
+            ("reenter-credentials".to_owned(), 204),
+            ("reconsent".to_owned(), 204),
+        ],
+        "the second waited for the first"
+    );
+    daemon.stop().await;
+}
