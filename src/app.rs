@@ -257,6 +257,7 @@ impl App {
             tasks.push(tokio::spawn(crate::notify::deliver::run(
                 self.sweeper.store().clone(),
                 self.settings.notify.clone(),
+                Some(self.sweeper.clone()),
                 cancel.clone(),
             )));
         }

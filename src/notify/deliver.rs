@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::{EndpointSettings, NotifySettings};
 use crate::store::events::DueDelivery;
 use crate::store::{Store, from_ts};
+use crate::sweep::Sweeper;
 
 /// How often an idle deliverer looks for new notifications.
 const IDLE: Duration = Duration::from_millis(250);
@@ -32,13 +33,20 @@ pub fn backoff(initial: Duration, max: Duration, failures: i64, jitter: f64) -> 
 }
 
 /// Runs every endpoint's deliverer until `cancel`.
-pub async fn run(store: Store, settings: NotifySettings, cancel: CancellationToken) {
+/// `sweeper` reads the bank's status before a notice asks a user to act (see [`round`]).
+pub async fn run(
+    store: Store,
+    settings: NotifySettings,
+    sweeper: Option<Sweeper>,
+    cancel: CancellationToken,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for endpoint in settings.endpoints.clone() {
         let store = store.clone();
         let settings = settings.clone();
         let cancel = cancel.clone();
-        tasks.spawn(async move { endpoint_loop(store, settings, endpoint, cancel).await });
+        let sweeper = sweeper.clone();
+        tasks.spawn(async move { endpoint_loop(store, settings, endpoint, sweeper, cancel).await });
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -47,6 +55,7 @@ async fn endpoint_loop(
     store: Store,
     settings: NotifySettings,
     endpoint: EndpointSettings,
+    sweeper: Option<Sweeper>,
     cancel: CancellationToken,
 ) {
     let name = endpoint.name();
@@ -67,7 +76,13 @@ async fn endpoint_loop(
     };
     tracing::info!(event = "notify_started", endpoint = %name, events = ?endpoint.events, "delivering notifications");
     while !cancel.is_cancelled() {
-        let worked = match round(&store, &settings, &endpoint, &name, &http, &signer).await {
+        let target = Target {
+            endpoint: &endpoint,
+            name: &name,
+            http: &http,
+            signer: &signer,
+        };
+        let worked = match round(&store, &settings, sweeper.as_ref(), &target).await {
             Ok(n) => n > 0,
             Err(e) => {
                 tracing::warn!(event = "notify_store_failed", endpoint = %name, error = %e, "cannot read or write deliveries; trying again");
@@ -88,22 +103,45 @@ async fn endpoint_loop(
     }
 }
 
-/// One round: enqueue, then attempt what is due, concurrently (one per user at most).
-/// Returns the deliveries attempted.
+/// One endpoint and how to reach it.
+struct Target<'a> {
+    endpoint: &'a EndpointSettings,
+    name: &'a str,
+    http: &'a reqwest::Client,
+    signer: &'a standardwebhooks::Webhook,
+}
+
+/// The oldest bank status a notice asking a user to act may be checked against.
+const CONFIRM_FLOOR: Duration = Duration::from_secs(2);
+
+/// One round: enqueue, then attempt what is due, concurrently (one per order key at most).
+/// Before a notice asks a user to act, the bank's status is read again unless it was read
+/// after the notice (or within [`CONFIRM_FLOOR`]): an outage found then reclassifies the
+/// connection, and the notice, no longer true, is superseded instead of sent. Returns the
+/// deliveries attempted.
 async fn round(
     store: &Store,
     settings: &NotifySettings,
-    endpoint: &EndpointSettings,
-    name: &str,
-    http: &reqwest::Client,
-    signer: &standardwebhooks::Webhook,
+    sweeper: Option<&Sweeper>,
+    t: &Target<'_>,
 ) -> crate::store::Result<usize> {
+    let (endpoint, name, http, signer) = (t.endpoint, t.name, t.http, t.signer);
     let now = Utc::now();
     store
         .enqueue_deliveries(name, &endpoint.events, settings.max_age, now)
         .await?;
+    let candidates = store.due_deliveries(name, now, ROUND).await?;
+    let newest_ask = candidates
+        .iter()
+        .filter(|d| asks_to_act(d))
+        .map(|d| d.created_at)
+        .max();
+    if let (Some(sweeper), Some(created)) = (sweeper, newest_ask) {
+        let age = (now - from_ts(created)).to_std().unwrap_or_default();
+        sweeper.connectors_within(age.max(CONFIRM_FLOOR)).await;
+    }
     let mut due = Vec::new();
-    for d in store.due_deliveries(name, now, ROUND).await? {
+    for d in candidates {
         if still_true(store, &d).await? {
             due.push(d);
         } else {
@@ -140,6 +178,16 @@ async fn round(
         }
     }
     Ok(attempted)
+}
+
+/// A `connection.health_changed` notice whose `user_action` is not `none`.
+fn asks_to_act(d: &DueDelivery) -> bool {
+    serde_json::from_str::<serde_json::Value>(&d.payload).is_ok_and(|v| {
+        v["type"] == super::HEALTH_CHANGED
+            && v["data"]["user_action"]
+                .as_str()
+                .is_some_and(|a| a != "none")
+    })
 }
 
 /// A notice asking a user to act still holds when its turn comes: the connection still has

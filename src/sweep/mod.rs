@@ -238,8 +238,16 @@ impl Sweeper {
     /// once, no user is blamed. Status changes are recorded, and the connections at those
     /// connectors reclassified, before the new statuses are handed out.
     pub async fn connectors(&self) -> ConnectorStatuses {
+        self.connectors_within(self.inner.options.connectors_ttl)
+            .await
+    }
+
+    /// As [`Sweeper::connectors`], read again when the last read is older than `max_age`
+    /// (or `sweep.connectors_ttl`, whichever is shorter): before a notice asks a user to
+    /// act, the bank's status is read after the failure was seen.
+    pub async fn connectors_within(&self, max_age: Duration) -> ConnectorStatuses {
         let mut cache = self.inner.connectors.lock().await;
-        let ttl = self.inner.options.connectors_ttl;
+        let ttl = self.inner.options.connectors_ttl.min(max_age);
         let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < ttl);
         let backing_off = cache.retry_at.is_some_and(|t| Instant::now() < t);
         if fresh || backing_off {

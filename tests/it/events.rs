@@ -1290,3 +1290,58 @@ async fn a_user_s_notifications_reach_an_endpoint_in_order_even_when_the_first_i
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_an_outage_stops_it()
+{
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir, "confirm", 0);
+    let (user, conn) = healthy_user(&sim, "u-conf", "c-conf");
+    // /connectors is cached for the default 5 minutes.
+    let app = app_with(
+        &sim,
+        &dir,
+        &events_toml(&dir, "", &endpoint_toml(&dir, &receiver.url(), "")),
+    )
+    .await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    // The bank goes down after the last read of /connectors; then the user's connection
+    // is invalidated (the sweep, with the cached statuses, sees the bank up).
+    tokio::time::sleep(StdDuration::from_millis(2500)).await;
+    sim.sim
+        .set_connector_status("AU00000", "open-banking", "major-outage");
+    let connectors = requests(&sim, Route::Connectors);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-conf").unwrap();
+    until("the connection to be in outage", || async {
+        health_of(&store, &conn).await.unwrap().0 == Some(Health::InstitutionOutage)
+    })
+    .await;
+    until("the outage notice to be delivered", || async {
+        receiver
+            .seen()
+            .iter()
+            .any(|s| s["body"]["data"]["to"] == "institution-outage")
+    })
+    .await;
+    assert!(requests(&sim, Route::Connectors) > connectors, "read again");
+    let asked: Vec<_> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| {
+            s["body"]["data"]["user_action"]
+                .as_str()
+                .is_some_and(|a| a != "none")
+        })
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "nobody is asked to act while the bank is down: {asked:?}"
+    );
+    daemon.stop().await;
+}
