@@ -262,6 +262,13 @@ pub struct SimulateArgs {
     /// The API key the simulator accepts (default: one derived from the seed).
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Sign and send Basiq's webhooks for every event to this URL (the daemon's
+    /// `webhooks.listen` + `/v1/basiq/webhook`); needs --webhook-secret-file.
+    #[arg(long, requires = "webhook_secret_file")]
+    pub webhook_url: Option<String>,
+    /// The file holding the `whsec_...` secret the webhooks are signed with.
+    #[arg(long, requires = "webhook_url")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// Runs a parsed command; `Ok(code)` is the process exit code.
@@ -829,6 +836,15 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
         config.api_key = basiq_sim::default_api_key(args.seed);
     }
     let sim = Simulator::new(config);
+    if let (Some(url), Some(file)) = (&args.webhook_url, &args.webhook_secret_file) {
+        let secret = std::fs::read_to_string(file)
+            .with_context(|| format!("while reading the webhook secret {}", file.display()))?;
+        crate::settings::WebhookSecret::parse(&secret).map_err(|problem| {
+            anyhow::anyhow!("--webhook-secret-file {}: {problem}", file.display())
+        })?;
+        sim.set_webhook_target(url, secret.trim());
+        println!("webhooks: every event is signed and sent to {url}");
+    }
     if let Some(path) = &args.users_file {
         let mut text = sim.user_ids().join("\n");
         text.push('\n');

@@ -186,6 +186,8 @@ pub fn spawn_simulator(extra: &[&str]) -> SimProcess {
             break;
         }
     }
+    // Keep reading: a closed pipe would fail the simulator's next line of output.
+    std::thread::spawn(move || for _ in lines {});
     SimProcess {
         child,
         base_url: base_url.expect("the address is printed"),

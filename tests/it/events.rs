@@ -1345,3 +1345,41 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_command_signs_and_sends_its_events_to_a_webhook_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir, "simcmd", 0);
+    let secret = write_secret(&dir, "sim-secret", APP_SECRET);
+    let sim = crate::cli::spawn_simulator(&[
+        "--users",
+        "0",
+        "--webhook-url",
+        &receiver.url(),
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    let emitted: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/_sim/events", sim.base_url))
+        .json(&serde_json::json!({"type": "user.created", "user_id": "u-cmd"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    until("the webhook to arrive", || async {
+        !receiver.seen().is_empty()
+    })
+    .await;
+    let seen = receiver.seen();
+    assert_eq!(seen[0]["verified"], true, "{seen:?}");
+    assert_eq!(seen[0]["body"]["eventTypeId"], "user.created");
+    assert_eq!(seen[0]["body"]["eventId"], emitted["id"]);
+    assert!(
+        seen[0]["body"]["links"]["eventEntity"]
+            .as_str()
+            .unwrap()
+            .ends_with("/users/u-cmd")
+    );
+}
