@@ -261,6 +261,7 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
     let mut heard = None;
     let mut action = None;
     let mut told = None;
+    let mut steps: Vec<(Duration, String)> = Vec::new();
     while tokio::time::Instant::now() < deadline && told.is_none() {
         if heard.is_none()
             && store.recent_events(50).await.is_ok_and(|e| {
@@ -296,17 +297,24 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
             .map(|(at, n)| (*at - t0, n.clone()));
         if let Some((at, n)) = got {
             told = Some(at);
-            println!(
-                "  [{:>6.3}s] notification out: {} {} -> {}, user_action {}: \"{}\"",
-                at.as_secs_f64(),
-                n["type"].as_str().unwrap_or_default(),
-                n["data"]["from"].as_str().unwrap_or("-"),
-                n["data"]["to"].as_str().unwrap_or("-"),
-                n["data"]["user_action"].as_str().unwrap_or("-"),
-                n["data"]["text"].as_str().unwrap_or_default(),
-            );
+            steps.push((
+                at,
+                format!(
+                    "notification out: {} {} -> {}, user_action {}: \"{}\"",
+                    n["type"].as_str().unwrap_or_default(),
+                    n["data"]["from"].as_str().unwrap_or("-"),
+                    n["data"]["to"].as_str().unwrap_or("-"),
+                    n["data"]["user_action"].as_str().unwrap_or("-"),
+                    n["data"]["text"].as_str().unwrap_or_default(),
+                ),
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The receiver stamps its arrival; the others are seen by polling the database.
+    steps.sort_by_key(|(at, _)| *at);
+    for (at, text) in steps {
+        println!("  [{:>6.3}s] {text}", at.as_secs_f64());
     }
     if told.is_none() {
         println!("  (no notification within 20 s)");

@@ -18,7 +18,8 @@ use crate::store::events::DueDelivery;
 use crate::store::{Store, from_ts};
 use crate::sweep::Sweeper;
 
-/// How often an idle deliverer looks for new notifications.
+/// How often an idle deliverer looks for due retries (a commit that wrote notifications
+/// wakes it at once).
 const IDLE: Duration = Duration::from_millis(250);
 /// Deliveries attempted per round.
 const ROUND: u32 = 32;
@@ -98,6 +99,7 @@ async fn endpoint_loop(
         };
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = store.outbox_written().notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -445,6 +445,9 @@ pub async fn write_plans(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let notices = tx.notices();
+    if notices {
+        tx.wrote_notices();
+    }
     let conn: &mut SqliteConnection = tx;
     let jobs: Vec<(&UserId, &crate::domain::Job, Option<&ConnectionId>)> = plans
         .iter()

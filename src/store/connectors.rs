@@ -184,7 +184,10 @@ impl Store {
         sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('connectors_answered', '1')")
             .execute(&mut *tx)
             .await?;
-        super::events::write_notices(&mut tx, &notices, now).await?;
+        if !notices.is_empty() {
+            super::events::write_notices(&mut tx, &notices, now).await?;
+            tx.wrote_notices();
+        }
         tx.commit().await?;
         Ok(changes)
     }

@@ -328,14 +328,6 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
-    /// Writes notices on their own (an outage from `/connectors` has its own transaction,
-    /// see `record_connectors`; this is for tests and tools).
-    pub async fn add_notices(&self, notices: &[Notice], now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.write().await?;
-        write_notices(&mut tx, notices, now).await?;
-        tx.commit().await
-    }
-
     /// Makes the endpoint's deliveries from the outbox rows after its cursor that it wants
     /// and that are younger than `max_age`; returns how many were made. A new endpoint
     /// starts with the notifications of the last `max_age`.

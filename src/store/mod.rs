@@ -83,6 +83,8 @@ struct Writer {
     /// Notifications are written to the outbox (some `[[notify.endpoints]]` will send
     /// them); off, the outbox is left alone.
     notices: Arc<std::sync::atomic::AtomicBool>,
+    /// Woken when a commit wrote notifications (the deliverers wait on it).
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 /// What group commit did since start, for `/metrics`.
@@ -159,6 +161,7 @@ impl Store {
             health: Arc::default(),
             groups: Arc::default(),
             notices: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            outbox: Arc::default(),
         };
         Ok(Self { pool, writer })
     }
@@ -193,6 +196,11 @@ impl Store {
         self.writer
             .notices
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notified after every commit that wrote notifications.
+    pub fn outbox_written(&self) -> &tokio::sync::Notify {
+        &self.writer.outbox
     }
 
     /// Group commits and the plans they carried, since start.
@@ -258,6 +266,8 @@ impl Writer {
             conn: Some(conn),
             health: self.health.clone(),
             notices: self.notices.load(std::sync::atomic::Ordering::Relaxed),
+            outbox: self.outbox.clone(),
+            wrote_notices: false,
         };
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
             tx.health.failed(&e);
@@ -291,9 +301,17 @@ pub struct WriteTx {
     conn: Option<PoolConnection<Sqlite>>,
     health: Arc<WriteHealth>,
     notices: bool,
+    outbox: Arc<tokio::sync::Notify>,
+    /// Notifications were written: the deliverers are woken after the COMMIT.
+    wrote_notices: bool,
 }
 
 impl WriteTx {
+    /// Says notifications were written in this transaction.
+    pub fn wrote_notices(&mut self) {
+        self.wrote_notices = true;
+    }
+
     /// Notifications go to the outbox in this transaction ([`Store::set_notices`]).
     pub fn notices(&self) -> bool {
         self.notices
@@ -321,6 +339,9 @@ impl WriteTx {
                 self.health.succeeded();
                 // Back to the pool, outside any transaction.
                 drop(self.conn.take());
+                if self.wrote_notices {
+                    self.outbox.notify_waiters();
+                }
             }
             Err(e) => {
                 self.health.failed(e);

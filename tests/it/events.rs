@@ -276,7 +276,6 @@ async fn bad_signatures_stale_timestamps_and_oversized_bodies_are_refused_and_no
         Some(Health::Healthy),
         "nothing done"
     );
-    // Rotation: a second secret listed in the file is accepted too.
     daemon.stop().await;
 }
 
