@@ -1382,3 +1382,66 @@ async fn the_simulate_command_signs_and_sends_its_events_to_a_webhook_url() {
             .ends_with("/users/u-cmd")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_with_hostile_ids_or_no_json_is_stored_and_reaches_nothing_at_basiq() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    let daemon = Daemon::start(app);
+    let url = format!("http://{addr}/v1/basiq/webhook");
+    let signer = standardwebhooks::Webhook::new(BASIQ_SECRET).unwrap();
+    let http = reqwest::Client::new();
+    let bodies = [
+        (
+            "msg_hostile",
+            serde_json::json!({
+                "eventTypeId": "connection.invalidated",
+                "eventId": "../../etc/passwd",
+                "links": {"eventEntity": "https://au-api.basiq.io/users/..%2F..%2Fetc/connections/x%20y"}
+            })
+            .to_string(),
+        ),
+        ("msg_notjson", "<html>not json</html>".to_owned()),
+    ];
+    for (id, body) in &bodies {
+        let ts = Utc::now().timestamp();
+        let answer = http
+            .post(&url)
+            .header("webhook-id", *id)
+            .header("webhook-timestamp", ts.to_string())
+            .header(
+                "webhook-signature",
+                signer.sign(id, ts, body.as_bytes()).unwrap(),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "signed: stored");
+    }
+    until("both to be processed", || async {
+        let e = store.recent_events(10).await.unwrap();
+        e.len() == 2 && e.iter().all(|e| e.processed_at.is_some())
+    })
+    .await;
+    let outcomes: std::collections::BTreeMap<String, Option<String>> = store
+        .recent_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.delivery_id, e.outcome))
+        .collect();
+    assert_eq!(outcomes["msg_hostile"].as_deref(), Some("no-user"));
+    assert_eq!(outcomes["msg_notjson"].as_deref(), Some("unreadable"));
+    let counters = sim.sim.counters();
+    assert_eq!(
+        counters.requests.get(&Route::Events),
+        None,
+        "no look-up with a bad id"
+    );
+    assert_eq!(counters.requests.get(&Route::Connections), None);
+    daemon.stop().await;
+}
