@@ -1445,3 +1445,61 @@ async fn a_signed_delivery_with_hostile_ids_or_no_json_is_stored_and_reaches_not
     assert_eq!(counters.requests.get(&Route::Connections), None);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_nearing_its_end_is_told_once_per_threshold() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, conn) = healthy_user(&sim, "u-exp", "c-exp");
+    let mut c = sim.sim.scripted("u-exp").remove(0);
+    c.expiry = Some(Utc::now() + Duration::days(20));
+    sim.sim.add_connection("u-exp", c.clone());
+    let toml = format!(
+        "[sweep]\nperiod = \"24h\"\n{}",
+        endpoint_toml(&dir, "http://127.0.0.1:9/hook", "")
+    );
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), &toml).await;
+    sweeper
+        .add_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let notices = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT payload FROM outbox WHERE event_type = 'connection.consent_expiring' ORDER BY id",
+        )
+        .fetch_all(sweeper.store().pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| serde_json::from_str::<serde_json::Value>(&p).unwrap())
+        .collect::<Vec<_>>()
+    };
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    let told = notices().await;
+    assert_eq!(told.len(), 1, "the 30-day threshold, once: {told:?}");
+    assert_eq!(told[0]["data"]["days"], 30);
+    assert_eq!(told[0]["data"]["connection_id"], conn.as_str());
+    assert_eq!(told[0]["data"]["user_action"], "reconsent");
+    // Six days left: the 7-day threshold, once.
+    c.expiry = Some(Utc::now() + Duration::days(6));
+    sim.sim.add_connection("u-exp", c);
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .await
+        .unwrap();
+    let told = notices().await;
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(told[1]["data"]["days"], 7);
+}
