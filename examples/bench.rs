@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example bench -- --users 100000
 //! cargo run --release --example bench -- --users 2000 --million   # adds the 1M-user figures
+//! cargo run --release --example bench -- --users 2000 --notices   # with the outbox written
 //! ```
 //!
 //! The simulator runs in a second process (this binary again, `--role sim`), so the CPU
@@ -41,6 +42,8 @@ struct Args {
     users: usize,
     concurrency: usize,
     million: bool,
+    /// Write notifications to the outbox, as with `[[notify.endpoints]]` configured.
+    notices: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
@@ -48,13 +51,17 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         users: 2000,
         concurrency: 8,
         million: false,
+        notices: false,
     };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--users" => args.users = it.next().context("--users N")?.parse()?,
             "--concurrency" => args.concurrency = it.next().context("--concurrency N")?.parse()?,
             "--million" => args.million = true,
-            other => bail!("unknown argument {other:?} (--users N, --concurrency N, --million)"),
+            "--notices" => args.notices = true,
+            other => bail!(
+                "unknown argument {other:?} (--users N, --concurrency N, --million, --notices)"
+            ),
         }
     }
     Ok(args)
@@ -243,6 +250,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         secrecy::SecretString::from(sim.api_key.clone()),
     )
     .await?;
+    sweeper.store().set_notices(args.notices);
     let started = Instant::now();
     for chunk in users.chunks(10_000) {
         sweeper.add_users(chunk).await?;
@@ -277,6 +285,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     )
     .fetch_one(sweeper.store().pool())
     .await?;
+    let notices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(sweeper.store().pool())
+        .await?;
     sweeper.store().close().await;
     let sweep_rate = swept / took;
     let cpu_ms = cpu * 1000.0 / swept.max(1.0);
@@ -296,6 +307,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         counts.users_swept,
         counts.users_failed,
         counts.users_gone
+    );
+    println!(
+        "notifications written to the outbox: {notices} ({})",
+        if args.notices {
+            "--notices: as with an endpoint configured"
+        } else {
+            "none configured"
+        }
     );
     println!();
     println!("| figure | measured | target | |");

@@ -741,7 +741,7 @@ fn classify_row(
 
 /// Writes a verdict into the row; a change of health or reason is recorded and noted.
 /// Basiq says the user's consent was revoked or expired (`reason`): every open-banking
-/// connection of theirs (and those whose method Basiq did not say) needs the user.
+/// connection of theirs needs the user.
 pub fn plan_consent_ended(
     user: &UserId,
     rows: Vec<ConnectionRow>,
@@ -818,9 +818,11 @@ fn keep_consent_end(row: &ConnectionRow, verdict: Verdict) -> Verdict {
     }
 }
 
-/// Open banking, or a method Basiq's answers left out (its recorded connections have none).
+/// An open-banking connection (a consent). A connection whose method Basiq left out and
+/// that shows no consent end is not taken for one: the sweep that follows the event reads
+/// what Basiq says of it.
 fn consent_based(method: &Method) -> bool {
-    matches!(method, Method::OpenBanking | Method::Unknown)
+    *method == Method::OpenBanking
 }
 
 pub fn apply_verdict(

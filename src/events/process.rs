@@ -139,13 +139,22 @@ impl Processor {
                 }
             }
             Action::ConsentEnded(user, reason) => {
+                if !watched(&user).await? {
+                    return Ok("not-watched");
+                }
                 let rows = store.all_connections(Some(&user)).await?;
                 let plan = plan::plan_consent_ended(&user, rows, reason, now);
                 store.commit_plan(&plan, now).await?;
                 emit_notes(plan.notes);
+                // What Basiq now says of the user's other connections (those it did not
+                // name a method for included); the consent's end is kept.
+                self.sweeper.sweep_user(&user).await?;
                 "consent-ended"
             }
             Action::ConsentWarning(user) => {
+                if !watched(&user).await? {
+                    return Ok("not-watched");
+                }
                 let rows = store.all_connections(Some(&user)).await?;
                 let plan = plan::plan_consent_warning(&user, rows, now);
                 store.commit_plan(&plan, now).await?;
