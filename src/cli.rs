@@ -211,7 +211,8 @@ pub enum EventsCommand {
         limit: u32,
     },
     /// Read Basiq's `GET /events` once now and process what was not heard yet (what the
-    /// daemon does every `webhooks.poll_interval`). Prints {"listed", "stored", "processed"}.
+    /// daemon does every `webhooks.poll_interval`). Prints {"listed", "stored", "skipped"
+    /// (types that do nothing, not stored), "processed"}.
     Poll,
 }
 
@@ -509,7 +510,7 @@ async fn events(command: EventsCommand, settings: &Settings) -> anyhow::Result<u
             }
             println!(
                 "{}",
-                serde_json::json!({"listed": polled.listed, "stored": polled.stored, "processed": processed})
+                serde_json::json!({"listed": polled.listed, "stored": polled.stored, "skipped": polled.skipped, "processed": processed})
             );
             Ok(0)
         }

@@ -86,24 +86,25 @@ pub enum Action {
     Ignore(&'static str),
 }
 
+/// The event types that do something; the others are stored (from a webhook) and counted.
+pub const HANDLED: [&str; 11] = [
+    "connection.invalidated",
+    "connection.created",
+    "connection.activated",
+    "connection.deleted",
+    "consent.revoked",
+    "consent.expired",
+    "consent.warning",
+    "consent.updated",
+    "consent.created",
+    "user.deleted",
+    "user.created",
+];
+
 /// Decides what an event does from its type and ids. `register_new_users` is
 /// `webhooks.register_new_users`.
 pub fn action(event_type: &str, ids: &EntityIds, register_new_users: bool) -> Action {
-    let known = matches!(
-        event_type,
-        "connection.invalidated"
-            | "connection.created"
-            | "connection.activated"
-            | "connection.deleted"
-            | "consent.revoked"
-            | "consent.expired"
-            | "consent.warning"
-            | "consent.updated"
-            | "consent.created"
-            | "user.deleted"
-            | "user.created"
-    );
-    if !known {
+    if !HANDLED.contains(&event_type) {
         return Action::Ignore("not-handled");
     }
     let Some(user) = ids.user_id.clone() else {

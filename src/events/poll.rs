@@ -18,6 +18,9 @@ const SKEW: chrono::Duration = chrono::Duration::minutes(10);
 pub struct Polled {
     pub listed: usize,
     pub stored: usize,
+    /// Events of types that do nothing here (`transactions.updated`, ...): not stored, so
+    /// a busy application's `/events` does not fill the inbox.
+    pub skipped: usize,
 }
 
 /// Reads `/events` once and stores the events not heard yet.
@@ -30,10 +33,15 @@ pub async fn poll_once(
     let events = client.list_events().await?;
     let mut polled = Polled {
         listed: events.items.len(),
-        stored: 0,
+        ..Polled::default()
     };
     let mut newest = cursor;
     for e in &events.items {
+        newest = newest.max(e.created);
+        if !super::HANDLED.contains(&e.event_type.as_str()) {
+            polled.skipped += 1;
+            continue;
+        }
         if let (Some(c), Some(created)) = (cursor, e.created)
             && created < c - SKEW
         {
@@ -65,7 +73,6 @@ pub async fn poll_once(
         if stored {
             polled.stored += 1;
         }
-        newest = newest.max(e.created);
     }
     if let Some(n) = newest.filter(|n| Some(*n) != cursor) {
         store.set_events_cursor(n).await?;

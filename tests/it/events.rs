@@ -336,6 +336,7 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
         .await
         .unwrap();
     sim.sim.invalidate_connection("c-poll").unwrap();
+    sim.sim.emit_event("transactions.updated", "u-poll", None);
     let processor = basiq_health::events::process::Processor {
         sweeper: sweeper.clone(),
         register_new_users: false,
@@ -350,7 +351,7 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
         basiq_health::events::poll::poll_once(sweeper.client(), sweeper.store(), Utc::now())
             .await
             .unwrap();
-    assert_eq!((polled.listed, polled.stored), (1, 1));
+    assert_eq!((polled.listed, polled.stored, polled.skipped), (2, 1, 1));
     assert_eq!(processor.process_pending(&cancel).await.unwrap(), 1);
     assert_eq!(
         health_of(sweeper.store(), &conn).await.unwrap().0,
@@ -361,7 +362,7 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
         basiq_health::events::poll::poll_once(sweeper.client(), sweeper.store(), Utc::now())
             .await
             .unwrap();
-    assert_eq!((again.listed, again.stored), (1, 0));
+    assert_eq!((again.listed, again.stored), (2, 0));
     assert_eq!(processor.process_pending(&cancel).await.unwrap(), 0);
     assert_eq!(requests(&sim, Route::Connections) - lists, 1);
     assert_eq!(requests(&sim, Route::Jobs) - jobs, 1);
@@ -1108,7 +1109,7 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
     let polled: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
         polled,
-        serde_json::json!({"listed": 1, "stored": 1, "processed": 1})
+        serde_json::json!({"listed": 1, "stored": 1, "skipped": 0, "processed": 1})
     );
     let (code, stdout, _) = run(&["events", "poll"]);
     assert_eq!(code, 0);
