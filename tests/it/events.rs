@@ -1504,3 +1504,59 @@ async fn a_consent_nearing_its_end_is_told_once_per_threshold() {
     assert_eq!(told.len(), 2, "{told:?}");
     assert_eq!(told[1]["data"]["days"], 7);
 }
+
+#[test]
+fn the_secrets_can_come_from_systemd_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(
+        creds.join("basiq-webhook-secret"),
+        format!("{BASIQ_SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::write(creds.join("notify-secret"), format!("{APP_SECRET}\n")).unwrap();
+    let config = dir.path().join("bh.toml");
+    std::fs::write(
+        &config,
+        "[webhooks]\nlisten = \"127.0.0.1:8089\"\n\
+         [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_credential = \"notify-secret\"\n",
+    )
+    .unwrap();
+    let check = |creds: Option<&std::path::Path>| {
+        let mut cmd = crate::cli::bin();
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["config", "check"])
+            .env("BASIQ_HEALTH_API_KEY", "c2VjcmV0LWNhbmFyeQ==");
+        if let Some(c) = creds {
+            cmd.env("CREDENTIALS_DIRECTORY", c);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check(Some(&creds));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("notify-secret"),
+        "the file it came from is shown: {text}"
+    );
+    assert!(
+        !text.contains(BASIQ_SECRET.trim_start_matches("whsec_")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(APP_SECRET.trim_start_matches("whsec_")),
+        "{text}"
+    );
+    let (code, text) = check(None);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("webhooks.listen") || text.contains("secret_credential"),
+        "{text}"
+    );
+}
