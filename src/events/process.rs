@@ -18,8 +18,11 @@ use crate::plan;
 use crate::store::events::InboxRow;
 use crate::sweep::{SweepError, Sweeper, emit_notes};
 
-/// Tries of one event before it is given up (`outcome = failed`).
+/// Tries of one event before it is given up (`outcome = failed`): with [`RETRY_BASE`]
+/// doubling, the last is about 20 minutes after the first.
 pub const MAX_ATTEMPTS: i64 = 8;
+/// The wait before the first retry of an event that failed.
+pub const RETRY_BASE: Duration = Duration::from_secs(10);
 /// How often an idle processor looks at the inbox (a stored webhook wakes it at once).
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -55,13 +58,14 @@ impl Processor {
     /// Processes what the inbox holds now; returns how many events were finished.
     pub async fn process_pending(&self, cancel: &CancellationToken) -> crate::store::Result<usize> {
         let store = self.sweeper.store();
-        let rows = store.unprocessed_events(32).await?;
+        let rows = store.unprocessed_events(Utc::now(), 32).await?;
         let mut finished = 0;
+        let mut swept = std::collections::HashSet::new();
         for row in rows {
             if cancel.is_cancelled() {
                 break;
             }
-            match self.process(&row).await {
+            match self.process(&row, &mut swept).await {
                 Ok(outcome) => {
                     store.event_processed(row.seq, outcome, Utc::now()).await?;
                     tracing::info!(
@@ -81,8 +85,11 @@ impl Processor {
                     finished += 1;
                 }
                 Err(e) => {
-                    store.event_attempt_failed(row.seq).await?;
-                    tracing::warn!(event = "event_retry", delivery_id = %row.delivery_id, event_type = row.event_type.as_deref(), error = %e, "could not process an event now; tried again later");
+                    let wait = RETRY_BASE.saturating_mul(1u32 << row.attempts.clamp(0, 16));
+                    let retry_at =
+                        Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    store.event_attempt_failed(row.seq, retry_at).await?;
+                    tracing::warn!(event = "event_retry", delivery_id = %row.delivery_id, event_type = row.event_type.as_deref(), error = %e, retry_at = %retry_at.to_rfc3339(), "could not process an event now; tried again later");
                     if matches!(e, SweepError::Store(_)) || e.is_auth() {
                         // The disk or the key: the others would fail the same way.
                         break;
@@ -94,7 +101,11 @@ impl Processor {
     }
 
     /// Does what one event says; the outcome to store.
-    async fn process(&self, row: &InboxRow) -> Result<&'static str, SweepError> {
+    async fn process(
+        &self,
+        row: &InboxRow,
+        swept: &mut std::collections::HashSet<UserId>,
+    ) -> Result<&'static str, SweepError> {
         let Some(event_type) = row.event_type.as_deref() else {
             return Ok("unreadable");
         };
@@ -128,7 +139,14 @@ impl Processor {
                 if !watched(&user).await? {
                     return Ok("not-watched");
                 }
+                // Several events about one user at once (five connections made together)
+                // cost one sweep: every event of this batch was stored before the batch
+                // began, so a sweep made for one of them has seen them all.
+                if swept.contains(&user) {
+                    return Ok("swept-already");
+                }
                 self.sweeper.sweep_user(&user).await?;
+                swept.insert(user);
                 "swept"
             }
             Action::ConnectionDeleted(user, connection) => {
@@ -148,7 +166,10 @@ impl Processor {
                 emit_notes(plan.notes);
                 // What Basiq now says of the user's other connections (those it did not
                 // name a method for included); the consent's end is kept.
-                self.sweeper.sweep_user(&user).await?;
+                if !swept.contains(&user) {
+                    self.sweeper.sweep_user(&user).await?;
+                    swept.insert(user);
+                }
                 "consent-ended"
             }
             Action::ConsentWarning(user) => {

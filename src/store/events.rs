@@ -255,12 +255,19 @@ impl Store {
             .await
     }
 
-    /// The oldest unprocessed events.
-    pub async fn unprocessed_events(&self, limit: u32) -> Result<Vec<InboxRow>> {
+    /// The oldest unprocessed events due (not waiting for a retry).
+    pub async fn unprocessed_events(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<InboxRow>> {
         sqlx::query_as(
-            "SELECT seq, delivery_id, event_id, event_type, source, user_id, entity_link, body, attempts
-             FROM inbox WHERE processed_at IS NULL ORDER BY seq LIMIT ?",
+            "SELECT seq, delivery_id, event_id, event_type, source, user_id, entity_link, body,
+                 attempts
+             FROM inbox WHERE processed_at IS NULL AND COALESCE(next_attempt_at, 0) <= ?
+             ORDER BY seq LIMIT ?",
         )
+        .bind(ts(now))
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await
@@ -277,12 +284,15 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
-    /// Counts a failed processing attempt (the event is taken again later).
-    pub async fn event_attempt_failed(&self, seq: i64) -> Result<()> {
-        let done = sqlx::query("UPDATE inbox SET attempts = attempts + 1 WHERE seq = ?")
-            .bind(seq)
-            .execute(self.write_pool())
-            .await;
+    /// Counts a failed processing attempt; the event is taken again at `retry_at`.
+    pub async fn event_attempt_failed(&self, seq: i64, retry_at: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE inbox SET attempts = attempts + 1, next_attempt_at = ? WHERE seq = ?",
+        )
+        .bind(ts(retry_at))
+        .bind(seq)
+        .execute(self.write_pool())
+        .await;
         self.note(done).map(|_| ())
     }
 

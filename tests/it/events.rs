@@ -1560,3 +1560,89 @@ fn the_secrets_can_come_from_systemd_credentials() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_before_its_retry() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, _) = healthy_user(&sim, "u-many", "c-many1");
+    let (other, _) = healthy_user(&sim, "u-fail", "c-fail1");
+    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
+    sweeper
+        .add_users(&[user.clone(), other.clone()])
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    sweeper
+        .run_pass("test", Some(vec![user.clone(), other.clone()]), &cancel)
+        .await
+        .unwrap();
+    for c in ["c-many2", "c-many3", "c-many4"] {
+        sim.sim.emit_event("connection.created", "u-many", Some(c));
+    }
+    sim.sim
+        .emit_event("connection.invalidated", "u-fail", Some("c-fail1"));
+    let polled =
+        basiq_health::events::poll::poll_once(sweeper.client(), sweeper.store(), Utc::now())
+            .await
+            .unwrap();
+    assert_eq!(polled.stored, 4);
+    // Basiq fails every request about the second user for now.
+    sim.sim.inject_user_fault(
+        "u-fail",
+        basiq_sim::Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        100,
+    );
+    let processor = basiq_health::events::process::Processor {
+        sweeper: sweeper.clone(),
+        register_new_users: false,
+        wake: Default::default(),
+    };
+    let (lists, jobs) = (
+        requests(&sim, Route::Connections),
+        requests(&sim, Route::Jobs),
+    );
+    assert_eq!(processor.process_pending(&cancel).await.unwrap(), 3);
+    let outcomes: Vec<(String, Option<String>)> = sweeper
+        .store()
+        .recent_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| (e.user_id.unwrap_or_default(), e.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("u-many".to_owned(), Some("swept".to_owned())),
+            ("u-many".to_owned(), Some("swept-already".to_owned())),
+            ("u-many".to_owned(), Some("swept-already".to_owned())),
+            ("u-fail".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        requests(&sim, Route::Jobs) - jobs,
+        1,
+        "one sweep for the three events"
+    );
+    // The failing one is not tried again at once.
+    let asked = requests(&sim, Route::Connections);
+    assert!(asked > lists);
+    assert_eq!(processor.process_pending(&cancel).await.unwrap(), 0);
+    assert_eq!(
+        requests(&sim, Route::Connections),
+        asked,
+        "waits for its retry time"
+    );
+    let waiting: (i64, Option<i64>) =
+        sqlx::query_as("SELECT attempts, next_attempt_at FROM inbox WHERE processed_at IS NULL")
+            .fetch_one(sweeper.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(waiting.0, 1);
+    assert!(waiting.1.unwrap() > Utc::now().timestamp(), "{waiting:?}");
+}

@@ -1,0 +1,3 @@
+-- An event whose processing failed (Basiq or the disk) is tried again after a backoff, not
+-- at once: a Basiq outage of minutes does not use up its tries.
+ALTER TABLE inbox ADD COLUMN next_attempt_at INTEGER;
