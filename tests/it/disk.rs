@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::*;
 
 /// A tmpfs of `size` mounted for the test's lifetime (we run as root here and in CI).
-struct Tmpfs(PathBuf);
+pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
+    pub fn mount(dir: &Path, size: &str) -> Self {
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
@@ -42,7 +42,7 @@ impl Drop for Tmpfs {
 }
 
 /// Writes a filler file until the file system is full.
-fn fill(path: &Path) {
+pub fn fill(path: &Path) {
     let mut file = std::fs::File::create(path).unwrap();
     let chunk = vec![0u8; 16 * 1024];
     while file

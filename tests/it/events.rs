@@ -1646,3 +1646,85 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
     assert_eq!(waiting.0, 1);
     assert!(waiting.1.unwrap() > Utc::now().timestamp(), "{waiting:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_arriving_on_a_full_disk_is_answered_503_and_its_retry_is_stored_once_space_returns()
+ {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let _mount = crate::disk::Tmpfs::mount(&data, "16m");
+    let secret = write_secret(&dir, "basiq-webhook-secret", BASIQ_SECRET);
+    let toml = format!(
+        "[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\npoll_interval = \"0s\"\n",
+        secret.display().to_string()
+    );
+    let settings = settings_for(&sim, &data.join("bh.db"), &toml);
+    let app = App::build_with_key(settings, secrecy::SecretString::from(sim.sim.api_key()))
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/basiq/webhook", app.webhook_addr().unwrap());
+    let store = app.sweeper().store().clone();
+    let daemon = Daemon::start(app);
+    let signer = standardwebhooks::Webhook::new(BASIQ_SECRET).unwrap();
+    let http = reqwest::Client::new();
+    let post = |id: String| {
+        let http = http.clone();
+        let url = url.clone();
+        let body = serde_json::json!({"eventTypeId": "transactions.updated", "eventId": format!("e{}", id.trim_start_matches("msg_")), "links": {"eventEntity": "https://x/users/u-disk"}}).to_string();
+        let ts = Utc::now().timestamp();
+        let signature = signer.sign(&id, ts, body.as_bytes()).unwrap();
+        async move {
+            http.post(&url)
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("msg_before".into()).await, 200);
+    crate::disk::fill(&data.join("filler"));
+    // Deliveries until one cannot be stored (the WAL may hold a few).
+    let mut refused = None;
+    for n in 0..5000 {
+        let id = format!("msg_full{n}");
+        match post(id.clone()).await {
+            200 => continue,
+            503 => {
+                refused = Some(id);
+                break;
+            }
+            other => panic!("answered {other}"),
+        }
+    }
+    let refused = refused.expect("a delivery is refused 503 once the disk is full");
+    std::fs::remove_file(data.join("filler")).unwrap();
+    // Basiq's retry of the refused delivery: stored now.
+    assert_eq!(post(refused.clone()).await, 200);
+    until("the retried delivery to be processed", || async {
+        store
+            .recent_events(10_000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.delivery_id == refused && e.processed_at.is_some())
+    })
+    .await;
+    let events = store.recent_events(10_000).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.delivery_id == "msg_before"),
+        "nothing stored was lost"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.delivery_id == refused).count(),
+        1
+    );
+    assert!(store.integrity_ok().await.unwrap());
+    daemon.stop().await;
+}
