@@ -198,3 +198,65 @@ async fn the_database_and_its_wal_and_shm_are_private() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200_once_it_is_not() {
+    let sim = start_sim(SimConfig {
+        users: 60,
+        ..sim_config()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = Tmpfs::mount(dir.path(), "16m");
+    let settings = settings_for(
+        &sim,
+        &dir.path().join("bh.db"),
+        "[sweep]\nconcurrency = 4\n",
+    );
+    let mut settings = settings;
+    settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
+    let app = basiq_health::app::App::build_with_key(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+    )
+    .await
+    .unwrap();
+    let healthz = format!("http://{}/healthz", app.api_addr().unwrap());
+    let sweeper = app.sweeper().clone();
+    let users = sim_users(&sim);
+    sweeper.add_users(&users).await.unwrap();
+    let daemon = Daemon::start(app);
+    let http = reqwest::Client::new();
+    let status = || async { http.get(&healthz).send().await.unwrap().status().as_u16() };
+    sweeper
+        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(status().await, 200);
+    let filler = dir.path().join("filler");
+    fill(&filler);
+    let mut failed = false;
+    for _ in 0..30 {
+        if sweeper
+            .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+            .await
+            .is_err()
+        {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "a pass fails once the disk is full");
+    assert_eq!(
+        status().await,
+        503,
+        "the probe says the database is not writable"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    sweeper
+        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .await
+        .expect("writes work again");
+    assert_eq!(status().await, 200);
+    daemon.stop().await;
+}
