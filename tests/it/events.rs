@@ -728,6 +728,7 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
     let app = app_with(&sim, &dir, &toml).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.sweeper().store().clone();
+    let sweeper = app.sweeper().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -746,13 +747,42 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
     assert_eq!(dead.len(), 1);
     assert!(dead[0].attempts >= 2, "retried before giving up: {dead:?}");
     assert_eq!(dead[0].attempts, dead[0].failures);
-    let counts = store.delivery_counts().await.unwrap();
-    assert!(
-        counts
-            .by_state
-            .iter()
-            .any(|(e, s, n)| e == &down.to_string() && s == "dead" && *n == 1),
-        "{counts:?}"
+    // /metrics as the daemon renders it.
+    let settings = settings_for(&sim, &dir.path().join("bh.db"), &toml);
+    let refresher =
+        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
+            .await
+            .unwrap();
+    let text = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())
+        .await
+        .unwrap();
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(
+        sample(&format!(
+            "basiq_health_notify_deliveries{{endpoint=\"{down}\",state=\"dead_lettered\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        sample(&format!(
+            "basiq_health_notify_failed_attempts{{endpoint=\"{down}\"}}"
+        )),
+        dead[0].failures as f64
+    );
+    // The family is there (the receiver's counters live in the daemon, not in this render).
+    assert_eq!(
+        sample("basiq_health_webhooks_received_total{outcome=\"stored\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            "basiq_health_events_stored{event_type=\"connection.invalidated\",source=\"webhook\",processed=\"true\"}"
+        ),
+        1.0
     );
     // `notify retry` queues it again.
     assert_eq!(
