@@ -3,6 +3,8 @@
 //! ```text
 //! settings ──> app (wiring, lifecycle) ──> scheduler tick ──> sweep ──> basiq (HTTP) ──> classify ──> store (SQLite)
 //!                                                    └──> policy (may we refresh?) ──> basiq refresh ──> follow job
+//! Basiq's webhooks, /events poll ──> inbox ──> events processor ──> sweep / planner ──> store
+//! store's outbox (written in the plan's commit) ──> notify deliverers ──> the partner's endpoints
 //! ```
 //!
 //! - [`settings`]: TOML + environment, validated into typed values.
@@ -17,6 +19,9 @@
 //! - [`report`]: the status report (JSON and table).
 //! - [`app`]: build, then run until stopped.
 //! - [`api`]: the local control API.
+//! - [`events`]: Basiq's events in: the webhook receiver, the `/events` poll, the inbox
+//!   processor.
+//! - [`notify`]: notifications out: what to tell (pure), and the per-endpoint deliverers.
 //! - the simulator (a Basiq stand-in on a loopback port for the demo, tests and benchmarks) is
 //!   its own crate, `basiq-sim` in `crates/basiq-sim`, which knows nothing of this one.
 //! - [`cli`]: the commands.
