@@ -270,10 +270,6 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
             })
         {
             heard = Some(t0.elapsed());
-            println!(
-                "  [{:>6.3}s] webhook in: verified and stored, answered 200",
-                t0.elapsed().as_secs_f64()
-            );
         }
         if action.is_none()
             && store
@@ -284,10 +280,6 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
                 .is_some_and(|r| r.health == Some(crate::classify::Health::ActionRequired))
         {
             action = Some(t0.elapsed());
-            println!(
-                "  [{:>6.3}s] user swept (2 requests): health action-required",
-                t0.elapsed().as_secs_f64()
-            );
         }
         let got = received
             .lock()
@@ -311,8 +303,23 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // The receiver stamps its arrival; the others are seen by polling the database.
-    steps.sort_by_key(|(at, _)| *at);
+    // The receiver stamps its arrival; the others are seen by polling the database, a
+    // little late: the notification is written in the health change's own transaction, and
+    // the event is stored before it is processed, so neither comes after the next step.
+    let action = action.map(|a| told.map_or(a, |t| a.min(t)));
+    let heard = heard.map(|h| action.map_or(h, |a| h.min(a)));
+    if let Some(h) = heard {
+        println!(
+            "  [{:>6.3}s] webhook in: verified and stored, answered 200",
+            h.as_secs_f64()
+        );
+    }
+    if let Some(a) = action {
+        println!(
+            "  [{:>6.3}s] user swept (2 requests): health action-required",
+            a.as_secs_f64()
+        );
+    }
     for (at, text) in steps {
         println!("  [{:>6.3}s] {text}", at.as_secs_f64());
     }
@@ -367,6 +374,20 @@ fn outage_notices(
             );
         }
     }
+    // An ask made in the instant between the bank going down at the simulator and the
+    // daemon's next read of /connectors cannot know of it: shown apart.
+    if let (Some(flip), Some(known)) = (window.0, start) {
+        for (_, n) in all.iter().filter(|(at, n)| {
+            *at >= flip && *at < known && at_bank(n) && n["data"]["user_action"] != "none"
+        }) {
+            println!(
+                "  before the daemon could know of the outage: connection {} asked to {}",
+                n["data"]["connection_id"].as_str().unwrap_or("-"),
+                n["data"]["user_action"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    // From the daemon's outage notice to its end's.
     let (Some(from), to) = (start.or(window.0), end.or(window.1)) else {
         println!("  (the outage was not seen)");
         return;

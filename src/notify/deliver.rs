@@ -94,7 +94,10 @@ async fn endpoint_loop(
             continue;
         }
         let wait = match store.next_delivery_at(&name).await {
-            Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or_default().min(IDLE),
+            Ok(Some(at)) => (at - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .clamp(NAP, IDLE),
             _ => IDLE,
         };
         tokio::select! {
@@ -113,12 +116,17 @@ struct Target<'a> {
     signer: &'a standardwebhooks::Webhook,
 }
 
-/// The oldest bank status a notice asking a user to act may be checked against.
-const CONFIRM_FLOOR: Duration = Duration::from_secs(2);
+/// How long a notice asking a user to act waits for the bank's status to be read after it
+/// (`/connectors` failing, say) before it is sent on what is known.
+const HOLD_MAX: chrono::Duration = chrono::Duration::minutes(5);
+/// The shortest sleep of an idle deliverer (a delivery due but held back, or waiting for an
+/// older one of its order key, must not make it spin).
+const NAP: Duration = Duration::from_millis(50);
 
 /// One round: enqueue, then attempt what is due, concurrently (one per order key at most).
-/// Before a notice asks a user to act, the bank's status is read again unless it was read
-/// after the notice (or within [`CONFIRM_FLOOR`]): an outage found then reclassifies the
+/// A notice asking a user to act is sent only once the bank's status was read after it
+/// was made (read now if need be, at most once a second for the whole daemon; held up to
+/// [`HOLD_MAX`] while `/connectors` cannot be read): an outage found then reclassifies the
 /// connection, and the notice, no longer true, is superseded instead of sent. Returns the
 /// deliveries attempted.
 async fn round(
@@ -136,27 +144,53 @@ async fn round(
     let newest_ask = candidates
         .iter()
         .filter(|d| asks_to_act(d))
-        .map(|d| d.created_at)
+        .map(|d| d.outbox_id)
         .max();
-    if let (Some(sweeper), Some(created)) = (sweeper, newest_ask) {
-        let age = (now - from_ts(created)).to_std().unwrap_or_default();
-        sweeper.connectors_within(age.max(CONFIRM_FLOOR)).await;
+    // Open outages before and after the read that confirms: an ask waits while its bank
+    // is down in either (the read may open an outage, or close one whose end is told
+    // first, next round).
+    let mut outages = if newest_ask.is_some() {
+        store.open_outages().await?
+    } else {
+        Vec::new()
+    };
+    let confirmed = match (sweeper, newest_ask) {
+        (Some(sweeper), Some(id)) => sweeper.connectors_confirm(id).await,
+        _ => true,
+    };
+    if newest_ask.is_some() {
+        outages.extend(store.open_outages().await?);
     }
     let mut due = Vec::new();
     for d in candidates {
-        if still_true(store, &d).await? {
-            due.push(d);
-        } else {
+        if !current(store, &d).await? {
             store.delivery_superseded(d.id, now).await?;
-            tracing::info!(event = "notify_superseded", endpoint = %name, webhook_id = %d.webhook_id, "a notice asking a user to act no longer holds (the connection's health moved since): not sent");
+            tracing::info!(event = "notify_superseded", endpoint = %name, webhook_id = %d.webhook_id, "a health notice no longer holds (a newer one about the connection, or its health moved since): not sent");
+            continue;
         }
+        let held = now - from_ts(d.created_at) < HOLD_MAX;
+        if asks_to_act(&d) && ((!confirmed && held) || bank_down(&outages, &d)) {
+            // Not yet known whether the bank is up, or it is down (an expired consent
+            // cannot be renewed at a bank in outage): tried again next round.
+            continue;
+        }
+        due.push(d);
     }
     let attempted = due.len();
-    let sends = due.into_iter().map(|d| async move {
-        let result = send(http, &endpoint.url, signer, &d).await;
-        (d, result)
-    });
-    for (d, result) in futures_util::future::join_all(sends).await {
+    // A bank's outage notices first, then the users': an ask held during an outage
+    // arrives after the outage's end is told.
+    let (banks, users): (Vec<DueDelivery>, Vec<DueDelivery>) = due
+        .into_iter()
+        .partition(|d| d.order_key.starts_with("institution:"));
+    let mut results = Vec::with_capacity(attempted);
+    for phase in [banks, users] {
+        let sends = phase.into_iter().map(|d| async move {
+            let result = send(http, &endpoint.url, signer, &d).await;
+            (d, result)
+        });
+        results.extend(futures_util::future::join_all(sends).await);
+    }
+    for (d, result) in results {
         let now = Utc::now();
         match result {
             Ok(status) => {
@@ -182,6 +216,20 @@ async fn round(
     Ok(attempted)
 }
 
+/// The notice's bank (institution and method; any method when Basiq did not say) has an
+/// open outage.
+fn bank_down(outages: &[crate::store::OutageRow], d: &DueDelivery) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.payload) else {
+        return false;
+    };
+    let institution = v["data"]["institution_id"].as_str().unwrap_or_default();
+    let method = v["data"]["method"].as_str().unwrap_or_default();
+    outages.iter().any(|o| {
+        o.institution_id == institution
+            && (o.method == method || method == crate::domain::Method::Unknown.as_str())
+    })
+}
+
 /// A `connection.health_changed` notice whose `user_action` is not `none`.
 fn asks_to_act(d: &DueDelivery) -> bool {
     serde_json::from_str::<serde_json::Value>(&d.payload).is_ok_and(|v| {
@@ -192,23 +240,34 @@ fn asks_to_act(d: &DueDelivery) -> bool {
     })
 }
 
-/// A notice asking a user to act still holds when its turn comes: the connection still has
-/// that health and asks the same (an outage found since, or a re-consent, makes it moot).
-async fn still_true(store: &Store, d: &DueDelivery) -> crate::store::Result<bool> {
+/// A health notice is still worth sending when its turn comes: no newer health notice
+/// about the connection exists (the app is told the latest, not the history it missed),
+/// and one asking a user to act still holds: the connection still has that health and asks
+/// the same (an outage found since, or a re-consent, makes it moot).
+async fn current(store: &Store, d: &DueDelivery) -> crate::store::Result<bool> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.payload) else {
         return Ok(true);
     };
-    let data = &v["data"];
-    let asks = data["user_action"].as_str().unwrap_or("none");
-    if v["type"] != super::HEALTH_CHANGED || asks == "none" {
+    if v["type"] != super::HEALTH_CHANGED {
         return Ok(true);
     }
+    let data = &v["data"];
     let Some(id) = data["connection_id"]
         .as_str()
         .and_then(|c| crate::domain::ConnectionId::parse(c).ok())
     else {
         return Ok(true);
     };
+    if store
+        .newer_health_notice(d.outbox_id, &d.order_key, id.as_str())
+        .await?
+    {
+        return Ok(false);
+    }
+    let asks = data["user_action"].as_str().unwrap_or("none");
+    if asks == "none" {
+        return Ok(true);
+    }
     Ok(match store.connection(&id).await? {
         Some(row) => {
             let health = row.health.unwrap_or(crate::classify::Health::Unknown);

@@ -62,6 +62,8 @@ pub struct InboxEntry {
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct DueDelivery {
     pub id: i64,
+    pub outbox_id: i64,
+    pub order_key: String,
     pub webhook_id: String,
     pub payload: String,
     pub created_at: i64,
@@ -247,6 +249,33 @@ impl Store {
         Ok(self.note(done)?.rows_affected() > 0)
     }
 
+    /// A newer `connection.health_changed` notice about the same connection exists: the
+    /// older one is history the app need not be told.
+    pub async fn newer_health_notice(
+        &self,
+        outbox_id: i64,
+        order_key: &str,
+        connection_id: &str,
+    ) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE order_key = ? AND id > ?
+                AND event_type = 'connection.health_changed'
+                AND json_extract(payload, '$.data.connection_id') = ?)",
+        )
+        .bind(order_key)
+        .bind(outbox_id)
+        .bind(connection_id)
+        .fetch_one(self.pool())
+        .await
+    }
+
+    /// The newest outbox row's id (0 when empty).
+    pub async fn newest_outbox_id(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox")
+            .fetch_one(self.pool())
+            .await
+    }
+
     /// Whether an event id is in the inbox already.
     pub async fn event_known(&self, event_id: &str) -> Result<bool> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = ?)")
@@ -407,7 +436,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<DueDelivery>> {
         sqlx::query_as(
-            "SELECT d.id, o.webhook_id, o.payload, o.created_at, d.attempts, d.deadline
+            "SELECT d.id, d.outbox_id, d.order_key, o.webhook_id, o.payload, o.created_at, d.attempts, d.deadline
              FROM deliveries d JOIN outbox o ON o.id = d.outbox_id
              WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_at <= ?
                AND NOT EXISTS (

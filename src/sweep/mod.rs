@@ -91,7 +91,15 @@ struct ConnectorCache {
     failures: u32,
     retry_at: Option<Instant>,
     statuses: ConnectorStatuses,
+    /// The newest outbox row when the last successful fetch began: every notification up
+    /// to it was made before the statuses were read.
+    outbox_mark: i64,
+    /// The last fetch forced to confirm a notice ([`Sweeper::connectors_confirm`]).
+    forced_at: Option<Instant>,
 }
+
+/// Fetches forced to confirm notices are this far apart at least.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 
 /// What the sweep reports about itself: for the watchdog, `/metrics` and the status line.
 pub struct Progress {
@@ -171,6 +179,8 @@ impl Sweeper {
                 options,
                 seed,
                 connectors: Mutex::new(ConnectorCache {
+                    outbox_mark: 0,
+                    forced_at: None,
                     fetched_at: None,
                     failures: 0,
                     retry_at: None,
@@ -238,27 +248,43 @@ impl Sweeper {
     /// once, no user is blamed. Status changes are recorded, and the connections at those
     /// connectors reclassified, before the new statuses are handed out.
     pub async fn connectors(&self) -> ConnectorStatuses {
-        self.connectors_within(self.inner.options.connectors_ttl)
-            .await
-    }
-
-    /// As [`Sweeper::connectors`], read again when the last read is older than `max_age`
-    /// (or `sweep.connectors_ttl`, whichever is shorter): before a notice asks a user to
-    /// act, the bank's status is read after the failure was seen.
-    pub async fn connectors_within(&self, max_age: Duration) -> ConnectorStatuses {
         let mut cache = self.inner.connectors.lock().await;
-        let ttl = self.inner.options.connectors_ttl.min(max_age);
+        let ttl = self.inner.options.connectors_ttl;
         let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < ttl);
         let backing_off = cache.retry_at.is_some_and(|t| Instant::now() < t);
         if fresh || backing_off {
             return cache.statuses.clone();
         }
+        self.fetch_connectors(&mut cache).await
+    }
+
+    /// Whether the bank statuses were read after the notification `outbox_id` was made,
+    /// reading them now if not (at most once per [`CONFIRM_EVERY`], and not while the
+    /// fetch backs off after failures). The read reclassifies what an outage explains.
+    pub async fn connectors_confirm(&self, outbox_id: i64) -> bool {
+        let mut cache = self.inner.connectors.lock().await;
+        if cache.outbox_mark >= outbox_id {
+            return true;
+        }
+        let backing_off = cache.retry_at.is_some_and(|t| Instant::now() < t);
+        let recent = cache.forced_at.is_some_and(|t| t.elapsed() < CONFIRM_EVERY);
+        if backing_off || recent {
+            return false;
+        }
+        cache.forced_at = Some(Instant::now());
+        self.fetch_connectors(&mut cache).await;
+        cache.outbox_mark >= outbox_id
+    }
+
+    async fn fetch_connectors(&self, cache: &mut ConnectorCache) -> ConnectorStatuses {
+        let mark = self.inner.store.newest_outbox_id().await.unwrap_or(0);
         match self.inner.client.list_connectors().await {
             Ok(list) => {
                 let now = Utc::now();
                 match self.inner.store.record_connectors(&list, now).await {
                     Ok(changes) => {
                         cache.fetched_at = Some(Instant::now());
+                        cache.outbox_mark = cache.outbox_mark.max(mark);
                         cache.failures = 0;
                         cache.retry_at = None;
                         cache.statuses.known = true;
@@ -288,7 +314,7 @@ impl Sweeper {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "could not store connector statuses");
-                        self.connectors_failed(&mut cache);
+                        self.connectors_failed(cache);
                     }
                 }
             }
@@ -299,7 +325,7 @@ impl Sweeper {
                     known = cache.statuses.known,
                     "could not fetch /connectors; using the last known statuses"
                 );
-                self.connectors_failed(&mut cache);
+                self.connectors_failed(cache);
             }
         }
         cache.statuses.clone()

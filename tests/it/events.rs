@@ -1758,3 +1758,68 @@ async fn a_webhook_arriving_on_a_full_disk_is_answered_503_and_its_retry_is_stor
     assert!(store.integrity_ok().await.unwrap());
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_the_end_is_told() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir, "hold", 0);
+    let (user, conn) = healthy_user(&sim, "u-hold", "c-hold");
+    // The consent ended yesterday: the user must re-consent whatever the bank's state...
+    let mut c = sim.sim.scripted("u-hold").remove(0);
+    c.expiry = Some(Utc::now() - Duration::days(1));
+    sim.sim.add_connection("u-hold", c);
+    // ... but the bank is down, so renewing it now would fail.
+    sim.sim
+        .set_connector_status("AU00000", "open-banking", "major-outage");
+    let notify = endpoint_toml(&dir, &receiver.url(), "").replace(
+        "events = [\"connection.health_changed\"]",
+        "events = [\"connection.health_changed\", \"institution.outage_started\", \"institution.outage_ended\"]",
+    );
+    let toml = events_toml(&dir, "", &notify).replace(
+        "[sweep]\nperiod = \"24h\"",
+        "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
+    );
+    let app = app_with(&sim, &dir, &toml).await;
+    let store = app.sweeper().store().clone();
+    let sweeper = app.sweeper().clone();
+    first_sweep(&app, &user).await;
+    assert_eq!(
+        health_of(&store, &conn).await.unwrap(),
+        (Some(Health::ActionRequired), Some("consent-expired".into()))
+    );
+    let daemon = Daemon::start(app);
+    until("the outage's start to be told", || async {
+        receiver.seen().iter().any(|s| {
+            s["body"]["type"] == "institution.outage_started"
+                && s["body"]["data"]["institution_id"] == "AU00000"
+        })
+    })
+    .await;
+    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    let asks = |seen: &[serde_json::Value]| {
+        seen.iter()
+            .position(|s| s["body"]["data"]["user_action"] == "reconsent")
+    };
+    assert_eq!(asks(&receiver.seen()), None, "held while the bank is down");
+    sim.sim
+        .set_connector_status("AU00000", "open-banking", "operational");
+    sweeper
+        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .await
+        .unwrap();
+    until("the ask to arrive", || async {
+        asks(&receiver.seen()).is_some()
+    })
+    .await;
+    let seen = receiver.seen();
+    let ended = seen
+        .iter()
+        .position(|s| {
+            s["body"]["type"] == "institution.outage_ended"
+                && s["body"]["data"]["institution_id"] == "AU00000"
+        })
+        .expect("the end is told");
+    assert!(ended < asks(&seen).unwrap(), "the end first: {seen:?}");
+    daemon.stop().await;
+}
