@@ -185,7 +185,7 @@ pub enum UsersCommand {
 #[derive(Debug, Subcommand)]
 pub enum NotifyCommand {
     /// List deliveries, newest first, as JSON lines: {"id", "endpoint", "webhook_id",
-    /// "event_type", "user_id", "state" (pending, succeeded, dead), "attempts", "failures",
+    /// "event_type", "user_id", "state" (pending, succeeded, dead, superseded), "attempts", "failures",
     /// "last_status", "last_error", "created_at", "next_at", "done_at"}.
     List {
         /// Only dead-lettered deliveries and pending ones that failed at least once.

@@ -159,7 +159,9 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
             );
             // A user of that bank changes their password meanwhile: Basiq's webhook says
             // so, but the bank is down, so nobody is asked to act until it is back.
-            if let Some(c) = healthy_at(&sim, DEMO_OUTAGE.0, DEMO_OUTAGE.1) {
+            if let Some((_, c)) = healthy_where(&sim, |c| {
+                c.institution_id == DEMO_OUTAGE.0 && c.method == DEMO_OUTAGE.1
+            }) {
                 sim.invalidate_connection(&c);
                 println!(
                     "  [{:>5.1}s] ... and connection {c} there is invalidated (connection.invalidated sent)",
@@ -234,15 +236,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
 /// A healthy connection invalidated at the simulator: Basiq's webhook in, the user swept,
 /// `action-required` stored, the notification out, each step timed.
 async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
-    let Some((user, connection)) = sim.user_ids().into_iter().find_map(|u| {
-        sim.scripted(&u)
-            .into_iter()
-            .find(|c| {
-                sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy)
-                    && c.institution_id != DEMO_OUTAGE.0
-            })
-            .map(|c| (u, c.id))
-    }) else {
+    let Some((user, connection)) = healthy_where(sim, |c| c.institution_id != DEMO_OUTAGE.0) else {
         println!("\n(no healthy connection to invalidate)");
         return;
     };
@@ -328,17 +322,16 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
     }
 }
 
-/// A healthy connection at a connector.
-fn healthy_at(sim: &Simulator, institution: &str, method: &str) -> Option<String> {
+/// A user and one of their healthy connections that `wanted` accepts.
+fn healthy_where(
+    sim: &Simulator,
+    wanted: impl Fn(&basiq_sim::ScriptedConnection) -> bool,
+) -> Option<(String, String)> {
     sim.user_ids().into_iter().find_map(|u| {
         sim.scripted(&u)
             .into_iter()
-            .find(|c| {
-                sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy)
-                    && c.institution_id == institution
-                    && c.method == method
-            })
-            .map(|c| c.id)
+            .find(|c| sim.case_of(&c.id) == Some(basiq_sim::Case::Healthy) && wanted(c))
+            .map(|c| (u, c.id))
     })
 }
 

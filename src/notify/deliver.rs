@@ -140,11 +140,19 @@ async fn round(
     store
         .enqueue_deliveries(name, &endpoint.events, settings.max_age, now)
         .await?;
-    let candidates = store.due_deliveries(name, now, ROUND).await?;
+    let candidates: Vec<(DueDelivery, Option<HealthNotice>)> = store
+        .due_deliveries(name, now, ROUND)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let notice = HealthNotice::of(&d);
+            (d, notice)
+        })
+        .collect();
     let newest_ask = candidates
         .iter()
-        .filter(|d| asks_to_act(d))
-        .map(|d| d.outbox_id)
+        .filter(|(_, n)| n.as_ref().is_some_and(HealthNotice::asks))
+        .map(|(d, _)| d.outbox_id)
         .max();
     // Open outages before and after the read that confirms: an ask waits while its bank
     // is down in either (the read may open an outage, or close one whose end is told
@@ -162,14 +170,18 @@ async fn round(
         outages.extend(store.open_outages().await?);
     }
     let mut due = Vec::new();
-    for d in candidates {
-        if !current(store, &d).await? {
+    for (d, notice) in candidates {
+        let Some(notice) = notice else {
+            due.push(d);
+            continue;
+        };
+        if !notice.current(store, &d).await? {
             store.delivery_superseded(d.id, now).await?;
             tracing::info!(event = "notify_superseded", endpoint = %name, webhook_id = %d.webhook_id, "a health notice no longer holds (a newer one about the connection, or its health moved since): not sent");
             continue;
         }
         let held = now - from_ts(d.created_at) < HOLD_MAX;
-        if asks_to_act(&d) && ((!confirmed && held) || bank_down(&outages, &d)) {
+        if notice.asks() && ((!confirmed && held) || notice.bank_down(&outages)) {
             // Not yet known whether the bank is up, or it is down (an expired consent
             // cannot be renewed at a bank in outage): tried again next round.
             continue;
@@ -216,67 +228,73 @@ async fn round(
     Ok(attempted)
 }
 
-/// The notice's bank (institution and method; any method when Basiq did not say) has an
-/// open outage.
-fn bank_down(outages: &[crate::store::OutageRow], d: &DueDelivery) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.payload) else {
-        return false;
-    };
-    let institution = v["data"]["institution_id"].as_str().unwrap_or_default();
-    let method = v["data"]["method"].as_str().unwrap_or_default();
-    outages.iter().any(|o| {
-        o.institution_id == institution
-            && (o.method == method || method == crate::domain::Method::Unknown.as_str())
-    })
+/// What the deliverer needs of a health notice, read once from its payload.
+struct HealthNotice {
+    connection_id: crate::domain::ConnectionId,
+    to: String,
+    user_action: String,
+    institution_id: String,
+    method: String,
 }
 
-/// A `connection.health_changed` notice whose `user_action` is not `none`.
-fn asks_to_act(d: &DueDelivery) -> bool {
-    serde_json::from_str::<serde_json::Value>(&d.payload).is_ok_and(|v| {
-        v["type"] == super::HEALTH_CHANGED
-            && v["data"]["user_action"]
-                .as_str()
-                .is_some_and(|a| a != "none")
-    })
-}
-
-/// A health notice is still worth sending when its turn comes: no newer health notice
-/// about the connection exists (the app is told the latest, not the history it missed),
-/// and one asking a user to act still holds: the connection still has that health and asks
-/// the same (an outage found since, or a re-consent, makes it moot).
-async fn current(store: &Store, d: &DueDelivery) -> crate::store::Result<bool> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&d.payload) else {
-        return Ok(true);
-    };
-    if v["type"] != super::HEALTH_CHANGED {
-        return Ok(true);
-    }
-    let data = &v["data"];
-    let Some(id) = data["connection_id"]
-        .as_str()
-        .and_then(|c| crate::domain::ConnectionId::parse(c).ok())
-    else {
-        return Ok(true);
-    };
-    if store
-        .newer_health_notice(d.outbox_id, &d.order_key, id.as_str())
-        .await?
-    {
-        return Ok(false);
-    }
-    let asks = data["user_action"].as_str().unwrap_or("none");
-    if asks == "none" {
-        return Ok(true);
-    }
-    Ok(match store.connection(&id).await? {
-        Some(row) => {
-            let health = row.health.unwrap_or(crate::classify::Health::Unknown);
-            row.gone_at.is_none()
-                && data["to"] == health.as_str()
-                && super::user_action(health, row.reason.as_deref()) == asks
+impl HealthNotice {
+    /// `None` for the other types (and a payload we did not write, which is just sent).
+    fn of(d: &DueDelivery) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(&d.payload).ok()?;
+        if v["type"] != super::HEALTH_CHANGED {
+            return None;
         }
-        None => false,
-    })
+        let data = &v["data"];
+        let text = |k: &str| data[k].as_str().unwrap_or_default().to_owned();
+        Some(Self {
+            connection_id: crate::domain::ConnectionId::parse(data["connection_id"].as_str()?)
+                .ok()?,
+            to: text("to"),
+            user_action: data["user_action"].as_str().unwrap_or("none").to_owned(),
+            institution_id: text("institution_id"),
+            method: text("method"),
+        })
+    }
+
+    /// It asks the user to act.
+    fn asks(&self) -> bool {
+        self.user_action != "none"
+    }
+
+    /// Its bank (institution and method; any method when Basiq did not say) has an open
+    /// outage.
+    fn bank_down(&self, outages: &[crate::store::OutageRow]) -> bool {
+        outages.iter().any(|o| {
+            o.institution_id == self.institution_id
+                && (o.method == self.method
+                    || self.method == crate::domain::Method::Unknown.as_str())
+        })
+    }
+
+    /// Still worth sending when its turn comes: no newer health notice about the
+    /// connection exists (the app is told the latest, not the history it missed), and one
+    /// asking a user to act still holds: the connection still has that health and asks the
+    /// same (an outage found since, or a re-consent, makes it moot).
+    async fn current(&self, store: &Store, d: &DueDelivery) -> crate::store::Result<bool> {
+        if store
+            .newer_health_notice(d.outbox_id, &d.order_key, self.connection_id.as_str())
+            .await?
+        {
+            return Ok(false);
+        }
+        if !self.asks() {
+            return Ok(true);
+        }
+        Ok(match store.connection(&self.connection_id).await? {
+            Some(row) => {
+                let health = row.health.unwrap_or(crate::classify::Health::Unknown);
+                row.gone_at.is_none()
+                    && self.to == health.as_str()
+                    && super::user_action(health, row.reason.as_deref()) == self.user_action
+            }
+            None => false,
+        })
+    }
 }
 
 /// When to try again, or `None` past the deadline (dead-lettered).

@@ -40,7 +40,6 @@ pub struct InboxRow {
     pub source: String,
     pub user_id: Option<String>,
     pub entity_link: Option<String>,
-    pub body: String,
     pub attempts: i64,
 }
 
@@ -276,14 +275,6 @@ impl Store {
             .await
     }
 
-    /// Whether an event id is in the inbox already.
-    pub async fn event_known(&self, event_id: &str) -> Result<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = ?)")
-            .bind(event_id)
-            .fetch_one(self.pool())
-            .await
-    }
-
     /// The oldest unprocessed events due (not waiting for a retry).
     pub async fn unprocessed_events(
         &self,
@@ -291,8 +282,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<InboxRow>> {
         sqlx::query_as(
-            "SELECT seq, delivery_id, event_id, event_type, source, user_id, entity_link, body,
-                 attempts
+            "SELECT seq, delivery_id, event_id, event_type, source, user_id, entity_link, attempts
              FROM inbox WHERE processed_at IS NULL AND COALESCE(next_attempt_at, 0) <= ?
              ORDER BY seq LIMIT ?",
         )

@@ -112,15 +112,33 @@ fn requests(sim: &RunningSim, route: Route) -> u64 {
         .unwrap_or(0)
 }
 
-async fn first_sweep(app: &App, user: &UserId) {
-    app.sweeper()
-        .add_users(std::slice::from_ref(user))
-        .await
-        .unwrap();
-    app.sweeper()
+/// Registers and sweeps the user once.
+async fn sweep_now(sweeper: &basiq_health::sweep::Sweeper, user: &UserId) {
+    sweeper.add_users(std::slice::from_ref(user)).await.unwrap();
+    sweeper
         .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
         .await
         .unwrap();
+}
+
+/// Registers and sweeps the user once in a store of its own, closed after (a daemon
+/// process opens the database next).
+async fn swept_and_closed(sim: &RunningSim, db: &std::path::Path, user: &UserId) {
+    let sweeper = sweeper_for(sim, db, "[sweep]\nperiod = \"24h\"").await;
+    sweep_now(&sweeper, user).await;
+    sweeper.store().close().await;
+}
+
+/// Waits until something answers at `url`.
+async fn listening(url: &str) {
+    until("the receiver to listen", || async {
+        reqwest::Client::new().post(url).send().await.is_ok()
+    })
+    .await;
+}
+
+async fn first_sweep(app: &App, user: &UserId) {
+    sweep_now(app.sweeper(), user).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,20 +323,16 @@ async fn during_a_rotation_either_secret_is_accepted() {
     .await;
     // A sweep afterwards (Basiq still shows the connection active, its old job a success)
     // keeps the consent ended.
-    app_sweep_again(&store, &sim, &dir, &user).await;
+    sweep_now(
+        &sweeper_for(&sim, &dir.path().join("bh.db"), "").await,
+        &user,
+    )
+    .await;
     assert_eq!(
         health_of(&store, &conn).await.unwrap(),
         (Some(Health::ActionRequired), Some("consent-revoked".into()))
     );
     daemon.stop().await;
-}
-
-async fn app_sweep_again(_store: &Store, sim: &RunningSim, dir: &tempfile::TempDir, user: &UserId) {
-    let sweeper = sweeper_for(sim, &dir.path().join("bh.db"), "").await;
-    sweeper
-        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,14 +341,7 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let (user, conn) = healthy_user(&sim, "u-poll", "c-poll");
     let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    sweeper
-        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
-        .await
-        .unwrap();
+    sweep_now(&sweeper, &user).await;
     sim.sim.invalidate_connection("c-poll").unwrap();
     sim.sim.emit_event("transactions.updated", "u-poll", None);
     let processor = basiq_health::events::process::Processor {
@@ -535,26 +542,12 @@ async fn a_sigkill_after_the_2xx_and_before_processing_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bh.db");
     let (user, conn) = healthy_user(&sim, "u-kill", "c-kill");
-    {
-        let sweeper = sweeper_for(&sim, &db, "[sweep]\nperiod = \"24h\"").await;
-        sweeper
-            .add_users(std::slice::from_ref(&user))
-            .await
-            .unwrap();
-        sweeper
-            .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
-            .await
-            .unwrap();
-        sweeper.store().close().await;
-    }
+    swept_and_closed(&sim, &db, &user).await;
     let port = free_port();
     let config = process_config(&sim, &dir, port, "");
     let mut child = daemon_process(&sim, &db, &config);
     let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
-    until("the receiver to listen", || async {
-        reqwest::Client::new().post(&url).send().await.is_ok()
-    })
-    .await;
+    listening(&url).await;
     // The sweep the event causes hangs at Basiq: the daemon is killed while processing.
     sim.sim
         .set_delay(Some(Route::Connections), StdDuration::from_secs(30));
@@ -806,18 +799,7 @@ async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restar
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bh.db");
     let (user, conn) = healthy_user(&sim, "u-k2", "c-k2");
-    {
-        let sweeper = sweeper_for(&sim, &db, "[sweep]\nperiod = \"24h\"").await;
-        sweeper
-            .add_users(std::slice::from_ref(&user))
-            .await
-            .unwrap();
-        sweeper
-            .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
-            .await
-            .unwrap();
-        sweeper.store().close().await;
-    }
+    swept_and_closed(&sim, &db, &user).await;
     // The app's receiver is not up yet: the first daemon cannot deliver.
     let app_port = free_port();
     let port = free_port();
@@ -827,10 +809,7 @@ async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restar
     let config = process_config(&sim, &dir, port, &notify);
     let mut child = daemon_process(&sim, &db, &config);
     let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
-    until("the receiver to listen", || async {
-        reqwest::Client::new().post(&url).send().await.is_ok()
-    })
-    .await;
+    listening(&url).await;
     sim.sim.set_webhook_target(&url, BASIQ_SECRET);
     sim.sim.invalidate_connection("c-k2").unwrap();
     let store = Store::open(&db).await.unwrap();
@@ -1094,18 +1073,7 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bh.db");
     let (user, conn) = healthy_user(&sim, "u-cli", "c-cli");
-    {
-        let sweeper = sweeper_for(&sim, &db, "[sweep]\nperiod = \"24h\"").await;
-        sweeper
-            .add_users(std::slice::from_ref(&user))
-            .await
-            .unwrap();
-        sweeper
-            .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
-            .await
-            .unwrap();
-        sweeper.store().close().await;
-    }
+    swept_and_closed(&sim, &db, &user).await;
     sim.sim.invalidate_connection("c-cli").unwrap();
     let config = dir.path().join("bh.toml");
     let app_secret = write_secret(&dir, "app-secret", APP_SECRET);
