@@ -32,6 +32,7 @@ pub mod app;
 pub mod basiq;
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod demo;
 pub mod domain;
 pub mod events;
