@@ -51,6 +51,7 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
                 transient_retry_base: s.refresh.transient_retry_base,
                 transient_max_retries: s.refresh.transient_max_retries,
                 min_interval: s.refresh.limits.min_interval,
+                per_institution_per_minute: s.refresh.per_institution_per_minute,
             },
         ),
     }

@@ -164,6 +164,8 @@ pub struct NewestJob {
     pub updated: Option<DateTime<Utc>>,
 }
 
+pub use crate::domain::DownPeriod;
+
 /// Everything classification looks at for one connection.
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
@@ -175,20 +177,42 @@ pub struct Facts<'a> {
     pub connector: &'a ConnectorView,
     /// At least `outage.min_users` users failed bank-side at this connector recently.
     pub outage_inferred: bool,
+    /// The periods its bank was down, open and recently ended.
+    pub periods: &'a [DownPeriod],
+    /// When the status turned `invalid`: between the last read that saw it otherwise and
+    /// the first that saw it invalid.
+    pub invalid_within: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// The stored verdict, kept when a user-side failure cannot be judged yet.
     pub previous: Option<(Health, Option<&'a str>)>,
     pub stale_after: Duration,
     pub now: DateTime<Utc>,
 }
 
+impl Facts<'_> {
+    /// The bank is known to be down now.
+    fn bank_down(&self) -> bool {
+        self.connector.is_down() || self.outage_inferred
+    }
+}
+
 /// The reason given while a user-side failure waits for the connector status.
 pub const CONNECTOR_STATUS_UNKNOWN: &str = "connector-status-unknown";
+
+/// The reason of a connection whose failure happened while its bank was down, once the
+/// outage is over: nobody is asked anything until a job that started after the end says.
+pub const RECHECK_AFTER_OUTAGE: &str = "recheck-after-outage";
+
+/// How long an `invalid` connection whose invalidation the outage may have caused waits for
+/// a re-check that cannot come (Basiq refreshes no invalid connection): then it is the
+/// user's to act on.
+pub const RECHECK_LIMIT: chrono::Duration = chrono::Duration::hours(6);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub health: Health,
     /// The Basiq failure code where one exists, else `connection-invalid`,
-    /// `consent-expired`, `no-recent-job`; `None` for a plain success or no news.
+    /// `consent-expired`, `no-recent-job`, `recheck-after-outage`; `None` for a plain
+    /// success or no news.
     pub reason: Option<String>,
 }
 
@@ -202,25 +226,14 @@ impl Verdict {
 }
 
 /// Classifies one connection.
+///
+/// A failure belongs to the period it happened in: one that overlaps a period in which its
+/// bank was down is the outage's, whatever its code (held while the outage lasts, re-checked
+/// after it); one from before the outage stays the user's.
 pub fn classify(f: &Facts<'_>) -> Verdict {
-    let bank_down = f.connector.is_down() || f.outage_inferred;
     let recent_job = f
         .newest_job
         .filter(|j| j.created.is_none_or(|c| f.now - c <= JOB_RETENTION));
-    // A failure that asks the user to act is only reported once the bank is known to be up.
-    let blame_user = |reason: String| {
-        if bank_down {
-            Verdict::new(Health::InstitutionOutage, reason)
-        } else if *f.connector == ConnectorView::Unknown {
-            match f.previous {
-                Some((health, reason)) => Verdict::new(health, reason.map(str::to_owned)),
-                None => Verdict::new(Health::Unknown, CONNECTOR_STATUS_UNKNOWN.to_owned()),
-            }
-        } else {
-            Verdict::new(Health::ActionRequired, reason)
-        }
-    };
-
     if let Some(job) = recent_job
         && job.state == JobState::InProgress
     {
@@ -239,24 +252,15 @@ pub fn classify(f: &Facts<'_>) -> Verdict {
         // The consent's end is a date, not a failure: the bank's state does not change it.
         return Verdict::new(Health::ActionRequired, Some("consent-expired".into()));
     }
-
     if let Some(job) = recent_job
         && job.state == JobState::Failed
     {
-        let code = job
-            .failure_code
-            .clone()
-            .unwrap_or_else(|| crate::domain::NO_FAILURE_CODE.into());
-        return match Side::of(&code) {
-            Side::User => blame_user(code),
-            Side::Bank if bank_down => Verdict::new(Health::InstitutionOutage, code),
-            Side::Bank | Side::Retry | Side::Cap => Verdict::new(Health::TransientFailure, code),
-            Side::Unknown => Verdict::new(Health::Unknown, code),
-        };
+        return failed_job(f, job);
     }
-
     match f.status {
-        ConnectionStatus::Invalid => return blame_user("connection-invalid".into()),
+        ConnectionStatus::Invalid => {
+            return user_failure(f, "connection-invalid", f.invalid_within);
+        }
         ConnectionStatus::Revoked => {
             return Verdict::new(Health::ActionRequired, Some("consent-revoked".into()));
         }
@@ -265,7 +269,6 @@ pub fn classify(f: &Facts<'_>) -> Verdict {
         }
         _ => {}
     }
-
     if recent_job.is_some_and(|j| j.state == JobState::Success) {
         return Verdict::new(Health::Healthy, None);
     }
@@ -276,6 +279,85 @@ pub fn classify(f: &Facts<'_>) -> Verdict {
         }
         _ => Verdict::new(Health::Stale, Some("no-recent-job".into())),
     }
+}
+
+/// The newest job failed.
+fn failed_job(f: &Facts<'_>, job: &NewestJob) -> Verdict {
+    let code = job
+        .failure_code
+        .clone()
+        .unwrap_or_else(|| crate::domain::NO_FAILURE_CODE.into());
+    let start = job.created.or(job.updated).unwrap_or(f.now);
+    let ran = Some((start, job.updated.unwrap_or(start).max(start)));
+    match Side::of(&code) {
+        Side::User => user_failure(f, &code, ran),
+        Side::Bank => match outage_failure(f, &code, ran) {
+            Some(verdict) => verdict,
+            None if f.bank_down() => Verdict::new(Health::InstitutionOutage, code),
+            None => Verdict::new(Health::TransientFailure, code),
+        },
+        Side::Retry | Side::Cap => Verdict::new(Health::TransientFailure, code),
+        Side::Unknown => Verdict::new(Health::Unknown, code),
+    }
+}
+
+/// A failure that asks the user to act (`ran`: when it happened). The user is asked only
+/// once the bank is known to be up, or known to have gone down after the failure.
+fn user_failure(
+    f: &Facts<'_>,
+    reason: &str,
+    ran: Option<(DateTime<Utc>, DateTime<Utc>)>,
+) -> Verdict {
+    if let Some(verdict) = outage_failure(f, reason, ran) {
+        return verdict;
+    }
+    // Down now, but no period of it is known (its start, say): nobody can tell.
+    let known_period = f.periods.iter().any(DownPeriod::is_open);
+    if f.bank_down() && (!known_period || ran.is_none()) {
+        return Verdict::new(Health::InstitutionOutage, reason.to_owned());
+    }
+    if *f.connector == ConnectorView::Unknown {
+        return match f.previous {
+            Some((health, reason)) => Verdict::new(health, reason.map(str::to_owned)),
+            None => Verdict::new(Health::Unknown, CONNECTOR_STATUS_UNKNOWN.to_owned()),
+        };
+    }
+    Verdict::new(Health::ActionRequired, reason.to_owned())
+}
+
+/// The verdict of a failure that happened while its bank was down: held while the outage
+/// lasts (or the bank is down again), re-checked once it is over. `None`: it happened in no
+/// known outage.
+fn outage_failure(
+    f: &Facts<'_>,
+    reason: &str,
+    ran: Option<(DateTime<Utc>, DateTime<Utc>)>,
+) -> Option<Verdict> {
+    let (start, end) = ran?;
+    let during: Vec<&DownPeriod> = f
+        .periods
+        .iter()
+        .filter(|p| p.overlaps(start, end))
+        .collect();
+    if during.is_empty() {
+        return None;
+    }
+    if f.bank_down() || during.iter().any(|p| p.is_open()) {
+        return Some(Verdict::new(Health::InstitutionOutage, reason.to_owned()));
+    }
+    let ended = during.iter().filter_map(|p| p.until).max()?;
+    let invalid = *f.status == ConnectionStatus::Invalid;
+    if invalid && f.now - ended > RECHECK_LIMIT {
+        // No re-check can come: Basiq refreshes no invalid connection.
+        return Some(Verdict::new(
+            Health::ActionRequired,
+            Some("connection-invalid".into()),
+        ));
+    }
+    Some(Verdict::new(
+        Health::Pending,
+        Some(RECHECK_AFTER_OUTAGE.into()),
+    ))
 }
 
 /// The consent-expiry warning thresholds, in days.
@@ -327,6 +409,10 @@ mod tests {
         last_used_hours: Option<i64>,
         expiry_days: Option<i64>,
         previous: Option<(Health, Option<&'static str>)>,
+        /// Down periods, in hours from now: (from, until); `None` = unknown start / open.
+        periods: Vec<(Option<i64>, Option<i64>)>,
+        /// When the status turned invalid, in hours from now.
+        invalid_within: Option<(i64, i64)>,
         expect: (Health, Option<&'static str>),
     }
 
@@ -341,6 +427,8 @@ mod tests {
             last_used_hours: Some(5),
             expiry_days: None,
             previous: None,
+            periods: Vec::new(),
+            invalid_within: None,
             expect: (Health::Healthy, None),
         }
     }
@@ -353,7 +441,18 @@ mod tests {
             Some(s) => ConnectorView::Status(ConnectorStatus::parse(s)),
             None => ConnectorView::Unlisted,
         };
+        let hours = |h: i64| now() + chrono::Duration::hours(h);
+        let periods: Vec<DownPeriod> = c
+            .periods
+            .iter()
+            .map(|(from, until)| DownPeriod {
+                from: from.map(hours),
+                until: until.map(hours),
+            })
+            .collect();
         classify(&Facts {
+            periods: &periods,
+            invalid_within: c.invalid_within.map(|(a, b)| (hours(a), hours(b))),
             status: &status,
             method: &method,
             last_used: c
@@ -700,6 +799,116 @@ mod tests {
                 job: Some(job(JobState::Failed, Some("too-many-requests"))),
                 expect: (TransientFailure, Some("too-many-requests")),
                 ..case("Basiq's cap")
+            },
+        ];
+        for c in &cases {
+            let v = run(c);
+            assert_eq!(
+                (v.health, v.reason.as_deref()),
+                c.expect,
+                "case: {}",
+                c.name
+            );
+        }
+    }
+
+    fn failed_at(code: &str, hours_ago: i64) -> NewestJob {
+        NewestJob {
+            state: JobState::Failed,
+            failure_code: Some(code.to_owned()),
+            created: Some(now() - chrono::Duration::hours(hours_ago)),
+            updated: Some(
+                now() - chrono::Duration::hours(hours_ago) + chrono::Duration::minutes(1),
+            ),
+        }
+    }
+
+    /// A failure belongs to the period it happened in.
+    #[test]
+    fn a_failure_belongs_to_the_period_it_happened_in() {
+        use Health::*;
+        let popup = "account-not-accessible-requires-user-action";
+        let cases = [
+            Case {
+                job: Some(failed_at(popup, 2)),
+                connector: Some("major-outage"),
+                periods: vec![(Some(-3), None)],
+                expect: (InstitutionOutage, Some(popup)),
+                ..case("a user-side code during the open outage is the outage's")
+            },
+            Case {
+                job: Some(failed_at(popup, 2)),
+                periods: vec![(Some(-3), Some(-1))],
+                expect: (Pending, Some(RECHECK_AFTER_OUTAGE)),
+                ..case("the same code once the outage is over: re-checked, not asked")
+            },
+            Case {
+                job: Some(failed_at("service-unavailable", 2)),
+                periods: vec![(Some(-3), Some(-1))],
+                expect: (Pending, Some(RECHECK_AFTER_OUTAGE)),
+                ..case("a bank-side failure of the outage, once over: re-checked")
+            },
+            Case {
+                job: Some(failed_at("service-unavailable", 30)),
+                periods: vec![(Some(-3), Some(-1))],
+                expect: (TransientFailure, Some("service-unavailable")),
+                ..case("a bank-side failure from before the outage is retried as ever")
+            },
+            Case {
+                job: Some(failed_at("invalid-credentials", 30)),
+                inferred: true,
+                periods: vec![(Some(-2), None)],
+                expect: (ActionRequired, Some("invalid-credentials")),
+                ..case("a failure from before an inferred outage stays the user's")
+            },
+            Case {
+                job: Some(failed_at("invalid-credentials", 30)),
+                connector: Some("major-outage"),
+                periods: vec![(None, None)],
+                expect: (InstitutionOutage, Some("invalid-credentials")),
+                ..case("an outage whose start is not known holds, as before")
+            },
+            Case {
+                job: Some(failed_at("invalid-credentials", 30)),
+                connector: Some("major-outage"),
+                expect: (InstitutionOutage, Some("invalid-credentials")),
+                ..case("down with no period known at all: held")
+            },
+            Case {
+                status: "invalid",
+                inferred: true,
+                periods: vec![(Some(-2), None)],
+                invalid_within: Some((-24 * 19, -24 * 18)),
+                expect: (ActionRequired, Some("connection-invalid")),
+                ..case("invalid for days before the outage: the user's")
+            },
+            Case {
+                status: "invalid",
+                inferred: true,
+                periods: vec![(Some(-2), None)],
+                invalid_within: Some((-3, -1)),
+                expect: (InstitutionOutage, Some("connection-invalid")),
+                ..case("turned invalid while the bank was down: held")
+            },
+            Case {
+                status: "invalid",
+                periods: vec![(Some(-5), Some(-2))],
+                invalid_within: Some((-4, -3)),
+                expect: (Pending, Some(RECHECK_AFTER_OUTAGE)),
+                ..case("turned invalid in the outage, just over: re-checked")
+            },
+            Case {
+                status: "invalid",
+                periods: vec![(Some(-12), Some(-8))],
+                invalid_within: Some((-11, -10)),
+                expect: (ActionRequired, Some("connection-invalid")),
+                ..case("still invalid long after the outage: no re-check can come")
+            },
+            Case {
+                job: Some(failed_at("invalid-credentials", 1)),
+                periods: vec![(Some(-5), Some(-2))],
+                expect: (ActionRequired, Some("invalid-credentials")),
+                ..case("a job after the end decides")
             },
         ];
         for c in &cases {

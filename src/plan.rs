@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::classify::{self, ConnectorView, Facts, Health, NewestJob, Side, Verdict};
+use crate::classify::{self, ConnectorView, DownPeriod, Facts, Health, NewestJob, Side, Verdict};
 use crate::domain::{
     Connection, ConnectionId, ConnectorKey, ConnectorStatus, Job, JobId, JobState, Method, UserId,
 };
-use crate::policy::Trigger;
 use crate::policy::schedule::{self, AutoRefresh, Incident, Owed};
 use crate::store::ConnectionRow;
 use crate::store::refreshes::CAP_WINDOW;
@@ -28,8 +27,54 @@ use crate::store::refreshes::CAP_WINDOW;
 pub struct PlanSettings {
     pub stale_after: Duration,
     pub outage_min_users: i64,
+    /// How far back failures count toward an inferred outage: the start of an inferred
+    /// outage's period is this long before it was inferred.
+    pub outage_window: Duration,
     /// Refreshes the sweep schedules by itself (none when `refresh.mode = "off"`).
     pub auto_refresh: Option<AutoRefresh>,
+}
+
+impl PlanSettings {
+    fn window(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.outage_window).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+/// The periods a connector's bank was down, open or recently ended, by where they were
+/// learnt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPeriods {
+    /// `/connectors` said so.
+    pub connectors: Vec<DownPeriod>,
+    /// Several users failed bank-side (from: the start of the inference window).
+    pub inferred: Vec<DownPeriod>,
+}
+
+impl KeyPeriods {
+    pub fn all(&self) -> Vec<DownPeriod> {
+        self.connectors
+            .iter()
+            .chain(&self.inferred)
+            .copied()
+            .collect()
+    }
+
+    /// An inferred outage opened at `now` (its window before counts).
+    fn inferred_opened(&mut self, now: DateTime<Utc>, window: chrono::Duration) {
+        if !self.inferred.iter().any(DownPeriod::is_open) {
+            self.inferred.push(DownPeriod {
+                from: now.checked_sub_signed(window),
+                until: None,
+            });
+        }
+    }
+
+    /// The open inferred outage closed at `now`.
+    fn inferred_closed(&mut self, now: DateTime<Utc>) {
+        for p in self.inferred.iter_mut().filter(|p| p.is_open()) {
+            p.until = Some(now);
+        }
+    }
 }
 
 /// The last `/connectors` answer as far as it is known.
@@ -98,6 +143,8 @@ pub struct Stored {
     pub jobs: HashMap<JobId, StoredJob>,
     pub attempts: HashMap<ConnectionId, Attempts>,
     pub inference: HashMap<ConnectorKey, Inference>,
+    /// The down periods of each connector this user's connections use.
+    pub periods: HashMap<ConnectorKey, KeyPeriods>,
 }
 
 /// What Basiq said.
@@ -227,6 +274,23 @@ impl GroupOverlay {
         }
     }
 
+    /// The down periods at `key` as the plans before left them.
+    fn periods(
+        &self,
+        key: &ConnectorKey,
+        facts: &crate::store::connections::KeyFacts,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> KeyPeriods {
+        let mut periods = facts.periods.clone();
+        match self.open.get(key) {
+            Some(true) if !facts.open => periods.inferred_opened(now, window),
+            Some(false) if facts.open => periods.inferred_closed(now),
+            _ => {}
+        }
+        periods
+    }
+
     /// After `plan` of `user` (whose stored rows were `stored`): at each connector, is the
     /// user now failing bank-side, and did an inferred outage open or close.
     fn apply(
@@ -315,12 +379,19 @@ pub fn plan_group(
         .iter()
         .map(|m| {
             let mut mine = stored.remove(m.user).unwrap_or_default();
-            mine.inference = member_keys(m, Some(&mine))
-                .into_iter()
+            let keys = member_keys(m, Some(&mine));
+            mine.inference = keys
+                .iter()
                 .filter_map(|key| {
-                    let f = facts.get(&key)?;
-                    let facts = overlay.inference(&key, f, m.user, limit);
-                    Some((key, facts))
+                    let f = facts.get(key)?;
+                    Some((key.clone(), overlay.inference(key, f, m.user, limit)))
+                })
+                .collect();
+            mine.periods = keys
+                .iter()
+                .filter_map(|key| {
+                    let f = facts.get(key)?;
+                    Some((key.clone(), overlay.periods(key, f, now, settings.window())))
                 })
                 .collect();
             let plan = plan_user(
@@ -423,6 +494,21 @@ fn fresh_row(user: &UserId, c: &Connection) -> ConnectionRow {
         needs_user_present: false,
         bank_failure_at: None,
         last_decision: None,
+        invalid_from: None,
+        invalid_seen: None,
+    }
+}
+
+/// When a connection turned `invalid`: first seen now, it happened after the last read that
+/// saw it otherwise (or, never read before, after it was made); seen before, it stays.
+fn note_invalid(row: &mut ConnectionRow, c: &Connection, now: DateTime<Utc>) {
+    if c.status != crate::domain::ConnectionStatus::Invalid {
+        row.invalid_from = None;
+        row.invalid_seen = None;
+    } else if row.status != crate::domain::ConnectionStatus::Invalid || row.invalid_seen.is_none() {
+        let before = row.checked_at.or(c.created_date).unwrap_or(now);
+        row.invalid_from = Some(before.min(now));
+        row.invalid_seen = Some(now);
     }
 }
 
@@ -485,6 +571,7 @@ pub fn plan_user(
         row.user_id = user.clone();
         row.institution_id = c.institution_id.clone();
         row.method = c.method.clone();
+        note_invalid(&mut row, c, now);
         row.status = c.status.clone();
         row.created_date = c.created_date;
         row.last_used = c.last_used;
@@ -530,6 +617,7 @@ pub fn plan_user(
     // Inferred outages at each connector this user uses: everyone else's failures plus
     // this user's, so the order users are swept in does not matter.
     let mut inferred: HashMap<ConnectorKey, bool> = HashMap::new();
+    let mut periods = stored.periods.clone();
     let keys: BTreeSet<ConnectorKey> = rows
         .iter()
         .map(|r| ConnectorKey::new(r.institution_id.as_str(), &r.method))
@@ -543,6 +631,12 @@ pub fn plan_user(
         });
         let users = facts.other_users_failing + i64::from(mine);
         let open = users >= settings.outage_min_users;
+        let key_periods = periods.entry(key.clone()).or_default();
+        if open && !facts.open {
+            key_periods.inferred_opened(now, settings.window());
+        } else if !open && facts.open {
+            key_periods.inferred_closed(now);
+        }
         if open && !facts.open {
             plan.outages.push(OutageMove::Open {
                 key: key.clone(),
@@ -572,9 +666,13 @@ pub fn plan_user(
         consent(&mut row, now, &mut plan.notes);
         capped_by_basiq(&mut row, &attempts, now, &mut plan.notes);
         let inferred = inferred.get(&key).copied().unwrap_or(false);
-        classify_row(
-            &mut row, &view, inferred, &attempts, now, settings, rng, &mut plan,
-        );
+        let known = Known {
+            view: &view,
+            inferred,
+            periods: &periods.get(&key).map(KeyPeriods::all).unwrap_or_default(),
+            attempts: &attempts,
+        };
+        classify_row(&mut row, &known, now, settings, rng, &mut plan);
         plan.connections.push(row);
     }
     plan
@@ -589,31 +687,35 @@ pub fn plan_reclassify(
     rows: Vec<ConnectionRow>,
     connectors: &ConnectorStatuses,
     inferred: bool,
+    periods: &[DownPeriod],
     attempts: &HashMap<ConnectionId, Attempts>,
     settings: &PlanSettings,
-    mut recovery_slots: impl Iterator<Item = DateTime<Utc>>,
+    mut recovery_slots: impl Iterator<Item = Owed>,
     rng: &mut impl rand::Rng,
 ) -> UserPlan {
     let mut plan = UserPlan::default();
     for mut row in rows {
         let view = connectors.view(row.institution_id.as_str(), &row.method);
-        if settings.auto_refresh.is_some()
-            && row.health == Some(Health::InstitutionOutage)
-            && let Some(at) = recovery_slots.next()
-        {
-            row.refresh_due = Some(schedule::merge(
-                row.refresh_due,
-                Owed {
-                    at,
-                    trigger: Trigger::Recovery,
-                },
-            ));
-        }
         let a = attempts
             .get(&row.connection_id)
             .copied()
             .unwrap_or_default();
-        classify_row(&mut row, &view, inferred, &a, now, settings, rng, &mut plan);
+        if let Some(auto) = &settings.auto_refresh
+            && row.health == Some(Health::InstitutionOutage)
+            && let Some(mut slot) = recovery_slots.next()
+        {
+            // Never before the recency floor: a slot sooner would only be denied.
+            let floors = [row.last_used, row.newest_job_at(), a.last];
+            slot.at = schedule::floored(slot.at, &floors, auto.min_interval);
+            row.refresh_due = Some(schedule::merge(row.refresh_due, slot));
+        }
+        let known = Known {
+            view: &view,
+            inferred,
+            periods,
+            attempts: &a,
+        };
+        classify_row(&mut row, &known, now, settings, rng, &mut plan);
         plan.connections.push(row);
     }
     plan
@@ -681,26 +783,34 @@ fn capped_by_basiq(
     }
 }
 
+/// What is known of a connection's bank and our attempts of it, for one classification.
+struct Known<'a> {
+    view: &'a ConnectorView,
+    inferred: bool,
+    periods: &'a [DownPeriod],
+    attempts: &'a Attempts,
+}
+
 /// Classifies one connection's new state, records a change, and updates its schedule.
-#[allow(clippy::too_many_arguments)]
 fn classify_row(
     row: &mut ConnectionRow,
-    view: &ConnectorView,
-    inferred: bool,
-    attempts: &Attempts,
+    known: &Known<'_>,
     now: DateTime<Utc>,
     settings: &PlanSettings,
     rng: &mut impl rand::Rng,
     plan: &mut UserPlan,
 ) {
+    let attempts = known.attempts;
     let verdict = classify::classify(&Facts {
         status: &row.status,
         method: &row.method,
         last_used: row.last_used,
         expiry_date: row.expiry_date,
         newest_job: row.newest_job.as_ref(),
-        connector: view,
-        outage_inferred: inferred,
+        connector: known.view,
+        outage_inferred: known.inferred,
+        periods: known.periods,
+        invalid_within: row.invalid_from.zip(row.invalid_seen),
         previous: row.health.map(|h| (h, row.reason.as_deref())),
         stale_after: settings.stale_after,
         now,
@@ -708,22 +818,25 @@ fn classify_row(
     let verdict = keep_consent_end(row, verdict);
     apply_verdict(row, verdict, now, plan);
     if let Some(auto) = &settings.auto_refresh {
-        let newest_at = row
-            .newest_job
-            .as_ref()
-            .and_then(|j| j.updated.max(j.created));
+        let job = row.newest_job.as_ref();
+        let started = job.and_then(|j| j.created.or(j.updated));
+        let verdicted = schedule::Verdicted {
+            health: row.health.unwrap_or(Health::Unknown),
+            reason: row.reason.as_deref(),
+            newest_job: row.newest_job_id.as_deref(),
+            failed_at: started.filter(|_| job.is_some_and(|j| j.state == JobState::Failed)),
+            succeeded_at: started.filter(|_| job.is_some_and(|j| j.state == JobState::Success)),
+            floors: [row.last_used, row.newest_job_at(), attempts.last],
+        };
         let s = schedule::after_verdict(
             auto,
             now,
-            row.health.unwrap_or(Health::Unknown),
-            row.reason.as_deref(),
-            row.newest_job_id.as_deref(),
+            &verdicted,
             row.refresh_due,
             Incident {
                 retries: row.transient_retries,
                 job_id: row.transient_job_id.clone(),
             },
-            &[row.last_used, newest_at, attempts.last],
             rng,
         );
         row.refresh_due = s.owed;

@@ -61,6 +61,7 @@ fn next_refresh(r: &ConnectionRow) -> Option<crate::policy::schedule::Owed> {
     let daily = r.daily_due_at.map(|at| crate::policy::schedule::Owed {
         at,
         trigger: crate::policy::Trigger::Scheduled,
+        since: None,
     });
     [r.refresh_due, daily]
         .into_iter()

@@ -254,11 +254,13 @@ fn plan_settings() -> PlanSettings {
     PlanSettings {
         stale_after: Duration::from_secs(24 * 3600),
         outage_min_users: 3,
+        outage_window: Duration::from_secs(3600),
         auto_refresh: Some(AutoRefresh {
             recovery_window: Duration::from_secs(3600),
             transient_retry_base: Duration::from_secs(600),
             transient_max_retries: 2,
             min_interval: Duration::from_secs(3600),
+            per_institution_per_minute: std::num::NonZeroU32::new(10).unwrap(),
         }),
     }
 }

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The rule every Basiq user, connection and job id must meet before it reaches the store,
@@ -526,6 +527,28 @@ pub struct Connector {
     pub method: Method,
     pub status: ConnectorStatus,
     pub name: Option<String>,
+}
+
+/// A period in which a connector's bank was down, as far as the daemon knows: a
+/// `/connectors` outage, or an inferred one with its inference window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DownPeriod {
+    /// The earliest it may have begun: the last read that saw the bank up, or the start of
+    /// an inferred outage's window. `None`: not known (down at the first sight).
+    pub from: Option<DateTime<Utc>>,
+    /// When it ended; `None`: still open.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl DownPeriod {
+    /// Whether something that happened within `[start, end]` happened while it lasted.
+    pub fn overlaps(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> bool {
+        self.from.is_none_or(|from| end >= from) && self.until.is_none_or(|until| start <= until)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.until.is_none()
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 
 use super::*;
 use crate::domain::{InstitutionId, Step, StepResult, StepStatus};
+use crate::policy::Trigger;
 
 const BANK: &str = "AU00000";
 const OTHER_BANK: &str = "AU00001";
@@ -28,11 +29,13 @@ fn settings() -> PlanSettings {
     PlanSettings {
         stale_after: Duration::from_secs(24 * 3600),
         outage_min_users: 3,
+        outage_window: Duration::from_secs(3600),
         auto_refresh: Some(AutoRefresh {
             recovery_window: Duration::from_secs(3600),
             transient_retry_base: Duration::from_secs(600),
             transient_max_retries: 2,
             min_interval: Duration::from_secs(3600),
+            per_institution_per_minute: std::num::NonZeroU32::new(10).unwrap(),
         }),
     }
 }
@@ -341,6 +344,7 @@ fn transient_retries_are_bounded_and_never_replace_a_recovery() {
     row.refresh_due = Some(Owed {
         at: slot,
         trigger: Trigger::Recovery,
+        since: None,
     });
     held.connections = vec![row];
     let p = plan(
@@ -360,7 +364,8 @@ fn transient_retries_are_bounded_and_never_replace_a_recovery() {
         only(&p).refresh_due,
         Some(Owed {
             at: slot,
-            trigger: Trigger::Recovery
+            trigger: Trigger::Recovery,
+            since: None,
         })
     );
 }
@@ -580,6 +585,7 @@ fn a_refresh_rejected_for_the_user_s_reason_is_remembered() {
     row.refresh_due = Some(Owed {
         at: now() + mins(10),
         trigger: Trigger::TransientRetry,
+        since: None,
     });
     let p = plan_refresh_rejected(&row, "invalid-credentials", now()).expect("a plan");
     assert_eq!(only(&p).health, Some(Health::ActionRequired));
@@ -662,6 +668,7 @@ fn a_group_of_plans_sees_each_other_as_if_committed_one_by_one() {
             counts_since: None,
             from: now() - chrono::Duration::hours(1),
             failing: [users[4].clone()].into(),
+            periods: KeyPeriods::default(),
         },
     )]
     .into();

@@ -13,10 +13,12 @@
 //! 3. `needs-user-present` (an MFA connection, for every trigger without the user);
 //! 4. `unknown-failure` (a failure nobody can read, for every trigger without the user);
 //! 5. `job-in-progress`;
-//! 6. `recently-refreshed` (see [`not_before`] for the thresholds);
-//! 7. `institution-outage` (the one "bank is down" predicate, or an inferred outage);
-//! 8. `connector-status-unknown` (no `/connectors` answer yet, for automatic triggers);
-//! 9. `daily-cap` (the rolling 24 h cap from [`cap_for`], or Basiq said it is capped).
+//! 6. `not-needed` (a recovery or retry whose incident a job of any origin answered: it
+//!    succeeded after the outage's end, or after the failure being retried);
+//! 7. `recently-refreshed` (see [`not_before`] for the thresholds);
+//! 8. `institution-outage` (the one "bank is down" predicate, or an inferred outage);
+//! 9. `connector-status-unknown` (no `/connectors` answer yet, for automatic triggers);
+//! 10. `daily-cap` (the rolling 24 h cap from [`cap_for`], or Basiq said it is capped).
 //!
 //! Pacing comes after all of them and lives in [`super::pace`].
 
@@ -143,6 +145,7 @@ pub enum Denial {
     NeedsUserPresent,
     UnknownFailure,
     JobInProgress,
+    NotNeeded,
     RecentlyRefreshed,
     InstitutionOutage,
     ConnectorStatusUnknown,
@@ -154,7 +157,7 @@ pub enum Denial {
 }
 
 impl Denial {
-    pub const ALL: [Denial; 13] = [
+    pub const ALL: [Denial; 14] = [
         Self::RefreshOff,
         Self::NotScheduledInMode,
         Self::ConnectionNotActive,
@@ -162,6 +165,7 @@ impl Denial {
         Self::NeedsUserPresent,
         Self::UnknownFailure,
         Self::JobInProgress,
+        Self::NotNeeded,
         Self::RecentlyRefreshed,
         Self::InstitutionOutage,
         Self::ConnectorStatusUnknown,
@@ -180,6 +184,7 @@ impl Denial {
             Self::NeedsUserPresent => "needs-user-present",
             Self::UnknownFailure => "unknown-failure",
             Self::JobInProgress => "job-in-progress",
+            Self::NotNeeded => "not-needed",
             Self::RecentlyRefreshed => "recently-refreshed",
             Self::InstitutionOutage => "institution-outage",
             Self::ConnectorStatusUnknown => "connector-status-unknown",
@@ -279,6 +284,10 @@ pub struct RefreshFacts<'a> {
     /// The newest job of this connection from any origin (the partner's app, Basiq's smart
     /// cache, us): the later of its created and updated times.
     pub newest_job_at: Option<DateTime<Utc>>,
+    /// The newest job's start, when it succeeded.
+    pub newest_success_at: Option<DateTime<Utc>>,
+    /// The incident a recovery or retry is owed for (the outage's end, the failure's time).
+    pub incident_since: Option<DateTime<Utc>>,
     /// Our own last refresh attempt, successful or not.
     pub last_attempt: Option<DateTime<Utc>>,
     pub connector: &'a ConnectorView,
@@ -322,6 +331,15 @@ pub fn decide(
     // Basiq would answer with the running job anyway; asking again only spends the cap.
     if facts.job_running {
         return Err(Denial::JobInProgress);
+    }
+    // What the refresh was for happened already: a job succeeded after the incident.
+    let owed_for_incident = matches!(trigger, Trigger::Recovery | Trigger::TransientRetry);
+    let answered = facts
+        .incident_since
+        .zip(facts.newest_success_at)
+        .is_some_and(|(since, success)| success >= since);
+    if owed_for_incident && answered {
+        return Err(Denial::NotNeeded);
     }
     if not_before(trigger, facts, limits).is_some() {
         return Err(Denial::RecentlyRefreshed);
@@ -427,6 +445,8 @@ mod tests {
         capped_until_min_from_now: Option<i64>,
         mfa: bool,
         job_min_ago: Option<i64>,
+        success_min_ago: Option<i64>,
+        incident_min_ago: Option<i64>,
         expect: Result<(), Denial>,
     }
 
@@ -449,6 +469,8 @@ mod tests {
             capped_until_min_from_now: None,
             mfa: false,
             job_min_ago: None,
+            success_min_ago: None,
+            incident_min_ago: None,
             expect: Ok(()),
         }
     }
@@ -473,6 +495,8 @@ mod tests {
             needs_user_present: c.mfa,
             last_used: c.last_used_min_ago.map(ago),
             newest_job_at: c.job_min_ago.map(ago),
+            newest_success_at: c.success_min_ago.map(ago),
+            incident_since: c.incident_min_ago.map(ago),
             last_attempt: c.last_attempt_min_ago.map(ago),
             connector: &connector,
             outage_inferred: c.inferred,
@@ -974,6 +998,8 @@ mod tests {
             needs_user_present: false,
             last_used: Some(ago(10)),
             newest_job_at: None,
+            newest_success_at: None,
+            incident_since: None,
             last_attempt: Some(ago(10)),
             connector: &ConnectorView::Unlisted,
             outage_inferred: false,
@@ -993,6 +1019,8 @@ mod tests {
         );
         let old = RefreshFacts {
             last_used: Some(ago(25 * 60)),
+            newest_success_at: None,
+            incident_since: None,
             last_attempt: None,
             ..facts
         };
@@ -1022,6 +1050,7 @@ mod tests {
                 "needs-user-present",
                 "unknown-failure",
                 "job-in-progress",
+                "not-needed",
                 "recently-refreshed",
                 "institution-outage",
                 "connector-status-unknown",
@@ -1103,6 +1132,41 @@ mod tests {
             Case {
                 job_min_ago: Some(13 * 60),
                 ..case("a job 13 h ago", Login)
+            },
+        ]);
+    }
+
+    /// A recovery or a retry whose incident a success since answered is not needed, before
+    /// the recency floor is even asked (a floor would only postpone it).
+    #[test]
+    fn a_success_since_the_incident_makes_a_recovery_or_a_retry_not_needed() {
+        let answered = |name, trigger| Case {
+            incident_min_ago: Some(30),
+            success_min_ago: Some(10),
+            job_min_ago: Some(10),
+            last_used_min_ago: Some(9),
+            health: Some(Health::Healthy),
+            ..case(name, trigger)
+        };
+        check(&[
+            Case {
+                expect: Err(NotNeeded),
+                ..answered("recovery after Basiq's own success", Recovery)
+            },
+            Case {
+                expect: Err(NotNeeded),
+                ..answered("retry after a success", TransientRetry)
+            },
+            Case {
+                expect: Err(RecentlyRefreshed),
+                ..answered("a login is not owed for an incident", Login)
+            },
+            Case {
+                success_min_ago: Some(40),
+                job_min_ago: Some(40),
+                last_used_min_ago: Some(24 * 60),
+                expect: Err(RecentlyRefreshed),
+                ..answered("a success before the incident answers nothing", Recovery)
             },
         ]);
     }

@@ -28,6 +28,8 @@ pub struct AutoRefresh {
     pub transient_max_retries: u32,
     /// The policy's floor: a retry scheduled earlier would only be denied.
     pub min_interval: Duration,
+    /// The per-bank pace: an outage's recoveries are spread over a window it can keep.
+    pub per_institution_per_minute: std::num::NonZeroU32,
 }
 
 /// A refresh the daemon owes: when, and why.
@@ -35,6 +37,35 @@ pub struct AutoRefresh {
 pub struct Owed {
     pub at: DateTime<Utc>,
     pub trigger: Trigger,
+    /// The incident it is for (an outage's end, a failed job's time): a job that succeeded
+    /// after it makes the refresh not needed.
+    #[serde(skip)]
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Owed {
+    /// A job that succeeded at `success` (its start) answers what this refresh was for.
+    pub fn answered_by(&self, success: Option<DateTime<Utc>>) -> bool {
+        self.since
+            .zip(success)
+            .is_some_and(|(since, success)| success >= since)
+    }
+}
+
+/// What one connection's verdict says, for its schedule.
+#[derive(Clone, Debug)]
+pub struct Verdicted<'a> {
+    pub health: Health,
+    pub reason: Option<&'a str>,
+    /// The newest job's id.
+    pub newest_job: Option<&'a str>,
+    /// The newest job's start (or end) when it failed: a retry's incident.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// The newest job's start when it succeeded.
+    pub succeeded_at: Option<DateTime<Utc>>,
+    /// The times a refresh must wait `min_interval` after (Basiq's `lastUsed`, the newest
+    /// job of any origin, our last attempt).
+    pub floors: [Option<DateTime<Utc>>; 3],
 }
 
 /// One connection's transient-failure incident.
@@ -56,19 +87,43 @@ pub struct Scheduled {
     pub new_retry: Option<(u32, DateTime<Utc>)>,
 }
 
-/// The schedule after a verdict. `newest_job` is the connection's newest job id, `floors`
-/// the times a refresh must wait `min_interval` after (Basiq's `lastUsed`, the newest job
-/// of any origin, our last attempt).
-#[allow(clippy::too_many_arguments)]
+/// The schedule after a verdict. A refresh owed for an incident that a success since has
+/// answered is dropped, whatever asked for it.
 pub fn after_verdict(
     auto: &AutoRefresh,
     now: DateTime<Utc>,
-    health: Health,
-    reason: Option<&str>,
-    newest_job: Option<&str>,
+    v: &Verdicted<'_>,
     owed: Option<Owed>,
     incident: Incident,
-    floors: &[Option<DateTime<Utc>>],
+    rng: &mut impl Rng,
+) -> Scheduled {
+    let owed = owed.filter(|o| !o.answered_by(v.succeeded_at));
+    let keep = |incident| Scheduled {
+        owed,
+        incident,
+        new_retry: None,
+    };
+    match v.health {
+        // The retry's own job is running, or the bank is down: the incident goes on.
+        Health::InProgress | Health::InstitutionOutage => keep(incident),
+        Health::TransientFailure => transient(auto, now, v, owed, incident, rng),
+        // Healthy, stale, pending, action required, unknown: the incident is over.
+        _ => Scheduled {
+            owed: owed.filter(|o| o.trigger != Trigger::TransientRetry),
+            incident: Incident::default(),
+            new_retry: None,
+        },
+    }
+}
+
+/// A transient failure: a retry, unless one is decided for this failed job already, a
+/// recovery is owed, the retries are spent, or Basiq's own cap is the cause.
+fn transient(
+    auto: &AutoRefresh,
+    now: DateTime<Utc>,
+    v: &Verdicted<'_>,
+    owed: Option<Owed>,
+    incident: Incident,
     rng: &mut impl Rng,
 ) -> Scheduled {
     let keep = |incident| Scheduled {
@@ -76,56 +131,74 @@ pub fn after_verdict(
         incident,
         new_retry: None,
     };
-    match health {
-        // The retry's own job is running, or the bank is down: the incident goes on.
-        Health::InProgress | Health::InstitutionOutage => keep(incident),
-        Health::TransientFailure => {
-            // Basiq's own cap: waiting for the rolling window is the only remedy.
-            if reason.is_some_and(|r| Side::of(r) == Side::Cap) {
-                return keep(incident);
-            }
-            if newest_job.is_some() && incident.job_id.as_deref() == newest_job {
-                return keep(incident);
-            }
-            let seen = Incident {
-                retries: incident.retries,
-                job_id: newest_job.map(str::to_owned),
-            };
-            if owed.is_some_and(|o| o.trigger == Trigger::Recovery) {
-                return keep(seen);
-            }
-            let attempt = incident.retries.saturating_add(1);
-            let Some(delay) = transient_retry_delay(
-                attempt,
-                auto.transient_retry_base,
-                auto.transient_max_retries,
-                rng,
-            ) else {
-                return keep(seen);
-            };
-            let floor = chrono::Duration::from_std(auto.min_interval).unwrap_or_default();
-            let mut at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            for t in floors.iter().flatten() {
-                at = at.max(*t + floor);
-            }
-            Scheduled {
-                owed: Some(Owed {
-                    at,
-                    trigger: Trigger::TransientRetry,
-                }),
-                incident: Incident {
-                    retries: attempt,
-                    job_id: newest_job.map(str::to_owned),
-                },
-                new_retry: Some((attempt, at)),
-            }
-        }
-        // Healthy, stale, pending, action required, unknown: the incident is over.
-        _ => Scheduled {
-            owed: owed.filter(|o| o.trigger != Trigger::TransientRetry),
-            incident: Incident::default(),
-            new_retry: None,
+    // Basiq's own cap: waiting for the rolling window is the only remedy.
+    if v.reason.is_some_and(|r| Side::of(r) == Side::Cap) {
+        return keep(incident);
+    }
+    if v.newest_job.is_some() && incident.job_id.as_deref() == v.newest_job {
+        return keep(incident);
+    }
+    let seen = Incident {
+        retries: incident.retries,
+        job_id: v.newest_job.map(str::to_owned),
+    };
+    if owed.is_some_and(|o| o.trigger == Trigger::Recovery) {
+        return keep(seen);
+    }
+    let attempt = incident.retries.saturating_add(1);
+    let Some(delay) = transient_retry_delay(
+        attempt,
+        auto.transient_retry_base,
+        auto.transient_max_retries,
+        rng,
+    ) else {
+        return keep(seen);
+    };
+    let at = floored(
+        now + chrono::Duration::from_std(delay).unwrap_or_default(),
+        &v.floors,
+        auto.min_interval,
+    );
+    Scheduled {
+        owed: Some(Owed {
+            at,
+            trigger: Trigger::TransientRetry,
+            since: v.failed_at.or(Some(now)),
+        }),
+        incident: Incident {
+            retries: attempt,
+            job_id: v.newest_job.map(str::to_owned),
         },
+        new_retry: Some((attempt, at)),
+    }
+}
+
+/// `at`, or later when a floor plus `min_interval` is later: a refresh planned sooner
+/// would only be denied.
+pub fn floored(
+    at: DateTime<Utc>,
+    floors: &[Option<DateTime<Utc>>],
+    min_interval: Duration,
+) -> DateTime<Utc> {
+    let floor = chrono::Duration::from_std(min_interval).unwrap_or_default();
+    floors
+        .iter()
+        .flatten()
+        .filter_map(|t| t.checked_add_signed(floor))
+        .fold(at, DateTime::max)
+}
+
+/// The window an outage's `n` recoveries are spread over: `recovery_window`, or, when the
+/// per-bank pace cannot send them all within it, the shortest window the pace allows (with a
+/// quarter to spare, so jittered neighbours rarely wait for each other). The flag: stretched.
+pub fn recovery_window(n: u32, auto: &AutoRefresh) -> (Duration, bool) {
+    let per_minute = u64::from(auto.per_institution_per_minute.get());
+    let needed_ms = u64::from(n).saturating_mul(60_000).div_ceil(per_minute);
+    let needed = Duration::from_millis(needed_ms.saturating_mul(5) / 4);
+    if needed > auto.recovery_window {
+        (needed, true)
+    } else {
+        (auto.recovery_window, false)
     }
 }
 
@@ -192,6 +265,7 @@ pub fn upcoming(
         candidates.push(Owed {
             at,
             trigger: Trigger::Scheduled,
+            since: None,
         });
     }
     candidates.sort_by_key(|o| o.at);
@@ -289,6 +363,18 @@ mod tests {
             transient_retry_base: super::super::TRANSIENT_RETRY_BASE,
             transient_max_retries: 2,
             min_interval: Duration::from_secs(3600),
+            per_institution_per_minute: std::num::NonZeroU32::new(10).unwrap(),
+        }
+    }
+
+    fn verdict<'a>(health: Health, reason: Option<&'a str>, job: Option<&'a str>) -> Verdicted<'a> {
+        Verdicted {
+            health,
+            reason,
+            newest_job: job,
+            failed_at: None,
+            succeeded_at: None,
+            floors: [None; 3],
         }
     }
 
@@ -305,12 +391,9 @@ mod tests {
         after_verdict(
             &auto(),
             now(),
-            health,
-            Some("service-unavailable"),
-            job,
+            &verdict(health, Some("service-unavailable"), job),
             owed,
             incident,
-            &[],
             &mut rng(),
         )
     }
@@ -358,6 +441,7 @@ mod tests {
         let recovery = Owed {
             at: now() + chrono::Duration::minutes(50),
             trigger: Trigger::Recovery,
+            since: None,
         };
         let s = after(
             Health::TransientFailure,
@@ -369,6 +453,7 @@ mod tests {
         let retry = Owed {
             at: now() + chrono::Duration::minutes(5),
             trigger: Trigger::TransientRetry,
+            since: None,
         };
         assert_eq!(merge(Some(recovery), retry), recovery);
         assert_eq!(merge(Some(retry), recovery), recovery);
@@ -380,12 +465,13 @@ mod tests {
         let s = after_verdict(
             &auto(),
             now(),
-            Health::TransientFailure,
-            Some("too-many-requests"),
-            Some("j1"),
+            &verdict(
+                Health::TransientFailure,
+                Some("too-many-requests"),
+                Some("j1"),
+            ),
             None,
             Incident::default(),
-            &[],
             &mut rng(),
         );
         assert!(s.owed.is_none());
@@ -397,12 +483,16 @@ mod tests {
         let s = after_verdict(
             &auto(),
             now(),
-            Health::TransientFailure,
-            Some("service-unavailable"),
-            Some("j1"),
+            &Verdicted {
+                floors: [Some(used), None, None],
+                ..verdict(
+                    Health::TransientFailure,
+                    Some("service-unavailable"),
+                    Some("j1"),
+                )
+            },
             None,
             Incident::default(),
-            &[Some(used)],
             &mut rng(),
         );
         assert!(s.owed.unwrap().at >= used + chrono::Duration::hours(1));
@@ -420,5 +510,55 @@ mod tests {
         let largest = gaps.into_iter().max().unwrap();
         assert!(largest <= chrono::Duration::seconds(3 * 3600 / 20));
         assert!(*slots.last().unwrap() - now() >= chrono::Duration::minutes(45));
+    }
+
+    /// A success since the incident answers the refresh owed for it, whatever its trigger.
+    #[test]
+    fn a_success_since_the_incident_drops_the_refresh_owed_for_it() {
+        let ended = now() - chrono::Duration::minutes(20);
+        let recovery = Owed {
+            at: now() + chrono::Duration::minutes(5),
+            trigger: Trigger::Recovery,
+            since: Some(ended),
+        };
+        let healthy = |succeeded: DateTime<Utc>| Verdicted {
+            succeeded_at: Some(succeeded),
+            ..verdict(Health::Healthy, None, Some("j9"))
+        };
+        let after_end = after_verdict(
+            &auto(),
+            now(),
+            &healthy(ended + chrono::Duration::minutes(1)),
+            Some(recovery),
+            Incident::default(),
+            &mut rng(),
+        );
+        assert_eq!(
+            after_end.owed, None,
+            "Basiq's own refresh after the end answered it"
+        );
+        let before_end = after_verdict(
+            &auto(),
+            now(),
+            &healthy(ended - chrono::Duration::minutes(1)),
+            Some(recovery),
+            Incident::default(),
+            &mut rng(),
+        );
+        assert_eq!(
+            before_end.owed,
+            Some(recovery),
+            "a success before the end says nothing"
+        );
+    }
+
+    #[test]
+    fn the_recovery_window_stretches_to_what_the_per_bank_pace_can_keep() {
+        let a = auto();
+        assert_eq!(recovery_window(100, &a), (a.recovery_window, false));
+        // 1,000 at 10 a minute: 100 minutes, a quarter to spare.
+        let (w, stretched) = recovery_window(1000, &a);
+        assert!(stretched);
+        assert_eq!(w, Duration::from_secs(125 * 60));
     }
 }

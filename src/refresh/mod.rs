@@ -619,6 +619,13 @@ impl GateFacts {
             needs_user_present: self.row.needs_user_present,
             last_used: self.row.last_used,
             newest_job_at: self.row.newest_job_at(),
+            newest_success_at: self
+                .row
+                .newest_job
+                .as_ref()
+                .filter(|j| j.state == JobState::Success)
+                .and_then(|j| j.created.or(j.updated)),
+            incident_since: self.row.refresh_due.and_then(|o| o.since),
             last_attempt: self.last_attempt,
             connector: &self.view,
             outage_inferred: self.inferred,
@@ -813,7 +820,8 @@ impl Refresher {
                 store.set_daily_due(&id, Some(next)).await?;
             }
             _ => {
-                let owed = retry_at.map(|at| Owed { at, trigger });
+                let since = row.refresh_due.and_then(|o| o.since);
+                let owed = retry_at.map(|at| Owed { at, trigger, since });
                 // Only if nothing replaced it meanwhile (a followed job's end plans anew).
                 store
                     .replace_refresh_due(&id, row.refresh_due, owed)

@@ -9,9 +9,10 @@ use sqlx::SqliteConnection;
 use super::{Result, Store, from_opt_ts, from_ts, opt_ts, ts, ts_ceil};
 use crate::classify::{Health, NewestJob, Side};
 use crate::domain::{
-    ConnectionId, ConnectionStatus, ConnectorKey, InstitutionId, JobId, JobState, Method, UserId,
+    ConnectionId, ConnectionStatus, ConnectorKey, DownPeriod, InstitutionId, JobId, JobState,
+    Method, UserId,
 };
-use crate::plan::{Attempts, Inference, OutageMove, Stored, StoredJob, UserPlan};
+use crate::plan::{Attempts, Inference, KeyPeriods, OutageMove, Stored, StoredJob, UserPlan};
 use crate::policy::schedule::Owed;
 use crate::policy::{DecisionKind, Trigger};
 use crate::store::refreshes::CAP_WINDOW;
@@ -21,7 +22,8 @@ const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, c
     newest_job_updated, health, reason, checked_at, health_since, consent_warned_days, gone_at,
     basiq_capped_until, refresh_due_at, refresh_due_trigger, transient_retries, daily_due_at,
     mfa_enabled, needs_user_present, transient_job_id, bank_failure_at, last_decision,
-    last_decision_reason, last_decision_trigger, last_decision_at";
+    last_decision_reason, last_decision_trigger, last_decision_at, invalid_from, invalid_seen,
+    refresh_due_since";
 
 /// A stored connection with our refresh attempts of it.
 #[derive(Debug, sqlx::FromRow)]
@@ -66,6 +68,9 @@ struct RawConnection {
     last_decision_reason: Option<String>,
     last_decision_trigger: Option<String>,
     last_decision_at: Option<i64>,
+    invalid_from: Option<i64>,
+    invalid_seen: Option<i64>,
+    refresh_due_since: Option<i64>,
 }
 
 /// The last refresh decision made for a connection.
@@ -113,6 +118,10 @@ pub struct ConnectionRow {
     /// The newest job failed bank-side then: what the outage inference counts.
     pub bank_failure_at: Option<DateTime<Utc>>,
     pub last_decision: Option<LastDecision>,
+    /// The status turned `invalid` after this read (the last that saw it otherwise)...
+    pub invalid_from: Option<DateTime<Utc>>,
+    /// ...and by this one (the first that saw it invalid).
+    pub invalid_seen: Option<DateTime<Utc>>,
 }
 
 impl ConnectionRow {
@@ -147,6 +156,7 @@ impl From<RawConnection> for ConnectionRow {
             .map(|(at, trigger)| Owed {
                 at: from_ts(at),
                 trigger,
+                since: from_opt_ts(r.refresh_due_since),
             });
         let last_decision = r
             .last_decision
@@ -185,6 +195,8 @@ impl From<RawConnection> for ConnectionRow {
             needs_user_present: r.needs_user_present,
             bank_failure_at: from_opt_ts(r.bank_failure_at),
             last_decision,
+            invalid_from: from_opt_ts(r.invalid_from),
+            invalid_seen: from_opt_ts(r.invalid_seen),
         }
     }
 }
@@ -287,13 +299,17 @@ pub struct KeyFacts {
     /// Failures count from here: the later of the window's start and `counts_since`.
     pub from: DateTime<Utc>,
     pub failing: std::collections::BTreeSet<UserId>,
+    /// The periods its bank was down, open or recently ended.
+    pub periods: KeyPeriods,
 }
 
-/// [`KeyFacts`] of each connector, one statement each; `limit` users listed at most.
+/// [`KeyFacts`] of each connector, two statements each; `limit` users listed at most.
+/// `since`: the start of the inference window (`window` long) before now.
 pub async fn key_facts(
     conn: &mut SqliteConnection,
     keys: &[ConnectorKey],
     since: DateTime<Utc>,
+    window: chrono::Duration,
     limit: i64,
 ) -> Result<HashMap<ConnectorKey, KeyFacts>> {
     let mut out = HashMap::new();
@@ -327,6 +343,7 @@ pub async fn key_facts(
                 .await?;
         let failing: Vec<String> = serde_json::from_str(&failing)
             .map_err(|e| sqlx::Error::Decode(format!("failing users at {key}: {e}").into()))?;
+        let periods = down_periods(conn, key, since, window).await?;
         out.insert(
             key.clone(),
             KeyFacts {
@@ -334,10 +351,55 @@ pub async fn key_facts(
                 counts_since: recovered.map(from_ts),
                 from: from_ts(ts(since).max(recovered.unwrap_or(0))),
                 failing: failing.into_iter().map(UserId::from_store).collect(),
+                periods,
             },
         );
     }
     Ok(out)
+}
+
+/// The periods a connector's bank was down, open or ended within Basiq's job retention
+/// (older ones explain no job Basiq still lists), oldest first. An inferred outage's period
+/// begins `window` before it was inferred (the failures that showed it). A connector keyed
+/// by an unknown method is its institution: every method's periods.
+pub async fn down_periods(
+    conn: &mut SqliteConnection,
+    key: &ConnectorKey,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+) -> Result<KeyPeriods> {
+    let (a, b) = method_spellings(&key.method);
+    let any_method = Method::parse(&key.method) == Method::Unknown;
+    let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT source, started_at, since, ended_at FROM outages
+         WHERE institution_id = ?1 AND (?4 OR method IN (?2, ?3))
+           AND (ended_at IS NULL OR ended_at >= ?5)
+         ORDER BY started_at, id",
+    )
+    .bind(key.institution_id.clone())
+    .bind(a)
+    .bind(b)
+    .bind(any_method)
+    // Basiq lists jobs 7 days: a day more covers a job that ran across the edge.
+    .bind(ts(now - chrono::Duration::days(8)))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut periods = KeyPeriods::default();
+    for (source, started, since, ended) in rows {
+        let until = from_opt_ts(ended);
+        if source == "inferred" {
+            periods.inferred.push(DownPeriod {
+                from: from_ts(started).checked_sub_signed(window),
+                until,
+            });
+        } else {
+            periods.connectors.push(DownPeriod {
+                from: from_opt_ts(since),
+                until,
+            });
+        }
+    }
+    Ok(periods)
 }
 
 fn job_state(state: &str) -> JobState {
@@ -557,7 +619,7 @@ pub async fn write_plans(
     Ok(())
 }
 
-/// Connection rows per multi-row statement (29 parameters each, under SQLite's 32,766).
+/// Connection rows per multi-row statement (32 parameters each, under SQLite's 32,766).
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Writes connections' whole state, in one statement. Basiq's "capped until" only grows here: a refresh
@@ -571,7 +633,8 @@ async fn write_rows(
         return Ok(());
     }
     let one =
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+               ?, ?, ?)";
     let values = vec![one; rows.len()].join(", ");
     let sql = format!(
         "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
@@ -579,7 +642,8 @@ async fn write_rows(
              newest_job_side, newest_job_created, newest_job_updated, health, reason, checked_at,
              health_since, consent_warned_days, gone_at, basiq_capped_until, refresh_due_at,
              refresh_due_trigger, transient_retries, transient_job_id, mfa_enabled,
-             needs_user_present, bank_failure_at, first_seen_at)
+             needs_user_present, bank_failure_at, first_seen_at, invalid_from, invalid_seen,
+             refresh_due_since)
          VALUES {values}
          ON CONFLICT (connection_id) DO UPDATE SET
              user_id = excluded.user_id, institution_id = excluded.institution_id,
@@ -602,7 +666,9 @@ async fn write_rows(
              transient_retries = excluded.transient_retries,
              transient_job_id = excluded.transient_job_id, mfa_enabled = excluded.mfa_enabled,
              needs_user_present = excluded.needs_user_present,
-             bank_failure_at = excluded.bank_failure_at"
+             bank_failure_at = excluded.bank_failure_at,
+             invalid_from = excluded.invalid_from, invalid_seen = excluded.invalid_seen,
+             refresh_due_since = excluded.refresh_due_since"
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in rows {
@@ -639,7 +705,10 @@ async fn write_rows(
             .bind(r.mfa_enabled)
             .bind(r.needs_user_present)
             .bind(opt_ts(r.bank_failure_at))
-            .bind(ts(now));
+            .bind(ts(now))
+            .bind(opt_ts(r.invalid_from))
+            .bind(opt_ts(r.invalid_seen))
+            .bind(r.refresh_due.and_then(|o| opt_ts(o.since)));
     }
     query.execute(&mut *conn).await?;
     Ok(())

@@ -73,12 +73,17 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<ConnectorChange>> {
         let mut tx = self.write().await?;
-        let stored: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT institution_id, method, status FROM connectors")
+        let stored: Vec<(String, String, String, i64)> =
+            sqlx::query_as("SELECT institution_id, method, status, checked_at FROM connectors")
                 .fetch_all(&mut *tx)
                 .await?;
+        // The status of each connector at the last read, and when that read was.
+        let seen: HashMap<(String, String), i64> = stored
+            .iter()
+            .map(|(i, m, _, at)| ((i.clone(), m.clone()), *at))
+            .collect();
         let stored: HashMap<(String, String), String> =
-            stored.into_iter().map(|(i, m, s)| ((i, m), s)).collect();
+            stored.into_iter().map(|(i, m, s, _)| ((i, m), s)).collect();
         let mut changes = Vec::new();
         let mut notices = Vec::new();
         for c in connectors {
@@ -151,9 +156,14 @@ impl Store {
             )
             .await?;
             if c.status.is_down() {
+                // The earliest it may have begun: the last read that saw it up. Down at the
+                // first sight: not known.
+                let since = before
+                    .filter(|b| !ConnectorStatus::parse(b).is_down())
+                    .and(seen.get(&key).copied());
                 sqlx::query(
-                    "INSERT INTO outages (institution_id, method, source, status, started_at)
-                     VALUES (?, ?, 'connectors', ?, ?)
+                    "INSERT INTO outages (institution_id, method, source, status, started_at, since)
+                     VALUES (?, ?, 'connectors', ?, ?, ?)
                      ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL
                      DO UPDATE SET status = excluded.status",
                 )
@@ -161,6 +171,7 @@ impl Store {
                 .bind(key.1.clone())
                 .bind(c.status.as_str().to_owned())
                 .bind(ts(now))
+                .bind(since)
                 .execute(&mut *tx)
                 .await?;
             } else {

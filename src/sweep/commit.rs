@@ -137,7 +137,8 @@ async fn plan_and_write(
         .max(1)
         .saturating_add(i64::try_from(group.len()).unwrap_or(i64::MAX))
         .saturating_add(1);
-    let facts = store::connections::key_facts(&mut tx, &keys, since, limit).await?;
+    let facts =
+        store::connections::key_facts(&mut tx, &keys, since, settings.outage_window, limit).await?;
     let plans = plan::plan_group(
         now,
         &members,

@@ -166,6 +166,7 @@ impl Sweeper {
             plan: PlanSettings {
                 stale_after: options.stale_after,
                 outage_min_users: options.outage_min_users,
+                outage_window: options.outage_window,
                 auto_refresh: options.auto_refresh.clone(),
             },
             outage_window: chrono::Duration::from_std(options.outage_window)
@@ -214,6 +215,7 @@ impl Sweeper {
         PlanSettings {
             stale_after: self.inner.options.stale_after,
             outage_min_users: self.inner.options.outage_min_users,
+            outage_window: self.inner.options.outage_window,
             auto_refresh: self.inner.options.auto_refresh.clone(),
         }
     }
@@ -401,11 +403,15 @@ impl Sweeper {
                 .filter(|r| r.health == Some(Health::InstitutionOutage))
                 .count();
             let slots = recovery_slots(&mut job, held, &settings, &mut rng);
+            let periods = store::connections::down_periods(&mut tx, &job.key, now, window)
+                .await?
+                .all();
             let plan = plan::plan_reclassify(
                 now,
                 rows,
                 statuses,
                 inferred,
+                &periods,
                 &attempts,
                 &settings,
                 slots.into_iter(),
@@ -414,15 +420,12 @@ impl Sweeper {
             store::connections::write_plan(&mut tx, &plan, now).await?;
             store::connectors::advance_reclassify(&mut tx, &job, finished).await?;
             tx.commit().await?;
-            if job.recovery && finished && job.recovery_total > 0 {
-                tracing::info!(
-                    event = "recovery_scheduled",
-                    institution_id = %job.key.institution_id,
-                    method = %job.key.method,
-                    connections = job.recovery_total,
-                    window_s = settings.auto_refresh.as_ref().map(|a| a.recovery_window.as_secs()),
-                    "outage over: recovery refreshes spread over the window"
-                );
+            if job.recovery
+                && finished
+                && job.recovery_total > 0
+                && let Some(auto) = &settings.auto_refresh
+            {
+                log_recovery(&job, auto);
             }
             emit_notes(plan.notes);
         }
@@ -836,13 +839,15 @@ fn trigger_is_named(trigger: &str) -> bool {
 
 /// The recovery slots of one reclassification batch holding `held` connections an outage
 /// held: the k-th of n refreshes in the k-th n-th of the window after the outage ended,
-/// with jitter, so the whole window is used whatever the batch size.
+/// with jitter, so the whole window is used whatever the batch size. The window is
+/// `recovery_window`, or the shortest the per-bank pace can keep
+/// ([`crate::policy::schedule::recovery_window`]).
 fn recovery_slots(
     job: &mut store::connectors::Reclassify,
     held: usize,
     settings: &PlanSettings,
     rng: &mut impl rand::Rng,
-) -> Vec<DateTime<Utc>> {
+) -> Vec<crate::policy::schedule::Owed> {
     let Some(auto) = settings.auto_refresh.as_ref().filter(|_| job.recovery) else {
         return Vec::new();
     };
@@ -850,19 +855,45 @@ fn recovery_slots(
     let total = job
         .recovery_total
         .max(job.recovery_done.saturating_add(held));
+    let (window, _) = crate::policy::schedule::recovery_window(total, auto);
     let slots = (job.recovery_done..job.recovery_done.saturating_add(held))
-        .map(|k| {
-            crate::policy::schedule::recovery_slot(
-                k,
-                total,
-                auto.recovery_window,
-                job.queued_at,
-                rng,
-            )
+        .map(|k| crate::policy::schedule::Owed {
+            at: crate::policy::schedule::recovery_slot(k, total, window, job.queued_at, rng),
+            trigger: crate::policy::Trigger::Recovery,
+            since: Some(job.queued_at),
         })
         .collect();
     job.recovery_done = job.recovery_done.saturating_add(held);
     slots
+}
+
+/// One line when an outage's recoveries are planned: over `recovery_window`, or over a
+/// longer one when the per-bank pace cannot send them all within it.
+fn log_recovery(job: &store::connectors::Reclassify, auto: &AutoRefresh) {
+    let (window, stretched) = crate::policy::schedule::recovery_window(job.recovery_total, auto);
+    if stretched {
+        tracing::warn!(
+            event = "recovery_scheduled",
+            institution_id = %job.key.institution_id,
+            method = %job.key.method,
+            connections = job.recovery_total,
+            window_s = window.as_secs(),
+            recovery_window_s = auto.recovery_window.as_secs(),
+            per_institution_per_minute = auto.per_institution_per_minute.get(),
+            stretched = true,
+            "outage over: the per-bank pace cannot send every recovery within refresh.recovery_window; spread over the shortest window it allows"
+        );
+    } else {
+        tracing::info!(
+            event = "recovery_scheduled",
+            institution_id = %job.key.institution_id,
+            method = %job.key.method,
+            connections = job.recovery_total,
+            window_s = window.as_secs(),
+            stretched = false,
+            "outage over: recovery refreshes spread over the window"
+        );
+    }
 }
 
 /// Logs a plan's notes, after its commit.

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -116,6 +117,7 @@ pub(crate) async fn deliver(
     event: SimEvent,
     base: String,
     fault: Option<WebhookFault>,
+    clock: super::SimClock,
 ) -> Vec<Sent> {
     let mut seen = Vec::new();
     if fault == Some(WebhookFault::Lost) {
@@ -146,7 +148,7 @@ pub(crate) async fn deliver(
     for _ in 0..copies {
         for delay in RETRIES {
             tokio::time::sleep(delay).await;
-            let mut ts = Utc::now().timestamp();
+            let mut ts = clock().timestamp();
             if fault == Some(WebhookFault::StaleTimestamp) {
                 ts -= 600;
             }

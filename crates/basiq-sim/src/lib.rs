@@ -26,6 +26,7 @@ mod population;
 mod routes;
 mod shapes;
 mod state;
+pub mod world;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +51,15 @@ pub const OUTAGE_CONNECTOR: (&str, &str) = ("AU00003", "web");
 /// The connector in `degraded-performance` when the simulator starts.
 pub const DEGRADED_CONNECTOR: (&str, &str) = ("AU00001", "open-banking");
 
+/// Where the simulator reads the time: the wall clock by default; the life simulation hands
+/// it the daemon's driven clock, so both live in the same (virtual) time.
+pub type SimClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The wall clock.
+pub fn wall_clock() -> SimClock {
+    Arc::new(Utc::now)
+}
+
 /// How to build a [`Simulator`].
 #[derive(Clone)]
 pub struct SimConfig {
@@ -64,6 +74,12 @@ pub struct SimConfig {
     pub token_ttl: Duration,
     /// How long each job step takes before the next one starts.
     pub step_duration: Duration,
+    /// Where the time comes from (tokens' lives, jobs' progress, events, webhook stamps).
+    pub clock: SimClock,
+    /// Behave like Basiq over days (the life simulation): a job that fails for the user's
+    /// reason sends `connection.invalidated` when it ends, and every read of a user's lists is
+    /// logged ([`Simulator::reads_of`]).
+    pub world: bool,
 }
 
 impl Default for SimConfig {
@@ -75,6 +91,8 @@ impl Default for SimConfig {
             api_key: default_api_key(seed),
             token_ttl: Duration::from_secs(3600),
             step_duration: Duration::from_secs(2),
+            clock: wall_clock(),
+            world: false,
         }
     }
 }
@@ -88,7 +106,8 @@ impl fmt::Debug for SimConfig {
             .field("api_key", &"[redacted]")
             .field("token_ttl", &self.token_ttl)
             .field("step_duration", &self.step_duration)
-            .finish()
+            .field("world", &self.world)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,6 +137,8 @@ struct Inner {
     /// Where [`Simulator::bind`] listens: the fallback for links when a request has no `Host`.
     bound: Mutex<Option<String>>,
     webhooks: Mutex<Webhooks>,
+    clock: SimClock,
+    world: bool,
 }
 
 /// Where webhooks go, the faults queued for them, and every delivery attempt's answer.
@@ -127,6 +148,9 @@ struct Webhooks {
     faults: std::collections::VecDeque<(WebhookFault, u32)>,
     sent: Arc<Mutex<Vec<Sent>>>,
     in_flight: Vec<JoinHandle<()>>,
+    /// Every `lost_every`-th delivery is lost, every `duplicate_every`-th sent twice (0: never).
+    chaos: Option<(u32, u32)>,
+    deliveries: u64,
 }
 
 impl fmt::Debug for Simulator {
@@ -182,7 +206,11 @@ impl ScriptedConnection {
     /// A healthy active connection with a fresh random id: created 90 days ago, used a day ago,
     /// and for open banking a consent that ends in 275 days.
     pub fn new(institution_id: &str, method: &str) -> Self {
-        let now = Utc::now();
+        Self::new_at(institution_id, method, Utc::now())
+    }
+
+    /// As [`ScriptedConnection::new`], made at `now` (a simulator on a driven clock).
+    pub fn new_at(institution_id: &str, method: &str, now: DateTime<Utc>) -> Self {
         let open_banking = method != "web";
         Self {
             id: state::uuid(&mut rand::rng()),
@@ -228,6 +256,40 @@ impl Outcome {
             detail: detail.to_owned(),
         }
     }
+}
+
+/// Who asked for a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobOrigin {
+    /// The seeded history.
+    Seed,
+    /// Written by hand ([`Simulator::add_job`]).
+    Scripted,
+    /// `POST .../refresh`: the daemon (or anyone with the API key).
+    Refresh,
+    /// Basiq's own update of the connection (its daily refresh, smart cache).
+    Basiq,
+    /// The user connecting again (new credentials, a new consent): always succeeds.
+    User,
+}
+
+/// One job as the world saw it, for checking a run against the truth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub user_id: String,
+    pub connection_id: String,
+    pub origin: JobOrigin,
+    pub created: DateTime<Utc>,
+    /// When it ended; `None` while it runs.
+    pub ended: Option<DateTime<Utc>>,
+    pub success: bool,
+    /// The failure code, if it failed.
+    pub code: Option<String>,
+    /// A failure for the user's reason that invalidated the connection; false for a bank's
+    /// failure that only looks like the user's.
+    pub users_fault: bool,
 }
 
 /// A job written into the history by hand, with explicit times.
@@ -430,7 +492,7 @@ impl Simulator {
         } else {
             cfg.api_key.clone()
         };
-        let state = population::build(&cfg, Utc::now());
+        let state = population::build(&cfg, (cfg.clock)());
         Self {
             inner: Arc::new(Inner {
                 api_key,
@@ -441,6 +503,8 @@ impl Simulator {
                 peak: AtomicU64::new(0),
                 bound: Mutex::new(None),
                 webhooks: Mutex::new(Webhooks::default()),
+                clock: cfg.clock.clone(),
+                world: cfg.world,
             }),
         }
     }
@@ -490,6 +554,11 @@ impl Simulator {
     /// The routes, for callers that serve them themselves.
     pub fn router(&self) -> axum::Router {
         routes::router(self.clone())
+    }
+
+    /// Now, by the simulator's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.inner.clock)()
     }
 
     /// The key `POST /token` accepts.
@@ -610,7 +679,8 @@ impl Simulator {
 
     /// Every token issued so far now answers 403 "Token has expired"; new ones work.
     pub fn expire_tokens(&self) {
-        self.lock().expire_tokens();
+        let now = self.now();
+        self.lock().expire_tokens(now);
     }
 
     /// Revokes the API key: from now on `POST /token` answers `status` whatever key is sent
@@ -686,8 +756,9 @@ impl Simulator {
 
     /// The user's connections as they stand now (finished jobs applied).
     pub fn scripted(&self, user_id: &str) -> Vec<ScriptedConnection> {
+        let now = self.now();
         let mut st = self.lock();
-        st.settle(Utc::now());
+        st.settle(now);
         st.user(user_id)
             .map(|u| u.connections.iter().map(|c| c.s.clone()).collect())
             .unwrap_or_default()
@@ -786,30 +857,32 @@ impl Simulator {
         user_id: &str,
         connection_id: Option<&str>,
     ) -> SimEvent {
-        let (entity, kind) = event_type.split_once('.').unwrap_or(("user", event_type));
-        let path = match connection_id {
-            Some(c) => format!("/users/{user_id}/connections/{c}"),
-            None => format!("/users/{user_id}"),
-        };
-        let event = {
-            let mut st = self.lock();
-            let id: String = {
-                let a = st.new_id().replace('-', "");
-                let b = st.new_id().replace('-', "");
-                format!("{a}{b}")
-            };
-            let event = SimEvent {
-                id,
-                created: Utc::now(),
-                entity: entity.to_owned(),
-                event_type: kind.to_owned(),
-                user_id: user_id.to_owned(),
-                path,
-            };
-            st.events.push(event.clone());
-            event
-        };
+        let now = self.now();
+        let event = self
+            .lock()
+            .record_event(event_type, user_id, connection_id, now);
         tracing::info!(event_type, user_id, id = %event.id, "simulator event");
+        self.send_webhook(&event);
+        event
+    }
+
+    /// Sends the webhooks of the events recorded while the state changed by itself (a job
+    /// that ended and invalidated its connection, in world mode).
+    pub fn send_pending_events(&self) {
+        let pending = std::mem::take(&mut self.lock().pending_events);
+        for event in pending {
+            self.send_webhook(&event);
+        }
+    }
+
+    /// Every `lost_every`-th webhook delivery from now on is lost and every
+    /// `duplicate_every`-th is sent twice (0: never), counted over all deliveries; on top of
+    /// the faults queued with [`Simulator::inject_webhook_fault`].
+    pub fn set_webhook_chaos(&self, lost_every: u32, duplicate_every: u32) {
+        self.webhooks().chaos = Some((lost_every, duplicate_every));
+    }
+
+    fn send_webhook(&self, event: &SimEvent) {
         let base = self
             .inner
             .bound
@@ -818,34 +891,49 @@ impl Simulator {
             .clone()
             .unwrap_or_else(|| "http://127.0.0.1".to_owned());
         let mut hooks = self.webhooks();
-        if let Some(target) = hooks.target.clone() {
-            let fault = match hooks.faults.front_mut() {
-                Some((f, n)) => {
-                    let f = *f;
-                    *n -= 1;
-                    if *n == 0 {
-                        hooks.faults.pop_front();
-                    }
-                    Some(f)
+        let Some(target) = hooks.target.clone() else {
+            return;
+        };
+        hooks.deliveries += 1;
+        let n = hooks.deliveries;
+        let queued = match hooks.faults.front_mut() {
+            Some((f, left)) => {
+                let f = *f;
+                *left -= 1;
+                if *left == 0 {
+                    hooks.faults.pop_front();
                 }
-                None => None,
-            };
-            let sent = hooks.sent.clone();
-            let e = event.clone();
-            hooks.in_flight.push(tokio::spawn(async move {
-                let seen = events::deliver(target, e, base, fault).await;
-                sent.lock().unwrap_or_else(|e| e.into_inner()).extend(seen);
-            }));
-        }
-        event
+                Some(f)
+            }
+            None => None,
+        };
+        let every = |k: u32| k > 0 && n.is_multiple_of(u64::from(k));
+        let chaos = hooks.chaos.and_then(|(lost, duplicate)| {
+            if every(lost) {
+                Some(WebhookFault::Lost)
+            } else if every(duplicate) {
+                Some(WebhookFault::Duplicate)
+            } else {
+                None
+            }
+        });
+        let fault = queued.or(chaos);
+        let sent = hooks.sent.clone();
+        let e = event.clone();
+        let clock = self.inner.clock.clone();
+        hooks.in_flight.push(tokio::spawn(async move {
+            let seen = events::deliver(target, e, base, fault, clock).await;
+            sent.lock().unwrap_or_else(|e| e.into_inner()).extend(seen);
+        }));
     }
 
     /// The connection becomes `invalid` (the user changed their password) and Basiq's
     /// `connection.invalidated` event is sent. False when the connection is unknown.
     pub fn invalidate_connection(&self, connection_id: &str) -> Option<SimEvent> {
+        let now = self.now();
         let user = {
             let mut st = self.lock();
-            st.settle(Utc::now());
+            st.settle(now);
             let user = st
                 .users
                 .iter()

@@ -17,7 +17,8 @@ use super::state::{
     VERIFY, uuid,
 };
 use super::{
-    Case, Counters, DEGRADED_CONNECTOR, OUTAGE_CONNECTOR, Outcome, ScriptedConnection, SimConfig,
+    Case, Counters, DEGRADED_CONNECTOR, JobOrigin, OUTAGE_CONNECTOR, Outcome, ScriptedConnection,
+    SimConfig,
 };
 
 /// The share of connections, in percent, made for each case.
@@ -113,6 +114,10 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         job_index: None,
         live_jobs: 0,
         events: Vec::new(),
+        pending_events: Vec::new(),
+        world: cfg.world,
+        reads: HashMap::new(),
+        bank_failing: HashMap::new(),
     };
 
     let mut by_user: Vec<Vec<&Slot>> = vec![Vec::new(); users.len()];
@@ -149,6 +154,8 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
                     // The first failure in population order is served as an array.
                     result_as_array: failed && !std::mem::replace(&mut array_quirk_done, true),
                     job_type: None,
+                    invalidates: false,
+                    origin: JobOrigin::Seed,
                 });
             }
             if slot.case == Case::Healthy {
@@ -187,6 +194,8 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
             source: SourceLink::WhenFinished,
             result_as_array: false,
             job_type: None,
+            invalidates: false,
+            origin: JobOrigin::Seed,
         };
         state.push_job(job);
     }

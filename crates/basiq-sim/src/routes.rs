@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -19,10 +19,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::state::{
-    JOB_RETENTION, Job, OPEN_BANKING_DAILY_CAP, SourceLink, Timing, is_open_banking, job_stub, uuid,
-};
-use super::{Fault, Inner, Route, Simulator};
+use super::state::{JOB_RETENTION, OPEN_BANKING_DAILY_CAP, is_open_banking, job_stub, uuid};
+use super::{Fault, Inner, JobOrigin, Route, Simulator};
 
 pub(super) fn router(sim: Simulator) -> Router {
     let counted = |route: Route, handler: MethodRouter<Simulator>| {
@@ -104,6 +102,15 @@ async fn track(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let response = answer(fault, req, next).await;
+    // A job that ended while this request read it may have sent an event.
+    if sim.inner.world {
+        sim.send_pending_events();
+    }
+    response
+}
+
+async fn answer(fault: Option<Fault>, req: Request, next: Next) -> Response {
     match fault {
         None => next.run(req).await,
         Some(Fault::Delay { ms }) => {
@@ -172,7 +179,16 @@ impl Simulator {
                     c.refresh_calls
                         .entry(connection_id.to_owned())
                         .or_default()
-                        .push(Utc::now());
+                        .push(self.now());
+                }
+            }
+            Route::Connections | Route::Jobs | Route::Connection if st.world => {
+                if let Some(user) = path
+                    .strip_prefix("/users/")
+                    .and_then(|p| p.split('/').next())
+                {
+                    let now = self.now();
+                    st.reads.entry(user.to_owned()).or_default().push(now);
                 }
             }
             _ => {}
@@ -207,9 +223,10 @@ impl Simulator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(ApiError::invalid_token)?;
+        let now = self.now();
         match self.lock().tokens.get(token) {
             None => Err(ApiError::invalid_token()),
-            Some(expires) if Instant::now() >= *expires => Err(ApiError::token_expired()),
+            Some(expires) if now >= *expires => Err(ApiError::token_expired()),
             Some(_) => Ok(()),
         }
     }
@@ -454,7 +471,7 @@ const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(7);
 async fn events(State(sim): State<Simulator>, headers: HeaderMap) -> ApiResult {
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
-    let now = Utc::now();
+    let now = sim.now();
     let st = sim.lock();
     let data: Vec<Value> = st
         .events
@@ -585,7 +602,8 @@ async fn token(State(sim): State<Simulator>, headers: HeaderMap, body: String) -
         Some(_) => return Err(ApiError::not_valid("scope", "scope must be SERVER_ACCESS")),
     }
     let ttl = sim.inner.token_ttl;
-    let token = sim.lock().new_token(ttl);
+    let now = sim.now();
+    let token = sim.lock().new_token(ttl, now);
     Ok(Json(json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -602,7 +620,7 @@ async fn user(
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
     let mut st = sim.lock();
-    st.settle(Utc::now());
+    st.settle(sim.now());
     let user = st
         .user(&user_id)
         .ok_or_else(|| ApiError::not_found("user"))?;
@@ -617,7 +635,7 @@ async fn connections(
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
     let mut st = sim.lock();
-    st.settle(Utc::now());
+    st.settle(sim.now());
     let user = st
         .user(&user_id)
         .ok_or_else(|| ApiError::not_found("user"))?;
@@ -642,7 +660,7 @@ async fn connection(
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
     let mut st = sim.lock();
-    st.settle(Utc::now());
+    st.settle(sim.now());
     let user = st
         .user(&user_id)
         .ok_or_else(|| ApiError::not_found("user"))?;
@@ -679,7 +697,7 @@ async fn jobs(
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
     let connection_id = query.get("filter").map(|f| parse_filter(f)).transpose()?;
-    let now = Utc::now();
+    let now = sim.now();
     let mut st = sim.lock();
     st.settle(now);
     if st.user(&user_id).is_none() {
@@ -709,7 +727,7 @@ async fn job(
 ) -> ApiResult {
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
-    let now = Utc::now();
+    let now = sim.now();
     let mut st = sim.lock();
     st.settle(now);
     let job = st
@@ -750,14 +768,11 @@ fn refresh_one(
             ),
         ));
     }
-    let outcome = conn.s.outcome.clone();
-    let institution_id = conn.s.institution_id.clone();
     let open_banking = is_open_banking(&conn.s.method);
     if let Some(running) = st.running_job(connection_id, now) {
         return Ok(Refreshed::Running(running.id.clone()));
     }
     let day_ago = now - TimeDelta::hours(24);
-    let id = st.new_id();
     let Some(conn) = st.connection_mut(connection_id) else {
         return Err(ApiError::not_found("connection"));
     };
@@ -766,21 +781,15 @@ fn refresh_one(
         return Err(ApiError::cap_reached());
     }
     conn.accepted.push(now);
-    st.push_job(Job {
-        id: id.clone(),
-        user_id: user_id.to_owned(),
-        connection_id: connection_id.to_owned(),
-        institution_id,
-        created: now,
-        outcome,
-        timing: Timing::Live {
-            step: sim.inner.step,
-            applied: false,
-        },
-        source: SourceLink::Always,
-        result_as_array: false,
-        job_type: None,
-    });
+    let id = st
+        .start_job(
+            user_id,
+            connection_id,
+            JobOrigin::Refresh,
+            sim.inner.step,
+            now,
+        )
+        .ok_or_else(|| ApiError::not_found("connection"))?;
     Ok(Refreshed::Started(id))
 }
 
@@ -791,7 +800,7 @@ async fn refresh(
 ) -> ApiResult {
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
-    let now = Utc::now();
+    let now = sim.now();
     let mut st = sim.lock();
     st.settle(now);
     match refresh_one(&sim, &mut st, &user_id, &connection_id, now)? {
@@ -809,7 +818,7 @@ async fn bulk_refresh(
 ) -> ApiResult {
     sim.authorize(&headers)?;
     let base = sim.base_url(&headers);
-    let now = Utc::now();
+    let now = sim.now();
     let mut st = sim.lock();
     st.settle(now);
     let ids: Vec<String> = st
@@ -843,7 +852,7 @@ async fn purge(
 ) -> ApiResult {
     sim.authorize(&headers)?;
     let mut st = sim.lock();
-    st.settle(Utc::now());
+    st.settle(sim.now());
     let user = st
         .user(&user_id)
         .ok_or_else(|| ApiError::not_found("user"))?;

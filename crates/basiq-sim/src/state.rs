@@ -3,7 +3,7 @@
 //! Nothing in here awaits: a handler locks, reads or changes, renders, and unlocks.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use rand::Rng;
@@ -41,7 +41,7 @@ pub(super) struct State {
     pub jobs: Vec<Job>,
     pub connectors: Vec<Connector>,
     /// Issued tokens and when each stops working.
-    pub tokens: HashMap<String, Instant>,
+    pub tokens: HashMap<String, DateTime<Utc>>,
     pub counters: Counters,
     pub faults: HashMap<Route, VecDeque<(Fault, u32)>>,
     pub global_delay: Duration,
@@ -63,6 +63,25 @@ pub(super) struct State {
     pub live_jobs: usize,
     /// Basiq's events, oldest first.
     pub events: Vec<super::SimEvent>,
+    /// Events recorded by a change of state (a job's end) whose webhooks are not sent yet.
+    pub pending_events: Vec<super::SimEvent>,
+    /// World mode: jobs' ends send events, reads are logged.
+    pub world: bool,
+    /// World mode: when each user's lists (or one of its connections) were read.
+    pub reads: HashMap<String, Vec<DateTime<Utc>>>,
+    /// Connectors whose bank fails every job while set (an outage, whether `/connectors`
+    /// says so or not), by (institution id, method).
+    pub bank_failing: HashMap<(String, String), BankFailing>,
+}
+
+/// A bank failing every job at one connector.
+#[derive(Clone, Debug, Default)]
+pub struct BankFailing {
+    /// Every n-th job fails with a code that looks like the user's
+    /// (`account-not-accessible-requires-user-action`) without invalidating the connection:
+    /// the bank's error page read wrong (0: never).
+    pub misleading_every: u32,
+    pub jobs: u32,
 }
 
 /// Faults handed out every `every`-th request of a route, cycling through `faults`.
@@ -139,6 +158,11 @@ pub(super) struct Job {
     pub result_as_array: bool,
     /// `jobType`; `None`: `connection`.
     pub job_type: Option<String>,
+    /// A user-side failure that invalidates its connection when it ends (false: a bank's
+    /// failure dressed as the user's).
+    pub invalidates: bool,
+    /// Who asked for it.
+    pub origin: super::JobOrigin,
 }
 
 pub(super) enum Timing {
@@ -292,10 +316,10 @@ impl State {
     }
 
     /// A JWT-looking token: header, claims and a random signature, base64url.
-    pub fn new_token(&mut self, ttl: Duration) -> String {
+    pub fn new_token(&mut self, ttl: Duration, now: DateTime<Utc>) -> String {
         let header = base64(br#"{"alg":"HS256","typ":"JWT"}"#, URL_SAFE, false);
         let jti = self.new_id();
-        let exp = Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let exp = now.timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
         let claims = format!(
             r#"{{"partnerid":"simulator","scope":"SERVER_ACCESS","jti":"{jti}","exp":{exp}}}"#
         );
@@ -303,16 +327,16 @@ impl State {
         let mut sig = [0u8; 32];
         self.rng.fill(&mut sig[..]);
         let token = format!("{header}.{claims}.{}", base64(&sig, URL_SAFE, false));
-        let expires = Instant::now()
-            .checked_add(ttl)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        let expires = TimeDelta::from_std(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.tokens.insert(token.clone(), expires);
         self.counters.issued_tokens.push(token.clone());
         token
     }
 
-    pub fn expire_tokens(&mut self) {
-        let now = Instant::now();
+    pub fn expire_tokens(&mut self, now: DateTime<Utc>) {
         for expiry in self.tokens.values_mut() {
             *expiry = now;
         }
@@ -424,6 +448,8 @@ impl State {
             },
             result_as_array: false,
             job_type: None,
+            invalidates: false,
+            origin: super::JobOrigin::Scripted,
         });
     }
 
@@ -456,7 +482,7 @@ impl State {
             .collect();
         done.sort();
         for (finished_at, i) in done {
-            let (user_id, connection_id, outcome) = {
+            let (user_id, connection_id, outcome, invalidates) = {
                 let job = &mut self.jobs[i];
                 if let Timing::Live { applied, .. } = &mut job.timing {
                     *applied = true;
@@ -466,25 +492,159 @@ impl State {
                     job.user_id.clone(),
                     job.connection_id.clone(),
                     job.outcome.clone(),
+                    job.invalidates,
                 )
             };
+            let world = self.world;
             let Some(conn) = self
                 .user_mut(&user_id)
                 .and_then(|u| u.connections.iter_mut().find(|c| c.s.id == connection_id))
             else {
                 continue;
             };
+            let mut invalidated = false;
             match outcome {
                 Outcome::Success => {
                     conn.s.last_used = Some(finished_at);
                     conn.s.status = "active".to_owned();
                 }
-                Outcome::Fail { code, .. } if is_user_side(&code) => {
+                Outcome::Fail { code, .. } if is_user_side(&code) && invalidates => {
+                    invalidated = conn.s.status == "active";
                     conn.s.status = "invalid".to_owned();
                 }
                 _ => {}
             }
+            if invalidated && world {
+                // Basiq tells the app when a job finds the user must act.
+                let event = self.record_event(
+                    "connection.invalidated",
+                    &user_id,
+                    Some(&connection_id),
+                    finished_at,
+                );
+                self.pending_events.push(event);
+            }
         }
+    }
+
+    /// Records one of Basiq's events (served by `/events` from now on); the caller sends its
+    /// webhook.
+    pub fn record_event(
+        &mut self,
+        event_type: &str,
+        user_id: &str,
+        connection_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> super::SimEvent {
+        let (entity, kind) = event_type.split_once('.').unwrap_or(("user", event_type));
+        let path = match connection_id {
+            Some(c) => format!("/users/{user_id}/connections/{c}"),
+            None => format!("/users/{user_id}"),
+        };
+        let id: String = {
+            let a = self.new_id().replace('-', "");
+            let b = self.new_id().replace('-', "");
+            format!("{a}{b}")
+        };
+        let event = super::SimEvent {
+            id,
+            created: at,
+            entity: entity.to_owned(),
+            event_type: kind.to_owned(),
+            user_id: user_id.to_owned(),
+            path,
+        };
+        self.events.push(event.clone());
+        event
+    }
+
+    /// How a job started now at this connection ends: the connection's own outcome, unless
+    /// its bank is failing (then a bank-side failure, now and then one that looks like the
+    /// user's but is not). The flag: a user-side failure that invalidates the connection.
+    pub fn job_outcome(
+        &mut self,
+        institution_id: &str,
+        method: &str,
+        own: &Outcome,
+    ) -> (Outcome, bool) {
+        let method = if is_open_banking(method) {
+            "open-banking"
+        } else {
+            method
+        };
+        if let Some(failing) = self
+            .bank_failing
+            .get_mut(&(institution_id.to_owned(), method.to_owned()))
+        {
+            failing.jobs += 1;
+            let misleading = failing.misleading_every > 0
+                && failing.jobs.is_multiple_of(failing.misleading_every);
+            let outcome = if misleading {
+                Outcome::fail(
+                    ACCOUNTS,
+                    "account-not-accessible-requires-user-action",
+                    "Account not accessible",
+                    "The bank's site answered with a page that could not be read.",
+                )
+            } else {
+                Outcome::fail(
+                    ACCOUNTS,
+                    "service-unavailable",
+                    "Service unavailable",
+                    "The institution is not available.",
+                )
+            };
+            return (outcome, false);
+        }
+        let invalidates = matches!(own, Outcome::Fail { code, .. } if is_user_side(code));
+        (own.clone(), invalidates)
+    }
+
+    /// Starts a live job for a connection (a refresh, Basiq's own update, a reconnection).
+    pub fn start_job(
+        &mut self,
+        user_id: &str,
+        connection_id: &str,
+        origin: super::JobOrigin,
+        step: Duration,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let (institution_id, method, own) = {
+            let conn = self
+                .user(user_id)?
+                .connections
+                .iter()
+                .find(|c| c.s.id == connection_id)?;
+            (
+                conn.s.institution_id.clone(),
+                conn.s.method.clone(),
+                conn.s.outcome.clone(),
+            )
+        };
+        let (outcome, invalidates) = if origin == super::JobOrigin::User {
+            (Outcome::Success, false)
+        } else {
+            self.job_outcome(&institution_id, &method, &own)
+        };
+        let id = self.new_id();
+        self.push_job(Job {
+            id: id.clone(),
+            user_id: user_id.to_owned(),
+            connection_id: connection_id.to_owned(),
+            institution_id,
+            created: now,
+            outcome,
+            timing: Timing::Live {
+                step,
+                applied: false,
+            },
+            source: SourceLink::Always,
+            result_as_array: false,
+            job_type: None,
+            invalidates,
+            origin,
+        });
+        Some(id)
     }
 
     /// The newest job of the connection that is still running at `now`.
@@ -543,6 +703,27 @@ fn layout(outcome: &Outcome) -> (Vec<String>, usize) {
 }
 
 impl Job {
+    /// What the job is and how it ended, as of `now`.
+    pub fn record(&self, now: DateTime<Utc>) -> super::JobRecord {
+        let view = self.view(now);
+        let (success, code) = match &self.outcome {
+            Outcome::Success => (view.finished, None),
+            Outcome::Fail { code, .. } => (false, view.finished.then(|| code.clone())),
+            _ => (false, None),
+        };
+        super::JobRecord {
+            id: self.id.clone(),
+            user_id: self.user_id.clone(),
+            connection_id: self.connection_id.clone(),
+            origin: self.origin,
+            created: self.created,
+            ended: view.finished.then_some(view.updated),
+            success,
+            code,
+            users_fault: self.invalidates,
+        }
+    }
+
     /// The job at `now`.
     ///
     /// Running, with its outcome not yet applied to its connection.

@@ -1,0 +1,523 @@
+//! A scripted world for the life simulation: a seeded population and a timeline of what
+//! happens to it over days. Basiq updates every connection on its own twice a day; banks go
+//! down, some with `/connectors` saying so and some without, and while they are down every
+//! job fails bank-side (now and then with a code that looks like the user's); users change
+//! their passwords, meet their bank's messages, revoke consents or let them expire, and fix
+//! it all some hours later; users log in.
+//!
+//! It knows nothing of the daemon: a harness applies each [`WorldEvent`] at its time
+//! ([`Simulator::apply`]; a [`WorldEvent::Login`] is the harness's to act on) and checks what
+//! the daemon said against the truth: the timeline, [`Simulator::job_records`] (which job
+//! failed for whose reason) and [`Simulator::reads_of`] (what the daemon could know when).
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::state::{INSTITUTIONS, is_open_banking, uuid};
+use super::{JobOrigin, JobRecord, Outcome, ScriptedConnection, Simulator};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub users: usize,
+    pub days: u32,
+    pub seed: u64,
+    pub start: DateTime<Utc>,
+}
+
+/// The population and its timeline, sorted by time.
+#[derive(Clone, Debug)]
+pub struct World {
+    pub config: WorldConfig,
+    pub users: Vec<WorldUser>,
+    pub timeline: Vec<Timed>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorldUser {
+    pub id: String,
+    pub connections: Vec<ScriptedConnection>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Timed {
+    pub at: DateTime<Utc>,
+    pub event: WorldEvent,
+}
+
+/// One thing that happens in the world.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum WorldEvent {
+    /// Basiq updates the connection on its own (if it is active).
+    BasiqUpdate {
+        user_id: String,
+        connection_id: String,
+    },
+    /// Every job at this connector fails from now on; `told`: `/connectors` says
+    /// `major-outage`, otherwise it keeps saying `operational`.
+    BankDown {
+        institution_id: String,
+        method: String,
+        told: bool,
+    },
+    BankUp {
+        institution_id: String,
+        method: String,
+        told: bool,
+    },
+    /// The user changed their bank password: the next job fails `invalid-credentials`.
+    PasswordChanged {
+        user_id: String,
+        connection_id: String,
+    },
+    /// The bank shows the user a message: the next job fails
+    /// `account-not-accessible-requires-user-action`.
+    BankMessage {
+        user_id: String,
+        connection_id: String,
+    },
+    /// The user revokes the consent (`consent.revoked`).
+    ConsentRevoked {
+        user_id: String,
+        connection_id: String,
+    },
+    /// The consent reaches its end (`consent.expired`).
+    ConsentExpired {
+        user_id: String,
+        connection_id: String,
+    },
+    /// The user fixes what was asked (new credentials, the message cleared, a new consent):
+    /// the connection is active again and a job of theirs succeeds (`connection.activated`).
+    Reconnected {
+        user_id: String,
+        connection_id: String,
+    },
+    /// The user opens the partner's app (the harness runs the login check).
+    Login { user_id: String },
+}
+
+impl WorldEvent {
+    /// The connection the event is about, if one.
+    pub fn connection_id(&self) -> Option<&str> {
+        match self {
+            Self::BasiqUpdate { connection_id, .. }
+            | Self::PasswordChanged { connection_id, .. }
+            | Self::BankMessage { connection_id, .. }
+            | Self::ConsentRevoked { connection_id, .. }
+            | Self::ConsentExpired { connection_id, .. }
+            | Self::Reconnected { connection_id, .. } => Some(connection_id),
+            _ => None,
+        }
+    }
+}
+
+const HOUR: i64 = 3600;
+
+/// The seeded world.
+pub fn generate(config: WorldConfig) -> World {
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x0011_fe11_fe00);
+    let users: Vec<WorldUser> = (0..config.users)
+        .map(|_| make_user(&mut rng, &config))
+        .collect();
+    let mut timeline = Vec::new();
+    basiq_updates(&mut rng, &config, &users, &mut timeline);
+    outages(&mut rng, &config, &users, &mut timeline);
+    for user in &users {
+        user_life(&mut rng, &config, user, &mut timeline);
+    }
+    let end = end_of(&config);
+    timeline.retain(|t| t.at >= config.start && t.at < end);
+    // Stable: what was generated first for one instant happens first.
+    timeline.sort_by_key(|t| t.at);
+    World {
+        config,
+        users,
+        timeline,
+    }
+}
+
+fn end_of(config: &WorldConfig) -> DateTime<Utc> {
+    config.start + TimeDelta::days(i64::from(config.days))
+}
+
+fn secs(rng: &mut StdRng, low: i64, high: i64) -> TimeDelta {
+    TimeDelta::seconds(rng.random_range(low..high.max(low + 1)))
+}
+
+/// One to three connections at distinct banks, healthy: used within the day, a job that
+/// succeeded hours ago; a sixth of the open-banking consents end during the run.
+fn make_user(rng: &mut StdRng, config: &WorldConfig) -> WorldUser {
+    let id = uuid(rng);
+    let n = rng.random_range(1..=3usize);
+    let mut banks: Vec<&str> = INSTITUTIONS.iter().map(|i| i.id).collect();
+    let mut connections = Vec::new();
+    for _ in 0..n {
+        let at = rng.random_range(0..banks.len());
+        let institution = banks.swap_remove(at);
+        let method = if rng.random_bool(0.5) {
+            "open-banking"
+        } else {
+            "web"
+        };
+        let mut c = ScriptedConnection::new_at(institution, method, config.start);
+        c.id = uuid(rng);
+        c.last_used = Some(config.start - secs(rng, HOUR, 20 * HOUR));
+        if let Some(expiry) = c.expiry.as_mut()
+            && rng.random_ratio(1, 6)
+        {
+            let run = i64::from(config.days) * 24 * HOUR;
+            *expiry = config.start + secs(rng, 6 * HOUR, run.max(7 * HOUR));
+        }
+        connections.push(c);
+    }
+    WorldUser { id, connections }
+}
+
+/// Basiq's own updates: twice a day per connection, at its own times (not for connections
+/// that ask for a one-time code: Basiq cannot answer it either).
+fn basiq_updates(
+    rng: &mut StdRng,
+    config: &WorldConfig,
+    users: &[WorldUser],
+    out: &mut Vec<Timed>,
+) {
+    for user in users {
+        for c in user.connections.iter().filter(|c| !asks_code(c)) {
+            let first = secs(rng, 0, 12 * HOUR);
+            for half_day in 0..i64::from(config.days) * 2 {
+                out.push(Timed {
+                    at: config.start + first + TimeDelta::hours(12 * half_day),
+                    event: WorldEvent::BasiqUpdate {
+                        user_id: user.id.clone(),
+                        connection_id: c.id.clone(),
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// A connection whose bank asks for a one-time code at every refresh.
+pub fn asks_code(c: &ScriptedConnection) -> bool {
+    c.mfa.unwrap_or_else(|| {
+        INSTITUTIONS
+            .iter()
+            .any(|i| i.id == c.institution_id && i.mfa)
+    })
+}
+
+/// About one outage a day: every other one told by `/connectors`, the others only seen in
+/// the jobs failing (at the busiest connectors, so the daemon can infer them).
+fn outages(rng: &mut StdRng, config: &WorldConfig, users: &[WorldUser], out: &mut Vec<Timed>) {
+    let mut busiest: Vec<((String, String), usize)> = Vec::new();
+    for c in users.iter().flat_map(|u| &u.connections) {
+        let key = (c.institution_id.clone(), c.method.clone());
+        match busiest.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => busiest.push((key, 1)),
+        }
+    }
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for day in 0..i64::from(config.days) {
+        let told = day % 2 == 0;
+        let pick = if told {
+            busiest.choose(rng)
+        } else {
+            busiest.get(usize::try_from(day / 2).unwrap_or(0) % busiest.len().clamp(1, 2))
+        };
+        let Some(((institution_id, method), _)) = pick.cloned() else {
+            continue;
+        };
+        let at = config.start + TimeDelta::days(day) + secs(rng, 2 * HOUR, 20 * HOUR);
+        let hours = if told { (1, 5) } else { (4, 8) };
+        let length = secs(rng, hours.0 * HOUR, hours.1 * HOUR);
+        out.push(Timed {
+            at,
+            event: WorldEvent::BankDown {
+                institution_id: institution_id.clone(),
+                method: method.clone(),
+                told,
+            },
+        });
+        out.push(Timed {
+            at: at + length,
+            event: WorldEvent::BankUp {
+                institution_id,
+                method,
+                told,
+            },
+        });
+    }
+}
+
+/// One user's week: logins about once a day, and now and then an incident on one of their
+/// connections, fixed hours later.
+fn user_life(rng: &mut StdRng, config: &WorldConfig, user: &WorldUser, out: &mut Vec<Timed>) {
+    let end = end_of(config);
+    let mut at = config.start + secs(rng, 0, 24 * HOUR);
+    while at < end {
+        out.push(Timed {
+            at,
+            event: WorldEvent::Login {
+                user_id: user.id.clone(),
+            },
+        });
+        at += secs(rng, 10 * HOUR, 40 * HOUR);
+    }
+    for c in &user.connections {
+        if let Some(expiry) = c.expiry.filter(|e| *e < end) {
+            consent_end(rng, user, c, expiry, false, out);
+        }
+        // About one incident per connection in five days.
+        let days = i64::from(config.days);
+        for _ in 0..rng.random_range(0..=(days / 5 + 1)) {
+            let start = config.start + secs(rng, HOUR, days * 24 * HOUR);
+            incident(rng, user, c, start, out);
+        }
+    }
+}
+
+fn incident(
+    rng: &mut StdRng,
+    user: &WorldUser,
+    c: &ScriptedConnection,
+    start: DateTime<Utc>,
+    out: &mut Vec<Timed>,
+) {
+    let (user_id, connection_id) = (user.id.clone(), c.id.clone());
+    let open_banking = is_open_banking(&c.method);
+    let event = match rng.random_range(0..4) {
+        0 if open_banking => return consent_end(rng, user, c, start, true, out),
+        0 | 1 => WorldEvent::PasswordChanged {
+            user_id,
+            connection_id,
+        },
+        _ => WorldEvent::BankMessage {
+            user_id,
+            connection_id,
+        },
+    };
+    out.push(Timed { at: start, event });
+    reconnect_later(rng, user, c, start, out);
+}
+
+fn consent_end(
+    rng: &mut StdRng,
+    user: &WorldUser,
+    c: &ScriptedConnection,
+    at: DateTime<Utc>,
+    revoked: bool,
+    out: &mut Vec<Timed>,
+) {
+    let (user_id, connection_id) = (user.id.clone(), c.id.clone());
+    let event = if revoked {
+        WorldEvent::ConsentRevoked {
+            user_id,
+            connection_id,
+        }
+    } else {
+        WorldEvent::ConsentExpired {
+            user_id,
+            connection_id,
+        }
+    };
+    out.push(Timed { at, event });
+    reconnect_later(rng, user, c, at, out);
+}
+
+fn reconnect_later(
+    rng: &mut StdRng,
+    user: &WorldUser,
+    c: &ScriptedConnection,
+    after: DateTime<Utc>,
+    out: &mut Vec<Timed>,
+) {
+    out.push(Timed {
+        at: after + secs(rng, 6 * HOUR, 48 * HOUR),
+        event: WorldEvent::Reconnected {
+            user_id: user.id.clone(),
+            connection_id: c.id.clone(),
+        },
+    });
+}
+
+impl World {
+    /// Puts the population into the simulator, each connection with a job that succeeded
+    /// when it was last used.
+    pub fn install(&self, sim: &Simulator) {
+        for user in &self.users {
+            for c in &user.connections {
+                sim.add_connection(&user.id, c.clone());
+                if let Some(used) = c.last_used {
+                    sim.add_job(
+                        &user.id,
+                        super::ScriptedJob {
+                            id: None,
+                            connection_id: c.id.clone(),
+                            created: used - TimeDelta::seconds(40),
+                            updated: used,
+                            outcome: Outcome::Success,
+                            running: false,
+                            with_source: true,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Simulator {
+    /// Makes one world event happen now (a login does nothing here: the harness runs it).
+    pub fn apply(&self, event: &WorldEvent) {
+        let now = self.now();
+        match event {
+            WorldEvent::BasiqUpdate {
+                user_id,
+                connection_id,
+            } => {
+                self.basiq_update(user_id, connection_id);
+            }
+            WorldEvent::BankDown {
+                institution_id,
+                method,
+                told,
+            } => self.bank_down(institution_id, method, *told, true),
+            WorldEvent::BankUp {
+                institution_id,
+                method,
+                told,
+            } => self.bank_down(institution_id, method, *told, false),
+            WorldEvent::PasswordChanged { connection_id, .. } => {
+                self.set_outcome(connection_id, user_fault("invalid-credentials"));
+            }
+            WorldEvent::BankMessage { connection_id, .. } => {
+                self.set_outcome(
+                    connection_id,
+                    user_fault("account-not-accessible-requires-user-action"),
+                );
+            }
+            WorldEvent::ConsentRevoked {
+                user_id,
+                connection_id,
+            } => self.consent_ends(user_id, connection_id, "revoked", now),
+            WorldEvent::ConsentExpired {
+                user_id,
+                connection_id,
+            } => self.consent_ends(user_id, connection_id, "expired", now),
+            WorldEvent::Reconnected {
+                user_id,
+                connection_id,
+            } => self.reconnect(user_id, connection_id, now),
+            WorldEvent::Login { .. } => {}
+        }
+        self.send_pending_events();
+    }
+
+    /// Basiq updates the connection on its own; `None` when it is not active (Basiq does not
+    /// update those) or a job of it is running.
+    pub fn basiq_update(&self, user_id: &str, connection_id: &str) -> Option<String> {
+        let now = self.now();
+        let step = self.inner.step;
+        let mut st = self.lock();
+        st.settle(now);
+        let active = st
+            .user(user_id)?
+            .connections
+            .iter()
+            .any(|c| c.s.id == connection_id && c.s.status == "active");
+        if !active || st.running_job(connection_id, now).is_some() {
+            return None;
+        }
+        st.start_job(user_id, connection_id, JobOrigin::Basiq, step, now)
+    }
+
+    /// A bank fails every job at its connector (`down`), or works again; `told`: `/connectors`
+    /// says `major-outage` meanwhile.
+    pub fn bank_down(&self, institution_id: &str, method: &str, told: bool, down: bool) {
+        let now = self.now();
+        {
+            let mut st = self.lock();
+            st.settle(now);
+            let key = (institution_id.to_owned(), method.to_owned());
+            if down {
+                st.bank_failing.insert(
+                    key,
+                    super::state::BankFailing {
+                        misleading_every: 3,
+                        jobs: 0,
+                    },
+                );
+            } else {
+                st.bank_failing.remove(&key);
+            }
+        }
+        if told {
+            let status = if down { "major-outage" } else { "operational" };
+            self.set_connector_status(institution_id, method, status);
+        }
+    }
+
+    fn consent_ends(&self, user_id: &str, connection_id: &str, how: &str, now: DateTime<Utc>) {
+        {
+            let mut st = self.lock();
+            st.settle(now);
+            let Some(c) = st.connection_mut(connection_id) else {
+                return;
+            };
+            if how == "expired" {
+                c.s.expiry = Some(now);
+                c.s.status = "invalid".into();
+            } else {
+                c.s.status = "revoked".into();
+            }
+        }
+        self.emit_event(&format!("consent.{how}"), user_id, Some(connection_id));
+    }
+
+    /// The user connects again: active, a fresh consent for open banking, and a job of theirs
+    /// that succeeds.
+    pub fn reconnect(&self, user_id: &str, connection_id: &str, now: DateTime<Utc>) {
+        let step = self.inner.step;
+        {
+            let mut st = self.lock();
+            st.settle(now);
+            let Some(c) = st.connection_mut(connection_id) else {
+                return;
+            };
+            c.s.status = "active".into();
+            c.s.outcome = Outcome::Success;
+            if is_open_banking(&c.s.method) {
+                c.s.expiry = Some(now + TimeDelta::days(365));
+            }
+            st.start_job(user_id, connection_id, JobOrigin::User, step, now);
+        }
+        self.emit_event("connection.activated", user_id, Some(connection_id));
+    }
+
+    /// Every job the simulator knows, as the world saw it at its clock's now.
+    pub fn job_records(&self) -> Vec<JobRecord> {
+        let now = self.now();
+        let mut st = self.lock();
+        st.settle(now);
+        st.jobs.iter().map(|j| j.record(now)).collect()
+    }
+
+    /// When the user's lists (or one of their connections) were read, in world mode.
+    pub fn reads_of(&self, user_id: &str) -> Vec<DateTime<Utc>> {
+        self.lock().reads.get(user_id).cloned().unwrap_or_default()
+    }
+}
+
+fn user_fault(code: &str) -> Outcome {
+    Outcome::fail(
+        "verify-credentials",
+        code,
+        "The user must act",
+        "The institution refused the connection until the user acts.",
+    )
+}
