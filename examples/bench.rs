@@ -732,6 +732,7 @@ async fn million(sim: &SimProcess, sim_users: &[UserId]) -> anyhow::Result<()> {
             &mut conn,
             std::slice::from_ref(&key),
             since,
+            chrono::Duration::hours(1),
             3 + 128 + 1,
         )
         .await?[&key]
