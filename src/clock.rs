@@ -154,6 +154,18 @@ impl Clock {
         }
     }
 
+    /// How many tasks sleeping on a driven clock have their deadline passed but have not run
+    /// yet (woken, not yet polled): a driver waits for none before it moves the clock.
+    pub fn overdue(&self) -> usize {
+        match &*self.inner {
+            Source::System => 0,
+            Source::Manual(m) => {
+                let now = *m.now.borrow();
+                lock(&m.sleepers).values().filter(|at| **at <= now).count()
+            }
+        }
+    }
+
     /// The earliest deadline of the tasks sleeping on a driven clock.
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
         match &*self.inner {
@@ -242,7 +254,9 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!sleeper.is_finished(), "woken before its deadline");
         clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.overdue(), 1, "woken, not yet run");
         sleeper.await.unwrap();
+        assert_eq!(clock.overdue(), 0);
         assert_eq!(clock.parked(), 0);
         assert_eq!(clock.next_wake(), None);
     }

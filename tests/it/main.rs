@@ -11,6 +11,7 @@ mod faults;
 mod group;
 mod helpers;
 mod ids;
+mod life;
 mod planner;
 mod refresh;
 mod service;

@@ -1,0 +1,973 @@
+//! Every promise, checked over a whole life run against the world's truth: which job failed
+//! for whose reason (`JobRecord::users_fault`), when each bank was down, what the daemon
+//! could know when (the simulator's read log), and what it said (the outbox, the health
+//! changes, the refresh attempts, what the partner's receiver got).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use basiq_sim::JobRecord;
+use basiq_sim::world::WorldEvent;
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::Run;
+
+/// A connection as the world made it.
+#[derive(Clone, Debug)]
+pub struct WorldConnection {
+    pub user_id: String,
+    pub institution_id: String,
+    pub method: String,
+    pub mfa: bool,
+}
+
+/// One rule's outcome.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub promise: &'static str,
+    pub rule: &'static str,
+    pub checked: u64,
+    pub breaches: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub figures: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn breaches(&self) -> usize {
+        self.rows.iter().map(|r| r.breaches.len()).sum()
+    }
+
+    fn row(&mut self, promise: &'static str, rule: &'static str) -> &mut Row {
+        self.rows.push(Row {
+            promise,
+            rule,
+            checked: 0,
+            breaches: Vec::new(),
+        });
+        self.rows.last_mut().expect("just pushed")
+    }
+
+    fn figure(&mut self, name: &str, value: impl ToString) {
+        self.figures.push((name.to_owned(), value.to_string()));
+    }
+
+    /// The table of every rule, the figures, and the evidence of each breach (five per rule).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{:<4} {:<58} {:>8} {:>8}", "", "rule", "checked", "breaches");
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<4} {:<58} {:>8} {:>8}",
+                r.promise,
+                r.rule,
+                r.checked,
+                r.breaches.len()
+            );
+        }
+        let _ = writeln!(out);
+        for (name, value) in &self.figures {
+            let _ = writeln!(out, "{name:<44} {value}");
+        }
+        for r in self.rows.iter().filter(|r| !r.breaches.is_empty()) {
+            let _ = writeln!(out, "\nbreach: {} {}", r.promise, r.rule);
+            for b in r.breaches.iter().take(5) {
+                let _ = writeln!(out, "  - {b}");
+            }
+        }
+        out
+    }
+}
+
+/// A period the world had a user-side problem at a connection: from the end of the job that
+/// showed it (or the consent's end) to the end of the next job that succeeded.
+#[derive(Clone, Debug)]
+struct Episode {
+    connection_id: String,
+    start: DateTime<Utc>,
+    end: Option<DateTime<Utc>>,
+    cause: String,
+}
+
+/// A notification as written, with its delivery.
+#[derive(Clone, Debug)]
+struct Sent {
+    id: i64,
+    webhook_id: String,
+    event_type: String,
+    order_key: String,
+    payload: serde_json::Value,
+    created: DateTime<Utc>,
+    state: String,
+}
+
+impl Sent {
+    fn connection(&self) -> Option<&str> {
+        self.payload["data"]["connection_id"].as_str()
+    }
+    fn action(&self) -> &str {
+        self.payload["data"]["user_action"].as_str().unwrap_or("none")
+    }
+    fn to(&self) -> &str {
+        self.payload["data"]["to"].as_str().unwrap_or_default()
+    }
+    fn asks(&self) -> bool {
+        self.event_type == "connection.health_changed" && self.action() != "none"
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Change {
+    connection_id: String,
+    to: String,
+    reason: Option<String>,
+    job_id: Option<String>,
+    at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+struct Attempt {
+    connection_id: String,
+    trigger: String,
+    at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+struct Outage {
+    key: (String, String),
+    source: String,
+    started: DateTime<Utc>,
+    ended: Option<DateTime<Utc>>,
+}
+
+/// A bank down in the world: (down, up, told by /connectors).
+type WorldOutage = (DateTime<Utc>, DateTime<Utc>, bool);
+
+/// What the checks read, gathered once.
+struct Facts<'a> {
+    run: &'a Run,
+    connections: HashMap<String, WorldConnection>,
+    jobs: HashMap<String, JobRecord>,
+    jobs_of: HashMap<String, Vec<JobRecord>>,
+    reads: HashMap<String, Vec<DateTime<Utc>>>,
+    world_outages: HashMap<(String, String), Vec<WorldOutage>>,
+    episodes: Vec<Episode>,
+    sent: Vec<Sent>,
+    changes: Vec<Change>,
+    attempts: Vec<Attempt>,
+    outages: Vec<Outage>,
+    refreshes: Vec<(String, DateTime<Utc>)>,
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    basiq_health::store::from_ts(secs)
+}
+
+fn key_of(method: &str) -> String {
+    if method == "openbanking" {
+        "open-banking".into()
+    } else {
+        method.to_owned()
+    }
+}
+
+impl<'a> Facts<'a> {
+    async fn gather(run: &'a Run) -> anyhow::Result<Self> {
+        let connections = super::connections_of(&run.world);
+        let records = run.sim.job_records();
+        let mut jobs_of: HashMap<String, Vec<JobRecord>> = HashMap::new();
+        for j in &records {
+            jobs_of.entry(j.connection_id.clone()).or_default().push(j.clone());
+        }
+        for list in jobs_of.values_mut() {
+            list.sort_by_key(|j| j.created);
+        }
+        let reads = run
+            .world
+            .users
+            .iter()
+            .map(|u| (u.id.clone(), run.sim.reads_of(&u.id)))
+            .collect();
+        let mut facts = Facts {
+            run,
+            connections,
+            jobs: records.iter().map(|j| (j.id.clone(), j.clone())).collect(),
+            jobs_of,
+            reads,
+            world_outages: world_outages(run),
+            episodes: Vec::new(),
+            sent: Vec::new(),
+            changes: Vec::new(),
+            attempts: Vec::new(),
+            outages: Vec::new(),
+            refreshes: Vec::new(),
+        };
+        facts.episodes = episodes(&facts);
+        facts.read_store().await?;
+        let counters = run.sim.counters();
+        for (connection, times) in counters.refresh_calls {
+            for t in times {
+                facts.refreshes.push((connection.clone(), t));
+            }
+        }
+        facts.refreshes.sort_by_key(|(_, t)| *t);
+        Ok(facts)
+    }
+
+    async fn read_store(&mut self) -> anyhow::Result<()> {
+        let pool = self.run.app.sweeper().store().pool();
+        let rows: Vec<(i64, String, String, String, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT o.id, o.webhook_id, o.event_type, o.order_key, o.payload, o.created_at,
+                    (SELECT d.state FROM deliveries d WHERE d.outbox_id = o.id)
+             FROM outbox o ORDER BY o.id",
+        )
+        .fetch_all(pool)
+        .await?;
+        self.sent = rows
+            .into_iter()
+            .map(|(id, webhook_id, event_type, order_key, payload, created, state)| Sent {
+                id,
+                webhook_id,
+                event_type,
+                order_key,
+                payload: serde_json::from_str(&payload).unwrap_or_default(),
+                created: at(created),
+                state: state.unwrap_or_else(|| "none".into()),
+            })
+            .collect();
+        let rows: Vec<(String, String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT connection_id, to_health, reason, job_id, changed_at FROM health_changes ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await?;
+        self.changes = rows
+            .into_iter()
+            .map(|(connection_id, to, reason, job_id, t)| Change {
+                connection_id,
+                to,
+                reason,
+                job_id,
+                at: at(t),
+            })
+            .collect();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT connection_id, trigger, reserved_at FROM refresh_attempts ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await?;
+        self.attempts = rows
+            .into_iter()
+            .map(|(connection_id, trigger, t)| Attempt {
+                connection_id,
+                trigger,
+                at: at(t),
+            })
+            .collect();
+        let rows: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT institution_id, method, source, started_at, ended_at FROM outages ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await?;
+        self.outages = rows
+            .into_iter()
+            .map(|(i, m, source, started, ended)| Outage {
+                key: (i, key_of(&m)),
+                source,
+                started: at(started),
+                ended: ended.map(at),
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn key(&self, connection: &str) -> Option<(String, String)> {
+        self.connections
+            .get(connection)
+            .map(|c| (c.institution_id.clone(), key_of(&c.method)))
+    }
+
+    /// The last read of the connection's user at or before `t`.
+    fn known_at(&self, connection: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let user = &self.connections.get(connection)?.user_id;
+        self.reads.get(user)?.iter().filter(|r| **r <= t).max().copied()
+    }
+
+    /// The newest activity of the connection (a job's start or end, a success's end) the
+    /// daemon could know at `t`, and the end of its newest success then.
+    fn known_activity(
+        &self,
+        connection: &str,
+        t: DateTime<Utc>,
+    ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        let Some(known) = self.known_at(connection, t) else {
+            return (None, None);
+        };
+        let jobs = self.jobs_of.get(connection).map(Vec::as_slice).unwrap_or_default();
+        let seen = jobs.iter().filter(|j| j.created <= known);
+        let activity = seen
+            .clone()
+            .map(|j| j.ended.filter(|e| *e <= known).unwrap_or(j.created))
+            .max();
+        let used = seen
+            .filter(|j| j.success && j.ended.is_some_and(|e| e <= known))
+            .filter_map(|j| j.ended)
+            .max();
+        (activity, used)
+    }
+
+    /// The daemon's outages at the connection's connector (any method of its institution
+    /// when the method is not known).
+    fn outages_at(&self, connection: &str) -> Vec<&Outage> {
+        let Some(key) = self.key(connection) else {
+            return Vec::new();
+        };
+        self.outages.iter().filter(|o| o.key == key).collect()
+    }
+
+    fn episode_at(&self, connection: &str, t: DateTime<Utc>, grace: TimeDelta) -> Option<&Episode> {
+        self.episodes.iter().find(|e| {
+            e.connection_id == connection
+                && e.start <= t
+                && e.end.is_none_or(|end| end + grace >= t)
+        })
+    }
+
+    /// What happened at the connection around `t`: world events, jobs, health changes and
+    /// notices, a day either side.
+    fn timeline(&self, connection: &str, t: DateTime<Utc>) -> String {
+        let near = |x: DateTime<Utc>| (x - t).abs() <= TimeDelta::hours(24);
+        let mut lines: Vec<(DateTime<Utc>, String)> = Vec::new();
+        for e in &self.run.world.timeline {
+            if e.event.connection_id() == Some(connection) && near(e.at) {
+                lines.push((e.at, format!("world {:?}", e.event)));
+            }
+        }
+        if let Some(key) = self.key(connection) {
+            for (down, up, told) in self.world_outages.get(&key).into_iter().flatten() {
+                if near(*down) || near(*up) {
+                    lines.push((*down, format!("world bank down (told: {told}) until {up}")));
+                }
+            }
+        }
+        for j in self.jobs_of.get(connection).into_iter().flatten() {
+            if near(j.created) {
+                lines.push((
+                    j.created,
+                    format!(
+                        "job {} {:?} ended {:?} success {} code {:?} user's {}",
+                        j.id, j.origin, j.ended, j.success, j.code, j.users_fault
+                    ),
+                ));
+            }
+        }
+        for c in self.changes.iter().filter(|c| c.connection_id == connection && near(c.at)) {
+            lines.push((c.at, format!("health -> {} {:?} (job {:?})", c.to, c.reason, c.job_id)));
+        }
+        for s in self.sent.iter().filter(|s| s.connection() == Some(connection) && near(s.created)) {
+            lines.push((s.created, format!("notice {} {} ask {} [{}]", s.to(), s.action(), s.asks(), s.state)));
+        }
+        lines.sort_by_key(|(t, _)| *t);
+        lines
+            .into_iter()
+            .map(|(t, l)| format!("\n      {} {l}", t.format("%d %H:%M:%S")))
+            .collect()
+    }
+}
+
+fn world_outages(run: &Run) -> HashMap<(String, String), Vec<WorldOutage>> {
+    let mut open: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+    let mut out: HashMap<(String, String), Vec<WorldOutage>> = HashMap::new();
+    for t in &run.world.timeline {
+        match &t.event {
+            WorldEvent::BankDown {
+                institution_id,
+                method,
+                ..
+            } => {
+                open.insert((institution_id.clone(), key_of(method)), t.at);
+            }
+            WorldEvent::BankUp {
+                institution_id,
+                method,
+                told,
+            } => {
+                let key = (institution_id.clone(), key_of(method));
+                if let Some(down) = open.remove(&key) {
+                    out.entry(key).or_default().push((down, t.at, *told));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, down) in open {
+        out.entry(key).or_default().push((down, DateTime::<Utc>::MAX_UTC, false));
+    }
+    out
+}
+
+/// The user-side episodes: a job that failed for the user's reason, or a consent's end,
+/// until a job succeeded.
+fn episodes(f: &Facts<'_>) -> Vec<Episode> {
+    let mut marks: BTreeMap<String, Vec<(DateTime<Utc>, Option<String>)>> = BTreeMap::new();
+    for (connection, jobs) in &f.jobs_of {
+        for j in jobs {
+            let Some(ended) = j.ended else { continue };
+            let mark = if j.users_fault {
+                Some(format!("job {}", j.id))
+            } else if j.success {
+                None
+            } else {
+                continue;
+            };
+            marks.entry(connection.clone()).or_default().push((ended, mark));
+        }
+    }
+    for t in &f.run.world.timeline {
+        if let WorldEvent::ConsentRevoked { connection_id, .. }
+        | WorldEvent::ConsentExpired { connection_id, .. } = &t.event
+        {
+            marks
+                .entry(connection_id.clone())
+                .or_default()
+                .push((t.at, Some(format!("{:?}", t.event).chars().take(20).collect())));
+        }
+    }
+    let mut out = Vec::new();
+    for (connection, mut list) in marks {
+        list.sort_by_key(|(t, _)| *t);
+        let mut open: Option<Episode> = None;
+        for (t, mark) in list {
+            match (mark, open.as_mut()) {
+                (Some(cause), None) => {
+                    open = Some(Episode {
+                        connection_id: connection.clone(),
+                        start: t,
+                        end: None,
+                        cause,
+                    });
+                }
+                (None, Some(e)) => {
+                    e.end = Some(t);
+                    out.extend(open.take());
+                }
+                _ => {}
+            }
+        }
+        out.extend(open);
+    }
+    out
+}
+
+/// Runs every check.
+pub async fn check(run: &Run) -> anyhow::Result<Report> {
+    let f = Facts::gather(run).await?;
+    let mut report = Report::default();
+    p1(&f, &mut report);
+    p2(&f, &mut report);
+    p3(&f, &mut report);
+    p4(&f, &mut report);
+    figures(&f, &mut report);
+    Ok(report)
+}
+
+fn delivered(s: &Sent) -> bool {
+    s.state == "succeeded"
+}
+
+fn p1(f: &Facts<'_>, report: &mut Report) {
+    asks_have_a_user_cause(f, report.row("P1", "no ask about a failure the bank caused"));
+    must_act_is_told(f, report.row("P1", "every must-act incident told within a sweep period"));
+    told_once(f, report.row("P1", "nothing told twice"));
+    no_blame_for_the_bank(f, report.row("P1", "no action-required for the bank's failure"));
+    no_outage_for_the_user(f, report.row("P1", "no institution-outage for the user's failure"));
+}
+
+fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
+    let connection = s.connection()?;
+    f.changes
+        .iter()
+        .filter(|c| c.connection_id == connection && c.at == s.created && c.to == s.to())
+        .next_back()
+        .cloned()
+}
+
+fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
+    for s in f.sent.iter().filter(|s| s.asks() && delivered(s)) {
+        row.checked += 1;
+        let connection = s.connection().unwrap_or_default();
+        let job = change_of(f, s).and_then(|c| c.job_id).and_then(|j| f.jobs.get(&j));
+        let reason = s.payload["data"]["reason"].as_str().unwrap_or_default();
+        let by_job = job.filter(|j| !j.success && j.code.as_deref() == Some(reason));
+        let justified = match by_job {
+            Some(j) => j.users_fault,
+            None => f.episode_at(connection, s.created, TimeDelta::minutes(10)).is_some(),
+        };
+        if !justified {
+            row.breaches.push(format!(
+                "{connection} asked to {} at {} (reason {reason}, job {:?}):{}",
+                s.action(),
+                s.created,
+                job.map(|j| &j.id),
+                f.timeline(connection, s.created)
+            ));
+        }
+    }
+}
+
+/// When an episode must have been told by: a sweep period after it began (an hour to
+/// spare), later when the daemon held asks for an outage at its bank meanwhile.
+fn deadline(f: &Facts<'_>, e: &Episode) -> Option<DateTime<Utc>> {
+    let settings = f.run.app.settings();
+    let period = TimeDelta::from_std(settings.sweep.period).ok()?;
+    let recovery = TimeDelta::from_std(settings.refresh.recovery_window).ok()?;
+    let mut by = e.start + period + TimeDelta::hours(1);
+    for o in f.outages_at(&e.connection_id) {
+        if o.started <= by && o.ended.is_none_or(|end| end >= e.start) {
+            let end = o.ended?;
+            by = by.max(end + recovery + period + TimeDelta::hours(1));
+        }
+    }
+    Some(by)
+}
+
+fn must_act_is_told(f: &Facts<'_>, row: &mut Row) {
+    for e in &f.episodes {
+        let Some(by) = deadline(f, e) else { continue };
+        if by > f.run.ended || e.end.is_some_and(|end| end < by) {
+            continue;
+        }
+        row.checked += 1;
+        let notices: Vec<&Sent> = f
+            .sent
+            .iter()
+            .filter(|s| s.connection() == Some(e.connection_id.as_str()) && delivered(s))
+            .collect();
+        let told_in_time = notices
+            .iter()
+            .any(|s| s.asks() && s.created >= e.start - TimeDelta::minutes(1) && s.created <= by);
+        let standing = notices
+            .iter()
+            .filter(|s| s.event_type == "connection.health_changed" && s.created < e.start)
+            .next_back()
+            .is_some_and(|s| s.asks());
+        if !told_in_time && !standing {
+            row.breaches.push(format!(
+                "{} must act since {} ({}), not told by {}:{}",
+                e.connection_id,
+                e.start,
+                e.cause,
+                by,
+                f.timeline(&e.connection_id, e.start)
+            ));
+        }
+    }
+}
+
+fn told_once(f: &Facts<'_>, row: &mut Row) {
+    let mut by_connection: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
+    for s in f.sent.iter().filter(|s| delivered(s) && s.event_type == "connection.health_changed") {
+        by_connection.entry(s.connection().unwrap_or_default()).or_default().push(s);
+    }
+    for (connection, list) in by_connection {
+        for pair in list.windows(2) {
+            row.checked += 1;
+            let (a, b) = (pair[0], pair[1]);
+            if a.to() == b.to() && a.action() == b.action() {
+                row.breaches.push(format!(
+                    "{connection} told {} ({}) twice, at {} and {}",
+                    b.to(),
+                    b.action(),
+                    a.created,
+                    b.created
+                ));
+            }
+        }
+        for e in f.episodes.iter().filter(|e| e.connection_id == connection) {
+            let asks: Vec<&&Sent> = list
+                .iter()
+                .filter(|s| s.asks() && s.created >= e.start && e.end.is_none_or(|end| s.created <= end))
+                .collect();
+            for pair in asks.windows(2) {
+                if pair[0].action() == pair[1].action() {
+                    row.breaches.push(format!(
+                        "{connection} asked to {} twice in one incident (since {}), at {} and {}:{}",
+                        pair[1].action(),
+                        e.start,
+                        pair[0].created,
+                        pair[1].created,
+                        f.timeline(connection, pair[1].created)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn no_blame_for_the_bank(f: &Facts<'_>, row: &mut Row) {
+    for c in f.changes.iter().filter(|c| c.to == "action-required") {
+        row.checked += 1;
+        let Some(job) = c.job_id.as_ref().and_then(|j| f.jobs.get(j)) else {
+            continue;
+        };
+        let about_job = c.reason.as_deref() == job.code.as_deref();
+        if about_job && !job.success && !job.users_fault {
+            row.breaches.push(format!(
+                "{} action-required at {} for job {} ({:?}), the bank's failure:{}",
+                c.connection_id,
+                c.at,
+                job.id,
+                job.code,
+                f.timeline(&c.connection_id, c.at)
+            ));
+        }
+    }
+}
+
+fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
+    for c in f.changes.iter().filter(|c| c.to == "institution-outage") {
+        row.checked += 1;
+        let Some(job) = c.job_id.as_ref().and_then(|j| f.jobs.get(j)) else {
+            continue;
+        };
+        if !job.users_fault || c.reason.as_deref() != job.code.as_deref() {
+            continue;
+        }
+        let Some(ended) = job.ended else { continue };
+        let Some(key) = f.key(&c.connection_id) else { continue };
+        let outage = f
+            .world_outages
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .find(|(down, up, _)| *down <= c.at && c.at <= *up);
+        if let Some((down, _, _)) = outage
+            && ended < *down
+        {
+            row.breaches.push(format!(
+                "{} institution-outage at {} for the user's failure {} that ended {} before the bank went down at {}:{}",
+                c.connection_id,
+                c.at,
+                job.id,
+                ended,
+                down,
+                f.timeline(&c.connection_id, c.at)
+            ));
+        }
+    }
+}
+
+/// The trigger of the daemon's refresh of `connection` at `t`.
+fn trigger_of(f: &Facts<'_>, connection: &str, t: DateTime<Utc>) -> String {
+    f.attempts
+        .iter()
+        .find(|a| a.connection_id == connection && (a.at - t).num_seconds().abs() <= 1)
+        .map_or_else(|| "unknown".to_owned(), |a| a.trigger.clone())
+}
+
+fn automatic(trigger: &str) -> bool {
+    !matches!(trigger, "login" | "manual")
+}
+
+fn p2(f: &Facts<'_>, report: &mut Report) {
+    within_the_cap(f, report.row("P2", "at most the cap per connection per rolling 24 h"));
+    after_the_floor(f, report.row("P2", "none within min_interval of what was known"));
+    let settings = f.run.app.settings();
+    let step = TimeDelta::from_std(f.run.config.step).unwrap_or_default();
+    let ttl = TimeDelta::from_std(settings.sweep.connectors_ttl).unwrap_or_default();
+    let mfa = report.row("P2", "no MFA connection refreshed without the user");
+    for (connection, t) in &f.refreshes {
+        mfa.checked += 1;
+        let trigger = trigger_of(f, connection, *t);
+        if f.connections.get(connection).is_some_and(|c| c.mfa) && automatic(&trigger) {
+            mfa.breaches.push(format!("{connection} ({trigger}) at {t}"));
+        }
+    }
+    let down = report.row("P2", "none during an outage");
+    for (connection, t) in &f.refreshes {
+        let trigger = trigger_of(f, connection, *t);
+        if !automatic(&trigger) {
+            continue;
+        }
+        down.checked += 1;
+        let known = f
+            .outages_at(connection)
+            .into_iter()
+            .any(|o| o.started <= *t && o.ended.is_none_or(|e| e > *t));
+        let told = f.key(connection).is_some_and(|key| {
+            f.world_outages.get(&key).into_iter().flatten().any(|(d, u, told)| {
+                *told && *d + ttl + step <= *t && *t < *u
+            })
+        });
+        if known || told {
+            down.breaches.push(format!("{connection} ({trigger}) at {t}:{}", f.timeline(connection, *t)));
+        }
+    }
+    answered_incidents(f, report.row("P2", "none after a success since the incident"));
+    recovery_in_window(f, report.row("P2", "recovery refreshes inside their window"));
+    let bulk = report.row("P2", "no bulk refresh");
+    bulk.checked = 1;
+    let calls = f.run.sim.counters().bulk_refresh_calls;
+    if calls > 0 {
+        bulk.breaches.push(format!("{calls} bulk refreshes"));
+    }
+}
+
+fn within_the_cap(f: &Facts<'_>, row: &mut Row) {
+    let settings = f.run.app.settings();
+    let mut by: BTreeMap<&str, Vec<DateTime<Utc>>> = BTreeMap::new();
+    for (c, t) in &f.refreshes {
+        by.entry(c).or_default().push(*t);
+    }
+    for (connection, times) in by {
+        let open_banking = f
+            .connections
+            .get(connection)
+            .is_some_and(|c| key_of(&c.method) == "open-banking");
+        let cap = if open_banking {
+            settings.refresh.limits.open_banking_daily_cap
+        } else {
+            settings.refresh.limits.web_daily_cap
+        };
+        for (i, t) in times.iter().enumerate() {
+            row.checked += 1;
+            let in_window = times[..=i].iter().filter(|x| **x > *t - TimeDelta::hours(24)).count();
+            if in_window > cap as usize {
+                row.breaches.push(format!("{connection}: {in_window} refreshes in the 24 h before {t} (cap {cap})"));
+            }
+        }
+    }
+}
+
+fn after_the_floor(f: &Facts<'_>, row: &mut Row) {
+    let limits = &f.run.app.settings().refresh.limits;
+    let floor = TimeDelta::from_std(limits.min_interval).unwrap_or_default();
+    let mut ours: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for (connection, t) in &f.refreshes {
+        row.checked += 1;
+        let trigger = trigger_of(f, connection, *t);
+        let (activity, used) = f.known_activity(connection, *t);
+        // Our own refresh's job counts as our attempt, not as news.
+        let previous = ours.insert(connection, *t);
+        let threshold = match trigger.as_str() {
+            "login" | "manual" => TimeDelta::from_std(limits.login_stale_after).unwrap_or_default(),
+            "scheduled" => TimeDelta::from_std(limits.stale_after).unwrap_or_default(),
+            _ => floor,
+        }
+        .max(floor);
+        let too_soon = activity.is_some_and(|a| *t - a < floor)
+            || used.is_some_and(|u| *t - u < threshold)
+            || previous.is_some_and(|p| *t - p < floor);
+        if too_soon {
+            row.breaches.push(format!(
+                "{connection} ({trigger}) at {t}: known activity {activity:?}, used {used:?}, our last {previous:?}:{}",
+                f.timeline(connection, *t)
+            ));
+        }
+    }
+}
+
+/// The end of the daemon's last outage at the connection's connector before `t`.
+fn outage_end_before(f: &Facts<'_>, connection: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    f.outages_at(connection)
+        .into_iter()
+        .filter_map(|o| o.ended)
+        .filter(|e| *e <= t)
+        .max()
+}
+
+fn answered_incidents(f: &Facts<'_>, row: &mut Row) {
+    for (connection, t) in &f.refreshes {
+        let trigger = trigger_of(f, connection, *t);
+        let since = match trigger.as_str() {
+            "recovery" => outage_end_before(f, connection, *t),
+            "transient-retry" => f
+                .jobs_of
+                .get(connection.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|j| j.ended.is_some_and(|e| e <= *t) && !j.success)
+                .map(|j| j.created)
+                .max(),
+            _ => continue,
+        };
+        row.checked += 1;
+        let Some(since) = since else { continue };
+        let Some(known) = f.known_at(connection, *t) else { continue };
+        let answered = f.jobs_of.get(connection.as_str()).into_iter().flatten().find(|j| {
+            j.success && j.created >= since && j.ended.is_some_and(|e| e <= known)
+        });
+        if let Some(j) = answered {
+            row.breaches.push(format!(
+                "{connection} ({trigger}) at {t}: job {} succeeded at {:?}, after the incident at {since}:{}",
+                j.id,
+                j.ended,
+                f.timeline(connection, *t)
+            ));
+        }
+    }
+}
+
+fn recovery_in_window(f: &Facts<'_>, row: &mut Row) {
+    let settings = f.run.app.settings();
+    let floor = TimeDelta::from_std(settings.refresh.limits.min_interval).unwrap_or_default();
+    let slack = TimeDelta::from_std(f.run.config.step).unwrap_or_default() * 3;
+    let recoveries: Vec<(&String, DateTime<Utc>, DateTime<Utc>)> = f
+        .refreshes
+        .iter()
+        .filter(|(c, t)| trigger_of(f, c, *t) == "recovery")
+        .filter_map(|(c, t)| Some((c, *t, outage_end_before(f, c, *t)?)))
+        .collect();
+    for (connection, t, end) in &recoveries {
+        row.checked += 1;
+        let held = recoveries.iter().filter(|(c, _, e)| e == end && f.key(c) == f.key(connection)).count();
+        let per_minute = settings.refresh.per_institution_per_minute.get() as i64;
+        let needed = TimeDelta::milliseconds(held as i64 * 60_000 / per_minute * 5 / 4);
+        let window = TimeDelta::from_std(settings.refresh.recovery_window).unwrap_or_default().max(needed);
+        let (activity, used) = f.known_activity(connection, *end);
+        let floor_at = [activity, used].into_iter().flatten().max().map(|a| a + floor);
+        let allowed = floor_at.map_or(*end + window, |fl| fl.max(*end + window)) + slack;
+        if *t > allowed {
+            row.breaches.push(format!(
+                "{connection} recovered at {t}, the outage ended {end}, allowed until {allowed}:{}",
+                f.timeline(connection, *t)
+            ));
+        }
+    }
+}
+
+fn p3(f: &Facts<'_>, report: &mut Report) {
+    let counters = f.run.sim.counters();
+    let n = |r: basiq_sim::Route| counters.requests.get(&r).copied().unwrap_or(0);
+    let (lists, jobs) = (n(basiq_sim::Route::Connections), n(basiq_sim::Route::Jobs));
+    let per_sweep = report.row("P3", "two requests per user sweep");
+    per_sweep.checked = lists;
+    if lists != jobs {
+        per_sweep.breaches.push(format!("{lists} connection lists, {jobs} job lists"));
+    }
+    let settings = f.run.app.settings();
+    let span = f.run.ended - f.run.started;
+    let ttl = TimeDelta::from_std(settings.sweep.connectors_ttl).unwrap_or(TimeDelta::minutes(5));
+    let asks = f.sent.iter().filter(|s| s.asks()).count() as u64;
+    let connectors = report.row("P3", "one /connectors per TTL (plus one per ask confirmed)");
+    connectors.checked = 1;
+    let allowed = (span.num_seconds() / ttl.num_seconds().max(1)) as u64 + 1 + asks;
+    if n(basiq_sim::Route::Connectors) > allowed {
+        connectors
+            .breaches
+            .push(format!("{} reads of /connectors, at most {allowed} expected", n(basiq_sim::Route::Connectors)));
+    }
+    let tokens = report.row("P3", "one token per hour");
+    tokens.checked = 1;
+    let hours = span.num_hours() as u64 + 1;
+    if counters.token_calls > hours {
+        tokens.breaches.push(format!("{} tokens in {hours} hours", counters.token_calls));
+    }
+}
+
+fn p4(f: &Facts<'_>, report: &mut Report) {
+    let received: HashMap<String, usize> = {
+        let mut m = HashMap::new();
+        for r in f.run.receiver.accepted() {
+            *m.entry(r.webhook_id).or_default() += 1;
+        }
+        m
+    };
+    let all = report.row("P4", "every notification delivered at least once");
+    for s in &f.sent {
+        all.checked += 1;
+        let ok = match s.state.as_str() {
+            "succeeded" => received.contains_key(&s.webhook_id),
+            "superseded" => s.event_type == "connection.health_changed",
+            _ => false,
+        };
+        if !ok {
+            all.breaches.push(format!("{} {} made {}: {}", s.webhook_id, s.event_type, s.created, s.state));
+        }
+    }
+    let verified = report.row("P4", "every delivery verified");
+    verified.checked = received.values().sum::<usize>() as u64;
+    let refused = f.run.receiver.refused_signatures();
+    if refused > 0 {
+        verified.breaches.push(format!("{refused} deliveries failed verification"));
+    }
+    let order = report.row("P4", "in order per user (and per bank)");
+    let ids: HashMap<&str, (i64, &str)> = f.sent.iter().map(|s| (s.webhook_id.as_str(), (s.id, s.order_key.as_str()))).collect();
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    let mut first_seen = std::collections::HashSet::new();
+    for r in f.run.receiver.accepted() {
+        if !first_seen.insert(r.webhook_id.clone()) {
+            continue;
+        }
+        let Some((id, key)) = ids.get(r.webhook_id.as_str()) else { continue };
+        order.checked += 1;
+        if let Some(before) = last.insert(key, *id)
+            && before > *id
+        {
+            order.breaches.push(format!("{key}: notification {id} arrived after {before}"));
+        }
+    }
+    let stale = report.row("P4", "none about a superseded state");
+    stale.checked = f.sent.iter().filter(|s| delivered(s) && s.event_type == "connection.health_changed").count() as u64;
+    stale.breaches.extend(f.run.stale_sends.iter().cloned());
+}
+
+fn figures(f: &Facts<'_>, report: &mut Report) {
+    let run = f.run;
+    report.figure("users / connections", format!("{} / {}", run.world.users.len(), f.connections.len()));
+    report.figure("simulated days / steps", format!("{} / {}", run.config.days, run.steps));
+    let outages: Vec<_> = f.world_outages.values().flatten().collect();
+    report.figure(
+        "bank outages in the world (told / not told)",
+        format!(
+            "{} / {}",
+            outages.iter().filter(|o| o.2).count(),
+            outages.iter().filter(|o| !o.2).count()
+        ),
+    );
+    report.figure(
+        "outages the daemon recorded (connectors / inferred)",
+        format!(
+            "{} / {}",
+            f.outages.iter().filter(|o| o.source == "connectors").count(),
+            f.outages.iter().filter(|o| o.source == "inferred").count()
+        ),
+    );
+    let misleading = f.jobs.values().filter(|j| !j.users_fault && j.code.as_deref() == Some("account-not-accessible-requires-user-action")).count();
+    report.figure("jobs (bank failures that look like the user's)", format!("{} ({misleading})", f.jobs.len()));
+    report.figure("must-act incidents", f.episodes.len());
+    let asks: Vec<&Sent> = f.sent.iter().filter(|s| s.asks() && delivered(s)).collect();
+    let fast = f
+        .episodes
+        .iter()
+        .filter(|e| {
+            asks.iter().any(|s| {
+                s.connection() == Some(e.connection_id.as_str())
+                    && s.created >= e.start
+                    && s.created - e.start <= TimeDelta::seconds(60)
+            })
+        })
+        .count();
+    report.figure("asks delivered (within 60 s of the failure)", format!("{} ({fast})", asks.len()));
+    let mut by_trigger: BTreeMap<String, u64> = BTreeMap::new();
+    for (c, t) in &f.refreshes {
+        *by_trigger.entry(trigger_of(f, c, *t)).or_default() += 1;
+    }
+    report.figure("refreshes sent by trigger", format!("{by_trigger:?}"));
+    let counters = run.sim.counters();
+    report.figure("tokens", counters.token_calls);
+    report.figure(
+        "requests per route",
+        format!("{:?}", counters.requests.iter().map(|(r, n)| (r.as_str(), n)).collect::<BTreeMap<_, _>>()),
+    );
+    report.figure("notifications written / 503s answered", format!("{} / {}", f.sent.len(), run.receiver.answered_503()));
+    let webhooks = run.sim.webhooks_sent();
+    report.figure(
+        "Basiq webhooks sent (lost)",
+        format!("{} ({})", webhooks.len(), webhooks.iter().filter(|w| w.fault == Some(basiq_sim::WebhookFault::Lost)).count()),
+    );
+    report.figure("login checks that failed", run.login_errors);
+}
