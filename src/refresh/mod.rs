@@ -109,6 +109,7 @@ impl Refresher {
         let pacer = Pacer::new(
             settings.global_per_minute,
             settings.per_institution_per_minute,
+            crate::clock::Clock::system(),
         )
         .with_max_jitter(std::time::Duration::from_millis(
             (interval_ms / 4).min(1000),
