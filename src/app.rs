@@ -3,6 +3,10 @@
 //! `run_until_stopped` runs the scheduler, the worker and the local API until the shutdown
 //! future resolves, then stops at safe points. The same path serves systemd, the demo and
 //! the tests.
+//!
+//! One [`Clock`] runs through everything built here (store, client, sweeper, refresher,
+//! receiver, processor, deliverers): the system clock unless a caller hands in another
+//! (`*_with_clock`: tests and the life simulation drive a manual one).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::basiq::{Client, ClientOptions};
+use crate::clock::Clock;
 use crate::refresh::Refresher;
 use crate::settings::{BasiqSettings, Settings};
 use crate::store::Store;
@@ -57,17 +62,29 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
 }
 
 /// Opens the database named by the settings (exit 74 on failure).
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Ok(Store::open_with(&settings.database.path, settings.database.busy_timeout).await?)
+pub async fn open_store(settings: &Settings, clock: &Clock) -> anyhow::Result<Store> {
+    Ok(Store::open_with_clock(
+        &settings.database.path,
+        settings.database.busy_timeout,
+        clock.clone(),
+    )
+    .await?)
 }
 
-/// Builds the sweeper: key (exit 78 when missing), database (74), client.
-pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
+/// The Basiq API key of the settings (exit 78 when missing); a key file others can read is
+/// warned about.
+pub fn api_key(settings: &Settings) -> anyhow::Result<secrecy::SecretString> {
     let key = settings.api_key()?;
     if let Some(warning) = &key.permission_warning {
         tracing::warn!("{warning}");
     }
-    build_sweeper_with_key(settings, key.secret.clone()).await
+    Ok(key.secret.clone())
+}
+
+/// Builds the sweeper on the system clock: key (exit 78 when missing), database (74),
+/// client.
+pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
+    build_sweeper_with_key(settings, api_key(settings)?).await
 }
 
 /// As [`build_sweeper`], with a key handed over in-process (demo, tests).
@@ -75,11 +92,21 @@ pub async fn build_sweeper_with_key(
     settings: &Settings,
     key: secrecy::SecretString,
 ) -> anyhow::Result<Sweeper> {
-    let store = open_store(settings).await?;
+    build_sweeper_with_clock(settings, key, Clock::system()).await
+}
+
+/// As [`build_sweeper_with_key`], on `clock`: the store, the client and the sweeper all
+/// take their time from it.
+pub async fn build_sweeper_with_clock(
+    settings: &Settings,
+    key: secrecy::SecretString,
+    clock: Clock,
+) -> anyhow::Result<Sweeper> {
+    let store = open_store(settings, &clock).await?;
     // No endpoint would send a notification: none is kept.
     store.set_notices(!settings.notify.endpoints.is_empty());
-    let client = Client::new(client_options(&settings.basiq, key))?;
-    Sweeper::new(store, client, sweep_options(settings))
+    let client = Client::with_clock(client_options(&settings.basiq, key), clock.clone())?;
+    Sweeper::new(store, client, sweep_options(settings), clock)
         .await
         .context("while reading the installation seed")
 }
@@ -109,7 +136,17 @@ impl App {
         settings: Settings,
         key: secrecy::SecretString,
     ) -> anyhow::Result<Self> {
-        let sweeper = build_sweeper_with_key(&settings, key).await?;
+        Self::build_with_clock(settings, key, Clock::system()).await
+    }
+
+    /// As [`App::build_with_key`], on `clock`: everything the daemon decides, records and
+    /// waits for by the world's time follows it.
+    pub async fn build_with_clock(
+        settings: Settings,
+        key: secrecy::SecretString,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let sweeper = build_sweeper_with_clock(&settings, key, clock).await?;
         Self::assemble(settings, sweeper).await
     }
 
@@ -169,6 +206,10 @@ impl App {
 
     pub fn refresher(&self) -> &Refresher {
         &self.refresher
+    }
+
+    pub fn clock(&self) -> &Clock {
+        self.sweeper.clock()
     }
 
     pub fn ticks(&self) -> Arc<TickState> {
@@ -271,13 +312,15 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
-        let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick);
+        let clock = self.sweeper.clock().clone();
+        let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick, clock.now());
         // Housekeeping: fed by the tick, prunes history once a day.
         let (house_tx, mut house_rx) = tokio::sync::mpsc::channel::<()>(1);
         let housekeeping = {
             let store = self.sweeper.store().clone();
             let retain_days = self.settings.database.retain_days;
             let cancel = cancel.clone();
+            let clock = clock.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -286,7 +329,7 @@ impl App {
                             if tick.is_none() {
                                 break;
                             }
-                            match store.housekeep_if_due(retain_days, chrono::Utc::now()).await {
+                            match store.housekeep_if_due(retain_days, clock.now()).await {
                                 Ok(Some(p)) => tracing::info!(
                                     event = "history_pruned",
                                     jobs = p.jobs,
@@ -355,7 +398,7 @@ impl App {
                 token,
                 loopback,
                 tick_interval,
-                started: chrono::Utc::now().timestamp(),
+                started: clock.now().timestamp(),
                 receiver: self.receiver_stats.clone(),
             };
             let cancel = cancel.clone();
@@ -374,7 +417,9 @@ impl App {
             tick = %self.settings.sweep.tick,
             "basiq-health is running"
         );
-        crate::service::ready(&crate::service::status_line(self.sweeper.store()).await);
+        crate::service::ready(
+            &crate::service::status_line(self.sweeper.store(), clock.now()).await,
+        );
         shutdown.await;
         crate::service::stopping();
         tracing::info!(
