@@ -254,6 +254,7 @@ impl App {
                 verifiers: Arc::new(verifiers),
                 wake: wake.clone(),
                 stats: self.receiver_stats.clone(),
+                clock: self.sweeper.clock().clone(),
             };
             let max_body = usize::try_from(self.settings.webhooks.max_body).unwrap_or(65_536);
             let cancel = cancel.clone();
@@ -273,6 +274,7 @@ impl App {
         if let Some(interval) = self.settings.webhooks.poll_interval {
             let client = self.sweeper.client().clone();
             let store = self.sweeper.store().clone();
+            let clock = self.sweeper.clock().clone();
             let cancel = cancel.clone();
             let wake = wake.clone();
             tasks.push(tokio::spawn(async move {
@@ -280,9 +282,9 @@ impl App {
                 loop {
                     tokio::select! {
                         () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(interval) => {}
+                        () = clock.sleep(interval) => {}
                     }
-                    match crate::events::poll::poll_once(&client, &store, chrono::Utc::now()).await {
+                    match crate::events::poll::poll_once(&client, &store, clock.now()).await {
                         Ok(p) => {
                             if p.stored > 0 {
                                 wake.notify_one();
