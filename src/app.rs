@@ -301,6 +301,7 @@ impl App {
                 self.sweeper.store().clone(),
                 self.settings.notify.clone(),
                 Some(self.sweeper.clone()),
+                self.sweeper.clock().clone(),
                 cancel.clone(),
             )));
         }
