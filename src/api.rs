@@ -31,7 +31,7 @@ pub struct ApiState {
     pub loopback: bool,
     /// The cron's tick interval: `/healthz` fails when the last tick is three of these old.
     pub tick_interval: std::time::Duration,
-    /// Unix seconds the daemon started (the reference before the first tick).
+    /// Unix seconds the daemon started by its clock (the reference before the first tick).
     pub started: i64,
     /// The webhook receiver's answers, for `/metrics`.
     pub receiver: Arc<crate::events::receiver::ReceiverStats>,
@@ -133,7 +133,7 @@ async fn remove_user(
     let removed = state
         .sweeper
         .store()
-        .remove_users(std::slice::from_ref(&id), chrono::Utc::now())
+        .remove_users(std::slice::from_ref(&id), state.sweeper.clock().now())
         .await?;
     if removed == 0 {
         return Err(ApiError(
@@ -260,7 +260,7 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     problems.extend(crate::service::tick_problem(
         last_tick,
         state.started,
-        chrono::Utc::now().timestamp(),
+        state.sweeper.clock().now().timestamp(),
         state.tick_interval,
     ));
     let body = json!({

@@ -3,6 +3,10 @@
 //! `run_until_stopped` runs the scheduler, the worker and the local API until the shutdown
 //! future resolves, then stops at safe points. The same path serves systemd, the demo and
 //! the tests.
+//!
+//! One [`Clock`] runs through everything built here (store, client, sweeper, refresher,
+//! receiver, processor, deliverers): the system clock unless a caller hands in another
+//! (`*_with_clock`: tests and the life simulation drive a manual one).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::basiq::{Client, ClientOptions};
+use crate::clock::Clock;
 use crate::refresh::Refresher;
 use crate::settings::{BasiqSettings, Settings};
 use crate::store::Store;
@@ -58,17 +63,29 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
 }
 
 /// Opens the database named by the settings (exit 74 on failure).
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Ok(Store::open_with(&settings.database.path, settings.database.busy_timeout).await?)
+pub async fn open_store(settings: &Settings, clock: &Clock) -> anyhow::Result<Store> {
+    Ok(Store::open_with_clock(
+        &settings.database.path,
+        settings.database.busy_timeout,
+        clock.clone(),
+    )
+    .await?)
 }
 
-/// Builds the sweeper: key (exit 78 when missing), database (74), client.
-pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
+/// The Basiq API key of the settings (exit 78 when missing); a key file others can read is
+/// warned about.
+pub fn api_key(settings: &Settings) -> anyhow::Result<secrecy::SecretString> {
     let key = settings.api_key()?;
     if let Some(warning) = &key.permission_warning {
         tracing::warn!("{warning}");
     }
-    build_sweeper_with_key(settings, key.secret.clone()).await
+    Ok(key.secret.clone())
+}
+
+/// Builds the sweeper on the system clock: key (exit 78 when missing), database (74),
+/// client.
+pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
+    build_sweeper_with_key(settings, api_key(settings)?).await
 }
 
 /// As [`build_sweeper`], with a key handed over in-process (demo, tests).
@@ -76,11 +93,21 @@ pub async fn build_sweeper_with_key(
     settings: &Settings,
     key: secrecy::SecretString,
 ) -> anyhow::Result<Sweeper> {
-    let store = open_store(settings).await?;
+    build_sweeper_with_clock(settings, key, Clock::system()).await
+}
+
+/// As [`build_sweeper_with_key`], on `clock`: the store, the client and the sweeper all
+/// take their time from it.
+pub async fn build_sweeper_with_clock(
+    settings: &Settings,
+    key: secrecy::SecretString,
+    clock: Clock,
+) -> anyhow::Result<Sweeper> {
+    let store = open_store(settings, &clock).await?;
     // No endpoint would send a notification: none is kept.
     store.set_notices(!settings.notify.endpoints.is_empty());
-    let client = Client::new(client_options(&settings.basiq, key))?;
-    Sweeper::new(store, client, sweep_options(settings))
+    let client = Client::with_clock(client_options(&settings.basiq, key), clock.clone())?;
+    Sweeper::new(store, client, sweep_options(settings), clock)
         .await
         .context("while reading the installation seed")
 }
@@ -110,7 +137,17 @@ impl App {
         settings: Settings,
         key: secrecy::SecretString,
     ) -> anyhow::Result<Self> {
-        let sweeper = build_sweeper_with_key(&settings, key).await?;
+        Self::build_with_clock(settings, key, Clock::system()).await
+    }
+
+    /// As [`App::build_with_key`], on `clock`: everything the daemon decides, records and
+    /// waits for by the world's time follows it.
+    pub async fn build_with_clock(
+        settings: Settings,
+        key: secrecy::SecretString,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let sweeper = build_sweeper_with_clock(&settings, key, clock).await?;
         Self::assemble(settings, sweeper).await
     }
 
@@ -172,6 +209,10 @@ impl App {
         &self.refresher
     }
 
+    pub fn clock(&self) -> &Clock {
+        self.sweeper.clock()
+    }
+
     pub fn ticks(&self) -> Arc<TickState> {
         self.ticks.clone()
     }
@@ -214,6 +255,7 @@ impl App {
                 verifiers: Arc::new(verifiers),
                 wake: wake.clone(),
                 stats: self.receiver_stats.clone(),
+                clock: self.sweeper.clock().clone(),
             };
             let max_body = usize::try_from(self.settings.webhooks.max_body).unwrap_or(65_536);
             let cancel = cancel.clone();
@@ -233,6 +275,7 @@ impl App {
         if let Some(interval) = self.settings.webhooks.poll_interval {
             let client = self.sweeper.client().clone();
             let store = self.sweeper.store().clone();
+            let clock = self.sweeper.clock().clone();
             let cancel = cancel.clone();
             let wake = wake.clone();
             tasks.push(tokio::spawn(async move {
@@ -240,9 +283,9 @@ impl App {
                 loop {
                     tokio::select! {
                         () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(interval) => {}
+                        () = clock.sleep(interval) => {}
                     }
-                    match crate::events::poll::poll_once(&client, &store, chrono::Utc::now()).await {
+                    match crate::events::poll::poll_once(&client, &store, clock.now()).await {
                         Ok(p) => {
                             if p.stored > 0 {
                                 wake.notify_one();
@@ -259,6 +302,7 @@ impl App {
                 self.sweeper.store().clone(),
                 self.settings.notify.clone(),
                 Some(self.sweeper.clone()),
+                self.sweeper.clock().clone(),
                 cancel.clone(),
             )));
         }
@@ -272,13 +316,15 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
-        let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick);
+        let clock = self.sweeper.clock().clone();
+        let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick, clock.now());
         // Housekeeping: fed by the tick, prunes history once a day.
         let (house_tx, mut house_rx) = tokio::sync::mpsc::channel::<()>(1);
         let housekeeping = {
             let store = self.sweeper.store().clone();
             let retain_days = self.settings.database.retain_days;
             let cancel = cancel.clone();
+            let clock = clock.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -287,7 +333,7 @@ impl App {
                             if tick.is_none() {
                                 break;
                             }
-                            match store.housekeep_if_due(retain_days, chrono::Utc::now()).await {
+                            match store.housekeep_if_due(retain_days, clock.now()).await {
                                 Ok(Some(p)) => tracing::info!(
                                     event = "history_pruned",
                                     jobs = p.jobs,
@@ -356,7 +402,7 @@ impl App {
                 token,
                 loopback,
                 tick_interval,
-                started: chrono::Utc::now().timestamp(),
+                started: clock.now().timestamp(),
                 receiver: self.receiver_stats.clone(),
             };
             let cancel = cancel.clone();
@@ -375,7 +421,9 @@ impl App {
             tick = %self.settings.sweep.tick,
             "basiq-health is running"
         );
-        crate::service::ready(&crate::service::status_line(self.sweeper.store()).await);
+        crate::service::ready(
+            &crate::service::status_line(self.sweeper.store(), clock.now()).await,
+        );
         shutdown.await;
         crate::service::stopping();
         tracing::info!(

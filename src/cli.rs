@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, App};
+use crate::clock::Clock;
 use crate::domain::{ConnectionId, IdError, UserId};
 use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
@@ -297,10 +298,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Result<u8> {
+    // The command's one clock: every `now` below, and the daemon's, comes from it.
+    let clock = Clock::system();
     match command {
         Command::Run => {
             let mut signals = Signals::new();
-            let app = App::build(settings).await?;
+            let key = app::api_key(&settings)?;
+            let app = App::build_with_clock(settings, key, clock).await?;
             let shutdown = async move {
                 signals.recv().await;
                 // A second signal means "now": every write is a transaction, so the
@@ -315,7 +319,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             Ok(0)
         }
         Command::Sweep(args) => {
-            let sweeper = app::build_sweeper(&settings).await?;
+            let sweeper = sweeper(&settings, &clock).await?;
             // Every user is read page by page inside the pass: memory follows the page, not
             // the register.
             let only = (!args.users.is_empty()).then_some(args.users);
@@ -336,7 +340,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             Ok(sweep_exit_code(&counts))
         }
         Command::Check(args) => {
-            let refresher = refresher(&settings).await?;
+            let refresher = refresher(&settings, &clock).await?;
             let user = args.user_id;
             let (swept, refreshes) = refresher.login(&user).await?;
             let report = report::status(refresher.sweeper().store(), Some(&user), None).await?;
@@ -351,7 +355,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             Ok(0)
         }
         Command::Refresh(args) => {
-            let refresher = refresher(&settings).await?;
+            let refresher = refresher(&settings, &clock).await?;
             let (user, connection) = (args.user, args.connection_id);
             // Fresh facts first: the user's connections and jobs as Basiq has them now.
             let sweeper = refresher.sweeper();
@@ -382,7 +386,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             Ok(0)
         }
         Command::Purge(args) => {
-            let refresher = refresher(&settings).await?;
+            let refresher = refresher(&settings, &clock).await?;
             let (user, connection) = (args.user, args.connection_id);
             let outcome = refresher.purge(&user, &connection, args.yes).await;
             refresher.sweeper().store().close().await;
@@ -418,26 +422,23 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             }
         }
         Command::Status(args) => {
-            let store = app::open_store(&settings).await?;
+            let store = app::open_store(&settings, &clock).await?;
             let user = args.user;
             let limit = (!args.all).then_some(args.limit);
             let report = report::status(&store, user.as_ref(), limit).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report::render_table(&report));
+                print!("{}", report::render_table(&report, clock.now()));
             }
             store.close().await;
             Ok(0)
         }
         Command::Plan(args) => {
-            let refresher = refresher(&settings).await?;
+            let refresher = refresher(&settings, &clock).await?;
             let users = args.users;
             let lines = refresher
-                .dry_run(
-                    (!users.is_empty()).then_some(users.as_slice()),
-                    chrono::Utc::now(),
-                )
+                .dry_run((!users.is_empty()).then_some(users.as_slice()), clock.now())
                 .await?;
             refresher.sweeper().store().close().await;
             if args.json {
@@ -447,15 +448,15 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             }
             Ok(0)
         }
-        Command::Users(command) => users(command, &settings).await,
-        Command::Notify(command) => notify(command, &settings).await,
-        Command::Events(command) => events(command, &settings).await,
+        Command::Users(command) => users(command, &settings, &clock).await,
+        Command::Notify(command) => notify(command, &settings, &clock).await,
+        Command::Events(command) => events(command, &settings, &clock).await,
         Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
     }
 }
 
-async fn notify(command: NotifyCommand, settings: &Settings) -> anyhow::Result<u8> {
-    let store = app::open_store(settings).await?;
+async fn notify(command: NotifyCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let store = app::open_store(settings, clock).await?;
     match command {
         NotifyCommand::List { failed, limit } => {
             for d in store.list_deliveries(failed, limit).await? {
@@ -465,7 +466,7 @@ async fn notify(command: NotifyCommand, settings: &Settings) -> anyhow::Result<u
         }
         NotifyCommand::Retry { id } => {
             let queued = store
-                .retry_delivery(&id, settings.notify.max_age, chrono::Utc::now())
+                .retry_delivery(&id, settings.notify.max_age, clock.now())
                 .await?;
             if queued == 0 {
                 eprintln!("no delivery {id:?} to retry (unknown, or delivered already)");
@@ -477,23 +478,20 @@ async fn notify(command: NotifyCommand, settings: &Settings) -> anyhow::Result<u
     }
 }
 
-async fn events(command: EventsCommand, settings: &Settings) -> anyhow::Result<u8> {
+async fn events(command: EventsCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
     match command {
         EventsCommand::List { limit } => {
-            let store = app::open_store(settings).await?;
+            let store = app::open_store(settings, clock).await?;
             for e in store.recent_events(limit).await? {
                 println!("{}", serde_json::to_string(&e)?);
             }
             Ok(0)
         }
         EventsCommand::Poll => {
-            let sweeper = app::build_sweeper(settings).await?;
-            let polled = crate::events::poll::poll_once(
-                sweeper.client(),
-                sweeper.store(),
-                chrono::Utc::now(),
-            )
-            .await?;
+            let sweeper = sweeper(settings, clock).await?;
+            let polled =
+                crate::events::poll::poll_once(sweeper.client(), sweeper.store(), clock.now())
+                    .await?;
             let processor = crate::events::process::Processor {
                 sweeper: sweeper.clone(),
                 register_new_users: settings.webhooks.register_new_users,
@@ -517,12 +515,20 @@ async fn events(command: EventsCommand, settings: &Settings) -> anyhow::Result<u
     }
 }
 
-async fn refresher(settings: &Settings) -> anyhow::Result<crate::refresh::Refresher> {
-    let sweeper = app::build_sweeper(settings).await?;
+/// The sweeper on the command's clock: key (exit 78 when missing), database (74), client.
+async fn sweeper(settings: &Settings, clock: &Clock) -> anyhow::Result<crate::sweep::Sweeper> {
+    app::build_sweeper_with_clock(settings, app::api_key(settings)?, clock.clone()).await
+}
+
+async fn refresher(
+    settings: &Settings,
+    clock: &Clock,
+) -> anyhow::Result<crate::refresh::Refresher> {
+    let sweeper = sweeper(settings, clock).await?;
     Ok(crate::refresh::Refresher::new(sweeper, settings.refresh.clone()).await?)
 }
 
-async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8> {
+async fn users(command: UsersCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
     // An import file is read and checked whole before the database is opened: a bad file
     // changes nothing.
     let imported = match &command {
@@ -535,11 +541,11 @@ async fn users(command: UsersCommand, settings: &Settings) -> anyhow::Result<u8>
         }
         _ => None,
     };
-    let store = app::open_store(settings).await?;
+    let store = app::open_store(settings, clock).await?;
     // Offsets need the installation seed and the period only: no key, no network.
     let seed = store.installation_seed().await?;
     let period = settings.sweep.period;
-    let now = chrono::Utc::now();
+    let now = clock.now();
     let due = |u: &UserId| crate::sweep::schedule::next_slot(seed, u.as_str(), period, now);
     match command {
         UsersCommand::Add { ids } => {

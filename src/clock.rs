@@ -175,6 +175,19 @@ impl Clock {
     }
 }
 
+/// How long ago `since` was at `now`; `None` when `since` is later than `now` (the wall
+/// clock went back). A cache or a backoff treats `None` as expired: a time it cannot place
+/// is never a reason to wait.
+pub fn age(now: DateTime<Utc>, since: DateTime<Utc>) -> Option<Duration> {
+    (now - since).to_std().ok()
+}
+
+/// Whether `since` is less than `span` before `now`: a cache entry still fresh, a backoff
+/// still running. A negative age (the wall clock went back) is not within.
+pub fn within(now: DateTime<Utc>, since: DateTime<Utc>, span: Duration) -> bool {
+    age(now, since).is_some_and(|a| a < span)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -259,6 +272,16 @@ mod tests {
         assert_eq!(clock.overdue(), 0);
         assert_eq!(clock.parked(), 0);
         assert_eq!(clock.next_wake(), None);
+    }
+
+    #[test]
+    fn an_age_below_zero_is_not_within_any_span() {
+        let later = t0() + chrono::Duration::seconds(5);
+        assert_eq!(age(later, t0()), Some(Duration::from_secs(5)));
+        assert!(within(later, t0(), Duration::from_secs(6)));
+        assert!(!within(later, t0(), Duration::from_secs(5)));
+        assert_eq!(age(t0(), later), None, "the clock went back");
+        assert!(!within(t0(), later, Duration::MAX));
     }
 
     #[test]

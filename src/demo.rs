@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::app::App;
+use crate::clock::Clock;
 use crate::domain::UserId;
 use crate::report;
 use crate::settings::{LogFormat, LogSettings, Settings};
@@ -118,7 +119,14 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         db.display()
     );
     println!("  logs (JSON lines): {}", dir.join("demo.log").display());
-    let app = App::build_with_key(settings, secrecy::SecretString::from(sim.api_key())).await?;
+    // The demo runs on the system clock, like the daemon.
+    let clock = Clock::system();
+    let app = App::build_with_clock(
+        settings,
+        secrecy::SecretString::from(sim.api_key()),
+        clock.clone(),
+    )
+    .await?;
     let ids = sim
         .user_ids()
         .into_iter()
@@ -179,9 +187,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
             );
         }
         let swept = store
-            .users_swept_since(
-                chrono::Utc::now() - chrono::Duration::from_std(total).unwrap_or_default(),
-            )
+            .users_swept_since(clock.now() - chrono::Duration::from_std(total).unwrap_or_default())
             .await
             .unwrap_or(0);
         let open = store.open_outages().await.map(|o| o.len()).unwrap_or(0);
@@ -198,7 +204,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
 
     let store = Store::open(&db).await?;
     let status = report::status(&store, None, None).await?;
-    let since = chrono::Utc::now()
+    let since = clock.now()
         - chrono::Duration::from_std(total + Duration::from_secs(60)).unwrap_or_default();
     let outages = store.outages_since(since).await?;
     println!("\n== health per institution ==");
@@ -223,7 +229,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         );
     }
     println!();
-    print!("{}", report::render_table(&status));
+    print!("{}", report::render_table(&status, clock.now()));
     store.close().await;
     running.shutdown().await;
     println!(

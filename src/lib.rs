@@ -8,6 +8,8 @@
 //! ```
 //!
 //! - [`settings`]: TOML + environment, validated into typed values.
+//! - [`clock`]: the one clock every `now` comes from (the system's, or a driven one), handed
+//!   down from `app` and the commands to everything built on the sweeper.
 //! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
 //! - [`domain`]: ids and Basiq's enums, unknown values kept verbatim.
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.

@@ -172,8 +172,9 @@ pub fn advice(health: &str, reason: Option<&str>) -> &'static str {
     }
 }
 
-/// A table a person can read: counts, open outages, who must act.
-pub fn render_table(report: &StatusReport) -> String {
+/// A table a person can read: counts, open outages, who must act; a Basiq cap still
+/// running at `now` is shown.
+pub fn render_table(report: &StatusReport, now: DateTime<Utc>) -> String {
     let mut out = String::new();
     let s = &report.summary;
     let _ = writeln!(out, "users: {}   connections: {}", s.users, s.connections);
@@ -264,7 +265,7 @@ connections:"
                 format!("{} ({})", o.at.format("%Y-%m-%d %H:%M:%SZ"), o.trigger)
             });
             let _ = writeln!(out, "      next refresh: {next}");
-            if let Some(until) = c.capped_until.filter(|t| *t > Utc::now()) {
+            if let Some(until) = c.capped_until.filter(|t| *t > now) {
                 let _ = writeln!(
                     out,
                     "      Basiq's cap reached until {}",

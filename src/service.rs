@@ -3,12 +3,15 @@
 //!
 //! Without `NOTIFY_SOCKET` every notification is a no-op, so the same path runs under
 //! systemd, in a terminal and in tests.
+//!
+//! Ages (of the last tick, of the last progress) are the sweeper's clock's; the watchdog's
+//! own beat is systemd's, on tokio's time.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +35,9 @@ pub fn stopping() {
     ]);
 }
 
-/// The longest gap between consecutive ticks of a 6-field cron expression.
-pub fn tick_interval(cron: &str) -> Duration {
+/// The longest gap between consecutive ticks of a 6-field cron expression, over the 16
+/// ticks after `now`.
+pub fn tick_interval(cron: &str, now: DateTime<Utc>) -> Duration {
     use croner::parser::{CronParser, Seconds};
     let parsed = CronParser::builder()
         .seconds(Seconds::Required)
@@ -42,7 +46,7 @@ pub fn tick_interval(cron: &str) -> Duration {
     let Ok(cron) = parsed else {
         return Duration::from_secs(60);
     };
-    let times: Vec<_> = cron.iter_after(Utc::now()).take(16).collect();
+    let times: Vec<_> = cron.iter_after(now).take(16).collect();
     times
         .windows(2)
         .filter_map(|w| (w[1] - w[0]).to_std().ok())
@@ -50,15 +54,16 @@ pub fn tick_interval(cron: &str) -> Duration {
         .unwrap_or(Duration::from_secs(60))
 }
 
-/// Whether the worker is alive: idle and ticking, or in a pass that made progress lately.
+/// Whether the worker is alive at `now` (Unix seconds): idle and ticking, or in a pass that
+/// made progress lately.
 pub fn worker_healthy(
     sweeper: &Sweeper,
     ticks: &TickState,
     tick_interval: Duration,
     started: i64,
     stall: Duration,
+    now: i64,
 ) -> bool {
-    let now = Utc::now().timestamp();
     let progress = sweeper.progress();
     if progress.in_pass.load(Ordering::Relaxed) {
         let last = progress.last_progress.load(Ordering::Relaxed);
@@ -82,9 +87,9 @@ pub fn tick_problem(
     (age > limit).then(|| format!("last tick {age}s ago (limit {limit}s, three tick intervals)"))
 }
 
-/// One line for `systemctl status`.
-pub async fn status_line(store: &Store) -> String {
-    let since = Utc::now() - chrono::Duration::hours(24);
+/// One line for `systemctl status`, as of `now`.
+pub async fn status_line(store: &Store, now: DateTime<Utc>) -> String {
+    let since = now - chrono::Duration::hours(24);
     let swept = store.users_swept_since(since).await.unwrap_or(0);
     let users = store.count_active_users().await.unwrap_or(0);
     let outages = store.open_outages().await.map(|o| o.len()).unwrap_or(0);
@@ -100,7 +105,8 @@ pub fn spawn_watchdog(
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let watchdog = sd_notify::watchdog_enabled();
-    let started = Utc::now().timestamp();
+    let clock = sweeper.clock().clone();
+    let started = clock.now().timestamp();
     let period = watchdog.map_or(Duration::from_secs(30), |w| {
         (w / 2).max(Duration::from_millis(100))
     });
@@ -108,6 +114,7 @@ pub fn spawn_watchdog(
     let stall = watchdog.unwrap_or(Duration::from_secs(600));
     tokio::spawn(async move {
         loop {
+            let now = clock.now();
             let failing = sweeper.store().write_health().failing();
             if watchdog.is_some()
                 && let Some(f) = &failing
@@ -122,7 +129,14 @@ pub fn spawn_watchdog(
                     "database writes are failing: not petting the watchdog"
                 );
             } else if watchdog.is_some()
-                && worker_healthy(&sweeper, &ticks, tick_interval, started, stall)
+                && worker_healthy(
+                    &sweeper,
+                    &ticks,
+                    tick_interval,
+                    started,
+                    stall,
+                    now.timestamp(),
+                )
             {
                 send(&[NotifyState::Watchdog]);
             } else if watchdog.is_some() {
@@ -131,7 +145,7 @@ pub fn spawn_watchdog(
                     "the sweep worker made no progress: not petting the watchdog"
                 );
             }
-            let line = status_line(sweeper.store()).await;
+            let line = status_line(sweeper.store(), now).await;
             send(&[NotifyState::Status(&line)]);
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -147,9 +161,13 @@ mod tests {
 
     #[test]
     fn the_tick_interval_is_the_longest_gap_of_the_cron() {
-        assert_eq!(tick_interval("0 * * * * *"), Duration::from_secs(60));
-        assert!(tick_interval("* * * * * *") <= Duration::from_secs(2));
-        assert_eq!(tick_interval("0 */5 * * * *"), Duration::from_secs(300));
+        let now: DateTime<Utc> = "2026-12-01T10:17:23Z".parse().unwrap();
+        assert_eq!(tick_interval("0 * * * * *", now), Duration::from_secs(60));
+        assert!(tick_interval("* * * * * *", now) <= Duration::from_secs(2));
+        assert_eq!(
+            tick_interval("0 */5 * * * *", now),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

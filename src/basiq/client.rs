@@ -19,6 +19,7 @@ use url::Url;
 use super::error::{ApiError, Error};
 use super::token::{Token, TokenCache};
 use super::wire;
+use crate::clock::Clock;
 use crate::domain::{Connection, ConnectionId, Connector, Job, JobId, UserId};
 
 /// Everything the client needs; built from settings by the caller.
@@ -182,6 +183,7 @@ struct Inner {
     token: TokenCache,
     limiter: DefaultDirectRateLimiter,
     stats: Stats,
+    clock: Clock,
 }
 
 /// A cheap-to-clone handle; every clone shares the token, the pace and the counters.
@@ -210,7 +212,16 @@ struct Call<'a> {
 }
 
 impl Client {
+    /// A client on the system clock.
     pub fn new(options: ClientOptions) -> Result<Self, Error> {
+        Self::with_clock(options, Clock::system())
+    }
+
+    /// A client whose token cache (its age, its refresh, its backoff), the time a refresh
+    /// was asked at (a lost answer's job is looked for from it) and `Retry-After` dates go
+    /// by `clock`. The transport keeps tokio's time: the request pace, the retry backoffs
+    /// and sleeps, the looks for a lost refresh's job, the timeouts.
+    pub fn with_clock(options: ClientOptions, clock: Clock) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
@@ -225,15 +236,20 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 options,
-                token: TokenCache::default(),
+                token: TokenCache::new(clock.clone()),
                 limiter,
                 stats: Stats::default(),
+                clock,
             }),
         })
     }
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     pub fn base_url(&self) -> &Url {
@@ -414,7 +430,7 @@ impl Client {
         user_id: &UserId,
         connection_id: &ConnectionId,
     ) -> Result<RefreshOutcome, Error> {
-        let asked_at = chrono::Utc::now();
+        let asked_at = self.inner.clock.now();
         let call = Call {
             method: HttpMethod::POST,
             url: self.url(&[
@@ -599,7 +615,7 @@ impl Client {
         self.inner
             .stats
             .count(call.endpoint, status.as_u16().to_string());
-        let retry_after = retry_after(response.headers());
+        let retry_after = retry_after(response.headers(), &self.inner.clock);
         let body = response.bytes().await.map_err(|e| transport(&e))?;
         if status.is_success() {
             Ok((status, body))
@@ -688,7 +704,7 @@ impl Client {
             })?;
         let status = response.status();
         self.inner.stats.count("token", status.as_u16().to_string());
-        let retry_after = retry_after(response.headers());
+        let retry_after = retry_after(response.headers(), &self.inner.clock);
         let body = response.bytes().await.map_err(|e| transport(&e))?;
         if !status.is_success() {
             let api = api_error(status, &body);
@@ -794,13 +810,14 @@ fn one<W: DeserializeOwned, D>(
     wire::decode_one(value, convert).map_err(|e| decode(endpoint, e))
 }
 
-fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+/// The wait a `Retry-After` asks for: seconds, or an HTTP date counted from the clock's now.
+fn retry_after(headers: &header::HeaderMap, clock: &Clock) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    let wait = when.with_timezone(&chrono::Utc) - clock.now();
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 

@@ -12,15 +12,20 @@
 //! caller meanwhile gets the token it has, if it has not been refused, or else the last
 //! error at once, without a request. A revoked key therefore costs one `/token` call per
 //! window, not one per user.
+//!
+//! Every time here is the injected [`Clock`]'s: a driven clock ages the token and runs out
+//! the backoff. A time the clock cannot place (the wall clock went back past a fetch) makes
+//! the token due and ends the backoff rather than stretching either.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use super::error::Error;
+use crate::clock::{self, Clock};
 
 /// Refresh this long before Basiq's expiry (capped at a quarter of the lifetime, so a
 /// short-lived token is not refetched on every call).
@@ -50,8 +55,8 @@ impl std::fmt::Debug for Token {
 
 struct Cached {
     token: Token,
-    fetched_at: Instant,
-    refresh_at: Instant,
+    fetched_at: DateTime<Utc>,
+    refresh_at: DateTime<Utc>,
     /// Lived less than [`SHORT_LIVED`] by Basiq's own word.
     short_lived: bool,
     /// Basiq refused it: never handed out again.
@@ -66,14 +71,14 @@ struct Slot {
     /// normal lifetime has served [`SHORT_LIVED`] without being refused.
     strikes: u32,
     /// No `/token` call before this.
-    not_before: Option<Instant>,
+    not_before: Option<DateTime<Utc>>,
     /// What a caller with no usable token gets before `not_before`.
     last_error: Option<Error>,
 }
 
-#[derive(Default)]
 pub(crate) struct TokenCache {
     slot: Mutex<Slot>,
+    clock: Clock,
 }
 
 /// The backoff window after `strikes` bad fetches in a row (none for zero).
@@ -87,7 +92,28 @@ fn window(strikes: u32) -> Duration {
         .min(BACKOFF_CAP)
 }
 
+/// `at + d`, or the end of time.
+fn after(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A backoff running at `now`: before `not_before`, and by no more than the longest window
+/// (further away than that, the wall clock went back: the window is over).
+fn backing_off(not_before: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    not_before.is_some_and(|t| now < t && clock::age(t, now).is_some_and(|d| d <= BACKOFF_CAP))
+}
+
 impl TokenCache {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            slot: Mutex::default(),
+            clock,
+        }
+    }
+
     /// The current token, or the one `fetch` returns when there is none or it is due and no
     /// backoff window is open. In a window: the token in hand (if Basiq has not refused it),
     /// or the last error, at once.
@@ -97,18 +123,19 @@ impl TokenCache {
         Fut: std::future::Future<Output = Result<(SecretString, Duration), Error>>,
     {
         let mut slot = self.slot.lock().await;
-        let now = Instant::now();
+        let now = self.clock.now();
         if let Some(c) = slot.cached.as_ref().filter(|c| !c.refused) {
-            let proven = !c.short_lived && now.duration_since(c.fetched_at) >= SHORT_LIVED;
+            let age = clock::age(now, c.fetched_at);
+            let proven = !c.short_lived && age.is_some_and(|a| a >= SHORT_LIVED);
             let token = c.token.clone();
-            let fresh = now < c.refresh_at;
+            let fresh = age.is_some() && now < c.refresh_at;
             if proven {
                 slot.strikes = 0;
             }
-            if fresh || slot.not_before.is_some_and(|t| now < t) {
+            if fresh || backing_off(slot.not_before, now) {
                 return Ok(token);
             }
-        } else if slot.not_before.is_some_and(|t| now < t) {
+        } else if backing_off(slot.not_before, now) {
             return Err(slot.last_error.clone().unwrap_or_else(|| Error::Transport {
                 message: "the Basiq token is being refetched after a failure; try again shortly"
                     .into(),
@@ -116,8 +143,9 @@ impl TokenCache {
             }));
         }
         match fetch().await {
+            // The fetch is a network exchange: the token is dated when it arrived.
             Ok((secret, lifetime)) => {
-                let now = Instant::now();
+                let now = self.clock.now();
                 slot.generation += 1;
                 let ahead = REFRESH_AHEAD.min(lifetime / 4);
                 let short_lived = lifetime < SHORT_LIVED;
@@ -127,7 +155,7 @@ impl TokenCache {
                     // `expires_in` zero or negative (clamped to seconds) or just small: use it,
                     // but refetch no sooner than the backoff allows.
                     slot.strikes = slot.strikes.saturating_add(1);
-                    slot.not_before = Some(now + window(slot.strikes));
+                    slot.not_before = Some(after(now, window(slot.strikes)));
                 }
                 let token = Token {
                     secret: Arc::new(secret),
@@ -136,7 +164,7 @@ impl TokenCache {
                 slot.cached = Some(Cached {
                     token: token.clone(),
                     fetched_at: now,
-                    refresh_at: now + lifetime.saturating_sub(ahead),
+                    refresh_at: after(now, lifetime.saturating_sub(ahead)),
                     short_lived,
                     refused: false,
                 });
@@ -145,7 +173,7 @@ impl TokenCache {
             Err(err) => {
                 slot.strikes = slot.strikes.saturating_add(1);
                 let wait = window(slot.strikes);
-                slot.not_before = Some(Instant::now() + wait);
+                slot.not_before = Some(after(self.clock.now(), wait));
                 tracing::warn!(
                     status = err.status(),
                     code = err.code(),
@@ -176,9 +204,10 @@ impl TokenCache {
         };
         cached.refused = true;
         let fetched_at = cached.fetched_at;
-        if fetched_at.elapsed() < SHORT_LIVED {
+        // A refusal the clock cannot place after the fetch counts as early.
+        if clock::age(self.clock.now(), fetched_at).is_none_or(|a| a < SHORT_LIVED) {
             slot.strikes = slot.strikes.saturating_add(1);
-            let until = fetched_at + window(slot.strikes - 1);
+            let until = after(fetched_at, window(slot.strikes - 1));
             slot.not_before = Some(slot.not_before.map_or(until, |t| t.max(until)));
         }
         // A failed fetch says more than the refusal that followed it.
@@ -193,6 +222,10 @@ mod tests {
     use super::*;
     use crate::basiq::ApiError;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn t0() -> DateTime<Utc> {
+        "2026-12-01T00:00:00Z".parse().unwrap()
+    }
 
     fn unavailable() -> Error {
         Error::Server {
@@ -237,9 +270,10 @@ mod tests {
             .await
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn failed_token_fetches_back_off_for_every_caller() {
-        let cache = Arc::new(TokenCache::default());
+        let clock = Clock::manual(t0());
+        let cache = Arc::new(TokenCache::new(clock.clone()));
         let calls = Arc::new(AtomicU32::new(0));
         let callers = (0..32).map(|_| {
             let (cache, calls) = (cache.clone(), calls.clone());
@@ -253,28 +287,28 @@ mod tests {
 
         // The window doubles per failure in a row: 1 s, 2 s, 4 s, 8 s from each failure.
         for (n, wait) in [(1u32, 1000u64), (2, 2000), (3, 4000), (4, 8000)] {
-            tokio::time::advance(Duration::from_millis(wait - 10)).await;
+            clock.advance(Duration::from_millis(wait - 10));
             assert!(failing(&cache, &calls).await.is_err());
             assert_eq!(calls.load(Ordering::SeqCst), n, "still backing off");
-            tokio::time::advance(Duration::from_millis(20)).await;
+            clock.advance(Duration::from_millis(20));
             assert!(failing(&cache, &calls).await.is_err());
             assert_eq!(calls.load(Ordering::SeqCst), n + 1, "tried again");
         }
         // Capped at 5 minutes.
         for _ in 0..20 {
-            tokio::time::advance(BACKOFF_CAP).await;
+            clock.advance(BACKOFF_CAP);
             assert!(failing(&cache, &calls).await.is_err());
         }
         let before = calls.load(Ordering::SeqCst);
         assert_eq!(before, 25, "one fetch per 5-minute window once capped");
-        tokio::time::advance(BACKOFF_CAP).await;
+        clock.advance(BACKOFF_CAP);
         lasting(&cache, &calls, Duration::from_secs(3600))
             .await
             .expect("a success after the window");
         assert_eq!(calls.load(Ordering::SeqCst), before + 1);
 
         // The token served its time: the next failure waits one second, not five minutes.
-        tokio::time::advance(Duration::from_secs(3600)).await;
+        clock.advance(Duration::from_secs(3600));
         assert!(failing(&cache, &calls).await.is_err());
         assert!(
             failing(&cache, &calls).await.is_ok(),
@@ -282,20 +316,21 @@ mod tests {
         );
         let n = calls.load(Ordering::SeqCst);
         assert_eq!(n, before + 2);
-        tokio::time::advance(Duration::from_millis(1010)).await;
+        clock.advance(Duration::from_millis(1010));
         let _ = failing(&cache, &calls).await;
         assert_eq!(calls.load(Ordering::SeqCst), n + 1);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_due_token_is_still_used_while_token_fetches_back_off() {
-        let cache = TokenCache::default();
+        let clock = Clock::manual(t0());
+        let cache = TokenCache::new(clock.clone());
         let calls = AtomicU32::new(0);
         let first = lasting(&cache, &calls, Duration::from_secs(3600))
             .await
             .unwrap();
         // Past the refresh point (5 minutes ahead of expiry), /token is down.
-        tokio::time::advance(Duration::from_secs(56 * 60)).await;
+        clock.advance(Duration::from_secs(56 * 60));
         let kept = failing(&cache, &calls).await;
         assert!(
             kept.is_err(),
@@ -311,15 +346,16 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn repeated_zero_lifetimes_back_off_to_one_fetch_per_five_minutes() {
-        let cache = TokenCache::default();
+        let clock = Clock::manual(t0());
+        let cache = TokenCache::new(clock.clone());
         let calls = AtomicU32::new(0);
         // `expires_in: 0` is clamped to 30 s by `wire::token_lifetime`.
         let zero = crate::basiq::wire::token_lifetime(Some(0));
         for _ in 0..3600 {
             lasting(&cache, &calls, zero).await.unwrap();
-            tokio::time::advance(Duration::from_secs(1)).await;
+            clock.advance(Duration::from_secs(1));
         }
         let first_hour = calls.load(Ordering::SeqCst);
         // 22.5 s apart at first (30 s less a quarter), then 32 s, 64 s, ... 5 min.
@@ -329,7 +365,7 @@ mod tests {
         );
         for _ in 0..3600 {
             lasting(&cache, &calls, zero).await.unwrap();
-            tokio::time::advance(Duration::from_secs(1)).await;
+            clock.advance(Duration::from_secs(1));
         }
         let second_hour = calls.load(Ordering::SeqCst) - first_hour;
         assert!(
@@ -338,9 +374,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn tokens_refused_right_after_their_fetch_back_off() {
-        let cache = TokenCache::default();
+        let clock = Clock::manual(t0());
+        let cache = TokenCache::new(clock.clone());
         let calls = AtomicU32::new(0);
         let mut refused = 0;
         for _ in 0..600 {
@@ -351,16 +388,17 @@ mod tests {
                     refused += 1;
                 }
             }
-            tokio::time::advance(Duration::from_millis(100)).await;
+            clock.advance(Duration::from_millis(100));
         }
         let fetches = calls.load(Ordering::SeqCst);
         assert!(fetches <= 8, "{fetches} fetches in one minute");
         assert!(refused > 500);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn one_early_refusal_is_replaced_at_once() {
-        let cache = TokenCache::default();
+        let clock = Clock::manual(t0());
+        let cache = TokenCache::new(clock.clone());
         let calls = AtomicU32::new(0);
         let first = lasting(&cache, &calls, Duration::from_secs(3600))
             .await
@@ -372,6 +410,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(second.generation, first.generation + 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_token_is_refetched_when_the_clock_passes_its_refresh_time_and_not_before() {
+        let clock = Clock::manual(t0());
+        let cache = TokenCache::new(clock.clone());
+        let calls = AtomicU32::new(0);
+        let hour = Duration::from_secs(3600);
+        let first = lasting(&cache, &calls, hour).await.unwrap();
+        // Refreshed 5 minutes ahead of the expiry: at 55 minutes.
+        clock.advance(Duration::from_secs(55 * 60 - 1));
+        let kept = lasting(&cache, &calls, hour).await.unwrap();
+        assert_eq!(kept.generation, first.generation, "still fresh");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(1));
+        let next = lasting(&cache, &calls, hour).await.unwrap();
+        assert_eq!(next.generation, first.generation + 1, "due by the clock");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -5,11 +5,14 @@
 //! effect again on restart, which is harmless: a sweep is a sweep, and a plan that finds
 //! the state already changed changes nothing. A failure Basiq or the disk may recover from
 //! leaves the event for a later round; after [`MAX_ATTEMPTS`] it is marked `failed`.
+//!
+//! Time is the sweeper's clock: one `now` per event processed, and the idle wait sleeps on
+//! it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Action, EntityIds, action};
@@ -50,7 +53,7 @@ impl Processor {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(IDLE) => {}
+                () = self.sweeper.clock().sleep(IDLE) => {}
             }
         }
     }
@@ -58,16 +61,19 @@ impl Processor {
     /// Processes what the inbox holds now; returns how many events were finished.
     pub async fn process_pending(&self, cancel: &CancellationToken) -> crate::store::Result<usize> {
         let store = self.sweeper.store();
-        let rows = store.unprocessed_events(Utc::now(), 32).await?;
+        let clock = self.sweeper.clock();
+        let rows = store.unprocessed_events(clock.now(), 32).await?;
         let mut finished = 0;
         let mut swept = std::collections::HashSet::new();
         for row in rows {
             if cancel.is_cancelled() {
                 break;
             }
-            match self.process(&row, &mut swept).await {
+            // One event, one unit of work: what it does and how it ended are dated alike.
+            let now = clock.now();
+            match self.process(&row, &mut swept, now).await {
                 Ok(outcome) => {
-                    store.event_processed(row.seq, outcome, Utc::now()).await?;
+                    store.event_processed(row.seq, outcome, now).await?;
                     tracing::info!(
                         event = "event_processed",
                         delivery_id = %row.delivery_id,
@@ -80,14 +86,13 @@ impl Processor {
                     finished += 1;
                 }
                 Err(e) if row.attempts + 1 >= MAX_ATTEMPTS => {
-                    store.event_processed(row.seq, "failed", Utc::now()).await?;
+                    store.event_processed(row.seq, "failed", now).await?;
                     tracing::error!(event = "event_failed", delivery_id = %row.delivery_id, event_type = row.event_type.as_deref(), error = %e, "gave up on an event after {MAX_ATTEMPTS} tries; the user's daily sweep still covers it");
                     finished += 1;
                 }
                 Err(e) => {
                     let wait = RETRY_BASE.saturating_mul(1u32 << row.attempts.clamp(0, 16));
-                    let retry_at =
-                        Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    let retry_at = now + chrono::Duration::from_std(wait).unwrap_or_default();
                     store.event_attempt_failed(row.seq, retry_at).await?;
                     tracing::warn!(event = "event_retry", delivery_id = %row.delivery_id, event_type = row.event_type.as_deref(), error = %e, retry_at = %retry_at.to_rfc3339(), "could not process an event now; tried again later");
                     if matches!(e, SweepError::Store(_)) || e.is_auth() {
@@ -100,11 +105,12 @@ impl Processor {
         Ok(finished)
     }
 
-    /// Does what one event says; the outcome to store.
+    /// Does what one event says, at `now`; the outcome to store.
     async fn process(
         &self,
         row: &InboxRow,
         swept: &mut std::collections::HashSet<UserId>,
+        now: DateTime<Utc>,
     ) -> Result<&'static str, SweepError> {
         let Some(event_type) = row.event_type.as_deref() else {
             return Ok("unreadable");
@@ -133,7 +139,6 @@ impl Processor {
             let user = user.clone();
             async move { store.get_user(&user).await.map(|u| u.is_some()) }
         };
-        let now = Utc::now();
         Ok(match act {
             Action::Sweep(user) => {
                 if !watched(&user).await? {
@@ -190,7 +195,7 @@ impl Processor {
                 "user-gone"
             }
             Action::UserCreated(user) => {
-                self.sweeper.add_users(&[user]).await?;
+                self.sweeper.add_users_at(&[user], now).await?;
                 "user-registered"
             }
             Action::NeedsLookup => "no-user",

@@ -1,9 +1,9 @@
 //! The webhook receiver: `POST /v1/basiq/webhook` on `webhooks.listen`, its own address.
 //!
-//! A delivery is verified (Standard Webhooks, the `standardwebhooks` crate, against every
-//! configured secret: several during a rotation; timestamps within ±5 minutes), stored in
-//! the inbox durably, and only then answered 2xx. A retry or duplicate is answered 2xx and
-//! not stored again. Processing happens after, from the inbox ([`super::process`]).
+//! A delivery is verified ([`verify`]: Standard Webhooks, against every configured secret:
+//! several during a rotation; timestamps within ±5 minutes of the injected clock), stored
+//! in the inbox durably, and only then answered 2xx. A retry or duplicate is answered 2xx
+//! and not stored again. Processing happens after, from the inbox ([`super::process`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +14,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use standardwebhooks::{Webhook, WebhookError};
 
 use super::WebhookPayload;
+use crate::clock::Clock;
 use crate::store::Store;
 use crate::store::events::NewEvent;
 
@@ -42,6 +43,8 @@ pub struct ReceiverState {
     /// Wakes the processor when an event is stored.
     pub wake: Arc<tokio::sync::Notify>,
     pub stats: Arc<ReceiverStats>,
+    /// What a delivery's timestamp is checked against, and when it is stored.
+    pub clock: Clock,
 }
 
 pub fn router(state: ReceiverState, max_body: usize) -> Router {
@@ -58,18 +61,65 @@ fn answer(status: StatusCode, message: &str) -> Response {
 /// The most a `webhook-id` may be (Standard Webhooks ids are short).
 const MAX_ID: usize = 256;
 
-async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut refused = None;
-    for v in s.verifiers.iter() {
-        match v.verify(&body, &headers) {
-            Ok(()) => {
-                refused = None;
-                break;
-            }
-            Err(e) => refused = Some(e),
+/// How far a delivery's `webhook-timestamp` may be from now, either way.
+const TOLERANCE_S: i64 = 5 * 60;
+
+/// Verifies a delivery the Standard Webhooks way, as `Webhook::verify` does but against
+/// `now` rather than the system's wall clock: the three headers, a timestamp within ±5
+/// minutes of `now`, then a `v1,` signature in `webhook-signature` (space-separated, any
+/// one may match) equal, compared in constant time, to one of the `verifiers`' signature of
+/// `{id}.{timestamp}.{body}`. The errors are the crate's, so the answers stay the same.
+/// With no verifier, nothing verifies (the settings require a secret for the receiver).
+pub fn verify(
+    verifiers: &[Webhook],
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), WebhookError> {
+    let header = move |name: &'static str, short: &'static str| {
+        headers
+            .get(name)
+            .ok_or(WebhookError::MissingHeader(short))?
+            .to_str()
+            .map_err(|_| WebhookError::InvalidHeader(short))
+    };
+    let id = header("webhook-id", "id")?;
+    let signatures = header("webhook-signature", "signature")?;
+    let ts: i64 = header("webhook-timestamp", "timestamp")?
+        .parse()
+        .map_err(|_| WebhookError::InvalidTimestamp)?;
+    let now = now.timestamp();
+    if now.saturating_sub(ts) > TOLERANCE_S {
+        return Err(WebhookError::TimestampTooOldError);
+    }
+    if ts > now.saturating_add(TOLERANCE_S) {
+        return Err(WebhookError::FutureTimestampError);
+    }
+    for verifier in verifiers {
+        let signed = verifier.sign(id, ts, body)?;
+        let expected = signed
+            .split_once(',')
+            .map(|(_, sig)| sig)
+            .ok_or(WebhookError::InvalidSignature)?;
+        let matches = signatures
+            .split(' ')
+            .filter_map(|s| s.split_once(','))
+            .any(|(version, sig)| version == "v1" && same(sig.as_bytes(), expected.as_bytes()));
+        if matches {
+            return Ok(());
         }
     }
-    if let Some(e) = refused {
+    Err(WebhookError::InvalidSignature)
+}
+
+/// Equal, in a time that depends on the lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
+    let now = s.clock.now();
+    if let Err(e) = verify(&s.verifiers, &headers, &body, now) {
         let (status, message, counter) = match e {
             WebhookError::TimestampTooOldError | WebhookError::FutureTimestampError => (
                 StatusCode::UNAUTHORIZED,
@@ -127,7 +177,7 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
         entity_link: entity,
         body: &text,
     };
-    match s.store.insert_event(&event, Utc::now()).await {
+    match s.store.insert_event(&event, now).await {
         Ok(true) => {
             s.stats.stored.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -163,5 +213,118 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
                 "cannot store the event now; retry",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const OTHER: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const BODY: &[u8] = br#"{"eventTypeId":"connection.invalidated"}"#;
+
+    /// Far from the wall clock whenever the tests run.
+    fn now() -> DateTime<Utc> {
+        "2001-09-09T01:46:40Z".parse().unwrap()
+    }
+
+    fn headers(ts: i64, signature: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("webhook-id", "msg_1".parse().unwrap());
+        h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+        h.insert("webhook-signature", signature.parse().unwrap());
+        h
+    }
+
+    fn signed(secret: &str, ts: i64) -> String {
+        Webhook::new(secret)
+            .unwrap()
+            .sign("msg_1", ts, BODY)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_delivery_verifies_against_the_given_time_and_any_configured_secret() {
+        let ts = now().timestamp();
+        let verifiers = [Webhook::new(OTHER).unwrap(), Webhook::new(SECRET).unwrap()];
+        let good = signed(SECRET, ts);
+        assert!(verify(&verifiers, &headers(ts, &good), BODY, now()).is_ok());
+        // Several signatures, space-separated (a sender rotating its secret): any may match;
+        // other versions are ignored.
+        let several = format!("v1a,{} v1,bm90LWl0 {good}", &good[3..]);
+        assert!(verify(&verifiers, &headers(ts, &several), BODY, now()).is_ok());
+        for bad in [
+            "v1,".to_owned(),
+            "v2,".to_owned() + &good[3..],
+            good[..8].to_owned(),
+            "junk".to_owned(),
+        ] {
+            assert!(
+                matches!(
+                    verify(&verifiers, &headers(ts, &bad), BODY, now()),
+                    Err(WebhookError::InvalidSignature)
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            verify(&verifiers, &headers(ts, &good), b"{}", now()),
+            Err(WebhookError::InvalidSignature)
+        ));
+        assert!(matches!(
+            verify(&[], &headers(ts, &good), BODY, now()),
+            Err(WebhookError::InvalidSignature)
+        ));
+    }
+
+    #[test]
+    fn a_timestamp_more_than_five_minutes_from_the_given_time_is_refused() {
+        let verifiers = [Webhook::new(SECRET).unwrap()];
+        let at = |offset: i64| {
+            let ts = now().timestamp() + offset;
+            verify(&verifiers, &headers(ts, &signed(SECRET, ts)), BODY, now())
+        };
+        assert!(at(-300).is_ok());
+        assert!(at(300).is_ok());
+        assert!(matches!(at(-301), Err(WebhookError::TimestampTooOldError)));
+        assert!(matches!(at(301), Err(WebhookError::FutureTimestampError)));
+        // The crate's own check, against the wall clock, refuses what ours accepts.
+        let ts = now().timestamp();
+        assert!(
+            verifiers[0]
+                .verify(BODY, &headers(ts, &signed(SECRET, ts)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn missing_or_unreadable_headers_are_told_apart() {
+        let verifiers = [Webhook::new(SECRET).unwrap()];
+        let ts = now().timestamp();
+        let good = signed(SECRET, ts);
+        for (name, short) in [
+            ("webhook-id", "id"),
+            ("webhook-signature", "signature"),
+            ("webhook-timestamp", "timestamp"),
+        ] {
+            let mut h = headers(ts, &good);
+            h.remove(name);
+            assert!(matches!(
+                verify(&verifiers, &h, BODY, now()),
+                Err(WebhookError::MissingHeader(s)) if s == short
+            ));
+            h.insert(name, axum::http::HeaderValue::from_bytes(b"\xff").unwrap());
+            assert!(matches!(
+                verify(&verifiers, &h, BODY, now()),
+                Err(WebhookError::InvalidHeader(s)) if s == short
+            ));
+        }
+        let mut h = headers(ts, &good);
+        h.insert("webhook-timestamp", "soon".parse().unwrap());
+        assert!(matches!(
+            verify(&verifiers, &h, BODY, now()),
+            Err(WebhookError::InvalidTimestamp)
+        ));
     }
 }

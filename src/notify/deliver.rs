@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::settings::{EndpointSettings, NotifySettings};
 use crate::store::events::DueDelivery;
 use crate::store::{Store, from_ts};
@@ -33,87 +35,141 @@ pub fn backoff(initial: Duration, max: Duration, failures: i64, jitter: f64) -> 
     base.mul_f64(factor).max(Duration::from_millis(1))
 }
 
-/// Runs every endpoint's deliverer until `cancel`.
-/// `sweeper` reads the bank's status before a notice asks a user to act (see [`round`]).
+/// Runs every endpoint's deliverer until `cancel`, on `clock`.
+/// `sweeper` reads the bank's status before a notice asks a user to act (see
+/// [`Deliverer::round`]).
 pub async fn run(
     store: Store,
     settings: NotifySettings,
     sweeper: Option<Sweeper>,
+    clock: Clock,
     cancel: CancellationToken,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for endpoint in settings.endpoints.clone() {
-        let store = store.clone();
-        let settings = settings.clone();
+        let name = endpoint.name();
+        let deliverer = match Deliverer::new(
+            store.clone(),
+            settings.clone(),
+            sweeper.clone(),
+            endpoint,
+            clock.clone(),
+        ) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(event = "notify_client_failed", endpoint = %name, error = %e, "cannot build the HTTP client for this endpoint");
+                continue;
+            }
+        };
         let cancel = cancel.clone();
-        let sweeper = sweeper.clone();
-        tasks.spawn(async move { endpoint_loop(store, settings, endpoint, sweeper, cancel).await });
+        tasks.spawn(async move { deliverer.run(cancel).await });
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn endpoint_loop(
+/// One endpoint's deliverer: what its rounds need, built once.
+pub struct Deliverer {
     store: Store,
     settings: NotifySettings,
-    endpoint: EndpointSettings,
     sweeper: Option<Sweeper>,
-    cancel: CancellationToken,
-) {
-    let name = endpoint.name();
-    let http = match reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(event = "notify_client_failed", endpoint = %name, error = %e, "cannot build the HTTP client for this endpoint");
-            return;
-        }
-    };
-    let Some(signer) = endpoint.secret.webhook() else {
-        return;
-    };
-    tracing::info!(event = "notify_started", endpoint = %name, events = ?endpoint.events, "delivering notifications");
-    while !cancel.is_cancelled() {
-        let target = Target {
-            endpoint: &endpoint,
-            name: &name,
-            http: &http,
-            signer: &signer,
+    endpoint: EndpointSettings,
+    name: String,
+    http: reqwest::Client,
+    signer: standardwebhooks::Webhook,
+    clock: Clock,
+}
+
+impl Deliverer {
+    /// The deliverer of `endpoint`; `None` when its secret gives no signer (checked at
+    /// load, so not expected); the error when its HTTP client cannot be built.
+    pub fn new(
+        store: Store,
+        settings: NotifySettings,
+        sweeper: Option<Sweeper>,
+        endpoint: EndpointSettings,
+        clock: Clock,
+    ) -> Result<Option<Self>, reqwest::Error> {
+        let name = endpoint.name();
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let Some(signer) = endpoint.secret.webhook() else {
+            return Ok(None);
         };
-        let worked = match round(&store, &settings, sweeper.as_ref(), &target).await {
-            Ok(n) => n > 0,
-            Err(e) => {
-                tracing::warn!(event = "notify_store_failed", endpoint = %name, error = %e, "cannot read or write deliveries; trying again");
-                false
+        Ok(Some(Self {
+            store,
+            settings,
+            sweeper,
+            endpoint,
+            name,
+            http,
+            signer,
+            clock,
+        }))
+    }
+
+    /// Rounds until `cancel`; between rounds with nothing to do, a nap on the clock until
+    /// the next delivery is due (at most [`IDLE`]), or until a commit writes notifications.
+    async fn run(self, cancel: CancellationToken) {
+        let name = &self.name;
+        tracing::info!(event = "notify_started", endpoint = %name, events = ?self.endpoint.events, "delivering notifications");
+        while !cancel.is_cancelled() {
+            let worked = match self.round().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(event = "notify_store_failed", endpoint = %name, error = %e, "cannot read or write deliveries; trying again");
+                    false
+                }
+            };
+            if worked {
+                continue;
             }
-        };
-        if worked {
-            continue;
-        }
-        let wait = match store.next_delivery_at(&name).await {
-            Ok(Some(at)) => (at - Utc::now())
-                .to_std()
-                .unwrap_or_default()
-                .clamp(NAP, IDLE),
-            _ => IDLE,
-        };
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            () = store.outbox_written().notified() => {}
-            () = tokio::time::sleep(wait) => {}
+            let wait = match self.store.next_delivery_at(name).await {
+                Ok(Some(at)) => (at - self.clock.now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .clamp(NAP, IDLE),
+                _ => IDLE,
+            };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.store.outbox_written().notified() => {}
+                () = self.clock.sleep(wait) => {}
+            }
         }
     }
 }
 
-/// One endpoint and how to reach it.
-struct Target<'a> {
-    endpoint: &'a EndpointSettings,
-    name: &'a str,
-    http: &'a reqwest::Client,
-    signer: &'a standardwebhooks::Webhook,
+/// One round for `endpoint` on `clock` (see [`Deliverer::round`]), for a caller that runs
+/// rounds itself (a test, the life simulation). Returns the deliveries attempted; an
+/// endpoint whose secret gives no signer attempts none.
+pub async fn deliver_round(
+    store: &Store,
+    settings: &NotifySettings,
+    sweeper: Option<&Sweeper>,
+    endpoint: &EndpointSettings,
+    clock: &Clock,
+) -> anyhow::Result<usize> {
+    let deliverer = Deliverer::new(
+        store.clone(),
+        settings.clone(),
+        sweeper.cloned(),
+        endpoint.clone(),
+        clock.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot build the HTTP client for endpoint {}",
+            endpoint.name()
+        )
+    })?;
+    match deliverer {
+        Some(d) => Ok(d.round().await?),
+        None => Ok(0),
+    }
 }
 
 /// How long a notice asking a user to act waits for the bank's status to be read after it
@@ -123,12 +179,39 @@ const HOLD_MAX: chrono::Duration = chrono::Duration::minutes(5);
 /// older one of its order key, must not make it spin).
 const NAP: Duration = Duration::from_millis(50);
 
-/// One round: enqueue, then attempt what is due, concurrently (one per order key at most).
-/// A notice asking a user to act is sent only once the bank's status was read after it
-/// was made (read now if need be, at most once a second for the whole daemon; held up to
-/// [`HOLD_MAX`] while `/connectors` cannot be read): an outage found then reclassifies the
-/// connection, and the notice, no longer true, is superseded instead of sent. Returns the
-/// deliveries attempted.
+/// One endpoint and how to reach it.
+struct Target<'a> {
+    endpoint: &'a EndpointSettings,
+    name: &'a str,
+    http: &'a reqwest::Client,
+    signer: &'a standardwebhooks::Webhook,
+    clock: &'a Clock,
+}
+
+impl Deliverer {
+    /// One round: enqueue, then attempt what is due, concurrently (one per order key at
+    /// most). A notice asking a user to act is sent only once the bank's status was read
+    /// after it was made (read now if need be, at most once a second for the whole daemon;
+    /// held up to [`HOLD_MAX`] while `/connectors` cannot be read): an outage found then
+    /// reclassifies the connection, and the notice, no longer true, is superseded instead of
+    /// sent. Returns the deliveries attempted.
+    ///
+    /// The round takes its `now` once, from the clock: what is due, what is held or
+    /// superseded, and the `webhook-timestamp` every send signs with. The sends' outcomes
+    /// are dated once more, when the sends are over: a send may take up to
+    /// `notify.timeout`, and a retry's backoff counts from its failure.
+    pub async fn round(&self) -> crate::store::Result<usize> {
+        let target = Target {
+            endpoint: &self.endpoint,
+            name: &self.name,
+            http: &self.http,
+            signer: &self.signer,
+            clock: &self.clock,
+        };
+        round(&self.store, &self.settings, self.sweeper.as_ref(), &target).await
+    }
+}
+
 async fn round(
     store: &Store,
     settings: &NotifySettings,
@@ -136,7 +219,7 @@ async fn round(
     t: &Target<'_>,
 ) -> crate::store::Result<usize> {
     let (endpoint, name, http, signer) = (t.endpoint, t.name, t.http, t.signer);
-    let now = Utc::now();
+    let now = t.clock.now();
     store
         .enqueue_deliveries(name, &endpoint.events, settings.max_age, now)
         .await?;
@@ -197,13 +280,13 @@ async fn round(
     let mut results = Vec::with_capacity(attempted);
     for phase in [banks, users] {
         let sends = phase.into_iter().map(|d| async move {
-            let result = send(http, &endpoint.url, signer, &d).await;
+            let result = send(http, &endpoint.url, signer, &d, now.timestamp()).await;
             (d, result)
         });
         results.extend(futures_util::future::join_all(sends).await);
     }
+    let now = t.clock.now();
     for (d, result) in results {
-        let now = Utc::now();
         match result {
             Ok(status) => {
                 store.delivery_succeeded(d.id, status, now).await?;
@@ -320,8 +403,8 @@ async fn send(
     url: &url::Url,
     signer: &standardwebhooks::Webhook,
     d: &DueDelivery,
+    ts: i64,
 ) -> Result<u16, (Option<u16>, String)> {
-    let ts = Utc::now().timestamp();
     let signature = signer
         .sign(&d.webhook_id, ts, d.payload.as_bytes())
         .map_err(|e| (None, format!("cannot sign: {e}")))?;

@@ -25,7 +25,7 @@ pub use gates::{
     DecisionKind, Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, UnknownRefreshMode,
     cap_for, decide, not_before,
 };
-pub use pace::{Deferred, Pacer};
+pub use pace::{Deferred, Paced, Pacer};
 pub use spread::{
     TRANSIENT_MAX_RETRIES, TRANSIENT_RETRY_BASE, recovery_delays, transient_retry_delay,
 };

@@ -1,12 +1,14 @@
 //! Following a refresh's job: poll `GET /jobs/{id}` with backoff (from
 //! `follow_poll_initial`, growing to `follow_poll_max`, giving up after `follow_timeout`),
 //! log each step change, store the job, and classify the connection again when it ends.
+//!
+//! The polls wait on the sweeper's clock, and the timeout is counted on it: a driven clock
+//! lets a follower poll (and give up) as fast as it is driven.
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::Refresher;
+use crate::clock;
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
 
 /// How following a job ended.
@@ -31,13 +33,17 @@ pub(super) async fn follow_job(
     let settings = &r.inner.settings;
     let cancel = r.inner.cancel.clone();
     let client = r.inner.sweeper.client().clone();
-    let started = Instant::now();
+    let clock = r.inner.sweeper.clock().clone();
+    let started = clock.now();
+    // Past the timeout, or at a time the clock cannot place after the start (it went back).
+    let timed_out =
+        || clock::age(clock.now(), started).is_none_or(|a| a >= settings.follow_timeout);
     let mut delay = settings.follow_poll_initial;
     let mut seen: Vec<(String, String)> = Vec::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Followed::Cancelled,
-            () = tokio::time::sleep(delay) => {}
+            () = clock.sleep(delay) => {}
         }
         let job = match client.get_job(job_id).await {
             Ok(job) => job,
@@ -47,7 +53,7 @@ pub(super) async fn follow_job(
                     correlation_id = e.correlation_id(), error = %e,
                     "could not read the job; trying again"
                 );
-                if started.elapsed() >= settings.follow_timeout {
+                if timed_out() {
                     tracing::error!(
                         user_id = %user, connection_id = %connection, job_id = %job_id,
                         correlation_id = e.correlation_id(), error = %e,
@@ -98,7 +104,7 @@ pub(super) async fn follow_job(
                 Followed::Unreadable
             };
         }
-        if started.elapsed() >= settings.follow_timeout {
+        if timed_out() {
             tracing::warn!(
                 user_id = %user, connection_id = %connection, job_id = %job_id,
                 "job still running after the follow timeout; the next sweep picks it up"

@@ -4,6 +4,9 @@
 //!
 //! Never calls the bulk endpoint. Knows the store, the client and the sweeper; the decisions
 //! themselves live in `policy`.
+//!
+//! Time is the sweeper's clock: one `now` per attempt (see [`Refresher::request`]), one per
+//! owed connection, and the pacer and the followers wait on it.
 
 mod follow;
 
@@ -22,7 +25,7 @@ use crate::basiq::{self, RefreshOutcome};
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
 use crate::plan::ConnectorStatuses;
 use crate::policy::schedule::Owed;
-use crate::policy::{self, DecisionKind, Denial, Pacer, RefreshFacts, RefreshMode, Trigger};
+use crate::policy::{self, DecisionKind, Denial, Paced, Pacer, RefreshFacts, RefreshMode, Trigger};
 use crate::settings::RefreshSettings;
 use crate::store::ConnectionRow;
 use crate::sweep::{SweepError, Sweeper};
@@ -109,6 +112,7 @@ impl Refresher {
         let pacer = Pacer::new(
             settings.global_per_minute,
             settings.per_institution_per_minute,
+            sweeper.clock().clone(),
         )
         .with_max_jitter(std::time::Duration::from_millis(
             (interval_ms / 4).min(1000),
@@ -178,8 +182,9 @@ impl Refresher {
         dry_run: bool,
         follow: bool,
     ) -> Result<Decision, RefreshError> {
+        let now = self.inner.sweeper.clock().now();
         let decision = match self
-            .attempt(user, connection, trigger, dry_run, follow)
+            .attempt(user, connection, trigger, dry_run, follow, now)
             .await?
         {
             Ok(job_id) => self.decision(user, connection, trigger, dry_run, None, job_id),
@@ -249,6 +254,9 @@ impl Refresher {
         }
     }
 
+    /// One attempt, at `now`: the gates decide on it, and the decision, the reservation and
+    /// the request's outcome are recorded at it. A pacer that made the attempt wait moves
+    /// its `now` to when it let the attempt go (see [`Refresher::attempt_row`]).
     async fn attempt(
         &self,
         user: &UserId,
@@ -256,6 +264,7 @@ impl Refresher {
         trigger: Trigger,
         dry_run: bool,
         follow: bool,
+        now: DateTime<Utc>,
     ) -> Result<Result<Option<JobId>, Gate>, RefreshError> {
         let store = self.inner.sweeper.store();
         let Some(row) = store.connection(connection).await? else {
@@ -270,9 +279,11 @@ impl Refresher {
                 connection_id: connection.clone(),
             });
         }
-        let result = self.attempt_row(&row, trigger, dry_run, follow).await;
+        let mut now = now;
+        let result = self
+            .attempt_row(&row, trigger, dry_run, follow, &mut now)
+            .await;
         if !dry_run {
-            let now = Utc::now();
             let (kind, reason, job) = match &result {
                 Ok(Ok(job)) => (
                     DecisionKind::Refreshed,
@@ -297,19 +308,23 @@ impl Refresher {
         result
     }
 
+    /// The gates, the pace, the reservation and the request, all at `now`. The unit of time
+    /// of an attempt starts when it may go: a pacer that made it wait (up to
+    /// `refresh.max_wait`) sets `now` afresh, and the rest of the attempt (the reservation,
+    /// the outcome, the decision recorded by the caller) is dated by that.
     async fn attempt_row(
         &self,
         row: &ConnectionRow,
         trigger: Trigger,
         dry_run: bool,
         follow: bool,
+        now: &mut DateTime<Utc>,
     ) -> Result<Result<Option<JobId>, Gate>, RefreshError> {
         let store = self.inner.sweeper.store();
         let user = &row.user_id;
         let connection = &row.connection_id;
-        let now = Utc::now();
         let statuses = self.inner.sweeper.connectors().await;
-        let facts = self.facts(row, &statuses, now).await?;
+        let facts = self.facts(row, &statuses, *now).await?;
         if let Err(denial) = policy::decide(trigger, &facts.facts(), &self.inner.settings.limits) {
             let when = policy::not_before(trigger, &facts.facts(), &self.inner.settings.limits);
             return Ok(Err(Gate::Denied(denial, when)));
@@ -317,15 +332,17 @@ impl Refresher {
         if dry_run {
             return Ok(Ok(None));
         }
-        if self
+        match self
             .inner
             .pacer
             .acquire(row.institution_id.as_str(), self.inner.settings.max_wait)
             .await
-            .is_err()
         {
-            return Ok(Err(Gate::Deferred));
+            Err(_) => return Ok(Err(Gate::Deferred)),
+            Ok(Paced::AfterWaiting) => *now = self.inner.sweeper.clock().now(),
+            Ok(Paced::AtOnce) => {}
         }
+        let now = *now;
         // The cap and the floor, atomically and durably, before the request leaves.
         let cap = policy::cap_for(&row.method, trigger, &self.inner.settings.limits);
         let attempt = match store
@@ -334,7 +351,7 @@ impl Refresher {
                 trigger,
                 cap,
                 self.inner.settings.limits.min_interval,
-                Utc::now(),
+                now,
             )
             .await?
         {
@@ -350,7 +367,7 @@ impl Refresher {
                     RefreshOutcome::FoundAfterTimeout(j) => ("found-after-timeout", j.clone()),
                 };
                 store
-                    .finish_refresh(attempt, label, Some(job_id.as_str()), None, Utc::now())
+                    .finish_refresh(attempt, label, Some(job_id.as_str()), None, now)
                     .await?;
                 tracing::info!(
                     event = "refresh_sent",
@@ -377,7 +394,7 @@ impl Refresher {
                     "failed"
                 };
                 store
-                    .finish_refresh(attempt, label, None, status, Utc::now())
+                    .finish_refresh(attempt, label, None, status, now)
                     .await?;
                 tracing::warn!(
                     event = "refresh_failed",
@@ -393,7 +410,6 @@ impl Refresher {
                 if capped {
                     // Basiq's own count includes the partner app's refreshes: no more
                     // attempts until our window has room again (at least an hour).
-                    let now = Utc::now();
                     let (_, _, oldest) = store.refresh_window(connection, now).await?;
                     let until = oldest
                         .map(|o| o + crate::store::refreshes::CAP_WINDOW)
@@ -406,8 +422,7 @@ impl Refresher {
                     // Refused for the user's reason (a 400 `invalid-credentials`): the user
                     // must act now, and nothing is retried automatically.
                     let code = api.code.as_deref().unwrap_or_default();
-                    if let Some(plan) = crate::plan::plan_refresh_rejected(row, code, Utc::now()) {
-                        let now = Utc::now();
+                    if let Some(plan) = crate::plan::plan_refresh_rejected(row, code, now) {
                         store.commit_plan(&plan, now).await?;
                         crate::sweep::emit_notes(plan.notes);
                         return Ok(Err(Gate::Denied(Denial::NeedsUserAction, None)));
@@ -557,9 +572,10 @@ impl Refresher {
         }
         let daily = limits.mode == RefreshMode::Daily;
         let window = self.inner.settings.unattended_window;
+        let clock = self.inner.sweeper.clock();
         if daily {
             for id in store.connections_without_daily_slot(1000).await? {
-                let slot = window.slot(self.inner.seed, id.as_str(), Utc::now());
+                let slot = window.slot(self.inner.seed, id.as_str(), clock.now());
                 store.set_daily_due(&id, Some(slot)).await?;
             }
         }
@@ -568,7 +584,7 @@ impl Refresher {
             if cancel.is_cancelled() {
                 break;
             }
-            let due = store.due_refreshes(Utc::now(), daily, 50).await?;
+            let due = store.due_refreshes(clock.now(), daily, 50).await?;
             if due.is_empty() {
                 break;
             }
@@ -671,6 +687,8 @@ impl Refresher {
         let client = self.inner.sweeper.client();
         let store = self.inner.sweeper.store();
         let connection = client.get_connection(user, connection_id).await?;
+        // One command, one `now`: when the connection was read and the purge decided.
+        let now = self.inner.sweeper.clock().now();
         let institution = Some(connection.institution_id.as_str());
         if connection.status != crate::domain::ConnectionStatus::Active {
             store
@@ -682,7 +700,7 @@ impl Refresher {
                     None,
                     None,
                     Some(connection.status.as_str()),
-                    Utc::now(),
+                    now,
                 )
                 .await?;
             return Ok(PurgeOutcome::NotActive(connection));
@@ -701,7 +719,7 @@ impl Refresher {
                         Some(204),
                         None,
                         None,
-                        Utc::now(),
+                        now,
                     )
                     .await?;
                 tracing::warn!(
@@ -723,7 +741,7 @@ impl Refresher {
                         e.status(),
                         e.correlation_id(),
                         Some(&e.to_string()),
-                        Utc::now(),
+                        now,
                     )
                     .await?;
                 Err(e.into())
@@ -747,7 +765,7 @@ impl Refresher {
         let Some(row) = store.connection(&id).await? else {
             return Ok(Some(false));
         };
-        let now = Utc::now();
+        let now = self.inner.sweeper.clock().now();
         let owed = row.refresh_due.filter(|o| o.at <= now);
         let trigger = owed.map_or(Trigger::Scheduled, |o| o.trigger);
         // Unattended slots outside the window wait for the next one.
@@ -757,7 +775,9 @@ impl Refresher {
                 .await?;
             return Ok(Some(false));
         }
-        let outcome = self.attempt(&row.user_id, &id, trigger, false, true).await;
+        let outcome = self
+            .attempt(&row.user_id, &id, trigger, false, true, now)
+            .await;
         let (sent, retry_at) = match outcome {
             Ok(Ok(job)) => {
                 self.decision(&row.user_id, &id, trigger, false, None, job);

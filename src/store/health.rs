@@ -5,11 +5,13 @@
 //! Only failures of the storage count (a full disk, an I/O or read-only error, a lock held
 //! past `busy_timeout`, a connection that could not be had): a constraint violation is the
 //! caller's mistake, not the disk's. The text kept is SQLite's message, which carries no
-//! bound values, so no secret can reach it.
+//! bound values, so no secret can reach it. `since` is the store's clock's time.
 
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+
+use crate::clock::Clock;
 
 /// Writes are failing: since the first failure after the last success.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,9 +26,18 @@ pub struct Failing {
 #[derive(Debug, Default)]
 pub struct WriteHealth {
     failing: Mutex<Option<Failing>>,
+    clock: Clock,
 }
 
 impl WriteHealth {
+    /// No failure yet; failures are dated by `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            failing: Mutex::default(),
+            clock,
+        }
+    }
+
     /// `Some` while writes fail (the last write that ended failed).
     pub fn failing(&self) -> Option<Failing> {
         self.lock().clone()
@@ -62,7 +73,7 @@ impl WriteHealth {
                     "database writes are failing"
                 );
                 *failing = Some(Failing {
-                    since: Utc::now(),
+                    since: self.clock.now(),
                     failures: 1,
                     error: e.to_string(),
                 });

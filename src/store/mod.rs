@@ -44,6 +44,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqlitePool};
 
+use crate::clock::Clock;
+
 pub use connections::{ConnectionRow, HealthChange};
 pub use connectors::{ConnectorChange, OutageRow};
 pub use health::{Failing, WriteHealth};
@@ -108,6 +110,16 @@ impl Store {
         path: &Path,
         busy_timeout: Duration,
     ) -> std::result::Result<Self, OpenError> {
+        Self::open_with_clock(path, busy_timeout, Clock::system()).await
+    }
+
+    /// As [`Store::open_with`], dating what the store notes by itself (since when writes
+    /// fail) by `clock`.
+    pub async fn open_with_clock(
+        path: &Path,
+        busy_timeout: Duration,
+        clock: Clock,
+    ) -> std::result::Result<Self, OpenError> {
         let fail = |message: String| OpenError {
             path: path.to_owned(),
             message,
@@ -158,7 +170,7 @@ impl Store {
             .map_err(|e| fail(e.to_string()))?;
         let writer = Writer {
             pool: writer,
-            health: Arc::default(),
+            health: Arc::new(WriteHealth::new(clock)),
             groups: Arc::default(),
             notices: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             outbox: Arc::default(),

@@ -10,6 +10,9 @@
 //! all: when the group's write fails for a reason of one plan (not of the storage), the
 //! group is rolled back and every member is planned and committed alone, so one bad plan
 //! fails only its own user.
+//!
+//! Each group is one unit of work: one `now` from the committer's clock plans and writes
+//! all of it. The wait for more plans ([`GROUP_WAIT`]) is the transport's, on tokio's time.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::domain::UserId;
 use crate::plan::{self, ConnectorStatuses, Fetched, GroupMember, PlanSettings, UserPlan};
 use crate::store::{self, Store};
@@ -45,6 +49,7 @@ pub async fn run_committer(
     store: Store,
     settings: CommitSettings,
     mut queue: mpsc::Receiver<PlanRequest>,
+    clock: Clock,
 ) {
     let mut carried: Vec<PlanRequest> = Vec::new();
     loop {
@@ -68,12 +73,12 @@ pub async fn run_committer(
         let (group, later): (Vec<_>, Vec<_>) =
             batch.into_iter().partition(|r| seen.insert(r.user.clone()));
         carried = later;
-        commit(&store, &settings, group).await;
+        commit(&store, &settings, &clock, group).await;
     }
 }
 
-async fn commit(store: &Store, settings: &CommitSettings, group: Vec<PlanRequest>) {
-    match plan_and_write(store, settings, &group).await {
+async fn commit(store: &Store, settings: &CommitSettings, clock: &Clock, group: Vec<PlanRequest>) {
+    match plan_and_write(store, settings, clock, &group).await {
         Ok(plans) => {
             use std::sync::atomic::Ordering::Relaxed;
             let stats = store.group_stats();
@@ -90,7 +95,7 @@ async fn commit(store: &Store, settings: &CommitSettings, group: Vec<PlanRequest
                 "a group commit failed for one of its plans; committing each user alone"
             );
             for request in group {
-                Box::pin(commit(store, settings, vec![request])).await;
+                Box::pin(commit(store, settings, clock, vec![request])).await;
             }
         }
         Err(e) => {
@@ -111,10 +116,11 @@ async fn commit(store: &Store, settings: &CommitSettings, group: Vec<PlanRequest
 async fn plan_and_write(
     store: &Store,
     settings: &CommitSettings,
+    clock: &Clock,
     group: &[PlanRequest],
 ) -> Result<Vec<UserPlan>, sqlx::Error> {
     let mut tx = store.write().await?;
-    let now = Utc::now();
+    let now = clock.now();
     let users: Vec<UserId> = group.iter().map(|r| r.user.clone()).collect();
     let stored = store::connections::load_users(&mut tx, &users, now).await?;
     let members: Vec<GroupMember<'_>> = group

@@ -21,11 +21,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::basiq::{self, Client};
 use crate::classify::{ConnectorView, Health};
+use crate::clock::{self, Clock};
 use crate::domain::{ConnectionId, ConnectorKey, Job, UserId};
 use crate::plan::{self, ConnectorStatuses, Fetched, Note, PlanSettings, UserPlan};
 pub use crate::policy::schedule::AutoRefresh;
@@ -83,19 +83,38 @@ impl SweepError {
     }
 }
 
-/// The cached `/connectors` answer, shared by every task.
+/// The cached `/connectors` answer, shared by every task. Its times are the clock's; an
+/// age below zero (the wall clock went back) counts as expired, never as fresh.
 struct ConnectorCache {
     /// The last successful fetch.
-    fetched_at: Option<Instant>,
-    /// Failed fetches since the last success, and when to try again.
+    fetched_at: Option<DateTime<Utc>>,
+    /// Failed fetches since the last success, and when the last one failed: no fetch for
+    /// [`ConnectorCache::retry_delay`] after it.
     failures: u32,
-    retry_at: Option<Instant>,
+    failed_at: Option<DateTime<Utc>>,
     statuses: ConnectorStatuses,
     /// The newest outbox row when the last successful fetch began: every notification up
     /// to it was made before the statuses were read.
     outbox_mark: i64,
     /// The last fetch forced to confirm a notice ([`Sweeper::connectors_confirm`]).
-    forced_at: Option<Instant>,
+    forced_at: Option<DateTime<Utc>>,
+}
+
+impl ConnectorCache {
+    /// The wait after the last failed fetch: 5 s doubling per failure in a row, at most the
+    /// TTL.
+    fn retry_delay(&self, ttl: Duration) -> Duration {
+        CONNECTORS_RETRY_BASE
+            .checked_mul(2u32.saturating_pow(self.failures.saturating_sub(1).min(20)))
+            .unwrap_or(ttl)
+            .min(ttl)
+    }
+
+    /// A failed fetch is being backed off at `now`.
+    fn backing_off(&self, now: DateTime<Utc>, ttl: Duration) -> bool {
+        self.failed_at
+            .is_some_and(|t| clock::within(now, t, self.retry_delay(ttl)))
+    }
 }
 
 /// Fetches forced to confirm notices are this far apart at least.
@@ -114,11 +133,12 @@ pub struct Progress {
     pub pass_duration: prometheus_client::metrics::histogram::Histogram,
 }
 
-impl Default for Progress {
-    fn default() -> Self {
+impl Progress {
+    /// Progress as of `now` (the sweeper's start).
+    fn new(now: DateTime<Utc>) -> Self {
         Self {
             in_pass: Default::default(),
-            last_progress: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
+            last_progress: std::sync::atomic::AtomicI64::new(now.timestamp()),
             users_swept: Default::default(),
             users_failed: Default::default(),
             users_gone: Default::default(),
@@ -128,18 +148,18 @@ impl Default for Progress {
             ),
         }
     }
-}
 
-impl Progress {
-    fn touch(&self) {
+    fn touch(&self, now: DateTime<Utc>) {
         self.last_progress
-            .store(Utc::now().timestamp(), std::sync::atomic::Ordering::Relaxed);
+            .store(now.timestamp(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 struct Inner {
     store: Store,
     client: Client,
+    /// Where every `now` of the sweep, the connector cache and the group commit comes from.
+    clock: Clock,
     options: SweepOptions,
     seed: u64,
     connectors: Mutex<ConnectorCache>,
@@ -157,7 +177,14 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    pub async fn new(store: Store, client: Client, options: SweepOptions) -> store::Result<Self> {
+    /// `clock` is the time of everything the sweeper does, and of the refresher, followers,
+    /// event processor and deliverers built on it.
+    pub async fn new(
+        store: Store,
+        client: Client,
+        options: SweepOptions,
+        clock: Clock,
+    ) -> store::Result<Self> {
         let seed = store.installation_seed().await?;
         let statuses = store.connector_statuses().await?;
         let fetching = tokio::sync::Semaphore::new(options.concurrency.max(1));
@@ -172,11 +199,18 @@ impl Sweeper {
             outage_window: chrono::Duration::from_std(options.outage_window)
                 .unwrap_or(chrono::Duration::MAX),
         };
-        tokio::spawn(commit::run_committer(store.clone(), commit_settings, queue));
+        tokio::spawn(commit::run_committer(
+            store.clone(),
+            commit_settings,
+            queue,
+            clock.clone(),
+        ));
+        let progress = Progress::new(clock.now());
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 client,
+                clock,
                 options,
                 seed,
                 connectors: Mutex::new(ConnectorCache {
@@ -184,10 +218,10 @@ impl Sweeper {
                     forced_at: None,
                     fetched_at: None,
                     failures: 0,
-                    retry_at: None,
+                    failed_at: None,
                     statuses,
                 }),
-                progress: Progress::default(),
+                progress,
                 fetching,
                 commits,
             }),
@@ -200,6 +234,11 @@ impl Sweeper {
 
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// The one clock: every `now` of the daemon built on this sweeper comes from it.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     pub fn options(&self) -> &SweepOptions {
@@ -232,7 +271,11 @@ impl Sweeper {
 
     /// Registers users at their stable slots.
     pub async fn add_users(&self, ids: &[UserId]) -> store::Result<u64> {
-        let now = Utc::now();
+        self.add_users_at(ids, self.inner.clock.now()).await
+    }
+
+    /// As [`Sweeper::add_users`], within a unit of work that took its `now`.
+    pub async fn add_users_at(&self, ids: &[UserId], now: DateTime<Utc>) -> store::Result<u64> {
         self.inner
             .store
             .add_users(ids, now, |u| self.next_due(u, now))
@@ -252,9 +295,9 @@ impl Sweeper {
     pub async fn connectors(&self) -> ConnectorStatuses {
         let mut cache = self.inner.connectors.lock().await;
         let ttl = self.inner.options.connectors_ttl;
-        let fresh = cache.fetched_at.is_some_and(|t| t.elapsed() < ttl);
-        let backing_off = cache.retry_at.is_some_and(|t| Instant::now() < t);
-        if fresh || backing_off {
+        let now = self.inner.clock.now();
+        let fresh = cache.fetched_at.is_some_and(|t| clock::within(now, t, ttl));
+        if fresh || cache.backing_off(now, ttl) {
             return cache.statuses.clone();
         }
         self.fetch_connectors(&mut cache).await
@@ -268,27 +311,33 @@ impl Sweeper {
         if cache.outbox_mark >= outbox_id {
             return true;
         }
-        let backing_off = cache.retry_at.is_some_and(|t| Instant::now() < t);
-        let recent = cache.forced_at.is_some_and(|t| t.elapsed() < CONFIRM_EVERY);
+        let now = self.inner.clock.now();
+        let backing_off = cache.backing_off(now, self.inner.options.connectors_ttl);
+        let recent = cache
+            .forced_at
+            .is_some_and(|t| clock::within(now, t, CONFIRM_EVERY));
         if backing_off || recent {
             return false;
         }
-        cache.forced_at = Some(Instant::now());
+        cache.forced_at = Some(now);
         self.fetch_connectors(&mut cache).await;
         cache.outbox_mark >= outbox_id
     }
 
     async fn fetch_connectors(&self, cache: &mut ConnectorCache) -> ConnectorStatuses {
         let mark = self.inner.store.newest_outbox_id().await.unwrap_or(0);
-        match self.inner.client.list_connectors().await {
+        let listed = self.inner.client.list_connectors().await;
+        // The read's time is when Basiq answered: a failed read may have taken its retries'
+        // time, and its backoff starts from its end.
+        let now = self.inner.clock.now();
+        match listed {
             Ok(list) => {
-                let now = Utc::now();
                 match self.inner.store.record_connectors(&list, now).await {
                     Ok(changes) => {
-                        cache.fetched_at = Some(Instant::now());
+                        cache.fetched_at = Some(now);
                         cache.outbox_mark = cache.outbox_mark.max(mark);
                         cache.failures = 0;
-                        cache.retry_at = None;
+                        cache.failed_at = None;
                         cache.statuses.known = true;
                         for c in &list {
                             cache.statuses.statuses.insert(
@@ -316,7 +365,7 @@ impl Sweeper {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "could not store connector statuses");
-                        self.connectors_failed(cache);
+                        connectors_failed(cache, now);
                     }
                 }
             }
@@ -327,20 +376,10 @@ impl Sweeper {
                     known = cache.statuses.known,
                     "could not fetch /connectors; using the last known statuses"
                 );
-                self.connectors_failed(cache);
+                connectors_failed(cache, now);
             }
         }
         cache.statuses.clone()
-    }
-
-    fn connectors_failed(&self, cache: &mut ConnectorCache) {
-        cache.failures = cache.failures.saturating_add(1);
-        let ttl = self.inner.options.connectors_ttl;
-        let delay = CONNECTORS_RETRY_BASE
-            .checked_mul(2u32.saturating_pow(cache.failures.saturating_sub(1).min(20)))
-            .unwrap_or(ttl)
-            .min(ttl);
-        cache.retry_at = Some(Instant::now() + delay);
     }
 
     /// The connector view and inferred-outage flag of one stored connection, for the gates.
@@ -368,7 +407,8 @@ impl Sweeper {
         let window = chrono::Duration::from_std(self.inner.options.outage_window)
             .unwrap_or(chrono::Duration::MAX);
         loop {
-            let now = Utc::now();
+            // One batch, one unit of work: one `now`.
+            let now = self.inner.clock.now();
             let mut tx = self.inner.store.write().await?;
             let Some(mut job) = store::connectors::next_reclassify(&mut tx).await? else {
                 tx.rollback().await?;
@@ -459,7 +499,7 @@ impl Sweeper {
             Ok(c) => c,
             // Only Basiq's own `resource-not-found`: a gateway's 404 is retried, never gone.
             Err(basiq::Error::NotFound { api }) => {
-                store.mark_gone(user, Utc::now()).await?;
+                store.mark_gone(user, self.inner.clock.now()).await?;
                 tracing::warn!(
                     event = "user_gone",
                     user_id = %user,
@@ -481,7 +521,9 @@ impl Sweeper {
             connections: connections.items,
             jobs,
         };
-        let now = Utc::now();
+        // The user's next slot counts from the end of its fetches (the group commit takes
+        // its own `now` for the plan).
+        let now = self.inner.clock.now();
         let next = self.next_due(user, now);
         // Plan and commit.
         let plan = self
@@ -601,12 +643,12 @@ impl Sweeper {
         progress
             .in_pass
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        progress.touch();
+        progress.touch(self.inner.clock.now());
         let result = self.run_pass_inner(trigger, source, cancel).await;
         progress
             .in_pass
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        progress.touch();
+        progress.touch(self.inner.clock.now());
         result
     }
 
@@ -618,8 +660,10 @@ impl Sweeper {
     ) -> store::Result<SweepCounts> {
         let store = &self.inner.store;
         let progress = &self.inner.progress;
-        let started = Instant::now();
-        let sweep_id = store.start_sweep(trigger, Utc::now()).await?;
+        let clock = &self.inner.clock;
+        // Measured, not decided: the pass's duration for the histogram and the log line.
+        let started = std::time::Instant::now();
+        let sweep_id = store.start_sweep(trigger, clock.now()).await?;
         let mut counts = SweepCounts::default();
         if !trigger_is_named(trigger) {
             // Connector statuses move without any user being due (an outage ends): read them
@@ -647,7 +691,7 @@ impl Sweeper {
                 },
                 Source::Due => {
                     store
-                        .due_users(Utc::now(), self.inner.options.batch_size)
+                        .due_users(clock.now(), self.inner.options.batch_size)
                         .await?
                 }
                 Source::All { after } => {
@@ -683,7 +727,7 @@ impl Sweeper {
                         // Postponed here, inside the user's own future: awaiting a write in
                         // the loop below would stop polling the users in flight, and one of
                         // them may hold the write lock this write waits for.
-                        let retry = Utc::now()
+                        let retry = clock.now()
                             + chrono::Duration::from_std(self.inner.options.retry_after)
                                 .unwrap_or_default();
                         if let Err(e) = self.inner.store.set_next_due(&user, retry).await {
@@ -755,7 +799,10 @@ impl Sweeper {
                 cause: store::AbortCause::Database,
                 error: e.to_string(),
             });
-            store.finish_sweep(sweep_id, &counts, Utc::now()).await.ok();
+            store
+                .finish_sweep(sweep_id, &counts, clock.now())
+                .await
+                .ok();
             return Err(e);
         }
         if let Some(e) = &auth_failure {
@@ -774,7 +821,7 @@ impl Sweeper {
                 "Basiq refused the API key: the sweep pass stops; the next pass tries again"
             );
         }
-        store.finish_sweep(sweep_id, &counts, Utc::now()).await?;
+        store.finish_sweep(sweep_id, &counts, clock.now()).await?;
         progress.passes.inc();
         progress
             .pass_duration
@@ -803,8 +850,9 @@ impl Sweeper {
     /// Returns whether a sweep ran.
     pub async fn login_check(&self, user: &UserId) -> Result<bool, SweepError> {
         let store = &self.inner.store;
+        let now = self.inner.clock.now();
         if store.get_user(user).await?.is_none() {
-            self.add_users(std::slice::from_ref(user)).await?;
+            self.add_users_at(std::slice::from_ref(user), now).await?;
         }
         let row = store.get_user(user).await?;
         let min =
@@ -814,13 +862,19 @@ impl Sweeper {
         let recent = row
             .filter(|r| r.gone_at.is_none())
             .and_then(|r| r.last_swept_at)
-            .is_some_and(|t| Utc::now() - t < min);
+            .is_some_and(|t| now - t < min);
         if recent {
             return Ok(false);
         }
         self.sweep_user(user).await?;
         Ok(true)
     }
+}
+
+/// A fetch of `/connectors` failed at `now`: the next waits [`ConnectorCache::retry_delay`].
+fn connectors_failed(cache: &mut ConnectorCache, now: DateTime<Utc>) {
+    cache.failures = cache.failures.saturating_add(1);
+    cache.failed_at = Some(now);
 }
 
 /// Where a pass takes its users from.

@@ -81,7 +81,7 @@ pub async fn run_scheduler(
                     if tick.is_none() {
                         break;
                     }
-                    state.last_tick.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+                    state.last_tick.store(sweeper.clock().now().timestamp(), Ordering::Relaxed);
                     if let Err(e) = sweeper.run_pass("tick", None, &cancel).await {
                         tracing::error!(
                             event = "sweep_failed",

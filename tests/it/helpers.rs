@@ -169,6 +169,23 @@ pub async fn sweeper_for(
         .expect("sweeper builds")
 }
 
+/// As [`sweeper_for`], on `clock` (a manual one drives the daemon's time).
+pub async fn sweeper_on(
+    sim: &RunningSim,
+    db: &std::path::Path,
+    extra: &str,
+    clock: basiq_health::clock::Clock,
+) -> basiq_health::sweep::Sweeper {
+    let settings = settings_for(sim, db, extra);
+    basiq_health::app::build_sweeper_with_clock(
+        &settings,
+        SecretString::from(sim.sim.api_key()),
+        clock,
+    )
+    .await
+    .expect("sweeper builds")
+}
+
 /// A simulator with no seeded users, for scripted cases.
 pub async fn empty_sim() -> RunningSim {
     let mut config = sim_config();

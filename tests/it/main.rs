@@ -4,6 +4,7 @@
 mod answers;
 mod cli;
 mod client;
+mod clock;
 mod commands;
 mod disk;
 mod events;
