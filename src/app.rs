@@ -229,6 +229,57 @@ impl App {
 
     /// Events in and out: the inbox processor, the webhook receiver, the `/events` poll and
     /// the notification deliverers.
+    /// The webhook receiver on `listener`, until `cancel`.
+    fn spawn_receiver(
+        &self,
+        listener: TcpListener,
+        wake: Arc<tokio::sync::Notify>,
+        cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let verifiers: Vec<_> = self
+            .settings
+            .webhooks
+            .secrets
+            .iter()
+            .filter_map(crate::settings::WebhookSecret::webhook)
+            .collect();
+        let state = crate::events::receiver::ReceiverState {
+            store: self.sweeper.store().clone(),
+            verifiers: Arc::new(verifiers),
+            wake,
+            stats: self.receiver_stats.clone(),
+            clock: self.sweeper.clock().clone(),
+        };
+        let max_body = usize::try_from(self.settings.webhooks.max_body).unwrap_or(65_536);
+        let cancel = cancel.clone();
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(event = "webhooks_listening", addr = %addr, path = crate::events::receiver::PATH, "receiving Basiq's webhooks");
+        }
+        tokio::spawn(async move {
+            let served = axum::serve(listener, crate::events::receiver::router(state, max_body))
+                .with_graceful_shutdown(async move { cancel.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "webhook receiver stopped with an error");
+            }
+        })
+    }
+
+    /// Serves the webhook receiver alone until `cancel` (a caller that runs the other units
+    /// itself: the life simulation); its address, or `None` when `webhooks.listen` is off.
+    /// What it stores waits in the inbox for [`crate::events::process::Processor`].
+    pub fn serve_webhooks(&mut self, cancel: &CancellationToken) -> Option<SocketAddr> {
+        let listener = self.webhook_listener.take()?;
+        let addr = listener.local_addr().ok()?;
+        self.spawn_receiver(listener, Arc::default(), cancel);
+        Some(addr)
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn spawn_events(
         &self,
         webhook_listener: Option<TcpListener>,
@@ -243,34 +294,7 @@ impl App {
         };
         tasks.push(tokio::spawn(processor.run(cancel.clone())));
         if let Some(listener) = webhook_listener {
-            let verifiers: Vec<_> = self
-                .settings
-                .webhooks
-                .secrets
-                .iter()
-                .filter_map(crate::settings::WebhookSecret::webhook)
-                .collect();
-            let state = crate::events::receiver::ReceiverState {
-                store: self.sweeper.store().clone(),
-                verifiers: Arc::new(verifiers),
-                wake: wake.clone(),
-                stats: self.receiver_stats.clone(),
-                clock: self.sweeper.clock().clone(),
-            };
-            let max_body = usize::try_from(self.settings.webhooks.max_body).unwrap_or(65_536);
-            let cancel = cancel.clone();
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(event = "webhooks_listening", addr = %addr, path = crate::events::receiver::PATH, "receiving Basiq's webhooks");
-            }
-            tasks.push(tokio::spawn(async move {
-                let served =
-                    axum::serve(listener, crate::events::receiver::router(state, max_body))
-                        .with_graceful_shutdown(async move { cancel.cancelled().await })
-                        .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "webhook receiver stopped with an error");
-                }
-            }));
+            tasks.push(self.spawn_receiver(listener, wake.clone(), cancel));
         }
         if let Some(interval) = self.settings.webhooks.poll_interval {
             let client = self.sweeper.client().clone();

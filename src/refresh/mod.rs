@@ -153,6 +153,11 @@ impl Refresher {
         self.inner.deferred.load(Ordering::Relaxed)
     }
 
+    /// Jobs being followed now.
+    pub fn followers_in_flight(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
     /// How many followed jobs were not read to their end (`refresh --follow` exits 1).
     pub fn unfinished_follows(&self) -> u64 {
         self.inner.unfinished_follows.load(Ordering::Relaxed)
