@@ -435,6 +435,63 @@ pub fn match_jobs(connections: &[Connection], jobs: &[Job]) -> Vec<Option<Connec
         .collect()
 }
 
+/// What one read of Basiq said of a connection, for a refresh decided before the read is
+/// committed: its status, `lastUsed`, and its newest job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fresh {
+    pub status: crate::domain::ConnectionStatus,
+    pub last_used: Option<DateTime<Utc>>,
+    pub newest_job: Option<(String, NewestJob)>,
+}
+
+impl Fresh {
+    /// The row as it will be once this read is committed, as far as the gates look.
+    pub fn overlay(&self, row: &ConnectionRow) -> ConnectionRow {
+        let mut row = row.clone();
+        row.status = self.status.clone();
+        row.last_used = row.last_used.max(self.last_used);
+        if let Some((id, job)) = &self.newest_job {
+            let newer = row
+                .newest_job
+                .as_ref()
+                .is_none_or(|had| job.created >= had.created);
+            if newer {
+                row.newest_job_id = Some(id.clone());
+                row.newest_job = Some(job.clone());
+            }
+        }
+        row
+    }
+}
+
+/// What a fetch says of each connection it names.
+pub fn freshest(fetched: &Fetched) -> Vec<(ConnectionId, Fresh)> {
+    let matched = match_jobs(&fetched.connections, &fetched.jobs);
+    let mut newest: HashMap<&ConnectionId, &Job> = HashMap::new();
+    for (job, connection) in fetched.jobs.iter().zip(&matched) {
+        if let Some(c) = connection {
+            let entry = newest.entry(c).or_insert(job);
+            if job.created > entry.created {
+                *entry = job;
+            }
+        }
+    }
+    fetched
+        .connections
+        .iter()
+        .map(|c| {
+            let fresh = Fresh {
+                status: c.status.clone(),
+                last_used: c.last_used,
+                newest_job: newest
+                    .get(&c.id)
+                    .map(|j| (j.id.as_str().to_owned(), newest_of(j))),
+            };
+            (c.id.clone(), fresh)
+        })
+        .collect()
+}
+
 /// A job snapshot older than the stored one, or a finished job seen running again, is not
 /// news.
 fn is_backwards(job: &Job, stored: Option<&StoredJob>) -> bool {

@@ -328,11 +328,8 @@ impl Refresher {
         let store = self.inner.sweeper.store();
         let user = &row.user_id;
         let connection = &row.connection_id;
-        let statuses = self.inner.sweeper.connectors().await;
-        let facts = self.facts(row, &statuses, *now).await?;
-        if let Err(denial) = policy::decide(trigger, &facts.facts(), &self.inner.settings.limits) {
-            let when = policy::not_before(trigger, &facts.facts(), &self.inner.settings.limits);
-            return Ok(Err(Gate::Denied(denial, when)));
+        if let Err(gate) = self.gate(row, trigger, *now).await? {
+            return Ok(Err(gate));
         }
         if dry_run {
             return Ok(Ok(None));
@@ -344,7 +341,15 @@ impl Refresher {
             .await
         {
             Err(_) => return Ok(Err(Gate::Deferred)),
-            Ok(Paced::AfterWaiting) => *now = self.inner.sweeper.clock().now(),
+            Ok(Paced::AfterWaiting) => {
+                // Decided when acting, not only when planning: what a sweep read while the
+                // pace held this refresh back (a success, `lastUsed`) is decided on again.
+                *now = self.inner.sweeper.clock().now();
+                let row = store.connection(connection).await?.unwrap_or_else(|| row.clone());
+                if let Err(gate) = self.gate(&row, trigger, *now).await? {
+                    return Ok(Err(gate));
+                }
+            }
             Ok(Paced::AtOnce) => {}
         }
         let now = *now;
@@ -442,6 +447,23 @@ impl Refresher {
                 Err(e.into())
             }
         }
+    }
+
+    /// The gates on the newest facts: the stored row with what this process read and has
+    /// not committed yet, the connector statuses, the cap's window.
+    async fn gate(
+        &self,
+        row: &ConnectionRow,
+        trigger: Trigger,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), Gate>, RefreshError> {
+        let row = self.inner.sweeper.freshest(row);
+        let statuses = self.inner.sweeper.connectors().await;
+        let facts = self.facts(&row, &statuses, now).await?;
+        let limits = &self.inner.settings.limits;
+        Ok(policy::decide(trigger, &facts.facts(), limits).map_err(|denial| {
+            Gate::Denied(denial, policy::not_before(trigger, &facts.facts(), limits))
+        }))
     }
 
     /// Everything the gates look at for one stored connection, from the store and the

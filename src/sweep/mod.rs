@@ -11,6 +11,7 @@
 //! done in small batches, each its own plan and transaction.
 
 mod commit;
+mod reads;
 pub mod schedule;
 mod worker;
 
@@ -168,6 +169,8 @@ struct Inner {
     fetching: tokio::sync::Semaphore,
     /// To the group committer.
     commits: tokio::sync::mpsc::Sender<commit::PlanRequest>,
+    /// Reads not committed yet, for the refreshes decided meanwhile.
+    reads: reads::FreshReads,
 }
 
 /// Sweeps users; cheap to clone.
@@ -224,6 +227,7 @@ impl Sweeper {
                 progress,
                 fetching,
                 commits,
+                reads: reads::FreshReads::default(),
             }),
         })
     }
@@ -280,6 +284,12 @@ impl Sweeper {
             .store
             .add_users(ids, now, |u| self.next_due(u, now))
             .await
+    }
+
+    /// The connection as the gates should see it: the stored row with what a read of this
+    /// process not yet committed says (its status, `lastUsed`, its newest job).
+    pub fn freshest(&self, row: &ConnectionRow) -> ConnectionRow {
+        self.inner.reads.overlay(row)
     }
 
     /// The last known connector statuses, without asking Basiq.
@@ -550,6 +560,8 @@ impl Sweeper {
         statuses: ConnectorStatuses,
         next_due_at: Option<DateTime<Utc>>,
     ) -> Result<UserPlan, SweepError> {
+        // Until the commit, a refresh decided meanwhile sees what this read said.
+        let _held = self.inner.reads.hold(plan::freshest(&fetched));
         let (reply, replied) = tokio::sync::oneshot::channel();
         let request = commit::PlanRequest {
             user: user.clone(),

@@ -12,7 +12,7 @@ async fn three_days_of_a_scripted_world_keep_every_promise() {
     for seed in SEEDS {
         let config = life::LifeConfig {
             step: std::time::Duration::from_secs(120),
-            ..life::LifeConfig::new(60, 3, seed)
+            ..life::LifeConfig::new(100, 3, seed)
         };
         let report = life::run(&config).await.expect("the life simulation runs");
         println!("seed {seed}\n{}", report.table());

@@ -190,7 +190,12 @@ impl<'a> Facts<'a> {
             .world
             .users
             .iter()
-            .map(|u| (u.id.clone(), run.sim.reads_of(&u.id)))
+            .map(|u| u.id.clone())
+            .chain(connections.keys().cloned())
+            .map(|id| {
+                let reads = run.sim.reads_of(&id);
+                (id, reads)
+            })
             .collect();
         let mut facts = Facts {
             run,
@@ -290,10 +295,17 @@ impl<'a> Facts<'a> {
             .map(|c| (c.institution_id.clone(), key_of(&c.method)))
     }
 
-    /// The last read of the connection's user at or before `t`.
+    /// The last read at or before `t` that told of the connection: its user's lists, or the
+    /// connection alone.
     fn known_at(&self, connection: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let user = &self.connections.get(connection)?.user_id;
-        self.reads.get(user)?.iter().filter(|r| **r <= t).max().copied()
+        [user.as_str(), connection]
+            .into_iter()
+            .filter_map(|id| self.reads.get(id))
+            .flatten()
+            .filter(|r| **r <= t)
+            .max()
+            .copied()
     }
 
     /// The newest activity of the connection (a job's start or end, a success's end) the
@@ -307,7 +319,8 @@ impl<'a> Facts<'a> {
             return (None, None);
         };
         let jobs = self.jobs_of.get(connection).map(Vec::as_slice).unwrap_or_default();
-        let seen = jobs.iter().filter(|j| j.created <= known);
+        // Jobs started before `t`: the refresh made at `t` is ours, not news.
+        let seen = jobs.iter().filter(|j| j.created <= known && j.created < t);
         let activity = seen
             .clone()
             .map(|j| j.ended.filter(|e| *e <= known).unwrap_or(j.created))
@@ -427,13 +440,20 @@ fn episodes(f: &Facts<'_>) -> Vec<Episode> {
         }
     }
     for t in &f.run.world.timeline {
-        if let WorldEvent::ConsentRevoked { connection_id, .. }
-        | WorldEvent::ConsentExpired { connection_id, .. } = &t.event
+        if let WorldEvent::ConsentRevoked { user_id } | WorldEvent::ConsentExpired { user_id } =
+            &t.event
         {
-            marks
-                .entry(connection_id.clone())
-                .or_default()
-                .push((t.at, Some(format!("{:?}", t.event).chars().take(20).collect())));
+            let open_banking = f
+                .connections
+                .iter()
+                .filter(|(_, c)| c.user_id == *user_id && key_of(&c.method) == "open-banking");
+            for (connection, _) in open_banking {
+                let cause = format!("{:?}", t.event).chars().take(16).collect();
+                marks
+                    .entry(connection.clone())
+                    .or_default()
+                    .push((t.at, Some(cause)));
+            }
         }
     }
     let mut out = Vec::new();
@@ -495,6 +515,27 @@ fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
         .cloned()
 }
 
+/// Whether the daemon could know that the bank was down when `job` ran: `/connectors` said
+/// so, or it inferred an outage whose window covers the job. A bank that fails with no
+/// witness at all (not told, not inferred) cannot be told from a user's failure.
+fn bank_known_down(f: &Facts<'_>, job: &JobRecord) -> bool {
+    let Some(key) = f.key(&job.connection_id) else {
+        return false;
+    };
+    let end = job.ended.unwrap_or(job.created);
+    let told = f.world_outages.get(&key).into_iter().flatten().any(|(down, up, told)| {
+        *told && *down <= end && job.created <= *up
+    });
+    let window = TimeDelta::from_std(f.run.app.settings().outage.window).unwrap_or_default();
+    let inferred = f.outages.iter().any(|o| {
+        o.key == key
+            && o.source == "inferred"
+            && o.started - window <= end
+            && o.ended.is_none_or(|e| job.created <= e)
+    });
+    told || inferred
+}
+
 fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
     for s in f.sent.iter().filter(|s| s.asks() && delivered(s)) {
         row.checked += 1;
@@ -503,7 +544,7 @@ fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
         let reason = s.payload["data"]["reason"].as_str().unwrap_or_default();
         let by_job = job.filter(|j| !j.success && j.code.as_deref() == Some(reason));
         let justified = match by_job {
-            Some(j) => j.users_fault,
+            Some(j) => j.users_fault || !bank_known_down(f, j),
             None => f.episode_at(connection, s.created, TimeDelta::minutes(10)).is_some(),
         };
         if !justified {
@@ -614,7 +655,7 @@ fn no_blame_for_the_bank(f: &Facts<'_>, row: &mut Row) {
             continue;
         };
         let about_job = c.reason.as_deref() == job.code.as_deref();
-        if about_job && !job.success && !job.users_fault {
+        if about_job && !job.success && !job.users_fault && bank_known_down(f, job) {
             row.breaches.push(format!(
                 "{} action-required at {} for job {} ({:?}), the bank's failure:{}",
                 c.connection_id,
@@ -860,11 +901,14 @@ fn p3(f: &Facts<'_>, report: &mut Report) {
             .breaches
             .push(format!("{} reads of /connectors, at most {allowed} expected", n(basiq_sim::Route::Connectors)));
     }
-    let tokens = report.row("P3", "one token per hour");
+    // A token lives an hour and is replaced 5 minutes before it ends.
+    let tokens = report.row("P3", "one token per hour (each replaced 5 min early)");
     tokens.checked = 1;
-    let hours = span.num_hours() as u64 + 1;
-    if counters.token_calls > hours {
-        tokens.breaches.push(format!("{} tokens in {hours} hours", counters.token_calls));
+    let allowed = (span.num_minutes() / 55) as u64 + 1;
+    if counters.token_calls > allowed {
+        tokens
+            .breaches
+            .push(format!("{} tokens in {} hours (at most {allowed})", counters.token_calls, span.num_hours()));
     }
 }
 
@@ -952,6 +996,13 @@ fn figures(f: &Facts<'_>, report: &mut Report) {
         })
         .count();
     report.figure("asks delivered (within 60 s of the failure)", format!("{} ({fast})", asks.len()));
+    let blind = asks
+        .iter()
+        .filter_map(|s| change_of(f, s)?.job_id)
+        .filter_map(|j| f.jobs.get(&j))
+        .filter(|j| !j.users_fault && !j.success)
+        .count();
+    report.figure("asks about a bank failure no witness showed", blind);
     let mut by_trigger: BTreeMap<String, u64> = BTreeMap::new();
     for (c, t) in &f.refreshes {
         *by_trigger.entry(trigger_of(f, c, *t)).or_default() += 1;

@@ -212,6 +212,7 @@ async fn drive(run: &mut Run, clock: &Clock) -> anyhow::Result<()> {
             next_event += 1;
             happen(run, &event).await;
         }
+        run.sim.tick();
         run.sim.webhooks_settled().await;
         let cancel = CancellationToken::new();
         while processor.process_pending(&cancel).await? > 0 {}

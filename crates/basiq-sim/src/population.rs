@@ -118,6 +118,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         world: cfg.world,
         reads: HashMap::new(),
         bank_failing: HashMap::new(),
+        basiq_retries: Vec::new(),
     };
 
     let mut by_user: Vec<Vec<&Slot>> = vec![Vec::new(); users.len()];

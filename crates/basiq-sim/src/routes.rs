@@ -183,13 +183,15 @@ impl Simulator {
                 }
             }
             Route::Connections | Route::Jobs | Route::Connection if st.world => {
-                if let Some(user) = path
-                    .strip_prefix("/users/")
-                    .and_then(|p| p.split('/').next())
-                {
-                    let now = self.now();
-                    st.reads.entry(user.to_owned()).or_default().push(now);
-                }
+                // A list tells of every connection of the user; one connection of itself.
+                let mut parts = path.trim_start_matches("/users/").split('/');
+                let user = parts.next().unwrap_or_default();
+                let key = match (route, parts.nth(1)) {
+                    (Route::Connection, Some(connection)) => connection.to_owned(),
+                    _ => user.to_owned(),
+                };
+                let now = self.now();
+                st.reads.entry(key).or_default().push(now);
             }
             _ => {}
         }

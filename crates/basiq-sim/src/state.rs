@@ -72,6 +72,8 @@ pub(super) struct State {
     /// Connectors whose bank fails every job while set (an outage, whether `/connectors`
     /// says so or not), by (institution id, method).
     pub bank_failing: HashMap<(String, String), BankFailing>,
+    /// World mode: Basiq's own retries of its failed updates, (when, user, connection).
+    pub basiq_retries: Vec<(DateTime<Utc>, String, String)>,
 }
 
 /// A bank failing every job at one connector.
@@ -482,7 +484,7 @@ impl State {
             .collect();
         done.sort();
         for (finished_at, i) in done {
-            let (user_id, connection_id, outcome, invalidates) = {
+            let (user_id, connection_id, outcome, invalidates, origin) = {
                 let job = &mut self.jobs[i];
                 if let Timing::Live { applied, .. } = &mut job.timing {
                     *applied = true;
@@ -493,8 +495,19 @@ impl State {
                     job.connection_id.clone(),
                     job.outcome.clone(),
                     job.invalidates,
+                    job.origin,
                 )
             };
+            // Basiq retries a failed update of its own every 2 hours (not one the user must
+            // act on).
+            let failed = matches!(outcome, Outcome::Fail { .. });
+            if self.world && failed && !invalidates && origin == super::JobOrigin::Basiq {
+                self.basiq_retries.push((
+                    finished_at + TimeDelta::hours(2),
+                    user_id.clone(),
+                    connection_id.clone(),
+                ));
+            }
             let world = self.world;
             let Some(conn) = self
                 .user_mut(&user_id)

@@ -80,16 +80,15 @@ pub enum WorldEvent {
         user_id: String,
         connection_id: String,
     },
-    /// The user revokes the consent (`consent.revoked`).
-    ConsentRevoked {
-        user_id: String,
-        connection_id: String,
-    },
-    /// The consent reaches its end (`consent.expired`).
-    ConsentExpired {
-        user_id: String,
-        connection_id: String,
-    },
+    /// The user revokes their consent (`consent.revoked`): every open-banking connection of
+    /// theirs stops.
+    ConsentRevoked { user_id: String },
+    /// The user's consent reaches its end (`consent.expired`), the `expiryDate` of every
+    /// open-banking connection of theirs.
+    ConsentExpired { user_id: String },
+    /// The user consents again: every open-banking connection of theirs is active with a new
+    /// consent, and a job of theirs succeeds (`consent.created`).
+    Reconsented { user_id: String },
     /// The user fixes what was asked (new credentials, the message cleared, a new consent):
     /// the connection is active again and a job of theirs succeeds (`connection.activated`).
     Reconnected {
@@ -107,8 +106,6 @@ impl WorldEvent {
             Self::BasiqUpdate { connection_id, .. }
             | Self::PasswordChanged { connection_id, .. }
             | Self::BankMessage { connection_id, .. }
-            | Self::ConsentRevoked { connection_id, .. }
-            | Self::ConsentExpired { connection_id, .. }
             | Self::Reconnected { connection_id, .. } => Some(connection_id),
             _ => None,
         }
@@ -153,11 +150,29 @@ fn secs(rng: &mut StdRng, low: i64, high: i64) -> TimeDelta {
 fn make_user(rng: &mut StdRng, config: &WorldConfig) -> WorldUser {
     let id = uuid(rng);
     let n = rng.random_range(1..=3usize);
-    let mut banks: Vec<&str> = INSTITUTIONS.iter().map(|i| i.id).collect();
+    // Banks are not equally popular: the first has a third of the connections.
+    let mut banks: Vec<(&str, u32)> = INSTITUTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.id, if i == 0 { 5 } else { 2 }))
+        .collect();
     let mut connections = Vec::new();
+    // A sixth of the users' consents end during the run (one consent, all their banks).
+    let run = i64::from(config.days) * 24 * HOUR;
+    let consent_ends =
+        rng.random_ratio(1, 6).then(|| config.start + secs(rng, 6 * HOUR, run.max(7 * HOUR)));
     for _ in 0..n {
-        let at = rng.random_range(0..banks.len());
-        let institution = banks.swap_remove(at);
+        let total: u32 = banks.iter().map(|(_, w)| w).sum();
+        let mut pick = rng.random_range(0..total);
+        let at = banks
+            .iter()
+            .position(|(_, w)| {
+                let here = pick < *w;
+                pick = pick.saturating_sub(*w);
+                here
+            })
+            .unwrap_or(0);
+        let (institution, _) = banks.swap_remove(at);
         let method = if rng.random_bool(0.5) {
             "open-banking"
         } else {
@@ -166,11 +181,8 @@ fn make_user(rng: &mut StdRng, config: &WorldConfig) -> WorldUser {
         let mut c = ScriptedConnection::new_at(institution, method, config.start);
         c.id = uuid(rng);
         c.last_used = Some(config.start - secs(rng, HOUR, 20 * HOUR));
-        if let Some(expiry) = c.expiry.as_mut()
-            && rng.random_ratio(1, 6)
-        {
-            let run = i64::from(config.days) * 24 * HOUR;
-            *expiry = config.start + secs(rng, 6 * HOUR, run.max(7 * HOUR));
+        if let (Some(expiry), Some(ends)) = (c.expiry.as_mut(), consent_ends) {
+            *expiry = ends;
         }
         connections.push(c);
     }
@@ -210,8 +222,8 @@ pub fn asks_code(c: &ScriptedConnection) -> bool {
     })
 }
 
-/// About one outage a day: every other one told by `/connectors`, the others only seen in
-/// the jobs failing (at the busiest connectors, so the daemon can infer them).
+/// Two outages a day: one told by `/connectors`, one only seen in the jobs failing (at the
+/// two busiest connectors in turn, so the daemon can infer it).
 fn outages(rng: &mut StdRng, config: &WorldConfig, users: &[WorldUser], out: &mut Vec<Timed>) {
     let mut busiest: Vec<((String, String), usize)> = Vec::new();
     for c in users.iter().flat_map(|u| &u.connections) {
@@ -222,18 +234,18 @@ fn outages(rng: &mut StdRng, config: &WorldConfig, users: &[WorldUser], out: &mu
         }
     }
     busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    for day in 0..i64::from(config.days) {
-        let told = day % 2 == 0;
+    for half in 0..i64::from(config.days) * 2 {
+        let (day, told) = (half / 2, half % 2 == 0);
         let pick = if told {
             busiest.choose(rng)
         } else {
-            busiest.get(usize::try_from(day / 2).unwrap_or(0) % busiest.len().clamp(1, 2))
+            busiest.get(usize::try_from(day).unwrap_or(0) % busiest.len().clamp(1, 2))
         };
         let Some(((institution_id, method), _)) = pick.cloned() else {
             continue;
         };
         let at = config.start + TimeDelta::days(day) + secs(rng, 2 * HOUR, 20 * HOUR);
-        let hours = if told { (1, 5) } else { (4, 8) };
+        let hours = if told { (1, 5) } else { (5, 9) };
         let length = secs(rng, hours.0 * HOUR, hours.1 * HOUR);
         out.push(Timed {
             at,
@@ -268,12 +280,18 @@ fn user_life(rng: &mut StdRng, config: &WorldConfig, user: &WorldUser, out: &mut
         });
         at += secs(rng, 10 * HOUR, 40 * HOUR);
     }
+    let consent_expiry = user
+        .connections
+        .iter()
+        .filter_map(|c| c.expiry)
+        .filter(|e| *e < end)
+        .min();
+    if let Some(expiry) = consent_expiry {
+        consent_end(rng, user, expiry, false, out);
+    }
+    let days = i64::from(config.days);
     for c in &user.connections {
-        if let Some(expiry) = c.expiry.filter(|e| *e < end) {
-            consent_end(rng, user, c, expiry, false, out);
-        }
         // About one incident per connection in five days.
-        let days = i64::from(config.days);
         for _ in 0..rng.random_range(0..=(days / 5 + 1)) {
             let start = config.start + secs(rng, HOUR, days * 24 * HOUR);
             incident(rng, user, c, start, out);
@@ -290,9 +308,11 @@ fn incident(
 ) {
     let (user_id, connection_id) = (user.id.clone(), c.id.clone());
     let open_banking = is_open_banking(&c.method);
-    let event = match rng.random_range(0..4) {
-        0 if open_banking => return consent_end(rng, user, c, start, true, out),
-        0 | 1 => WorldEvent::PasswordChanged {
+    if open_banking && rng.random_ratio(1, 3) {
+        return consent_end(rng, user, start, true, out);
+    }
+    let event = match rng.random_range(0..2) {
+        0 => WorldEvent::PasswordChanged {
             user_id,
             connection_id,
         },
@@ -308,25 +328,23 @@ fn incident(
 fn consent_end(
     rng: &mut StdRng,
     user: &WorldUser,
-    c: &ScriptedConnection,
     at: DateTime<Utc>,
     revoked: bool,
     out: &mut Vec<Timed>,
 ) {
-    let (user_id, connection_id) = (user.id.clone(), c.id.clone());
+    let user_id = user.id.clone();
     let event = if revoked {
-        WorldEvent::ConsentRevoked {
-            user_id,
-            connection_id,
-        }
+        WorldEvent::ConsentRevoked { user_id }
     } else {
-        WorldEvent::ConsentExpired {
-            user_id,
-            connection_id,
-        }
+        WorldEvent::ConsentExpired { user_id }
     };
     out.push(Timed { at, event });
-    reconnect_later(rng, user, c, at, out);
+    out.push(Timed {
+        at: at + secs(rng, 6 * HOUR, 48 * HOUR),
+        event: WorldEvent::Reconsented {
+            user_id: user.id.clone(),
+        },
+    });
 }
 
 fn reconnect_later(
@@ -401,19 +419,37 @@ impl Simulator {
                     user_fault("account-not-accessible-requires-user-action"),
                 );
             }
-            WorldEvent::ConsentRevoked {
-                user_id,
-                connection_id,
-            } => self.consent_ends(user_id, connection_id, "revoked", now),
-            WorldEvent::ConsentExpired {
-                user_id,
-                connection_id,
-            } => self.consent_ends(user_id, connection_id, "expired", now),
+            WorldEvent::ConsentRevoked { user_id } => self.consent_ends(user_id, "revoked", now),
+            WorldEvent::ConsentExpired { user_id } => self.consent_ends(user_id, "expired", now),
+            WorldEvent::Reconsented { user_id } => {
+                for connection_id in self.open_banking_of(user_id) {
+                    self.reconnect(user_id, &connection_id, now, "consent.created");
+                }
+            }
             WorldEvent::Reconnected {
                 user_id,
                 connection_id,
-            } => self.reconnect(user_id, connection_id, now),
+            } => self.reconnect(user_id, connection_id, now, "connection.activated"),
             WorldEvent::Login { .. } => {}
+        }
+        self.send_pending_events();
+    }
+
+    /// What Basiq does by itself at this minute: its retries of failed updates (every 2
+    /// hours after a failure). The harness calls it once per step.
+    pub fn tick(&self) {
+        let now = self.now();
+        let due: Vec<(String, String)> = {
+            let mut st = self.lock();
+            st.settle(now);
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.basiq_retries)
+                .into_iter()
+                .partition(|(at, _, _)| *at <= now);
+            st.basiq_retries = later;
+            due.into_iter().map(|(_, u, c)| (u, c)).collect()
+        };
+        for (user_id, connection_id) in due {
+            self.basiq_update(&user_id, &connection_id);
         }
         self.send_pending_events();
     }
@@ -462,26 +498,54 @@ impl Simulator {
         }
     }
 
-    fn consent_ends(&self, user_id: &str, connection_id: &str, how: &str, now: DateTime<Utc>) {
+    /// The user's open-banking connections.
+    pub fn open_banking_of(&self, user_id: &str) -> Vec<String> {
+        self.lock()
+            .user(user_id)
+            .map(|u| {
+                u.connections
+                    .iter()
+                    .filter(|c| is_open_banking(&c.s.method))
+                    .map(|c| c.s.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The user's consent ends: every open-banking connection of theirs stops, and Basiq
+    /// sends one event about the user.
+    fn consent_ends(&self, user_id: &str, how: &str, now: DateTime<Utc>) {
         {
             let mut st = self.lock();
             st.settle(now);
-            let Some(c) = st.connection_mut(connection_id) else {
-                return;
-            };
-            if how == "expired" {
-                c.s.expiry = Some(now);
-                c.s.status = "invalid".into();
-            } else {
-                c.s.status = "revoked".into();
+            for id in st
+                .user(user_id)
+                .map(|u| {
+                    u.connections
+                        .iter()
+                        .filter(|c| is_open_banking(&c.s.method))
+                        .map(|c| c.s.id.clone())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+            {
+                let Some(c) = st.connection_mut(&id) else {
+                    continue;
+                };
+                if how == "expired" {
+                    c.s.expiry = Some(now);
+                    c.s.status = "invalid".into();
+                } else {
+                    c.s.status = "revoked".into();
+                }
             }
         }
-        self.emit_event(&format!("consent.{how}"), user_id, Some(connection_id));
+        self.emit_event(&format!("consent.{how}"), user_id, None);
     }
 
     /// The user connects again: active, a fresh consent for open banking, and a job of theirs
     /// that succeeds.
-    pub fn reconnect(&self, user_id: &str, connection_id: &str, now: DateTime<Utc>) {
+    pub fn reconnect(&self, user_id: &str, connection_id: &str, now: DateTime<Utc>, event: &str) {
         let step = self.inner.step;
         {
             let mut st = self.lock();
@@ -496,7 +560,7 @@ impl Simulator {
             }
             st.start_job(user_id, connection_id, JobOrigin::User, step, now);
         }
-        self.emit_event("connection.activated", user_id, Some(connection_id));
+        self.emit_event(event, user_id, Some(connection_id));
     }
 
     /// Every job the simulator knows, as the world saw it at its clock's now.
@@ -507,9 +571,10 @@ impl Simulator {
         st.jobs.iter().map(|j| j.record(now)).collect()
     }
 
-    /// When the user's lists (or one of their connections) were read, in world mode.
-    pub fn reads_of(&self, user_id: &str) -> Vec<DateTime<Utc>> {
-        self.lock().reads.get(user_id).cloned().unwrap_or_default()
+    /// When the user's lists (a user id) or one connection alone (a connection id) were
+    /// read, in world mode.
+    pub fn reads_of(&self, id: &str) -> Vec<DateTime<Utc>> {
+        self.lock().reads.get(id).cloned().unwrap_or_default()
     }
 }
 
