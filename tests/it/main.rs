@@ -13,6 +13,7 @@ mod group;
 mod helpers;
 mod ids;
 mod life;
+mod overtime;
 mod planner;
 mod refresh;
 mod service;
