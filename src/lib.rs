@@ -8,6 +8,8 @@
 //! ```
 //!
 //! - [`settings`]: TOML + environment, validated into typed values.
+//! - [`clock`]: the one clock: the wall clock, or a driven one for tests and the life
+//!   simulation; `now` is taken from it once per unit of work.
 //! - [`clock`]: the one clock every `now` comes from (the system's, or a driven one), handed
 //!   down from `app` and the commands to everything built on the sweeper.
 //! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
