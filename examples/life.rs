@@ -43,7 +43,14 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     );
     println!("{}", report.table());
     let ok = report.breaches() == 0;
-    println!("{}", if ok { "every promise held" } else { "BREACHES above" });
+    println!(
+        "{}",
+        if ok {
+            "every promise held"
+        } else {
+            "BREACHES above"
+        }
+    );
     Ok(if ok {
         std::process::ExitCode::SUCCESS
     } else {

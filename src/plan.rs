@@ -687,8 +687,25 @@ pub fn plan_user(
                     .is_some_and(|t| facts.counts_since.is_none_or(|since| t >= since))
         });
         let users = facts.other_users_failing + i64::from(mine);
-        let open = users >= settings.outage_min_users;
         let key_periods = periods.entry(key.clone()).or_default();
+        // Opened by the threshold; once open, it lasts while failures are still seen there
+        // and no job at the bank succeeded since it was inferred: an outage that flickers
+        // shut whenever one failure ages out would let each failure meanwhile ask its user.
+        let inferred_at = key_periods
+            .inferred
+            .iter()
+            .find(|p| p.is_open())
+            .and_then(|p| p.from)
+            .and_then(|from| from.checked_add_signed(settings.window()));
+        let succeeded_since = rows.iter().any(|r| {
+            r.connector_key() == key
+                && r.newest_job.as_ref().is_some_and(|j| {
+                    j.state == JobState::Success
+                        && j.created.zip(inferred_at).is_some_and(|(c, at)| c >= at)
+                })
+        });
+        let open =
+            users >= settings.outage_min_users || (facts.open && users > 0 && !succeeded_since);
         if open && !facts.open {
             key_periods.inferred_opened(now, settings.window());
         } else if !open && facts.open {

@@ -269,6 +269,14 @@ async fn round(
             // cannot be renewed at a bank in outage): tried again next round.
             continue;
         }
+        if notice.asks()
+            && let Some(sweeper) = sweeper
+            && notice.bank_suspect(store, sweeper, &d, now).await?
+        {
+            // Its bank may be going down: told once an outage is ruled out (or superseded
+            // when one is inferred).
+            continue;
+        }
         due.push(d);
     }
     let attempted = due.len();
@@ -352,6 +360,36 @@ impl HealthNotice {
                 && (o.method == self.method
                     || self.method == crate::domain::Method::Unknown.as_str())
         })
+    }
+
+    /// Its bank is one user short of an inferred outage: other users failed there bank-side
+    /// within `outage.window` (at least `outage.min_users` - 1 of them, and one). An ask
+    /// waits for the inference (which supersedes it: the outage explains the failure) or
+    /// for those failures to age out, at most `outage.window` after it was made.
+    async fn bank_suspect(
+        &self,
+        store: &Store,
+        sweeper: &Sweeper,
+        d: &DueDelivery,
+        now: chrono::DateTime<Utc>,
+    ) -> crate::store::Result<bool> {
+        let options = sweeper.options();
+        let window =
+            chrono::Duration::from_std(options.outage_window).unwrap_or(chrono::Duration::MAX);
+        if now - from_ts(d.created_at) >= window {
+            return Ok(false);
+        }
+        let threshold = options.outage_min_users.saturating_sub(1).max(1);
+        let key = crate::domain::ConnectorKey::new(
+            &self.institution_id,
+            &crate::domain::Method::parse(&self.method),
+        );
+        let user = crate::domain::UserId::parse(&d.order_key).ok();
+        let since = now.checked_sub_signed(window).unwrap_or(now);
+        let failing = store
+            .others_failing(&key, user.as_ref(), since, threshold)
+            .await?;
+        Ok(failing >= threshold)
     }
 
     /// Still worth sending when its turn comes: no newer health notice about the

@@ -576,6 +576,53 @@ fn an_inferred_outage_opens_with_the_threshold_and_blames_the_bank() {
     assert!(only(&p).bank_failure_at.is_some());
 }
 
+/// An open inferred outage lasts while failures are still seen at its bank and nothing
+/// succeeded there since it was inferred: one failure ageing out does not close it.
+#[test]
+fn an_inferred_outage_lasts_until_its_failures_are_gone_or_a_job_succeeds() {
+    let key = ConnectorKey::new(BANK, &Method::Web);
+    let open = |others| Stored {
+        inference: [(
+            key.clone(),
+            Inference {
+                open: true,
+                other_users_failing: others,
+                counts_since: None,
+            },
+        )]
+        .into(),
+        periods: [(
+            key.clone(),
+            KeyPeriods {
+                inferred: vec![DownPeriod {
+                    from: Some(now() - mins(120)),
+                    until: None,
+                }],
+                ..KeyPeriods::default()
+            },
+        )]
+        .into(),
+        ..Stored::default()
+    };
+    let healthy_before = sweep(
+        vec![connection("c1", Method::Web)],
+        vec![ok_job("j0", "c1", 600)],
+    );
+    // One other user still failing, below the threshold: it stays open.
+    let p = plan(&healthy_before, &open(1), &operational());
+    assert!(p.outages.is_empty(), "{:?}", p.outages);
+    // Nobody failing any more: it closes.
+    let p = plan(&healthy_before, &open(0), &operational());
+    assert_eq!(p.outages, vec![OutageMove::Close { key: key.clone() }]);
+    // A job at the bank succeeded after it was inferred: it closes.
+    let succeeded = sweep(
+        vec![connection("c1", Method::Web)],
+        vec![ok_job("j1", "c1", 10)],
+    );
+    let p = plan(&succeeded, &open(1), &operational());
+    assert_eq!(p.outages, vec![OutageMove::Close { key }]);
+}
+
 /// Rule 4: a refresh refused with a user-side code makes the connection `action-required`
 /// at once and ends every automatic attempt; any other code changes nothing.
 #[test]
@@ -691,19 +738,10 @@ fn a_group_of_plans_sees_each_other_as_if_committed_one_by_one() {
         }]
     );
     assert_eq!(only(&plans[1]).health, Some(Health::InstitutionOutage));
-    // g5 succeeds: no longer counted, two fail, the outage closes. g3 fails: g1, g2, g3 =
-    // 3, it opens again.
-    assert_eq!(
-        plans[2].outages,
-        vec![OutageMove::Close { key: key.clone() }]
-    );
-    assert_eq!(
-        plans[3].outages,
-        vec![OutageMove::Open {
-            key: key.clone(),
-            users: 3
-        }]
-    );
+    // g5 succeeds: no longer counted, but two still fail and its success is from before
+    // the outage was inferred: it stays open. g3 fails: still open, nothing moves.
+    assert!(plans[2].outages.is_empty(), "{:?}", plans[2].outages);
+    assert!(plans[3].outages.is_empty(), "{:?}", plans[3].outages);
     assert_eq!(only(&plans[3]).health, Some(Health::InstitutionOutage));
     // g4, healthy, sees the outage open and keeps it (three others failing).
     assert!(plans[4].outages.is_empty());

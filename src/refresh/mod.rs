@@ -345,7 +345,10 @@ impl Refresher {
                 // Decided when acting, not only when planning: what a sweep read while the
                 // pace held this refresh back (a success, `lastUsed`) is decided on again.
                 *now = self.inner.sweeper.clock().now();
-                let row = store.connection(connection).await?.unwrap_or_else(|| row.clone());
+                let row = store
+                    .connection(connection)
+                    .await?
+                    .unwrap_or_else(|| row.clone());
                 if let Err(gate) = self.gate(&row, trigger, *now).await? {
                     return Ok(Err(gate));
                 }
@@ -461,9 +464,11 @@ impl Refresher {
         let statuses = self.inner.sweeper.connectors().await;
         let facts = self.facts(&row, &statuses, now).await?;
         let limits = &self.inner.settings.limits;
-        Ok(policy::decide(trigger, &facts.facts(), limits).map_err(|denial| {
-            Gate::Denied(denial, policy::not_before(trigger, &facts.facts(), limits))
-        }))
+        Ok(
+            policy::decide(trigger, &facts.facts(), limits).map_err(|denial| {
+                Gate::Denied(denial, policy::not_before(trigger, &facts.facts(), limits))
+            }),
+        )
     }
 
     /// Everything the gates look at for one stored connection, from the store and the

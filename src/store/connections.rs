@@ -786,6 +786,21 @@ pub async fn record_decision(
 }
 
 impl Store {
+    /// How many users other than `except` failed bank-side at the connector since `since`
+    /// (and since it last recovered from a reported outage), counted up to `limit`.
+    pub async fn others_failing(
+        &self,
+        key: &ConnectorKey,
+        except: Option<&UserId>,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<i64> {
+        let mut conn = self.pool().acquire().await?;
+        Ok(inference_at(&mut conn, key, except, since, limit)
+            .await?
+            .other_users_failing)
+    }
+
     /// Every watched connection (of users not removed), for reports.
     pub async fn all_connections(&self, user: Option<&UserId>) -> Result<Vec<ConnectionRow>> {
         let sql = format!(

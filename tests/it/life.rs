@@ -18,6 +18,10 @@ async fn three_days_of_a_scripted_world_keep_every_promise() {
         println!("seed {seed}\n{}", report.table());
         assert_eq!(report.breaches(), 0, "seed {seed}:\n{}", report.table());
         let checked: u64 = report.rows.iter().map(|r| r.checked).sum();
-        assert!(checked > 100, "the run checked too little: {}", report.table());
+        assert!(
+            checked > 100,
+            "the run checked too little: {}",
+            report.table()
+        );
     }
 }

@@ -77,7 +77,13 @@ impl Scene {
 
     /// A registered user with one active connection at `institution`/web that succeeded a
     /// job `hours_ago` (and was used then).
-    async fn user(&self, user: &str, connection: &str, institution: &str, hours_ago: i64) -> UserId {
+    async fn user(
+        &self,
+        user: &str,
+        connection: &str,
+        institution: &str,
+        hours_ago: i64,
+    ) -> UserId {
         let at = self.now() - Duration::hours(hours_ago);
         let mut c = ScriptedConnection::new_at(institution, "web", self.now());
         c.id = connection.into();
@@ -127,7 +133,11 @@ impl Scene {
     /// One tick: `/connectors` (at most once per TTL) and the reclassifications it causes.
     async fn tick(&self) {
         let cancel = CancellationToken::new();
-        self.app.sweeper().run_pass("tick", None, &cancel).await.unwrap();
+        self.app
+            .sweeper()
+            .run_pass("tick", None, &cancel)
+            .await
+            .unwrap();
     }
 
     /// Moves the clock by `minutes`, a minute at a time, ticking and running owed refreshes
@@ -166,7 +176,10 @@ impl Scene {
             .map(|v| {
                 (
                     v["data"]["to"].as_str().unwrap_or_default().to_owned(),
-                    v["data"]["user_action"].as_str().unwrap_or_default().to_owned(),
+                    v["data"]["user_action"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                 )
             })
             .collect()
@@ -195,9 +208,14 @@ async fn a_failure_the_outage_caused_is_not_asked_about_after_the_outage_ends() 
     let u1 = s.user("u1", "c1", "AU00004", 3).await;
     s.tick().await;
     s.sweep(&u1).await;
-    assert_eq!(s.row("c1").await.health.map(|h| h.as_str()), Some("healthy"));
+    assert_eq!(
+        s.row("c1").await.health.map(|h| h.as_str()),
+        Some("healthy")
+    );
 
-    s.sim.sim.set_connector_status("AU00004", "web", "major-outage");
+    s.sim
+        .sim
+        .set_connector_status("AU00004", "web", "major-outage");
     s.pass_minutes(6).await;
     s.job("u1", "c1", s.now() - Duration::minutes(1), fail(POPUP));
     s.sweep(&u1).await;
@@ -208,7 +226,9 @@ async fn a_failure_the_outage_caused_is_not_asked_about_after_the_outage_ends() 
     );
 
     s.pass_minutes(90).await;
-    s.sim.sim.set_connector_status("AU00004", "web", "operational");
+    s.sim
+        .sim
+        .set_connector_status("AU00004", "web", "operational");
     s.pass_minutes(6).await;
     s.sweep(&u1).await;
     let row = s.row("c1").await;
@@ -229,7 +249,10 @@ async fn a_failure_the_outage_caused_is_not_asked_about_after_the_outage_ends() 
     s.pass_minutes(3).await;
     s.basiq_succeeded("u1", "c1");
     s.sweep(&u1).await;
-    assert_eq!(s.row("c1").await.health.map(|h| h.as_str()), Some("healthy"));
+    assert_eq!(
+        s.row("c1").await.health.map(|h| h.as_str()),
+        Some("healthy")
+    );
     assert!(s.notices("c1").await.iter().all(|(_, a)| a == "none"));
 }
 
@@ -241,12 +264,20 @@ async fn a_failure_during_an_inferred_outage_is_not_asked_about_once_the_inferen
     let s = Scene::new("").await;
     let mut users = Vec::new();
     for n in 1..=4 {
-        users.push(s.user(&format!("u{n}"), &format!("c{n}"), "AU00005", 3).await);
+        users.push(
+            s.user(&format!("u{n}"), &format!("c{n}"), "AU00005", 3)
+                .await,
+        );
     }
     s.tick().await;
     for (n, u) in users.iter().enumerate().take(3) {
         let c = format!("c{}", n + 1);
-        s.job(u.as_str(), &c, s.now() - Duration::minutes(2), fail("service-unavailable"));
+        s.job(
+            u.as_str(),
+            &c,
+            s.now() - Duration::minutes(2),
+            fail("service-unavailable"),
+        );
         s.sweep(u).await;
     }
     s.job("u4", "c4", s.now() - Duration::minutes(2), fail(POPUP));
@@ -269,7 +300,10 @@ async fn a_failure_during_an_inferred_outage_is_not_asked_about_once_the_inferen
         (Some("pending"), Some("recheck-after-outage")),
     );
     s.sweep(&users[3]).await;
-    assert_eq!(s.row("c4").await.health.map(|h| h.as_str()), Some("pending"));
+    assert_eq!(
+        s.row("c4").await.health.map(|h| h.as_str()),
+        Some("pending")
+    );
     assert!(
         s.notices("c4").await.iter().all(|(_, a)| a == "none"),
         "nobody is asked to act: {:?}",
@@ -284,12 +318,21 @@ async fn a_recovery_is_not_sent_when_basiq_refreshed_the_connection_after_the_ou
     let s = Scene::new("").await;
     let u1 = s.user("u1", "c1", "AU00004", 3).await;
     s.tick().await;
-    s.sim.sim.set_connector_status("AU00004", "web", "major-outage");
+    s.sim
+        .sim
+        .set_connector_status("AU00004", "web", "major-outage");
     s.pass_minutes(6).await;
-    s.job("u1", "c1", s.now() - Duration::minutes(1), fail("service-unavailable"));
+    s.job(
+        "u1",
+        "c1",
+        s.now() - Duration::minutes(1),
+        fail("service-unavailable"),
+    );
     s.sweep(&u1).await;
     s.pass_minutes(120).await;
-    s.sim.sim.set_connector_status("AU00004", "web", "operational");
+    s.sim
+        .sim
+        .set_connector_status("AU00004", "web", "operational");
     s.pass_minutes(6).await;
     let owed = s.row("c1").await.refresh_due;
     assert_eq!(
@@ -300,10 +343,17 @@ async fn a_recovery_is_not_sent_when_basiq_refreshed_the_connection_after_the_ou
 
     s.basiq_succeeded("u1", "c1");
     s.sweep(&u1).await;
-    assert_eq!(s.row("c1").await.health.map(|h| h.as_str()), Some("healthy"));
+    assert_eq!(
+        s.row("c1").await.health.map(|h| h.as_str()),
+        Some("healthy")
+    );
     // Past the slot, and past an hour after Basiq's success.
     s.pass_minutes(100).await;
-    assert_eq!(s.refreshes_of("c1"), 0, "no refresh the newest facts make pointless");
+    assert_eq!(
+        s.refreshes_of("c1"),
+        0,
+        "no refresh the newest facts make pointless"
+    );
     assert_eq!(s.row("c1").await.refresh_due, None, "nothing owed any more");
 }
 
@@ -361,22 +411,40 @@ async fn a_scheduled_refresh_held_by_the_pace_is_decided_again_on_what_a_sweep_r
 async fn a_failure_from_before_an_inferred_outage_stays_the_user_s() {
     let s = Scene::new("").await;
     let u1 = s.user("u1", "c1", "AU00005", 30).await;
-    s.job("u1", "c1", s.now() - Duration::hours(20), fail("invalid-credentials"));
+    s.job(
+        "u1",
+        "c1",
+        s.now() - Duration::hours(20),
+        fail("invalid-credentials"),
+    );
     s.sim.sim.set_connection_status("c1", "invalid");
     let u5 = s.user("u5", "c5", "AU00005", 30).await;
     s.sim.sim.set_connection_status("c5", "invalid");
     s.tick().await;
     s.sweep(&u1).await;
     s.sweep(&u5).await;
-    assert_eq!(s.row("c1").await.health.map(|h| h.as_str()), Some("action-required"));
-    assert_eq!(s.row("c5").await.health.map(|h| h.as_str()), Some("action-required"));
+    assert_eq!(
+        s.row("c1").await.health.map(|h| h.as_str()),
+        Some("action-required")
+    );
+    assert_eq!(
+        s.row("c5").await.health.map(|h| h.as_str()),
+        Some("action-required")
+    );
 
     // Nineteen days later the bank fails for three other users: an inferred outage.
     s.clock.advance(StdDuration::from_secs(19 * 86_400));
     let mut others = Vec::new();
     for n in 2..=4 {
-        let u = s.user(&format!("u{n}"), &format!("c{n}"), "AU00005", 3).await;
-        s.job(u.as_str(), &format!("c{n}"), s.now() - Duration::minutes(2), fail("service-unavailable"));
+        let u = s
+            .user(&format!("u{n}"), &format!("c{n}"), "AU00005", 3)
+            .await;
+        s.job(
+            u.as_str(),
+            &format!("c{n}"),
+            s.now() - Duration::minutes(2),
+            fail("service-unavailable"),
+        );
         others.push(u);
     }
     s.tick().await;
@@ -393,14 +461,93 @@ async fn a_failure_from_before_an_inferred_outage_stays_the_user_s() {
             "{c}: its failure is from long before the outage"
         );
         assert!(
-            s.notices(c).await.iter().all(|(to, _)| to != "institution-outage"),
+            s.notices(c)
+                .await
+                .iter()
+                .all(|(to, _)| to != "institution-outage"),
             "{c}: never told the bank is why: {:?}",
             s.notices(c).await
         );
     }
-    let inferred: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outages WHERE source = 'inferred'")
+    let inferred: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outages WHERE source = 'inferred'")
+            .fetch_one(s.app.sweeper().store().pool())
+            .await
+            .unwrap();
+    assert_eq!(inferred, 1, "the outage was inferred");
+}
+
+/// An ask about a connection whose bank is one user short of an inferred outage waits;
+/// when the outage is inferred, the ask no longer holds and is superseded, never sent.
+#[tokio::test]
+async fn an_ask_at_a_bank_one_user_short_of_an_inferred_outage_waits_and_is_superseded() {
+    let s = Scene::new("").await;
+    let mut users = Vec::new();
+    for n in 1..=4 {
+        users.push(
+            s.user(&format!("u{n}"), &format!("c{n}"), "AU00005", 3)
+                .await,
+        );
+    }
+    s.tick().await;
+    for n in [2, 3] {
+        s.job(
+            &format!("u{n}"),
+            &format!("c{n}"),
+            s.now() - Duration::minutes(2),
+            fail("service-unavailable"),
+        );
+        s.sweep(&users[n - 1]).await;
+    }
+    s.job("u4", "c4", s.now() - Duration::minutes(2), fail(POPUP));
+    s.sweep(&users[3]).await;
+    assert_eq!(
+        s.row("c4").await.health.map(|h| h.as_str()),
+        Some("action-required")
+    );
+    assert_eq!(
+        s.notices("c4").await.last().map(|(_, a)| a.as_str()),
+        Some("clear-bank-message")
+    );
+    let deliver = || async {
+        let settings = s.app.settings().notify.clone();
+        basiq_health::notify::deliver::deliver_round(
+            s.app.sweeper().store(),
+            &settings,
+            Some(s.app.sweeper()),
+            &settings.endpoints[0],
+            &s.clock,
+        )
+        .await
+        .unwrap()
+    };
+    let state = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT d.state, d.attempts FROM deliveries d JOIN outbox o ON o.id = d.outbox_id
+             WHERE o.payload LIKE '%\"c4\"%' AND o.payload LIKE '%clear-bank-message%'",
+        )
         .fetch_one(s.app.sweeper().store().pool())
         .await
-        .unwrap();
-    assert_eq!(inferred, 1, "the outage was inferred");
+        .unwrap()
+    };
+    deliver().await;
+    assert_eq!(
+        state().await,
+        ("pending".to_owned(), 0),
+        "held, not attempted"
+    );
+    // A third user fails: the outage is inferred, the ask no longer holds.
+    s.job(
+        "u1",
+        "c1",
+        s.now() - Duration::minutes(1),
+        fail("service-unavailable"),
+    );
+    s.sweep(&users[0]).await;
+    assert_eq!(
+        s.row("c4").await.health.map(|h| h.as_str()),
+        Some("institution-outage")
+    );
+    deliver().await;
+    assert_eq!(state().await.0, "superseded");
 }

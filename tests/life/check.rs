@@ -58,7 +58,11 @@ impl Report {
     /// The table of every rule, the figures, and the evidence of each breach (five per rule).
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<4} {:<58} {:>8} {:>8}", "", "rule", "checked", "breaches");
+        let _ = writeln!(
+            out,
+            "{:<4} {:<58} {:>8} {:>8}",
+            "", "rule", "checked", "breaches"
+        );
         for r in &self.rows {
             let _ = writeln!(
                 out,
@@ -110,7 +114,9 @@ impl Sent {
         self.payload["data"]["connection_id"].as_str()
     }
     fn action(&self) -> &str {
-        self.payload["data"]["user_action"].as_str().unwrap_or("none")
+        self.payload["data"]["user_action"]
+            .as_str()
+            .unwrap_or("none")
     }
     fn to(&self) -> &str {
         self.payload["data"]["to"].as_str().unwrap_or_default()
@@ -181,7 +187,10 @@ impl<'a> Facts<'a> {
         let records = run.sim.job_records();
         let mut jobs_of: HashMap<String, Vec<JobRecord>> = HashMap::new();
         for j in &records {
-            jobs_of.entry(j.connection_id.clone()).or_default().push(j.clone());
+            jobs_of
+                .entry(j.connection_id.clone())
+                .or_default()
+                .push(j.clone());
         }
         for list in jobs_of.values_mut() {
             list.sort_by_key(|j| j.created);
@@ -234,15 +243,17 @@ impl<'a> Facts<'a> {
         .await?;
         self.sent = rows
             .into_iter()
-            .map(|(id, webhook_id, event_type, order_key, payload, created, state)| Sent {
-                id,
-                webhook_id,
-                event_type,
-                order_key,
-                payload: serde_json::from_str(&payload).unwrap_or_default(),
-                created: at(created),
-                state: state.unwrap_or_else(|| "none".into()),
-            })
+            .map(
+                |(id, webhook_id, event_type, order_key, payload, created, state)| Sent {
+                    id,
+                    webhook_id,
+                    event_type,
+                    order_key,
+                    payload: serde_json::from_str(&payload).unwrap_or_default(),
+                    created: at(created),
+                    state: state.unwrap_or_else(|| "none".into()),
+                },
+            )
             .collect();
         let rows: Vec<(String, String, Option<String>, Option<String>, i64)> = sqlx::query_as(
             "SELECT connection_id, to_health, reason, job_id, changed_at FROM health_changes ORDER BY id",
@@ -318,7 +329,11 @@ impl<'a> Facts<'a> {
         let Some(known) = self.known_at(connection, t) else {
             return (None, None);
         };
-        let jobs = self.jobs_of.get(connection).map(Vec::as_slice).unwrap_or_default();
+        let jobs = self
+            .jobs_of
+            .get(connection)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         // Jobs started before `t`: the refresh made at `t` is ours, not news.
         let seen = jobs.iter().filter(|j| j.created <= known && j.created < t);
         let activity = seen
@@ -377,11 +392,31 @@ impl<'a> Facts<'a> {
                 ));
             }
         }
-        for c in self.changes.iter().filter(|c| c.connection_id == connection && near(c.at)) {
-            lines.push((c.at, format!("health -> {} {:?} (job {:?})", c.to, c.reason, c.job_id)));
+        for c in self
+            .changes
+            .iter()
+            .filter(|c| c.connection_id == connection && near(c.at))
+        {
+            lines.push((
+                c.at,
+                format!("health -> {} {:?} (job {:?})", c.to, c.reason, c.job_id),
+            ));
         }
-        for s in self.sent.iter().filter(|s| s.connection() == Some(connection) && near(s.created)) {
-            lines.push((s.created, format!("notice {} {} ask {} [{}]", s.to(), s.action(), s.asks(), s.state)));
+        for s in self
+            .sent
+            .iter()
+            .filter(|s| s.connection() == Some(connection) && near(s.created))
+        {
+            lines.push((
+                s.created,
+                format!(
+                    "notice {} {} ask {} [{}]",
+                    s.to(),
+                    s.action(),
+                    s.asks(),
+                    s.state
+                ),
+            ));
         }
         lines.sort_by_key(|(t, _)| *t);
         lines
@@ -417,7 +452,9 @@ fn world_outages(run: &Run) -> HashMap<(String, String), Vec<WorldOutage>> {
         }
     }
     for (key, down) in open {
-        out.entry(key).or_default().push((down, DateTime::<Utc>::MAX_UTC, false));
+        out.entry(key)
+            .or_default()
+            .push((down, DateTime::<Utc>::MAX_UTC, false));
     }
     out
 }
@@ -436,7 +473,10 @@ fn episodes(f: &Facts<'_>) -> Vec<Episode> {
             } else {
                 continue;
             };
-            marks.entry(connection.clone()).or_default().push((ended, mark));
+            marks
+                .entry(connection.clone())
+                .or_default()
+                .push((ended, mark));
         }
     }
     for t in &f.run.world.timeline {
@@ -499,11 +539,23 @@ fn delivered(s: &Sent) -> bool {
 }
 
 fn p1(f: &Facts<'_>, report: &mut Report) {
-    asks_have_a_user_cause(f, report.row("P1", "no ask about a failure the bank caused"));
-    must_act_is_told(f, report.row("P1", "every must-act incident told within a sweep period"));
+    asks_have_a_user_cause(
+        f,
+        report.row("P1", "no ask about a failure the bank caused"),
+    );
+    must_act_is_told(
+        f,
+        report.row("P1", "every must-act incident told within a sweep period"),
+    );
     told_once(f, report.row("P1", "nothing told twice"));
-    no_blame_for_the_bank(f, report.row("P1", "no action-required for the bank's failure"));
-    no_outage_for_the_user(f, report.row("P1", "no institution-outage for the user's failure"));
+    no_blame_for_the_bank(
+        f,
+        report.row("P1", "no action-required for the bank's failure"),
+    );
+    no_outage_for_the_user(
+        f,
+        report.row("P1", "no institution-outage for the user's failure"),
+    );
 }
 
 fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
@@ -523,9 +575,12 @@ fn bank_known_down(f: &Facts<'_>, job: &JobRecord) -> bool {
         return false;
     };
     let end = job.ended.unwrap_or(job.created);
-    let told = f.world_outages.get(&key).into_iter().flatten().any(|(down, up, told)| {
-        *told && *down <= end && job.created <= *up
-    });
+    let told = f
+        .world_outages
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .any(|(down, up, told)| *told && *down <= end && job.created <= *up);
     let window = TimeDelta::from_std(f.run.app.settings().outage.window).unwrap_or_default();
     let inferred = f.outages.iter().any(|o| {
         o.key == key
@@ -540,12 +595,16 @@ fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
     for s in f.sent.iter().filter(|s| s.asks() && delivered(s)) {
         row.checked += 1;
         let connection = s.connection().unwrap_or_default();
-        let job = change_of(f, s).and_then(|c| c.job_id).and_then(|j| f.jobs.get(&j));
+        let job = change_of(f, s)
+            .and_then(|c| c.job_id)
+            .and_then(|j| f.jobs.get(&j));
         let reason = s.payload["data"]["reason"].as_str().unwrap_or_default();
         let by_job = job.filter(|j| !j.success && j.code.as_deref() == Some(reason));
         let justified = match by_job {
             Some(j) => j.users_fault || !bank_known_down(f, j),
-            None => f.episode_at(connection, s.created, TimeDelta::minutes(10)).is_some(),
+            None => f
+                .episode_at(connection, s.created, TimeDelta::minutes(10))
+                .is_some(),
         };
         if !justified {
             row.breaches.push(format!(
@@ -610,8 +669,15 @@ fn must_act_is_told(f: &Facts<'_>, row: &mut Row) {
 
 fn told_once(f: &Facts<'_>, row: &mut Row) {
     let mut by_connection: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
-    for s in f.sent.iter().filter(|s| delivered(s) && s.event_type == "connection.health_changed") {
-        by_connection.entry(s.connection().unwrap_or_default()).or_default().push(s);
+    for s in f
+        .sent
+        .iter()
+        .filter(|s| delivered(s) && s.event_type == "connection.health_changed")
+    {
+        by_connection
+            .entry(s.connection().unwrap_or_default())
+            .or_default()
+            .push(s);
     }
     for (connection, list) in by_connection {
         for pair in list.windows(2) {
@@ -630,7 +696,9 @@ fn told_once(f: &Facts<'_>, row: &mut Row) {
         for e in f.episodes.iter().filter(|e| e.connection_id == connection) {
             let asks: Vec<&&Sent> = list
                 .iter()
-                .filter(|s| s.asks() && s.created >= e.start && e.end.is_none_or(|end| s.created <= end))
+                .filter(|s| {
+                    s.asks() && s.created >= e.start && e.end.is_none_or(|end| s.created <= end)
+                })
                 .collect();
             for pair in asks.windows(2) {
                 if pair[0].action() == pair[1].action() {
@@ -678,7 +746,9 @@ fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
             continue;
         }
         let Some(ended) = job.ended else { continue };
-        let Some(key) = f.key(&c.connection_id) else { continue };
+        let Some(key) = f.key(&c.connection_id) else {
+            continue;
+        };
         let outage = f
             .world_outages
             .get(&key)
@@ -714,8 +784,14 @@ fn automatic(trigger: &str) -> bool {
 }
 
 fn p2(f: &Facts<'_>, report: &mut Report) {
-    within_the_cap(f, report.row("P2", "at most the cap per connection per rolling 24 h"));
-    after_the_floor(f, report.row("P2", "none within min_interval of what was known"));
+    within_the_cap(
+        f,
+        report.row("P2", "at most the cap per connection per rolling 24 h"),
+    );
+    after_the_floor(
+        f,
+        report.row("P2", "none within min_interval of what was known"),
+    );
     let settings = f.run.app.settings();
     let step = TimeDelta::from_std(f.run.config.step).unwrap_or_default();
     let ttl = TimeDelta::from_std(settings.sweep.connectors_ttl).unwrap_or_default();
@@ -724,7 +800,8 @@ fn p2(f: &Facts<'_>, report: &mut Report) {
         mfa.checked += 1;
         let trigger = trigger_of(f, connection, *t);
         if f.connections.get(connection).is_some_and(|c| c.mfa) && automatic(&trigger) {
-            mfa.breaches.push(format!("{connection} ({trigger}) at {t}"));
+            mfa.breaches
+                .push(format!("{connection} ({trigger}) at {t}"));
         }
     }
     let down = report.row("P2", "none during an outage");
@@ -739,16 +816,27 @@ fn p2(f: &Facts<'_>, report: &mut Report) {
             .into_iter()
             .any(|o| o.started <= *t && o.ended.is_none_or(|e| e > *t));
         let told = f.key(connection).is_some_and(|key| {
-            f.world_outages.get(&key).into_iter().flatten().any(|(d, u, told)| {
-                *told && *d + ttl + step <= *t && *t < *u
-            })
+            f.world_outages
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .any(|(d, u, told)| *told && *d + ttl + step <= *t && *t < *u)
         });
         if known || told {
-            down.breaches.push(format!("{connection} ({trigger}) at {t}:{}", f.timeline(connection, *t)));
+            down.breaches.push(format!(
+                "{connection} ({trigger}) at {t}:{}",
+                f.timeline(connection, *t)
+            ));
         }
     }
-    answered_incidents(f, report.row("P2", "none after a success since the incident"));
-    recovery_in_window(f, report.row("P2", "recovery refreshes inside their window"));
+    answered_incidents(
+        f,
+        report.row("P2", "none after a success since the incident"),
+    );
+    recovery_in_window(
+        f,
+        report.row("P2", "recovery refreshes inside their window"),
+    );
     let bulk = report.row("P2", "no bulk refresh");
     bulk.checked = 1;
     let calls = f.run.sim.counters().bulk_refresh_calls;
@@ -775,9 +863,14 @@ fn within_the_cap(f: &Facts<'_>, row: &mut Row) {
         };
         for (i, t) in times.iter().enumerate() {
             row.checked += 1;
-            let in_window = times[..=i].iter().filter(|x| **x > *t - TimeDelta::hours(24)).count();
+            let in_window = times[..=i]
+                .iter()
+                .filter(|x| **x > *t - TimeDelta::hours(24))
+                .count();
             if in_window > cap as usize {
-                row.breaches.push(format!("{connection}: {in_window} refreshes in the 24 h before {t} (cap {cap})"));
+                row.breaches.push(format!(
+                    "{connection}: {in_window} refreshes in the 24 h before {t} (cap {cap})"
+                ));
             }
         }
     }
@@ -837,10 +930,15 @@ fn answered_incidents(f: &Facts<'_>, row: &mut Row) {
         };
         row.checked += 1;
         let Some(since) = since else { continue };
-        let Some(known) = f.known_at(connection, *t) else { continue };
-        let answered = f.jobs_of.get(connection.as_str()).into_iter().flatten().find(|j| {
-            j.success && j.created >= since && j.ended.is_some_and(|e| e <= known)
-        });
+        let Some(known) = f.known_at(connection, *t) else {
+            continue;
+        };
+        let answered = f
+            .jobs_of
+            .get(connection.as_str())
+            .into_iter()
+            .flatten()
+            .find(|j| j.success && j.created >= since && j.ended.is_some_and(|e| e <= known));
         if let Some(j) = answered {
             row.breaches.push(format!(
                 "{connection} ({trigger}) at {t}: job {} succeeded at {:?}, after the incident at {since}:{}",
@@ -864,12 +962,21 @@ fn recovery_in_window(f: &Facts<'_>, row: &mut Row) {
         .collect();
     for (connection, t, end) in &recoveries {
         row.checked += 1;
-        let held = recoveries.iter().filter(|(c, _, e)| e == end && f.key(c) == f.key(connection)).count();
+        let held = recoveries
+            .iter()
+            .filter(|(c, _, e)| e == end && f.key(c) == f.key(connection))
+            .count();
         let per_minute = settings.refresh.per_institution_per_minute.get() as i64;
         let needed = TimeDelta::milliseconds(held as i64 * 60_000 / per_minute * 5 / 4);
-        let window = TimeDelta::from_std(settings.refresh.recovery_window).unwrap_or_default().max(needed);
+        let window = TimeDelta::from_std(settings.refresh.recovery_window)
+            .unwrap_or_default()
+            .max(needed);
         let (activity, used) = f.known_activity(connection, *end);
-        let floor_at = [activity, used].into_iter().flatten().max().map(|a| a + floor);
+        let floor_at = [activity, used]
+            .into_iter()
+            .flatten()
+            .max()
+            .map(|a| a + floor);
         let allowed = floor_at.map_or(*end + window, |fl| fl.max(*end + window)) + slack;
         if *t > allowed {
             row.breaches.push(format!(
@@ -887,7 +994,9 @@ fn p3(f: &Facts<'_>, report: &mut Report) {
     let per_sweep = report.row("P3", "two requests per user sweep");
     per_sweep.checked = lists;
     if lists != jobs {
-        per_sweep.breaches.push(format!("{lists} connection lists, {jobs} job lists"));
+        per_sweep
+            .breaches
+            .push(format!("{lists} connection lists, {jobs} job lists"));
     }
     let settings = f.run.app.settings();
     let span = f.run.ended - f.run.started;
@@ -897,18 +1006,21 @@ fn p3(f: &Facts<'_>, report: &mut Report) {
     connectors.checked = 1;
     let allowed = (span.num_seconds() / ttl.num_seconds().max(1)) as u64 + 1 + asks;
     if n(basiq_sim::Route::Connectors) > allowed {
-        connectors
-            .breaches
-            .push(format!("{} reads of /connectors, at most {allowed} expected", n(basiq_sim::Route::Connectors)));
+        connectors.breaches.push(format!(
+            "{} reads of /connectors, at most {allowed} expected",
+            n(basiq_sim::Route::Connectors)
+        ));
     }
     // A token lives an hour and is replaced 5 minutes before it ends.
     let tokens = report.row("P3", "one token per hour (each replaced 5 min early)");
     tokens.checked = 1;
     let allowed = (span.num_minutes() / 55) as u64 + 1;
     if counters.token_calls > allowed {
-        tokens
-            .breaches
-            .push(format!("{} tokens in {} hours (at most {allowed})", counters.token_calls, span.num_hours()));
+        tokens.breaches.push(format!(
+            "{} tokens in {} hours (at most {allowed})",
+            counters.token_calls,
+            span.num_hours()
+        ));
     }
 }
 
@@ -929,40 +1041,63 @@ fn p4(f: &Facts<'_>, report: &mut Report) {
             _ => false,
         };
         if !ok {
-            all.breaches.push(format!("{} {} made {}: {}", s.webhook_id, s.event_type, s.created, s.state));
+            all.breaches.push(format!(
+                "{} {} made {}: {}",
+                s.webhook_id, s.event_type, s.created, s.state
+            ));
         }
     }
     let verified = report.row("P4", "every delivery verified");
     verified.checked = received.values().sum::<usize>() as u64;
     let refused = f.run.receiver.refused_signatures();
     if refused > 0 {
-        verified.breaches.push(format!("{refused} deliveries failed verification"));
+        verified
+            .breaches
+            .push(format!("{refused} deliveries failed verification"));
     }
     let order = report.row("P4", "in order per user (and per bank)");
-    let ids: HashMap<&str, (i64, &str)> = f.sent.iter().map(|s| (s.webhook_id.as_str(), (s.id, s.order_key.as_str()))).collect();
+    let ids: HashMap<&str, (i64, &str)> = f
+        .sent
+        .iter()
+        .map(|s| (s.webhook_id.as_str(), (s.id, s.order_key.as_str())))
+        .collect();
     let mut last: HashMap<&str, i64> = HashMap::new();
     let mut first_seen = std::collections::HashSet::new();
     for r in f.run.receiver.accepted() {
         if !first_seen.insert(r.webhook_id.clone()) {
             continue;
         }
-        let Some((id, key)) = ids.get(r.webhook_id.as_str()) else { continue };
+        let Some((id, key)) = ids.get(r.webhook_id.as_str()) else {
+            continue;
+        };
         order.checked += 1;
         if let Some(before) = last.insert(key, *id)
             && before > *id
         {
-            order.breaches.push(format!("{key}: notification {id} arrived after {before}"));
+            order
+                .breaches
+                .push(format!("{key}: notification {id} arrived after {before}"));
         }
     }
     let stale = report.row("P4", "none about a superseded state");
-    stale.checked = f.sent.iter().filter(|s| delivered(s) && s.event_type == "connection.health_changed").count() as u64;
+    stale.checked = f
+        .sent
+        .iter()
+        .filter(|s| delivered(s) && s.event_type == "connection.health_changed")
+        .count() as u64;
     stale.breaches.extend(f.run.stale_sends.iter().cloned());
 }
 
 fn figures(f: &Facts<'_>, report: &mut Report) {
     let run = f.run;
-    report.figure("users / connections", format!("{} / {}", run.world.users.len(), f.connections.len()));
-    report.figure("simulated days / steps", format!("{} / {}", run.config.days, run.steps));
+    report.figure(
+        "users / connections",
+        format!("{} / {}", run.world.users.len(), f.connections.len()),
+    );
+    report.figure(
+        "simulated days / steps",
+        format!("{} / {}", run.config.days, run.steps),
+    );
     let outages: Vec<_> = f.world_outages.values().flatten().collect();
     report.figure(
         "bank outages in the world (told / not told)",
@@ -976,12 +1111,25 @@ fn figures(f: &Facts<'_>, report: &mut Report) {
         "outages the daemon recorded (connectors / inferred)",
         format!(
             "{} / {}",
-            f.outages.iter().filter(|o| o.source == "connectors").count(),
+            f.outages
+                .iter()
+                .filter(|o| o.source == "connectors")
+                .count(),
             f.outages.iter().filter(|o| o.source == "inferred").count()
         ),
     );
-    let misleading = f.jobs.values().filter(|j| !j.users_fault && j.code.as_deref() == Some("account-not-accessible-requires-user-action")).count();
-    report.figure("jobs (bank failures that look like the user's)", format!("{} ({misleading})", f.jobs.len()));
+    let misleading = f
+        .jobs
+        .values()
+        .filter(|j| {
+            !j.users_fault
+                && j.code.as_deref() == Some("account-not-accessible-requires-user-action")
+        })
+        .count();
+    report.figure(
+        "jobs (bank failures that look like the user's)",
+        format!("{} ({misleading})", f.jobs.len()),
+    );
     report.figure("must-act incidents", f.episodes.len());
     let asks: Vec<&Sent> = f.sent.iter().filter(|s| s.asks() && delivered(s)).collect();
     let fast = f
@@ -995,7 +1143,10 @@ fn figures(f: &Facts<'_>, report: &mut Report) {
             })
         })
         .count();
-    report.figure("asks delivered (within 60 s of the failure)", format!("{} ({fast})", asks.len()));
+    report.figure(
+        "asks delivered (within 60 s of the failure)",
+        format!("{} ({fast})", asks.len()),
+    );
     let blind = asks
         .iter()
         .filter_map(|s| change_of(f, s)?.job_id)
@@ -1012,13 +1163,30 @@ fn figures(f: &Facts<'_>, report: &mut Report) {
     report.figure("tokens", counters.token_calls);
     report.figure(
         "requests per route",
-        format!("{:?}", counters.requests.iter().map(|(r, n)| (r.as_str(), n)).collect::<BTreeMap<_, _>>()),
+        format!(
+            "{:?}",
+            counters
+                .requests
+                .iter()
+                .map(|(r, n)| (r.as_str(), n))
+                .collect::<BTreeMap<_, _>>()
+        ),
     );
-    report.figure("notifications written / 503s answered", format!("{} / {}", f.sent.len(), run.receiver.answered_503()));
+    report.figure(
+        "notifications written / 503s answered",
+        format!("{} / {}", f.sent.len(), run.receiver.answered_503()),
+    );
     let webhooks = run.sim.webhooks_sent();
     report.figure(
         "Basiq webhooks sent (lost)",
-        format!("{} ({})", webhooks.len(), webhooks.iter().filter(|w| w.fault == Some(basiq_sim::WebhookFault::Lost)).count()),
+        format!(
+            "{} ({})",
+            webhooks.len(),
+            webhooks
+                .iter()
+                .filter(|w| w.fault == Some(basiq_sim::WebhookFault::Lost))
+                .count()
+        ),
     );
     report.figure("login checks that failed", run.login_errors);
 }

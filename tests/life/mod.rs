@@ -76,7 +76,12 @@ pub fn start_of_run() -> DateTime<Utc> {
 /// The daemon's settings in the life run: the shipped defaults, but for the addresses, the
 /// mode and a pace that defers rather than waits (`max_wait = "0s"`: the harness moves the
 /// clock, nothing may wait on it within a tick).
-fn settings_toml(config: &LifeConfig, sim: &RunningSim, dir: &std::path::Path, hook: &str) -> String {
+fn settings_toml(
+    config: &LifeConfig,
+    sim: &RunningSim,
+    dir: &std::path::Path,
+    hook: &str,
+) -> String {
     format!(
         "[basiq]\nbase_url = {base:?}\nmax_requests_per_second = 1000\nretry_base_delay = \"20ms\"\n\
          [database]\npath = {db:?}\n\

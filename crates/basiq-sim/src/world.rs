@@ -159,8 +159,9 @@ fn make_user(rng: &mut StdRng, config: &WorldConfig) -> WorldUser {
     let mut connections = Vec::new();
     // A sixth of the users' consents end during the run (one consent, all their banks).
     let run = i64::from(config.days) * 24 * HOUR;
-    let consent_ends =
-        rng.random_ratio(1, 6).then(|| config.start + secs(rng, 6 * HOUR, run.max(7 * HOUR)));
+    let consent_ends = rng
+        .random_ratio(1, 6)
+        .then(|| config.start + secs(rng, 6 * HOUR, run.max(7 * HOUR)));
     for _ in 0..n {
         let total: u32 = banks.iter().map(|(_, w)| w).sum();
         let mut pick = rng.random_range(0..total);
