@@ -286,7 +286,12 @@ pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<(SecretStr
     match crate::settings::read_token_file(path) {
         Ok(token) => return Ok((token, false)),
         Err(_) if !path.exists() => {}
-        Err(problem) => anyhow::bail!("the local API token file: {problem}"),
+        // Missing when read, there now: another start linked it in between (the link is
+        // whole), so the second read sees it.
+        Err(_) => match crate::settings::read_token_file(path) {
+            Ok(token) => return Ok((token, false)),
+            Err(problem) => anyhow::bail!("the local API token file: {problem}"),
+        },
     }
     let bytes: [u8; 32] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

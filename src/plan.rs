@@ -671,64 +671,7 @@ pub fn plan_user(
             .collect();
     }
 
-    // Inferred outages at each connector this user uses: everyone else's failures plus
-    // this user's, so the order users are swept in does not matter.
-    let mut inferred: HashMap<ConnectorKey, bool> = HashMap::new();
-    let mut periods = stored.periods.clone();
-    let keys: BTreeSet<ConnectorKey> = rows
-        .iter()
-        .map(|r| ConnectorKey::new(r.institution_id.as_str(), &r.method))
-        .collect();
-    for key in keys {
-        let facts = stored.inference.get(&key).copied().unwrap_or_default();
-        let mine = rows.iter().any(|r| {
-            ConnectorKey::new(r.institution_id.as_str(), &r.method) == key
-                && r.bank_failure_at
-                    .is_some_and(|t| facts.counts_since.is_none_or(|since| t >= since))
-        });
-        let users = facts.other_users_failing + i64::from(mine);
-        let key_periods = periods.entry(key.clone()).or_default();
-        // Opened by the threshold; once open, it lasts while failures are still seen there
-        // and no job at the bank succeeded since it was inferred: an outage that flickers
-        // shut whenever one failure ages out would let each failure meanwhile ask its user.
-        let inferred_at = key_periods
-            .inferred
-            .iter()
-            .find(|p| p.is_open())
-            .and_then(|p| p.from)
-            .and_then(|from| from.checked_add_signed(settings.window()));
-        let succeeded_since = rows.iter().any(|r| {
-            r.connector_key() == key
-                && r.newest_job.as_ref().is_some_and(|j| {
-                    j.state == JobState::Success
-                        && j.created.zip(inferred_at).is_some_and(|(c, at)| c >= at)
-                })
-        });
-        let open =
-            users >= settings.outage_min_users || (facts.open && users > 0 && !succeeded_since);
-        if open && !facts.open {
-            key_periods.inferred_opened(now, settings.window());
-        } else if !open && facts.open {
-            key_periods.inferred_closed(now);
-        }
-        if open && !facts.open {
-            plan.outages.push(OutageMove::Open {
-                key: key.clone(),
-                users,
-            });
-            plan.notes.push(Note::OutageInferred {
-                key: key.clone(),
-                users,
-            });
-            plan.reclassify.push(key.clone());
-        } else if !open && facts.open {
-            plan.outages.push(OutageMove::Close { key: key.clone() });
-            plan.notes.push(Note::OutageCleared { key: key.clone() });
-            plan.reclassify.push(key.clone());
-        }
-        inferred.insert(key, open);
-    }
-
+    let (inferred, periods) = infer_outages(now, &rows, stored, settings, &mut plan);
     for mut row in rows {
         let key = ConnectorKey::new(row.institution_id.as_str(), &row.method);
         let view = connectors.view(row.institution_id.as_str(), &row.method);
@@ -750,6 +693,76 @@ pub fn plan_user(
         plan.connections.push(row);
     }
     plan
+}
+
+/// Inferred outages at each connector this user uses: everyone else's failures plus this
+/// user's, so the order users are swept in does not matter. Opened by the threshold; once
+/// open, one lasts until a job at the bank succeeds after it was inferred. Failures are seen
+/// a few at a time (a user's sweep, a followed refresh), so an outage that closed whenever
+/// they aged out of the window would flicker shut while the bank is still down, and each
+/// failure in a gap would ask its user to act. Returns whether each is open, and the down
+/// periods as this plan leaves them.
+fn infer_outages(
+    now: DateTime<Utc>,
+    rows: &[ConnectionRow],
+    stored: &Stored,
+    settings: &PlanSettings,
+    plan: &mut UserPlan,
+) -> (
+    HashMap<ConnectorKey, bool>,
+    HashMap<ConnectorKey, KeyPeriods>,
+) {
+    let mut inferred = HashMap::new();
+    let mut periods = stored.periods.clone();
+    let keys: BTreeSet<ConnectorKey> = rows.iter().map(ConnectionRow::connector_key).collect();
+    for key in keys {
+        let facts = stored.inference.get(&key).copied().unwrap_or_default();
+        let at_key = rows.iter().filter(|r| r.connector_key() == key);
+        let mine = at_key.clone().any(|r| {
+            r.bank_failure_at
+                .is_some_and(|t| facts.counts_since.is_none_or(|since| t >= since))
+        });
+        let users = facts.other_users_failing + i64::from(mine);
+        let key_periods = periods.entry(key.clone()).or_default();
+        let inferred_at = key_periods
+            .inferred
+            .iter()
+            .find(|p| p.is_open())
+            .and_then(|p| p.from)
+            .and_then(|from| from.checked_add_signed(settings.window()));
+        let succeeded_since = at_key.clone().any(|r| {
+            r.newest_job.as_ref().is_some_and(|j| {
+                j.state == JobState::Success
+                    && j.created
+                        .is_some_and(|c| inferred_at.is_none_or(|at| c >= at))
+            })
+        });
+        let open = users >= settings.outage_min_users || (facts.open && !succeeded_since);
+        if open != facts.open {
+            let (moved, note) = if open {
+                key_periods.inferred_opened(now, settings.window());
+                let (key, users) = (key.clone(), users);
+                (
+                    OutageMove::Open {
+                        key: key.clone(),
+                        users,
+                    },
+                    Note::OutageInferred { key, users },
+                )
+            } else {
+                key_periods.inferred_closed(now);
+                (
+                    OutageMove::Close { key: key.clone() },
+                    Note::OutageCleared { key: key.clone() },
+                )
+            };
+            plan.outages.push(moved);
+            plan.notes.push(note);
+            plan.reclassify.push(key.clone());
+        }
+        inferred.insert(key, open);
+    }
+    (inferred, periods)
 }
 
 /// Plans the reclassification of a batch of connections at one connector. `recovery`: the

@@ -403,17 +403,19 @@ impl HealthNotice {
         {
             return Ok(false);
         }
-        if !self.asks() {
-            return Ok(true);
-        }
         Ok(match store.connection(&self.connection_id).await? {
-            Some(row) => {
+            Some(row) if self.asks() => {
                 let health = row.health.unwrap_or(crate::classify::Health::Unknown);
                 row.gone_at.is_none()
                     && self.to == health.as_str()
                     && super::user_action(health, row.reason.as_deref()) == self.user_action
             }
-            None => false,
+            // A notice that asks nothing holds while the connection has that health, or one
+            // not told (in progress, pending a re-check): the app's last word is still it.
+            Some(row) => row
+                .health
+                .is_none_or(|h| self.to == h.as_str() || !super::settled(h)),
+            None => !self.asks(),
         })
     }
 }

@@ -108,7 +108,7 @@ pub fn human_text(health: Health, action: &str) -> &'static str {
 }
 
 /// Health an app is told about: a refresh in flight or a connection being set up is not.
-fn settled(h: Health) -> bool {
+pub fn settled(h: Health) -> bool {
     !matches!(h, Health::InProgress | Health::Pending)
 }
 

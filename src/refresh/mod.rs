@@ -582,6 +582,11 @@ impl Refresher {
                 limits,
                 chrono::Duration::hours(24),
             );
+            let note = late_recovery(
+                &upcoming,
+                row.refresh_due,
+                self.inner.settings.recovery_window,
+            );
             out.push(PlanLine {
                 user_id: row.user_id.to_string(),
                 connection_id: row.connection_id.to_string(),
@@ -589,6 +594,7 @@ impl Refresher {
                 method: row.method.as_str().to_owned(),
                 health: row.health.map(|h| h.as_str().to_owned()),
                 upcoming,
+                note,
             });
         }
         Ok(out)
@@ -695,6 +701,31 @@ pub struct PlanLine {
     /// `{"refresh_at", "trigger"}` or `{"denied": reason}`.
     #[serde(flatten)]
     pub upcoming: policy::schedule::Upcoming,
+    /// Why a recovery comes later than `refresh.recovery_window` after its outage's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
+}
+
+/// A recovery planned later than `recovery_window` after its outage ended.
+fn late_recovery(
+    upcoming: &policy::schedule::Upcoming,
+    owed: Option<policy::schedule::Owed>,
+    window: std::time::Duration,
+) -> Option<&'static str> {
+    let policy::schedule::Upcoming::Refresh {
+        refresh_at,
+        trigger: Trigger::Recovery,
+    } = upcoming
+    else {
+        return None;
+    };
+    let ended = owed?.since?;
+    let window = chrono::Duration::from_std(window).ok()?;
+    (*refresh_at > ended + window).then_some(
+        "after refresh.recovery_window: the per-bank pace cannot send this outage's \
+         recoveries within it (spread over the shortest window it allows), or the recency \
+         floor comes later",
+    )
 }
 
 /// What `purge` found or did.

@@ -857,7 +857,7 @@ async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restar
 // ---- what the notifications say -----------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_during_it() {
+async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_during_or_after_it() {
     let sim = start_sim(SimConfig {
         users: 0,
         step_duration: StdDuration::from_millis(1),
@@ -898,9 +898,14 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
         .run_pass("test", Some(vec![user.clone()]), &cancel)
         .await
         .unwrap();
+    // Invalid since a read during the outage: the outage may be why. Re-checked, not asked
+    // (a connection Basiq will not refresh becomes the user's 6 hours after the end).
     assert_eq!(
-        health_of(sweeper.store(), &conn).await.unwrap().0,
-        Some(Health::ActionRequired)
+        health_of(sweeper.store(), &conn).await,
+        Some((
+            Some(Health::Pending),
+            Some("recheck-after-outage".to_owned())
+        ))
     );
     // The simulator starts with another bank in outage: only AU00000's notices here.
     let rows: Vec<(String, String)> = sqlx::query_as(
@@ -916,7 +921,6 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
             "institution.outage_started",
             "connection.health_changed",
             "institution.outage_ended",
-            "connection.health_changed"
         ],
         "{rows:?}"
     );
@@ -931,8 +935,6 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
         payloads[1]["data"]["user_action"], "none",
         "no action during the outage"
     );
-    assert_eq!(payloads[3]["data"]["to"], "action-required");
-    assert_eq!(payloads[3]["data"]["user_action"], "reenter-credentials");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,8 @@ struct Outage {
     key: (String, String),
     source: String,
     started: DateTime<Utc>,
+    /// The last read that saw the bank up (a `/connectors` outage); `None`: not known.
+    since: Option<DateTime<Utc>>,
     ended: Option<DateTime<Utc>>,
 }
 
@@ -283,17 +285,18 @@ impl<'a> Facts<'a> {
                 at: at(t),
             })
             .collect();
-        let rows: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT institution_id, method, source, started_at, ended_at FROM outages ORDER BY id",
+        let rows: Vec<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT institution_id, method, source, started_at, since, ended_at FROM outages ORDER BY id",
         )
         .fetch_all(pool)
         .await?;
         self.outages = rows
             .into_iter()
-            .map(|(i, m, source, started, ended)| Outage {
+            .map(|(i, m, source, started, since, ended)| Outage {
                 key: (i, key_of(&m)),
                 source,
                 started: at(started),
+                since: since.map(at),
                 ended: ended.map(at),
             })
             .collect();
@@ -567,28 +570,27 @@ fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
         .cloned()
 }
 
-/// Whether the daemon could know that the bank was down when `job` ran: `/connectors` said
-/// so, or it inferred an outage whose window covers the job. A bank that fails with no
-/// witness at all (not told, not inferred) cannot be told from a user's failure.
-fn bank_known_down(f: &Facts<'_>, job: &JobRecord) -> bool {
+/// Whether the daemon knew by `by` that the bank was down when `job` ran: an outage it
+/// recorded by then (`/connectors` said so, or it inferred one) whose period covers the job.
+/// A bank failing with no witness yet (not told, not inferred) cannot be told from the
+/// user's failure: the README says so, and such asks are counted apart.
+fn bank_known_down(f: &Facts<'_>, job: &JobRecord, by: DateTime<Utc>) -> bool {
     let Some(key) = f.key(&job.connection_id) else {
         return false;
     };
     let end = job.ended.unwrap_or(job.created);
-    let told = f
-        .world_outages
-        .get(&key)
-        .into_iter()
-        .flatten()
-        .any(|(down, up, told)| *told && *down <= end && job.created <= *up);
     let window = TimeDelta::from_std(f.run.app.settings().outage.window).unwrap_or_default();
-    let inferred = f.outages.iter().any(|o| {
+    f.outages.iter().any(|o| {
+        let from = if o.source == "inferred" {
+            Some(o.started - window)
+        } else {
+            o.since
+        };
         o.key == key
-            && o.source == "inferred"
-            && o.started - window <= end
+            && o.started <= by
+            && from.is_none_or(|from| from <= end)
             && o.ended.is_none_or(|e| job.created <= e)
-    });
-    told || inferred
+    })
 }
 
 fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
@@ -600,8 +602,13 @@ fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
             .and_then(|j| f.jobs.get(&j));
         let reason = s.payload["data"]["reason"].as_str().unwrap_or_default();
         let by_job = job.filter(|j| !j.success && j.code.as_deref() == Some(reason));
+        let delivered_at = f
+            .run
+            .receiver
+            .first_receipt(&s.webhook_id)
+            .unwrap_or(s.created);
         let justified = match by_job {
-            Some(j) => j.users_fault || !bank_known_down(f, j),
+            Some(j) => j.users_fault || !bank_known_down(f, j, delivered_at),
             None => f
                 .episode_at(connection, s.created, TimeDelta::minutes(10))
                 .is_some(),
@@ -723,7 +730,7 @@ fn no_blame_for_the_bank(f: &Facts<'_>, row: &mut Row) {
             continue;
         };
         let about_job = c.reason.as_deref() == job.code.as_deref();
-        if about_job && !job.success && !job.users_fault && bank_known_down(f, job) {
+        if about_job && !job.success && !job.users_fault && bank_known_down(f, job, c.at) {
             row.breaches.push(format!(
                 "{} action-required at {} for job {} ({:?}), the bank's failure:{}",
                 c.connection_id,
@@ -1153,7 +1160,7 @@ fn figures(f: &Facts<'_>, report: &mut Report) {
         .filter_map(|j| f.jobs.get(&j))
         .filter(|j| !j.users_fault && !j.success)
         .count();
-    report.figure("asks about a bank failure no witness showed", blind);
+    report.figure("asks about a bank failure no witness showed yet", blind);
     let mut by_trigger: BTreeMap<String, u64> = BTreeMap::new();
     for (c, t) in &f.refreshes {
         *by_trigger.entry(trigger_of(f, c, *t)).or_default() += 1;

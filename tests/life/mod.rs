@@ -318,7 +318,10 @@ async fn stale_send(
             .await?
             .flatten();
     let told = body["data"]["to"].as_str();
-    Ok((health.as_deref() != told).then(|| {
+    // A health not told (a refresh in progress, a re-check pending) leaves the last told
+    // one standing.
+    let untold = matches!(health.as_deref(), Some("in-progress" | "pending"));
+    Ok((health.as_deref() != told && !untold).then(|| {
         format!(
             "{} at {}: told {:?}, the connection is {:?}",
             connection, receipt.at, told, health

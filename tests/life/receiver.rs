@@ -96,6 +96,15 @@ impl Receiver {
         self.seen().accepted.clone()
     }
 
+    /// When a notification first arrived.
+    pub fn first_receipt(&self, webhook_id: &str) -> Option<DateTime<Utc>> {
+        self.seen()
+            .accepted
+            .iter()
+            .find(|r| r.webhook_id == webhook_id)
+            .map(|r| r.at)
+    }
+
     /// Deliveries whose signature or timestamp did not verify.
     pub fn refused_signatures(&self) -> u64 {
         self.seen().refused_signatures
