@@ -342,22 +342,23 @@ fn outage_failure(
     if during.is_empty() {
         return None;
     }
-    if f.bank_down() || during.iter().any(|p| p.is_open()) {
+    if during.iter().any(|p| p.is_open()) {
         return Some(Verdict::new(Health::InstitutionOutage, reason.to_owned()));
     }
     let ended = during.iter().filter_map(|p| p.until).max()?;
     let invalid = *f.status == ConnectionStatus::Invalid;
     if invalid && f.now - ended > RECHECK_LIMIT {
-        // No re-check can come: Basiq refreshes no invalid connection.
-        return Some(Verdict::new(
-            Health::ActionRequired,
-            Some("connection-invalid".into()),
-        ));
+        // No re-check can come: Basiq refreshes no invalid connection. Whatever the bank
+        // does now, the outage this failure belonged to is long over.
+        let reason = Some("connection-invalid".to_owned());
+        return Some(Verdict::new(Health::ActionRequired, reason));
     }
-    Some(Verdict::new(
-        Health::Pending,
-        Some(RECHECK_AFTER_OUTAGE.into()),
-    ))
+    if f.bank_down() {
+        // Down again: the re-check waits for this outage too.
+        return Some(Verdict::new(Health::InstitutionOutage, reason.to_owned()));
+    }
+    let reason = Some(RECHECK_AFTER_OUTAGE.to_owned());
+    Some(Verdict::new(Health::Pending, reason))
 }
 
 /// The consent-expiry warning thresholds, in days.
@@ -909,6 +910,14 @@ mod tests {
                 periods: vec![(Some(-5), Some(-2))],
                 expect: (ActionRequired, Some("invalid-credentials")),
                 ..case("a job after the end decides")
+            },
+            Case {
+                status: "invalid",
+                job: Some(failed_at("invalid-credentials", 30)),
+                inferred: true,
+                periods: vec![(Some(-31), Some(-20)), (Some(-2), None)],
+                expect: (ActionRequired, Some("connection-invalid")),
+                ..case("a failure an old outage held stays the user's when the bank fails again")
             },
         ];
         for c in &cases {

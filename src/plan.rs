@@ -220,6 +220,9 @@ pub struct UserPlan {
     pub reclassify: Vec<ConnectorKey>,
     /// A sweep: the user's next slot.
     pub next_due_at: Option<DateTime<Utc>>,
+    /// Users to sweep again by then at the latest (an invalid connection waiting for a
+    /// re-check that cannot come is judged again when the wait is over).
+    pub sweep_by: Vec<(UserId, DateTime<Utc>)>,
     pub notes: Vec<Note>,
 }
 
@@ -737,7 +740,12 @@ fn infer_outages(
                         .is_some_and(|c| inferred_at.is_none_or(|at| c >= at))
             })
         });
-        let open = users >= settings.outage_min_users || (facts.open && !succeeded_since);
+        // A day on with no failure seen in the window, every user there has been swept once
+        // more since: an outage nothing confirms any longer ends, so that nobody at a bank
+        // where nothing succeeds (every user failing their own way) is held for good.
+        let stale =
+            users == 0 && inferred_at.is_some_and(|at| now - at >= chrono::Duration::hours(24));
+        let open = users >= settings.outage_min_users || (facts.open && !succeeded_since && !stale);
         if open != facts.open {
             let (moved, note) = if open {
                 key_periods.inferred_opened(now, settings.window());
@@ -903,6 +911,12 @@ fn classify_row(
         now,
     });
     let verdict = keep_consent_end(row, verdict);
+    let waits_in_vain = verdict.reason.as_deref() == Some(classify::RECHECK_AFTER_OUTAGE)
+        && row.status == crate::domain::ConnectionStatus::Invalid;
+    if waits_in_vain {
+        let by = now + classify::RECHECK_LIMIT + chrono::Duration::minutes(1);
+        plan.sweep_by.push((row.user_id.clone(), by));
+    }
     apply_verdict(row, verdict, now, plan);
     if let Some(auto) = &settings.auto_refresh {
         let job = row.newest_job.as_ref();

@@ -258,7 +258,7 @@ async fn round(
             due.push(d);
             continue;
         };
-        if !notice.current(store, &d).await? {
+        if !notice.current(store, &d, name).await? {
             store.delivery_superseded(d.id, now).await?;
             tracing::info!(event = "notify_superseded", endpoint = %name, webhook_id = %d.webhook_id, "a health notice no longer holds (a newer one about the connection, or its health moved since): not sent");
             continue;
@@ -393,14 +393,33 @@ impl HealthNotice {
     }
 
     /// Still worth sending when its turn comes: no newer health notice about the
-    /// connection exists (the app is told the latest, not the history it missed), and one
+    /// connection exists (the app is told the latest, not the history it missed), it is not
+    /// what the endpoint last got about it (a notice between them superseded), and one
     /// asking a user to act still holds: the connection still has that health and asks the
     /// same (an outage found since, or a re-consent, makes it moot).
-    async fn current(&self, store: &Store, d: &DueDelivery) -> crate::store::Result<bool> {
+    async fn current(
+        &self,
+        store: &Store,
+        d: &DueDelivery,
+        endpoint: &str,
+    ) -> crate::store::Result<bool> {
+        let connection = self.connection_id.as_str();
         if store
-            .newer_health_notice(d.outbox_id, &d.order_key, self.connection_id.as_str())
+            .newer_health_notice(d.outbox_id, &d.order_key, connection)
             .await?
         {
+            return Ok(false);
+        }
+        // What this endpoint last got about the connection says the same (a notice between
+        // them was superseded): nothing new to tell.
+        let last = store
+            .last_delivered_health(endpoint, &d.order_key, connection, d.outbox_id)
+            .await?
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok());
+        if last.is_some_and(|v| {
+            v["data"]["to"] == self.to.as_str()
+                && v["data"]["user_action"] == self.user_action.as_str()
+        }) {
             return Ok(false);
         }
         Ok(match store.connection(&self.connection_id).await? {

@@ -620,7 +620,51 @@ fn an_inferred_outage_lasts_until_a_job_at_its_bank_succeeds() {
         vec![ok_job("j1", "c1", 10)],
     );
     let p = plan(&succeeded, &open(1), &operational());
+    assert_eq!(p.outages, vec![OutageMove::Close { key: key.clone() }]);
+    // Inferred a day ago and no failure seen in the window since: it ends.
+    let mut day_old = open(0);
+    day_old.periods.get_mut(&key).unwrap().inferred[0].from = Some(now() - mins(25 * 60));
+    let p = plan(&healthy_before, &day_old, &operational());
     assert_eq!(p.outages, vec![OutageMove::Close { key }]);
+}
+
+/// An invalid connection whose failure an ended outage explains waits for a re-check that
+/// cannot come (Basiq refreshes no invalid connection): its user is swept again when the
+/// wait is over, so that it is then the user's to act on, told within the day.
+#[test]
+fn an_invalid_connection_waiting_for_a_re_check_is_swept_again_when_the_wait_is_over() {
+    let key = ConnectorKey::new(BANK, &Method::Web);
+    let mut invalid = connection("c1", Method::Web);
+    invalid.status = crate::domain::ConnectionStatus::Invalid;
+    let fetched = sweep(
+        vec![invalid],
+        vec![failed_job(
+            "j1",
+            Some("c1"),
+            Some("invalid-credentials"),
+            90,
+        )],
+    );
+    let stored = Stored {
+        periods: [(
+            key,
+            KeyPeriods {
+                connectors: vec![DownPeriod {
+                    from: Some(now() - mins(120)),
+                    until: Some(now() - mins(30)),
+                }],
+                ..KeyPeriods::default()
+            },
+        )]
+        .into(),
+        ..Stored::default()
+    };
+    let p = plan(&fetched, &stored, &operational());
+    assert_eq!(only(&p).reason.as_deref(), Some("recheck-after-outage"));
+    assert_eq!(
+        p.sweep_by,
+        vec![(user(), now() + crate::classify::RECHECK_LIMIT + mins(1))]
+    );
 }
 
 /// Rule 4: a refresh refused with a user-side code makes the connection `action-required`

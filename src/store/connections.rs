@@ -612,6 +612,16 @@ pub async fn write_plans(
         }
         query.execute(&mut *conn).await?;
     }
+    // Rare: one statement each.
+    for (user, by) in plans.iter().flat_map(|p| &p.sweep_by) {
+        sqlx::query(
+            "UPDATE users SET next_due_at = MIN(next_due_at, ?) WHERE user_id = ? AND gone_at IS NULL",
+        )
+        .bind(ts_ceil(*by))
+        .bind(user.as_str().to_owned())
+        .execute(&mut *conn)
+        .await?;
+    }
     // The notifications these changes cause, in the same transaction.
     if notices {
         super::events::write_plan_notices(conn, plans, &closed, now).await?;

@@ -268,6 +268,30 @@ impl Store {
         .await
     }
 
+    /// The payload of the last health notice about the connection that reached `endpoint`
+    /// before outbox row `before`.
+    pub async fn last_delivered_health(
+        &self,
+        endpoint: &str,
+        order_key: &str,
+        connection_id: &str,
+        before: i64,
+    ) -> Result<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT o.payload FROM outbox o JOIN deliveries d ON d.outbox_id = o.id
+             WHERE o.order_key = ? AND o.id < ? AND o.event_type = 'connection.health_changed'
+               AND json_extract(o.payload, '$.data.connection_id') = ?
+               AND d.endpoint = ? AND d.state = 'succeeded'
+             ORDER BY o.id DESC LIMIT 1",
+        )
+        .bind(order_key)
+        .bind(before)
+        .bind(connection_id)
+        .bind(endpoint)
+        .fetch_optional(self.pool())
+        .await
+    }
+
     /// The newest outbox row's id (0 when empty).
     pub async fn newest_outbox_id(&self) -> Result<i64> {
         sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox")

@@ -692,11 +692,12 @@ fn told_once(f: &Facts<'_>, row: &mut Row) {
             let (a, b) = (pair[0], pair[1]);
             if a.to() == b.to() && a.action() == b.action() {
                 row.breaches.push(format!(
-                    "{connection} told {} ({}) twice, at {} and {}",
+                    "{connection} told {} ({}) twice, at {} and {}:{}",
                     b.to(),
                     b.action(),
                     a.created,
-                    b.created
+                    b.created,
+                    f.timeline(connection, b.created)
                 ));
             }
         }
@@ -744,6 +745,7 @@ fn no_blame_for_the_bank(f: &Facts<'_>, row: &mut Row) {
 }
 
 fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
+    let window = TimeDelta::from_std(f.run.app.settings().outage.window).unwrap_or_default();
     for c in f.changes.iter().filter(|c| c.to == "institution-outage") {
         row.checked += 1;
         let Some(job) = c.job_id.as_ref().and_then(|j| f.jobs.get(j)) else {
@@ -753,25 +755,32 @@ fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
             continue;
         }
         let Some(ended) = job.ended else { continue };
-        let Some(key) = f.key(&c.connection_id) else {
-            continue;
-        };
-        let outage = f
-            .world_outages
-            .get(&key)
+        // The daemon's outages at the bank when it held the connection, each from the
+        // earliest it may have begun (an inferred one: its inference window before).
+        let holding: Vec<(&Outage, Option<DateTime<Utc>>)> = f
+            .outages_at(&c.connection_id)
             .into_iter()
-            .flatten()
-            .find(|(down, up, _)| *down <= c.at && c.at <= *up);
-        if let Some((down, _, _)) = outage
-            && ended < *down
-        {
+            .filter(|o| o.started <= c.at && o.ended.is_none_or(|e| e >= c.at))
+            .map(|o| {
+                let from = if o.source == "inferred" {
+                    Some(o.started - window)
+                } else {
+                    o.since
+                };
+                (o, from)
+            })
+            .collect();
+        let before_all = !holding.is_empty()
+            && holding
+                .iter()
+                .all(|(_, from)| from.is_some_and(|from| ended < from));
+        if before_all {
             row.breaches.push(format!(
-                "{} institution-outage at {} for the user's failure {} that ended {} before the bank went down at {}:{}",
+                "{} institution-outage at {} for the user's failure {} that ended {}, before the outage's period began:{}",
                 c.connection_id,
                 c.at,
                 job.id,
                 ended,
-                down,
                 f.timeline(&c.connection_id, c.at)
             ));
         }
@@ -978,7 +987,8 @@ fn recovery_in_window(f: &Facts<'_>, row: &mut Row) {
         let window = TimeDelta::from_std(settings.refresh.recovery_window)
             .unwrap_or_default()
             .max(needed);
-        let (activity, used) = f.known_activity(connection, *end);
+        // The recency floor as the daemon knew it when it sent the refresh.
+        let (activity, used) = f.known_activity(connection, *t);
         let floor_at = [activity, used]
             .into_iter()
             .flatten()
