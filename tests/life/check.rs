@@ -167,6 +167,8 @@ struct Facts<'a> {
     sent: Vec<Sent>,
     changes: Vec<Change>,
     attempts: Vec<Attempt>,
+    /// Refreshes the pace deferred to a later tick: (connection, trigger, when).
+    deferred: Vec<Attempt>,
     outages: Vec<Outage>,
     refreshes: Vec<(String, DateTime<Utc>)>,
 }
@@ -219,6 +221,7 @@ impl<'a> Facts<'a> {
             sent: Vec::new(),
             changes: Vec::new(),
             attempts: Vec::new(),
+            deferred: Vec::new(),
             outages: Vec::new(),
             refreshes: Vec::new(),
         };
@@ -285,6 +288,20 @@ impl<'a> Facts<'a> {
                 at: at(t),
             })
             .collect();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT connection_id, trigger, decided_at FROM refresh_decisions
+             WHERE decision = 'deferred' ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await?;
+        self.deferred = rows
+            .into_iter()
+            .map(|(connection_id, trigger, t)| Attempt {
+                connection_id,
+                trigger,
+                at: at(t),
+            })
+            .collect();
         let rows: Vec<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
             "SELECT institution_id, method, source, started_at, since, ended_at FROM outages ORDER BY id",
         )
@@ -337,8 +354,9 @@ impl<'a> Facts<'a> {
             .get(connection)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        // Jobs started before `t`: the refresh made at `t` is ours, not news.
-        let seen = jobs.iter().filter(|j| j.created <= known && j.created < t);
+        // Jobs started before the read (one started in the same second may have come after
+        // it) and before `t` (the refresh made at `t` is ours, not news).
+        let seen = jobs.iter().filter(|j| j.created < known && j.created < t);
         let activity = seen
             .clone()
             .map(|j| j.ended.filter(|e| *e <= known).unwrap_or(j.created))
@@ -994,7 +1012,15 @@ fn recovery_in_window(f: &Facts<'_>, row: &mut Row) {
             .flatten()
             .max()
             .map(|a| a + floor);
-        let allowed = floor_at.map_or(*end + window, |fl| fl.max(*end + window)) + slack;
+        // Each tick the pace deferred it (it stays due) comes on top.
+        let deferred = f
+            .deferred
+            .iter()
+            .filter(|d| d.connection_id == **connection && d.at >= *end && d.at <= *t)
+            .count() as i32;
+        let step = TimeDelta::from_std(f.run.config.step).unwrap_or_default();
+        let allowed =
+            floor_at.map_or(*end + window, |fl| fl.max(*end + window)) + slack + step * deferred;
         if *t > allowed {
             row.breaches.push(format!(
                 "{connection} recovered at {t}, the outage ended {end}, allowed until {allowed}:{}",
