@@ -2,7 +2,7 @@
 //! the real daemon path, every promise checked over the whole run (see `tests/life`).
 
 #[path = "../life/mod.rs"]
-mod life;
+mod harness;
 
 /// Seeds that once found a breach stay here as regressions.
 const SEEDS: [u64; 1] = [11];
@@ -10,11 +10,13 @@ const SEEDS: [u64; 1] = [11];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_days_of_a_scripted_world_keep_every_promise() {
     for seed in SEEDS {
-        let config = life::LifeConfig {
+        let config = harness::LifeConfig {
             step: std::time::Duration::from_secs(120),
-            ..life::LifeConfig::new(100, 3, seed)
+            ..harness::LifeConfig::new(100, 3, seed)
         };
-        let report = life::run(&config).await.expect("the life simulation runs");
+        let report = harness::run(&config)
+            .await
+            .expect("the life simulation runs");
         println!("seed {seed}\n{}", report.table());
         assert_eq!(report.breaches(), 0, "seed {seed}:\n{}", report.table());
         let checked: u64 = report.rows.iter().map(|r| r.checked).sum();

@@ -91,7 +91,11 @@ impl Scene {
         self.sim.sim.add_connection(user, c);
         self.job(user, connection, at, Outcome::Success);
         let id = UserId::parse(user).unwrap();
-        self.app.sweeper().add_users(&[id.clone()]).await.unwrap();
+        self.app
+            .sweeper()
+            .add_users(std::slice::from_ref(&id))
+            .await
+            .unwrap();
         id
     }
 

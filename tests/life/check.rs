@@ -135,6 +135,39 @@ struct Change {
     at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    webhook_id: String,
+    event_type: String,
+    order_key: String,
+    payload: String,
+    created_at: i64,
+    state: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    connection_id: String,
+    to_health: String,
+    reason: Option<String>,
+    job_id: Option<String>,
+    changed_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutageDbRow {
+    institution_id: String,
+    method: String,
+    source: String,
+    started_at: i64,
+    since: Option<i64>,
+    ended_at: Option<i64>,
+}
+
+/// Per connection: when a user-side problem showed (`Some(cause)`) or a job succeeded.
+type Marks = BTreeMap<String, Vec<(DateTime<Utc>, Option<String>)>>;
+
 #[derive(Clone, Debug)]
 struct Attempt {
     connection_id: String,
@@ -239,40 +272,38 @@ impl<'a> Facts<'a> {
 
     async fn read_store(&mut self) -> anyhow::Result<()> {
         let pool = self.run.app.sweeper().store().pool();
-        let rows: Vec<(i64, String, String, String, String, i64, Option<String>)> = sqlx::query_as(
+        let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT o.id, o.webhook_id, o.event_type, o.order_key, o.payload, o.created_at,
-                    (SELECT d.state FROM deliveries d WHERE d.outbox_id = o.id)
+                    (SELECT d.state FROM deliveries d WHERE d.outbox_id = o.id) AS state
              FROM outbox o ORDER BY o.id",
         )
         .fetch_all(pool)
         .await?;
         self.sent = rows
             .into_iter()
-            .map(
-                |(id, webhook_id, event_type, order_key, payload, created, state)| Sent {
-                    id,
-                    webhook_id,
-                    event_type,
-                    order_key,
-                    payload: serde_json::from_str(&payload).unwrap_or_default(),
-                    created: at(created),
-                    state: state.unwrap_or_else(|| "none".into()),
-                },
-            )
+            .map(|r| Sent {
+                id: r.id,
+                webhook_id: r.webhook_id,
+                event_type: r.event_type,
+                order_key: r.order_key,
+                payload: serde_json::from_str(&r.payload).unwrap_or_default(),
+                created: at(r.created_at),
+                state: r.state.unwrap_or_else(|| "none".into()),
+            })
             .collect();
-        let rows: Vec<(String, String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+        let rows: Vec<ChangeRow> = sqlx::query_as(
             "SELECT connection_id, to_health, reason, job_id, changed_at FROM health_changes ORDER BY id",
         )
         .fetch_all(pool)
         .await?;
         self.changes = rows
             .into_iter()
-            .map(|(connection_id, to, reason, job_id, t)| Change {
-                connection_id,
-                to,
-                reason,
-                job_id,
-                at: at(t),
+            .map(|r| Change {
+                connection_id: r.connection_id,
+                to: r.to_health,
+                reason: r.reason,
+                job_id: r.job_id,
+                at: at(r.changed_at),
             })
             .collect();
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
@@ -302,19 +333,19 @@ impl<'a> Facts<'a> {
                 at: at(t),
             })
             .collect();
-        let rows: Vec<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+        let rows: Vec<OutageDbRow> = sqlx::query_as(
             "SELECT institution_id, method, source, started_at, since, ended_at FROM outages ORDER BY id",
         )
         .fetch_all(pool)
         .await?;
         self.outages = rows
             .into_iter()
-            .map(|(i, m, source, started, since, ended)| Outage {
-                key: (i, key_of(&m)),
-                source,
-                started: at(started),
-                since: since.map(at),
-                ended: ended.map(at),
+            .map(|r| Outage {
+                key: (r.institution_id, key_of(&r.method)),
+                source: r.source,
+                started: at(r.started_at),
+                since: r.since.map(at),
+                ended: r.ended_at.map(at),
             })
             .collect();
         Ok(())
@@ -483,7 +514,7 @@ fn world_outages(run: &Run) -> HashMap<(String, String), Vec<WorldOutage>> {
 /// The user-side episodes: a job that failed for the user's reason, or a consent's end,
 /// until a job succeeded.
 fn episodes(f: &Facts<'_>) -> Vec<Episode> {
-    let mut marks: BTreeMap<String, Vec<(DateTime<Utc>, Option<String>)>> = BTreeMap::new();
+    let mut marks: Marks = BTreeMap::new();
     for (connection, jobs) in &f.jobs_of {
         for j in jobs {
             let Some(ended) = j.ended else { continue };
@@ -583,8 +614,7 @@ fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
     let connection = s.connection()?;
     f.changes
         .iter()
-        .filter(|c| c.connection_id == connection && c.at == s.created && c.to == s.to())
-        .next_back()
+        .rfind(|c| c.connection_id == connection && c.at == s.created && c.to == s.to())
         .cloned()
 }
 
@@ -676,8 +706,7 @@ fn must_act_is_told(f: &Facts<'_>, row: &mut Row) {
             .any(|s| s.asks() && s.created >= e.start - TimeDelta::minutes(1) && s.created <= by);
         let standing = notices
             .iter()
-            .filter(|s| s.event_type == "connection.health_changed" && s.created < e.start)
-            .next_back()
+            .rfind(|s| s.event_type == "connection.health_changed" && s.created < e.start)
             .is_some_and(|s| s.asks());
         if !told_in_time && !standing {
             row.breaches.push(format!(
