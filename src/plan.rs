@@ -132,7 +132,7 @@ pub struct Inference {
     /// Distinct *other* users failing bank-side there in the window (counted up to the
     /// threshold only).
     pub other_users_failing: i64,
-    /// Failures before this are the outage Basiq already reported.
+    /// Failures before this belong to an outage that is over (reported or inferred).
     pub counts_since: Option<DateTime<Utc>>,
 }
 

@@ -315,9 +315,13 @@ pub async fn key_facts(
     let mut out = HashMap::new();
     let sql = format!(
         "WITH recovered AS (
-             SELECT MAX(changed_at) AS at FROM connector_status_changes
-             WHERE institution_id = ?1 AND method IN (?2, ?3)
-               AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES})
+             SELECT MAX(at) AS at FROM (
+                 SELECT MAX(changed_at) AS at FROM connector_status_changes
+                 WHERE institution_id = ?1 AND method IN (?2, ?3)
+                   AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES}
+                 UNION ALL
+                 SELECT MAX(ended_at) FROM outages
+                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))
          SELECT
              EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
                      AND source = 'inferred' AND ended_at IS NULL),
@@ -441,7 +445,8 @@ pub async fn attempts_for(
 
 /// The inferred-outage facts at one connector: whether one is open, and how many distinct
 /// users other than `except` failed bank-side there since `since` (and since the connector
-/// last recovered from an outage Basiq reported), counted up to `limit` only. Reads only
+/// last recovered from an outage, reported or inferred: failures seen late from an outage
+/// that is over do not infer a new one), counted up to `limit` only. Reads only
 /// the partial index of bank-side failures, so its cost does not grow with the bank.
 pub async fn inference_at(
     conn: &mut SqliteConnection,
@@ -454,9 +459,13 @@ pub async fn inference_at(
     // One statement (one hand-off to SQLite's thread), three answers.
     let sql = format!(
         "WITH recovered AS (
-             SELECT MAX(changed_at) AS at FROM connector_status_changes
-             WHERE institution_id = ?1 AND method IN (?2, ?3)
-               AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES})
+             SELECT MAX(at) AS at FROM (
+                 SELECT MAX(changed_at) AS at FROM connector_status_changes
+                 WHERE institution_id = ?1 AND method IN (?2, ?3)
+                   AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES}
+                 UNION ALL
+                 SELECT MAX(ended_at) FROM outages
+                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))
          SELECT
              EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
                      AND source = 'inferred' AND ended_at IS NULL),
