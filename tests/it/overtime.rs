@@ -555,3 +555,90 @@ async fn an_ask_at_a_bank_one_user_short_of_an_inferred_outage_waits_and_is_supe
     deliver().await;
     assert_eq!(state().await.0, "superseded");
 }
+
+/// Recovery inside its window: when the per-bank pace cannot send an outage's recoveries
+/// within `refresh.recovery_window`, they are spread over the shortest window it allows,
+/// `plan` says so, and each goes inside that window.
+#[tokio::test]
+async fn recoveries_the_bank_s_pace_cannot_fit_are_spread_over_the_window_it_allows() {
+    let s =
+        Scene::new("recovery_window = \"5m\"\nper_institution_per_minute = 2\nmax_wait = \"0s\"")
+            .await;
+    let mut users = Vec::new();
+    for n in 0..10 {
+        users.push(
+            s.user(&format!("r{n}"), &format!("rc{n}"), "AU00004", 30)
+                .await,
+        );
+    }
+    s.tick().await;
+    s.sim
+        .sim
+        .set_connector_status("AU00004", "web", "major-outage");
+    s.pass_minutes(6).await;
+    for (n, u) in users.iter().enumerate() {
+        s.job(
+            u.as_str(),
+            &format!("rc{n}"),
+            s.now() - Duration::minutes(1),
+            fail("service-unavailable"),
+        );
+        s.sweep(u).await;
+    }
+    s.pass_minutes(120).await;
+    s.sim
+        .sim
+        .set_connector_status("AU00004", "web", "operational");
+    s.clock.advance(StdDuration::from_secs(360));
+    s.tick().await;
+    let ended = s.now();
+    let plan = s.app.refresher().dry_run(None, s.now()).await.unwrap();
+    let recoveries: Vec<_> = plan
+        .iter()
+        .filter_map(|l| match l.upcoming {
+            basiq_health::policy::schedule::Upcoming::Refresh {
+                refresh_at,
+                trigger,
+            } if trigger.as_str() == "recovery" => Some((refresh_at, l.note)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recoveries.len(), 10, "{plan:?}");
+    // Ten at two a minute: 5 minutes, a quarter to spare: 6 min 15 s.
+    let stretched = ended + Duration::seconds(375);
+    assert!(
+        recoveries.iter().all(|(at, _)| *at <= stretched),
+        "{recoveries:?}"
+    );
+    let late: Vec<_> = recoveries
+        .iter()
+        .filter(|(at, _)| *at > ended + Duration::minutes(5))
+        .collect();
+    assert!(
+        !late.is_empty(),
+        "the last slots lie past refresh.recovery_window"
+    );
+    assert!(
+        late.iter().all(|(_, note)| note.is_some()),
+        "plan says why: {late:?}"
+    );
+    // Each is sent within the stretched window. With no wait allowed (`max_wait = "0s"`),
+    // a refresh the pace holds back waits for the next tick: ticks every 30 s keep up with
+    // two a minute.
+    for _ in 0..13 {
+        s.clock.advance(StdDuration::from_secs(30));
+        s.tick().await;
+        let cancel = CancellationToken::new();
+        s.app.refresher().run_due(&cancel).await.unwrap();
+    }
+    let calls = s.sim.sim.counters().refresh_calls;
+    for n in 0..10 {
+        let at = calls.get(&format!("rc{n}")).cloned().unwrap_or_default();
+        assert_eq!(at.len(), 1, "rc{n}: {calls:?}");
+        assert!(
+            at[0] <= stretched + Duration::seconds(30),
+            "rc{n} at {}",
+            at[0]
+        );
+    }
+}
