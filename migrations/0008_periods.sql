@@ -13,3 +13,7 @@ UPDATE connections SET invalid_seen = COALESCE(health_since, checked_at),
 -- The incident an owed refresh is for (an outage's end, a failed job's time): a success
 -- after it makes the refresh not needed.
 ALTER TABLE connections ADD COLUMN refresh_due_since INTEGER;
+-- When an outage's recoveries are queued: the earliest it may have ended (the last read that
+-- still saw the bank down, or when an inferred one was inferred); a job that succeeded after
+-- it answers the recovery.
+ALTER TABLE reclassify_queue ADD COLUMN ended_after INTEGER;

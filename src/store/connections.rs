@@ -584,25 +584,23 @@ pub async fn write_plans(
                     .await?;
                 }
                 OutageMove::Close { key } => {
-                    if super::connectors::close_inferred(
+                    let inferred_at = super::connectors::close_inferred(
                         conn,
                         &key.institution_id,
                         &key.method,
                         now,
                     )
-                    .await?
-                    {
-                        closed.push(key.clone());
+                    .await?;
+                    if let Some(at) = inferred_at {
+                        closed.push((key.clone(), at));
                     }
                 }
             }
         }
         for key in &plan.reclassify {
-            let recovery = plan
-                .outages
-                .iter()
-                .any(|o| matches!(o, OutageMove::Close { key: k } if k == key));
-            super::connectors::queue_reclassify(conn, key, recovery, now).await?;
+            // A recovery: what succeeded since the outage was inferred answers it.
+            let ended_after = closed.iter().find(|(k, _)| k == key).map(|(_, at)| *at);
+            super::connectors::queue_reclassify(conn, key, ended_after, now).await?;
         }
     }
     let swept: Vec<(&UserId, DateTime<Utc>)> = plans
@@ -633,6 +631,7 @@ pub async fn write_plans(
     }
     // The notifications these changes cause, in the same transaction.
     if notices {
+        let closed: Vec<ConnectorKey> = closed.into_iter().map(|(k, _)| k).collect();
         super::events::write_plan_notices(conn, plans, &closed, now).await?;
     }
     Ok(())

@@ -145,13 +145,15 @@ impl Store {
                 // outage is over too.
                 close_inferred(&mut tx, &key.0, &key.1, now).await?;
             }
+            // Recovered since the last read, which still saw it down.
+            let ended_after = recovered.then(|| seen.get(&key).map_or(now, |at| from_ts(*at)));
             queue_reclassify(
                 &mut tx,
                 &ConnectorKey {
                     institution_id: key.0.clone(),
                     method: key.1.clone(),
                 },
-                recovered,
+                ended_after,
                 now,
             )
             .await?;
@@ -275,25 +277,25 @@ pub async fn inferred_open(
     Ok(n > 0)
 }
 
-/// Ends an open inferred outage; true when one was open.
+/// Ends an open inferred outage; when one was open, when it was inferred.
 pub async fn close_inferred(
     conn: &mut SqliteConnection,
     institution_id: &str,
     method: &str,
     now: DateTime<Utc>,
-) -> Result<bool> {
+) -> Result<Option<DateTime<Utc>>> {
     let (a, b) = method_spellings(method);
-    let done = sqlx::query(
+    let started: Option<i64> = sqlx::query_scalar(
         "UPDATE outages SET ended_at = ? WHERE institution_id = ? AND method IN (?, ?)
-         AND source = 'inferred' AND ended_at IS NULL",
+         AND source = 'inferred' AND ended_at IS NULL RETURNING started_at",
     )
     .bind(ts(now))
     .bind(institution_id.to_owned())
     .bind(a)
     .bind(b)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(done.rows_affected() > 0)
+    Ok(started.map(from_ts))
 }
 
 /// One connector's pending reclassification.
@@ -306,37 +308,43 @@ pub struct Reclassify {
     pub recovery: bool,
     pub recovery_total: u32,
     pub recovery_done: u32,
+    /// A recovery: the earliest the outage may have ended.
+    pub ended_after: Option<DateTime<Utc>>,
 }
 
-/// Queues the reclassification of every connection at a connector; `recovery`: an outage
-/// there ended, so the connections it held get recovery slots. A queued one starts over.
+/// Queues the reclassification of every connection at a connector; `ended_after` (a
+/// recovery): an outage there ended, no earlier than then, so the connections it held get
+/// recovery slots. A queued one starts over.
 pub async fn queue_reclassify(
     conn: &mut SqliteConnection,
     key: &ConnectorKey,
-    recovery: bool,
+    ended_after: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<()> {
     let (a, b) = method_spellings(&key.method);
     sqlx::query(
-        "INSERT INTO reclassify_queue (institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done)
+        "INSERT INTO reclassify_queue (institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done, ended_after)
          VALUES (?1, ?2, ?3, '', ?4, CASE WHEN ?4 THEN (
              SELECT COUNT(*) FROM connections WHERE institution_id = ?1
                AND (method IN (?5, ?6) OR method = 'unknown') AND gone_at IS NULL
-               AND health = 'institution-outage') ELSE 0 END, 0)
+               AND health = 'institution-outage') ELSE 0 END, 0, ?7)
          ON CONFLICT (institution_id, method) DO UPDATE SET
              queued_at = excluded.queued_at, cursor = '',
              recovery = MAX(reclassify_queue.recovery, excluded.recovery),
              recovery_total = CASE WHEN excluded.recovery THEN excluded.recovery_total
                                    ELSE reclassify_queue.recovery_total END,
              recovery_done = CASE WHEN excluded.recovery THEN 0
-                                  ELSE reclassify_queue.recovery_done END",
+                                  ELSE reclassify_queue.recovery_done END,
+             ended_after = CASE WHEN excluded.recovery THEN excluded.ended_after
+                                ELSE reclassify_queue.ended_after END",
     )
     .bind(key.institution_id.clone())
     .bind(Method::parse(&key.method).as_str().to_owned())
     .bind(ts(now))
-    .bind(recovery)
+    .bind(ended_after.is_some())
     .bind(a)
     .bind(b)
+    .bind(ended_after.map(ts))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -344,25 +352,37 @@ pub async fn queue_reclassify(
 
 /// The oldest pending reclassification.
 pub async fn next_reclassify(conn: &mut SqliteConnection) -> Result<Option<Reclassify>> {
-    let row: Option<(String, String, i64, String, bool, i64, i64)> = sqlx::query_as(
-        "SELECT institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done
+    let row: Option<QueuedRow> = sqlx::query_as(
+        "SELECT institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done,
+                ended_after
          FROM reclassify_queue ORDER BY queued_at, institution_id, method LIMIT 1",
     )
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(
-        row.map(|(i, m, q, cursor, recovery, total, done)| Reclassify {
-            key: ConnectorKey {
-                institution_id: i,
-                method: m,
-            },
-            queued_at: from_ts(q),
-            cursor,
-            recovery,
-            recovery_total: u32::try_from(total).unwrap_or(0),
-            recovery_done: u32::try_from(done).unwrap_or(0),
-        }),
-    )
+    Ok(row.map(|r| Reclassify {
+        key: ConnectorKey {
+            institution_id: r.institution_id,
+            method: r.method,
+        },
+        queued_at: from_ts(r.queued_at),
+        cursor: r.cursor,
+        recovery: r.recovery,
+        recovery_total: u32::try_from(r.recovery_total).unwrap_or(0),
+        recovery_done: u32::try_from(r.recovery_done).unwrap_or(0),
+        ended_after: from_opt_ts(r.ended_after),
+    }))
+}
+
+#[derive(sqlx::FromRow)]
+struct QueuedRow {
+    institution_id: String,
+    method: String,
+    queued_at: i64,
+    cursor: String,
+    recovery: bool,
+    recovery_total: i64,
+    recovery_done: i64,
+    ended_after: Option<i64>,
 }
 
 /// Records a batch done; `finished` removes the entry.

@@ -926,7 +926,7 @@ fn recovery_slots(
         .map(|k| crate::policy::schedule::Owed {
             at: crate::policy::schedule::recovery_slot(k, total, window, job.queued_at, rng),
             trigger: crate::policy::Trigger::Recovery,
-            since: Some(job.queued_at),
+            since: Some(job.ended_after.unwrap_or(job.queued_at)),
         })
         .collect();
     job.recovery_done = job.recovery_done.saturating_add(held);
