@@ -172,6 +172,12 @@ async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_f
     )
     .await;
     sim.sim.webhooks_settled().await;
+    // The event is marked processed just after the sweep it caused is committed.
+    until("the event to be marked processed", || async {
+        let events = store.recent_events(10).await.unwrap();
+        events.iter().all(|e| e.outcome.is_some())
+    })
+    .await;
     assert_eq!(
         requests(&sim, Route::Connections) - lists,
         1,
