@@ -209,8 +209,18 @@ pub struct HealthChange {
     pub reason: Option<String>,
 }
 
-/// The statuses that are not "down", as stored text (see `ConnectorStatus::is_down`).
-const UP_STATUSES: &str = "('operational', 'degraded-performance', 'under-maintenance')";
+/// When the connector ?1/?2|?3 last recovered from an outage, reported (from a status that
+/// is down: not one of the up ones of `ConnectorStatus::is_down`) or inferred: failures
+/// before it belong to an outage that is over.
+const RECOVERED: &str = "recovered AS (
+             SELECT MAX(at) AS at FROM (
+                 SELECT MAX(changed_at) AS at FROM connector_status_changes
+                 WHERE institution_id = ?1 AND method IN (?2, ?3)
+                   AND from_status IS NOT NULL
+                   AND from_status NOT IN ('operational', 'degraded-performance', 'under-maintenance')
+                 UNION ALL
+                 SELECT MAX(ended_at) FROM outages
+                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))";
 
 /// The stored state of several users (their rows, our refresh attempts of them, their
 /// recent jobs), read in two statements for the whole group; `inference` is left empty
@@ -314,14 +324,7 @@ pub async fn key_facts(
 ) -> Result<HashMap<ConnectorKey, KeyFacts>> {
     let mut out = HashMap::new();
     let sql = format!(
-        "WITH recovered AS (
-             SELECT MAX(at) AS at FROM (
-                 SELECT MAX(changed_at) AS at FROM connector_status_changes
-                 WHERE institution_id = ?1 AND method IN (?2, ?3)
-                   AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES}
-                 UNION ALL
-                 SELECT MAX(ended_at) FROM outages
-                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))
+        "WITH {RECOVERED}
          SELECT
              EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
                      AND source = 'inferred' AND ended_at IS NULL),
@@ -458,14 +461,7 @@ pub async fn inference_at(
     let (a, b) = method_spellings(&key.method);
     // One statement (one hand-off to SQLite's thread), three answers.
     let sql = format!(
-        "WITH recovered AS (
-             SELECT MAX(at) AS at FROM (
-                 SELECT MAX(changed_at) AS at FROM connector_status_changes
-                 WHERE institution_id = ?1 AND method IN (?2, ?3)
-                   AND from_status IS NOT NULL AND from_status NOT IN {UP_STATUSES}
-                 UNION ALL
-                 SELECT MAX(ended_at) FROM outages
-                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))
+        "WITH {RECOVERED}
          SELECT
              EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
                      AND source = 'inferred' AND ended_at IS NULL),

@@ -516,20 +516,11 @@ impl Simulator {
     /// The user's consent ends: every open-banking connection of theirs stops, and Basiq
     /// sends one event about the user.
     fn consent_ends(&self, user_id: &str, how: &str, now: DateTime<Utc>) {
+        let ids = self.open_banking_of(user_id);
         {
             let mut st = self.lock();
             st.settle(now);
-            for id in st
-                .user(user_id)
-                .map(|u| {
-                    u.connections
-                        .iter()
-                        .filter(|c| is_open_banking(&c.s.method))
-                        .map(|c| c.s.id.clone())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-            {
+            for id in ids {
                 let Some(c) = st.connection_mut(&id) else {
                     continue;
                 };
