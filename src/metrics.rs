@@ -77,6 +77,7 @@ async fn render_events(
         ("bad_signature", &receiver.bad_signature),
         ("stale_timestamp", &receiver.stale),
         ("malformed", &receiver.malformed),
+        ("unreadable", &receiver.unreadable),
         ("store_failed", &receiver.failed),
     ] {
         answers

@@ -124,7 +124,13 @@ impl Processor {
             let Some(id) = row.event_id.as_deref().and_then(|e| EventId::parse(e).ok()) else {
                 return Ok("no-user");
             };
-            let event = self.sweeper.client().get_event(&id).await?;
+            let event = match self.sweeper.client().get_event(&id).await {
+                Ok(event) => event,
+                // Basiq's own `resource-not-found` (it keeps events 7 days): no try will find
+                // it. A gateway's 404 is not this error: it is retried like a 5xx.
+                Err(crate::basiq::Error::NotFound { .. }) => return Ok("event-not-found"),
+                Err(e) => return Err(e.into()),
+            };
             let mut looked = EntityIds::from_link(event.data_ref.as_deref());
             if event.user_id.is_some() {
                 looked.user_id = event.user_id;

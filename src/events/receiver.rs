@@ -33,6 +33,8 @@ pub struct ReceiverStats {
     pub bad_signature: AtomicU64,
     pub stale: AtomicU64,
     pub malformed: AtomicU64,
+    /// A body that is not UTF-8 text (a Standard Webhooks payload is JSON).
+    pub unreadable: AtomicU64,
     pub failed: AtomicU64,
 }
 
@@ -68,7 +70,8 @@ const TOLERANCE_S: i64 = 5 * 60;
 /// `now` rather than the system's wall clock: the three headers, a timestamp within ±5
 /// minutes of `now`, then a `v1,` signature in `webhook-signature` (space-separated, any
 /// one may match) equal, compared in constant time, to one of the `verifiers`' signature of
-/// `{id}.{timestamp}.{body}`. The errors are the crate's, so the answers stay the same.
+/// `{id}.{timestamp}.{body}`. The errors are the crate's, so the answers stay the same; a
+/// body that is not UTF-8 is `InvalidPayload`, whatever its signature.
 /// With no verifier, nothing verifies (the settings require a secret for the receiver).
 pub fn verify(
     verifiers: &[Webhook],
@@ -88,6 +91,11 @@ pub fn verify(
     let ts: i64 = header("webhook-timestamp", "timestamp")?
         .parse()
         .map_err(|_| WebhookError::InvalidTimestamp)?;
+    // The crate signs text only: a body that is not UTF-8 cannot be checked, and is no
+    // payload anyway. Said as such, not as a signature that does not match.
+    if std::str::from_utf8(body).is_err() {
+        return Err(WebhookError::InvalidPayload);
+    }
     let now = now.timestamp();
     if now.saturating_sub(ts) > TOLERANCE_S {
         return Err(WebhookError::TimestampTooOldError);
@@ -125,6 +133,11 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
                 StatusCode::UNAUTHORIZED,
                 "webhook-timestamp is more than 5 minutes from now (a replay?)",
                 &s.stats.stale,
+            ),
+            WebhookError::InvalidPayload => (
+                StatusCode::BAD_REQUEST,
+                "the body is not UTF-8 text (a webhook's payload is JSON)",
+                &s.stats.unreadable,
             ),
             WebhookError::MissingHeader(_)
             | WebhookError::InvalidHeader(_)

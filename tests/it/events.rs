@@ -1799,3 +1799,120 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
     assert!(ended < asks(&seen).unwrap(), "the end first: {seen:?}");
     daemon.stop().await;
 }
+
+// ---- the edges of events in -----------------------------------------------------------------
+
+/// Issue 21, item 10: a body that is not UTF-8, even signed with the right secret, is
+/// answered 400 saying so (not 401 "the signature does not match"), counted as unreadable,
+/// and stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_body_that_is_not_utf8_is_answered_400_as_unreadable_and_stored_nowhere() {
+    use base64::Engine as _;
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    let daemon = Daemon::start(app);
+    let body: &[u8] = b"{\"eventTypeId\": \"connection.invalidated\", \"x\": \"\xff\xfe\"}";
+    let ts = Utc::now().timestamp();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(BASIQ_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut signed = format!("msg_notutf8.{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(hmac_sha256::HMAC::mac(&signed, &key));
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/basiq/webhook"))
+        .header("webhook-id", "msg_notutf8")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", format!("v1,{signature}"))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("not UTF-8"), "{text}");
+    assert!(store.recent_events(10).await.unwrap().is_empty());
+    daemon.stop().await;
+}
+
+/// Issue 21, item 11: an event Basiq no longer knows (`GET /events/{id}` answers its own
+/// 404 `resource-not-found`) is done with at once, not retried 8 times over 42 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_basiq_no_longer_knows_is_not_retried() {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let store = app.sweeper().store().clone();
+    let event_id = "0f".repeat(32);
+    let stored = store
+        .insert_event(
+            &basiq_health::store::events::NewEvent {
+                delivery_id: "msg_gone",
+                event_id: Some(&event_id),
+                event_type: Some("connection.invalidated"),
+                source: "webhook",
+                user_id: None,
+                entity_link: None,
+                body: "{}",
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(stored);
+    let processor = basiq_health::events::process::Processor {
+        sweeper: app.sweeper().clone(),
+        register_new_users: false,
+        wake: Default::default(),
+    };
+    processor
+        .process_pending(&CancellationToken::new())
+        .await
+        .unwrap();
+    let events = store.recent_events(10).await.unwrap();
+    assert_eq!(events[0].outcome.as_deref(), Some("event-not-found"));
+    assert!(
+        events[0].processed_at.is_some(),
+        "done with, not waiting for a retry"
+    );
+    assert_eq!(requests(&sim, Route::Events), 1, "one look-up");
+    // A gateway's 404 (not Basiq's envelope) is retried like a 5xx: it says nothing of the
+    // event.
+    sim.sim.inject_fault(
+        Route::Events,
+        basiq_sim::Fault::GatewayPage { status: 404 },
+        10,
+    );
+    let stored = store
+        .insert_event(
+            &basiq_health::store::events::NewEvent {
+                delivery_id: "msg_gateway",
+                event_id: Some(&"1e".repeat(32)),
+                event_type: Some("connection.invalidated"),
+                source: "webhook",
+                user_id: None,
+                entity_link: None,
+                body: "{}",
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(stored);
+    processor
+        .process_pending(&CancellationToken::new())
+        .await
+        .unwrap();
+    let retried = store
+        .recent_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.delivery_id == "msg_gateway")
+        .unwrap();
+    assert_eq!(retried.processed_at, None, "waits for a retry");
+}
