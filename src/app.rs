@@ -408,12 +408,13 @@ impl App {
             vec![refresh_tx, house_tx],
         )
         .await?;
-        let watchdog = crate::service::spawn_watchdog(
-            self.sweeper.clone(),
+        let liveness = crate::service::Liveness::new(
             self.ticks.clone(),
             tick_interval,
-            cancel.clone(),
+            clock.now().timestamp(),
         );
+        let watchdog =
+            crate::service::spawn_watchdog(self.sweeper.clone(), liveness.clone(), cancel.clone());
         let webhook_listener = self.webhook_listener.take();
         let events_tasks = self.spawn_events(webhook_listener, &cancel);
         let api_token = self.api_token.clone();
@@ -422,11 +423,9 @@ impl App {
             let state = api::ApiState {
                 refresher: self.refresher.clone(),
                 sweeper: self.sweeper.clone(),
-                ticks: self.ticks.clone(),
                 token,
                 loopback,
-                tick_interval,
-                started: clock.now().timestamp(),
+                liveness,
                 receiver: self.receiver_stats.clone(),
             };
             let cancel = cancel.clone();

@@ -1,0 +1,362 @@
+//! What production does to a healthy daemon (issue 21): a catch-up longer than the
+//! watchdog's interval, `/healthz` probed during it and while another process holds the
+//! write lock, and idle or trickling connections by the thousand under a low descriptor
+//! limit. The daemon runs as the binary, with a real notify socket and real listeners.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use basiq_sim::{RunningSim, SimConfig};
+
+use crate::events::BASIQ_SECRET;
+use crate::helpers::*;
+
+/// A temporary directory holding the daemon's configuration, database, secret and log.
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+/// A daemon process started by [`Scene::spawn`]; killed when dropped.
+struct Process {
+    child: Child,
+    notes: mpsc::Receiver<(Instant, String)>,
+    stop_notes: Arc<AtomicBool>,
+    /// The local API's `host:port`.
+    api: String,
+    log: PathBuf,
+    db: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Scene {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("bh.db")
+    }
+
+    /// Registers every user of `sim` and makes each overdue: the first pass is a catch-up.
+    async fn register_overdue(&self, sim: &RunningSim) {
+        let sweeper = sweeper_for(sim, &self.db(), "").await;
+        sweeper.add_users(&sim_users(sim)).await.unwrap();
+        sqlx::query("UPDATE users SET next_due_at = 0")
+            .execute(sweeper.store().write_pool())
+            .await
+            .unwrap();
+        sweeper.store().close().await;
+    }
+
+    /// Starts `basiq-health run` against `sim` with both listeners on loopback ports, a
+    /// notify socket, `WATCHDOG_USEC` when `watchdog` is set, a descriptor limit when
+    /// `nofile` is set, and `envs` (`BASIQ_HEALTH__...` overrides) over the file.
+    fn spawn(
+        &self,
+        sim: &RunningSim,
+        envs: &[(&str, &str)],
+        watchdog: Option<Duration>,
+        nofile: Option<u64>,
+    ) -> Process {
+        let dir = self.dir.path();
+        let secret = dir.join("basiq-webhook-secret");
+        std::fs::write(&secret, format!("{BASIQ_SECRET}\n")).unwrap();
+        let (api, webhooks) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let config = dir.join("bh.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "shutdown_grace = \"5s\"\n[basiq]\nbase_url = {:?}\nretry_base_delay = \"20ms\"\n\
+                 [database]\npath = {:?}\n[log]\nformat = \"json\"\n[api]\nlisten = {api:?}\n\
+                 [refresh]\nmode = \"off\"\n[webhooks]\nlisten = {webhooks:?}\n\
+                 secret_file = {:?}\npoll_interval = \"0s\"\n",
+                sim.base_url(),
+                self.db().display().to_string(),
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let socket_path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&socket_path);
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let log = dir.join("daemon.log");
+        let mut cmd = crate::cli::bin();
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+            .env("NOTIFY_SOCKET", &socket_path)
+            .envs(envs.iter().copied())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null());
+        if let Some(w) = watchdog {
+            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+        if let Some(n) = nofile {
+            limit_descriptors(&mut cmd, n);
+        }
+        let child = cmd.spawn().unwrap();
+        let (tx, notes) = mpsc::channel();
+        let stop_notes = Arc::new(AtomicBool::new(false));
+        let stop = stop_notes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if tx.send((Instant::now(), msg)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Process {
+            child,
+            notes,
+            stop_notes,
+            api,
+            log,
+            db: self.db(),
+        }
+    }
+}
+
+/// The child starts with `RLIMIT_NOFILE` at `n` (soft and hard), as under systemd's default
+/// of 1,024 without `LimitNOFILE=`.
+fn limit_descriptors(cmd: &mut std::process::Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's memory.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+impl Process {
+    /// Waits (up to 30 s) for READY=1; returns when it came.
+    fn ready(&self) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok((at, msg)) = self.notes.recv_timeout(Duration::from_millis(200))
+                && msg.lines().any(|l| l == "READY=1")
+            {
+                return at;
+            }
+        }
+        panic!("no READY=1 within 30 s: {}", self.log_text());
+    }
+
+    /// Every WATCHDOG=1 received since the last call.
+    fn beats(&self) -> Vec<Instant> {
+        self.notes
+            .try_iter()
+            .filter(|(_, msg)| msg.lines().any(|l| l == "WATCHDOG=1"))
+            .map(|(at, _)| at)
+            .collect()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The first pass the tick started: `Some((started_at, ended_at))` once it ended.
+    async fn first_tick_pass(&self) -> Option<(i64, i64)> {
+        let store = basiq_health::store::Store::open(&self.db).await.unwrap();
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT started_at, ended_at FROM sweeps WHERE trigger = 'tick' ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        store.close().await;
+        row.and_then(|(s, e)| e.map(|e| (s, e)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop_notes.store(true, Ordering::Relaxed);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A catch-up of 240 overdue users at 20 users a second (40 requests a second, two per
+/// user, each answered 40 ms late): a pass of about 12 s.
+async fn catch_up() -> (RunningSim, Scene) {
+    let sim = start_sim(SimConfig {
+        users: 240,
+        ..sim_config()
+    })
+    .await;
+    sim.sim.set_delay(None, Duration::from_millis(40));
+    let scene = Scene::new();
+    scene.register_overdue(&sim).await;
+    (sim, scene)
+}
+
+/// A tick every second; requests paced to 40 a second.
+const CATCH_UP_ENV: &[(&str, &str)] = &[
+    ("BASIQ_HEALTH__SWEEP__TICK", "* * * * * *"),
+    ("BASIQ_HEALTH__BASIQ__MAX_REQUESTS_PER_SECOND", "40"),
+];
+
+/// Waits (up to 90 s) for the first tick's pass to end; its start and end (Unix seconds).
+async fn pass_end(daemon: &Process) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(pass) = daemon.first_tick_pass().await {
+            return pass;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the catch-up did not end: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 21, item 1: progress is a user finished, not a pass ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_longer_than_three_watchdog_intervals_pets_the_watchdog_at_every_interval() {
+    let watchdog = Duration::from_secs(2);
+    let (sim, scene) = catch_up().await;
+    let daemon = scene.spawn(&sim, CATCH_UP_ENV, Some(watchdog), None);
+    let ready = daemon.ready();
+    let (started, ended) = pass_end(&daemon).await;
+    let over = Instant::now();
+    assert!(
+        ended - started >= 3 * 2,
+        "the pass lasted {}s, not three watchdog intervals",
+        ended - started
+    );
+    let mut times = vec![ready];
+    times.extend(daemon.beats());
+    times.push(over);
+    let longest = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let withheld: Vec<String> = daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("watchdog_withheld"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        longest < watchdog,
+        "{longest:?} without WATCHDOG=1 during a {}s pass ({} beats): {withheld:?}",
+        ended - started,
+        times.len() - 2
+    );
+    assert!(withheld.is_empty(), "{withheld:?}");
+}
+
+/// Issue 21, item 2: the tick time stands still during a pass; progress does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_200_through_a_catch_up_longer_than_three_tick_intervals() {
+    let (sim, scene) = catch_up().await;
+    let daemon = scene.spawn(&sim, CATCH_UP_ENV, None, None);
+    daemon.ready();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("http://{}/healthz", daemon.api);
+    let mut answers = Vec::new();
+    let (started, ended) = loop {
+        let response = http.get(&url).send().await.unwrap();
+        let status = response.status().as_u16();
+        answers.push((status, response.text().await.unwrap()));
+        if let Some(pass) = daemon.first_tick_pass().await {
+            break pass;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The daemon takes the cron's longest gap over its next 16 ticks as the interval:
+    // for a tick a second, 2 s at most.
+    assert!(
+        ended - started > 3 * 2,
+        "the pass lasted {}s, not over three tick intervals",
+        ended - started
+    );
+    assert!(answers.len() >= 10, "{} probes", answers.len());
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} probes refused during a {}s pass: {refused:?}",
+        refused.len(),
+        answers.len(),
+        ended - started
+    );
+}
+
+/// What still holds: a pass that finishes nothing is stuck, and says so both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_finishes_nothing_for_the_stall_interval_answers_503_and_withholds_the_watchdog()
+ {
+    let sim = start_sim(SimConfig {
+        users: 5,
+        ..sim_config()
+    })
+    .await;
+    let scene = Scene::new();
+    scene.register_overdue(&sim).await;
+    // Basiq answers nothing for a minute: no user of the pass can finish.
+    sim.sim.set_delay(None, Duration::from_secs(60));
+    let watchdog = Duration::from_secs(2);
+    let daemon = scene.spawn(&sim, CATCH_UP_ENV, Some(watchdog), None);
+    daemon.ready();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/healthz", daemon.api);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let response = http.get(&url).send().await.unwrap();
+        if response.status() == 503 {
+            break response.text().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never 503: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("finished nothing"), "{body}");
+    daemon.beats();
+    tokio::time::sleep(watchdog + Duration::from_secs(1)).await;
+    let beats = daemon.beats();
+    assert!(beats.is_empty(), "{} WATCHDOG=1 while stuck", beats.len());
+    assert!(daemon.log_text().contains("watchdog_withheld"));
+}
