@@ -188,6 +188,11 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    fn token(&self) -> String {
+        let file = self.db.with_file_name("api-token");
+        std::fs::read_to_string(file).unwrap().trim().to_owned()
+    }
+
     /// The first pass the tick started: `Some((started_at, ended_at))` once it ended.
     async fn first_tick_pass(&self) -> Option<(i64, i64)> {
         let store = basiq_health::store::Store::open(&self.db).await.unwrap();
@@ -359,4 +364,62 @@ async fn a_pass_that_finishes_nothing_for_the_stall_interval_answers_503_and_wit
     let beats = daemon.beats();
     assert!(beats.is_empty(), "{} WATCHDOG=1 while stuck", beats.len());
     assert!(daemon.log_text().contains("watchdog_withheld"));
+}
+
+/// Issue 21, item 13: `/healthz` takes no lock; it reports the writer's own outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_at_once_while_another_process_holds_the_write_lock_and_reports_failing_writes()
+ {
+    use sqlx::Connection;
+    let sim = empty_sim().await;
+    let scene = Scene::new();
+    // A tick a year: no write of the daemon's own comes in between.
+    let daemon = scene.spawn(
+        &sim,
+        &[
+            ("BASIQ_HEALTH__SWEEP__TICK", "0 0 0 1 1 *"),
+            ("BASIQ_HEALTH__DATABASE__BUSY_TIMEOUT", "1s"),
+        ],
+        None,
+        None,
+    );
+    daemon.ready();
+    let token = daemon.token();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let healthz = format!("http://{}/healthz", daemon.api);
+    let probe = || async {
+        let asked = Instant::now();
+        let response = http.get(&healthz).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap(), asked.elapsed())
+    };
+    let put = |user: &'static str| {
+        http.put(format!("http://{}/v1/users/{user}", daemon.api))
+            .bearer_auth(&token)
+            .send()
+    };
+    let mut holder = sqlx::SqliteConnection::connect(&format!("sqlite://{}", daemon.db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (status, body, took) = probe().await;
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert_eq!(status, 200, "no write has failed yet: {body}");
+    // A write of the daemon's waits busy_timeout (1 s) and fails: the probe says so, at once.
+    let refused = put("held").await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let (status, body, took) = probe().await;
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database writes failing"), "{body}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(put("free").await.unwrap().status(), 201);
+    let (status, body, _) = probe().await;
+    assert_eq!(status, 200, "the next write succeeded: {body}");
 }
