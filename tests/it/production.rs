@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use basiq_sim::{RunningSim, SimConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::events::BASIQ_SECRET;
 use crate::helpers::*;
@@ -26,8 +28,9 @@ struct Process {
     child: Child,
     notes: mpsc::Receiver<(Instant, String)>,
     stop_notes: Arc<AtomicBool>,
-    /// The local API's `host:port`.
+    /// The local API's and the webhook receiver's `host:port`.
     api: String,
+    webhooks: String,
     log: PathBuf,
     db: PathBuf,
 }
@@ -135,6 +138,7 @@ impl Scene {
             notes,
             stop_notes,
             api,
+            webhooks,
             log,
             db: self.db(),
         }
@@ -422,4 +426,294 @@ async fn healthz_answers_at_once_while_another_process_holds_the_write_lock_and_
     assert_eq!(put("free").await.unwrap().status(), 201);
     let (status, body, _) = probe().await;
     assert_eq!(status, 200, "the next write succeeded: {body}");
+}
+
+// ---- listeners under pressure (issue 21, item 3) ----------------------------------------
+
+/// A signed `user.created` delivery for the receiver.
+fn signed_webhook(http: &reqwest::Client, url: &str, n: usize) -> reqwest::RequestBuilder {
+    let id = format!("msg_pressure_{n}");
+    let body = serde_json::json!({
+        "eventTypeId": "user.created",
+        "eventId": format!("evt-pressure-{n}"),
+        "links": {"eventEntity": format!("https://au-api.basiq.io/users/u-pressure-{n}")}
+    })
+    .to_string();
+    let ts = chrono::Utc::now().timestamp();
+    let signature = standardwebhooks::Webhook::new(BASIQ_SECRET)
+        .unwrap()
+        .sign(&id, ts, body.as_bytes())
+        .unwrap();
+    http.post(url)
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+}
+
+/// The test's own descriptors must hold its side of every connection.
+fn allow_descriptors(n: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < n {
+            limit.rlim_cur = n.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
+/// `n` connections to `addr`: every other one sends the start of a request and then
+/// nothing, the others nothing at all. The ones that start are returned apart, to trickle.
+async fn pressure(addr: &str, n: usize) -> (Vec<TcpStream>, Vec<TcpStream>, usize) {
+    let (mut idle, mut trickling, mut refused) = (Vec::new(), Vec::new(), 0);
+    for i in 0..n {
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
+        let Ok(Ok(mut stream)) = connected else {
+            refused += 1;
+            continue;
+        };
+        if i % 2 == 0 {
+            let _ = stream
+                .write_all(b"POST /v1/basiq/webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await;
+            trickling.push(stream);
+        } else {
+            idle.push(stream);
+        }
+    }
+    (idle, trickling, refused)
+}
+
+/// Issue 21, item 3: 1,100 connections that send nothing or trickle their headers, under
+/// systemd's default descriptor limit, leave `/healthz`, a login and a signed webhook
+/// answering in well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_idle_and_trickling_connections_under_1024_descriptors_leave_every_listener_answering()
+ {
+    allow_descriptors(4096);
+    let sim = start_sim(SimConfig {
+        users: 2,
+        ..sim_config()
+    })
+    .await;
+    let user = sim_users(&sim).remove(0);
+    let scene = Scene::new();
+    let daemon = scene.spawn(&sim, &[], None, Some(1024));
+    daemon.ready();
+    let token = daemon.token();
+    // The internet-facing receiver takes most; the local API its share.
+    let (idle_w, trickle_w, refused_w) = pressure(&daemon.webhooks, 800).await;
+    let (idle_a, trickle_a, refused_a) = pressure(&daemon.api, 300).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trickler = {
+        let stop = stop.clone();
+        let mut streams: Vec<TcpStream> = trickle_w.into_iter().chain(trickle_a).collect();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                for s in &mut streams {
+                    let _ = tokio::time::timeout(Duration::from_millis(5), s.write_all(b"a")).await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A new connection for every request, as a probe, a partner's app and Basiq make them.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut took: Vec<(&str, Duration)> = Vec::new();
+    for n in 0..3 {
+        let asked = Instant::now();
+        let healthz = http
+            .get(format!("http://{}/healthz", daemon.api))
+            .send()
+            .await;
+        took.push(("healthz", asked.elapsed()));
+        assert_eq!(
+            healthz.map(|r| r.status().as_u16()).ok(),
+            Some(200),
+            "healthz"
+        );
+        let asked = Instant::now();
+        let login = http
+            .post(format!("http://{}/v1/users/{user}/login", daemon.api))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        took.push(("login", asked.elapsed()));
+        assert_eq!(login.map(|r| r.status().as_u16()).ok(), Some(200), "login");
+        let asked = Instant::now();
+        let url = format!("http://{}/v1/basiq/webhook", daemon.webhooks);
+        let webhook = signed_webhook(&http, &url, n).send().await;
+        took.push(("webhook", asked.elapsed()));
+        assert_eq!(
+            webhook.map(|r| r.status().as_u16()).ok(),
+            Some(200),
+            "webhook"
+        );
+    }
+    stop.cancel();
+    trickler.await.unwrap();
+    eprintln!(
+        "under 1,100 idle or trickling connections ({} refused at connect), 1,024 descriptors: {took:?}",
+        refused_w + refused_a
+    );
+    for (what, t) in &took {
+        assert!(*t < Duration::from_secs(5), "{what} took {t:?}: {took:?}");
+    }
+    drop((idle_w, idle_a));
+    let log = daemon.log_text();
+    assert!(log.contains("connection_limits_lowered"), "{log}");
+    for listener in ["api", "webhooks"] {
+        let lines = log
+            .lines()
+            .filter(|l| {
+                l.contains("\"event\":\"connection_limit\"")
+                    && l.contains(&format!("\"listener\":\"{listener}\""))
+            })
+            .count();
+        assert!(
+            (1..=2).contains(&lines),
+            "{listener}: {lines} limit lines (one a minute at most)"
+        );
+    }
+    assert!(
+        !log.contains("accept_failed"),
+        "the limits keep accept within the descriptors"
+    );
+}
+
+/// Reads `stream` until it closes or `limit` passes, writing one byte every 300 ms when
+/// `trickle`; how long it stayed open (`None`: still open) and what it answered.
+async fn until_closed(
+    stream: &mut TcpStream,
+    trickle: bool,
+    limit: Duration,
+) -> (Option<Duration>, String) {
+    let start = Instant::now();
+    let mut answered = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut beat = tokio::time::interval(Duration::from_millis(300));
+    while start.elapsed() < limit {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    return (Some(start.elapsed()), String::from_utf8_lossy(&answered).into_owned());
+                }
+                Ok(n) => answered.extend_from_slice(&buf[..n]),
+            },
+            _ = beat.tick(), if trickle => {
+                let _ = stream.write_all(b"a").await;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    (None, String::from_utf8_lossy(&answered).into_owned())
+}
+
+/// Issue 21, item 3: a connection that sends nothing, one that trickles its headers, one
+/// that trickles its body and a kept-alive one between requests are each closed by their
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_header_trickling_and_body_trickling_connections_are_closed_by_their_timeouts() {
+    let sim = empty_sim().await;
+    let scene = Scene::new();
+    let mut envs = Vec::new();
+    for section in ["API", "WEBHOOKS"] {
+        for (key, value) in [
+            ("IDLE_TIMEOUT", "1s"),
+            ("HEADER_TIMEOUT", "3s"),
+            ("BODY_TIMEOUT", "3s"),
+        ] {
+            envs.push((format!("BASIQ_HEALTH__{section}__{key}"), value));
+        }
+    }
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let daemon = scene.spawn(&sim, &envs, None, None);
+    daemon.ready();
+    let limit = Duration::from_secs(8);
+    let idle = async {
+        let mut s = TcpStream::connect(&daemon.api).await.unwrap();
+        until_closed(&mut s, false, limit).await
+    };
+    let headers = async {
+        let mut s = TcpStream::connect(&daemon.webhooks).await.unwrap();
+        s.write_all(b"POST /v1/basiq/webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        until_closed(&mut s, true, limit).await
+    };
+    let body = async {
+        let mut s = TcpStream::connect(&daemon.webhooks).await.unwrap();
+        s.write_all(b"POST /v1/basiq/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            .await
+            .unwrap();
+        until_closed(&mut s, true, limit).await
+    };
+    let kept_alive = async {
+        let mut s = TcpStream::connect(&daemon.api).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        until_closed(&mut s, false, limit).await
+    };
+    let (idle, headers, body, kept_alive) = tokio::join!(idle, headers, body, kept_alive);
+    eprintln!(
+        "closed after: idle {idle:?}, headers {headers:?}, body {body:?}, kept alive {kept_alive:?}"
+    );
+    let open = |what: &str, (t, answer): &(Option<Duration>, String)| {
+        t.unwrap_or_else(|| panic!("{what}: still open after {limit:?} ({answer:?})"))
+    };
+    // Nothing sent: the idle timeout (1 s), well before the header timeout.
+    assert!(
+        open("idle", &idle) < Duration::from_millis(2500),
+        "{idle:?}"
+    );
+    // A byte every 300 ms is never idle; the head's whole time is 3 s.
+    let t = open("headers", &headers);
+    assert!(
+        t >= Duration::from_millis(2500) && t < Duration::from_secs(6),
+        "{headers:?}"
+    );
+    // The body's whole time is 3 s: 408, then closed.
+    let t = open("body", &body);
+    assert!(
+        t >= Duration::from_millis(2500) && t < Duration::from_secs(6),
+        "{body:?}"
+    );
+    assert!(body.1.starts_with("HTTP/1.1 408"), "{body:?}");
+    // Answered, then idle for 1 s between requests.
+    let t = open("kept alive", &kept_alive);
+    assert!(t < Duration::from_millis(2500), "{kept_alive:?}");
+    assert!(kept_alive.1.starts_with("HTTP/1.1 200"), "{kept_alive:?}");
+}
+
+/// The unit's `LimitNOFILE=` holds both listeners' default connection limits and what the
+/// daemon keeps for the rest, so nothing is lowered under systemd.
+#[test]
+fn the_unit_s_descriptor_limit_holds_both_default_connection_limits_and_the_reserve() {
+    let unit = include_str!("../../systemd/basiq-health.service");
+    let nofile: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE=")
+        .trim()
+        .parse()
+        .unwrap();
+    let defaults = basiq_health::settings::Settings::from_toml("").unwrap();
+    let wanted = [
+        u64::from(defaults.api.connections.max_connections.get()),
+        u64::from(defaults.webhooks.connections.max_connections.get()),
+    ];
+    assert_eq!(basiq_health::serve::fit(wanted, Some(nofile)), wanted);
+    assert!(wanted.iter().sum::<u64>() + basiq_health::serve::RESERVED_DESCRIPTORS <= nofile);
 }
