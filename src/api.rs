@@ -19,20 +19,17 @@ use serde_json::json;
 
 use crate::domain::UserId;
 use crate::report;
-use crate::sweep::{Sweeper, TickState};
+use crate::sweep::Sweeper;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub refresher: crate::refresh::Refresher,
     pub sweeper: Sweeper,
-    pub ticks: Arc<TickState>,
     pub token: SecretString,
     /// The API listens on a loopback address: `/metrics` needs no token.
     pub loopback: bool,
-    /// The cron's tick interval: `/healthz` fails when the last tick is three of these old.
-    pub tick_interval: std::time::Duration,
-    /// Unix seconds the daemon started by its clock (the reference before the first tick).
-    pub started: i64,
+    /// What `/healthz` judges the daemon's work by (the watchdog judges by the same).
+    pub liveness: crate::service::Liveness,
     /// The webhook receiver's answers, for `/metrics`.
     pub receiver: Arc<crate::events::receiver::ReceiverStats>,
 }
@@ -229,27 +226,16 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
         .into_response())
 }
 
-/// 200 while ticks arrive and the database is writable; 503 when the last tick is older
-/// than three tick intervals or a write cannot be made.
+/// 200 while the daemon makes progress and its writes succeed; 503 when nothing moves (no
+/// tick and no progress for three tick intervals while idle, nothing finished for the stall
+/// interval in a pass) or its last write failed. Reads no database and takes no lock: it
+/// answers at once whatever another process holds, from the writer's own recent outcomes.
 async fn healthz(State(state): State<ApiState>) -> Response {
-    let writable = async {
-        let mut tx = state.sweeper.store().write().await?;
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('healthz', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .execute(&mut *tx)
-            .await?;
-        tx.rollback().await
-    }
-    .await;
-    let last_tick = state
-        .ticks
-        .last_tick
-        .load(std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering;
+    let progress = state.sweeper.progress();
+    let now = state.sweeper.clock().now().timestamp();
     let mut problems = Vec::new();
-    if let Err(e) = &writable {
-        problems.push(format!("database not writable: {e}"));
-    } else if let Some(f) = state.sweeper.store().write_health().failing() {
-        // The probe above is rolled back, so it cannot see a full disk; the last real
-        // write can.
+    if let Some(f) = state.sweeper.store().write_health().failing() {
         problems.push(format!(
             "database writes failing since {} ({} failure(s)): {}",
             f.since.to_rfc3339(),
@@ -257,15 +243,13 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             f.error
         ));
     }
-    problems.extend(crate::service::tick_problem(
-        last_tick,
-        state.started,
-        state.sweeper.clock().now().timestamp(),
-        state.tick_interval,
-    ));
+    problems.extend(state.liveness.problem(progress, now));
+    let last_tick = state.liveness.ticks.last_tick.load(Ordering::Relaxed);
     let body = json!({
         "status": if problems.is_empty() { "ok" } else { "unavailable" },
         "last_tick": (last_tick > 0).then_some(last_tick),
+        "last_progress": progress.last_progress.load(Ordering::Relaxed),
+        "in_pass": progress.in_pass.load(Ordering::Relaxed),
         "problems": problems,
     });
     if problems.is_empty() {

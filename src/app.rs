@@ -124,6 +124,8 @@ pub struct App {
     receiver_stats: Arc<crate::events::receiver::ReceiverStats>,
     /// The local API's bearer token (read or created at build when the API is enabled).
     api_token: Option<secrecy::SecretString>,
+    /// Both listeners' connection limits and timeouts, fitted under the descriptor limit.
+    budget: crate::serve::Budget,
 }
 
 impl App {
@@ -183,7 +185,6 @@ impl App {
             }
         };
         Ok(Self {
-            settings,
             sweeper,
             refresher,
             ticks: Arc::new(TickState::default()),
@@ -191,6 +192,8 @@ impl App {
             webhook_listener,
             receiver_stats: Arc::default(),
             api_token,
+            budget: crate::serve::Budget::new(&settings),
+            settings,
         })
     }
 
@@ -255,14 +258,11 @@ impl App {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(event = "webhooks_listening", addr = %addr, path = crate::events::receiver::PATH, "receiving Basiq's webhooks");
         }
-        tokio::spawn(async move {
-            let served = axum::serve(listener, crate::events::receiver::router(state, max_body))
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "webhook receiver stopped with an error");
-            }
-        })
+        let router = crate::events::receiver::router(state, max_body);
+        let limits = self.budget.webhooks;
+        tokio::spawn(crate::serve::serve(
+            listener, router, "webhooks", limits, cancel,
+        ))
     }
 
     /// Serves the webhook receiver alone until `cancel` (a caller that runs the other units
@@ -408,12 +408,13 @@ impl App {
             vec![refresh_tx, house_tx],
         )
         .await?;
-        let watchdog = crate::service::spawn_watchdog(
-            self.sweeper.clone(),
+        let liveness = crate::service::Liveness::new(
             self.ticks.clone(),
             tick_interval,
-            cancel.clone(),
+            clock.now().timestamp(),
         );
+        let watchdog =
+            crate::service::spawn_watchdog(self.sweeper.clone(), liveness.clone(), cancel.clone());
         let webhook_listener = self.webhook_listener.take();
         let events_tasks = self.spawn_events(webhook_listener, &cancel);
         let api_token = self.api_token.clone();
@@ -422,22 +423,18 @@ impl App {
             let state = api::ApiState {
                 refresher: self.refresher.clone(),
                 sweeper: self.sweeper.clone(),
-                ticks: self.ticks.clone(),
                 token,
                 loopback,
-                tick_interval,
-                started: clock.now().timestamp(),
+                liveness,
                 receiver: self.receiver_stats.clone(),
             };
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, api::router(state))
-                    .with_graceful_shutdown(async move { cancel.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "local API stopped with an error");
-                }
-            })
+            tokio::spawn(crate::serve::serve(
+                listener,
+                api::router(state),
+                "api",
+                self.budget.api,
+                cancel.clone(),
+            ))
         });
         tracing::info!(
             event = "started",

@@ -23,6 +23,8 @@
 //! - [`report`]: the status report (JSON and table).
 //! - [`app`]: build, then run until stopped.
 //! - [`api`]: the local control API.
+//! - [`serve`]: both listeners' HTTP server: connection limits, header, body and idle
+//!   timeouts, descriptors kept for the rest.
 //! - [`events`]: Basiq's events in: the webhook receiver, the `/events` poll, the inbox
 //!   processor.
 //! - [`notify`]: notifications out: what to tell (pure), and the per-endpoint deliverers.
@@ -46,6 +48,7 @@ pub mod plan;
 pub mod policy;
 pub mod refresh;
 pub mod report;
+pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod store;

@@ -1,5 +1,6 @@
-//! The systemd side: the notify protocol (READY, STATUS, WATCHDOG, STOPPING) and the tick
-//! interval `/healthz` and the watchdog judge staleness by.
+//! The systemd side: the notify protocol (READY, STATUS, WATCHDOG, STOPPING) and
+//! [`Liveness`], what `/healthz` and the watchdog judge the daemon's work by (progress made,
+//! ticks taken), so both say the same thing.
 //!
 //! Without `NOTIFY_SOCKET` every notification is a no-op, so the same path runs under
 //! systemd, in a terminal and in tests.
@@ -16,7 +17,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
-use crate::sweep::{Sweeper, TickState};
+use crate::sweep::{Progress, Sweeper, TickState};
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -54,37 +55,85 @@ pub fn tick_interval(cron: &str, now: DateTime<Utc>) -> Duration {
         .unwrap_or(Duration::from_secs(60))
 }
 
-/// Whether the worker is alive at `now` (Unix seconds): idle and ticking, or in a pass that
-/// made progress lately.
-pub fn worker_healthy(
-    sweeper: &Sweeper,
-    ticks: &TickState,
-    tick_interval: Duration,
-    started: i64,
-    stall: Duration,
-    now: i64,
-) -> bool {
-    let progress = sweeper.progress();
-    if progress.in_pass.load(Ordering::Relaxed) {
-        let last = progress.last_progress.load(Ordering::Relaxed);
-        return now - last <= i64::try_from(stall.as_secs()).unwrap_or(i64::MAX);
-    }
-    let last_tick = ticks.last_tick.load(Ordering::Relaxed).max(started);
-    now - last_tick <= i64::try_from((tick_interval * 3).as_secs()).unwrap_or(i64::MAX)
+/// What the watchdog and `/healthz` judge the daemon's work by: progress, not the calendar.
+/// Progress is a user's sweep finished (swept, gone, or a failure handled), a refresh attempt
+/// decided, a batch of connections reclassified ([`crate::sweep::Progress::touch`]).
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    pub ticks: Arc<TickState>,
+    /// The cron's longest gap between ticks.
+    pub tick_interval: Duration,
+    /// Unix seconds the daemon started by its clock (the reference before the first tick).
+    pub started: i64,
+    /// A pass that finished nothing for this long is stuck: the watchdog's interval, or
+    /// [`STALL_WITHOUT_WATCHDOG`].
+    pub stall: Duration,
 }
 
-/// Why the daemon is not healthy (empty: healthy): the last tick (or the start, before the
-/// first tick) is older than three tick intervals.
-pub fn tick_problem(
-    last_tick: i64,
-    started: i64,
+/// How long a pass may finish nothing before it is stuck, when systemd asks for no watchdog.
+pub const STALL_WITHOUT_WATCHDOG: Duration = Duration::from_secs(600);
+
+impl Liveness {
+    /// The stall interval follows systemd's watchdog (`WATCHDOG_USEC`) when there is one.
+    pub fn new(ticks: Arc<TickState>, tick_interval: Duration, started: i64) -> Self {
+        Self {
+            ticks,
+            tick_interval,
+            started,
+            stall: sd_notify::watchdog_enabled().unwrap_or(STALL_WITHOUT_WATCHDOG),
+        }
+    }
+
+    /// Why the worker is not alive at `now` (Unix seconds by the sweeper's clock), or `None`.
+    pub fn problem(&self, progress: &Progress, now: i64) -> Option<String> {
+        worker_problem(
+            Moves {
+                in_pass: progress.in_pass.load(Ordering::Relaxed),
+                last_progress: progress.last_progress.load(Ordering::Relaxed),
+                last_tick: self.ticks.last_tick.load(Ordering::Relaxed),
+                started: self.started,
+            },
+            now,
+            self.tick_interval,
+            self.stall,
+        )
+    }
+}
+
+/// The times [`worker_problem`] judges, Unix seconds (0: never).
+#[derive(Clone, Copy, Debug)]
+pub struct Moves {
+    pub in_pass: bool,
+    pub last_progress: i64,
+    pub last_tick: i64,
+    pub started: i64,
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Why the worker is not alive at `now`, or `None`. In a pass: nothing finished for
+/// `stall`. Idle: no tick and no progress (nor the start) for three tick intervals.
+pub fn worker_problem(
+    moves: Moves,
     now: i64,
     tick_interval: Duration,
+    stall: Duration,
 ) -> Option<String> {
-    let reference = last_tick.max(started);
+    if moves.in_pass {
+        let age = now - moves.last_progress;
+        let limit = secs(stall);
+        return (age > limit).then(|| {
+            format!("a sweep pass finished nothing for {age}s (limit {limit}s, the stall interval)")
+        });
+    }
+    let reference = moves.last_tick.max(moves.last_progress).max(moves.started);
     let age = now - reference;
-    let limit = i64::try_from((tick_interval * 3).as_secs()).unwrap_or(i64::MAX);
-    (age > limit).then(|| format!("last tick {age}s ago (limit {limit}s, three tick intervals)"))
+    let limit = secs(tick_interval).saturating_mul(3);
+    (age > limit).then(|| {
+        format!("no tick and no progress for {age}s (limit {limit}s, three tick intervals)")
+    })
 }
 
 /// One line for `systemctl status`, as of `now`.
@@ -96,63 +145,61 @@ pub async fn status_line(store: &Store, now: DateTime<Utc>) -> String {
     format!("swept {swept}/{users} users in the last 24 h; {outages} outage(s) open")
 }
 
-/// Sends WATCHDOG=1 at half the systemd interval while the worker is healthy, and keeps
-/// STATUS= current. Without a watchdog, only the status line is refreshed.
+/// Sends WATCHDOG=1 at half the systemd interval while the daemon is alive by `liveness`
+/// and its writes succeed, and keeps STATUS= current. Without a watchdog, only the status
+/// line is refreshed. The beat does not wait for the status line: a slow read delays the
+/// line, never the beat.
 pub fn spawn_watchdog(
     sweeper: Sweeper,
-    ticks: Arc<TickState>,
-    tick_interval: Duration,
+    liveness: Liveness,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let watchdog = sd_notify::watchdog_enabled();
     let clock = sweeper.clock().clone();
-    let started = clock.now().timestamp();
     let period = watchdog.map_or(Duration::from_secs(30), |w| {
         (w / 2).max(Duration::from_millis(100))
     });
-    // A pass is stuck when no user finished for a whole watchdog interval (or 10 minutes).
-    let stall = watchdog.unwrap_or(Duration::from_secs(600));
     tokio::spawn(async move {
+        let mut beat = tokio::time::interval(period);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let now = clock.now();
-            let failing = sweeper.store().write_health().failing();
-            if watchdog.is_some()
-                && let Some(f) = &failing
-            {
-                // Writes keep failing (a full disk, a read-only file system): let systemd
-                // restart the service rather than report a healthy daemon that stores nothing.
-                tracing::error!(
-                    event = "watchdog_withheld",
-                    since = %f.since,
-                    failures = f.failures,
-                    error = %f.error,
-                    "database writes are failing: not petting the watchdog"
-                );
-            } else if watchdog.is_some()
-                && worker_healthy(
-                    &sweeper,
-                    &ticks,
-                    tick_interval,
-                    started,
-                    stall,
-                    now.timestamp(),
-                )
-            {
-                send(&[NotifyState::Watchdog]);
-            } else if watchdog.is_some() {
-                tracing::error!(
-                    event = "watchdog_withheld",
-                    "the sweep worker made no progress: not petting the watchdog"
-                );
-            }
-            let line = status_line(sweeper.store(), now).await;
-            send(&[NotifyState::Status(&line)]);
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(period) => {}
+                _ = beat.tick() => {}
+            }
+            let now = clock.now();
+            if watchdog.is_some() {
+                pet_or_withhold(&sweeper, &liveness, now.timestamp());
+            }
+            if let Ok(line) = tokio::time::timeout(period, status_line(sweeper.store(), now)).await
+            {
+                send(&[NotifyState::Status(&line)]);
             }
         }
     })
+}
+
+/// One beat: WATCHDOG=1, or an error line saying why not.
+fn pet_or_withhold(sweeper: &Sweeper, liveness: &Liveness, now: i64) {
+    if let Some(f) = sweeper.store().write_health().failing() {
+        // Writes keep failing (a full disk, a read-only file system): let systemd restart
+        // the service rather than report a healthy daemon that stores nothing.
+        tracing::error!(
+            event = "watchdog_withheld",
+            since = %f.since,
+            failures = f.failures,
+            error = %f.error,
+            "database writes are failing: not petting the watchdog"
+        );
+    } else if let Some(problem) = liveness.problem(sweeper.progress(), now) {
+        tracing::error!(
+            event = "watchdog_withheld",
+            problem = %problem,
+            "the daemon made no progress: not petting the watchdog"
+        );
+    } else {
+        send(&[NotifyState::Watchdog]);
+    }
 }
 
 #[cfg(test)]
@@ -170,14 +217,38 @@ mod tests {
         );
     }
 
+    fn moves(in_pass: bool, last_progress: i64, last_tick: i64) -> Moves {
+        Moves {
+            in_pass,
+            last_progress,
+            last_tick,
+            started: 900,
+        }
+    }
+
     #[test]
-    fn a_tick_older_than_three_intervals_is_a_problem() {
+    fn idle_the_worker_is_alive_while_ticks_or_progress_come_within_three_intervals() {
         let minute = Duration::from_secs(60);
-        assert_eq!(tick_problem(1000, 900, 1100, minute), None);
-        assert_eq!(tick_problem(1000, 900, 1180, minute), None);
-        assert!(tick_problem(1000, 900, 1181, minute).is_some());
+        let stall = Duration::from_secs(6);
+        let problem = |m, now| worker_problem(m, now, minute, stall);
+        assert_eq!(problem(moves(false, 0, 1000), 1180), None);
+        assert!(problem(moves(false, 0, 1000), 1181).is_some());
+        // A pass that ended late counts as much as a tick.
+        assert_eq!(problem(moves(false, 1150, 1000), 1330), None);
+        assert!(problem(moves(false, 1150, 1000), 1331).is_some());
         // Before the first tick, the start time is the reference.
-        assert_eq!(tick_problem(0, 1000, 1100, minute), None);
-        assert!(tick_problem(0, 1000, 1200, minute).is_some());
+        assert_eq!(problem(moves(false, 0, 0), 1080), None);
+        assert!(problem(moves(false, 0, 0), 1081).is_some());
+    }
+
+    #[test]
+    fn in_a_pass_the_worker_is_alive_while_something_finished_within_the_stall_interval() {
+        let minute = Duration::from_secs(60);
+        let stall = Duration::from_secs(6);
+        let problem = |m, now| worker_problem(m, now, minute, stall);
+        // The last tick is long gone: a long pass that keeps finishing users is alive.
+        assert_eq!(problem(moves(true, 5000, 1000), 5006), None);
+        let stuck = problem(moves(true, 5000, 1000), 5007).expect("stuck");
+        assert!(stuck.contains("finished nothing for 7s"), "{stuck}");
     }
 }

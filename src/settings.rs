@@ -102,7 +102,15 @@ pub const RANGES: &[(&str, Range)] = &[
     ("refresh.follow_poll_initial", Range::Span("10ms", "10m")),
     ("refresh.follow_poll_max", Range::Span("10ms", "1h")),
     ("refresh.follow_timeout", Range::Span("1s", "24h")),
+    ("api.max_connections", Range::Count(1, 65_536)),
+    ("api.header_timeout", Range::Span("1s", "10m")),
+    ("api.body_timeout", Range::Span("1s", "1h")),
+    ("api.idle_timeout", Range::Span("1s", "1h")),
     ("webhooks.max_body", Range::Count(1024, 1_048_576)),
+    ("webhooks.max_connections", Range::Count(1, 65_536)),
+    ("webhooks.header_timeout", Range::Span("1s", "10m")),
+    ("webhooks.body_timeout", Range::Span("1s", "1h")),
+    ("webhooks.idle_timeout", Range::Span("1s", "1h")),
     ("webhooks.poll_interval", Range::Span("0s", "24h")),
     ("notify.max_age", Range::Span("1s", "7d")),
     ("notify.backoff_initial", Range::Span("10ms", "1h")),
@@ -197,6 +205,10 @@ struct RawWebhooks {
     max_body: i64,
     poll_interval: String,
     register_new_users: bool,
+    max_connections: i64,
+    header_timeout: String,
+    body_timeout: String,
+    idle_timeout: String,
 }
 
 impl Default for RawWebhooks {
@@ -207,6 +219,10 @@ impl Default for RawWebhooks {
             max_body: 65_536,
             poll_interval: "15m".into(),
             register_new_users: false,
+            max_connections: 1024,
+            header_timeout: DEFAULT_HEADER_TIMEOUT.into(),
+            body_timeout: DEFAULT_BODY_TIMEOUT.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
         }
     }
 }
@@ -351,6 +367,10 @@ struct RawApi {
     listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<PathBuf>,
+    max_connections: i64,
+    header_timeout: String,
+    body_timeout: String,
+    idle_timeout: String,
 }
 
 impl Default for RawApi {
@@ -358,9 +378,18 @@ impl Default for RawApi {
         Self {
             listen: "127.0.0.1:8088".into(),
             token_file: None,
+            max_connections: 256,
+            header_timeout: DEFAULT_HEADER_TIMEOUT.into(),
+            body_timeout: DEFAULT_BODY_TIMEOUT.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
         }
     }
 }
+
+/// The listeners' timeouts, alike by default (`[api]` and `[webhooks]` each have their own).
+const DEFAULT_HEADER_TIMEOUT: &str = "10s";
+const DEFAULT_BODY_TIMEOUT: &str = "10s";
+const DEFAULT_IDLE_TIMEOUT: &str = "5s";
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -543,6 +572,48 @@ pub struct WebhookSettings {
     #[serde(serialize_with = "serialize_opt_duration")]
     pub poll_interval: Option<Duration>,
     pub register_new_users: bool,
+    /// The receiver's connection limit and timeouts (it faces the internet).
+    #[serde(flatten)]
+    pub connections: ListenerSettings,
+}
+
+/// One listener's connection limit and timeouts (`[api]`, `[webhooks]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ListenerSettings {
+    /// Connections open at once; at the limit, the one waiting longest for a request is
+    /// closed to make room.
+    pub max_connections: NonZeroU32,
+    /// A request's line and headers arrive whole within this of the connection being ready
+    /// for them (opened, or its previous answer sent).
+    #[serde(serialize_with = "serialize_duration")]
+    pub header_timeout: Duration,
+    /// A request's body arrives whole within this of its headers (408 after).
+    #[serde(serialize_with = "serialize_duration")]
+    pub body_timeout: Duration,
+    /// Nothing read or written for this long while no request is worked on: closed.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: Duration,
+}
+
+impl ListenerSettings {
+    /// `section`'s four keys, each inside its range.
+    fn parse(
+        section: &str,
+        max_connections: i64,
+        header_timeout: &str,
+        body_timeout: &str,
+        idle_timeout: &str,
+    ) -> Result<Self, SettingsError> {
+        let key = |k: &str| format!("{section}.{k}");
+        let max = count(&key("max_connections"), max_connections)?;
+        Ok(Self {
+            max_connections: NonZeroU32::new(max)
+                .ok_or_else(|| invalid(&key("max_connections"), "must be at least 1"))?,
+            header_timeout: span(&key("header_timeout"), header_timeout)?,
+            body_timeout: span(&key("body_timeout"), body_timeout)?,
+            idle_timeout: span(&key("idle_timeout"), idle_timeout)?,
+        })
+    }
 }
 
 /// `[notify]`: notifications to the partner's app.
@@ -660,6 +731,9 @@ pub struct ApiSettings {
     /// daemon starts.
     #[serde(skip)]
     pub token: Option<SecretString>,
+    /// The API's connection limit and timeouts.
+    #[serde(flatten)]
+    pub connections: ListenerSettings,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -668,6 +742,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("listen", &self.listen)
             .field("token_file", &self.token_file)
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("connections", &self.connections)
             .finish()
     }
 }
@@ -1023,6 +1098,13 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
             true,
         ),
     };
+    let connections = ListenerSettings::parse(
+        "api",
+        raw.max_connections,
+        &raw.header_timeout,
+        &raw.body_timeout,
+        &raw.idle_timeout,
+    )?;
     let listen = raw.listen.trim();
     if listen.is_empty() {
         return Ok(ApiSettings {
@@ -1030,6 +1112,7 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
             token_file,
             token_file_generated,
             token: None,
+            connections,
         });
     }
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
@@ -1058,6 +1141,7 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
         token_file,
         token_file_generated,
         token,
+        connections,
     })
 }
 
@@ -1119,6 +1203,13 @@ fn parse_webhooks(
         max_body: count("webhooks.max_body", raw.max_body)?,
         poll_interval: (!poll.is_zero()).then_some(poll),
         register_new_users: raw.register_new_users,
+        connections: ListenerSettings::parse(
+            "webhooks",
+            raw.max_connections,
+            &raw.header_timeout,
+            &raw.body_timeout,
+            &raw.idle_timeout,
+        )?,
     })
 }
 

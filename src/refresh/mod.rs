@@ -309,6 +309,9 @@ impl Refresher {
             {
                 tracing::error!(connection_id = %row.connection_id, error = %e, "could not store the refresh decision");
             }
+            // An attempt decided is progress, for the watchdog and /healthz.
+            let sweeper = &self.inner.sweeper;
+            sweeper.progress().touch(sweeper.clock().now());
         }
         result
     }

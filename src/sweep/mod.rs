@@ -125,7 +125,9 @@ const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 pub struct Progress {
     /// A pass is running.
     pub in_pass: std::sync::atomic::AtomicBool,
-    /// Unix seconds of the last user finished or pass boundary.
+    /// Unix seconds (the sweeper's clock) of the last progress: a user's sweep finished
+    /// (swept, gone, or a failure handled), a refresh attempt decided, a batch
+    /// reclassified, a pass begun or ended.
     pub last_progress: std::sync::atomic::AtomicI64,
     pub users_swept: prometheus_client::metrics::counter::Counter,
     pub users_failed: prometheus_client::metrics::counter::Counter,
@@ -150,7 +152,8 @@ impl Progress {
         }
     }
 
-    fn touch(&self, now: DateTime<Utc>) {
+    /// Something finished at `now`: the daemon is working, however long its pass.
+    pub fn touch(&self, now: DateTime<Utc>) {
         self.last_progress
             .store(now.timestamp(), std::sync::atomic::Ordering::Relaxed);
     }
@@ -470,6 +473,7 @@ impl Sweeper {
             store::connections::write_plan(&mut tx, &plan, now).await?;
             store::connectors::advance_reclassify(&mut tx, &job, finished).await?;
             tx.commit().await?;
+            self.inner.progress.touch(self.inner.clock.now());
             if job.recovery
                 && finished
                 && job.recovery_total > 0
@@ -485,7 +489,9 @@ impl Sweeper {
     /// event itself (a span field would be repeated as a duplicate JSON key).
     pub async fn sweep_user(&self, user: &UserId) -> Result<UserOutcome, SweepError> {
         let permit = self.fetch_permit().await?;
-        self.sweep_user_with(user, permit).await
+        let outcome = self.sweep_user_with(user, permit).await;
+        self.inner.progress.touch(self.inner.clock.now());
+        outcome
     }
 
     /// One of `sweep.concurrency` permits to fetch a user's lists: the requests in flight
@@ -753,6 +759,8 @@ impl Sweeper {
                 // group commit can take many plans while fetching goes on.
                 .buffer_unordered(self.inner.options.concurrency.max(1) + 2 * store::GROUP_MAX);
             while let Some((user, result)) = results.next().await {
+                // Swept, gone or failed and postponed: a user finished, however long the pass.
+                progress.touch(clock.now());
                 match result {
                     Ok(UserOutcome::Swept(healths)) => {
                         counts.users_swept += 1;

@@ -15,6 +15,7 @@ mod ids;
 mod life;
 mod overtime;
 mod planner;
+mod production;
 mod refresh;
 mod service;
 mod sim;
