@@ -74,6 +74,8 @@ impl Processor {
             match self.process(&row, &mut swept, now).await {
                 Ok(outcome) => {
                     store.event_processed(row.seq, outcome, now).await?;
+                    // An event handled is progress, for the watchdog and `/healthz`.
+                    self.sweeper.progress().touch(self.sweeper.clock().now());
                     tracing::info!(
                         event = "event_processed",
                         delivery_id = %row.delivery_id,
