@@ -155,7 +155,8 @@ fn span(key: &str, text: &str) -> Result<Duration, SettingsError> {
 
 /// The file as written. Its `Default` is the single source of every default value;
 /// config/basiq-health.toml writes the same values out (a test keeps them equal). Numbers
-/// are read as `i64` so an out-of-range value is refused with its range, not a type error.
+/// are read as `i64` so an out-of-range value is refused with its range, not a type error;
+/// only as whole numbers ([`whole`]): a float or a quoted number is refused.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawSettings {
@@ -194,6 +195,7 @@ struct RawWebhooks {
     listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<PathBuf>,
+    #[serde(deserialize_with = "whole")]
     max_body: i64,
     poll_interval: String,
     register_new_users: bool,
@@ -260,16 +262,22 @@ struct RawRefresh {
     login_stale_after: String,
     stale_after: String,
     min_interval: String,
+    #[serde(deserialize_with = "whole")]
     open_banking_daily_cap: i64,
+    #[serde(deserialize_with = "whole")]
     web_daily_cap: i64,
+    #[serde(deserialize_with = "whole")]
     reserved_for_login: i64,
+    #[serde(deserialize_with = "whole")]
     global_per_minute: i64,
+    #[serde(deserialize_with = "whole")]
     per_institution_per_minute: i64,
     max_wait: String,
     unattended_window: String,
     timezone: String,
     recovery_window: String,
     transient_retry_base: String,
+    #[serde(deserialize_with = "whole")]
     transient_max_retries: i64,
     follow_poll_initial: String,
     follow_poll_max: String,
@@ -306,11 +314,13 @@ impl Default for RawRefresh {
 struct RawSweep {
     period: String,
     tick: String,
+    #[serde(deserialize_with = "whole")]
     concurrency: i64,
     connectors_ttl: String,
     stale_after: String,
     login_min_interval: String,
     retry_after: String,
+    #[serde(deserialize_with = "whole")]
     batch_size: i64,
 }
 
@@ -332,6 +342,7 @@ impl Default for RawSweep {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawOutage {
+    #[serde(deserialize_with = "whole")]
     min_users: i64,
     window: String,
 }
@@ -370,7 +381,9 @@ struct RawBasiq {
     api_key_file: Option<PathBuf>,
     timeout: String,
     connect_timeout: String,
+    #[serde(deserialize_with = "whole")]
     max_requests_per_second: i64,
+    #[serde(deserialize_with = "whole")]
     max_attempts: i64,
     retry_base_delay: String,
     max_retry_delay: String,
@@ -397,6 +410,7 @@ struct RawDatabase {
     /// Default: `$STATE_DIRECTORY/basiq-health.db`, else /var/lib/basiq-health/basiq-health.db.
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<PathBuf>,
+    #[serde(deserialize_with = "whole")]
     retain_days: i64,
     busy_timeout: String,
 }
@@ -427,6 +441,76 @@ impl Default for RawLog {
             level: "info".into(),
         }
     }
+}
+
+/// A whole number exactly as written: a TOML integer. A float, a quoted number or a
+/// boolean is refused naming its key, never rounded or converted (`max_attempts = 1.5` is
+/// not 2). Every integer key reads through this; the environment's text is read as a number
+/// first by [`EnvOverrides`].
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number (no quotes, no decimal point)")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+/// The `BASIQ_HEALTH__<SECTION>__<KEY>` overrides. An environment variable is text, so the
+/// value of an integer key (a `Range::Count` of [`RANGES`]) written as plain decimal digits
+/// (`-` allowed) is read as that number; anything else stays text and [`whole`] refuses it.
+/// Other keys keep their text as written (`try_parsing` would read "0123" as 123).
+#[derive(Clone, Debug)]
+struct EnvOverrides(config::Environment);
+
+impl EnvOverrides {
+    fn new(source: Option<config::Map<String, String>>) -> Self {
+        Self(
+            config::Environment::with_prefix("BASIQ_HEALTH")
+                .prefix_separator("__")
+                .separator("__")
+                .source(source),
+        )
+    }
+}
+
+impl config::Source for EnvOverrides {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let mut values = self.0.collect()?;
+        for (key, value) in &mut values {
+            let integer_key = RANGES
+                .iter()
+                .any(|(k, r)| k == key && matches!(r, Range::Count(..)));
+            if let (true, config::ValueKind::String(text)) = (integer_key, &value.kind)
+                && let Some(n) = plain_integer(text)
+            {
+                let origin = value.origin().map(str::to_owned);
+                *value = config::Value::new(origin.as_ref(), n);
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// `-?[0-9]+` as an `i64`.
+fn plain_integer(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 // ---- typed ---------------------------------------------------------------------------------
@@ -795,15 +879,9 @@ impl Settings {
     where
         S: config::Source + Send + Sync + 'static,
     {
-        // No `try_parsing`: it would turn a key like "0123" into a number. Strings from the
-        // environment still deserialize into numeric fields.
         let raw: RawSettings = config::Config::builder()
             .add_source(source)
-            .add_source(
-                config::Environment::with_prefix("BASIQ_HEALTH")
-                    .prefix_separator("__")
-                    .separator("__"),
-            )
+            .add_source(EnvOverrides::new(None))
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| SettingsError::Parse {
@@ -1600,6 +1678,74 @@ mod tests {
         }
         // The URL used for requests keeps it.
         assert_eq!(s.basiq.base_url.password(), Some("hunter2-canary"));
+    }
+
+    #[test]
+    fn every_integer_key_refuses_a_float_a_quoted_number_or_a_boolean_naming_itself() {
+        let mut checked = 0;
+        for (key, range) in RANGES {
+            let Range::Count(min, _) = *range else {
+                continue;
+            };
+            let extra = if *key == "refresh.open_banking_daily_cap" {
+                "reserved_for_login = 0\n"
+            } else {
+                ""
+            };
+            // The whole number itself is read.
+            if let Err(e) = Settings::from_toml(&(with(key, &min.to_string()) + extra)) {
+                panic!("{key} = {min} is refused: {e}");
+            }
+            for bad in [
+                format!("{min}.0"),
+                format!("{min}.4"),
+                format!("\"{min}\""),
+                "true".to_owned(),
+                "false".to_owned(),
+            ] {
+                let err = Settings::from_toml(&(with(key, &bad) + extra))
+                    .err()
+                    .unwrap_or_else(|| panic!("{key} = {bad} is not a whole number and accepted"));
+                let text = err.to_string();
+                assert!(text.contains(key), "{key} = {bad}: {text}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 13, "{checked} integer keys");
+    }
+
+    #[test]
+    fn the_environment_s_digits_are_numbers_for_integer_keys_only() {
+        use config::Source;
+        let vars: config::Map<String, String> = [
+            ("BASIQ_HEALTH__BASIQ__MAX_ATTEMPTS", "5"),
+            ("BASIQ_HEALTH__SWEEP__BATCH_SIZE", "1.5"),
+            ("BASIQ_HEALTH__LOG__LEVEL", "0123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let values = EnvOverrides::new(Some(vars)).collect().unwrap();
+        let kind = |k: &str| values[k].kind.clone();
+        assert_eq!(kind("basiq.max_attempts"), config::ValueKind::I64(5));
+        assert_eq!(
+            kind("sweep.batch_size"),
+            config::ValueKind::String("1.5".into())
+        );
+        assert_eq!(kind("log.level"), config::ValueKind::String("0123".into()));
+        assert_eq!(plain_integer("-7"), Some(-7));
+        for text in [
+            "",
+            "-",
+            "+7",
+            " 7",
+            "7 ",
+            "1e3",
+            "0x10",
+            "99999999999999999999",
+        ] {
+            assert_eq!(plain_integer(text), None, "{text:?}");
+        }
     }
 
     #[test]

@@ -400,3 +400,22 @@ fn config_check_prints_every_key_with_its_value_and_redacts_a_password_in_base_u
     );
     assert!(stderr.contains("/tmp/bh-check/api-token"), "{stderr}");
 }
+
+#[test]
+fn an_integer_key_from_the_environment_is_read_only_as_a_whole_number() {
+    for bad in ["1.5", "2.0", "true", "+3", " 3"] {
+        let (code, _, stderr) = check(
+            example_config(),
+            &[("BASIQ_HEALTH__BASIQ__MAX_ATTEMPTS", bad)],
+        );
+        assert_eq!(code, 78, "max_attempts={bad:?}: {stderr}");
+        assert!(stderr.contains("basiq.max_attempts"), "{stderr}");
+    }
+    let (code, stdout, stderr) = check(
+        example_config(),
+        &[("BASIQ_HEALTH__SWEEP__CONCURRENCY", "12")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("concurrency = 12"), "{stdout}");
+}
+
