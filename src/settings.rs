@@ -103,7 +103,8 @@ pub const RANGES: &[(&str, Range)] = &[
     ("refresh.follow_poll_max", Range::Span("10ms", "1h")),
     ("refresh.follow_timeout", Range::Span("1s", "24h")),
     ("webhooks.max_body", Range::Count(1024, 1_048_576)),
-    ("webhooks.poll_interval", Range::Span("0s", "24h")),
+    // Or "0s": off.
+    ("webhooks.poll_interval", Range::Span("1m", "24h")),
     ("notify.max_age", Range::Span("1s", "7d")),
     ("notify.backoff_initial", Range::Span("10ms", "1h")),
     ("notify.backoff_max", Range::Span("10ms", "24h")),
@@ -149,6 +150,21 @@ fn span(key: &str, text: &str) -> Result<Duration, SettingsError> {
         ));
     }
     Ok(d)
+}
+
+/// A duration inside its key's range, or `None` for "0s" (off): a key whose every other
+/// value must be at least the range's minimum (a poll every nanosecond is not a poll).
+fn span_or_off(key: &str, text: &str) -> Result<Option<Duration>, SettingsError> {
+    if duration(key, text)?.is_zero() {
+        return Ok(None);
+    }
+    span(key, text).map(Some).map_err(|_| {
+        let range = range_of(key).map_or_else(|_| "its range".to_owned(), |r| r.to_string());
+        invalid(
+            key,
+            format!("must be \"0s\" (off) or a duration in {range}, got {text:?}"),
+        )
+    })
 }
 
 // ---- raw, as written (the one place defaults live) ---------------------------------------
@@ -1189,13 +1205,12 @@ fn parse_webhooks(
             ),
         ));
     }
-    let poll = span("webhooks.poll_interval", &raw.poll_interval)?;
     Ok(WebhookSettings {
         listen,
         secret_file: raw.secret_file,
         secrets,
         max_body: count("webhooks.max_body", raw.max_body)?,
-        poll_interval: (!poll.is_zero()).then_some(poll),
+        poll_interval: span_or_off("webhooks.poll_interval", &raw.poll_interval)?,
         register_new_users: raw.register_new_users,
     })
 }
@@ -1746,6 +1761,22 @@ mod tests {
         ] {
             assert_eq!(plain_integer(text), None, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_poll_interval_under_a_minute_is_refused_and_0s_stays_off() {
+        for bad in ["1ns", "1ms", "30s", "59s 999ms"] {
+            let err = Settings::from_toml(&with("webhooks.poll_interval", &format!("{bad:?}")))
+                .err()
+                .unwrap_or_else(|| panic!("poll_interval = {bad:?} is accepted"));
+            let text = err.to_string();
+            assert!(text.contains("webhooks.poll_interval"), "{bad}: {text}");
+            assert!(text.contains("0s"), "says how to turn it off: {text}");
+        }
+        let off = Settings::from_toml(&with("webhooks.poll_interval", "\"0s\"")).unwrap();
+        assert_eq!(off.webhooks.poll_interval, None);
+        let minute = Settings::from_toml(&with("webhooks.poll_interval", "\"1m\"")).unwrap();
+        assert_eq!(minute.webhooks.poll_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -1048,22 +1048,35 @@ async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
     let sim = quick_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let (user, conn) = healthy_user(&sim, "u-tick", "c-tick");
-    let app = app_with(
+    // The interval is at least a minute: a driven clock passes it.
+    let clock = basiq_health::clock::Clock::manual(Utc::now());
+    let settings = settings_for(
         &sim,
-        &dir,
-        "[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1s\"\n",
+        &dir.path().join("bh.db"),
+        "[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1m\"\n",
+    );
+    let app = App::build_with_clock(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+        clock.clone(),
     )
-    .await;
+    .await
+    .unwrap();
     assert!(app.webhook_addr().is_none(), "no receiver");
     let store = app.sweeper().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     assert_eq!(requests(&sim, Route::Events), 0, "a start asks nothing");
     sim.sim.invalidate_connection("c-tick").unwrap();
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    assert_eq!(requests(&sim, Route::Events), 0, "not before the interval");
+    clock.advance(StdDuration::from_secs(60));
     until("the polled event to be done", || async {
         health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
     })
     .await;
+    assert_eq!(requests(&sim, Route::Events), 1);
+    clock.advance(StdDuration::from_secs(60));
     until("another poll", || async {
         requests(&sim, Route::Events) >= 2
     })
