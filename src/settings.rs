@@ -598,13 +598,28 @@ pub const NOTIFY_EVENTS: [&str; 4] = [
 #[derive(Clone)]
 pub struct WebhookSecret(SecretString);
 
+/// The fewest bytes a secret may decode to: Standard Webhooks secrets are 24 to 64 bytes
+/// (Basiq's and Svix's are 24). A shorter one, `whsec_` alone above all (an empty HMAC key
+/// anyone can sign with), is refused.
+pub const WEBHOOK_SECRET_MIN_BYTES: usize = 24;
+
 impl WebhookSecret {
-    /// Checks the secret's shape; the error names nothing of the secret.
+    /// Checks the secret's shape and length; the error names nothing of the secret.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        // The crate accepts any base64, the empty string included.
         standardwebhooks::Webhook::new(text).map_err(|_| {
             "is not a Standard Webhooks secret (expected whsec_ followed by base64)".to_owned()
         })?;
+        let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+        let bytes = decoded_len(encoded);
+        if bytes < WEBHOOK_SECRET_MIN_BYTES {
+            return Err(format!(
+                "is a Standard Webhooks secret of {bytes} bytes: at least \
+                 {WEBHOOK_SECRET_MIN_BYTES} are needed (whsec_ followed by the base64 of 24 to \
+                 64 random bytes, as the sender's dashboard gives it)"
+            ));
+        }
         Ok(Self(SecretString::from(text.to_owned())))
     }
 
@@ -613,6 +628,12 @@ impl WebhookSecret {
         use secrecy::ExposeSecret;
         standardwebhooks::Webhook::new(self.0.expose_secret()).ok()
     }
+}
+
+/// The length of what padded base64 (as the crate decoded it) decodes to.
+fn decoded_len(encoded: &str) -> usize {
+    let padding = encoded.bytes().rev().take_while(|b| *b == b'=').count();
+    (encoded.len() - padding) * 3 / 4
 }
 
 impl std::fmt::Debug for WebhookSecret {
@@ -1215,84 +1236,14 @@ fn parse_webhooks(
     })
 }
 
-/// `[notify]` and its endpoints: `https://` (plain `http://` only to loopback), a secret
-/// from `secret_file` or `secret_credential`, known event names.
+/// `[notify]` and its endpoints.
 fn parse_notify(
     raw: RawNotify,
     credentials: Option<&Path>,
 ) -> Result<NotifySettings, SettingsError> {
     let mut endpoints = Vec::new();
     for (n, e) in raw.endpoints.into_iter().enumerate() {
-        let key = |k: &str| format!("notify.endpoints[{n}].{k}");
-        let url = Url::parse(e.url.trim())
-            .map_err(|err| invalid(&key("url"), format!("is not a URL ({err})")))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            _ => {
-                return Err(invalid(
-                    &key("url"),
-                    "must use https:// (plain http only to a loopback host)",
-                ));
-            }
-        }
-        let path = match (e.secret_file, e.secret_credential, credentials) {
-            (Some(path), None, _) => path,
-            (None, Some(name), Some(dir)) => dir.join(name),
-            (None, Some(_), None) => {
-                return Err(invalid(
-                    &key("secret_credential"),
-                    "names a systemd credential, but $CREDENTIALS_DIRECTORY is not set",
-                ));
-            }
-            (Some(_), Some(_), _) => {
-                return Err(invalid(
-                    &key("secret_file"),
-                    "and secret_credential are both set: keep one",
-                ));
-            }
-            (None, None, _) => {
-                return Err(invalid(
-                    &key("secret_file"),
-                    "is required: the file holding the endpoint's whsec_ signing secret",
-                ));
-            }
-        };
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            invalid(
-                &key("secret_file"),
-                format!("cannot read {}: {err}", path.display()),
-            )
-        })?;
-        let secret = WebhookSecret::parse(&text).map_err(|problem| {
-            invalid(
-                &key("secret_file"),
-                format!("{}: {problem}", path.display()),
-            )
-        })?;
-        let events = match e.events {
-            None => NOTIFY_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
-            Some(list) => {
-                for name in &list {
-                    if !NOTIFY_EVENTS.contains(&name.as_str()) {
-                        return Err(invalid(
-                            &key("events"),
-                            format!(
-                                "names {name:?}: the events are {}",
-                                NOTIFY_EVENTS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                list
-            }
-        };
-        endpoints.push(EndpointSettings {
-            url,
-            secret_file: path,
-            secret,
-            events,
-        });
+        endpoints.push(parse_endpoint(n, e, credentials)?);
     }
     let mut names: Vec<String> = endpoints.iter().map(EndpointSettings::name).collect();
     names.sort();
@@ -1310,6 +1261,80 @@ fn parse_notify(
         backoff_max,
         timeout: span("notify.timeout", &raw.timeout)?,
         endpoints,
+    })
+}
+
+/// The `n`-th `[[notify.endpoints]]`: `https://` (plain `http://` only to loopback), a
+/// secret from `secret_file` or `secret_credential` (the error names the key used), known
+/// event names.
+fn parse_endpoint(
+    n: usize,
+    e: RawEndpoint,
+    credentials: Option<&Path>,
+) -> Result<EndpointSettings, SettingsError> {
+    let key = |k: &str| format!("notify.endpoints[{n}].{k}");
+    let url = Url::parse(e.url.trim())
+        .map_err(|err| invalid(&key("url"), format!("is not a URL ({err})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        _ => {
+            return Err(invalid(
+                &key("url"),
+                "must use https:// (plain http only to a loopback host)",
+            ));
+        }
+    }
+    let (secret_key, path) = match (e.secret_file, e.secret_credential, credentials) {
+        (Some(path), None, _) => (key("secret_file"), path),
+        (None, Some(name), Some(dir)) => (key("secret_credential"), dir.join(name)),
+        (None, Some(_), None) => {
+            return Err(invalid(
+                &key("secret_credential"),
+                "names a systemd credential, but $CREDENTIALS_DIRECTORY is not set",
+            ));
+        }
+        (Some(_), Some(_), _) => {
+            return Err(invalid(
+                &key("secret_file"),
+                "and secret_credential are both set: keep one",
+            ));
+        }
+        (None, None, _) => {
+            return Err(invalid(
+                &key("secret_file"),
+                "is required: the file holding the endpoint's whsec_ signing secret",
+            ));
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|err| {
+        invalid(
+            &secret_key,
+            format!("cannot read {}: {err}", path.display()),
+        )
+    })?;
+    let secret = WebhookSecret::parse(&text)
+        .map_err(|problem| invalid(&secret_key, format!("{}: {problem}", path.display())))?;
+    let events = match e.events {
+        None => NOTIFY_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
+        Some(list) => {
+            if let Some(name) = list.iter().find(|n| !NOTIFY_EVENTS.contains(&n.as_str())) {
+                return Err(invalid(
+                    &key("events"),
+                    format!(
+                        "names {name:?}: the events are {}",
+                        NOTIFY_EVENTS.join(", ")
+                    ),
+                ));
+            }
+            list
+        }
+    };
+    Ok(EndpointSettings {
+        url,
+        secret_file: path,
+        secret,
+        events,
     })
 }
 
@@ -1777,6 +1802,30 @@ mod tests {
         assert_eq!(off.webhooks.poll_interval, None);
         let minute = Settings::from_toml(&with("webhooks.poll_interval", "\"1m\"")).unwrap();
         assert_eq!(minute.webhooks.poll_interval, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_webhook_secret_that_decodes_to_fewer_than_24_bytes_is_refused() {
+        for short in [
+            "whsec_",
+            "whsec_QQ==",
+            // 23 bytes.
+            "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVlc=",
+        ] {
+            let err = WebhookSecret::parse(short).err().unwrap_or_else(|| {
+                panic!("a secret of fewer than 24 bytes is accepted: {short:?}")
+            });
+            assert!(err.contains("24"), "{err}");
+            assert!(!err.contains("QUJD"), "the value is never shown: {err}");
+        }
+        // 24 and 64 bytes.
+        assert!(WebhookSecret::parse("whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY").is_ok());
+        assert!(
+            WebhookSecret::parse(
+                "whsec_a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2traw=="
+            )
+            .is_ok()
+        );
     }
 
     #[test]

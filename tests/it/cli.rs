@@ -419,3 +419,78 @@ fn an_integer_key_from_the_environment_is_read_only_as_a_whole_number() {
     assert!(stdout.contains("concurrency = 12"), "{stdout}");
 }
 
+/// A Standard Webhooks secret of 24 bytes.
+const GOOD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn secret_file(dir: &tempfile::TempDir, name: &str, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = secret_file(&dir, "good", &format!("{GOOD_SECRET}\n"), 0o600);
+    // In: the second line of the file is `whsec_` alone (an empty HMAC key).
+    let basiq = secret_file(&dir, "basiq", &format!("{GOOD_SECRET}\nwhsec_\n"), 0o600);
+    let path = write_config(
+        &dir,
+        &format!("[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {basiq:?}\n"),
+    );
+    let (code, stdout, stderr) = check(&path, &[]);
+    assert_eq!(code, 78, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("webhooks.secret_file") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("24"), "says the least length: {stderr}");
+    // Out: 23 bytes.
+    let short = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVlc=";
+    let app = secret_file(&dir, "app", &format!("{short}\n"), 0o600);
+    let path = write_config(
+        &dir,
+        &format!(
+            "[[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {app:?}\n"
+        ),
+    );
+    let (code, stdout, stderr) = check(&path, &[]);
+    assert_eq!(code, 78, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("notify.endpoints[0].secret_file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("QUJD"),
+        "the value is never shown: {stderr}"
+    );
+    // The systemd credentials: in and out.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("basiq-webhook-secret"), "whsec_\n").unwrap();
+    std::fs::write(creds.join("notify-secret"), "whsec_\n").unwrap();
+    let creds_env = creds.display().to_string();
+    let path = write_config(&dir, "[webhooks]\nlisten = \"127.0.0.1:8089\"\n");
+    let (code, _, stderr) = check(&path, &[("CREDENTIALS_DIRECTORY", &creds_env)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("basiq-webhook-secret") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    let path = write_config(
+        &dir,
+        &format!(
+            "[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {good:?}\n\
+             [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_credential = \"notify-secret\"\n"
+        ),
+    );
+    let (code, _, stderr) = check(&path, &[("CREDENTIALS_DIRECTORY", &creds_env)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("notify.endpoints[0].secret_credential"),
+        "{stderr}"
+    );
+}
+
