@@ -292,6 +292,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 Command::Run => telemetry::init(&settings.log, std::io::stdout),
                 _ => telemetry::init(&settings.log, std::io::stderr),
             }
+            for warning in &settings.warnings {
+                tracing::warn!(event = "secret_file_readable", "{warning}");
+            }
             runtime()?.block_on(run_with_settings(command, settings))
         }
     }
@@ -805,6 +808,9 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
             }
         }
         None => eprintln!("warning: {}", SettingsError::MissingApiKey),
+    }
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
     }
     if settings.api.listen.is_some() {
         let file = settings.api.token_file.display();

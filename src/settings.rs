@@ -581,6 +581,11 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub webhooks: WebhookSettings,
     pub notify: NotifySettings,
+    /// What the operator should fix though the daemon can run: secret files (other than the
+    /// API key's, see [`ApiKey::permission_warning`]) that group or others can read.
+    /// `config check` prints them, the daemon logs them at start.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The systemd credential holding Basiq's webhook secret(s).
@@ -998,11 +1003,12 @@ impl Settings {
             min_users: nonzero("outage.min_users", raw.outage.min_users)?,
             window: span("outage.window", &raw.outage.window)?,
         };
-        let api = parse_api(raw.api, &database.path)?;
+        let mut warnings = Vec::new();
+        let api = parse_api(raw.api, &database.path, &mut warnings)?;
         let refresh = parse_refresh(raw.refresh, nonzero)?;
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref())?;
-        let notify = parse_notify(raw.notify, credentials.as_deref())?;
+        let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref(), &mut warnings)?;
+        let notify = parse_notify(raw.notify, credentials.as_deref(), &mut warnings)?;
         Ok(Self {
             shutdown_grace,
             basiq,
@@ -1014,6 +1020,7 @@ impl Settings {
             refresh,
             webhooks,
             notify,
+            warnings,
         })
     }
 
@@ -1127,7 +1134,11 @@ fn parse_refresh(
 
 /// `api.token_file`, else `api-token` beside the database. A configured file must exist
 /// and hold a token; a generated one is created by the daemon at start (`run`).
-fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError> {
+fn parse_api(
+    raw: RawApi,
+    database: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ApiSettings, SettingsError> {
     let (token_file, token_file_generated) = match raw.token_file {
         Some(path) => (path, false),
         None => (
@@ -1166,7 +1177,22 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
     let token = if token_file_generated {
         None
     } else {
-        Some(read_token_file(&token_file).map_err(|problem| invalid("api.token_file", problem))?)
+        let token =
+            read_token_file(&token_file).map_err(|problem| invalid("api.token_file", problem))?;
+        if let Some(loose) = loose_permissions("api.token_file", &token_file) {
+            // Anyone on the host who reads it may drive the API from anywhere it reaches.
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "api.token_file",
+                    format!(
+                        "{}; refused, since api.listen ({addr}) is not a loopback address",
+                        loose.trim_start_matches("api.token_file: ")
+                    ),
+                ));
+            }
+            warnings.push(loose);
+        }
+        Some(token)
     };
     Ok(ApiSettings {
         listen: Some(addr),
@@ -1181,6 +1207,7 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
 fn parse_webhooks(
     raw: RawWebhooks,
     credentials: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<WebhookSettings, SettingsError> {
     let listen = raw.listen.trim();
     let listen = if listen.is_empty() {
@@ -1216,6 +1243,7 @@ fn parse_webhooks(
         if secrets.is_empty() {
             return Err(invalid(key, format!("{} holds no secret", path.display())));
         }
+        warnings.extend(loose_permissions(key, path));
     }
     if listen.is_some() && secrets.is_empty() {
         return Err(invalid(
@@ -1240,10 +1268,11 @@ fn parse_webhooks(
 fn parse_notify(
     raw: RawNotify,
     credentials: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<NotifySettings, SettingsError> {
     let mut endpoints = Vec::new();
     for (n, e) in raw.endpoints.into_iter().enumerate() {
-        endpoints.push(parse_endpoint(n, e, credentials)?);
+        endpoints.push(parse_endpoint(n, e, credentials, warnings)?);
     }
     let mut names: Vec<String> = endpoints.iter().map(EndpointSettings::name).collect();
     names.sort();
@@ -1271,6 +1300,7 @@ fn parse_endpoint(
     n: usize,
     e: RawEndpoint,
     credentials: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<EndpointSettings, SettingsError> {
     let key = |k: &str| format!("notify.endpoints[{n}].{k}");
     let url = Url::parse(e.url.trim())
@@ -1315,6 +1345,7 @@ fn parse_endpoint(
     })?;
     let secret = WebhookSecret::parse(&text)
         .map_err(|problem| invalid(&secret_key, format!("{}: {problem}", path.display())))?;
+    warnings.extend(loose_permissions(&secret_key, &path));
     let events = match e.events {
         None => NOTIFY_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
         Some(list) => {
@@ -1395,13 +1426,14 @@ fn resolve_api_key(
     env: Option<String>,
 ) -> Result<Option<ApiKey>, SettingsError> {
     if let Some(path) = file {
-        let key = read_key_file(path).map_err(|problem| invalid("basiq.api_key_file", problem))?;
+        let key = read_key_file("basiq.api_key_file", path)
+            .map_err(|problem| invalid("basiq.api_key_file", problem))?;
         return Ok(Some(key));
     }
     if let Some(dir) = credentials_dir {
         let path = dir.join(CREDENTIAL_NAME);
         if path.exists() {
-            let key = read_key_file(&path)
+            let key = read_key_file("$CREDENTIALS_DIRECTORY", &path)
                 .map_err(|problem| invalid("$CREDENTIALS_DIRECTORY", problem))?;
             return Ok(Some(key));
         }
@@ -1420,7 +1452,7 @@ fn resolve_api_key(
     Ok(None)
 }
 
-fn read_key_file(path: &Path) -> Result<ApiKey, String> {
+fn read_key_file(key_name: &str, path: &Path) -> Result<ApiKey, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
     let key = text.trim();
@@ -1430,17 +1462,19 @@ fn read_key_file(path: &Path) -> Result<ApiKey, String> {
     Ok(ApiKey {
         secret: SecretString::from(key.to_owned()),
         source: format!("file {}", path.display()),
-        permission_warning: loose_permissions(path),
+        permission_warning: loose_permissions(key_name, path),
     })
 }
 
+/// A secret file that group or others can read: the warning, naming the key it was read
+/// for (never its content), else `None`.
 #[cfg(unix)]
-fn loose_permissions(path: &Path) -> Option<String> {
+fn loose_permissions(key: &str, path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         format!(
-            "the API key file {} can be read by group or others (mode {:o}): run `chmod 600 {}`",
+            "{key}: the secret file {} can be read by group or others (mode {:o}): run `chmod 600 {}`",
             path.display(),
             mode & 0o777,
             path.display()
@@ -1449,7 +1483,7 @@ fn loose_permissions(path: &Path) -> Option<String> {
 }
 
 #[cfg(not(unix))]
-fn loose_permissions(_: &Path) -> Option<String> {
+fn loose_permissions(_: &str, _: &Path) -> Option<String> {
     None
 }
 

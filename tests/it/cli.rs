@@ -494,3 +494,50 @@ fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its
     );
 }
 
+#[test]
+fn every_secret_file_readable_by_others_is_warned_about_and_a_loose_api_token_file_is_refused_off_loopback()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let basiq = secret_file(&dir, "basiq", &format!("{GOOD_SECRET}\n"), 0o640);
+    let app = secret_file(&dir, "app", &format!("{GOOD_SECRET}\n"), 0o604);
+    let token = secret_file(&dir, "token", "token-canary-5150\n", 0o644);
+    let config = |listen: &str| {
+        write_config(
+            &dir,
+            &format!(
+                "[api]\nlisten = {listen:?}\ntoken_file = {token:?}\n\
+                 [webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {basiq:?}\n\
+                 [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {app:?}\n"
+            ),
+        )
+    };
+    let key = [("BASIQ_HEALTH_API_KEY", "a2V5LWNhbmFyeQ==")];
+    let (code, stdout, stderr) = check(&config("127.0.0.1:8088"), &key);
+    assert_eq!(code, 0, "{stderr}");
+    for (key, file) in [
+        ("webhooks.secret_file", &basiq),
+        ("notify.endpoints[0].secret_file", &app),
+        ("api.token_file", &token),
+    ] {
+        let warning = stderr
+            .lines()
+            .find(|l| l.starts_with("warning") && l.contains(key))
+            .unwrap_or_else(|| panic!("no warning about {key}: {stderr}"));
+        assert!(warning.contains(&format!("chmod 600 {file}")), "{warning}");
+    }
+    assert!(!stdout.contains("token-canary-5150") && !stderr.contains("token-canary-5150"));
+    // Off loopback, a token others can read is refused.
+    let (code, _, stderr) = check(&config("0.0.0.0:8088"), &key);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("api.token_file"), "{stderr}");
+    assert!(!stderr.contains("token-canary-5150"), "{stderr}");
+    // Private files: no warning, and the exposed API starts.
+    for file in [&basiq, &app, &token] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (code, _, stderr) = check(&config("0.0.0.0:8088"), &key);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
