@@ -97,11 +97,12 @@ pub struct DeliveryCounts {
     pub failures: Vec<(String, i64)>,
 }
 
-/// A fresh Standard Webhooks message id.
+/// A fresh Standard Webhooks message id (the shape `DeliveryRef` takes:
+/// `msg_` and 32 lowercase hex digits).
 fn new_webhook_id() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
+    let bytes: [u8; crate::domain::WEBHOOK_ID_HEX / 2] = rand::rng().random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
+    format!("{}{hex}", crate::domain::WEBHOOK_ID_PREFIX)
 }
 
 /// Inserts notices into the outbox (multi-row).
@@ -606,5 +607,17 @@ impl Store {
         .execute(self.write_pool())
         .await;
         Ok(self.note(done)?.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_new_webhook_id_is_one_notify_retry_takes() {
+        let id = super::new_webhook_id();
+        assert_eq!(
+            id.parse::<crate::domain::DeliveryRef>(),
+            Ok(crate::domain::DeliveryRef::Webhook(id.clone()))
+        );
     }
 }

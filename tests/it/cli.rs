@@ -541,3 +541,55 @@ fn every_secret_file_readable_by_others_is_warned_about_and_a_loose_api_token_fi
     assert!(!stderr.contains("warning"), "{stderr}");
 }
 
+#[test]
+fn notify_retry_takes_only_a_delivery_id_or_a_webhook_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[database]\npath = {:?}\n[api]\nlisten = \"\"\n",
+            db.display().to_string()
+        ),
+    );
+    let retry = |id: &str| {
+        let out = bin()
+            .arg("--config")
+            .arg(&path)
+            .args(["notify", "retry", "--", id])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for bad in [
+        "../../etc",
+        "",
+        "0",
+        "-1",
+        "1.5",
+        " 1",
+        "9223372036854775808",
+        "msg_",
+        "msg_nothing",
+        "msg_0123456789abcdef0123456789abcde",
+        "msg_0123456789abcdef0123456789abcdef0",
+        "msg_0123456789ABCDEF0123456789ABCDEF",
+        "MSG_0123456789abcdef0123456789abcdef",
+    ] {
+        let (code, stderr) = retry(bad);
+        assert_eq!(code, 2, "notify retry {bad:?}: {stderr}");
+        assert!(
+            stderr.contains("delivery id") && stderr.contains("msg_"),
+            "notify retry {bad:?} states the rule: {stderr}"
+        );
+        assert!(!db.exists(), "{bad:?}: nothing is opened");
+    }
+    // Well formed, and none to retry: exit 1.
+    for none in ["7", "msg_0123456789abcdef0123456789abcdef"] {
+        let (code, stderr) = retry(none);
+        assert_eq!(code, 1, "notify retry {none:?}: {stderr}");
+    }
+}

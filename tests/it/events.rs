@@ -1180,9 +1180,12 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
         deliveries[0]["webhook_id"].as_str().unwrap(),
     ]);
     assert_eq!(code, 0);
-    let (code, _, stderr) = run(&["notify", "retry", "msg_nothing"]);
+    let unknown = "msg_00000000000000000000000000000000";
+    let (code, _, stderr) = run(&["notify", "retry", unknown]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("msg_nothing"), "{stderr}");
+    assert!(stderr.contains(unknown), "{stderr}");
+    let (code, _, stderr) = run(&["notify", "retry", "msg_nothing"]);
+    assert_eq!(code, 2, "not a webhook id: {stderr}");
 }
 
 #[test]
