@@ -539,16 +539,37 @@ pub(crate) fn serialize_duration<S: serde::Serializer>(
     s.collect_str(&humantime::format_duration(*d))
 }
 
-/// A URL with any password in it replaced by `[redacted]` (a proxy's credentials).
+/// A URL as it may be shown or stored: the user name and password (if any) replaced by one
+/// `[redacted]`, every query value by `[redacted]` (the keys kept), a fragment too:
+/// `https://[redacted]@app.example/hook?token=[redacted]`. Credentials ride in all three.
 pub fn redacted_url(url: &Url) -> String {
-    if url.password().is_some() {
-        let mut shown = url.clone();
-        if shown.set_password(Some("REDACTED")).is_ok() {
-            return shown.as_str().replacen(":REDACTED@", ":[redacted]@", 1);
-        }
-        return "[a URL with a password: redacted]".to_owned();
+    let mut shown = url.clone();
+    let userinfo = !url.username().is_empty() || url.password().is_some();
+    // Neither fails on a URL with a host, the only kind that has a user name or password.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut text = shown.to_string();
+    if userinfo {
+        text = text.replacen("://", "://[redacted]@", 1);
     }
-    url.as_str().to_owned()
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=[redacted]"),
+                None if pair.is_empty() => String::new(),
+                None => "[redacted]".to_owned(),
+            })
+            .collect();
+        text.push('?');
+        text.push_str(&pairs.join("&"));
+    }
+    if url.fragment().is_some() {
+        text.push_str("#[redacted]");
+    }
+    text
 }
 
 fn serialize_url<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
@@ -1745,10 +1766,8 @@ mod tests {
         let debug = format!("{s:?}");
         for shown in [&rendered, &debug] {
             assert!(!shown.contains("hunter2-canary"), "{shown}");
-            assert!(
-                shown.contains("proxy-user:[redacted]@proxy.example"),
-                "{shown}"
-            );
+            assert!(!shown.contains("proxy-user"), "{shown}");
+            assert!(shown.contains("[redacted]@proxy.example"), "{shown}");
         }
         // The URL used for requests keeps it.
         assert_eq!(s.basiq.base_url.password(), Some("hunter2-canary"));
@@ -1820,6 +1839,26 @@ mod tests {
         ] {
             assert_eq!(plain_integer(text), None, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_url_is_shown_without_its_user_name_password_query_values_or_fragment() {
+        let shown = |text: &str| redacted_url(&Url::parse(text).unwrap());
+        assert_eq!(
+            shown("https://app.example/hook"),
+            "https://app.example/hook"
+        );
+        assert_eq!(
+            shown(
+                "https://user-canary:pw-canary@app.example:8443/a/b?token=tok-canary&v=1&flag&#frag-canary"
+            ),
+            "https://[redacted]@app.example:8443/a/b?token=[redacted]&v=[redacted]&[redacted]&#[redacted]"
+        );
+        assert_eq!(
+            shown("http://user-canary@127.0.0.1:9/?sig=a%3Db"),
+            "http://[redacted]@127.0.0.1:9/?sig=[redacted]"
+        );
+        assert_eq!(shown("https://h/?"), "https://h/?");
     }
 
     #[test]

@@ -389,7 +389,7 @@ fn config_check_prints_every_key_with_its_value_and_redacts_a_password_in_base_u
     let (code, stdout, stderr) = check(&path, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("pw-canary-77") && !stderr.contains("pw-canary-77"));
-    assert!(stdout.contains("u:[redacted]@proxy.example"), "{stdout}");
+    assert!(stdout.contains("://[redacted]@proxy.example"), "{stdout}");
     // The keys the hand-written list used to omit.
     assert!(stdout.contains("retain_days = 31"), "{stdout}");
     assert!(stdout.contains("busy_timeout = \"3s\""), "{stdout}");
