@@ -255,6 +255,8 @@ impl Default for RawNotify {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     secret_file: Option<PathBuf>,
@@ -707,9 +709,17 @@ pub struct NotifySettings {
     pub endpoints: Vec<EndpointSettings>,
 }
 
-/// One `[[notify.endpoints]]`.
-#[derive(Debug, Clone, Serialize)]
+/// The name of a lone `[[notify.endpoints]]` that has none.
+pub const DEFAULT_ENDPOINT_NAME: &str = "default";
+/// The longest endpoint name.
+pub const ENDPOINT_NAME_MAX: usize = 32;
+
+/// One `[[notify.endpoints]]`. `Debug` and `Serialize` show the URL redacted.
+#[derive(Clone, Serialize)]
 pub struct EndpointSettings {
+    /// What keys the endpoint's cursor, deliveries, log lines and metric labels: a change
+    /// of `url` (a rotated `?token=`) keeps them.
+    pub name: String,
     #[serde(serialize_with = "serialize_url")]
     pub url: Url,
     /// Where the secret was read (a file, or the credential's file).
@@ -720,11 +730,30 @@ pub struct EndpointSettings {
     pub events: Vec<String>,
 }
 
+impl std::fmt::Debug for EndpointSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSettings")
+            .field("name", &self.name)
+            .field("url", &redacted_url(&self.url))
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EndpointSettings {
-    /// The endpoint's name in the database, the CLI and /metrics: its URL, any password
-    /// redacted.
-    pub fn name(&self) -> String {
-        redacted_url(&self.url)
+    /// What the endpoint's rows were keyed by before endpoints had names: its URL with any
+    /// password (only) replaced by `[redacted]`. Rows so keyed are given to the endpoint
+    /// when it starts (`notify::deliver::adopt_endpoint_names`).
+    pub fn legacy_key(&self) -> String {
+        let mut shown = self.url.clone();
+        if self.url.password().is_some() {
+            if shown.set_password(Some("REDACTED")).is_ok() {
+                return shown.as_str().replacen(":REDACTED@", ":[redacted]@", 1);
+            }
+            return "[a URL with a password: redacted]".to_owned();
+        }
+        shown.as_str().to_owned()
     }
 
     pub fn wants(&self, event_type: &str) -> bool {
@@ -1291,15 +1320,27 @@ fn parse_notify(
     credentials: Option<&Path>,
     warnings: &mut Vec<String>,
 ) -> Result<NotifySettings, SettingsError> {
-    let mut endpoints = Vec::new();
+    let several = raw.endpoints.len() > 1;
+    let mut endpoints: Vec<EndpointSettings> = Vec::new();
     for (n, e) in raw.endpoints.into_iter().enumerate() {
-        endpoints.push(parse_endpoint(n, e, credentials, warnings)?);
-    }
-    let mut names: Vec<String> = endpoints.iter().map(EndpointSettings::name).collect();
-    names.sort();
-    names.dedup();
-    if names.len() != endpoints.len() {
-        return Err(invalid("notify.endpoints", "lists one URL twice"));
+        let endpoint = parse_endpoint(n, e, credentials, several, warnings)?;
+        let key = format!("notify.endpoints[{n}]");
+        if endpoints.iter().any(|o| o.name == endpoint.name) {
+            return Err(invalid(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} names another endpoint too: each name is its own",
+                    endpoint.name
+                ),
+            ));
+        }
+        if endpoints.iter().any(|o| o.url == endpoint.url) {
+            return Err(invalid(
+                &format!("{key}.url"),
+                "is another endpoint's URL too",
+            ));
+        }
+        endpoints.push(endpoint);
     }
     let backoff_initial = span("notify.backoff_initial", &raw.backoff_initial)?;
     let backoff_max = span("notify.backoff_max", &raw.backoff_max)?;
@@ -1321,9 +1362,11 @@ fn parse_endpoint(
     n: usize,
     e: RawEndpoint,
     credentials: Option<&Path>,
+    several: bool,
     warnings: &mut Vec<String>,
 ) -> Result<EndpointSettings, SettingsError> {
     let key = |k: &str| format!("notify.endpoints[{n}].{k}");
+    let name = endpoint_name(e.name.as_deref(), several).map_err(|p| invalid(&key("name"), p))?;
     let url = Url::parse(e.url.trim())
         .map_err(|err| invalid(&key("url"), format!("is not a URL ({err})")))?;
     match url.scheme() {
@@ -1383,11 +1426,40 @@ fn parse_endpoint(
         }
     };
     Ok(EndpointSettings {
+        name,
         url,
         secret_file: path,
         secret,
         events,
     })
+}
+
+/// An endpoint's `name`: 1 to [`ENDPOINT_NAME_MAX`] of `a-z`, `0-9` and `-`, starting with a
+/// letter or digit; required when there are several endpoints, [`DEFAULT_ENDPOINT_NAME`]
+/// for a lone one without. The error says what to write, never quoting more than the rule.
+fn endpoint_name(name: Option<&str>, several: bool) -> Result<String, String> {
+    let rule = format!(
+        "a short word of a-z, 0-9 and '-' (1 to {ENDPOINT_NAME_MAX}, not starting with '-'), such as \"app\""
+    );
+    let Some(name) = name else {
+        if several {
+            return Err(format!(
+                "is required when there are several endpoints: {rule}; it keys the endpoint's \
+                 deliveries, so its url may change without sending anything twice"
+            ));
+        }
+        return Ok(DEFAULT_ENDPOINT_NAME.to_owned());
+    };
+    let good = (1..=ENDPOINT_NAME_MAX).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if good {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("must be {rule}"))
+    }
 }
 
 /// Reads a bearer token file: trimmed, not empty.
@@ -1757,6 +1829,26 @@ mod tests {
     }
 
     #[test]
+    fn a_url_is_shown_without_its_user_name_password_query_values_or_fragment() {
+        let shown = |text: &str| redacted_url(&Url::parse(text).unwrap());
+        assert_eq!(
+            shown("https://app.example/hook"),
+            "https://app.example/hook"
+        );
+        assert_eq!(
+            shown(
+                "https://user-canary:pw-canary@app.example:8443/a/b?token=tok-canary&v=1&flag&#frag-canary"
+            ),
+            "https://[redacted]@app.example:8443/a/b?token=[redacted]&v=[redacted]&[redacted]&#[redacted]"
+        );
+        assert_eq!(
+            shown("http://user-canary@127.0.0.1:9/?sig=a%3Db"),
+            "http://[redacted]@127.0.0.1:9/?sig=[redacted]"
+        );
+        assert_eq!(shown("https://h/?"), "https://h/?");
+    }
+
+    #[test]
     fn a_password_in_base_url_is_redacted_everywhere_it_is_shown() {
         let s = Settings::from_toml(
             "[basiq]\nbase_url = \"https://proxy-user:hunter2-canary@proxy.example/basiq/\"\n",
@@ -1842,26 +1934,6 @@ mod tests {
     }
 
     #[test]
-    fn a_url_is_shown_without_its_user_name_password_query_values_or_fragment() {
-        let shown = |text: &str| redacted_url(&Url::parse(text).unwrap());
-        assert_eq!(
-            shown("https://app.example/hook"),
-            "https://app.example/hook"
-        );
-        assert_eq!(
-            shown(
-                "https://user-canary:pw-canary@app.example:8443/a/b?token=tok-canary&v=1&flag&#frag-canary"
-            ),
-            "https://[redacted]@app.example:8443/a/b?token=[redacted]&v=[redacted]&[redacted]&#[redacted]"
-        );
-        assert_eq!(
-            shown("http://user-canary@127.0.0.1:9/?sig=a%3Db"),
-            "http://[redacted]@127.0.0.1:9/?sig=[redacted]"
-        );
-        assert_eq!(shown("https://h/?"), "https://h/?");
-    }
-
-    #[test]
     fn a_poll_interval_under_a_minute_is_refused_and_0s_stays_off() {
         for bad in ["1ns", "1ms", "30s", "59s 999ms"] {
             let err = Settings::from_toml(&with("webhooks.poll_interval", &format!("{bad:?}")))
@@ -1899,6 +1971,59 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn endpoint_names_are_short_words_required_when_several_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        let endpoint = |name: Option<&str>, path: &str| {
+            let name = name.map_or_else(String::new, |n| format!("name = {n:?}\n"));
+            format!(
+                "[[notify.endpoints]]\n{name}url = \"https://app.example.com/{path}\"\nsecret_file = {:?}\n",
+                secret.display().to_string()
+            )
+        };
+        let lone = Settings::from_toml(&endpoint(None, "a")).unwrap();
+        assert_eq!(lone.notify.endpoints[0].name, DEFAULT_ENDPOINT_NAME);
+        let named =
+            Settings::from_toml(&(endpoint(Some("app"), "a") + &endpoint(Some("crm-2"), "b")))
+                .unwrap();
+        let names: Vec<&str> = named
+            .notify
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["app", "crm-2"]);
+        assert!(
+            named.render().contains("name = \"crm-2\""),
+            "{}",
+            named.render()
+        );
+        let refused = |doc: String, key: &str| {
+            let err = Settings::from_toml(&doc)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {doc}"));
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        };
+        refused(
+            endpoint(None, "a") + &endpoint(Some("crm"), "b"),
+            "notify.endpoints[0].name",
+        );
+        refused(
+            endpoint(Some("app"), "a") + &endpoint(Some("app"), "b"),
+            "notify.endpoints[1].name",
+        );
+        refused(
+            endpoint(Some("app"), "a") + &endpoint(Some("crm"), "a"),
+            "notify.endpoints[1].url",
+        );
+        let long = "a".repeat(ENDPOINT_NAME_MAX + 1);
+        for bad in ["", "App", "-app", "a b", "app_1", "ünï", long.as_str()] {
+            refused(endpoint(Some(bad), "a"), "notify.endpoints[0].name");
+        }
     }
 
     #[test]

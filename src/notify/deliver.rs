@@ -47,7 +47,7 @@ pub async fn run(
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for endpoint in settings.endpoints.clone() {
-        let name = endpoint.name();
+        let name = endpoint.name.clone();
         let deliverer = match Deliverer::new(
             store.clone(),
             settings.clone(),
@@ -90,7 +90,7 @@ impl Deliverer {
         endpoint: EndpointSettings,
         clock: Clock,
     ) -> Result<Option<Self>, reqwest::Error> {
-        let name = endpoint.name();
+        let name = endpoint.name.clone();
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
@@ -163,13 +163,50 @@ pub async fn deliver_round(
     .with_context(|| {
         format!(
             "cannot build the HTTP client for endpoint {}",
-            endpoint.name()
+            endpoint.name
         )
     })?;
     match deliverer {
         Some(d) => Ok(d.round().await?),
         None => Ok(0),
     }
+}
+
+/// Gives each configured endpoint the deliveries and cursor keyed by its URL from before
+/// endpoints had names ([`EndpointSettings::legacy_key`]); rows of an endpoint no longer
+/// configured keep a key with its credentials redacted (`settings::redacted_url`). Migration
+/// 0009 already gave a database that knew one endpoint's rows to `default`. Cheap when
+/// there is nothing to do: one read of the cursors.
+pub async fn adopt_endpoint_names(
+    store: &Store,
+    endpoints: &[EndpointSettings],
+) -> crate::store::Result<()> {
+    let mut renames = Vec::new();
+    for key in store.endpoint_keys().await? {
+        // A name is a word; only a URL has "://".
+        if !key.contains("://") {
+            continue;
+        }
+        let to = match endpoints.iter().find(|e| e.legacy_key() == key) {
+            Some(e) => e.name.clone(),
+            None => url::Url::parse(&key).map_or_else(
+                |_| "[an endpoint no longer configured]".to_owned(),
+                |u| crate::settings::redacted_url(&u),
+            ),
+        };
+        if to != key {
+            renames.push((key, to));
+        }
+    }
+    if !renames.is_empty() {
+        store.rename_endpoints(&renames).await?;
+        tracing::info!(
+            event = "notify_endpoints_renamed",
+            count = renames.len(),
+            "deliveries keyed by an endpoint's URL are keyed by its name now"
+        );
+    }
+    Ok(())
 }
 
 /// How long a notice asking a user to act waits for the bank's status to be read after it

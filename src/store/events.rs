@@ -575,6 +575,45 @@ impl Store {
         Ok(self.note(done)?.rows_affected())
     }
 
+    /// Every endpoint key that has a cursor (every endpoint that ever had deliveries).
+    pub async fn endpoint_keys(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT endpoint FROM delivery_cursors ORDER BY endpoint")
+            .fetch_all(self.pool())
+            .await
+    }
+
+    /// Re-keys endpoints' deliveries and cursors, `(from, to)`, in one transaction. A
+    /// delivery `to` has already is dropped from `from`; the cursors merge to the further.
+    pub async fn rename_endpoints(&self, renames: &[(String, String)]) -> Result<()> {
+        let mut tx = self.write().await?;
+        for (from, to) in renames {
+            sqlx::query("UPDATE OR IGNORE deliveries SET endpoint = ? WHERE endpoint = ?")
+                .bind(to)
+                .bind(from)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM deliveries WHERE endpoint = ?")
+                .bind(from)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO delivery_cursors (endpoint, last_outbox_id)
+                 SELECT ?, last_outbox_id FROM delivery_cursors WHERE endpoint = ?
+                 ON CONFLICT (endpoint) DO UPDATE
+                    SET last_outbox_id = MAX(last_outbox_id, excluded.last_outbox_id)",
+            )
+            .bind(to)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM delivery_cursors WHERE endpoint = ?")
+                .bind(from)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
     /// Deliveries per endpoint and state, and failed attempts.
     pub async fn delivery_counts(&self) -> Result<DeliveryCounts> {
         let by_state = sqlx::query_as(

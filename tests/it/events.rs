@@ -761,15 +761,11 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     };
     assert_eq!(
-        sample(&format!(
-            "basiq_health_notify_deliveries{{endpoint=\"{down}\",state=\"dead_lettered\"}}"
-        )),
+        sample("basiq_health_notify_deliveries{endpoint=\"default\",state=\"dead_lettered\"}"),
         1.0
     );
     assert_eq!(
-        sample(&format!(
-            "basiq_health_notify_failed_attempts{{endpoint=\"{down}\"}}"
-        )),
+        sample("basiq_health_notify_failed_attempts{endpoint=\"default\"}"),
         dead[0].failures as f64
     );
     // The family is there (the receiver's counters live in the daemon, not in this render).
@@ -1154,7 +1150,7 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
         // commands have one to show.
         store
             .enqueue_deliveries(
-                "http://127.0.0.1:9/hook",
+                "default",
                 &["connection.health_changed".into()],
                 StdDuration::from_secs(3600),
                 Utc::now(),
@@ -1172,6 +1168,10 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
     assert_eq!(deliveries.len(), 1, "{stdout}");
     assert_eq!(deliveries[0]["state"], "pending");
     assert_eq!(deliveries[0]["event_type"], "connection.health_changed");
+    assert_eq!(
+        deliveries[0]["endpoint"], "default",
+        "a lone endpoint's name"
+    );
     let (code, stdout, _) = run(&["notify", "list", "--failed"]);
     assert_eq!((code, stdout.trim()), (0, ""), "nothing failed yet");
     let (code, _, _) = run(&[
@@ -1815,3 +1815,299 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
     assert!(ended < asks(&seen).unwrap(), "the end first: {seen:?}");
     daemon.stop().await;
 }
+
+/// Writes notices to the outbox as a commit would, and wakes the deliverers.
+async fn write_outbox(store: &Store, notices: &[basiq_health::notify::Notice]) {
+    let mut tx = store.write().await.unwrap();
+    basiq_health::store::events::write_notices(&mut tx, notices, Utc::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    store.outbox_written().notify_waiters();
+}
+
+/// An outage notice about `institution` (its own order key: no notice waits for another).
+fn outage_notice(institution: &str) -> basiq_health::notify::Notice {
+    basiq_health::notify::outage_notice(
+        &basiq_health::domain::ConnectorKey::new(
+            institution,
+            &basiq_health::domain::Method::parse("web"),
+        ),
+        true,
+        basiq_health::notify::OutageSource::Connectors,
+        1,
+    )
+}
+
+/// A partner's endpoint in the test: records the query and `webhook-id` of every POST and
+/// its answer, 500 while `failing`, else 204.
+struct Hook {
+    base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hook {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>> =
+            std::sync::Arc::default();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kept, fail) = (seen.clone(), failing.clone());
+        let hook = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+                    let status = if fail.load(Ordering::SeqCst) {
+                        500
+                    } else {
+                        204
+                    };
+                    let id = headers["webhook-id"].to_str().unwrap().to_owned();
+                    let query = uri.query().unwrap_or_default().to_owned();
+                    kept.lock().unwrap().push((query, id, status));
+                    async move { axum::http::StatusCode::from_u16(status).unwrap() }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, hook).await });
+        Self {
+            base,
+            seen,
+            failing,
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, String, u16)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_endpoint_url_takes_over_its_pending_deliveries_and_sends_nothing_twice() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start().await;
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let db = dir.path().join("bh.db");
+    // Two endpoints, so each has its name; "crm" wants none of these notices.
+    let settings = |token: &str| {
+        basiq_health::settings::Settings::from_toml(&format!(
+            "[database]\npath = {:?}\n[api]\nlisten = \"\"\n[notify]\nbackoff_initial = \"1s\"\n\
+             [[notify.endpoints]]\nname = \"app\"\nurl = \"{}?token={token}\"\nsecret_file = {:?}\n\
+             [[notify.endpoints]]\nname = \"crm\"\nurl = \"{}?token=crm\"\nsecret_file = {:?}\n\
+             events = [\"connection.consent_expiring\"]\n",
+            db.display().to_string(),
+            hook.base,
+            secret.display().to_string(),
+            hook.base,
+            secret.display().to_string(),
+        ))
+        .unwrap()
+    };
+    let clock = basiq_health::clock::Clock::manual(Utc::now());
+    let store = Store::open(&db).await.unwrap();
+    let round = |s: basiq_health::settings::Settings| {
+        let (store, clock) = (store.clone(), clock.clone());
+        async move {
+            for endpoint in &s.notify.endpoints {
+                basiq_health::notify::deliver::deliver_round(
+                    &store, &s.notify, None, endpoint, &clock,
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let before = settings("old-secret-1");
+    write_outbox(
+        &store,
+        &(1..=3)
+            .map(|i| outage_notice(&format!("AU0000{i}")))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    round(settings("old-secret-1")).await;
+    let delivered: Vec<String> = hook.seen().into_iter().map(|(_, id, _)| id).collect();
+    assert_eq!(delivered.len(), 3);
+    // The endpoint fails for two more, then its URL changes (a rotated token).
+    hook.failing.store(true, Ordering::SeqCst);
+    write_outbox(
+        &store,
+        &[outage_notice("AU00004"), outage_notice("AU00005")],
+    )
+    .await;
+    round(before).await;
+    hook.failing.store(false, Ordering::SeqCst);
+    for _ in 0..6 {
+        clock.advance(StdDuration::from_secs(60));
+        round(settings("new-secret-2")).await;
+    }
+    let seen = hook.seen();
+    let succeeded: Vec<&(String, String, u16)> = seen.iter().filter(|s| s.2 == 204).collect();
+    let ids: std::collections::BTreeSet<&str> = succeeded.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(
+        (succeeded.len(), ids.len()),
+        (5, 5),
+        "each notification delivered once: {seen:?}"
+    );
+    let after: Vec<&str> = succeeded
+        .iter()
+        .filter(|s| s.0 == "token=new-secret-2")
+        .map(|s| s.1.as_str())
+        .collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "the pending two go to the new URL: {seen:?}"
+    );
+    assert!(
+        after.iter().all(|id| !delivered.iter().any(|d| d == id)),
+        "nothing delivered is sent again: {seen:?}"
+    );
+    let list = store.list_deliveries(false, 100).await.unwrap();
+    assert_eq!(list.len(), 5, "{list:?}");
+    assert!(
+        list.iter()
+            .all(|d| d.endpoint == "app" && d.state == "succeeded"),
+        "{list:?}"
+    );
+}
+
+/// A database as the daemon left it before endpoints had names (migrations 1 to 8), with
+/// one pending delivery per `(endpoint key, outbox id)` and a cursor per key.
+async fn database_before_names(path: &std::path::Path, rows: &[(&str, i64)]) {
+    let old = tempfile::tempdir().unwrap();
+    let all = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+    for entry in std::fs::read_dir(all).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() < "0009" {
+            std::fs::copy(entry.path(), old.path().join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old.path().to_owned())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for (key, outbox) in rows {
+        sqlx::query(
+            "INSERT OR IGNORE INTO outbox (id, webhook_id, event_type, order_key, payload, created_at)
+             VALUES (?1, 'msg_' || printf('%032x', ?1), 'institution.outage_started',
+                     'institution:AU00000/web', '{}', strftime('%s', 'now'))",
+        )
+        .bind(outbox)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO deliveries (endpoint, outbox_id, order_key, state, next_at, deadline)
+             VALUES (?, ?, 'institution:AU00000/web', 'pending', 0, 9999999999)",
+        )
+        .bind(key)
+        .bind(outbox)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO delivery_cursors (endpoint, last_outbox_id) VALUES (?1, ?2)
+             ON CONFLICT (endpoint) DO UPDATE SET last_outbox_id = MAX(last_outbox_id, ?2)",
+        )
+        .bind(key)
+        .bind(outbox)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoint_s_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // One endpoint before: its rows become "default"'s (migration 0009).
+    let lone = dir.path().join("lone.db");
+    database_before_names(
+        &lone,
+        &[
+            ("http://127.0.0.1:9/hook?token=tok-lone", 1),
+            ("http://127.0.0.1:9/hook?token=tok-lone", 2),
+        ],
+    )
+    .await;
+    let store = Store::open(&lone).await.unwrap();
+    let keys: Vec<String> = store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.endpoint)
+        .collect();
+    assert_eq!(keys, ["default", "default"]);
+    assert_eq!(store.endpoint_keys().await.unwrap(), ["default"]);
+    store.close().await;
+    // Several before: each configured endpoint whose URL is unchanged takes its rows; one no
+    // longer configured keeps its URL, its credentials redacted.
+    let several = dir.path().join("several.db");
+    database_before_names(
+        &several,
+        &[
+            ("http://127.0.0.1:9/a?token=tok-a", 1),
+            ("http://user:[redacted]@127.0.0.1:9/b?token=tok-b", 1),
+            ("http://user:[redacted]@127.0.0.1:9/b?token=tok-b", 2),
+            ("http://127.0.0.1:9/gone?token=tok-gone", 2),
+        ],
+    )
+    .await;
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let settings = basiq_health::settings::Settings::from_toml(&format!(
+        "[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
+         [[notify.endpoints]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/a?token=tok-a\"\nsecret_file = {secret:?}\n\
+         [[notify.endpoints]]\nname = \"crm\"\nurl = \"http://user:pw-b@127.0.0.1:9/b?token=tok-b\"\nsecret_file = {secret:?}\n",
+        several.display().to_string(),
+    ))
+    .unwrap();
+    let store = basiq_health::app::open_store(&settings, &basiq_health::clock::Clock::system())
+        .await
+        .unwrap();
+    let mut keys: Vec<(String, i64)> = store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.endpoint, d.id))
+        .collect();
+    keys.sort();
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "app",
+            "crm",
+            "crm",
+            "http://127.0.0.1:9/gone?token=[redacted]"
+        ]
+    );
+    assert_eq!(
+        store.endpoint_keys().await.unwrap(),
+        ["app", "crm", "http://127.0.0.1:9/gone?token=[redacted]"]
+    );
+    // The deliverer of "crm" finds its pending rows under its name.
+    assert_eq!(
+        store
+            .next_delivery_at("crm")
+            .await
+            .unwrap()
+            .map(|t| t.timestamp()),
+        Some(0)
+    );
+    store.close().await;
+}
+
