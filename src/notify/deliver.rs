@@ -115,7 +115,8 @@ impl Deliverer {
     /// the next delivery is due (at most [`IDLE`]), or until a commit writes notifications.
     async fn run(self, cancel: CancellationToken) {
         let name = &self.name;
-        tracing::info!(event = "notify_started", endpoint = %name, events = ?self.endpoint.events, "delivering notifications");
+        let url = crate::settings::redacted_url(&self.endpoint.url);
+        tracing::info!(event = "notify_started", endpoint = %name, url = %url, events = ?self.endpoint.events, "delivering notifications");
         while !cancel.is_cancelled() {
             let worked = match self.round().await {
                 Ok(n) => n > 0,

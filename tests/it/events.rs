@@ -2111,3 +2111,101 @@ async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoi
     store.close().await;
 }
 
+#[tokio::test]
+async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_database_byte() {
+    const CANARIES: [&str; 3] = ["bh-user-canary", "bh-pass-canary", "bh-token-canary"];
+    let (logs, _guard) = capture_logs();
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let url = format!(
+        "http://bh-user-canary:bh-pass-canary@127.0.0.1:{}/hook?token=bh-token-canary&v=1",
+        free_port()
+    );
+    let (user, _) = healthy_user(&sim, "u-canary", "c-canary");
+    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &url, "max_age = \"2s\""));
+    let app = app_with(&sim, &dir, &toml).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    let sweeper = app.sweeper().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-canary").unwrap();
+    until("the notification to be dead-lettered", || async {
+        let all = store.list_deliveries(false, 10).await.unwrap();
+        !all.is_empty() && all.iter().all(|d| d.state == "dead")
+    })
+    .await;
+    let settings = settings_for(&sim, &db, &toml);
+    let refresher =
+        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
+            .await
+            .unwrap();
+    let metrics = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())
+        .await
+        .unwrap();
+    daemon.stop().await;
+    store.close().await;
+    // The commands, from the outside.
+    let config = dir.path().join("bh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[basiq]\nbase_url = {:?}\n[database]\npath = {:?}\n[api]\nlisten = \"\"\n{toml}",
+            sim.base_url(),
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::cli::bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let check = run(&["config", "check"]);
+    let list = run(&["notify", "list"]);
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("bh.db{suffix}"));
+        bytes.extend(std::fs::read(&file).unwrap_or_default());
+    }
+    let database = String::from_utf8_lossy(&bytes).into_owned();
+    let logs = logs.text();
+    for (place, text) in [
+        ("the logs", &logs),
+        ("/metrics", &metrics),
+        ("config check", &check),
+        ("notify list", &list),
+        ("the database", &database),
+    ] {
+        for canary in CANARIES {
+            assert!(!text.contains(canary), "{canary} in {place}");
+        }
+    }
+    // Named where it is shown, its URL redacted.
+    assert!(
+        logs.contains("\"event\":\"notify_dead_lettered\"")
+            && logs.contains("\"endpoint\":\"default\""),
+        "the endpoint's lines carry its name"
+    );
+    assert!(
+        metrics.contains(
+            "basiq_health_notify_deliveries{endpoint=\"default\",state=\"dead_lettered\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(list.contains("\"endpoint\":\"default\""), "{list}");
+    assert!(
+        check.contains("url = \"http://[redacted]@127.0.0.1:")
+            && check.contains("/hook?token=[redacted]&v=[redacted]\""),
+        "{check}"
+    );
+}
