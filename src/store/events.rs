@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::SqliteConnection;
 
-use super::{Result, Store, from_ts, ts};
+use super::{Result, Store, from_ts, ts, ts_ceil};
 use crate::domain::{ConnectionId, ConnectorKey, UserId};
 use crate::notify::{self, Notice, OutageSource};
 use crate::plan::{OutageMove, UserPlan};
@@ -86,6 +86,15 @@ pub struct DeliveryEntry {
     pub created_at: i64,
     pub next_at: i64,
     pub done_at: Option<i64>,
+}
+
+/// Whether an endpoint is held after failing (see [`Store::endpoint_hold`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointHold {
+    /// Rounds in a row whose every attempt failed; 0 when the last got through.
+    pub failing: i64,
+    /// Nothing is sent there before this.
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// Deliveries per endpoint and state, and failed attempts, for `/metrics`.
@@ -382,6 +391,30 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
+    /// Marks a connection removed from the watched state (`connection.deleted`); its
+    /// history stays. False when it was not watched.
+    pub async fn connection_deleted(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND user_id = ?
+             AND gone_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(connection.as_str())
+        .bind(user.as_str())
+        .execute(self.write_pool())
+        .await;
+        Ok(self.note(done)?.rows_affected() > 0)
+    }
+}
+
+/// Deliveries: each endpoint's share of the outbox, its attempts, and whether the
+/// endpoint is held after failing.
+impl Store {
     /// Makes the endpoint's deliveries from the outbox rows after its cursor that it wants
     /// and that are younger than `max_age`; returns how many were made. A new endpoint
     /// starts with the notifications of the last `max_age`.
@@ -466,15 +499,61 @@ impl Store {
         .await
     }
 
-    /// The soonest time a pending delivery of the endpoint is due.
+    /// The soonest time a pending delivery of the endpoint is due, and the endpoint not
+    /// held.
     pub async fn next_delivery_at(&self, endpoint: &str) -> Result<Option<DateTime<Utc>>> {
         let at: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_at) FROM deliveries WHERE endpoint = ? AND state = 'pending'",
+            "SELECT MAX(MIN(next_at), COALESCE(
+                 (SELECT hold_until FROM delivery_cursors WHERE endpoint = ?1), 0))
+             FROM deliveries WHERE endpoint = ?1 AND state = 'pending'",
         )
         .bind(endpoint)
         .fetch_one(self.pool())
         .await?;
         Ok(at.map(from_ts))
+    }
+
+    /// Whether the endpoint is held after failing.
+    pub async fn endpoint_hold(&self, endpoint: &str) -> Result<EndpointHold> {
+        let row: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT failing, hold_until FROM delivery_cursors WHERE endpoint = ?")
+                .bind(endpoint)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(
+            row.map_or_else(EndpointHold::default, |(failing, until)| EndpointHold {
+                failing,
+                until: until.map(from_ts),
+            }),
+        )
+    }
+
+    /// Records the endpoint's state after a round (held until a whole second, rounded up).
+    pub async fn set_endpoint_hold(&self, endpoint: &str, hold: EndpointHold) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE delivery_cursors SET failing = ?, hold_until = ? WHERE endpoint = ?",
+        )
+        .bind(hold.failing)
+        .bind(hold.until.map(ts_ceil))
+        .bind(endpoint)
+        .execute(self.write_pool())
+        .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// Dead-letters the endpoint's pending deliveries past their deadline, unsent: what a
+    /// failing endpoint kept waiting for longer than `notify.max_age`. Returns how many.
+    pub async fn expire_deliveries(&self, endpoint: &str, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'dead', done_at = ?1,
+                 last_error = COALESCE(last_error, 'not sent within notify.max_age: the endpoint was failing')
+             WHERE endpoint = ?2 AND state = 'pending' AND deadline < ?1",
+        )
+        .bind(ts(now))
+        .bind(endpoint)
+        .execute(self.write_pool())
+        .await;
+        Ok(self.note(done)?.rows_affected())
     }
 
     /// A delivery answered 2xx.
@@ -503,7 +582,8 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
-    /// A delivery failed: tried again at `retry_at`, or dead-lettered when `None`.
+    /// A delivery failed: tried again at `retry_at` (rounded up to a whole second: never
+    /// before its backoff), or dead-lettered when `None`.
     pub async fn delivery_failed(
         &self,
         id: i64,
@@ -522,9 +602,9 @@ impl Store {
         )
         .bind(status.map(i64::from))
         .bind(error)
-        .bind(retry_at.map(ts))
-        .bind(retry_at.map(ts))
-        .bind(retry_at.map(ts))
+        .bind(retry_at.map(ts_ceil))
+        .bind(retry_at.map(ts_ceil))
+        .bind(retry_at.map(ts_ceil))
         .bind(ts(now))
         .bind(id)
         .execute(self.write_pool())
@@ -552,8 +632,9 @@ impl Store {
     }
 
     /// Sends a delivery again now, with a fresh `max_age`: by delivery id, or every
-    /// delivery of a webhook id. Returns how many were queued again (0: no such
-    /// delivery, or it succeeded already).
+    /// delivery of a webhook id; its endpoint's hold is lifted (still failing, it is probed
+    /// with one delivery). Returns how many were queued again (0: no such delivery, or it
+    /// succeeded already).
     pub async fn retry_delivery(
         &self,
         id: &str,
@@ -572,7 +653,17 @@ impl Store {
         .bind(id)
         .execute(self.write_pool())
         .await;
-        Ok(self.note(done)?.rows_affected())
+        let queued = self.note(done)?.rows_affected();
+        let done = sqlx::query(
+            "UPDATE delivery_cursors SET hold_until = NULL
+             WHERE endpoint IN (SELECT endpoint FROM deliveries WHERE CAST(id AS TEXT) = ?1
+                OR outbox_id IN (SELECT id FROM outbox WHERE webhook_id = ?1))",
+        )
+        .bind(id)
+        .execute(self.write_pool())
+        .await;
+        self.note(done)?;
+        Ok(queued)
     }
 
     /// Every endpoint key that has a cursor (every endpoint that ever had deliveries).
@@ -626,26 +717,6 @@ impl Store {
                 .fetch_all(self.pool())
                 .await?;
         Ok(DeliveryCounts { by_state, failures })
-    }
-
-    /// Marks a connection removed from the watched state (`connection.deleted`); its
-    /// history stays. False when it was not watched.
-    pub async fn connection_deleted(
-        &self,
-        user: &UserId,
-        connection: &ConnectionId,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND user_id = ?
-             AND gone_at IS NULL",
-        )
-        .bind(ts(now))
-        .bind(connection.as_str())
-        .bind(user.as_str())
-        .execute(self.write_pool())
-        .await;
-        Ok(self.note(done)?.rows_affected() > 0)
     }
 }
 

@@ -2210,3 +2210,131 @@ async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_datab
         "{check}"
     );
 }
+
+/// A loopback listener that counts the connections it accepts; each is closed at once
+/// (`hold` false: the request gets no answer, the connection is reset) or held open
+/// unanswered (`hold` true: the request times out).
+fn counting_listener(hold: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if hold {
+                held.push(stream);
+            }
+        }
+    });
+    (port, accepted)
+}
+
+/// The most attempts an endpoint can get within `max_age` when every failed attempt waits
+/// at least its backoff (the jitter at its lowest) before the next: the first, then one per
+/// wait that fits, with a second to spare (deadlines and due times are whole seconds).
+fn attempts_allowed(initial: StdDuration, max_age: StdDuration) -> usize {
+    let mut waited = StdDuration::ZERO;
+    let mut attempts = 1;
+    loop {
+        waited += basiq_health::notify::deliver::backoff(
+            initial,
+            StdDuration::from_secs(3600),
+            i64::try_from(attempts).unwrap(),
+            -1.0,
+        );
+        if waited > max_age + StdDuration::from_secs(1) {
+            return attempts;
+        }
+        attempts += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_attempts_than_the_backoff_allows()
+ {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    // Refused: a port bound, then closed; counted by the attempts the store records.
+    let refused = free_port();
+    let (reset, resets) = counting_listener(false);
+    let (silent, timeouts) = counting_listener(true);
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let mut toml = format!(
+        "[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
+         [notify]\nbackoff_initial = \"100ms\"\nmax_age = \"2s\"\ntimeout = \"300ms\"\n",
+        dir.path().join("bh.db").display().to_string()
+    );
+    let endpoints = [
+        ("refused", refused),
+        ("reset", reset),
+        ("timeout", silent),
+        ("error", failing),
+    ];
+    for (name, port) in endpoints {
+        toml += &format!(
+            "[[notify.endpoints]]\nname = {name:?}\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+             secret_file = {:?}\n",
+            secret.display().to_string()
+        );
+    }
+    let settings = basiq_health::settings::Settings::from_toml(&toml).unwrap();
+    let store = Store::open(&settings.database.path).await.unwrap();
+    let cancel = CancellationToken::new();
+    let deliverers = tokio::spawn(basiq_health::notify::deliver::run(
+        store.clone(),
+        settings.notify.clone(),
+        None,
+        basiq_health::clock::Clock::system(),
+        cancel.clone(),
+    ));
+    // Many notifications waiting, as after an outage told to every user.
+    let notices: Vec<_> = (0..40)
+        .map(|i| outage_notice(&format!("AU{i:05}")))
+        .collect();
+    write_outbox(&store, &notices).await;
+    until("every delivery to be dead-lettered", || async {
+        let all = store.list_deliveries(false, 1000).await.unwrap();
+        all.len() == 160 && all.iter().all(|d| d.state == "dead")
+    })
+    .await;
+    cancel.cancel();
+    deliverers.await.unwrap();
+    let allowed = attempts_allowed(settings.notify.backoff_initial, settings.notify.max_age);
+    let deliveries = store.list_deliveries(false, 1000).await.unwrap();
+    for (name, _) in endpoints {
+        let attempts: i64 = deliveries
+            .iter()
+            .filter(|d| d.endpoint == name)
+            .map(|d| d.attempts)
+            .sum();
+        assert!(
+            attempts >= 2 && attempts as usize <= allowed,
+            "{name}: {attempts} attempts recorded within max_age, the backoff allows {allowed}"
+        );
+    }
+    for (name, seen) in [
+        ("reset", resets.load(Ordering::SeqCst)),
+        ("timeout", timeouts.load(Ordering::SeqCst)),
+        ("error", answered.load(Ordering::SeqCst)),
+    ] {
+        assert!(
+            seen >= 2 && seen <= allowed,
+            "{name}: the receiver saw {seen} attempts, the backoff allows {allowed}"
+        );
+    }
+}
