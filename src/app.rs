@@ -62,14 +62,19 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
     }
 }
 
-/// Opens the database named by the settings (exit 74 on failure).
+/// Opens the database named by the settings (exit 74 on failure), and gives each notify
+/// endpoint the rows still keyed by its URL from before endpoints had names.
 pub async fn open_store(settings: &Settings, clock: &Clock) -> anyhow::Result<Store> {
-    Ok(Store::open_with_clock(
+    let store = Store::open_with_clock(
         &settings.database.path,
         settings.database.busy_timeout,
         clock.clone(),
     )
-    .await?)
+    .await?;
+    crate::notify::deliver::adopt_endpoint_names(&store, &settings.notify.endpoints)
+        .await
+        .context("while keying notification deliveries by endpoint name")?;
+    Ok(store)
 }
 
 /// The Basiq API key of the settings (exit 78 when missing); a key file others can read is

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, App};
 use crate::clock::Clock;
-use crate::domain::{ConnectionId, IdError, UserId};
+use crate::domain::{ConnectionId, DeliveryRef, IdError, UserId};
 use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
 use crate::store::OpenError;
@@ -196,10 +196,11 @@ pub enum NotifyCommand {
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
     },
-    /// Send a delivery again now, with a fresh `notify.max_age`: ID is a delivery id (from
-    /// `notify list`) or a webhook id (`msg_...`: every endpoint's delivery of it). Exit 1
-    /// when there is no such delivery, or it succeeded already. A running daemon sends it.
-    Retry { id: String },
+    /// Send a delivery again now, with a fresh `notify.max_age`: ID is a delivery id (a
+    /// positive integer, from `notify list`) or a webhook id (`msg_` and 32 hex digits: every
+    /// endpoint's delivery of it); anything else exits 2. Exit 1 when there is no such
+    /// delivery, or it succeeded already. A running daemon sends it.
+    Retry { id: DeliveryRef },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +292,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             match command {
                 Command::Run => telemetry::init(&settings.log, std::io::stdout),
                 _ => telemetry::init(&settings.log, std::io::stderr),
+            }
+            for warning in &settings.warnings {
+                tracing::warn!(event = "secret_file_readable", "{warning}");
             }
             runtime()?.block_on(run_with_settings(command, settings))
         }
@@ -466,10 +470,13 @@ async fn notify(command: NotifyCommand, settings: &Settings, clock: &Clock) -> a
         }
         NotifyCommand::Retry { id } => {
             let queued = store
-                .retry_delivery(&id, settings.notify.max_age, clock.now())
+                .retry_delivery(&id.to_string(), settings.notify.max_age, clock.now())
                 .await?;
             if queued == 0 {
-                eprintln!("no delivery {id:?} to retry (unknown, or delivered already)");
+                eprintln!(
+                    "no delivery {:?} to retry (unknown, or delivered already)",
+                    id.to_string()
+                );
                 return Ok(1);
             }
             println!("queued {queued} delivery(ies) again");
@@ -805,6 +812,9 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
             }
         }
         None => eprintln!("warning: {}", SettingsError::MissingApiKey),
+    }
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
     }
     if settings.api.listen.is_some() {
         let file = settings.api.token_file.display();

@@ -111,7 +111,8 @@ pub const RANGES: &[(&str, Range)] = &[
     ("webhooks.header_timeout", Range::Span("1s", "10m")),
     ("webhooks.body_timeout", Range::Span("1s", "1h")),
     ("webhooks.idle_timeout", Range::Span("1s", "1h")),
-    ("webhooks.poll_interval", Range::Span("0s", "24h")),
+    // Or "0s": off.
+    ("webhooks.poll_interval", Range::Span("1m", "24h")),
     ("notify.max_age", Range::Span("1s", "7d")),
     ("notify.backoff_initial", Range::Span("10ms", "1h")),
     ("notify.backoff_max", Range::Span("10ms", "24h")),
@@ -159,11 +160,27 @@ fn span(key: &str, text: &str) -> Result<Duration, SettingsError> {
     Ok(d)
 }
 
+/// A duration inside its key's range, or `None` for "0s" (off): a key whose every other
+/// value must be at least the range's minimum (a poll every nanosecond is not a poll).
+fn span_or_off(key: &str, text: &str) -> Result<Option<Duration>, SettingsError> {
+    if duration(key, text)?.is_zero() {
+        return Ok(None);
+    }
+    span(key, text).map(Some).map_err(|_| {
+        let range = range_of(key).map_or_else(|_| "its range".to_owned(), |r| r.to_string());
+        invalid(
+            key,
+            format!("must be \"0s\" (off) or a duration in {range}, got {text:?}"),
+        )
+    })
+}
+
 // ---- raw, as written (the one place defaults live) ---------------------------------------
 
 /// The file as written. Its `Default` is the single source of every default value;
 /// config/basiq-health.toml writes the same values out (a test keeps them equal). Numbers
-/// are read as `i64` so an out-of-range value is refused with its range, not a type error.
+/// are read as `i64` so an out-of-range value is refused with its range, not a type error;
+/// only as whole numbers ([`whole`]): a float or a quoted number is refused.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawSettings {
@@ -202,6 +219,7 @@ struct RawWebhooks {
     listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_file: Option<PathBuf>,
+    #[serde(deserialize_with = "whole")]
     max_body: i64,
     poll_interval: String,
     register_new_users: bool,
@@ -253,6 +271,8 @@ impl Default for RawNotify {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     secret_file: Option<PathBuf>,
@@ -276,16 +296,22 @@ struct RawRefresh {
     login_stale_after: String,
     stale_after: String,
     min_interval: String,
+    #[serde(deserialize_with = "whole")]
     open_banking_daily_cap: i64,
+    #[serde(deserialize_with = "whole")]
     web_daily_cap: i64,
+    #[serde(deserialize_with = "whole")]
     reserved_for_login: i64,
+    #[serde(deserialize_with = "whole")]
     global_per_minute: i64,
+    #[serde(deserialize_with = "whole")]
     per_institution_per_minute: i64,
     max_wait: String,
     unattended_window: String,
     timezone: String,
     recovery_window: String,
     transient_retry_base: String,
+    #[serde(deserialize_with = "whole")]
     transient_max_retries: i64,
     follow_poll_initial: String,
     follow_poll_max: String,
@@ -322,11 +348,13 @@ impl Default for RawRefresh {
 struct RawSweep {
     period: String,
     tick: String,
+    #[serde(deserialize_with = "whole")]
     concurrency: i64,
     connectors_ttl: String,
     stale_after: String,
     login_min_interval: String,
     retry_after: String,
+    #[serde(deserialize_with = "whole")]
     batch_size: i64,
 }
 
@@ -348,6 +376,7 @@ impl Default for RawSweep {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawOutage {
+    #[serde(deserialize_with = "whole")]
     min_users: i64,
     window: String,
 }
@@ -399,7 +428,9 @@ struct RawBasiq {
     api_key_file: Option<PathBuf>,
     timeout: String,
     connect_timeout: String,
+    #[serde(deserialize_with = "whole")]
     max_requests_per_second: i64,
+    #[serde(deserialize_with = "whole")]
     max_attempts: i64,
     retry_base_delay: String,
     max_retry_delay: String,
@@ -426,6 +457,7 @@ struct RawDatabase {
     /// Default: `$STATE_DIRECTORY/basiq-health.db`, else /var/lib/basiq-health/basiq-health.db.
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<PathBuf>,
+    #[serde(deserialize_with = "whole")]
     retain_days: i64,
     busy_timeout: String,
 }
@@ -458,6 +490,76 @@ impl Default for RawLog {
     }
 }
 
+/// A whole number exactly as written: a TOML integer. A float, a quoted number or a
+/// boolean is refused naming its key, never rounded or converted (`max_attempts = 1.5` is
+/// not 2). Every integer key reads through this; the environment's text is read as a number
+/// first by [`EnvOverrides`].
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number (no quotes, no decimal point)")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+    }
+    d.deserialize_any(Whole)
+}
+
+/// The `BASIQ_HEALTH__<SECTION>__<KEY>` overrides. An environment variable is text, so the
+/// value of an integer key (a `Range::Count` of [`RANGES`]) written as plain decimal digits
+/// (`-` allowed) is read as that number; anything else stays text and [`whole`] refuses it.
+/// Other keys keep their text as written (`try_parsing` would read "0123" as 123).
+#[derive(Clone, Debug)]
+struct EnvOverrides(config::Environment);
+
+impl EnvOverrides {
+    fn new(source: Option<config::Map<String, String>>) -> Self {
+        Self(
+            config::Environment::with_prefix("BASIQ_HEALTH")
+                .prefix_separator("__")
+                .separator("__")
+                .source(source),
+        )
+    }
+}
+
+impl config::Source for EnvOverrides {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let mut values = self.0.collect()?;
+        for (key, value) in &mut values {
+            let integer_key = RANGES
+                .iter()
+                .any(|(k, r)| k == key && matches!(r, Range::Count(..)));
+            if let (true, config::ValueKind::String(text)) = (integer_key, &value.kind)
+                && let Some(n) = plain_integer(text)
+            {
+                let origin = value.origin().map(str::to_owned);
+                *value = config::Value::new(origin.as_ref(), n);
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// `-?[0-9]+` as an `i64`.
+fn plain_integer(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 // ---- typed ---------------------------------------------------------------------------------
 
 /// Durations as the file writes them (`"1h 30m"`, `"500ms"`), for `config check`.
@@ -468,16 +570,37 @@ pub(crate) fn serialize_duration<S: serde::Serializer>(
     s.collect_str(&humantime::format_duration(*d))
 }
 
-/// A URL with any password in it replaced by `[redacted]` (a proxy's credentials).
+/// A URL as it may be shown or stored: the user name and password (if any) replaced by one
+/// `[redacted]`, every query value by `[redacted]` (the keys kept), a fragment too:
+/// `https://[redacted]@app.example/hook?token=[redacted]`. Credentials ride in all three.
 pub fn redacted_url(url: &Url) -> String {
-    if url.password().is_some() {
-        let mut shown = url.clone();
-        if shown.set_password(Some("REDACTED")).is_ok() {
-            return shown.as_str().replacen(":REDACTED@", ":[redacted]@", 1);
-        }
-        return "[a URL with a password: redacted]".to_owned();
+    let mut shown = url.clone();
+    let userinfo = !url.username().is_empty() || url.password().is_some();
+    // Neither fails on a URL with a host, the only kind that has a user name or password.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut text = shown.to_string();
+    if userinfo {
+        text = text.replacen("://", "://[redacted]@", 1);
     }
-    url.as_str().to_owned()
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) => format!("{key}=[redacted]"),
+                None if pair.is_empty() => String::new(),
+                None => "[redacted]".to_owned(),
+            })
+            .collect();
+        text.push('?');
+        text.push_str(&pairs.join("&"));
+    }
+    if url.fragment().is_some() {
+        text.push_str("#[redacted]");
+    }
+    text
 }
 
 fn serialize_url<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
@@ -510,6 +633,11 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub webhooks: WebhookSettings,
     pub notify: NotifySettings,
+    /// What the operator should fix though the daemon can run: secret files (other than the
+    /// API key's, see [`ApiKey::permission_warning`]) that group or others can read.
+    /// `config check` prints them, the daemon logs them at start.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The systemd credential holding Basiq's webhook secret(s).
@@ -527,13 +655,28 @@ pub const NOTIFY_EVENTS: [&str; 4] = [
 #[derive(Clone)]
 pub struct WebhookSecret(SecretString);
 
+/// The fewest bytes a secret may decode to: Standard Webhooks secrets are 24 to 64 bytes
+/// (Basiq's and Svix's are 24). A shorter one, `whsec_` alone above all (an empty HMAC key
+/// anyone can sign with), is refused.
+pub const WEBHOOK_SECRET_MIN_BYTES: usize = 24;
+
 impl WebhookSecret {
-    /// Checks the secret's shape; the error names nothing of the secret.
+    /// Checks the secret's shape and length; the error names nothing of the secret.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        // The crate accepts any base64, the empty string included.
         standardwebhooks::Webhook::new(text).map_err(|_| {
             "is not a Standard Webhooks secret (expected whsec_ followed by base64)".to_owned()
         })?;
+        let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+        let bytes = decoded_len(encoded);
+        if bytes < WEBHOOK_SECRET_MIN_BYTES {
+            return Err(format!(
+                "is a Standard Webhooks secret of {bytes} bytes: at least \
+                 {WEBHOOK_SECRET_MIN_BYTES} are needed (whsec_ followed by the base64 of 24 to \
+                 64 random bytes, as the sender's dashboard gives it)"
+            ));
+        }
         Ok(Self(SecretString::from(text.to_owned())))
     }
 
@@ -542,6 +685,12 @@ impl WebhookSecret {
         use secrecy::ExposeSecret;
         standardwebhooks::Webhook::new(self.0.expose_secret()).ok()
     }
+}
+
+/// The length of what padded base64 (as the crate decoded it) decodes to.
+fn decoded_len(encoded: &str) -> usize {
+    let padding = encoded.bytes().rev().take_while(|b| *b == b'=').count();
+    (encoded.len() - padding) * 3 / 4
 }
 
 impl std::fmt::Debug for WebhookSecret {
@@ -631,9 +780,17 @@ pub struct NotifySettings {
     pub endpoints: Vec<EndpointSettings>,
 }
 
-/// One `[[notify.endpoints]]`.
-#[derive(Debug, Clone, Serialize)]
+/// The name of a lone `[[notify.endpoints]]` that has none.
+pub const DEFAULT_ENDPOINT_NAME: &str = "default";
+/// The longest endpoint name.
+pub const ENDPOINT_NAME_MAX: usize = 32;
+
+/// One `[[notify.endpoints]]`. `Debug` and `Serialize` show the URL redacted.
+#[derive(Clone, Serialize)]
 pub struct EndpointSettings {
+    /// What keys the endpoint's cursor, deliveries, log lines and metric labels: a change
+    /// of `url` (a rotated `?token=`) keeps them.
+    pub name: String,
     #[serde(serialize_with = "serialize_url")]
     pub url: Url,
     /// Where the secret was read (a file, or the credential's file).
@@ -644,11 +801,30 @@ pub struct EndpointSettings {
     pub events: Vec<String>,
 }
 
+impl std::fmt::Debug for EndpointSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSettings")
+            .field("name", &self.name)
+            .field("url", &redacted_url(&self.url))
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EndpointSettings {
-    /// The endpoint's name in the database, the CLI and /metrics: its URL, any password
-    /// redacted.
-    pub fn name(&self) -> String {
-        redacted_url(&self.url)
+    /// What the endpoint's rows were keyed by before endpoints had names: its URL with any
+    /// password (only) replaced by `[redacted]`. Rows so keyed are given to the endpoint
+    /// when it starts (`notify::deliver::adopt_endpoint_names`).
+    pub fn legacy_key(&self) -> String {
+        let mut shown = self.url.clone();
+        if self.url.password().is_some() {
+            if shown.set_password(Some("REDACTED")).is_ok() {
+                return shown.as_str().replacen(":REDACTED@", ":[redacted]@", 1);
+            }
+            return "[a URL with a password: redacted]".to_owned();
+        }
+        shown.as_str().to_owned()
     }
 
     pub fn wants(&self, event_type: &str) -> bool {
@@ -870,15 +1046,9 @@ impl Settings {
     where
         S: config::Source + Send + Sync + 'static,
     {
-        // No `try_parsing`: it would turn a key like "0123" into a number. Strings from the
-        // environment still deserialize into numeric fields.
         let raw: RawSettings = config::Config::builder()
             .add_source(source)
-            .add_source(
-                config::Environment::with_prefix("BASIQ_HEALTH")
-                    .prefix_separator("__")
-                    .separator("__"),
-            )
+            .add_source(EnvOverrides::new(None))
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| SettingsError::Parse {
@@ -958,11 +1128,12 @@ impl Settings {
             min_users: nonzero("outage.min_users", raw.outage.min_users)?,
             window: span("outage.window", &raw.outage.window)?,
         };
-        let api = parse_api(raw.api, &database.path)?;
+        let mut warnings = Vec::new();
+        let api = parse_api(raw.api, &database.path, &mut warnings)?;
         let refresh = parse_refresh(raw.refresh, nonzero)?;
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref())?;
-        let notify = parse_notify(raw.notify, credentials.as_deref())?;
+        let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref(), &mut warnings)?;
+        let notify = parse_notify(raw.notify, credentials.as_deref(), &mut warnings)?;
         Ok(Self {
             shutdown_grace,
             basiq,
@@ -974,6 +1145,7 @@ impl Settings {
             refresh,
             webhooks,
             notify,
+            warnings,
         })
     }
 
@@ -1087,7 +1259,11 @@ fn parse_refresh(
 
 /// `api.token_file`, else `api-token` beside the database. A configured file must exist
 /// and hold a token; a generated one is created by the daemon at start (`run`).
-fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError> {
+fn parse_api(
+    raw: RawApi,
+    database: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ApiSettings, SettingsError> {
     let (token_file, token_file_generated) = match raw.token_file {
         Some(path) => (path, false),
         None => (
@@ -1134,7 +1310,22 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
     let token = if token_file_generated {
         None
     } else {
-        Some(read_token_file(&token_file).map_err(|problem| invalid("api.token_file", problem))?)
+        let token =
+            read_token_file(&token_file).map_err(|problem| invalid("api.token_file", problem))?;
+        if let Some(loose) = loose_permissions("api.token_file", &token_file) {
+            // Anyone on the host who reads it may drive the API from anywhere it reaches.
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "api.token_file",
+                    format!(
+                        "{}; refused, since api.listen ({addr}) is not a loopback address",
+                        loose.trim_start_matches("api.token_file: ")
+                    ),
+                ));
+            }
+            warnings.push(loose);
+        }
+        Some(token)
     };
     Ok(ApiSettings {
         listen: Some(addr),
@@ -1150,6 +1341,7 @@ fn parse_api(raw: RawApi, database: &Path) -> Result<ApiSettings, SettingsError>
 fn parse_webhooks(
     raw: RawWebhooks,
     credentials: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<WebhookSettings, SettingsError> {
     let listen = raw.listen.trim();
     let listen = if listen.is_empty() {
@@ -1185,6 +1377,7 @@ fn parse_webhooks(
         if secrets.is_empty() {
             return Err(invalid(key, format!("{} holds no secret", path.display())));
         }
+        warnings.extend(loose_permissions(key, path));
     }
     if listen.is_some() && secrets.is_empty() {
         return Err(invalid(
@@ -1195,13 +1388,12 @@ fn parse_webhooks(
             ),
         ));
     }
-    let poll = span("webhooks.poll_interval", &raw.poll_interval)?;
     Ok(WebhookSettings {
         listen,
         secret_file: raw.secret_file,
         secrets,
         max_body: count("webhooks.max_body", raw.max_body)?,
-        poll_interval: (!poll.is_zero()).then_some(poll),
+        poll_interval: span_or_off("webhooks.poll_interval", &raw.poll_interval)?,
         register_new_users: raw.register_new_users,
         connections: ListenerSettings::parse(
             "webhooks",
@@ -1213,90 +1405,33 @@ fn parse_webhooks(
     })
 }
 
-/// `[notify]` and its endpoints: `https://` (plain `http://` only to loopback), a secret
-/// from `secret_file` or `secret_credential`, known event names.
+/// `[notify]` and its endpoints.
 fn parse_notify(
     raw: RawNotify,
     credentials: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<NotifySettings, SettingsError> {
-    let mut endpoints = Vec::new();
+    let several = raw.endpoints.len() > 1;
+    let mut endpoints: Vec<EndpointSettings> = Vec::new();
     for (n, e) in raw.endpoints.into_iter().enumerate() {
-        let key = |k: &str| format!("notify.endpoints[{n}].{k}");
-        let url = Url::parse(e.url.trim())
-            .map_err(|err| invalid(&key("url"), format!("is not a URL ({err})")))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            _ => {
-                return Err(invalid(
-                    &key("url"),
-                    "must use https:// (plain http only to a loopback host)",
-                ));
-            }
+        let endpoint = parse_endpoint(n, e, credentials, several, warnings)?;
+        let key = format!("notify.endpoints[{n}]");
+        if endpoints.iter().any(|o| o.name == endpoint.name) {
+            return Err(invalid(
+                &format!("{key}.name"),
+                format!(
+                    "{:?} names another endpoint too: each name is its own",
+                    endpoint.name
+                ),
+            ));
         }
-        let path = match (e.secret_file, e.secret_credential, credentials) {
-            (Some(path), None, _) => path,
-            (None, Some(name), Some(dir)) => dir.join(name),
-            (None, Some(_), None) => {
-                return Err(invalid(
-                    &key("secret_credential"),
-                    "names a systemd credential, but $CREDENTIALS_DIRECTORY is not set",
-                ));
-            }
-            (Some(_), Some(_), _) => {
-                return Err(invalid(
-                    &key("secret_file"),
-                    "and secret_credential are both set: keep one",
-                ));
-            }
-            (None, None, _) => {
-                return Err(invalid(
-                    &key("secret_file"),
-                    "is required: the file holding the endpoint's whsec_ signing secret",
-                ));
-            }
-        };
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            invalid(
-                &key("secret_file"),
-                format!("cannot read {}: {err}", path.display()),
-            )
-        })?;
-        let secret = WebhookSecret::parse(&text).map_err(|problem| {
-            invalid(
-                &key("secret_file"),
-                format!("{}: {problem}", path.display()),
-            )
-        })?;
-        let events = match e.events {
-            None => NOTIFY_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
-            Some(list) => {
-                for name in &list {
-                    if !NOTIFY_EVENTS.contains(&name.as_str()) {
-                        return Err(invalid(
-                            &key("events"),
-                            format!(
-                                "names {name:?}: the events are {}",
-                                NOTIFY_EVENTS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                list
-            }
-        };
-        endpoints.push(EndpointSettings {
-            url,
-            secret_file: path,
-            secret,
-            events,
-        });
-    }
-    let mut names: Vec<String> = endpoints.iter().map(EndpointSettings::name).collect();
-    names.sort();
-    names.dedup();
-    if names.len() != endpoints.len() {
-        return Err(invalid("notify.endpoints", "lists one URL twice"));
+        if endpoints.iter().any(|o| o.url == endpoint.url) {
+            return Err(invalid(
+                &format!("{key}.url"),
+                "is another endpoint's URL too",
+            ));
+        }
+        endpoints.push(endpoint);
     }
     let backoff_initial = span("notify.backoff_initial", &raw.backoff_initial)?;
     let backoff_max = span("notify.backoff_max", &raw.backoff_max)?;
@@ -1309,6 +1444,113 @@ fn parse_notify(
         timeout: span("notify.timeout", &raw.timeout)?,
         endpoints,
     })
+}
+
+/// The `n`-th `[[notify.endpoints]]`: `https://` (plain `http://` only to loopback), a
+/// secret from `secret_file` or `secret_credential` (the error names the key used), known
+/// event names.
+fn parse_endpoint(
+    n: usize,
+    e: RawEndpoint,
+    credentials: Option<&Path>,
+    several: bool,
+    warnings: &mut Vec<String>,
+) -> Result<EndpointSettings, SettingsError> {
+    let key = |k: &str| format!("notify.endpoints[{n}].{k}");
+    let name = endpoint_name(e.name.as_deref(), several).map_err(|p| invalid(&key("name"), p))?;
+    let url = Url::parse(e.url.trim())
+        .map_err(|err| invalid(&key("url"), format!("is not a URL ({err})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        _ => {
+            return Err(invalid(
+                &key("url"),
+                "must use https:// (plain http only to a loopback host)",
+            ));
+        }
+    }
+    let (secret_key, path) = match (e.secret_file, e.secret_credential, credentials) {
+        (Some(path), None, _) => (key("secret_file"), path),
+        (None, Some(name), Some(dir)) => (key("secret_credential"), dir.join(name)),
+        (None, Some(_), None) => {
+            return Err(invalid(
+                &key("secret_credential"),
+                "names a systemd credential, but $CREDENTIALS_DIRECTORY is not set",
+            ));
+        }
+        (Some(_), Some(_), _) => {
+            return Err(invalid(
+                &key("secret_file"),
+                "and secret_credential are both set: keep one",
+            ));
+        }
+        (None, None, _) => {
+            return Err(invalid(
+                &key("secret_file"),
+                "is required: the file holding the endpoint's whsec_ signing secret",
+            ));
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|err| {
+        invalid(
+            &secret_key,
+            format!("cannot read {}: {err}", path.display()),
+        )
+    })?;
+    let secret = WebhookSecret::parse(&text)
+        .map_err(|problem| invalid(&secret_key, format!("{}: {problem}", path.display())))?;
+    warnings.extend(loose_permissions(&secret_key, &path));
+    let events = match e.events {
+        None => NOTIFY_EVENTS.iter().map(|s| (*s).to_owned()).collect(),
+        Some(list) => {
+            if let Some(name) = list.iter().find(|n| !NOTIFY_EVENTS.contains(&n.as_str())) {
+                return Err(invalid(
+                    &key("events"),
+                    format!(
+                        "names {name:?}: the events are {}",
+                        NOTIFY_EVENTS.join(", ")
+                    ),
+                ));
+            }
+            list
+        }
+    };
+    Ok(EndpointSettings {
+        name,
+        url,
+        secret_file: path,
+        secret,
+        events,
+    })
+}
+
+/// An endpoint's `name`: 1 to [`ENDPOINT_NAME_MAX`] of `a-z`, `0-9` and `-`, starting with a
+/// letter or digit; required when there are several endpoints, [`DEFAULT_ENDPOINT_NAME`]
+/// for a lone one without. The error says what to write, never quoting more than the rule.
+fn endpoint_name(name: Option<&str>, several: bool) -> Result<String, String> {
+    let rule = format!(
+        "a short word of a-z, 0-9 and '-' (1 to {ENDPOINT_NAME_MAX}, not starting with '-'), such as \"app\""
+    );
+    let Some(name) = name else {
+        if several {
+            return Err(format!(
+                "is required when there are several endpoints: {rule}; it keys the endpoint's \
+                 deliveries, so its url may change without sending anything twice"
+            ));
+        }
+        return Ok(DEFAULT_ENDPOINT_NAME.to_owned());
+    };
+    let good = (1..=ENDPOINT_NAME_MAX).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if good {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("must be {rule}"))
+    }
 }
 
 /// Reads a bearer token file: trimmed, not empty.
@@ -1368,13 +1610,14 @@ fn resolve_api_key(
     env: Option<String>,
 ) -> Result<Option<ApiKey>, SettingsError> {
     if let Some(path) = file {
-        let key = read_key_file(path).map_err(|problem| invalid("basiq.api_key_file", problem))?;
+        let key = read_key_file("basiq.api_key_file", path)
+            .map_err(|problem| invalid("basiq.api_key_file", problem))?;
         return Ok(Some(key));
     }
     if let Some(dir) = credentials_dir {
         let path = dir.join(CREDENTIAL_NAME);
         if path.exists() {
-            let key = read_key_file(&path)
+            let key = read_key_file("$CREDENTIALS_DIRECTORY", &path)
                 .map_err(|problem| invalid("$CREDENTIALS_DIRECTORY", problem))?;
             return Ok(Some(key));
         }
@@ -1393,7 +1636,7 @@ fn resolve_api_key(
     Ok(None)
 }
 
-fn read_key_file(path: &Path) -> Result<ApiKey, String> {
+fn read_key_file(key_name: &str, path: &Path) -> Result<ApiKey, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
     let key = text.trim();
@@ -1403,17 +1646,19 @@ fn read_key_file(path: &Path) -> Result<ApiKey, String> {
     Ok(ApiKey {
         secret: SecretString::from(key.to_owned()),
         source: format!("file {}", path.display()),
-        permission_warning: loose_permissions(path),
+        permission_warning: loose_permissions(key_name, path),
     })
 }
 
+/// A secret file that group or others can read: the warning, naming the key it was read
+/// for (never its content), else `None`.
 #[cfg(unix)]
-fn loose_permissions(path: &Path) -> Option<String> {
+fn loose_permissions(key: &str, path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         format!(
-            "the API key file {} can be read by group or others (mode {:o}): run `chmod 600 {}`",
+            "{key}: the secret file {} can be read by group or others (mode {:o}): run `chmod 600 {}`",
             path.display(),
             mode & 0o777,
             path.display()
@@ -1422,7 +1667,7 @@ fn loose_permissions(path: &Path) -> Option<String> {
 }
 
 #[cfg(not(unix))]
-fn loose_permissions(_: &Path) -> Option<String> {
+fn loose_permissions(_: &str, _: &Path) -> Option<String> {
     None
 }
 
@@ -1675,6 +1920,26 @@ mod tests {
     }
 
     #[test]
+    fn a_url_is_shown_without_its_user_name_password_query_values_or_fragment() {
+        let shown = |text: &str| redacted_url(&Url::parse(text).unwrap());
+        assert_eq!(
+            shown("https://app.example/hook"),
+            "https://app.example/hook"
+        );
+        assert_eq!(
+            shown(
+                "https://user-canary:pw-canary@app.example:8443/a/b?token=tok-canary&v=1&flag&#frag-canary"
+            ),
+            "https://[redacted]@app.example:8443/a/b?token=[redacted]&v=[redacted]&[redacted]&#[redacted]"
+        );
+        assert_eq!(
+            shown("http://user-canary@127.0.0.1:9/?sig=a%3Db"),
+            "http://[redacted]@127.0.0.1:9/?sig=[redacted]"
+        );
+        assert_eq!(shown("https://h/?"), "https://h/?");
+    }
+
+    #[test]
     fn a_password_in_base_url_is_redacted_everywhere_it_is_shown() {
         let s = Settings::from_toml(
             "[basiq]\nbase_url = \"https://proxy-user:hunter2-canary@proxy.example/basiq/\"\n",
@@ -1684,13 +1949,172 @@ mod tests {
         let debug = format!("{s:?}");
         for shown in [&rendered, &debug] {
             assert!(!shown.contains("hunter2-canary"), "{shown}");
-            assert!(
-                shown.contains("proxy-user:[redacted]@proxy.example"),
-                "{shown}"
-            );
+            assert!(!shown.contains("proxy-user"), "{shown}");
+            assert!(shown.contains("[redacted]@proxy.example"), "{shown}");
         }
         // The URL used for requests keeps it.
         assert_eq!(s.basiq.base_url.password(), Some("hunter2-canary"));
+    }
+
+    #[test]
+    fn every_integer_key_refuses_a_float_a_quoted_number_or_a_boolean_naming_itself() {
+        let mut checked = 0;
+        for (key, range) in RANGES {
+            let Range::Count(min, _) = *range else {
+                continue;
+            };
+            let extra = if *key == "refresh.open_banking_daily_cap" {
+                "reserved_for_login = 0\n"
+            } else {
+                ""
+            };
+            // The whole number itself is read.
+            if let Err(e) = Settings::from_toml(&(with(key, &min.to_string()) + extra)) {
+                panic!("{key} = {min} is refused: {e}");
+            }
+            for bad in [
+                format!("{min}.0"),
+                format!("{min}.4"),
+                format!("\"{min}\""),
+                "true".to_owned(),
+                "false".to_owned(),
+            ] {
+                let err = Settings::from_toml(&(with(key, &bad) + extra))
+                    .err()
+                    .unwrap_or_else(|| panic!("{key} = {bad} is not a whole number and accepted"));
+                let text = err.to_string();
+                assert!(text.contains(key), "{key} = {bad}: {text}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 13, "{checked} integer keys");
+    }
+
+    #[test]
+    fn the_environment_s_digits_are_numbers_for_integer_keys_only() {
+        use config::Source;
+        let vars: config::Map<String, String> = [
+            ("BASIQ_HEALTH__BASIQ__MAX_ATTEMPTS", "5"),
+            ("BASIQ_HEALTH__SWEEP__BATCH_SIZE", "1.5"),
+            ("BASIQ_HEALTH__LOG__LEVEL", "0123"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let values = EnvOverrides::new(Some(vars)).collect().unwrap();
+        let kind = |k: &str| values[k].kind.clone();
+        assert_eq!(kind("basiq.max_attempts"), config::ValueKind::I64(5));
+        assert_eq!(
+            kind("sweep.batch_size"),
+            config::ValueKind::String("1.5".into())
+        );
+        assert_eq!(kind("log.level"), config::ValueKind::String("0123".into()));
+        assert_eq!(plain_integer("-7"), Some(-7));
+        for text in [
+            "",
+            "-",
+            "+7",
+            " 7",
+            "7 ",
+            "1e3",
+            "0x10",
+            "99999999999999999999",
+        ] {
+            assert_eq!(plain_integer(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_poll_interval_under_a_minute_is_refused_and_0s_stays_off() {
+        for bad in ["1ns", "1ms", "30s", "59s 999ms"] {
+            let err = Settings::from_toml(&with("webhooks.poll_interval", &format!("{bad:?}")))
+                .err()
+                .unwrap_or_else(|| panic!("poll_interval = {bad:?} is accepted"));
+            let text = err.to_string();
+            assert!(text.contains("webhooks.poll_interval"), "{bad}: {text}");
+            assert!(text.contains("0s"), "says how to turn it off: {text}");
+        }
+        let off = Settings::from_toml(&with("webhooks.poll_interval", "\"0s\"")).unwrap();
+        assert_eq!(off.webhooks.poll_interval, None);
+        let minute = Settings::from_toml(&with("webhooks.poll_interval", "\"1m\"")).unwrap();
+        assert_eq!(minute.webhooks.poll_interval, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_webhook_secret_that_decodes_to_fewer_than_24_bytes_is_refused() {
+        for short in [
+            "whsec_",
+            "whsec_QQ==",
+            // 23 bytes.
+            "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVlc=",
+        ] {
+            let err = WebhookSecret::parse(short).err().unwrap_or_else(|| {
+                panic!("a secret of fewer than 24 bytes is accepted: {short:?}")
+            });
+            assert!(err.contains("24"), "{err}");
+            assert!(!err.contains("QUJD"), "the value is never shown: {err}");
+        }
+        // 24 and 64 bytes.
+        assert!(WebhookSecret::parse("whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY").is_ok());
+        assert!(
+            WebhookSecret::parse(
+                "whsec_a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2traw=="
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn endpoint_names_are_short_words_required_when_several_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        let endpoint = |name: Option<&str>, path: &str| {
+            let name = name.map_or_else(String::new, |n| format!("name = {n:?}\n"));
+            format!(
+                "[[notify.endpoints]]\n{name}url = \"https://app.example.com/{path}\"\nsecret_file = {:?}\n",
+                secret.display().to_string()
+            )
+        };
+        let lone = Settings::from_toml(&endpoint(None, "a")).unwrap();
+        assert_eq!(lone.notify.endpoints[0].name, DEFAULT_ENDPOINT_NAME);
+        let named =
+            Settings::from_toml(&(endpoint(Some("app"), "a") + &endpoint(Some("crm-2"), "b")))
+                .unwrap();
+        let names: Vec<&str> = named
+            .notify
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["app", "crm-2"]);
+        assert!(
+            named.render().contains("name = \"crm-2\""),
+            "{}",
+            named.render()
+        );
+        let refused = |doc: String, key: &str| {
+            let err = Settings::from_toml(&doc)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {doc}"));
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        };
+        refused(
+            endpoint(None, "a") + &endpoint(Some("crm"), "b"),
+            "notify.endpoints[0].name",
+        );
+        refused(
+            endpoint(Some("app"), "a") + &endpoint(Some("app"), "b"),
+            "notify.endpoints[1].name",
+        );
+        refused(
+            endpoint(Some("app"), "a") + &endpoint(Some("crm"), "a"),
+            "notify.endpoints[1].url",
+        );
+        let long = "a".repeat(ENDPOINT_NAME_MAX + 1);
+        for bad in ["", "App", "-app", "a b", "app_1", "ünï", long.as_str()] {
+            refused(endpoint(Some(bad), "a"), "notify.endpoints[0].name");
+        }
     }
 
     #[test]

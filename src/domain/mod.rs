@@ -193,6 +193,57 @@ id_type!(
     "event id"
 );
 
+/// The `webhook-id` of every notification: this prefix and [`WEBHOOK_ID_HEX`] lowercase hex
+/// digits (16 random bytes).
+pub const WEBHOOK_ID_PREFIX: &str = "msg_";
+/// The hex digits after [`WEBHOOK_ID_PREFIX`].
+pub const WEBHOOK_ID_HEX: usize = 32;
+
+/// What `notify retry` names: one delivery (its id in `notify list`, a positive integer), or
+/// a notification by its `webhook-id` (every endpoint's delivery of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryRef {
+    Delivery(i64),
+    Webhook(String),
+}
+
+/// An argument that is neither a delivery id nor a webhook id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid delivery id {quoted}: expected a delivery id (a positive integer, as `notify list` \
+     shows it) or a webhook id ({WEBHOOK_ID_PREFIX} followed by {WEBHOOK_ID_HEX} lowercase hex digits)"
+)]
+pub struct DeliveryRefError {
+    quoted: String,
+}
+
+impl std::str::FromStr for DeliveryRef {
+    type Err = DeliveryRefError;
+    fn from_str(value: &str) -> Result<Self, DeliveryRefError> {
+        if let Some(hex) = value.strip_prefix(WEBHOOK_ID_PREFIX)
+            && hex.len() == WEBHOOK_ID_HEX
+            && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Ok(Self::Webhook(value.to_owned()));
+        }
+        match value.parse::<i64>() {
+            Ok(id) if id > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(Self::Delivery(id)),
+            _ => Err(DeliveryRefError {
+                quoted: quote(value),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DeliveryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Delivery(id) => write!(f, "{id}"),
+            Self::Webhook(id) => f.write_str(id),
+        }
+    }
+}
+
 /// An event as `GET /events` and `GET /events/{id}` show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {

@@ -5,7 +5,11 @@
 //! (at most one per user at a time: a user's notifications arrive in order), signed the
 //! Standard Webhooks way with the notification's stable `webhook-id`. A failure is retried
 //! with exponential backoff and jitter until the delivery's deadline (`notify.max_age`
-//! after the notification), then dead-lettered.
+//! after the notification), then dead-lettered. The endpoint backs off as a whole too: each
+//! round sends one delivery first, the rest only once it got through, and a round whose
+//! every attempt failed holds the endpoint for its own backoff (kept in the store, so a
+//! restart or a round run from outside keeps it), so a receiver that is down gets one
+//! attempt per backoff step whatever the number of notifications waiting for it.
 
 use std::time::Duration;
 
@@ -16,13 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::settings::{EndpointSettings, NotifySettings};
-use crate::store::events::DueDelivery;
+use crate::store::events::{DueDelivery, EndpointHold};
 use crate::store::{Store, from_ts};
 use crate::sweep::Sweeper;
 
 /// How often an idle deliverer looks for due retries (a commit that wrote notifications
 /// wakes it at once).
 const IDLE: Duration = Duration::from_millis(250);
+/// How often a deliverer whose endpoint is held after failing looks at it at least.
+const HELD_NAP: Duration = Duration::from_secs(5);
 /// Deliveries attempted per round.
 const ROUND: u32 = 32;
 
@@ -47,7 +53,7 @@ pub async fn run(
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for endpoint in settings.endpoints.clone() {
-        let name = endpoint.name();
+        let name = endpoint.name.clone();
         let deliverer = match Deliverer::new(
             store.clone(),
             settings.clone(),
@@ -90,7 +96,7 @@ impl Deliverer {
         endpoint: EndpointSettings,
         clock: Clock,
     ) -> Result<Option<Self>, reqwest::Error> {
-        let name = endpoint.name();
+        let name = endpoint.name.clone();
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
@@ -115,7 +121,8 @@ impl Deliverer {
     /// the next delivery is due (at most [`IDLE`]), or until a commit writes notifications.
     async fn run(self, cancel: CancellationToken) {
         let name = &self.name;
-        tracing::info!(event = "notify_started", endpoint = %name, events = ?self.endpoint.events, "delivering notifications");
+        let url = crate::settings::redacted_url(&self.endpoint.url);
+        tracing::info!(event = "notify_started", endpoint = %name, url = %url, events = ?self.endpoint.events, "delivering notifications");
         while !cancel.is_cancelled() {
             let worked = match self.round().await {
                 Ok(n) => n > 0,
@@ -127,11 +134,18 @@ impl Deliverer {
             if worked {
                 continue;
             }
+            // Held after failing: looked at again when the hold ends, at least every
+            // HELD_NAP (a `notify retry` from another process lifts the hold), or when a
+            // commit wrote notifications (a newer one may supersede one waiting).
+            let now = self.clock.now();
+            let held = self
+                .store
+                .endpoint_hold(name)
+                .await
+                .is_ok_and(|h| h.until.is_some_and(|until| until > now));
+            let cap = if held { HELD_NAP } else { IDLE };
             let wait = match self.store.next_delivery_at(name).await {
-                Ok(Some(at)) => (at - self.clock.now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .clamp(NAP, IDLE),
+                Ok(Some(at)) => (at - now).to_std().unwrap_or_default().clamp(NAP, cap),
                 _ => IDLE,
             };
             tokio::select! {
@@ -163,13 +177,50 @@ pub async fn deliver_round(
     .with_context(|| {
         format!(
             "cannot build the HTTP client for endpoint {}",
-            endpoint.name()
+            endpoint.name
         )
     })?;
     match deliverer {
         Some(d) => Ok(d.round().await?),
         None => Ok(0),
     }
+}
+
+/// Gives each configured endpoint the deliveries and cursor keyed by its URL from before
+/// endpoints had names ([`EndpointSettings::legacy_key`]); rows of an endpoint no longer
+/// configured keep a key with its credentials redacted (`settings::redacted_url`). Migration
+/// 0009 already gave a database that knew one endpoint's rows to `default`. Cheap when
+/// there is nothing to do: one read of the cursors.
+pub async fn adopt_endpoint_names(
+    store: &Store,
+    endpoints: &[EndpointSettings],
+) -> crate::store::Result<()> {
+    let mut renames = Vec::new();
+    for key in store.endpoint_keys().await? {
+        // A name is a word; only a URL has "://".
+        if !key.contains("://") {
+            continue;
+        }
+        let to = match endpoints.iter().find(|e| e.legacy_key() == key) {
+            Some(e) => e.name.clone(),
+            None => url::Url::parse(&key).map_or_else(
+                |_| "[an endpoint no longer configured]".to_owned(),
+                |u| crate::settings::redacted_url(&u),
+            ),
+        };
+        if to != key {
+            renames.push((key, to));
+        }
+    }
+    if !renames.is_empty() {
+        store.rename_endpoints(&renames).await?;
+        tracing::info!(
+            event = "notify_endpoints_renamed",
+            count = renames.len(),
+            "deliveries keyed by an endpoint's URL are keyed by its name now"
+        );
+    }
+    Ok(())
 }
 
 /// How long a notice asking a user to act waits for the bank's status to be read after it
@@ -189,8 +240,9 @@ struct Target<'a> {
 }
 
 impl Deliverer {
-    /// One round: enqueue, then attempt what is due, concurrently (one per order key at
-    /// most). A notice asking a user to act is sent only once the bank's status was read
+    /// One round: enqueue, then attempt what is due (one per order key at most): one first,
+    /// the rest concurrently once it got through; nothing while the endpoint is held after
+    /// failing (see [`send_due`]). A notice asking a user to act is sent only once the bank's status was read
     /// after it was made (read now if need be, at most once a second for the whole daemon;
     /// held up to [`HOLD_MAX`] while `/connectors` cannot be read): an outage found then
     /// reclassifies the connection, and the notice, no longer true, is superseded instead of
@@ -218,11 +270,38 @@ async fn round(
     sweeper: Option<&Sweeper>,
     t: &Target<'_>,
 ) -> crate::store::Result<usize> {
-    let (endpoint, name, http, signer) = (t.endpoint, t.name, t.http, t.signer);
+    let name = t.name;
     let now = t.clock.now();
     store
-        .enqueue_deliveries(name, &endpoint.events, settings.max_age, now)
+        .enqueue_deliveries(name, &t.endpoint.events, settings.max_age, now)
         .await?;
+    let hold = store.endpoint_hold(name).await?;
+    if hold.failing > 0 {
+        let expired = store.expire_deliveries(name, now).await?;
+        if expired > 0 {
+            tracing::error!(event = "notify_dead_lettered", endpoint = %name, count = expired, "notifications not delivered within notify.max_age, the endpoint failing: dead-lettered unsent (see `basiq-health notify list --failed`)");
+        }
+    }
+    let held = hold.until.is_some_and(|until| now < until);
+    let due = due_now(store, sweeper, name, now, held).await?;
+    if held {
+        return Ok(0);
+    }
+    send_due(store, settings, t, due, now, hold.failing).await
+}
+
+/// The deliveries to send now, in the order they go: a bank's outage notices first, then
+/// the users' (an ask held during an outage arrives after the outage's end is told). Health
+/// notices that no longer hold are superseded here, and asks that must wait are left. While
+/// the endpoint is `held`, only that superseding is done (nothing is read from Basiq) and
+/// nothing is returned.
+async fn due_now(
+    store: &Store,
+    sweeper: Option<&Sweeper>,
+    name: &str,
+    now: DateTime<Utc>,
+    held: bool,
+) -> crate::store::Result<Vec<DueDelivery>> {
     let candidates: Vec<(DueDelivery, Option<HealthNotice>)> = store
         .due_deliveries(name, now, ROUND)
         .await?
@@ -234,7 +313,7 @@ async fn round(
         .collect();
     let newest_ask = candidates
         .iter()
-        .filter(|(_, n)| n.as_ref().is_some_and(HealthNotice::asks))
+        .filter(|(_, n)| !held && n.as_ref().is_some_and(HealthNotice::asks))
         .map(|(d, _)| d.outbox_id)
         .max();
     // Open outages before and after the read that confirms: an ask waits while its bank
@@ -255,12 +334,17 @@ async fn round(
     let mut due = Vec::new();
     for (d, notice) in candidates {
         let Some(notice) = notice else {
-            due.push(d);
+            if !held {
+                due.push(d);
+            }
             continue;
         };
         if !notice.current(store, &d, name).await? {
             store.delivery_superseded(d.id, now).await?;
             tracing::info!(event = "notify_superseded", endpoint = %name, webhook_id = %d.webhook_id, "a health notice no longer holds (a newer one about the connection, or its health moved since): not sent");
+            continue;
+        }
+        if held {
             continue;
         }
         let held = now - from_ts(d.created_at) < HOLD_MAX;
@@ -279,44 +363,110 @@ async fn round(
         }
         due.push(d);
     }
-    let attempted = due.len();
-    // A bank's outage notices first, then the users': an ask held during an outage
-    // arrives after the outage's end is told.
-    let (banks, users): (Vec<DueDelivery>, Vec<DueDelivery>) = due
+    let (mut banks, users): (Vec<DueDelivery>, Vec<DueDelivery>) = due
         .into_iter()
         .partition(|d| d.order_key.starts_with("institution:"));
-    let mut results = Vec::with_capacity(attempted);
-    for phase in [banks, users] {
-        let sends = phase.into_iter().map(|d| async move {
-            let result = send(http, &endpoint.url, signer, &d, now.timestamp()).await;
-            (d, result)
-        });
-        results.extend(futures_util::future::join_all(sends).await);
+    banks.extend(users);
+    Ok(banks)
+}
+
+/// Sends `due` in its order: the first alone, a probe; the rest only once it got through,
+/// a bank's outage notices together, then the users' together. Every attempt's outcome is
+/// recorded (a failed one is retried after its backoff); a round in which every attempt
+/// failed holds the whole endpoint for its own backoff (doubling per such round, from
+/// `failing`, the rounds before), so a receiver that is down is probed once per backoff,
+/// not hit once per pending notification. Returns the deliveries attempted.
+async fn send_due(
+    store: &Store,
+    settings: &NotifySettings,
+    t: &Target<'_>,
+    due: Vec<DueDelivery>,
+    now: DateTime<Utc>,
+    failing: i64,
+) -> crate::store::Result<usize> {
+    let mut due = due.into_iter();
+    let Some(probe) = due.next() else {
+        return Ok(0);
+    };
+    let sent = send(t.http, &t.endpoint.url, t.signer, &probe, now.timestamp()).await;
+    let through = sent.is_ok();
+    let mut results = vec![(probe, sent)];
+    if through {
+        let (banks, users): (Vec<DueDelivery>, Vec<DueDelivery>) =
+            due.partition(|d| d.order_key.starts_with("institution:"));
+        for phase in [banks, users] {
+            let sends = phase.into_iter().map(|d| async move {
+                let result = send(t.http, &t.endpoint.url, t.signer, &d, now.timestamp()).await;
+                (d, result)
+            });
+            results.extend(futures_util::future::join_all(sends).await);
+        }
     }
-    let now = t.clock.now();
+    let done = t.clock.now();
+    let attempted = results.len();
+    let delivered = results.iter().any(|(_, r)| r.is_ok());
     for (d, result) in results {
-        match result {
-            Ok(status) => {
-                store.delivery_succeeded(d.id, status, now).await?;
-                tracing::info!(event = "notify_delivered", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, "notification delivered");
-            }
-            Err((status, error)) => {
-                let retry_at = next_try(settings, &d, now);
-                store
-                    .delivery_failed(d.id, status, &error, retry_at, now)
-                    .await?;
-                match retry_at {
-                    Some(at) => {
-                        tracing::warn!(event = "notify_failed", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, error = %error, retry_at = %at.to_rfc3339(), "notification not delivered; retrying")
-                    }
-                    None => {
-                        tracing::error!(event = "notify_dead_lettered", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, error = %error, created_at = %from_ts(d.created_at).to_rfc3339(), "notification not delivered within notify.max_age: dead-lettered (see `basiq-health notify list --failed`)")
-                    }
+        record(store, settings, t.name, &d, result, done).await?;
+    }
+    if delivered && failing > 0 {
+        store
+            .set_endpoint_hold(t.name, EndpointHold::default())
+            .await?;
+        tracing::info!(event = "notify_endpoint_recovered", endpoint = %t.name, "the endpoint takes notifications again");
+    } else if !delivered {
+        let failing = failing + 1;
+        let jitter = rand::rng().random_range(-1.0..=1.0);
+        let wait = backoff(
+            settings.backoff_initial,
+            settings.backoff_max,
+            failing,
+            jitter,
+        );
+        let until = done + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        store
+            .set_endpoint_hold(
+                t.name,
+                EndpointHold {
+                    failing,
+                    until: Some(until),
+                },
+            )
+            .await?;
+        tracing::warn!(event = "notify_endpoint_held", endpoint = %t.name, failing, until = %until.to_rfc3339(), "every attempt at the endpoint failed: nothing is sent there until then, then one notification probes it");
+    }
+    Ok(attempted)
+}
+
+/// Records one attempt's outcome, dated `done`.
+async fn record(
+    store: &Store,
+    settings: &NotifySettings,
+    name: &str,
+    d: &DueDelivery,
+    result: Result<u16, (Option<u16>, String)>,
+    done: DateTime<Utc>,
+) -> crate::store::Result<()> {
+    match result {
+        Ok(status) => {
+            store.delivery_succeeded(d.id, status, done).await?;
+            tracing::info!(event = "notify_delivered", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, "notification delivered");
+        }
+        Err((status, error)) => {
+            let retry_at = next_try(settings, d, done);
+            store
+                .delivery_failed(d.id, status, &error, retry_at, done)
+                .await?;
+            match retry_at {
+                Some(at) => {
+                    tracing::warn!(event = "notify_failed", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, error = %error, retry_at = %at.to_rfc3339(), "notification not delivered; retrying")
+                }
+                None => {
+                    tracing::error!(event = "notify_dead_lettered", endpoint = %name, webhook_id = %d.webhook_id, attempts = d.attempts + 1, status, error = %error, created_at = %from_ts(d.created_at).to_rfc3339(), "notification not delivered within notify.max_age: dead-lettered (see `basiq-health notify list --failed`)")
                 }
             }
         }
     }
-    Ok(attempted)
+    Ok(())
 }
 
 /// What the deliverer needs of a health notice, read once from its payload.
@@ -453,7 +603,8 @@ fn next_try(
         jitter,
     );
     let at = now + chrono::Duration::from_std(wait).ok()?;
-    (at.timestamp() <= d.deadline).then_some(at)
+    // Due times are whole seconds, rounded up (never before the backoff).
+    (crate::store::ts_ceil(at) <= d.deadline).then_some(at)
 }
 
 /// Posts one notification; the HTTP status on success, or the status and error.

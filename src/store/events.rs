@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use sqlx::SqliteConnection;
 
-use super::{Result, Store, from_ts, ts};
+use super::{Result, Store, from_ts, ts, ts_ceil};
 use crate::domain::{ConnectionId, ConnectorKey, UserId};
 use crate::notify::{self, Notice, OutageSource};
 use crate::plan::{OutageMove, UserPlan};
@@ -88,6 +88,15 @@ pub struct DeliveryEntry {
     pub done_at: Option<i64>,
 }
 
+/// Whether an endpoint is held after failing (see [`Store::endpoint_hold`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointHold {
+    /// Rounds in a row whose every attempt failed; 0 when the last got through.
+    pub failing: i64,
+    /// Nothing is sent there before this.
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// Deliveries per endpoint and state, and failed attempts, for `/metrics`.
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryCounts {
@@ -97,11 +106,12 @@ pub struct DeliveryCounts {
     pub failures: Vec<(String, i64)>,
 }
 
-/// A fresh Standard Webhooks message id.
+/// A fresh Standard Webhooks message id (the shape `DeliveryRef` takes:
+/// `msg_` and 32 lowercase hex digits).
 fn new_webhook_id() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
+    let bytes: [u8; crate::domain::WEBHOOK_ID_HEX / 2] = rand::rng().random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
+    format!("{}{hex}", crate::domain::WEBHOOK_ID_PREFIX)
 }
 
 /// Inserts notices into the outbox (multi-row).
@@ -381,6 +391,30 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
+    /// Marks a connection removed from the watched state (`connection.deleted`); its
+    /// history stays. False when it was not watched.
+    pub async fn connection_deleted(
+        &self,
+        user: &UserId,
+        connection: &ConnectionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND user_id = ?
+             AND gone_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(connection.as_str())
+        .bind(user.as_str())
+        .execute(self.write_pool())
+        .await;
+        Ok(self.note(done)?.rows_affected() > 0)
+    }
+}
+
+/// Deliveries: each endpoint's share of the outbox, its attempts, and whether the
+/// endpoint is held after failing.
+impl Store {
     /// Makes the endpoint's deliveries from the outbox rows after its cursor that it wants
     /// and that are younger than `max_age`; returns how many were made. A new endpoint
     /// starts with the notifications of the last `max_age`.
@@ -465,15 +499,61 @@ impl Store {
         .await
     }
 
-    /// The soonest time a pending delivery of the endpoint is due.
+    /// The soonest time a pending delivery of the endpoint is due, and the endpoint not
+    /// held.
     pub async fn next_delivery_at(&self, endpoint: &str) -> Result<Option<DateTime<Utc>>> {
         let at: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(next_at) FROM deliveries WHERE endpoint = ? AND state = 'pending'",
+            "SELECT MAX(MIN(next_at), COALESCE(
+                 (SELECT hold_until FROM delivery_cursors WHERE endpoint = ?1), 0))
+             FROM deliveries WHERE endpoint = ?1 AND state = 'pending'",
         )
         .bind(endpoint)
         .fetch_one(self.pool())
         .await?;
         Ok(at.map(from_ts))
+    }
+
+    /// Whether the endpoint is held after failing.
+    pub async fn endpoint_hold(&self, endpoint: &str) -> Result<EndpointHold> {
+        let row: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT failing, hold_until FROM delivery_cursors WHERE endpoint = ?")
+                .bind(endpoint)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(
+            row.map_or_else(EndpointHold::default, |(failing, until)| EndpointHold {
+                failing,
+                until: until.map(from_ts),
+            }),
+        )
+    }
+
+    /// Records the endpoint's state after a round (held until a whole second, rounded up).
+    pub async fn set_endpoint_hold(&self, endpoint: &str, hold: EndpointHold) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE delivery_cursors SET failing = ?, hold_until = ? WHERE endpoint = ?",
+        )
+        .bind(hold.failing)
+        .bind(hold.until.map(ts_ceil))
+        .bind(endpoint)
+        .execute(self.write_pool())
+        .await;
+        self.note(done).map(|_| ())
+    }
+
+    /// Dead-letters the endpoint's pending deliveries past their deadline, unsent: what a
+    /// failing endpoint kept waiting for longer than `notify.max_age`. Returns how many.
+    pub async fn expire_deliveries(&self, endpoint: &str, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET state = 'dead', done_at = ?1,
+                 last_error = COALESCE(last_error, 'not sent within notify.max_age: the endpoint was failing')
+             WHERE endpoint = ?2 AND state = 'pending' AND deadline < ?1",
+        )
+        .bind(ts(now))
+        .bind(endpoint)
+        .execute(self.write_pool())
+        .await;
+        Ok(self.note(done)?.rows_affected())
     }
 
     /// A delivery answered 2xx.
@@ -502,7 +582,8 @@ impl Store {
         self.note(done).map(|_| ())
     }
 
-    /// A delivery failed: tried again at `retry_at`, or dead-lettered when `None`.
+    /// A delivery failed: tried again at `retry_at` (rounded up to a whole second: never
+    /// before its backoff), or dead-lettered when `None`.
     pub async fn delivery_failed(
         &self,
         id: i64,
@@ -521,9 +602,9 @@ impl Store {
         )
         .bind(status.map(i64::from))
         .bind(error)
-        .bind(retry_at.map(ts))
-        .bind(retry_at.map(ts))
-        .bind(retry_at.map(ts))
+        .bind(retry_at.map(ts_ceil))
+        .bind(retry_at.map(ts_ceil))
+        .bind(retry_at.map(ts_ceil))
         .bind(ts(now))
         .bind(id)
         .execute(self.write_pool())
@@ -551,8 +632,9 @@ impl Store {
     }
 
     /// Sends a delivery again now, with a fresh `max_age`: by delivery id, or every
-    /// delivery of a webhook id. Returns how many were queued again (0: no such
-    /// delivery, or it succeeded already).
+    /// delivery of a webhook id; its endpoint's hold is lifted (still failing, it is probed
+    /// with one delivery). Returns how many were queued again (0: no such delivery, or it
+    /// succeeded already).
     pub async fn retry_delivery(
         &self,
         id: &str,
@@ -571,7 +653,56 @@ impl Store {
         .bind(id)
         .execute(self.write_pool())
         .await;
-        Ok(self.note(done)?.rows_affected())
+        let queued = self.note(done)?.rows_affected();
+        let done = sqlx::query(
+            "UPDATE delivery_cursors SET hold_until = NULL
+             WHERE endpoint IN (SELECT endpoint FROM deliveries WHERE CAST(id AS TEXT) = ?1
+                OR outbox_id IN (SELECT id FROM outbox WHERE webhook_id = ?1))",
+        )
+        .bind(id)
+        .execute(self.write_pool())
+        .await;
+        self.note(done)?;
+        Ok(queued)
+    }
+
+    /// Every endpoint key that has a cursor (every endpoint that ever had deliveries).
+    pub async fn endpoint_keys(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT endpoint FROM delivery_cursors ORDER BY endpoint")
+            .fetch_all(self.pool())
+            .await
+    }
+
+    /// Re-keys endpoints' deliveries and cursors, `(from, to)`, in one transaction. A
+    /// delivery `to` has already is dropped from `from`; the cursors merge to the further.
+    pub async fn rename_endpoints(&self, renames: &[(String, String)]) -> Result<()> {
+        let mut tx = self.write().await?;
+        for (from, to) in renames {
+            sqlx::query("UPDATE OR IGNORE deliveries SET endpoint = ? WHERE endpoint = ?")
+                .bind(to)
+                .bind(from)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM deliveries WHERE endpoint = ?")
+                .bind(from)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO delivery_cursors (endpoint, last_outbox_id)
+                 SELECT ?, last_outbox_id FROM delivery_cursors WHERE endpoint = ?
+                 ON CONFLICT (endpoint) DO UPDATE
+                    SET last_outbox_id = MAX(last_outbox_id, excluded.last_outbox_id)",
+            )
+            .bind(to)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM delivery_cursors WHERE endpoint = ?")
+                .bind(from)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     /// Deliveries per endpoint and state, and failed attempts.
@@ -587,24 +718,16 @@ impl Store {
                 .await?;
         Ok(DeliveryCounts { by_state, failures })
     }
+}
 
-    /// Marks a connection removed from the watched state (`connection.deleted`); its
-    /// history stays. False when it was not watched.
-    pub async fn connection_deleted(
-        &self,
-        user: &UserId,
-        connection: &ConnectionId,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE connections SET gone_at = ? WHERE connection_id = ? AND user_id = ?
-             AND gone_at IS NULL",
-        )
-        .bind(ts(now))
-        .bind(connection.as_str())
-        .bind(user.as_str())
-        .execute(self.write_pool())
-        .await;
-        Ok(self.note(done)?.rows_affected() > 0)
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_new_webhook_id_is_one_notify_retry_takes() {
+        let id = super::new_webhook_id();
+        assert_eq!(
+            id.parse::<crate::domain::DeliveryRef>(),
+            Ok(crate::domain::DeliveryRef::Webhook(id.clone()))
+        );
     }
 }

@@ -389,7 +389,7 @@ fn config_check_prints_every_key_with_its_value_and_redacts_a_password_in_base_u
     let (code, stdout, stderr) = check(&path, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("pw-canary-77") && !stderr.contains("pw-canary-77"));
-    assert!(stdout.contains("u:[redacted]@proxy.example"), "{stdout}");
+    assert!(stdout.contains("://[redacted]@proxy.example"), "{stdout}");
     // The keys the hand-written list used to omit.
     assert!(stdout.contains("retain_days = 31"), "{stdout}");
     assert!(stdout.contains("busy_timeout = \"3s\""), "{stdout}");
@@ -399,4 +399,197 @@ fn config_check_prints_every_key_with_its_value_and_redacts_a_password_in_base_u
         "{stdout}"
     );
     assert!(stderr.contains("/tmp/bh-check/api-token"), "{stderr}");
+}
+
+#[test]
+fn an_integer_key_from_the_environment_is_read_only_as_a_whole_number() {
+    for bad in ["1.5", "2.0", "true", "+3", " 3"] {
+        let (code, _, stderr) = check(
+            example_config(),
+            &[("BASIQ_HEALTH__BASIQ__MAX_ATTEMPTS", bad)],
+        );
+        assert_eq!(code, 78, "max_attempts={bad:?}: {stderr}");
+        assert!(stderr.contains("basiq.max_attempts"), "{stderr}");
+    }
+    let (code, stdout, stderr) = check(
+        example_config(),
+        &[("BASIQ_HEALTH__SWEEP__CONCURRENCY", "12")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("concurrency = 12"), "{stdout}");
+}
+
+/// A Standard Webhooks secret of 24 bytes.
+const GOOD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn secret_file(dir: &tempfile::TempDir, name: &str, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = secret_file(&dir, "good", &format!("{GOOD_SECRET}\n"), 0o600);
+    // In: the second line of the file is `whsec_` alone (an empty HMAC key).
+    let basiq = secret_file(&dir, "basiq", &format!("{GOOD_SECRET}\nwhsec_\n"), 0o600);
+    let path = write_config(
+        &dir,
+        &format!("[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {basiq:?}\n"),
+    );
+    let (code, stdout, stderr) = check(&path, &[]);
+    assert_eq!(code, 78, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("webhooks.secret_file") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("24"), "says the least length: {stderr}");
+    // Out: 23 bytes.
+    let short = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVlc=";
+    let app = secret_file(&dir, "app", &format!("{short}\n"), 0o600);
+    let path = write_config(
+        &dir,
+        &format!(
+            "[[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {app:?}\n"
+        ),
+    );
+    let (code, stdout, stderr) = check(&path, &[]);
+    assert_eq!(code, 78, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("notify.endpoints[0].secret_file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("QUJD"),
+        "the value is never shown: {stderr}"
+    );
+    // The systemd credentials: in and out.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("basiq-webhook-secret"), "whsec_\n").unwrap();
+    std::fs::write(creds.join("notify-secret"), "whsec_\n").unwrap();
+    let creds_env = creds.display().to_string();
+    let path = write_config(&dir, "[webhooks]\nlisten = \"127.0.0.1:8089\"\n");
+    let (code, _, stderr) = check(&path, &[("CREDENTIALS_DIRECTORY", &creds_env)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("basiq-webhook-secret") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+    let path = write_config(
+        &dir,
+        &format!(
+            "[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {good:?}\n\
+             [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_credential = \"notify-secret\"\n"
+        ),
+    );
+    let (code, _, stderr) = check(&path, &[("CREDENTIALS_DIRECTORY", &creds_env)]);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("notify.endpoints[0].secret_credential"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_secret_file_readable_by_others_is_warned_about_and_a_loose_api_token_file_is_refused_off_loopback()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let basiq = secret_file(&dir, "basiq", &format!("{GOOD_SECRET}\n"), 0o640);
+    let app = secret_file(&dir, "app", &format!("{GOOD_SECRET}\n"), 0o604);
+    let token = secret_file(&dir, "token", "token-canary-5150\n", 0o644);
+    let config = |listen: &str| {
+        write_config(
+            &dir,
+            &format!(
+                "[api]\nlisten = {listen:?}\ntoken_file = {token:?}\n\
+                 [webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {basiq:?}\n\
+                 [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {app:?}\n"
+            ),
+        )
+    };
+    let key = [("BASIQ_HEALTH_API_KEY", "a2V5LWNhbmFyeQ==")];
+    let (code, stdout, stderr) = check(&config("127.0.0.1:8088"), &key);
+    assert_eq!(code, 0, "{stderr}");
+    for (key, file) in [
+        ("webhooks.secret_file", &basiq),
+        ("notify.endpoints[0].secret_file", &app),
+        ("api.token_file", &token),
+    ] {
+        let warning = stderr
+            .lines()
+            .find(|l| l.starts_with("warning") && l.contains(key))
+            .unwrap_or_else(|| panic!("no warning about {key}: {stderr}"));
+        assert!(warning.contains(&format!("chmod 600 {file}")), "{warning}");
+    }
+    assert!(!stdout.contains("token-canary-5150") && !stderr.contains("token-canary-5150"));
+    // Off loopback, a token others can read is refused.
+    let (code, _, stderr) = check(&config("0.0.0.0:8088"), &key);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("api.token_file"), "{stderr}");
+    assert!(!stderr.contains("token-canary-5150"), "{stderr}");
+    // Private files: no warning, and the exposed API starts.
+    for file in [&basiq, &app, &token] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (code, _, stderr) = check(&config("0.0.0.0:8088"), &key);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn notify_retry_takes_only_a_delivery_id_or_a_webhook_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let path = write_config(
+        &dir,
+        &format!(
+            "[database]\npath = {:?}\n[api]\nlisten = \"\"\n",
+            db.display().to_string()
+        ),
+    );
+    let retry = |id: &str| {
+        let out = bin()
+            .arg("--config")
+            .arg(&path)
+            .args(["notify", "retry", "--", id])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for bad in [
+        "../../etc",
+        "",
+        "0",
+        "-1",
+        "1.5",
+        " 1",
+        "9223372036854775808",
+        "msg_",
+        "msg_nothing",
+        "msg_0123456789abcdef0123456789abcde",
+        "msg_0123456789abcdef0123456789abcdef0",
+        "msg_0123456789ABCDEF0123456789ABCDEF",
+        "MSG_0123456789abcdef0123456789abcdef",
+    ] {
+        let (code, stderr) = retry(bad);
+        assert_eq!(code, 2, "notify retry {bad:?}: {stderr}");
+        assert!(
+            stderr.contains("delivery id") && stderr.contains("msg_"),
+            "notify retry {bad:?} states the rule: {stderr}"
+        );
+        assert!(!db.exists(), "{bad:?}: nothing is opened");
+    }
+    // Well formed, and none to retry: exit 1.
+    for none in ["7", "msg_0123456789abcdef0123456789abcdef"] {
+        let (code, stderr) = retry(none);
+        assert_eq!(code, 1, "notify retry {none:?}: {stderr}");
+    }
 }

@@ -761,15 +761,11 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     };
     assert_eq!(
-        sample(&format!(
-            "basiq_health_notify_deliveries{{endpoint=\"{down}\",state=\"dead_lettered\"}}"
-        )),
+        sample("basiq_health_notify_deliveries{endpoint=\"default\",state=\"dead_lettered\"}"),
         1.0
     );
     assert_eq!(
-        sample(&format!(
-            "basiq_health_notify_failed_attempts{{endpoint=\"{down}\"}}"
-        )),
+        sample("basiq_health_notify_failed_attempts{endpoint=\"default\"}"),
         dead[0].failures as f64
     );
     // The family is there (the receiver's counters live in the daemon, not in this render).
@@ -1048,22 +1044,35 @@ async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
     let sim = quick_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let (user, conn) = healthy_user(&sim, "u-tick", "c-tick");
-    let app = app_with(
+    // The interval is at least a minute: a driven clock passes it.
+    let clock = basiq_health::clock::Clock::manual(Utc::now());
+    let settings = settings_for(
         &sim,
-        &dir,
-        "[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1s\"\n",
+        &dir.path().join("bh.db"),
+        "[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1m\"\n",
+    );
+    let app = App::build_with_clock(
+        settings,
+        secrecy::SecretString::from(sim.sim.api_key()),
+        clock.clone(),
     )
-    .await;
+    .await
+    .unwrap();
     assert!(app.webhook_addr().is_none(), "no receiver");
     let store = app.sweeper().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     assert_eq!(requests(&sim, Route::Events), 0, "a start asks nothing");
     sim.sim.invalidate_connection("c-tick").unwrap();
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    assert_eq!(requests(&sim, Route::Events), 0, "not before the interval");
+    clock.advance(StdDuration::from_secs(60));
     until("the polled event to be done", || async {
         health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
     })
     .await;
+    assert_eq!(requests(&sim, Route::Events), 1);
+    clock.advance(StdDuration::from_secs(60));
     until("another poll", || async {
         requests(&sim, Route::Events) >= 2
     })
@@ -1141,7 +1150,7 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
         // commands have one to show.
         store
             .enqueue_deliveries(
-                "http://127.0.0.1:9/hook",
+                "default",
                 &["connection.health_changed".into()],
                 StdDuration::from_secs(3600),
                 Utc::now(),
@@ -1159,6 +1168,10 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
     assert_eq!(deliveries.len(), 1, "{stdout}");
     assert_eq!(deliveries[0]["state"], "pending");
     assert_eq!(deliveries[0]["event_type"], "connection.health_changed");
+    assert_eq!(
+        deliveries[0]["endpoint"], "default",
+        "a lone endpoint's name"
+    );
     let (code, stdout, _) = run(&["notify", "list", "--failed"]);
     assert_eq!((code, stdout.trim()), (0, ""), "nothing failed yet");
     let (code, _, _) = run(&[
@@ -1167,9 +1180,12 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
         deliveries[0]["webhook_id"].as_str().unwrap(),
     ]);
     assert_eq!(code, 0);
-    let (code, _, stderr) = run(&["notify", "retry", "msg_nothing"]);
+    let unknown = "msg_00000000000000000000000000000000";
+    let (code, _, stderr) = run(&["notify", "retry", unknown]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("msg_nothing"), "{stderr}");
+    assert!(stderr.contains(unknown), "{stderr}");
+    let (code, _, stderr) = run(&["notify", "retry", "msg_nothing"]);
+    assert_eq!(code, 2, "not a webhook id: {stderr}");
 }
 
 #[test]
@@ -1915,4 +1931,527 @@ async fn an_event_basiq_no_longer_knows_is_not_retried() {
         .find(|e| e.delivery_id == "msg_gateway")
         .unwrap();
     assert_eq!(retried.processed_at, None, "waits for a retry");
+}
+
+/// Writes notices to the outbox as a commit would, and wakes the deliverers.
+async fn write_outbox(store: &Store, notices: &[basiq_health::notify::Notice]) {
+    let mut tx = store.write().await.unwrap();
+    basiq_health::store::events::write_notices(&mut tx, notices, Utc::now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    store.outbox_written().notify_waiters();
+}
+
+/// An outage notice about `institution` (its own order key: no notice waits for another).
+fn outage_notice(institution: &str) -> basiq_health::notify::Notice {
+    basiq_health::notify::outage_notice(
+        &basiq_health::domain::ConnectorKey::new(
+            institution,
+            &basiq_health::domain::Method::parse("web"),
+        ),
+        true,
+        basiq_health::notify::OutageSource::Connectors,
+        1,
+    )
+}
+
+/// A partner's endpoint in the test: records the query and `webhook-id` of every POST and
+/// its answer, 500 while `failing`, else 204.
+struct Hook {
+    base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hook {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>> =
+            std::sync::Arc::default();
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kept, fail) = (seen.clone(), failing.clone());
+        let hook = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+                    let status = if fail.load(Ordering::SeqCst) {
+                        500
+                    } else {
+                        204
+                    };
+                    let id = headers["webhook-id"].to_str().unwrap().to_owned();
+                    let query = uri.query().unwrap_or_default().to_owned();
+                    kept.lock().unwrap().push((query, id, status));
+                    async move { axum::http::StatusCode::from_u16(status).unwrap() }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, hook).await });
+        Self {
+            base,
+            seen,
+            failing,
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, String, u16)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_endpoint_url_takes_over_its_pending_deliveries_and_sends_nothing_twice() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start().await;
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let db = dir.path().join("bh.db");
+    // Two endpoints, so each has its name; "crm" wants none of these notices.
+    let settings = |token: &str| {
+        basiq_health::settings::Settings::from_toml(&format!(
+            "[database]\npath = {:?}\n[api]\nlisten = \"\"\n[notify]\nbackoff_initial = \"1s\"\n\
+             [[notify.endpoints]]\nname = \"app\"\nurl = \"{}?token={token}\"\nsecret_file = {:?}\n\
+             [[notify.endpoints]]\nname = \"crm\"\nurl = \"{}?token=crm\"\nsecret_file = {:?}\n\
+             events = [\"connection.consent_expiring\"]\n",
+            db.display().to_string(),
+            hook.base,
+            secret.display().to_string(),
+            hook.base,
+            secret.display().to_string(),
+        ))
+        .unwrap()
+    };
+    let clock = basiq_health::clock::Clock::manual(Utc::now());
+    let store = Store::open(&db).await.unwrap();
+    let round = |s: basiq_health::settings::Settings| {
+        let (store, clock) = (store.clone(), clock.clone());
+        async move {
+            for endpoint in &s.notify.endpoints {
+                basiq_health::notify::deliver::deliver_round(
+                    &store, &s.notify, None, endpoint, &clock,
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let before = settings("old-secret-1");
+    write_outbox(
+        &store,
+        &(1..=3)
+            .map(|i| outage_notice(&format!("AU0000{i}")))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    round(settings("old-secret-1")).await;
+    let delivered: Vec<String> = hook.seen().into_iter().map(|(_, id, _)| id).collect();
+    assert_eq!(delivered.len(), 3);
+    // The endpoint fails for two more, then its URL changes (a rotated token).
+    hook.failing.store(true, Ordering::SeqCst);
+    write_outbox(
+        &store,
+        &[outage_notice("AU00004"), outage_notice("AU00005")],
+    )
+    .await;
+    round(before).await;
+    hook.failing.store(false, Ordering::SeqCst);
+    for _ in 0..6 {
+        clock.advance(StdDuration::from_secs(60));
+        round(settings("new-secret-2")).await;
+    }
+    let seen = hook.seen();
+    let succeeded: Vec<&(String, String, u16)> = seen.iter().filter(|s| s.2 == 204).collect();
+    let ids: std::collections::BTreeSet<&str> = succeeded.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(
+        (succeeded.len(), ids.len()),
+        (5, 5),
+        "each notification delivered once: {seen:?}"
+    );
+    let after: Vec<&str> = succeeded
+        .iter()
+        .filter(|s| s.0 == "token=new-secret-2")
+        .map(|s| s.1.as_str())
+        .collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "the pending two go to the new URL: {seen:?}"
+    );
+    assert!(
+        after.iter().all(|id| !delivered.iter().any(|d| d == id)),
+        "nothing delivered is sent again: {seen:?}"
+    );
+    let list = store.list_deliveries(false, 100).await.unwrap();
+    assert_eq!(list.len(), 5, "{list:?}");
+    assert!(
+        list.iter()
+            .all(|d| d.endpoint == "app" && d.state == "succeeded"),
+        "{list:?}"
+    );
+}
+
+/// A database as the daemon left it before endpoints had names (migrations 1 to 8), with
+/// one pending delivery per `(endpoint key, outbox id)` and a cursor per key.
+async fn database_before_names(path: &std::path::Path, rows: &[(&str, i64)]) {
+    let old = path.with_extension("migrations-1-8");
+    std::fs::create_dir(&old).unwrap();
+    let all = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+    for entry in std::fs::read_dir(all).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() < "0009" {
+            std::fs::copy(entry.path(), old.join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old)
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for (key, outbox) in rows {
+        sqlx::query(
+            "INSERT OR IGNORE INTO outbox (id, webhook_id, event_type, order_key, payload, created_at)
+             VALUES (?1, 'msg_' || printf('%032x', ?1), 'institution.outage_started',
+                     'institution:AU00000/web', '{}', strftime('%s', 'now'))",
+        )
+        .bind(outbox)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO deliveries (endpoint, outbox_id, order_key, state, next_at, deadline)
+             VALUES (?, ?, 'institution:AU00000/web', 'pending', 0, 9999999999)",
+        )
+        .bind(key)
+        .bind(outbox)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO delivery_cursors (endpoint, last_outbox_id) VALUES (?1, ?2)
+             ON CONFLICT (endpoint) DO UPDATE SET last_outbox_id = MAX(last_outbox_id, ?2)",
+        )
+        .bind(key)
+        .bind(outbox)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoint_s_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // One endpoint before: its rows become "default"'s (migration 0009).
+    let lone = dir.path().join("lone.db");
+    database_before_names(
+        &lone,
+        &[
+            ("http://127.0.0.1:9/hook?token=tok-lone", 1),
+            ("http://127.0.0.1:9/hook?token=tok-lone", 2),
+        ],
+    )
+    .await;
+    let store = Store::open(&lone).await.unwrap();
+    let keys: Vec<String> = store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.endpoint)
+        .collect();
+    assert_eq!(keys, ["default", "default"]);
+    assert_eq!(store.endpoint_keys().await.unwrap(), ["default"]);
+    store.close().await;
+    // Several before: each configured endpoint whose URL is unchanged takes its rows; one no
+    // longer configured keeps its URL, its credentials redacted.
+    let several = dir.path().join("several.db");
+    database_before_names(
+        &several,
+        &[
+            ("http://127.0.0.1:9/a?token=tok-a", 1),
+            ("http://user:[redacted]@127.0.0.1:9/b?token=tok-b", 1),
+            ("http://user:[redacted]@127.0.0.1:9/b?token=tok-b", 2),
+            ("http://127.0.0.1:9/gone?token=tok-gone", 2),
+        ],
+    )
+    .await;
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let settings = basiq_health::settings::Settings::from_toml(&format!(
+        "[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
+         [[notify.endpoints]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/a?token=tok-a\"\nsecret_file = {secret:?}\n\
+         [[notify.endpoints]]\nname = \"crm\"\nurl = \"http://user:pw-b@127.0.0.1:9/b?token=tok-b\"\nsecret_file = {secret:?}\n",
+        several.display().to_string(),
+    ))
+    .unwrap();
+    let store = basiq_health::app::open_store(&settings, &basiq_health::clock::Clock::system())
+        .await
+        .unwrap();
+    let mut keys: Vec<(String, i64)> = store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.endpoint, d.id))
+        .collect();
+    keys.sort();
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "app",
+            "crm",
+            "crm",
+            "http://127.0.0.1:9/gone?token=[redacted]"
+        ]
+    );
+    assert_eq!(
+        store.endpoint_keys().await.unwrap(),
+        ["app", "crm", "http://127.0.0.1:9/gone?token=[redacted]"]
+    );
+    // The deliverer of "crm" finds its pending rows under its name.
+    assert_eq!(
+        store
+            .next_delivery_at("crm")
+            .await
+            .unwrap()
+            .map(|t| t.timestamp()),
+        Some(0)
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_database_byte() {
+    const CANARIES: [&str; 3] = ["bh-user-canary", "bh-pass-canary", "bh-token-canary"];
+    let (logs, _guard) = capture_logs();
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let url = format!(
+        "http://bh-user-canary:bh-pass-canary@127.0.0.1:{}/hook?token=bh-token-canary&v=1",
+        free_port()
+    );
+    let (user, _) = healthy_user(&sim, "u-canary", "c-canary");
+    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &url, "max_age = \"2s\""));
+    let app = app_with(&sim, &dir, &toml).await;
+    let addr = app.webhook_addr().unwrap();
+    let store = app.sweeper().store().clone();
+    let sweeper = app.sweeper().clone();
+    first_sweep(&app, &user).await;
+    let daemon = Daemon::start(app);
+    sim.sim
+        .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
+    sim.sim.invalidate_connection("c-canary").unwrap();
+    until("the notification to be dead-lettered", || async {
+        let all = store.list_deliveries(false, 10).await.unwrap();
+        !all.is_empty() && all.iter().all(|d| d.state == "dead")
+    })
+    .await;
+    let settings = settings_for(&sim, &db, &toml);
+    let refresher =
+        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
+            .await
+            .unwrap();
+    let metrics = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())
+        .await
+        .unwrap();
+    daemon.stop().await;
+    store.close().await;
+    // The commands, from the outside.
+    let config = dir.path().join("bh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[basiq]\nbase_url = {:?}\n[database]\npath = {:?}\n[api]\nlisten = \"\"\n{toml}",
+            sim.base_url(),
+            db.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::cli::bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let check = run(&["config", "check"]);
+    let list = run(&["notify", "list"]);
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("bh.db{suffix}"));
+        bytes.extend(std::fs::read(&file).unwrap_or_default());
+    }
+    let database = String::from_utf8_lossy(&bytes).into_owned();
+    let logs = logs.text();
+    for (place, text) in [
+        ("the logs", &logs),
+        ("/metrics", &metrics),
+        ("config check", &check),
+        ("notify list", &list),
+        ("the database", &database),
+    ] {
+        for canary in CANARIES {
+            assert!(!text.contains(canary), "{canary} in {place}");
+        }
+    }
+    // Named where it is shown, its URL redacted.
+    assert!(
+        logs.contains("\"event\":\"notify_dead_lettered\"")
+            && logs.contains("\"endpoint\":\"default\""),
+        "the endpoint's lines carry its name"
+    );
+    assert!(
+        metrics.contains(
+            "basiq_health_notify_deliveries{endpoint=\"default\",state=\"dead_lettered\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(list.contains("\"endpoint\":\"default\""), "{list}");
+    assert!(
+        check.contains("url = \"http://[redacted]@127.0.0.1:")
+            && check.contains("/hook?token=[redacted]&v=[redacted]\""),
+        "{check}"
+    );
+}
+
+/// A loopback listener that counts the connections it accepts; each is closed at once
+/// (`hold` false: the request gets no answer, the connection is reset) or held open
+/// unanswered (`hold` true: the request times out).
+fn counting_listener(hold: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if hold {
+                held.push(stream);
+            }
+        }
+    });
+    (port, accepted)
+}
+
+/// The most attempts an endpoint can get within `max_age` when every failed attempt waits
+/// at least its backoff (the jitter at its lowest) before the next: the first, then one per
+/// wait that fits, with a second to spare (deadlines and due times are whole seconds).
+fn attempts_allowed(initial: StdDuration, max_age: StdDuration) -> usize {
+    let mut waited = StdDuration::ZERO;
+    let mut attempts = 1;
+    loop {
+        waited += basiq_health::notify::deliver::backoff(
+            initial,
+            StdDuration::from_secs(3600),
+            i64::try_from(attempts).unwrap(),
+            -1.0,
+        );
+        if waited > max_age + StdDuration::from_secs(1) {
+            return attempts;
+        }
+        attempts += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_attempts_than_the_backoff_allows()
+ {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    // Refused: a port bound, then closed; counted by the attempts the store records.
+    let refused = free_port();
+    let (reset, resets) = counting_listener(false);
+    let (silent, timeouts) = counting_listener(true);
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let mut toml = format!(
+        "[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
+         [notify]\nbackoff_initial = \"100ms\"\nmax_age = \"2s\"\ntimeout = \"300ms\"\n",
+        dir.path().join("bh.db").display().to_string()
+    );
+    let endpoints = [
+        ("refused", refused),
+        ("reset", reset),
+        ("timeout", silent),
+        ("error", failing),
+    ];
+    for (name, port) in endpoints {
+        toml += &format!(
+            "[[notify.endpoints]]\nname = {name:?}\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+             secret_file = {:?}\n",
+            secret.display().to_string()
+        );
+    }
+    let settings = basiq_health::settings::Settings::from_toml(&toml).unwrap();
+    let store = Store::open(&settings.database.path).await.unwrap();
+    let cancel = CancellationToken::new();
+    let deliverers = tokio::spawn(basiq_health::notify::deliver::run(
+        store.clone(),
+        settings.notify.clone(),
+        None,
+        basiq_health::clock::Clock::system(),
+        cancel.clone(),
+    ));
+    // Many notifications waiting, as after an outage told to every user.
+    let notices: Vec<_> = (0..40)
+        .map(|i| outage_notice(&format!("AU{i:05}")))
+        .collect();
+    write_outbox(&store, &notices).await;
+    until("every delivery to be dead-lettered", || async {
+        let all = store.list_deliveries(false, 1000).await.unwrap();
+        all.len() == 160 && all.iter().all(|d| d.state == "dead")
+    })
+    .await;
+    cancel.cancel();
+    deliverers.await.unwrap();
+    let allowed = attempts_allowed(settings.notify.backoff_initial, settings.notify.max_age);
+    let deliveries = store.list_deliveries(false, 1000).await.unwrap();
+    for (name, _) in endpoints {
+        let attempts: i64 = deliveries
+            .iter()
+            .filter(|d| d.endpoint == name)
+            .map(|d| d.attempts)
+            .sum();
+        assert!(
+            attempts >= 2 && attempts as usize <= allowed,
+            "{name}: {attempts} attempts recorded within max_age, the backoff allows {allowed}"
+        );
+    }
+    for (name, seen) in [
+        ("reset", resets.load(Ordering::SeqCst)),
+        ("timeout", timeouts.load(Ordering::SeqCst)),
+        ("error", answered.load(Ordering::SeqCst)),
+    ] {
+        assert!(
+            seen >= 2 && seen <= allowed,
+            "{name}: the receiver saw {seen} attempts, the backoff allows {allowed}"
+        );
+    }
 }
