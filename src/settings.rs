@@ -223,6 +223,7 @@ struct RawWebhooks {
     max_body: i64,
     poll_interval: String,
     register_new_users: bool,
+    #[serde(deserialize_with = "whole")]
     max_connections: i64,
     header_timeout: String,
     body_timeout: String,
@@ -396,6 +397,7 @@ struct RawApi {
     listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<PathBuf>,
+    #[serde(deserialize_with = "whole")]
     max_connections: i64,
     header_timeout: String,
     body_timeout: String,
