@@ -708,6 +708,12 @@ async fn a_receiver_failing_three_times_gets_the_notification_on_the_fourth_try_
         health_of(&store, &conn).await.unwrap().0,
         Some(Health::ActionRequired)
     );
+    // The deliverer records the answer just after the receiver sent it.
+    until("the delivery to be recorded", || async {
+        let list = store.list_deliveries(false, 10).await.unwrap();
+        list.first().is_some_and(|d| d.state == "succeeded")
+    })
+    .await;
     let list = store.list_deliveries(false, 10).await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(
