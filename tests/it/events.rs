@@ -2461,3 +2461,64 @@ async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_at
         );
     }
 }
+
+/// Issue 21, item 7, through the daemon binary: a receiver whose port refuses connections,
+/// and one that accepts and closes at once, each get no more attempts than the backoff
+/// allows within `max_age`, however many notifications wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_gives_a_refusing_or_resetting_receiver_no_more_attempts_than_the_backoff_allows()
+ {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bh.db");
+    let users: Vec<_> = (0..8)
+        .map(|n| healthy_user(&sim, &format!("u-bo{n}"), &format!("c-bo{n}")).0)
+        .collect();
+    for user in &users {
+        swept_and_closed(&sim, &db, user).await;
+    }
+    let refused = free_port();
+    let (reset, resets) = counting_listener(false);
+    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let mut notify =
+        "[notify]\nbackoff_initial = \"100ms\"\nmax_age = \"2s\"\ntimeout = \"300ms\"\n".to_owned();
+    for (name, port) in [("refused", refused), ("reset", reset)] {
+        notify += &format!(
+            "[[notify.endpoints]]\nname = {name:?}\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+             secret_file = {:?}\n",
+            secret.display().to_string()
+        );
+    }
+    let port = free_port();
+    let config = process_config(&sim, &dir, port, &notify);
+    let mut child = daemon_process(&sim, &db, &config);
+    let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
+    listening(&url).await;
+    sim.sim.set_webhook_target(&url, BASIQ_SECRET);
+    for n in 0..8 {
+        sim.sim.invalidate_connection(&format!("c-bo{n}")).unwrap();
+    }
+    let store = Store::open(&db).await.unwrap();
+    until("every delivery to be dead-lettered", || async {
+        let all = store.list_deliveries(false, 100).await.unwrap();
+        all.len() >= 16 && all.iter().all(|d| d.state == "dead")
+    })
+    .await;
+    kill9(&mut child);
+    let allowed = attempts_allowed(StdDuration::from_millis(100), StdDuration::from_secs(2));
+    let deliveries = store.list_deliveries(false, 100).await.unwrap();
+    let refused_attempts: i64 = deliveries
+        .iter()
+        .filter(|d| d.endpoint == "refused")
+        .map(|d| d.attempts)
+        .sum();
+    assert!(
+        refused_attempts >= 1 && refused_attempts as usize <= allowed,
+        "refused: {refused_attempts} attempts, the backoff allows {allowed}"
+    );
+    let seen = resets.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        seen >= 1 && seen <= allowed,
+        "reset: the receiver saw {seen} connections, the backoff allows {allowed}"
+    );
+}
