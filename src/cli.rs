@@ -371,7 +371,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
                 .request(
                     &user,
                     &connection,
-                    crate::policy::Trigger::Manual,
+                    crate::plan::policy::Trigger::Manual,
                     args.dry_run,
                     args.follow,
                 )

@@ -277,7 +277,7 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|r| r.health == Some(crate::classify::Health::ActionRequired))
+                .is_some_and(|r| r.health == Some(crate::plan::classify::Health::ActionRequired))
         {
             action = Some(t0.elapsed());
         }
@@ -359,10 +359,10 @@ fn outage_notices(
     let mut end = None;
     for (at, n) in all.iter().filter(|(_, n)| at_bank(n)) {
         let kind = n["type"].as_str().unwrap_or_default();
-        if kind == crate::notify::OUTAGE_STARTED && start.is_none() {
+        if kind == crate::plan::notices::OUTAGE_STARTED && start.is_none() {
             start = Some(*at);
         }
-        if kind == crate::notify::OUTAGE_ENDED && start.is_some() {
+        if kind == crate::plan::notices::OUTAGE_ENDED && start.is_some() {
             end = Some(*at);
         }
         if kind.starts_with("institution.") {
@@ -394,7 +394,7 @@ fn outage_notices(
     let during: Vec<&serde_json::Value> = all
         .iter()
         .filter(|(at, n)| *at >= from && to.is_none_or(|t| *at <= t) && at_bank(n))
-        .filter(|(_, n)| n["type"] == crate::notify::HEALTH_CHANGED)
+        .filter(|(_, n)| n["type"] == crate::plan::notices::HEALTH_CHANGED)
         .map(|(_, n)| n)
         .collect();
     for n in &during {
@@ -409,7 +409,7 @@ fn outage_notices(
     let after: Vec<&serde_json::Value> = all
         .iter()
         .filter(|(at, n)| to.is_some_and(|t| *at > t) && at_bank(n))
-        .filter(|(_, n)| n["type"] == crate::notify::HEALTH_CHANGED)
+        .filter(|(_, n)| n["type"] == crate::plan::notices::HEALTH_CHANGED)
         .map(|(_, n)| n)
         .collect();
     for n in &after {

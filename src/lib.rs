@@ -36,7 +36,6 @@
 pub mod api;
 pub mod app;
 pub mod basiq;
-pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod demo;
@@ -45,7 +44,6 @@ pub mod events;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
-pub mod policy;
 pub mod refresh;
 pub mod report;
 pub mod serve;

@@ -7,14 +7,14 @@ use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
 use super::{Result, Store, from_opt_ts, from_ts, opt_ts, ts, ts_ceil};
-use crate::classify::{Health, NewestJob, Side};
 use crate::domain::{
     ConnectionId, ConnectionStatus, ConnectorKey, DownPeriod, InstitutionId, JobId, JobState,
     Method, UserId,
 };
+use crate::plan::classify::{Health, NewestJob, Side};
+use crate::plan::policy::schedule::Owed;
+use crate::plan::policy::{DecisionKind, Trigger};
 use crate::plan::{Attempts, Inference, KeyPeriods, OutageMove, Stored, StoredJob, UserPlan};
-use crate::policy::schedule::Owed;
-use crate::policy::{DecisionKind, Trigger};
 use crate::store::refreshes::CAP_WINDOW;
 
 const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, created_date,

@@ -133,10 +133,10 @@ impl Store {
                     method: key.1.clone(),
                 };
                 let affected = super::events::connections_at(&mut tx, &key).await?;
-                notices.push(crate::notify::outage_notice(
+                notices.push(crate::plan::notices::outage_notice(
                     &key,
                     c.status.is_down(),
-                    crate::notify::OutageSource::Connectors,
+                    crate::plan::notices::OutageSource::Connectors,
                     affected,
                 ));
             }

@@ -15,7 +15,7 @@ use sqlx::SqliteConnection;
 
 use super::{Result, Store, from_ts, ts, ts_ceil};
 use crate::domain::{ConnectionId, ConnectorKey, UserId};
-use crate::notify::{self, Notice, OutageSource};
+use crate::plan::notices::{self as notify, Notice, OutageSource};
 use crate::plan::{OutageMove, UserPlan};
 
 /// One event to store in the inbox.
@@ -180,7 +180,7 @@ pub async fn write_plan_notices(
                 query = query.bind(c.connection_id.as_str().to_owned());
             }
             for (id, health, reason) in query.fetch_all(&mut *conn).await? {
-                if let Some(h) = crate::classify::Health::parse(&health) {
+                if let Some(h) = crate::plan::classify::Health::parse(&health) {
                     told.insert(id, (h, reason));
                 }
             }

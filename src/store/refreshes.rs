@@ -6,8 +6,8 @@ use sqlx::Connection as _;
 use super::connections::ConnectionRow;
 use super::{Result, Store, from_opt_ts, ts, ts_ceil};
 use crate::domain::ConnectionId;
-use crate::policy::schedule::Owed;
-use crate::policy::{Denial, Trigger};
+use crate::plan::policy::schedule::Owed;
+use crate::plan::policy::{Denial, Trigger};
 
 /// How the cap is counted: attempts in the rolling 24 hours before `now`.
 pub const CAP_WINDOW: chrono::Duration = chrono::Duration::hours(24);

@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::classify::{self, ConnectorView, DownPeriod, Facts, Health, NewestJob, Side, Verdict};
 use crate::domain::{
     Connection, ConnectionId, ConnectorKey, ConnectorStatus, Job, JobId, JobState, Method, UserId,
 };
-use crate::policy::schedule::{self, AutoRefresh, Incident, Owed};
+use crate::plan::classify::{
+    self, ConnectorView, DownPeriod, Facts, Health, NewestJob, Side, Verdict,
+};
+use crate::plan::policy::schedule::{self, AutoRefresh, Incident, Owed};
 use crate::store::ConnectionRow;
 use crate::store::refreshes::CAP_WINDOW;
 

@@ -29,8 +29,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{ConnectorView, Health};
 use crate::domain::{ConnectionStatus, Method};
+use crate::plan::classify::{ConnectorView, Health};
 
 /// `refresh.mode`: when the daemon refreshes on its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 
 use super::*;
 use crate::domain::{InstitutionId, Step, StepResult, StepStatus};
-use crate::policy::Trigger;
+use crate::plan::policy::Trigger;
 
 const BANK: &str = "AU00000";
 const OTHER_BANK: &str = "AU00001";
@@ -489,7 +489,7 @@ fn no_connector_status_no_blame() {
     assert_eq!(only(&p).health, Some(Health::Unknown));
     assert_eq!(
         only(&p).reason.as_deref(),
-        Some(crate::classify::CONNECTOR_STATUS_UNKNOWN)
+        Some(crate::plan::classify::CONNECTOR_STATUS_UNKNOWN)
     );
 
     let mut healthy = fresh_row(&user(), &connection("c1", Method::Web));
@@ -663,7 +663,10 @@ fn an_invalid_connection_waiting_for_a_re_check_is_swept_again_when_the_wait_is_
     assert_eq!(only(&p).reason.as_deref(), Some("recheck-after-outage"));
     assert_eq!(
         p.sweep_by,
-        vec![(user(), now() + crate::classify::RECHECK_LIMIT + mins(1))]
+        vec![(
+            user(),
+            now() + crate::plan::classify::RECHECK_LIMIT + mins(1)
+        )]
     );
 }
 
