@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::UserId;
+use crate::plan::ConnectionRow;
 use crate::plan::classify::Health;
-use crate::store::{self, ConnectionRow, OutageRow, Store, UserRow};
+use crate::store::{self, OutageRow, Store, UserRow};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionView {
@@ -26,7 +27,7 @@ pub struct ConnectionView {
     /// A refresh may prompt the user for a one-time code: only with the user present.
     pub needs_user_present: bool,
     /// The last refresh decision: `{"decision", "reason", "trigger", "at"}`.
-    pub last_decision: Option<store::connections::LastDecision>,
+    pub last_decision: Option<crate::plan::LastDecision>,
     /// The next refresh the daemon has scheduled: `{"at", "trigger"}`.
     pub next_refresh: Option<crate::plan::policy::schedule::Owed>,
     /// Basiq's refresh cap is reached until then.

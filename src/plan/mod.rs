@@ -2,6 +2,7 @@
 //! what is stored, the settings and `now`. No I/O: nothing of the store, Basiq, sqlx, tokio
 //! or reqwest.
 //!
+//! - [`facts`]: what the planners read: stored rows, attempts, outage facts, fetches.
 //! - [`classify`]: a connection's health from its facts.
 //! - [`policy`]: may a refresh go now (the gates), when one is owed (the schedule, the
 //!   unattended window, the spread of recoveries and retries).
@@ -10,8 +11,10 @@
 //!   consent's end, a refused refresh.
 
 pub mod classify;
+pub mod facts;
 pub mod notices;
 pub mod policy;
 pub mod user;
 
+pub use facts::*;
 pub use user::*;

@@ -23,9 +23,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::domain::{ConnectionId, ConnectorKey, UserId};
+use crate::plan::ConnectionRow;
 use crate::plan::classify::Health;
 use crate::plan::{Note, UserPlan};
-use crate::store::ConnectionRow;
 
 pub const HEALTH_CHANGED: &str = "connection.health_changed";
 pub const CONSENT_EXPIRING: &str = "connection.consent_expiring";

@@ -14,15 +14,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{
-    Connection, ConnectionId, ConnectorKey, ConnectorStatus, Job, JobId, JobState, Method, UserId,
+use super::facts::{
+    Attempts, ConnectionRow, ConnectorStatuses, Fetched, Fresh, Inference, KeyPeriods, Stored,
+    StoredJob,
 };
+use super::policy::CAP_WINDOW;
+use crate::domain::{Connection, ConnectionId, ConnectorKey, Job, JobState, Method, UserId};
 use crate::plan::classify::{
     self, ConnectorView, DownPeriod, Facts, Health, NewestJob, Side, Verdict,
 };
 use crate::plan::policy::schedule::{self, AutoRefresh, Incident, Owed};
-use crate::store::ConnectionRow;
-use crate::store::refreshes::CAP_WINDOW;
 
 /// What the planner needs from the settings.
 #[derive(Clone, Debug)]
@@ -40,122 +41,6 @@ impl PlanSettings {
     fn window(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.outage_window).unwrap_or(chrono::Duration::MAX)
     }
-}
-
-/// The periods a connector's bank was down, open or recently ended, by where they were
-/// learnt.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyPeriods {
-    /// `/connectors` said so.
-    pub connectors: Vec<DownPeriod>,
-    /// Several users failed bank-side (from: the start of the inference window).
-    pub inferred: Vec<DownPeriod>,
-}
-
-impl KeyPeriods {
-    pub fn all(&self) -> Vec<DownPeriod> {
-        self.connectors
-            .iter()
-            .chain(&self.inferred)
-            .copied()
-            .collect()
-    }
-
-    /// An inferred outage opened at `now` (its window before counts).
-    fn inferred_opened(&mut self, now: DateTime<Utc>, window: chrono::Duration) {
-        if !self.inferred.iter().any(DownPeriod::is_open) {
-            self.inferred.push(DownPeriod {
-                from: now.checked_sub_signed(window),
-                until: None,
-            });
-        }
-    }
-
-    /// The open inferred outage closed at `now`.
-    fn inferred_closed(&mut self, now: DateTime<Utc>) {
-        for p in self.inferred.iter_mut().filter(|p| p.is_open()) {
-            p.until = Some(now);
-        }
-    }
-}
-
-/// The last `/connectors` answer as far as it is known.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectorStatuses {
-    /// `/connectors` has answered at least once on this installation.
-    pub known: bool,
-    pub statuses: HashMap<ConnectorKey, ConnectorStatus>,
-}
-
-impl ConnectorStatuses {
-    /// The status a connection's connector has. A connection whose method is unknown (Basiq's
-    /// recorded answers leave `method` out) gets its institution's worst status.
-    pub fn view(&self, institution_id: &str, method: &Method) -> ConnectorView {
-        if !self.known {
-            return ConnectorView::Unknown;
-        }
-        let found = if *method == Method::Unknown {
-            self.statuses
-                .iter()
-                .filter(|(k, _)| k.institution_id == institution_id)
-                .map(|(_, s)| s)
-                .max_by_key(|s| s.severity())
-        } else {
-            self.statuses
-                .get(&ConnectorKey::new(institution_id, method))
-        };
-        found.map_or(ConnectorView::Unlisted, |s| {
-            ConnectorView::Status(s.clone())
-        })
-    }
-}
-
-/// A stored job's snapshot, to keep jobs from going backwards.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredJob {
-    pub state: JobState,
-    pub updated: Option<DateTime<Utc>>,
-    /// The stored job is matched to a connection.
-    pub matched: bool,
-}
-
-/// Our refresh attempts of one connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Attempts {
-    pub last: Option<DateTime<Utc>>,
-    /// The oldest in the rolling 24 h window.
-    pub oldest_in_window: Option<DateTime<Utc>>,
-}
-
-/// Inferred-outage facts at one connector, from everyone else's stored state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Inference {
-    pub open: bool,
-    /// Distinct *other* users failing bank-side there in the window (counted up to the
-    /// threshold only).
-    pub other_users_failing: i64,
-    /// Failures before this belong to an outage that is over (reported or inferred).
-    pub counts_since: Option<DateTime<Utc>>,
-}
-
-/// What the store holds for one user.
-#[derive(Clone, Debug, Default)]
-pub struct Stored {
-    pub connections: Vec<ConnectionRow>,
-    pub jobs: HashMap<JobId, StoredJob>,
-    pub attempts: HashMap<ConnectionId, Attempts>,
-    pub inference: HashMap<ConnectorKey, Inference>,
-    /// The down periods of each connector this user's connections use.
-    pub periods: HashMap<ConnectorKey, KeyPeriods>,
-}
-
-/// What Basiq said.
-#[derive(Clone, Debug)]
-pub struct Fetched {
-    pub connections: Vec<Connection>,
-    pub jobs: Vec<Job>,
-    /// `connections` is the user's whole list (a sweep), not one re-read connection.
-    pub complete: bool,
 }
 
 /// An inferred outage opening or closing.
@@ -258,7 +143,7 @@ impl GroupOverlay {
     fn inference(
         &self,
         key: &ConnectorKey,
-        facts: &crate::store::connections::KeyFacts,
+        facts: &crate::plan::KeyFacts,
         user: &UserId,
         limit: i64,
     ) -> Inference {
@@ -283,7 +168,7 @@ impl GroupOverlay {
     fn periods(
         &self,
         key: &ConnectorKey,
-        facts: &crate::store::connections::KeyFacts,
+        facts: &crate::plan::KeyFacts,
         now: DateTime<Utc>,
         window: chrono::Duration,
     ) -> KeyPeriods {
@@ -303,7 +188,7 @@ impl GroupOverlay {
         user: &UserId,
         stored: &[ConnectionRow],
         plan: &UserPlan,
-        facts: &HashMap<ConnectorKey, crate::store::connections::KeyFacts>,
+        facts: &HashMap<ConnectorKey, crate::plan::KeyFacts>,
     ) {
         let gone: BTreeSet<&ConnectionId> = plan.gone.iter().collect();
         let mut rows: HashMap<&ConnectionId, &ConnectionRow> =
@@ -374,7 +259,7 @@ pub fn plan_group(
     now: DateTime<Utc>,
     members: &[GroupMember<'_>],
     mut stored: HashMap<UserId, Stored>,
-    facts: &HashMap<ConnectorKey, crate::store::connections::KeyFacts>,
+    facts: &HashMap<ConnectorKey, crate::plan::KeyFacts>,
     settings: &PlanSettings,
     rng: &mut impl rand::Rng,
 ) -> Vec<UserPlan> {
@@ -438,35 +323,6 @@ pub fn match_jobs(connections: &[Connection], jobs: &[Job]) -> Vec<Option<Connec
             (at.len() == 1).then(|| at[0].id.clone())
         })
         .collect()
-}
-
-/// What one read of Basiq said of a connection, for a refresh decided before the read is
-/// committed: its status, `lastUsed`, and its newest job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fresh {
-    pub status: crate::domain::ConnectionStatus,
-    pub last_used: Option<DateTime<Utc>>,
-    pub newest_job: Option<(String, NewestJob)>,
-}
-
-impl Fresh {
-    /// The row as it will be once this read is committed, as far as the gates look.
-    pub fn overlay(&self, row: &ConnectionRow) -> ConnectionRow {
-        let mut row = row.clone();
-        row.status = self.status.clone();
-        row.last_used = row.last_used.max(self.last_used);
-        if let Some((id, job)) = &self.newest_job {
-            let newer = row
-                .newest_job
-                .as_ref()
-                .is_none_or(|had| job.created >= had.created);
-            if newer {
-                row.newest_job_id = Some(id.clone());
-                row.newest_job = Some(job.clone());
-            }
-        }
-        row
-    }
 }
 
 /// What a fetch says of each connection it names.

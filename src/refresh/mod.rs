@@ -24,11 +24,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::basiq::{self, RefreshOutcome};
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
+use crate::plan::ConnectionRow;
 use crate::plan::ConnectorStatuses;
 use crate::plan::policy::schedule::Owed;
 use crate::plan::policy::{self, DecisionKind, Denial, RefreshFacts, RefreshMode, Trigger};
 use crate::settings::RefreshSettings;
-use crate::store::ConnectionRow;
 use crate::sweep::{SweepError, Sweeper};
 use pace::{Paced, Pacer};
 
@@ -430,7 +430,7 @@ impl Refresher {
                     // attempts until our window has room again (at least an hour).
                     let (_, _, oldest) = store.refresh_window(connection, now).await?;
                     let until = oldest
-                        .map(|o| o + crate::store::refreshes::CAP_WINDOW)
+                        .map(|o| o + crate::plan::policy::CAP_WINDOW)
                         .unwrap_or(now)
                         .max(now + chrono::Duration::hours(1));
                     store.set_basiq_capped(connection, until).await?;

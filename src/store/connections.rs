@@ -12,10 +12,13 @@ use crate::domain::{
     Method, UserId,
 };
 use crate::plan::classify::{Health, NewestJob, Side};
+use crate::plan::policy::CAP_WINDOW;
 use crate::plan::policy::schedule::Owed;
 use crate::plan::policy::{DecisionKind, Trigger};
-use crate::plan::{Attempts, Inference, KeyPeriods, OutageMove, Stored, StoredJob, UserPlan};
-use crate::store::refreshes::CAP_WINDOW;
+use crate::plan::{
+    Attempts, ConnectionRow, Inference, KeyFacts, KeyPeriods, LastDecision, OutageMove, Stored,
+    StoredJob, UserPlan,
+};
 
 const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, created_date,
     last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code, newest_job_created,
@@ -71,71 +74,6 @@ struct RawConnection {
     invalid_from: Option<i64>,
     invalid_seen: Option<i64>,
     refresh_due_since: Option<i64>,
-}
-
-/// The last refresh decision made for a connection.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct LastDecision {
-    pub decision: DecisionKind,
-    /// The denial reason (or `deferred`).
-    pub reason: Option<String>,
-    pub trigger: Option<Trigger>,
-    pub at: DateTime<Utc>,
-}
-
-/// A connection as stored: what Basiq said, its newest job, its current health, and its
-/// refresh schedule. No `Default`: an id has no valid empty value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectionRow {
-    pub connection_id: ConnectionId,
-    pub user_id: UserId,
-    pub institution_id: InstitutionId,
-    pub method: Method,
-    pub status: ConnectionStatus,
-    pub created_date: Option<DateTime<Utc>>,
-    pub last_used: Option<DateTime<Utc>>,
-    pub expiry_date: Option<DateTime<Utc>>,
-    pub newest_job_id: Option<String>,
-    pub newest_job: Option<NewestJob>,
-    pub health: Option<Health>,
-    pub reason: Option<String>,
-    pub checked_at: Option<DateTime<Utc>>,
-    pub health_since: Option<DateTime<Utc>>,
-    pub consent_warned_days: Option<i64>,
-    pub gone_at: Option<DateTime<Utc>>,
-    /// Basiq's cap is reached (a 429/403, or a job step `too-many-requests`) until then.
-    pub basiq_capped_until: Option<DateTime<Utc>>,
-    /// The refresh the daemon owes (recovery or transient retry).
-    pub refresh_due: Option<Owed>,
-    /// Retries spent on the current transient-failure incident.
-    pub transient_retries: u32,
-    pub transient_job_id: Option<String>,
-    /// Daily mode: the next slot in the unattended window.
-    pub daily_due_at: Option<DateTime<Utc>>,
-    pub mfa_enabled: Option<bool>,
-    /// A refresh may ask the user for a one-time code: only attended triggers.
-    pub needs_user_present: bool,
-    /// The newest job failed bank-side then: what the outage inference counts.
-    pub bank_failure_at: Option<DateTime<Utc>>,
-    pub last_decision: Option<LastDecision>,
-    /// The status turned `invalid` after this read (the last that saw it otherwise)...
-    pub invalid_from: Option<DateTime<Utc>>,
-    /// ...and by this one (the first that saw it invalid).
-    pub invalid_seen: Option<DateTime<Utc>>,
-}
-
-impl ConnectionRow {
-    /// The connector this connection reaches its bank through.
-    pub fn connector_key(&self) -> ConnectorKey {
-        ConnectorKey::new(self.institution_id.as_str(), &self.method)
-    }
-
-    /// The later of the newest job's created and updated times.
-    pub fn newest_job_at(&self) -> Option<DateTime<Utc>> {
-        self.newest_job
-            .as_ref()
-            .and_then(|j| j.updated.max(j.created))
-    }
 }
 
 impl From<RawConnection> for ConnectionRow {
@@ -297,21 +235,6 @@ pub async fn load_users(
 
 /// Ids per `IN (...)` list.
 const IDS_PER_STATEMENT: usize = 500;
-
-/// What the store says about inferred outages at one connector, for a whole group of
-/// plans: whether one is open, since when failures count, and the users failing
-/// bank-side there since then (at most `limit` of them).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyFacts {
-    pub open: bool,
-    /// Failures before this are the outage Basiq already reported.
-    pub counts_since: Option<DateTime<Utc>>,
-    /// Failures count from here: the later of the window's start and `counts_since`.
-    pub from: DateTime<Utc>,
-    pub failing: std::collections::BTreeSet<UserId>,
-    /// The periods its bank was down, open or recently ended.
-    pub periods: KeyPeriods,
-}
 
 /// [`KeyFacts`] of each connector, two statements each; `limit` users listed at most.
 /// `since`: the start of the inference window (`window` long) before now.

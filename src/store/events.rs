@@ -185,7 +185,7 @@ pub async fn write_plan_notices(
                 }
             }
         }
-        let rows: HashMap<&ConnectionId, &super::ConnectionRow> = plans
+        let rows: HashMap<&ConnectionId, &crate::plan::ConnectionRow> = plans
             .iter()
             .flat_map(|p| &p.connections)
             .map(|r| (&r.connection_id, r))

@@ -46,7 +46,7 @@ use sqlx::{Sqlite, SqlitePool};
 
 use crate::clock::Clock;
 
-pub use connections::{ConnectionRow, HealthChange};
+pub use connections::HealthChange;
 pub use connectors::{ConnectorChange, OutageRow};
 pub use health::{Failing, WriteHealth};
 pub use jobs::JobRow;

@@ -27,10 +27,11 @@ use tokio_util::sync::CancellationToken;
 use crate::basiq::{self, Client};
 use crate::clock::{self, Clock};
 use crate::domain::{ConnectionId, ConnectorKey, Job, UserId};
+use crate::plan::ConnectionRow;
 use crate::plan::classify::{ConnectorView, Health};
 pub use crate::plan::policy::schedule::AutoRefresh;
 use crate::plan::{self, ConnectorStatuses, Fetched, Note, PlanSettings, UserPlan};
-use crate::store::{self, ConnectionRow, Store, SweepCounts};
+use crate::store::{self, Store, SweepCounts};
 
 pub use worker::{TickState, run_scheduler};
 

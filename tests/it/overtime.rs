@@ -155,7 +155,7 @@ impl Scene {
         }
     }
 
-    async fn row(&self, connection: &str) -> basiq_health::store::ConnectionRow {
+    async fn row(&self, connection: &str) -> basiq_health::plan::ConnectionRow {
         self.app
             .sweeper()
             .store()

@@ -357,6 +357,9 @@ pub fn decide(
     Ok(())
 }
 
+/// How the cap is counted: attempts in the rolling 24 hours before now.
+pub const CAP_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+
 /// The number of attempts in a rolling 24h window this trigger may reach (used by the SQLite
 /// reservation that enforces the cap atomically).
 ///

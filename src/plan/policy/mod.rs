@@ -20,8 +20,8 @@ pub mod spread;
 pub mod window;
 
 pub use gates::{
-    DecisionKind, Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, UnknownRefreshMode,
-    cap_for, decide, not_before,
+    CAP_WINDOW, DecisionKind, Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger,
+    UnknownRefreshMode, cap_for, decide, not_before,
 };
 pub use spread::{
     TRANSIENT_MAX_RETRIES, TRANSIENT_RETRY_BASE, recovery_delays, transient_retry_delay,

@@ -322,7 +322,7 @@ pub fn upcoming(
                 Err(Denial::DailyCap) => {
                     let opens = [
                         facts.basiq_capped_until,
-                        oldest_attempt.map(|o| o + crate::store::refreshes::CAP_WINDOW),
+                        oldest_attempt.map(|o| o + crate::plan::policy::CAP_WINDOW),
                     ]
                     .into_iter()
                     .flatten()

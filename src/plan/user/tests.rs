@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::*;
-use crate::domain::{InstitutionId, Step, StepResult, StepStatus};
+use crate::domain::{ConnectorStatus, InstitutionId, JobId, Step, StepResult, StepStatus};
 use crate::plan::policy::Trigger;
 
 const BANK: &str = "AU00000";
@@ -719,7 +719,7 @@ fn connections_basiq_no_longer_lists_are_gone_only_after_a_full_list() {
 /// longer is stops being counted by those after it; the last, healthy there, sees it open.
 #[test]
 fn a_group_of_plans_sees_each_other_as_if_committed_one_by_one() {
-    use crate::store::connections::KeyFacts;
+    use crate::plan::KeyFacts;
     let key = ConnectorKey::new(BANK, &Method::Web);
     let users: Vec<UserId> = (1..=5)
         .map(|i| UserId::parse(format!("g{i}")).unwrap())
