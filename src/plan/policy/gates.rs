@@ -81,9 +81,8 @@ impl FromStr for RefreshMode {
 }
 
 /// What asked for a refresh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum Trigger {
     /// The partner's app checked the user at login and the data is old.
     Login,
@@ -134,9 +133,8 @@ impl fmt::Display for Trigger {
 
 /// Why a refresh was denied. The gates' variants are listed in the order they are checked;
 /// the last two are what Basiq or the network answered to a request that was sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum Denial {
     RefreshOff,
     NotScheduledInMode,
@@ -206,9 +204,8 @@ impl fmt::Display for Denial {
 }
 
 /// What became of a refresh request, as stored and shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum DecisionKind {
     Refreshed,
     Denied,
