@@ -52,3 +52,4 @@ pub mod settings;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod work;

@@ -7,10 +7,12 @@
 //! - [`policy`]: may a refresh go now (the gates), when one is owed (the schedule, the
 //!   unattended window, the spread of recoveries and retries).
 //! - [`notices`]: what to tell the partner's app.
+//! - [`connectors`]: a `/connectors` answer: status changes, outages, recoveries, notices.
 //! - [`user`]: one user's sweep, a group of them, a connector's reclassification, a
 //!   consent's end, a refused refresh.
 
 pub mod classify;
+pub mod connectors;
 pub mod facts;
 pub mod notices;
 pub mod policy;

@@ -269,6 +269,45 @@ pub fn outage_notice(
     }
 }
 
+/// The notifications some plans cause, and what is told of each connection after them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Planned {
+    pub notices: Vec<Notice>,
+    pub told: Vec<(ConnectionId, Told)>,
+}
+
+/// The connections whose last told health the plans' notices depend on.
+pub fn to_tell<'a>(plans: &[&'a UserPlan]) -> Vec<&'a ConnectionId> {
+    candidates(plans)
+        .into_iter()
+        .map(|c| c.connection_id)
+        .collect()
+}
+
+/// What the plans tell, given what was last told of their connections (`told`), the
+/// inferred outages they opened (`true`) or closed (`moved`), and the watched connections at
+/// each of those connectors (`affected`): health changes not told yet, consent warnings,
+/// one notice per outage moved.
+pub fn plan_notices(
+    plans: &[&UserPlan],
+    told: &HashMap<String, Told>,
+    moved: &[(ConnectorKey, bool)],
+    affected: &HashMap<ConnectorKey, i64>,
+) -> Planned {
+    let rows: HashMap<&ConnectionId, &ConnectionRow> = plans
+        .iter()
+        .flat_map(|p| &p.connections)
+        .map(|r| (&r.connection_id, r))
+        .collect();
+    let (mut notices, told) = health_notices(&candidates(plans), told, &rows);
+    notices.extend(consent_notices(plans));
+    for (key, started) in moved {
+        let count = affected.get(key).copied().unwrap_or(0);
+        notices.push(outage_notice(key, *started, OutageSource::Inferred, count));
+    }
+    Planned { notices, told }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

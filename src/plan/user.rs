@@ -46,8 +46,24 @@ impl PlanSettings {
 /// An inferred outage opening or closing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutageMove {
-    Open { key: ConnectorKey, users: i64 },
-    Close { key: ConnectorKey },
+    Open {
+        key: ConnectorKey,
+        users: i64,
+    },
+    /// `inferred_at`: when it was inferred, if known (a success since then ends it).
+    Close {
+        key: ConnectorKey,
+        inferred_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// A connector whose connections are classified again; `ended_after`: an outage there
+/// ended (no earlier than then), so the connections it held get recovery slots, and a job
+/// that succeeded after it answers them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requeue {
+    pub key: ConnectorKey,
+    pub ended_after: Option<DateTime<Utc>>,
 }
 
 /// A recorded change of health.
@@ -104,7 +120,7 @@ pub struct UserPlan {
     pub health_changes: Vec<HealthChange>,
     pub outages: Vec<OutageMove>,
     /// Connectors whose other connections must be classified again.
-    pub reclassify: Vec<ConnectorKey>,
+    pub reclassify: Vec<Requeue>,
     /// A sweep: the user's next slot.
     pub next_due_at: Option<DateTime<Utc>>,
     /// Users to sweep again by then at the latest (an invalid connection waiting for a
@@ -218,7 +234,7 @@ impl GroupOverlay {
         for outage in &plan.outages {
             match outage {
                 OutageMove::Open { key, .. } => self.open.insert(key.clone(), true),
-                OutageMove::Close { key } => self.open.insert(key.clone(), false),
+                OutageMove::Close { key, .. } => self.open.insert(key.clone(), false),
             };
         }
     }
@@ -617,14 +633,25 @@ fn infer_outages(
                 )
             } else {
                 key_periods.inferred_closed(now);
+                let inferred_at = inferred_at.or(Some(now));
                 (
-                    OutageMove::Close { key: key.clone() },
+                    OutageMove::Close {
+                        key: key.clone(),
+                        inferred_at,
+                    },
                     Note::OutageCleared { key: key.clone() },
                 )
             };
+            let ended_after = match &moved {
+                OutageMove::Close { inferred_at, .. } => *inferred_at,
+                OutageMove::Open { .. } => None,
+            };
             plan.outages.push(moved);
             plan.notes.push(note);
-            plan.reclassify.push(key.clone());
+            plan.reclassify.push(Requeue {
+                key: key.clone(),
+                ended_after,
+            });
         }
         inferred.insert(key, open);
     }

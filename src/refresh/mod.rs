@@ -441,7 +441,7 @@ impl Refresher {
                     // must act now, and nothing is retried automatically.
                     let code = api.code.as_deref().unwrap_or_default();
                     if let Some(plan) = crate::plan::plan_refresh_rejected(row, code, now) {
-                        store.commit_plan(&plan, now).await?;
+                        crate::work::write::commit_plan(store, &plan, now).await?;
                         crate::sweep::emit_notes(plan.notes);
                         return Ok(Err(Gate::Denied(Denial::NeedsUserAction, None)));
                     }

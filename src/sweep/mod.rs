@@ -346,8 +346,8 @@ impl Sweeper {
         let now = self.inner.clock.now();
         match listed {
             Ok(list) => {
-                match self.inner.store.record_connectors(&list, now).await {
-                    Ok(changes) => {
+                match crate::work::write::commit_connectors(&self.inner.store, &list, now).await {
+                    Ok(plan) => {
                         cache.fetched_at = Some(now);
                         cache.outbox_mark = cache.outbox_mark.max(mark);
                         cache.failures = 0;
@@ -359,11 +359,11 @@ impl Sweeper {
                                 c.status.clone(),
                             );
                         }
-                        for change in &changes {
+                        for change in &plan.changes {
                             tracing::info!(
                                 event = "connector_status_changed",
-                                institution_id = %change.institution_id,
-                                method = %change.method,
+                                institution_id = %change.key.institution_id,
+                                method = %change.key.method,
                                 from = change.from.as_ref().map(|s| s.as_str().to_owned()),
                                 to = %change.to,
                                 "connector status changed"
@@ -471,7 +471,7 @@ impl Sweeper {
                 slots.into_iter(),
                 &mut rng,
             );
-            store::connections::write_plan(&mut tx, &plan, now).await?;
+            crate::work::write::write_plans(&mut tx, &[&plan], now).await?;
             store::connectors::advance_reclassify(&mut tx, &job, finished).await?;
             tx.commit().await?;
             self.inner.progress.touch(self.inner.clock.now());

@@ -571,7 +571,14 @@ fn an_inferred_outage_opens_with_the_threshold_and_blames_the_bank() {
             users: 3
         }]
     );
-    assert_eq!(p.reclassify, vec![key]);
+    // Opening queues its connections' reclassification; nothing ended.
+    assert_eq!(
+        p.reclassify,
+        vec![Requeue {
+            key,
+            ended_after: None
+        }]
+    );
     assert_eq!(only(&p).health, Some(Health::InstitutionOutage));
     assert!(only(&p).bank_failure_at.is_some());
 }
@@ -620,12 +627,34 @@ fn an_inferred_outage_lasts_until_a_job_at_its_bank_succeeds() {
         vec![ok_job("j1", "c1", 10)],
     );
     let p = plan(&succeeded, &open(1), &operational());
-    assert_eq!(p.outages, vec![OutageMove::Close { key: key.clone() }]);
+    let [
+        OutageMove::Close {
+            key: closed,
+            inferred_at: Some(at),
+        },
+    ] = p.outages.as_slice()
+    else {
+        panic!("{:?}", p.outages)
+    };
+    assert_eq!(closed, &key);
+    // Its connections are classified again as a recovery: what succeeded since it was
+    // inferred answers them.
+    assert_eq!(
+        p.reclassify,
+        vec![Requeue {
+            key: key.clone(),
+            ended_after: Some(*at)
+        }]
+    );
     // Inferred a day ago and no failure seen in the window since: it ends.
     let mut day_old = open(0);
     day_old.periods.get_mut(&key).unwrap().inferred[0].from = Some(now() - mins(25 * 60));
     let p = plan(&healthy_before, &day_old, &operational());
-    assert_eq!(p.outages, vec![OutageMove::Close { key }]);
+    assert!(
+        matches!(p.outages.as_slice(), [OutageMove::Close { key: k, .. }] if *k == key),
+        "{:?}",
+        p.outages
+    );
 }
 
 /// An invalid connection whose failure an ended outage explains waits for a re-check that
