@@ -2,9 +2,11 @@
 //!
 //! Exit codes: 0 success, 2 usage or bad input (an id outside the rule, a bad import file),
 //! 78 configuration (EX_CONFIG), 74 database (EX_IOERR), 77 Basiq refused the API key
-//! (EX_NOPERM), 1 anything else (for `sweep`: no user could be swept); each error is one
-//! line on stderr. Every id argument is parsed by clap into its checked type, so a bad one
-//! stops the command before it opens the database or reaches Basiq.
+//! (EX_NOPERM), 130 a second signal stopped the daemon at once, 1 anything else (for `sweep`:
+//! no user could be swept); each error is one line on stderr. No command ends the process
+//! itself: each returns its exit code or an error, and `main` exits with it. Every id
+//! argument is parsed by clap into its checked type, so a bad one stops the command before
+//! it opens the database or reaches Basiq.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,14 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const EXIT_DATABASE: u8 = 74;
 /// Exit code when Basiq refused the API key (sysexits EX_NOPERM): wrong or revoked.
 pub const EXIT_AUTH: u8 = 77;
+/// Exit code when a second SIGINT or SIGTERM stopped the daemon at once (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// A second signal during the daemon's shutdown: stop now, without waiting for in-flight work.
+/// Every write is a transaction, so the database stays consistent.
+#[derive(Debug, thiserror::Error)]
+#[error("second signal: exiting at once")]
+pub struct Interrupted;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -280,11 +290,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(ConfigCommand::Check) => config_check(&cli.config),
         Command::Simulate(args) => {
             telemetry::init(&LogSettings::default(), std::io::stderr);
-            runtime()?.block_on(simulate(args))
+            block_on(simulate(args))
         }
-        Command::Demo(args) => {
-            runtime()?.block_on(crate::demo::run(args.users, args.seed, args.day))
-        }
+        Command::Demo(args) => block_on(crate::demo::run(args.users, args.seed, args.day)),
         command => {
             let settings = load_settings(&cli.config)?;
             // Logs go to stdout for the daemon (journald), to stderr for one-shot commands
@@ -296,7 +304,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             for warning in &settings.warnings {
                 tracing::warn!(event = "secret_file_readable", "{warning}");
             }
-            runtime()?.block_on(run_with_settings(command, settings))
+            block_on(run_with_settings(command, settings))
         }
     }
 }
@@ -309,18 +317,18 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
             let mut signals = Signals::new();
             let key = app::api_key(&settings)?;
             let app = App::build_with_clock(settings, key, clock).await?;
-            let shutdown = async move {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let run = app.run_until_stopped(stop.clone().cancelled_owned());
+            // The first signal stops the daemon gracefully; a second one means "now".
+            let signalled_twice = async {
                 signals.recv().await;
-                // A second signal means "now": every write is a transaction, so the
-                // database stays consistent.
-                tokio::spawn(async move {
-                    signals.recv().await;
-                    eprintln!("basiq-health: second signal: exiting at once");
-                    std::process::exit(130);
-                });
+                stop.cancel();
+                signals.recv().await;
             };
-            app.run_until_stopped(shutdown).await?;
-            Ok(0)
+            tokio::select! {
+                stopped = run => stopped.map(|()| 0),
+                () = signalled_twice => Err(Interrupted.into()),
+            }
         }
         Command::Sweep(args) => {
             let sweeper = sweeper(&settings, &clock).await?;
@@ -768,7 +776,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || c.downcast_ref::<crate::refresh::RefreshError>()
                 .is_some_and(crate::refresh::RefreshError::is_auth)
     };
-    if err
+    if err.is::<Interrupted>() {
+        EXIT_INTERRUPTED
+    } else if err
         .chain()
         .any(|c| c.is::<ImportError>() || c.is::<IdError>())
     {
@@ -789,11 +799,18 @@ pub fn describe(err: &anyhow::Error) -> String {
     format!("{err:#}")
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `command` on a fresh runtime. After an [`Interrupted`] the runtime is left behind
+/// without waiting for its tasks: the process is about to exit.
+fn block_on(command: impl Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(command);
+    if outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        runtime.shutdown_background();
+    }
+    outcome
 }
 
 /// Loads settings; the error keeps its `SettingsError` type for the exit code.
