@@ -687,7 +687,7 @@ async fn users_list(store: &Store, json: bool) -> anyhow::Result<()> {
     for u in &users {
         let last = u
             .last_swept_at
-            .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .map(|t| report::stamp(t).to_string())
             .unwrap_or_else(|| "-".into());
         let gone = if u.gone_at.is_some() {
             "  (gone: 404 at Basiq)"
@@ -697,7 +697,7 @@ async fn users_list(store: &Store, json: bool) -> anyhow::Result<()> {
         println!(
             "{:<40} {:<22} {:<22}{gone}",
             u.user_id,
-            u.next_due_at.format("%Y-%m-%d %H:%M:%SZ"),
+            report::stamp(u.next_due_at),
             last
         );
     }
