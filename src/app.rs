@@ -50,7 +50,7 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
         batch_size: s.sweep.batch_size.get(),
         outage_min_users: i64::from(s.outage.min_users.get()),
         outage_window: s.outage.window,
-        auto_refresh: (s.refresh.limits.mode != crate::policy::RefreshMode::Off).then_some(
+        auto_refresh: (s.refresh.limits.mode != crate::plan::policy::RefreshMode::Off).then_some(
             sweep::AutoRefresh {
                 recovery_window: s.refresh.recovery_window,
                 transient_retry_base: s.refresh.transient_retry_base,

@@ -401,7 +401,7 @@ async fn cmd_refresh(args: RefreshArgs, settings: &Settings, clock: &Clock) -> a
         .request(
             &user,
             &connection,
-            crate::policy::Trigger::Manual,
+            crate::plan::policy::Trigger::Manual,
             args.dry_run,
             args.follow,
         )

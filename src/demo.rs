@@ -351,7 +351,7 @@ async fn watch_event(
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|r| r.health == Some(crate::classify::Health::ActionRequired))
+                .is_some_and(|r| r.health == Some(crate::plan::classify::Health::ActionRequired))
         {
             seen.action = Some(t0.elapsed());
         }
@@ -493,10 +493,10 @@ fn institution_notices(
     let mut end = None;
     for (at, n) in all.iter().filter(|(_, n)| at_bank(n)) {
         let kind = n["type"].as_str().unwrap_or_default();
-        if kind == crate::notify::OUTAGE_STARTED && start.is_none() {
+        if kind == crate::plan::notices::OUTAGE_STARTED && start.is_none() {
             start = Some(*at);
         }
-        if kind == crate::notify::OUTAGE_ENDED && start.is_some() {
+        if kind == crate::plan::notices::OUTAGE_ENDED && start.is_some() {
             end = Some(*at);
         }
         if kind.starts_with("institution.") {
@@ -517,7 +517,7 @@ fn health_changes(
 ) -> Vec<&serde_json::Value> {
     all.iter()
         .filter(|(at, n)| when(*at) && at_bank(n))
-        .filter(|(_, n)| n["type"] == crate::notify::HEALTH_CHANGED)
+        .filter(|(_, n)| n["type"] == crate::plan::notices::HEALTH_CHANGED)
         .map(|(_, n)| n)
         .collect()
 }

@@ -208,7 +208,7 @@ async fn render_connections(
 ) -> Result<(), sqlx::Error> {
     let by_health = Family::<HealthLabel, Gauge>::default();
     let tallies = store.tallies().await?;
-    for health in crate::classify::Health::ALL {
+    for health in crate::plan::classify::Health::ALL {
         let count = tallies
             .connections
             .get(health.as_str())

@@ -7,9 +7,10 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::classify::Health;
 use crate::domain::UserId;
-use crate::store::{self, ConnectionRow, OutageRow, Store, UserRow};
+use crate::plan::ConnectionRow;
+use crate::plan::classify::Health;
+use crate::store::{self, OutageRow, Store, UserRow};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionView {
@@ -26,9 +27,9 @@ pub struct ConnectionView {
     /// A refresh may prompt the user for a one-time code: only with the user present.
     pub needs_user_present: bool,
     /// The last refresh decision: `{"decision", "reason", "trigger", "at"}`.
-    pub last_decision: Option<store::connections::LastDecision>,
+    pub last_decision: Option<crate::plan::LastDecision>,
     /// The next refresh the daemon has scheduled: `{"at", "trigger"}`.
-    pub next_refresh: Option<crate::policy::schedule::Owed>,
+    pub next_refresh: Option<crate::plan::policy::schedule::Owed>,
     /// Basiq's refresh cap is reached until then.
     pub capped_until: Option<DateTime<Utc>>,
 }
@@ -57,12 +58,14 @@ impl From<&ConnectionRow> for ConnectionView {
 }
 
 /// The earlier of the owed refresh and the daily slot.
-fn next_refresh(r: &ConnectionRow) -> Option<crate::policy::schedule::Owed> {
-    let daily = r.daily_due_at.map(|at| crate::policy::schedule::Owed {
-        at,
-        trigger: crate::policy::Trigger::Scheduled,
-        since: None,
-    });
+fn next_refresh(r: &ConnectionRow) -> Option<crate::plan::policy::schedule::Owed> {
+    let daily = r
+        .daily_due_at
+        .map(|at| crate::plan::policy::schedule::Owed {
+            at,
+            trigger: crate::plan::policy::Trigger::Scheduled,
+            since: None,
+        });
     [r.refresh_due, daily]
         .into_iter()
         .flatten()
@@ -302,7 +305,7 @@ fn write_connection_story(out: &mut String, c: &ConnectionView, now: DateTime<Ut
 /// The `plan` dry run as a table: refreshes in time order, then the connections that
 /// would not be refreshed, counted by reason.
 pub fn render_plan(lines: &[crate::refresh::PlanLine]) -> String {
-    use crate::policy::schedule::Upcoming;
+    use crate::plan::policy::schedule::Upcoming;
     let mut out = String::new();
     let mut refreshes: Vec<(&crate::refresh::PlanLine, DateTime<Utc>, &str)> = lines
         .iter()

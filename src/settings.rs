@@ -337,8 +337,8 @@ impl Default for RawRefresh {
             global_per_minute: 30,
             per_institution_per_minute: 10,
             max_wait: "5m".into(),
-            unattended_window: crate::policy::window::DEFAULT_WINDOW.into(),
-            timezone: crate::policy::window::DEFAULT_TIMEZONE.into(),
+            unattended_window: crate::plan::policy::window::DEFAULT_WINDOW.into(),
+            timezone: crate::plan::policy::window::DEFAULT_TIMEZONE.into(),
             recovery_window: "30m".into(),
             transient_retry_base: "10m".into(),
             transient_max_retries: 2,
@@ -848,13 +848,13 @@ fn serialize_opt_duration<S: serde::Serializer>(
 #[derive(Debug, Clone, Serialize)]
 pub struct RefreshSettings {
     #[serde(flatten)]
-    pub limits: crate::policy::RefreshLimits,
+    pub limits: crate::plan::policy::RefreshLimits,
     pub global_per_minute: NonZeroU32,
     pub per_institution_per_minute: NonZeroU32,
     #[serde(serialize_with = "serialize_duration")]
     pub max_wait: Duration,
     #[serde(flatten)]
-    pub unattended_window: crate::policy::DailyWindow,
+    pub unattended_window: crate::plan::policy::DailyWindow,
     #[serde(serialize_with = "serialize_duration")]
     pub recovery_window: Duration,
     #[serde(serialize_with = "serialize_duration")]
@@ -1224,10 +1224,12 @@ fn parse_sweep(sw: RawSweep) -> Result<SweepSettings, SettingsError> {
 
 /// `[refresh]`: the mode, the caps, the pace and the daily window.
 fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
-    let mode: crate::policy::RefreshMode = r
-        .mode
-        .parse()
-        .map_err(|e: crate::policy::UnknownRefreshMode| invalid("refresh.mode", e.to_string()))?;
+    let mode: crate::plan::policy::RefreshMode =
+        r.mode
+            .parse()
+            .map_err(|e: crate::plan::policy::UnknownRefreshMode| {
+                invalid("refresh.mode", e.to_string())
+            })?;
     let open_banking_daily_cap = count("refresh.open_banking_daily_cap", r.open_banking_daily_cap)?;
     let reserved_for_login = count("refresh.reserved_for_login", r.reserved_for_login)?;
     if reserved_for_login > open_banking_daily_cap {
@@ -1238,17 +1240,19 @@ fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
             ),
         ));
     }
-    let unattended_window = crate::policy::DailyWindow::parse(&r.unattended_window, &r.timezone)
-        .map_err(|e| {
-            let key = if matches!(e, crate::policy::WindowError::TimeZone(_)) {
-                "refresh.timezone"
-            } else {
-                "refresh.unattended_window"
-            };
-            invalid(key, e.to_string())
-        })?;
+    let unattended_window =
+        crate::plan::policy::DailyWindow::parse(&r.unattended_window, &r.timezone).map_err(
+            |e| {
+                let key = if matches!(e, crate::plan::policy::WindowError::TimeZone(_)) {
+                    "refresh.timezone"
+                } else {
+                    "refresh.unattended_window"
+                };
+                invalid(key, e.to_string())
+            },
+        )?;
     Ok(RefreshSettings {
-        limits: crate::policy::RefreshLimits {
+        limits: crate::plan::policy::RefreshLimits {
             mode,
             min_interval: span("refresh.min_interval", &r.min_interval)?,
             login_stale_after: span("refresh.login_stale_after", &r.login_stale_after)?,

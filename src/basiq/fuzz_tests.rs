@@ -22,8 +22,8 @@ use super::wire::{
     TokenResponse, UserWire,
 };
 use crate::domain::{Connection, Job, UserId};
+use crate::plan::policy::schedule::AutoRefresh;
 use crate::plan::{self, ConnectorStatuses, Fetched, PlanSettings, Stored};
-use crate::policy::schedule::AutoRefresh;
 
 /// Cases per property.
 const CASES: u32 = 2_000;

@@ -175,7 +175,7 @@ impl Processor {
                 }
                 let rows = store.all_connections(Some(&user)).await?;
                 let plan = plan::plan_consent_ended(&user, rows, reason, now);
-                store.commit_plan(&plan, now).await?;
+                crate::work::write::commit_plan(store, &plan, now).await?;
                 emit_notes(plan.notes);
                 // What Basiq now says of the user's other connections (those it did not
                 // name a method for included); the consent's end is kept.
@@ -191,7 +191,7 @@ impl Processor {
                 }
                 let rows = store.all_connections(Some(&user)).await?;
                 let plan = plan::plan_consent_warning(&user, rows, now);
-                store.commit_plan(&plan, now).await?;
+                crate::work::write::commit_plan(store, &plan, now).await?;
                 emit_notes(plan.notes);
                 "consent-warned"
             }

@@ -482,7 +482,7 @@ impl HealthNotice {
     /// `None` for the other types (and a payload we did not write, which is just sent).
     fn of(d: &DueDelivery) -> Option<Self> {
         let v: serde_json::Value = serde_json::from_str(&d.payload).ok()?;
-        if v["type"] != super::HEALTH_CHANGED {
+        if v["type"] != crate::plan::notices::HEALTH_CHANGED {
             return None;
         }
         let data = &v["data"];
@@ -574,16 +574,17 @@ impl HealthNotice {
         }
         Ok(match store.connection(&self.connection_id).await? {
             Some(row) if self.asks() => {
-                let health = row.health.unwrap_or(crate::classify::Health::Unknown);
+                let health = row.health.unwrap_or(crate::plan::classify::Health::Unknown);
                 row.gone_at.is_none()
                     && self.to == health.as_str()
-                    && super::user_action(health, row.reason.as_deref()) == self.user_action
+                    && crate::plan::notices::user_action(health, row.reason.as_deref())
+                        == self.user_action
             }
             // A notice that asks nothing holds while the connection has that health, or one
             // not told (in progress, pending a re-check): the app's last word is still it.
             Some(row) => row
                 .health
-                .is_none_or(|h| self.to == h.as_str() || !super::settled(h)),
+                .is_none_or(|h| self.to == h.as_str() || !crate::plan::notices::settled(h)),
             None => !self.asks(),
         })
     }

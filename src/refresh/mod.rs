@@ -9,6 +9,7 @@
 //! owed connection, and the pacer and the followers wait on it.
 
 mod follow;
+pub mod pace;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,12 +24,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::basiq::{self, RefreshOutcome};
 use crate::domain::{ConnectionId, JobId, JobState, UserId};
+use crate::plan::ConnectionRow;
 use crate::plan::ConnectorStatuses;
-use crate::policy::schedule::Owed;
-use crate::policy::{self, DecisionKind, Denial, Paced, Pacer, RefreshFacts, RefreshMode, Trigger};
+use crate::plan::policy::schedule::Owed;
+use crate::plan::policy::{self, DecisionKind, Denial, RefreshFacts, RefreshMode, Trigger};
 use crate::settings::RefreshSettings;
-use crate::store::ConnectionRow;
 use crate::sweep::{SweepError, Sweeper};
+use pace::{Paced, Pacer};
 
 /// The answer to one refresh request, as `refresh` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -428,7 +430,7 @@ impl Refresher {
                     // attempts until our window has room again (at least an hour).
                     let (_, _, oldest) = store.refresh_window(connection, now).await?;
                     let until = oldest
-                        .map(|o| o + crate::store::refreshes::CAP_WINDOW)
+                        .map(|o| o + crate::plan::policy::CAP_WINDOW)
                         .unwrap_or(now)
                         .max(now + chrono::Duration::hours(1));
                     store.set_basiq_capped(connection, until).await?;
@@ -439,7 +441,7 @@ impl Refresher {
                     // must act now, and nothing is retried automatically.
                     let code = api.code.as_deref().unwrap_or_default();
                     if let Some(plan) = crate::plan::plan_refresh_rejected(row, code, now) {
-                        store.commit_plan(&plan, now).await?;
+                        crate::work::write::commit_plan(store, &plan, now).await?;
                         crate::sweep::emit_notes(plan.notes);
                         return Ok(Err(Gate::Denied(Denial::NeedsUserAction, None)));
                     }
@@ -498,7 +500,7 @@ impl Refresher {
         let job_running = row.newest_job.as_ref().is_some_and(|j| {
             j.state == JobState::InProgress
                 && j.created
-                    .is_none_or(|c| now - c <= crate::classify::JOB_RETENTION)
+                    .is_none_or(|c| now - c <= crate::plan::classify::JOB_RETENTION)
         });
         Ok(GateFacts {
             row: row.clone(),
@@ -657,7 +659,7 @@ impl Refresher {
 #[derive(Clone, Debug)]
 pub struct GateFacts {
     pub row: ConnectionRow,
-    pub view: crate::classify::ConnectorView,
+    pub view: crate::plan::classify::ConnectorView,
     pub inferred: bool,
     pub job_running: bool,
     pub last_attempt: Option<DateTime<Utc>>,

@@ -6,16 +6,18 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
-use super::{Result, Store, from_opt_ts, from_ts, opt_ts, ts, ts_ceil};
-use crate::classify::{Health, NewestJob, Side};
+use super::{Result, Store, from_opt_ts, from_ts, method_spellings, opt_ts, ts, ts_ceil};
 use crate::domain::{
     ConnectionId, ConnectionStatus, ConnectorKey, DownPeriod, InstitutionId, JobId, JobState,
     Method, UserId,
 };
-use crate::plan::{Attempts, Inference, KeyPeriods, OutageMove, Stored, StoredJob, UserPlan};
-use crate::policy::schedule::Owed;
-use crate::policy::{DecisionKind, Trigger};
-use crate::store::refreshes::CAP_WINDOW;
+use crate::plan::classify::{Health, NewestJob, Side};
+use crate::plan::policy::CAP_WINDOW;
+use crate::plan::policy::schedule::Owed;
+use crate::plan::policy::{DecisionKind, Trigger};
+use crate::plan::{
+    Attempts, ConnectionRow, Inference, KeyFacts, KeyPeriods, LastDecision, Stored, StoredJob,
+};
 
 const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, created_date,
     last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code, newest_job_created,
@@ -71,71 +73,6 @@ struct RawConnection {
     invalid_from: Option<i64>,
     invalid_seen: Option<i64>,
     refresh_due_since: Option<i64>,
-}
-
-/// The last refresh decision made for a connection.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct LastDecision {
-    pub decision: DecisionKind,
-    /// The denial reason (or `deferred`).
-    pub reason: Option<String>,
-    pub trigger: Option<Trigger>,
-    pub at: DateTime<Utc>,
-}
-
-/// A connection as stored: what Basiq said, its newest job, its current health, and its
-/// refresh schedule. No `Default`: an id has no valid empty value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectionRow {
-    pub connection_id: ConnectionId,
-    pub user_id: UserId,
-    pub institution_id: InstitutionId,
-    pub method: Method,
-    pub status: ConnectionStatus,
-    pub created_date: Option<DateTime<Utc>>,
-    pub last_used: Option<DateTime<Utc>>,
-    pub expiry_date: Option<DateTime<Utc>>,
-    pub newest_job_id: Option<String>,
-    pub newest_job: Option<NewestJob>,
-    pub health: Option<Health>,
-    pub reason: Option<String>,
-    pub checked_at: Option<DateTime<Utc>>,
-    pub health_since: Option<DateTime<Utc>>,
-    pub consent_warned_days: Option<i64>,
-    pub gone_at: Option<DateTime<Utc>>,
-    /// Basiq's cap is reached (a 429/403, or a job step `too-many-requests`) until then.
-    pub basiq_capped_until: Option<DateTime<Utc>>,
-    /// The refresh the daemon owes (recovery or transient retry).
-    pub refresh_due: Option<Owed>,
-    /// Retries spent on the current transient-failure incident.
-    pub transient_retries: u32,
-    pub transient_job_id: Option<String>,
-    /// Daily mode: the next slot in the unattended window.
-    pub daily_due_at: Option<DateTime<Utc>>,
-    pub mfa_enabled: Option<bool>,
-    /// A refresh may ask the user for a one-time code: only attended triggers.
-    pub needs_user_present: bool,
-    /// The newest job failed bank-side then: what the outage inference counts.
-    pub bank_failure_at: Option<DateTime<Utc>>,
-    pub last_decision: Option<LastDecision>,
-    /// The status turned `invalid` after this read (the last that saw it otherwise)...
-    pub invalid_from: Option<DateTime<Utc>>,
-    /// ...and by this one (the first that saw it invalid).
-    pub invalid_seen: Option<DateTime<Utc>>,
-}
-
-impl ConnectionRow {
-    /// The connector this connection reaches its bank through.
-    pub fn connector_key(&self) -> ConnectorKey {
-        ConnectorKey::new(self.institution_id.as_str(), &self.method)
-    }
-
-    /// The later of the newest job's created and updated times.
-    pub fn newest_job_at(&self) -> Option<DateTime<Utc>> {
-        self.newest_job
-            .as_ref()
-            .and_then(|j| j.updated.max(j.created))
-    }
 }
 
 impl From<RawConnection> for ConnectionRow {
@@ -209,15 +146,14 @@ pub struct HealthChange {
     pub reason: Option<String>,
 }
 
-/// When the connector ?1/?2|?3 last recovered from an outage, reported (from a status that
-/// is down: not one of the up ones of `ConnectorStatus::is_down`) or inferred: failures
-/// before it belong to an outage that is over.
+/// When the connector ?1/?2|?3 last recovered from an outage, reported (a change from a
+/// status that was down, as `ConnectorStatus::is_down` said when it was written) or
+/// inferred: failures before it belong to an outage that is over.
 const RECOVERED: &str = "recovered AS (
              SELECT MAX(at) AS at FROM (
                  SELECT MAX(changed_at) AS at FROM connector_status_changes
                  WHERE institution_id = ?1 AND method IN (?2, ?3)
-                   AND from_status IS NOT NULL
-                   AND from_status NOT IN ('operational', 'degraded-performance', 'under-maintenance')
+                   AND from_down = 1
                  UNION ALL
                  SELECT MAX(ended_at) FROM outages
                  WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))";
@@ -296,22 +232,7 @@ pub async fn load_users(
 }
 
 /// Ids per `IN (...)` list.
-const IDS_PER_STATEMENT: usize = 500;
-
-/// What the store says about inferred outages at one connector, for a whole group of
-/// plans: whether one is open, since when failures count, and the users failing
-/// bank-side there since then (at most `limit` of them).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyFacts {
-    pub open: bool,
-    /// Failures before this are the outage Basiq already reported.
-    pub counts_since: Option<DateTime<Utc>>,
-    /// Failures count from here: the later of the window's start and `counts_since`.
-    pub from: DateTime<Utc>,
-    pub failing: std::collections::BTreeSet<UserId>,
-    /// The periods its bank was down, open or recently ended.
-    pub periods: KeyPeriods,
-}
+pub(super) const IDS_PER_STATEMENT: usize = 500;
 
 /// [`KeyFacts`] of each connector, two statements each; `limit` users listed at most.
 /// `since`: the start of the inference window (`window` long) before now.
@@ -323,33 +244,8 @@ pub async fn key_facts(
     limit: i64,
 ) -> Result<HashMap<ConnectorKey, KeyFacts>> {
     let mut out = HashMap::new();
-    let sql = format!(
-        "WITH {RECOVERED}
-         SELECT
-             EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
-                     AND source = 'inferred' AND ended_at IS NULL),
-             (SELECT at FROM recovered),
-             (SELECT json_group_array(user_id) FROM (
-                 SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
-                 WHERE c.institution_id = ?1 AND c.method IN (?2, ?3) AND c.bank_failure_at IS NOT NULL
-                   AND c.gone_at IS NULL
-                   AND c.bank_failure_at >= MAX(?4, COALESCE((SELECT at FROM recovered), 0))
-                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
-                 LIMIT ?5))"
-    );
     for key in keys {
-        let (a, b) = method_spellings(&key.method);
-        let (open, recovered, failing): (bool, Option<i64>, String) =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(key.institution_id.clone())
-                .bind(a)
-                .bind(b)
-                .bind(ts(since))
-                .bind(limit.max(1))
-                .fetch_one(&mut *conn)
-                .await?;
-        let failing: Vec<String> = serde_json::from_str(&failing)
-            .map_err(|e| sqlx::Error::Decode(format!("failing users at {key}: {e}").into()))?;
+        let (open, recovered, failing) = inference(conn, key, None, since, limit).await?;
         let periods = down_periods(conn, key, since, window).await?;
         out.insert(
             key.clone(),
@@ -363,6 +259,49 @@ pub async fn key_facts(
         );
     }
     Ok(out)
+}
+
+/// The inferred-outage facts at one connector, in one statement (one hand-off to SQLite's
+/// thread): whether one is open, when the connector last recovered, and the distinct users
+/// other than `except` who failed bank-side there since `since` and since that recovery
+/// (failures seen late from an outage that is over infer no new one), `limit` at most.
+/// Reads only the partial index of bank-side failures: its cost does not grow with the bank.
+async fn inference(
+    conn: &mut SqliteConnection,
+    key: &ConnectorKey,
+    except: Option<&UserId>,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<(bool, Option<i64>, Vec<String>)> {
+    let sql = format!(
+        "WITH {RECOVERED}
+         SELECT
+             EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
+                     AND source = 'inferred' AND ended_at IS NULL),
+             (SELECT at FROM recovered),
+             (SELECT json_group_array(user_id) FROM (
+                 SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
+                 WHERE c.institution_id = ?1 AND c.method IN (?2, ?3) AND c.bank_failure_at IS NOT NULL
+                   AND c.gone_at IS NULL
+                   AND c.bank_failure_at >= MAX(?4, COALESCE((SELECT at FROM recovered), 0))
+                   AND c.user_id != ?5
+                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
+                 LIMIT ?6))"
+    );
+    let (a, b) = method_spellings(&key.method);
+    let (open, recovered, failing): (bool, Option<i64>, String) =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key.institution_id.clone())
+            .bind(a)
+            .bind(b)
+            .bind(ts(since))
+            .bind(except.map_or(String::new(), |u| u.as_str().to_owned()))
+            .bind(limit.max(1))
+            .fetch_one(&mut *conn)
+            .await?;
+    let failing: Vec<String> = serde_json::from_str(&failing)
+        .map_err(|e| sqlx::Error::Decode(format!("failing users at {key}: {e}").into()))?;
+    Ok((open, recovered, failing))
 }
 
 /// The periods a connector's bank was down, open or ended within Basiq's job retention
@@ -458,187 +397,20 @@ pub async fn inference_at(
     since: DateTime<Utc>,
     limit: i64,
 ) -> Result<Inference> {
-    let (a, b) = method_spellings(&key.method);
-    // One statement (one hand-off to SQLite's thread), three answers.
-    let sql = format!(
-        "WITH {RECOVERED}
-         SELECT
-             EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
-                     AND source = 'inferred' AND ended_at IS NULL),
-             (SELECT at FROM recovered),
-             (SELECT COUNT(*) FROM (
-                 SELECT DISTINCT c.user_id FROM connections c INDEXED BY connections_bank_failures
-                 WHERE c.institution_id = ?1 AND c.method IN (?2, ?3) AND c.bank_failure_at IS NOT NULL
-                   AND c.gone_at IS NULL
-                   AND c.bank_failure_at >= MAX(?4, COALESCE((SELECT at FROM recovered), 0))
-                   AND c.user_id != ?5
-                   AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
-                 LIMIT ?6))"
-    );
-    let (open, recovered, users): (bool, Option<i64>, i64) =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(key.institution_id.clone())
-            .bind(a)
-            .bind(b)
-            .bind(ts(since))
-            .bind(except.map_or(String::new(), |u| u.as_str().to_owned()))
-            .bind(limit.max(1))
-            .fetch_one(&mut *conn)
-            .await?;
+    let (open, recovered, failing) = inference(conn, key, except, since, limit).await?;
     Ok(Inference {
         open,
-        other_users_failing: users,
+        other_users_failing: i64::try_from(failing.len()).unwrap_or(i64::MAX),
         counts_since: recovered.map(from_ts),
     })
 }
 
-/// Writes a whole plan: see [`write_plans`].
-pub async fn write_plan(
-    tx: &mut super::WriteTx,
-    plan: &UserPlan,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    write_plans(tx, &[plan], now).await
-}
-
-/// Writes whole plans (a group commit's): jobs (never backwards), connections, gone ones,
-/// health changes, inferred outages opening and closing, the reclassifications they queue,
-/// and each user's sweep. Multi-row statements: a handful of hand-offs to SQLite's thread
-/// for the whole group, whatever the number of users, jobs and connections. The caller
-/// owns the transaction.
-pub async fn write_plans(
-    tx: &mut super::WriteTx,
-    plans: &[&UserPlan],
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let notices = tx.notices();
-    if notices {
-        tx.wrote_notices();
-    }
-    let conn: &mut SqliteConnection = tx;
-    let jobs: Vec<(&UserId, &crate::domain::Job, Option<&ConnectionId>)> = plans
-        .iter()
-        .filter_map(|p| p.user_id.as_ref().map(|u| (u, &p.jobs)))
-        .flat_map(|(u, jobs)| jobs.iter().map(move |(j, c)| (u, j, c.as_ref())))
-        .collect();
-    if !jobs.is_empty() {
-        super::jobs::upsert_jobs(conn, &jobs, now).await?;
-    }
-    let rows: Vec<&ConnectionRow> = plans.iter().flat_map(|p| &p.connections).collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        write_rows(conn, chunk, now).await?;
-    }
-    let gone: Vec<&ConnectionId> = plans.iter().flat_map(|p| &p.gone).collect();
-    for chunk in gone.chunks(IDS_PER_STATEMENT) {
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let sql = format!(
-            "UPDATE connections SET gone_at = ? WHERE gone_at IS NULL AND connection_id IN ({marks})"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ts(now));
-        for id in chunk {
-            query = query.bind(id.as_str().to_owned());
-        }
-        query.execute(&mut *conn).await?;
-    }
-    let changes: Vec<&crate::plan::HealthChange> =
-        plans.iter().flat_map(|p| &p.health_changes).collect();
-    for chunk in changes.chunks(ROWS_PER_STATEMENT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        let sql = format!(
-            "INSERT INTO health_changes (connection_id, user_id, from_health, to_health, reason, job_id, changed_at)
-             VALUES {values}"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for change in chunk {
-            query = query
-                .bind(change.connection_id.as_str().to_owned())
-                .bind(change.user_id.as_str().to_owned())
-                .bind(change.from.map(Health::as_str))
-                .bind(change.to.as_str())
-                .bind(change.reason.clone())
-                .bind(change.job_id.clone())
-                .bind(ts(now));
-        }
-        query.execute(&mut *conn).await?;
-    }
-    // Outages and reclassifications are rare: one plan after the other.
-    let mut closed = Vec::new();
-    for plan in plans {
-        for outage in &plan.outages {
-            match outage {
-                OutageMove::Open { key, users } => {
-                    sqlx::query(
-                        "INSERT INTO outages (institution_id, method, source, started_at, affected_users)
-                         VALUES (?, ?, 'inferred', ?, ?)
-                         ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL DO NOTHING",
-                    )
-                    .bind(key.institution_id.clone())
-                    .bind(key.method.clone())
-                    .bind(ts(now))
-                    .bind(users)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                OutageMove::Close { key } => {
-                    let inferred_at = super::connectors::close_inferred(
-                        conn,
-                        &key.institution_id,
-                        &key.method,
-                        now,
-                    )
-                    .await?;
-                    if let Some(at) = inferred_at {
-                        closed.push((key.clone(), at));
-                    }
-                }
-            }
-        }
-        for key in &plan.reclassify {
-            // A recovery: what succeeded since the outage was inferred answers it.
-            let ended_after = closed.iter().find(|(k, _)| k == key).map(|(_, at)| *at);
-            super::connectors::queue_reclassify(conn, key, ended_after, now).await?;
-        }
-    }
-    let swept: Vec<(&UserId, DateTime<Utc>)> = plans
-        .iter()
-        .filter_map(|p| p.user_id.as_ref().zip(p.next_due_at))
-        .collect();
-    for chunk in swept.chunks(IDS_PER_STATEMENT) {
-        let values = vec!["(?, ?)"; chunk.len()].join(", ");
-        let sql = format!(
-            "UPDATE users SET last_swept_at = ?, next_due_at = v.column2, gone_at = NULL
-             FROM (VALUES {values}) AS v WHERE users.user_id = v.column1"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ts(now));
-        for (user, next) in chunk {
-            query = query.bind(user.as_str().to_owned()).bind(ts_ceil(*next));
-        }
-        query.execute(&mut *conn).await?;
-    }
-    // Rare: one statement each.
-    for (user, by) in plans.iter().flat_map(|p| &p.sweep_by) {
-        sqlx::query(
-            "UPDATE users SET next_due_at = MIN(next_due_at, ?) WHERE user_id = ? AND gone_at IS NULL",
-        )
-        .bind(ts_ceil(*by))
-        .bind(user.as_str().to_owned())
-        .execute(&mut *conn)
-        .await?;
-    }
-    // The notifications these changes cause, in the same transaction.
-    if notices {
-        let closed: Vec<ConnectorKey> = closed.into_iter().map(|(k, _)| k).collect();
-        super::events::write_plan_notices(conn, plans, &closed, now).await?;
-    }
-    Ok(())
-}
-
 /// Connection rows per multi-row statement (32 parameters each, under SQLite's 32,766).
-const ROWS_PER_STATEMENT: usize = 500;
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 
 /// Writes connections' whole state, in one statement. Basiq's "capped until" only grows here: a refresh
 /// answered 429 while the row was being planned is not forgotten.
-async fn write_rows(
+pub(super) async fn write_rows(
     conn: &mut SqliteConnection,
     rows: &[&ConnectionRow],
     now: DateTime<Utc>,
@@ -754,14 +526,6 @@ pub async fn rows_at_connector(
     Ok(rows.into_iter().map(ConnectionRow::from).collect())
 }
 
-/// Basiq spells open banking two ways; both name the same connector.
-pub(crate) fn method_spellings(method: &str) -> (String, String) {
-    match Method::parse(method) {
-        Method::OpenBanking => ("open-banking".into(), "openbanking".into()),
-        other => (other.as_str().to_owned(), other.as_str().to_owned()),
-    }
-}
-
 /// Stores a refresh decision: the connection's last decision and one history row.
 pub async fn record_decision(
     conn: &mut SqliteConnection,
@@ -865,13 +629,6 @@ impl Store {
     pub async fn connection(&self, id: &ConnectionId) -> Result<Option<ConnectionRow>> {
         let mut conn = self.pool().acquire().await?;
         connection(&mut conn, id).await
-    }
-
-    /// Writes a plan in one `BEGIN IMMEDIATE` transaction.
-    pub async fn commit_plan(&self, plan: &UserPlan, now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.write().await?;
-        write_plan(&mut tx, plan, now).await?;
-        tx.commit().await
     }
 
     pub async fn record_decision(

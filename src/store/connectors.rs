@@ -5,19 +5,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
-use super::connections::method_spellings;
+use super::method_spellings;
 use super::{Result, Store, from_opt_ts, from_ts, ts};
-use crate::domain::{Connector, ConnectorKey, ConnectorStatus, Method};
+use crate::domain::{ConnectorKey, ConnectorStatus, Method};
 use crate::plan::ConnectorStatuses;
-
-/// A connector whose status moved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectorChange {
-    pub institution_id: String,
-    pub method: String,
-    pub from: Option<ConnectorStatus>,
-    pub to: ConnectorStatus,
-}
+use crate::plan::connectors::{ConnectorsPlan, KnownConnector, StatusChange};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct OutageRow {
@@ -59,152 +51,7 @@ impl From<RawOutage> for OutageRow {
     }
 }
 
-/// The key of a connector: institution id and the canonical spelling of its method.
-pub fn connector_key(institution_id: &str, method: &Method) -> (String, String) {
-    (institution_id.to_owned(), method.as_str().to_owned())
-}
-
 impl Store {
-    /// Stores a fresh `/connectors` answer; records status changes and opens or closes
-    /// outages. Returns the connectors whose status moved.
-    pub async fn record_connectors(
-        &self,
-        connectors: &[Connector],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ConnectorChange>> {
-        let mut tx = self.write().await?;
-        let stored: Vec<(String, String, String, i64)> =
-            sqlx::query_as("SELECT institution_id, method, status, checked_at FROM connectors")
-                .fetch_all(&mut *tx)
-                .await?;
-        // The status of each connector at the last read, and when that read was.
-        let seen: HashMap<(String, String), i64> = stored
-            .iter()
-            .map(|(i, m, _, at)| ((i.clone(), m.clone()), *at))
-            .collect();
-        let stored: HashMap<(String, String), String> =
-            stored.into_iter().map(|(i, m, s, _)| ((i, m), s)).collect();
-        let mut changes = Vec::new();
-        let mut notices = Vec::new();
-        for c in connectors {
-            let key = connector_key(c.institution_id.as_str(), &c.method);
-            let before = stored.get(&key);
-            if before.map(String::as_str) == Some(c.status.as_str()) {
-                sqlx::query("UPDATE connectors SET checked_at = ?, name = COALESCE(?, name) WHERE institution_id = ? AND method = ?")
-                    .bind(ts(now))
-                    .bind(c.name.clone())
-                    .bind(key.0.clone())
-                    .bind(key.1.clone())
-                    .execute(&mut *tx)
-                    .await?;
-                continue;
-            }
-            sqlx::query(
-                "INSERT INTO connectors (institution_id, method, status, name, since, checked_at)
-                 VALUES (?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (institution_id, method) DO UPDATE SET status = excluded.status,
-                     name = COALESCE(excluded.name, connectors.name), since = excluded.since,
-                     checked_at = excluded.checked_at",
-            )
-            .bind(key.0.clone())
-            .bind(key.1.clone())
-            .bind(c.status.as_str().to_owned())
-            .bind(c.name.clone())
-            .bind(ts(now))
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO connector_status_changes (institution_id, method, from_status, to_status, changed_at)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(key.0.clone())
-            .bind(key.1.clone())
-            .bind(before.cloned())
-            .bind(c.status.as_str().to_owned())
-            .bind(ts(now))
-            .execute(&mut *tx)
-            .await?;
-            let was_down = before.is_some_and(|b| ConnectorStatus::parse(b).is_down());
-            let recovered = was_down && !c.status.is_down();
-            if was_down != c.status.is_down() && tx.notices() {
-                let key = ConnectorKey {
-                    institution_id: key.0.clone(),
-                    method: key.1.clone(),
-                };
-                let affected = super::events::connections_at(&mut tx, &key).await?;
-                notices.push(crate::notify::outage_notice(
-                    &key,
-                    c.status.is_down(),
-                    crate::notify::OutageSource::Connectors,
-                    affected,
-                ));
-            }
-            if recovered {
-                // Basiq says the bank is back: an inference drawn from failures during the
-                // outage is over too.
-                close_inferred(&mut tx, &key.0, &key.1, now).await?;
-            }
-            // Recovered since the last read, which still saw it down.
-            let ended_after = recovered.then(|| seen.get(&key).map_or(now, |at| from_ts(*at)));
-            queue_reclassify(
-                &mut tx,
-                &ConnectorKey {
-                    institution_id: key.0.clone(),
-                    method: key.1.clone(),
-                },
-                ended_after,
-                now,
-            )
-            .await?;
-            if c.status.is_down() {
-                // The earliest it may have begun: the last read that saw it up. Down at the
-                // first sight: not known.
-                let since = before
-                    .filter(|b| !ConnectorStatus::parse(b).is_down())
-                    .and(seen.get(&key).copied());
-                sqlx::query(
-                    "INSERT INTO outages (institution_id, method, source, status, started_at, since)
-                     VALUES (?, ?, 'connectors', ?, ?, ?)
-                     ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL
-                     DO UPDATE SET status = excluded.status",
-                )
-                .bind(key.0.clone())
-                .bind(key.1.clone())
-                .bind(c.status.as_str().to_owned())
-                .bind(ts(now))
-                .bind(since)
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                sqlx::query(
-                    "UPDATE outages SET ended_at = ? WHERE institution_id = ? AND method = ?
-                     AND source = 'connectors' AND ended_at IS NULL",
-                )
-                .bind(ts(now))
-                .bind(key.0.clone())
-                .bind(key.1.clone())
-                .execute(&mut *tx)
-                .await?;
-            }
-            changes.push(ConnectorChange {
-                institution_id: key.0,
-                method: key.1,
-                from: before.map(|s| ConnectorStatus::parse(s)),
-                to: c.status.clone(),
-            });
-        }
-        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('connectors_answered', '1')")
-            .execute(&mut *tx)
-            .await?;
-        if !notices.is_empty() {
-            super::events::write_notices(&mut tx, &notices, now).await?;
-            tx.wrote_notices();
-        }
-        tx.commit().await?;
-        Ok(changes)
-    }
-
     /// Every connector's last known status; `known` once `/connectors` has ever answered.
     pub async fn connector_statuses(&self) -> Result<ConnectorStatuses> {
         let rows: Vec<(String, String, String)> =
@@ -258,6 +105,124 @@ impl Store {
     }
 }
 
+/// What is known of every connector: its last status and when it was last read.
+pub async fn known_connectors(
+    conn: &mut SqliteConnection,
+) -> Result<HashMap<ConnectorKey, KnownConnector>> {
+    let rows: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT institution_id, method, status, checked_at FROM connectors")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(i, m, status, at)| {
+            let known = KnownConnector {
+                status: ConnectorStatus::parse(&status),
+                checked_at: from_ts(at),
+            };
+            (ConnectorKey::new(&i, &Method::parse(&m)), known)
+        })
+        .collect())
+}
+
+/// Writes a planned `/connectors` answer: read times, status changes with their history,
+/// outages Basiq reported opening or closing, inferred outages a recovery ends, and the
+/// reclassifications queued. The outage notices are the caller's.
+pub async fn write_connectors(
+    conn: &mut SqliteConnection,
+    plan: &ConnectorsPlan,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for (key, name) in &plan.unchanged {
+        sqlx::query(
+            "UPDATE connectors SET checked_at = ?, name = COALESCE(?, name)
+             WHERE institution_id = ? AND method = ?",
+        )
+        .bind(ts(now))
+        .bind(name.clone())
+        .bind(key.institution_id.clone())
+        .bind(key.method.clone())
+        .execute(&mut *conn)
+        .await?;
+    }
+    for change in &plan.changes {
+        write_change(conn, change, now).await?;
+    }
+    for requeue in &plan.requeue {
+        queue_reclassify(conn, &requeue.key, requeue.ended_after, now).await?;
+    }
+    sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('connectors_answered', '1')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One connector's status change: the connector, its history, and the outage Basiq reports.
+async fn write_change(
+    conn: &mut SqliteConnection,
+    change: &StatusChange,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let key = &change.key;
+    sqlx::query(
+        "INSERT INTO connectors (institution_id, method, status, name, since, checked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (institution_id, method) DO UPDATE SET status = excluded.status,
+             name = COALESCE(excluded.name, connectors.name), since = excluded.since,
+             checked_at = excluded.checked_at",
+    )
+    .bind(key.institution_id.clone())
+    .bind(key.method.clone())
+    .bind(change.to.as_str().to_owned())
+    .bind(change.name.clone())
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO connector_status_changes (institution_id, method, from_status, to_status, from_down, changed_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(key.institution_id.clone())
+    .bind(key.method.clone())
+    .bind(change.from.as_ref().map(|s| s.as_str().to_owned()))
+    .bind(change.to.as_str().to_owned())
+    .bind(change.was_down)
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    if change.recovered() {
+        // Basiq says the bank is back: an inference drawn from failures during the outage
+        // is over too.
+        close_inferred(conn, key, now).await?;
+    }
+    if change.is_down() {
+        sqlx::query(
+            "INSERT INTO outages (institution_id, method, source, status, started_at, since)
+             VALUES (?, ?, 'connectors', ?, ?, ?)
+             ON CONFLICT (institution_id, method, source) WHERE ended_at IS NULL
+             DO UPDATE SET status = excluded.status",
+        )
+        .bind(key.institution_id.clone())
+        .bind(key.method.clone())
+        .bind(change.to.as_str().to_owned())
+        .bind(ts(now))
+        .bind(change.down_since.map(ts))
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        sqlx::query(
+            "UPDATE outages SET ended_at = ? WHERE institution_id = ? AND method = ?
+             AND source = 'connectors' AND ended_at IS NULL",
+        )
+        .bind(ts(now))
+        .bind(key.institution_id.clone())
+        .bind(key.method.clone())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Whether an inferred outage is open at the connector.
 pub async fn inferred_open(
     conn: &mut SqliteConnection,
@@ -277,25 +242,24 @@ pub async fn inferred_open(
     Ok(n > 0)
 }
 
-/// Ends an open inferred outage; when one was open, when it was inferred.
+/// Ends an open inferred outage, if one is; whether one was.
 pub async fn close_inferred(
     conn: &mut SqliteConnection,
-    institution_id: &str,
-    method: &str,
+    key: &ConnectorKey,
     now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>> {
-    let (a, b) = method_spellings(method);
-    let started: Option<i64> = sqlx::query_scalar(
+) -> Result<bool> {
+    let (a, b) = method_spellings(&key.method);
+    let done = sqlx::query(
         "UPDATE outages SET ended_at = ? WHERE institution_id = ? AND method IN (?, ?)
-         AND source = 'inferred' AND ended_at IS NULL RETURNING started_at",
+         AND source = 'inferred' AND ended_at IS NULL",
     )
     .bind(ts(now))
-    .bind(institution_id.to_owned())
+    .bind(key.institution_id.clone())
     .bind(a)
     .bind(b)
-    .fetch_optional(&mut *conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(started.map(from_ts))
+    Ok(done.rows_affected() > 0)
 }
 
 /// One connector's pending reclassification.

@@ -15,8 +15,8 @@ use sqlx::SqliteConnection;
 
 use super::{Result, Store, from_ts, ts, ts_ceil};
 use crate::domain::{ConnectionId, ConnectorKey, UserId};
-use crate::notify::{self, Notice, OutageSource};
-use crate::plan::{OutageMove, UserPlan};
+use crate::plan::classify::Health;
+use crate::plan::notices::{self as notify, Notice};
 
 /// One event to store in the inbox.
 #[derive(Clone, Debug)]
@@ -142,7 +142,7 @@ pub async fn write_notices(
 
 /// Watched connections at a connector (an outage notice's count).
 pub async fn connections_at(conn: &mut SqliteConnection, key: &ConnectorKey) -> Result<i64> {
-    let (a, b) = super::connections::method_spellings(&key.method);
+    let (a, b) = super::method_spellings(&key.method);
     let unknown = crate::domain::Method::Unknown.as_str().to_owned();
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM connections WHERE institution_id = ? AND method IN (?, ?, ?)
@@ -156,76 +156,58 @@ pub async fn connections_at(conn: &mut SqliteConnection, key: &ConnectorKey) -> 
     .await
 }
 
-/// The notifications the plans cause, written in the plans' transaction: health changes
-/// not told yet, consent warnings, inferred outages opening and closing (`closed` says
-/// which closes really closed one).
-pub async fn write_plan_notices(
+/// What was last told of each of `ids` (health and reason).
+pub async fn told(
     conn: &mut SqliteConnection,
-    plans: &[&UserPlan],
-    closed: &[ConnectorKey],
+    ids: &[&ConnectionId],
+) -> Result<HashMap<String, notify::Told>> {
+    let mut told = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!(
+            "SELECT connection_id, health, reason FROM notified WHERE connection_id IN ({marks})"
+        );
+        let mut query =
+            sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.as_str().to_owned());
+        }
+        for (id, health, reason) in query.fetch_all(&mut *conn).await? {
+            if let Some(h) = Health::parse(&health) {
+                told.insert(id, (h, reason));
+            }
+        }
+    }
+    Ok(told)
+}
+
+/// Writes planned notifications: the outbox rows and what is now told of each connection.
+pub async fn write_planned(
+    tx: &mut super::WriteTx,
+    planned: &notify::Planned,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let candidates = notify::candidates(plans);
-    let mut notices = Vec::new();
-    if !candidates.is_empty() {
-        let mut told = HashMap::new();
-        for chunk in candidates.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let sql = format!(
-                "SELECT connection_id, health, reason FROM notified WHERE connection_id IN ({marks})"
-            );
-            let mut query =
-                sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
-            for c in chunk {
-                query = query.bind(c.connection_id.as_str().to_owned());
-            }
-            for (id, health, reason) in query.fetch_all(&mut *conn).await? {
-                if let Some(h) = crate::classify::Health::parse(&health) {
-                    told.insert(id, (h, reason));
-                }
-            }
-        }
-        let rows: HashMap<&ConnectionId, &super::ConnectionRow> = plans
-            .iter()
-            .flat_map(|p| &p.connections)
-            .map(|r| (&r.connection_id, r))
-            .collect();
-        let (health, now_told) = notify::health_notices(&candidates, &told, &rows);
-        notices.extend(health);
-        for chunk in now_told.chunks(500) {
-            let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "INSERT INTO notified (connection_id, health, reason) VALUES {values}
-                 ON CONFLICT (connection_id) DO UPDATE SET health = excluded.health, reason = excluded.reason"
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, (h, r)) in chunk {
-                query = query
-                    .bind(id.as_str().to_owned())
-                    .bind(h.as_str())
-                    .bind(r.clone());
-            }
-            query.execute(&mut *conn).await?;
-        }
+    if planned.notices.is_empty() && planned.told.is_empty() {
+        return Ok(());
     }
-    notices.extend(notify::consent_notices(plans));
-    for plan in plans {
-        for outage in &plan.outages {
-            let (key, started) = match outage {
-                OutageMove::Open { key, .. } => (key, true),
-                OutageMove::Close { key } if closed.contains(key) => (key, false),
-                OutageMove::Close { .. } => continue,
-            };
-            let affected = connections_at(conn, key).await?;
-            notices.push(notify::outage_notice(
-                key,
-                started,
-                OutageSource::Inferred,
-                affected,
-            ));
+    tx.wrote_notices();
+    let conn: &mut SqliteConnection = tx;
+    for chunk in planned.told.chunks(500) {
+        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO notified (connection_id, health, reason) VALUES {values}
+             ON CONFLICT (connection_id) DO UPDATE SET health = excluded.health, reason = excluded.reason"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, (h, r)) in chunk {
+            query = query
+                .bind(id.as_str().to_owned())
+                .bind(h.as_str())
+                .bind(r.clone());
         }
+        query.execute(&mut *conn).await?;
     }
-    write_notices(conn, &notices, now).await
+    write_notices(conn, &planned.notices, now).await
 }
 
 impl Store {

@@ -7,7 +7,7 @@
 //! only ever sleeps for another process. Writes that read then write run in `BEGIN
 //! IMMEDIATE` transactions ([`Store::write`]). A sweep's per-user plans are committed
 //! together, up to [`GROUP_MAX`] per transaction (the sweep's committer, with the
-//! multi-row statements of [`connections::write_plans`]): many users cost one commit.
+//! multi-row statements of [`plans::write_plans`]): many users cost one commit.
 //!
 //! WAL, `busy_timeout` and foreign keys are set on every connection.
 //!
@@ -26,6 +26,7 @@ pub mod events;
 pub mod health;
 pub mod housekeeping;
 pub mod jobs;
+pub mod plans;
 pub mod refreshes;
 mod sweeps;
 pub mod tallies;
@@ -46,8 +47,8 @@ use sqlx::{Sqlite, SqlitePool};
 
 use crate::clock::Clock;
 
-pub use connections::{ConnectionRow, HealthChange};
-pub use connectors::{ConnectorChange, OutageRow};
+pub use connections::HealthChange;
+pub use connectors::OutageRow;
 pub use health::{Failing, WriteHealth};
 pub use jobs::JobRow;
 pub use sweeps::{Abort, AbortCause, SweepCounts};
@@ -462,6 +463,15 @@ pub fn from_ts(secs: i64) -> DateTime<Utc> {
 
 pub fn from_opt_ts(secs: Option<i64>) -> Option<DateTime<Utc>> {
     secs.map(from_ts)
+}
+
+/// Basiq spells open banking two ways; both name the same connector.
+pub(crate) fn method_spellings(method: &str) -> (String, String) {
+    use crate::domain::Method;
+    match Method::parse(method) {
+        Method::OpenBanking => ("open-banking".into(), "openbanking".into()),
+        other => (other.as_str().to_owned(), other.as_str().to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,13 @@
 use chrono::{DateTime, Utc};
 use sqlx::Connection as _;
 
-use super::connections::ConnectionRow;
 use super::{Result, Store, from_opt_ts, ts, ts_ceil};
 use crate::domain::ConnectionId;
-use crate::policy::schedule::Owed;
-use crate::policy::{Denial, Trigger};
+use crate::plan::ConnectionRow;
+use crate::plan::policy::schedule::Owed;
+use crate::plan::policy::{Denial, Trigger};
 
-/// How the cap is counted: attempts in the rolling 24 hours before `now`.
-pub const CAP_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+use crate::plan::policy::CAP_WINDOW;
 
 impl Store {
     /// Reserves one refresh attempt, unless `cap` attempts were made for the connection in

@@ -154,7 +154,7 @@ async fn plan_and_write(
         &mut rand::rng(),
     );
     let refs: Vec<&UserPlan> = plans.iter().collect();
-    store::connections::write_plans(&mut tx, &refs, now).await?;
+    crate::work::write::write_plans(&mut tx, &refs, now).await?;
     tx.commit().await?;
     Ok(plans)
 }

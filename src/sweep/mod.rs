@@ -25,12 +25,13 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::basiq::{self, Client};
-use crate::classify::{ConnectorView, Health};
 use crate::clock::{self, Clock};
 use crate::domain::{ConnectionId, ConnectorKey, Job, UserId};
+use crate::plan::ConnectionRow;
+use crate::plan::classify::{ConnectorView, Health};
+pub use crate::plan::policy::schedule::AutoRefresh;
 use crate::plan::{self, ConnectorStatuses, Fetched, Note, PlanSettings, UserPlan};
-pub use crate::policy::schedule::AutoRefresh;
-use crate::store::{self, ConnectionRow, Store, SweepCounts};
+use crate::store::{self, Store, SweepCounts};
 
 pub use worker::{TickState, run_scheduler};
 
@@ -345,8 +346,8 @@ impl Sweeper {
         let now = self.inner.clock.now();
         match listed {
             Ok(list) => {
-                match self.inner.store.record_connectors(&list, now).await {
-                    Ok(changes) => {
+                match crate::work::write::commit_connectors(&self.inner.store, &list, now).await {
+                    Ok(plan) => {
                         cache.fetched_at = Some(now);
                         cache.outbox_mark = cache.outbox_mark.max(mark);
                         cache.failures = 0;
@@ -358,11 +359,11 @@ impl Sweeper {
                                 c.status.clone(),
                             );
                         }
-                        for change in &changes {
+                        for change in &plan.changes {
                             tracing::info!(
                                 event = "connector_status_changed",
-                                institution_id = %change.institution_id,
-                                method = %change.method,
+                                institution_id = %change.key.institution_id,
+                                method = %change.key.method,
                                 from = change.from.as_ref().map(|s| s.as_str().to_owned()),
                                 to = %change.to,
                                 "connector status changed"
@@ -470,7 +471,7 @@ impl Sweeper {
                 slots.into_iter(),
                 &mut rng,
             );
-            store::connections::write_plan(&mut tx, &plan, now).await?;
+            crate::work::write::write_plans(&mut tx, &[&plan], now).await?;
             store::connectors::advance_reclassify(&mut tx, &job, finished).await?;
             tx.commit().await?;
             self.inner.progress.touch(self.inner.clock.now());
@@ -915,13 +916,13 @@ fn trigger_is_named(trigger: &str) -> bool {
 /// held: the k-th of n refreshes in the k-th n-th of the window after the outage ended,
 /// with jitter, so the whole window is used whatever the batch size. The window is
 /// `recovery_window`, or the shortest the per-bank pace can keep
-/// ([`crate::policy::schedule::recovery_window`]).
+/// ([`crate::plan::policy::schedule::recovery_window`]).
 fn recovery_slots(
     job: &mut store::connectors::Reclassify,
     held: usize,
     settings: &PlanSettings,
     rng: &mut impl rand::Rng,
-) -> Vec<crate::policy::schedule::Owed> {
+) -> Vec<crate::plan::policy::schedule::Owed> {
     let Some(auto) = settings.auto_refresh.as_ref().filter(|_| job.recovery) else {
         return Vec::new();
     };
@@ -929,11 +930,11 @@ fn recovery_slots(
     let total = job
         .recovery_total
         .max(job.recovery_done.saturating_add(held));
-    let (window, _) = crate::policy::schedule::recovery_window(total, auto);
+    let (window, _) = crate::plan::policy::schedule::recovery_window(total, auto);
     let slots = (job.recovery_done..job.recovery_done.saturating_add(held))
-        .map(|k| crate::policy::schedule::Owed {
-            at: crate::policy::schedule::recovery_slot(k, total, window, job.queued_at, rng),
-            trigger: crate::policy::Trigger::Recovery,
+        .map(|k| crate::plan::policy::schedule::Owed {
+            at: crate::plan::policy::schedule::recovery_slot(k, total, window, job.queued_at, rng),
+            trigger: crate::plan::policy::Trigger::Recovery,
             since: Some(job.ended_after.unwrap_or(job.queued_at)),
         })
         .collect();
@@ -944,7 +945,8 @@ fn recovery_slots(
 /// One line when an outage's recoveries are planned: over `recovery_window`, or over a
 /// longer one when the per-bank pace cannot send them all within it.
 fn log_recovery(job: &store::connectors::Reclassify, auto: &AutoRefresh) {
-    let (window, stretched) = crate::policy::schedule::recovery_window(job.recovery_total, auto);
+    let (window, stretched) =
+        crate::plan::policy::schedule::recovery_window(job.recovery_total, auto);
     if stretched {
         tracing::warn!(
             event = "recovery_scheduled",

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::ConnectionId;
+use crate::plan::ConnectionRow;
 use crate::plan::Fresh;
-use crate::store::ConnectionRow;
 
 #[derive(Default)]
 pub struct FreshReads {

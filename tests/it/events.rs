@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use basiq_health::app::App;
-use basiq_health::classify::Health;
 use basiq_health::domain::{ConnectionId, UserId};
+use basiq_health::plan::classify::Health;
 use basiq_health::store::Store;
 use basiq_sim::{
     Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig, WebhookFault,
@@ -1940,7 +1940,7 @@ async fn an_event_basiq_no_longer_knows_is_not_retried() {
 }
 
 /// Writes notices to the outbox as a commit would, and wakes the deliverers.
-async fn write_outbox(store: &Store, notices: &[basiq_health::notify::Notice]) {
+async fn write_outbox(store: &Store, notices: &[basiq_health::plan::notices::Notice]) {
     let mut tx = store.write().await.unwrap();
     basiq_health::store::events::write_notices(&mut tx, notices, Utc::now())
         .await
@@ -1950,14 +1950,14 @@ async fn write_outbox(store: &Store, notices: &[basiq_health::notify::Notice]) {
 }
 
 /// An outage notice about `institution` (its own order key: no notice waits for another).
-fn outage_notice(institution: &str) -> basiq_health::notify::Notice {
-    basiq_health::notify::outage_notice(
+fn outage_notice(institution: &str) -> basiq_health::plan::notices::Notice {
+    basiq_health::plan::notices::outage_notice(
         &basiq_health::domain::ConnectorKey::new(
             institution,
             &basiq_health::domain::Method::parse("web"),
         ),
         true,
-        basiq_health::notify::OutageSource::Connectors,
+        basiq_health::plan::notices::OutageSource::Connectors,
         1,
     )
 }

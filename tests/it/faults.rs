@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use basiq_health::classify::Health;
 use basiq_health::domain::UserId;
+use basiq_health::plan::classify::Health;
 use basiq_health::sweep::Sweeper;
 use basiq_sim::{Fault, Route, RunningSim, SimConfig};
 use chrono::{Timelike, Utc};

@@ -155,7 +155,7 @@ impl Scene {
         }
     }
 
-    async fn row(&self, connection: &str) -> basiq_health::store::ConnectionRow {
+    async fn row(&self, connection: &str) -> basiq_health::plan::ConnectionRow {
         self.app
             .sweeper()
             .store()
@@ -598,7 +598,7 @@ async fn recoveries_the_bank_s_pace_cannot_fit_are_spread_over_the_window_it_all
     let recoveries: Vec<_> = plan
         .iter()
         .filter_map(|l| match l.upcoming {
-            basiq_health::policy::schedule::Upcoming::Refresh {
+            basiq_health::plan::policy::schedule::Upcoming::Refresh {
                 refresh_at,
                 trigger,
             } if trigger.as_str() == "recovery" => Some((refresh_at, l.note)),

@@ -3,9 +3,9 @@
 
 use std::time::Duration as StdDuration;
 
-use basiq_health::classify::Health;
 use basiq_health::domain::{ConnectionId, UserId};
-use basiq_health::policy::{DecisionKind, Trigger};
+use basiq_health::plan::classify::Health;
+use basiq_health::plan::policy::{DecisionKind, Trigger};
 use basiq_sim::{Fault, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;

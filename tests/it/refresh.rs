@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration as StdDuration;
 
 use basiq_health::domain::{ConnectionId, UserId};
-use basiq_health::policy::Trigger;
+use basiq_health::plan::policy::Trigger;
 use basiq_sim::{
     Fault, OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig,
 };
@@ -594,7 +594,7 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
         let row = app.sweeper().store().connection(c).await.unwrap().unwrap();
         assert_eq!(
             row.health,
-            Some(basiq_health::classify::Health::InstitutionOutage)
+            Some(basiq_health::plan::classify::Health::InstitutionOutage)
         );
     }
     let daemon = Daemon::start(app);
@@ -719,7 +719,7 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
         .unwrap();
     assert_eq!(
         row.health,
-        Some(basiq_health::classify::Health::Healthy),
+        Some(basiq_health::plan::classify::Health::Healthy),
         "classified again when the job ended"
     );
 }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use basiq_health::classify::Health;
 use basiq_health::domain::{ConnectionId, UserId};
+use basiq_health::plan::classify::Health;
 use basiq_health::sweep::Sweeper;
 use basiq_sim::{OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};

@@ -7,8 +7,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::*;
-use crate::domain::{InstitutionId, Step, StepResult, StepStatus};
-use crate::policy::Trigger;
+use crate::domain::{ConnectorStatus, InstitutionId, JobId, Step, StepResult, StepStatus};
+use crate::plan::policy::Trigger;
 
 const BANK: &str = "AU00000";
 const OTHER_BANK: &str = "AU00001";
@@ -489,7 +489,7 @@ fn no_connector_status_no_blame() {
     assert_eq!(only(&p).health, Some(Health::Unknown));
     assert_eq!(
         only(&p).reason.as_deref(),
-        Some(crate::classify::CONNECTOR_STATUS_UNKNOWN)
+        Some(crate::plan::classify::CONNECTOR_STATUS_UNKNOWN)
     );
 
     let mut healthy = fresh_row(&user(), &connection("c1", Method::Web));
@@ -571,7 +571,14 @@ fn an_inferred_outage_opens_with_the_threshold_and_blames_the_bank() {
             users: 3
         }]
     );
-    assert_eq!(p.reclassify, vec![key]);
+    // Opening queues its connections' reclassification; nothing ended.
+    assert_eq!(
+        p.reclassify,
+        vec![Requeue {
+            key,
+            ended_after: None
+        }]
+    );
     assert_eq!(only(&p).health, Some(Health::InstitutionOutage));
     assert!(only(&p).bank_failure_at.is_some());
 }
@@ -620,12 +627,34 @@ fn an_inferred_outage_lasts_until_a_job_at_its_bank_succeeds() {
         vec![ok_job("j1", "c1", 10)],
     );
     let p = plan(&succeeded, &open(1), &operational());
-    assert_eq!(p.outages, vec![OutageMove::Close { key: key.clone() }]);
+    let [
+        OutageMove::Close {
+            key: closed,
+            inferred_at: Some(at),
+        },
+    ] = p.outages.as_slice()
+    else {
+        panic!("{:?}", p.outages)
+    };
+    assert_eq!(closed, &key);
+    // Its connections are classified again as a recovery: what succeeded since it was
+    // inferred answers them.
+    assert_eq!(
+        p.reclassify,
+        vec![Requeue {
+            key: key.clone(),
+            ended_after: Some(*at)
+        }]
+    );
     // Inferred a day ago and no failure seen in the window since: it ends.
     let mut day_old = open(0);
     day_old.periods.get_mut(&key).unwrap().inferred[0].from = Some(now() - mins(25 * 60));
     let p = plan(&healthy_before, &day_old, &operational());
-    assert_eq!(p.outages, vec![OutageMove::Close { key }]);
+    assert!(
+        matches!(p.outages.as_slice(), [OutageMove::Close { key: k, .. }] if *k == key),
+        "{:?}",
+        p.outages
+    );
 }
 
 /// An invalid connection whose failure an ended outage explains waits for a re-check that
@@ -663,7 +692,10 @@ fn an_invalid_connection_waiting_for_a_re_check_is_swept_again_when_the_wait_is_
     assert_eq!(only(&p).reason.as_deref(), Some("recheck-after-outage"));
     assert_eq!(
         p.sweep_by,
-        vec![(user(), now() + crate::classify::RECHECK_LIMIT + mins(1))]
+        vec![(
+            user(),
+            now() + crate::plan::classify::RECHECK_LIMIT + mins(1)
+        )]
     );
 }
 
@@ -716,7 +748,7 @@ fn connections_basiq_no_longer_lists_are_gone_only_after_a_full_list() {
 /// longer is stops being counted by those after it; the last, healthy there, sees it open.
 #[test]
 fn a_group_of_plans_sees_each_other_as_if_committed_one_by_one() {
-    use crate::store::connections::KeyFacts;
+    use crate::plan::KeyFacts;
     let key = ConnectorKey::new(BANK, &Method::Web);
     let users: Vec<UserId> = (1..=5)
         .map(|i| UserId::parse(format!("g{i}")).unwrap())

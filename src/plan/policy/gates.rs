@@ -29,8 +29,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{ConnectorView, Health};
 use crate::domain::{ConnectionStatus, Method};
+use crate::plan::classify::{ConnectorView, Health};
 
 /// `refresh.mode`: when the daemon refreshes on its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,9 +81,8 @@ impl FromStr for RefreshMode {
 }
 
 /// What asked for a refresh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum Trigger {
     /// The partner's app checked the user at login and the data is old.
     Login,
@@ -134,9 +133,8 @@ impl fmt::Display for Trigger {
 
 /// Why a refresh was denied. The gates' variants are listed in the order they are checked;
 /// the last two are what Basiq or the network answered to a request that was sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum Denial {
     RefreshOff,
     NotScheduledInMode,
@@ -206,9 +204,8 @@ impl fmt::Display for Denial {
 }
 
 /// What became of a refresh request, as stored and shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[sqlx(type_name = "TEXT", rename_all = "kebab-case")]
 pub enum DecisionKind {
     Refreshed,
     Denied,
@@ -356,6 +353,9 @@ pub fn decide(
     }
     Ok(())
 }
+
+/// How the cap is counted: attempts in the rolling 24 hours before now.
+pub const CAP_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// The number of attempts in a rolling 24h window this trigger may reach (used by the SQLite
 /// reservation that enforces the cap atomically).

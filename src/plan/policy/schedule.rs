@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::gates::{Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger, decide, not_before};
 use super::spread::transient_retry_delay;
-use crate::classify::{Health, Side};
+use crate::plan::classify::{Health, Side};
 
 /// What the sweep schedules by itself (none when `refresh.mode = "off"`).
 #[derive(Clone, Debug)]
@@ -322,7 +322,7 @@ pub fn upcoming(
                 Err(Denial::DailyCap) => {
                     let opens = [
                         facts.basiq_capped_until,
-                        oldest_attempt.map(|o| o + crate::store::refreshes::CAP_WINDOW),
+                        oldest_attempt.map(|o| o + crate::plan::policy::CAP_WINDOW),
                     ]
                     .into_iter()
                     .flatten()

@@ -14,13 +14,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::classify::{self, ConnectorView, DownPeriod, Facts, Health, NewestJob, Side, Verdict};
-use crate::domain::{
-    Connection, ConnectionId, ConnectorKey, ConnectorStatus, Job, JobId, JobState, Method, UserId,
+use super::facts::{
+    Attempts, ConnectionRow, ConnectorStatuses, Fetched, Fresh, Inference, KeyPeriods, Stored,
+    StoredJob,
 };
-use crate::policy::schedule::{self, AutoRefresh, Incident, Owed};
-use crate::store::ConnectionRow;
-use crate::store::refreshes::CAP_WINDOW;
+use super::policy::CAP_WINDOW;
+use crate::domain::{Connection, ConnectionId, ConnectorKey, Job, JobState, Method, UserId};
+use crate::plan::classify::{
+    self, ConnectorView, DownPeriod, Facts, Health, NewestJob, Side, Verdict,
+};
+use crate::plan::policy::schedule::{self, AutoRefresh, Incident, Owed};
 
 /// What the planner needs from the settings.
 #[derive(Clone, Debug)]
@@ -40,127 +43,27 @@ impl PlanSettings {
     }
 }
 
-/// The periods a connector's bank was down, open or recently ended, by where they were
-/// learnt.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyPeriods {
-    /// `/connectors` said so.
-    pub connectors: Vec<DownPeriod>,
-    /// Several users failed bank-side (from: the start of the inference window).
-    pub inferred: Vec<DownPeriod>,
-}
-
-impl KeyPeriods {
-    pub fn all(&self) -> Vec<DownPeriod> {
-        self.connectors
-            .iter()
-            .chain(&self.inferred)
-            .copied()
-            .collect()
-    }
-
-    /// An inferred outage opened at `now` (its window before counts).
-    fn inferred_opened(&mut self, now: DateTime<Utc>, window: chrono::Duration) {
-        if !self.inferred.iter().any(DownPeriod::is_open) {
-            self.inferred.push(DownPeriod {
-                from: now.checked_sub_signed(window),
-                until: None,
-            });
-        }
-    }
-
-    /// The open inferred outage closed at `now`.
-    fn inferred_closed(&mut self, now: DateTime<Utc>) {
-        for p in self.inferred.iter_mut().filter(|p| p.is_open()) {
-            p.until = Some(now);
-        }
-    }
-}
-
-/// The last `/connectors` answer as far as it is known.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectorStatuses {
-    /// `/connectors` has answered at least once on this installation.
-    pub known: bool,
-    pub statuses: HashMap<ConnectorKey, ConnectorStatus>,
-}
-
-impl ConnectorStatuses {
-    /// The status a connection's connector has. A connection whose method is unknown (Basiq's
-    /// recorded answers leave `method` out) gets its institution's worst status.
-    pub fn view(&self, institution_id: &str, method: &Method) -> ConnectorView {
-        if !self.known {
-            return ConnectorView::Unknown;
-        }
-        let found = if *method == Method::Unknown {
-            self.statuses
-                .iter()
-                .filter(|(k, _)| k.institution_id == institution_id)
-                .map(|(_, s)| s)
-                .max_by_key(|s| s.severity())
-        } else {
-            self.statuses
-                .get(&ConnectorKey::new(institution_id, method))
-        };
-        found.map_or(ConnectorView::Unlisted, |s| {
-            ConnectorView::Status(s.clone())
-        })
-    }
-}
-
-/// A stored job's snapshot, to keep jobs from going backwards.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredJob {
-    pub state: JobState,
-    pub updated: Option<DateTime<Utc>>,
-    /// The stored job is matched to a connection.
-    pub matched: bool,
-}
-
-/// Our refresh attempts of one connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Attempts {
-    pub last: Option<DateTime<Utc>>,
-    /// The oldest in the rolling 24 h window.
-    pub oldest_in_window: Option<DateTime<Utc>>,
-}
-
-/// Inferred-outage facts at one connector, from everyone else's stored state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Inference {
-    pub open: bool,
-    /// Distinct *other* users failing bank-side there in the window (counted up to the
-    /// threshold only).
-    pub other_users_failing: i64,
-    /// Failures before this belong to an outage that is over (reported or inferred).
-    pub counts_since: Option<DateTime<Utc>>,
-}
-
-/// What the store holds for one user.
-#[derive(Clone, Debug, Default)]
-pub struct Stored {
-    pub connections: Vec<ConnectionRow>,
-    pub jobs: HashMap<JobId, StoredJob>,
-    pub attempts: HashMap<ConnectionId, Attempts>,
-    pub inference: HashMap<ConnectorKey, Inference>,
-    /// The down periods of each connector this user's connections use.
-    pub periods: HashMap<ConnectorKey, KeyPeriods>,
-}
-
-/// What Basiq said.
-#[derive(Clone, Debug)]
-pub struct Fetched {
-    pub connections: Vec<Connection>,
-    pub jobs: Vec<Job>,
-    /// `connections` is the user's whole list (a sweep), not one re-read connection.
-    pub complete: bool,
-}
-
 /// An inferred outage opening or closing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutageMove {
-    Open { key: ConnectorKey, users: i64 },
-    Close { key: ConnectorKey },
+    Open {
+        key: ConnectorKey,
+        users: i64,
+    },
+    /// `inferred_at`: when it was inferred, if known (a success since then ends it).
+    Close {
+        key: ConnectorKey,
+        inferred_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// A connector whose connections are classified again; `ended_after`: an outage there
+/// ended (no earlier than then), so the connections it held get recovery slots, and a job
+/// that succeeded after it answers them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requeue {
+    pub key: ConnectorKey,
+    pub ended_after: Option<DateTime<Utc>>,
 }
 
 /// A recorded change of health.
@@ -217,7 +120,7 @@ pub struct UserPlan {
     pub health_changes: Vec<HealthChange>,
     pub outages: Vec<OutageMove>,
     /// Connectors whose other connections must be classified again.
-    pub reclassify: Vec<ConnectorKey>,
+    pub reclassify: Vec<Requeue>,
     /// A sweep: the user's next slot.
     pub next_due_at: Option<DateTime<Utc>>,
     /// Users to sweep again by then at the latest (an invalid connection waiting for a
@@ -256,7 +159,7 @@ impl GroupOverlay {
     fn inference(
         &self,
         key: &ConnectorKey,
-        facts: &crate::store::connections::KeyFacts,
+        facts: &crate::plan::KeyFacts,
         user: &UserId,
         limit: i64,
     ) -> Inference {
@@ -281,7 +184,7 @@ impl GroupOverlay {
     fn periods(
         &self,
         key: &ConnectorKey,
-        facts: &crate::store::connections::KeyFacts,
+        facts: &crate::plan::KeyFacts,
         now: DateTime<Utc>,
         window: chrono::Duration,
     ) -> KeyPeriods {
@@ -301,7 +204,7 @@ impl GroupOverlay {
         user: &UserId,
         stored: &[ConnectionRow],
         plan: &UserPlan,
-        facts: &HashMap<ConnectorKey, crate::store::connections::KeyFacts>,
+        facts: &HashMap<ConnectorKey, crate::plan::KeyFacts>,
     ) {
         let gone: BTreeSet<&ConnectionId> = plan.gone.iter().collect();
         let mut rows: HashMap<&ConnectionId, &ConnectionRow> =
@@ -331,7 +234,7 @@ impl GroupOverlay {
         for outage in &plan.outages {
             match outage {
                 OutageMove::Open { key, .. } => self.open.insert(key.clone(), true),
-                OutageMove::Close { key } => self.open.insert(key.clone(), false),
+                OutageMove::Close { key, .. } => self.open.insert(key.clone(), false),
             };
         }
     }
@@ -372,7 +275,7 @@ pub fn plan_group(
     now: DateTime<Utc>,
     members: &[GroupMember<'_>],
     mut stored: HashMap<UserId, Stored>,
-    facts: &HashMap<ConnectorKey, crate::store::connections::KeyFacts>,
+    facts: &HashMap<ConnectorKey, crate::plan::KeyFacts>,
     settings: &PlanSettings,
     rng: &mut impl rand::Rng,
 ) -> Vec<UserPlan> {
@@ -436,35 +339,6 @@ pub fn match_jobs(connections: &[Connection], jobs: &[Job]) -> Vec<Option<Connec
             (at.len() == 1).then(|| at[0].id.clone())
         })
         .collect()
-}
-
-/// What one read of Basiq said of a connection, for a refresh decided before the read is
-/// committed: its status, `lastUsed`, and its newest job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fresh {
-    pub status: crate::domain::ConnectionStatus,
-    pub last_used: Option<DateTime<Utc>>,
-    pub newest_job: Option<(String, NewestJob)>,
-}
-
-impl Fresh {
-    /// The row as it will be once this read is committed, as far as the gates look.
-    pub fn overlay(&self, row: &ConnectionRow) -> ConnectionRow {
-        let mut row = row.clone();
-        row.status = self.status.clone();
-        row.last_used = row.last_used.max(self.last_used);
-        if let Some((id, job)) = &self.newest_job {
-            let newer = row
-                .newest_job
-                .as_ref()
-                .is_none_or(|had| job.created >= had.created);
-            if newer {
-                row.newest_job_id = Some(id.clone());
-                row.newest_job = Some(job.clone());
-            }
-        }
-        row
-    }
 }
 
 /// What a fetch says of each connection it names.
@@ -759,14 +633,25 @@ fn infer_outages(
                 )
             } else {
                 key_periods.inferred_closed(now);
+                let inferred_at = inferred_at.or(Some(now));
                 (
-                    OutageMove::Close { key: key.clone() },
+                    OutageMove::Close {
+                        key: key.clone(),
+                        inferred_at,
+                    },
                     Note::OutageCleared { key: key.clone() },
                 )
             };
+            let ended_after = match &moved {
+                OutageMove::Close { inferred_at, .. } => *inferred_at,
+                OutageMove::Open { .. } => None,
+            };
             plan.outages.push(moved);
             plan.notes.push(note);
-            plan.reclassify.push(key.clone());
+            plan.reclassify.push(Requeue {
+                key: key.clone(),
+                ended_after,
+            });
         }
         inferred.insert(key, open);
     }
