@@ -2,15 +2,18 @@
 //!
 //! Exit codes: 0 success, 2 usage or bad input (an id outside the rule, a bad import file),
 //! 78 configuration (EX_CONFIG), 74 database (EX_IOERR), 77 Basiq refused the API key
-//! (EX_NOPERM), 1 anything else (for `sweep`: no user could be swept); each error is one
-//! line on stderr. Every id argument is parsed by clap into its checked type, so a bad one
-//! stops the command before it opens the database or reaches Basiq.
+//! (EX_NOPERM), 130 a second signal stopped the daemon at once, 1 anything else (for `sweep`:
+//! no user could be swept); each error is one line on stderr. No command ends the process
+//! itself: each returns its exit code or an error, and `main` exits with it. Every id
+//! argument is parsed by clap into its checked type, so a bad one stops the command before
+//! it opens the database or reaches Basiq.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, App};
@@ -18,7 +21,7 @@ use crate::clock::Clock;
 use crate::domain::{ConnectionId, DeliveryRef, IdError, UserId};
 use crate::report;
 use crate::settings::{self, LogSettings, Settings, SettingsError};
-use crate::store::OpenError;
+use crate::store::{OpenError, Store};
 use crate::telemetry;
 use basiq_sim::{SimConfig, Simulator};
 
@@ -30,6 +33,14 @@ pub const EXIT_CONFIG: u8 = 78;
 pub const EXIT_DATABASE: u8 = 74;
 /// Exit code when Basiq refused the API key (sysexits EX_NOPERM): wrong or revoked.
 pub const EXIT_AUTH: u8 = 77;
+/// Exit code when a second SIGINT or SIGTERM stopped the daemon at once (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// A second signal during the daemon's shutdown: stop now, without waiting for in-flight work.
+/// Every write is a transaction, so the database stays consistent.
+#[derive(Debug, thiserror::Error)]
+#[error("second signal: exiting at once")]
+pub struct Interrupted;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -277,14 +288,12 @@ pub struct SimulateArgs {
 /// Runs a parsed command; `Ok(code)` is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Config(ConfigCommand::Check) => config_check(&cli.config),
+        Command::Config(ConfigCommand::Check) => cmd_config_check(&cli.config),
         Command::Simulate(args) => {
             telemetry::init(&LogSettings::default(), std::io::stderr);
-            runtime()?.block_on(simulate(args))
+            block_on(cmd_simulate(args))
         }
-        Command::Demo(args) => {
-            runtime()?.block_on(crate::demo::run(args.users, args.seed, args.day))
-        }
+        Command::Demo(args) => block_on(crate::demo::run(args.users, args.seed, args.day)),
         command => {
             let settings = load_settings(&cli.config)?;
             // Logs go to stdout for the daemon (journald), to stderr for one-shot commands
@@ -296,7 +305,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             for warning in &settings.warnings {
                 tracing::warn!(event = "secret_file_readable", "{warning}");
             }
-            runtime()?.block_on(run_with_settings(command, settings))
+            block_on(run_with_settings(command, settings))
         }
     }
 }
@@ -305,161 +314,196 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
     // The command's one clock: every `now` below, and the daemon's, comes from it.
     let clock = Clock::system();
     match command {
-        Command::Run => {
-            let mut signals = Signals::new();
-            let key = app::api_key(&settings)?;
-            let app = App::build_with_clock(settings, key, clock).await?;
-            let shutdown = async move {
-                signals.recv().await;
-                // A second signal means "now": every write is a transaction, so the
-                // database stays consistent.
-                tokio::spawn(async move {
-                    signals.recv().await;
-                    eprintln!("basiq-health: second signal: exiting at once");
-                    std::process::exit(130);
-                });
-            };
-            app.run_until_stopped(shutdown).await?;
-            Ok(0)
-        }
-        Command::Sweep(args) => {
-            let sweeper = sweeper(&settings, &clock).await?;
-            // Every user is read page by page inside the pass: memory follows the page, not
-            // the register.
-            let only = (!args.users.is_empty()).then_some(args.users);
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let stop = cancel.clone();
-            let mut signals = Signals::new();
-            let signal = tokio::spawn(async move {
-                signals.recv().await;
-                stop.cancel();
-            });
-            let counts = match only {
-                Some(users) => sweeper.run_pass("command", Some(users), &cancel).await?,
-                None => sweeper.run_pass_all("command", &cancel).await?,
-            };
-            signal.abort();
-            sweeper.store().close().await;
-            println!("{}", serde_json::to_string(&counts)?);
-            Ok(sweep_exit_code(&counts))
-        }
-        Command::Check(args) => {
-            let refresher = refresher(&settings, &clock).await?;
-            let user = args.user_id;
-            let (swept, refreshes) = refresher.login(&user).await?;
-            let report = report::status(refresher.sweeper().store(), Some(&user), None).await?;
-            let body = serde_json::json!({
-                "user_id": user,
-                "swept": swept,
-                "connections": report.connections,
-                "refreshes": refreshes,
-            });
-            println!("{}", serde_json::to_string_pretty(&body)?);
-            refresher.sweeper().store().close().await;
-            Ok(0)
-        }
-        Command::Refresh(args) => {
-            let refresher = refresher(&settings, &clock).await?;
-            let (user, connection) = (args.user, args.connection_id);
-            // Fresh facts first: the user's connections and jobs as Basiq has them now.
-            let sweeper = refresher.sweeper();
-            if sweeper.store().get_user(&user).await?.is_none() {
-                sweeper.add_users(std::slice::from_ref(&user)).await?;
-            }
-            sweeper.sweep_user(&user).await?;
-            let decision = refresher
-                .request(
-                    &user,
-                    &connection,
-                    crate::plan::policy::Trigger::Manual,
-                    args.dry_run,
-                    args.follow,
-                )
-                .await?;
-            refresher.wait_for_followers().await;
-            println!("{}", serde_json::to_string(&decision)?);
-            sweeper.store().close().await;
-            if args.follow && refresher.unfinished_follows() > 0 {
-                eprintln!(
-                    "basiq-health: could not follow the job of connection {connection} of user {user} \
-                     to its end (unreadable or still running at refresh.follow_timeout); \
-                     the next sweep reads it"
-                );
-                return Ok(1);
-            }
-            Ok(0)
-        }
-        Command::Purge(args) => {
-            let refresher = refresher(&settings, &clock).await?;
-            let (user, connection) = (args.user, args.connection_id);
-            let outcome = refresher.purge(&user, &connection, args.yes).await;
-            refresher.sweeper().store().close().await;
-            // Every message names the connection asked about, not an id read from Basiq.
-            let outcome = outcome
-                .with_context(|| format!("while purging connection {connection} of user {user}"))?;
-            use crate::refresh::PurgeOutcome;
-            match outcome {
-                PurgeOutcome::WouldPurge(c) => {
-                    println!(
-                        "would purge connection {} of user {} at {} ({}): all its accounts and transactions \
-                         are deleted at Basiq; the connection id is kept and the next refresh fetches the data again.\n\
-                         Irreversible: run again with --yes to purge.",
-                        connection, user, c.institution_id, c.method
-                    );
-                    Ok(2)
-                }
-                PurgeOutcome::NotActive(c) => {
-                    anyhow::bail!(
-                        "refusing to purge connection {} of user {}: its status is {:?}, and Basiq purges only active connections",
-                        connection,
-                        user,
-                        c.status.as_str()
-                    )
-                }
-                PurgeOutcome::Purged(c) => {
-                    println!(
-                        "{}",
-                        serde_json::json!({"purged": true, "user_id": user, "connection_id": connection, "institution_id": c.institution_id})
-                    );
-                    Ok(0)
-                }
-            }
-        }
-        Command::Status(args) => {
-            let store = app::open_store(&settings, &clock).await?;
-            let user = args.user;
-            let limit = (!args.all).then_some(args.limit);
-            let report = report::status(&store, user.as_ref(), limit).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report::render_table(&report, clock.now()));
-            }
-            store.close().await;
-            Ok(0)
-        }
-        Command::Plan(args) => {
-            let refresher = refresher(&settings, &clock).await?;
-            let users = args.users;
-            let lines = refresher
-                .dry_run((!users.is_empty()).then_some(users.as_slice()), clock.now())
-                .await?;
-            refresher.sweeper().store().close().await;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&lines)?);
-            } else {
-                print!("{}", report::render_plan(&lines));
-            }
-            Ok(0)
-        }
-        Command::Users(command) => users(command, &settings, &clock).await,
-        Command::Notify(command) => notify(command, &settings, &clock).await,
-        Command::Events(command) => events(command, &settings, &clock).await,
+        Command::Run => cmd_run(settings, clock).await,
+        Command::Sweep(args) => cmd_sweep(args, &settings, &clock).await,
+        Command::Check(args) => cmd_check(args, &settings, &clock).await,
+        Command::Refresh(args) => cmd_refresh(args, &settings, &clock).await,
+        Command::Purge(args) => cmd_purge(args, &settings, &clock).await,
+        Command::Status(args) => cmd_status(args, &settings, &clock).await,
+        Command::Plan(args) => cmd_plan(args, &settings, &clock).await,
+        Command::Users(command) => cmd_users(command, &settings, &clock).await,
+        Command::Notify(command) => cmd_notify(command, &settings, &clock).await,
+        Command::Events(command) => cmd_events(command, &settings, &clock).await,
         Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
     }
 }
 
-async fn notify(command: NotifyCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+/// `run`: the daemon until the first signal; a second one stops it at once ([`Interrupted`]).
+async fn cmd_run(settings: Settings, clock: Clock) -> anyhow::Result<u8> {
+    let mut signals = Signals::new();
+    let key = app::api_key(&settings)?;
+    let app = App::build_with_clock(settings, key, clock).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = app.run_until_stopped(stop.clone().cancelled_owned());
+    // The first signal stops the daemon gracefully; a second one means "now".
+    let signalled_twice = async {
+        signals.recv().await;
+        stop.cancel();
+        signals.recv().await;
+    };
+    tokio::select! {
+        stopped = run => stopped.map(|()| 0),
+        () = signalled_twice => Err(Interrupted.into()),
+    }
+}
+
+/// `sweep`: one pass, stopped between users by a signal; prints the counts.
+async fn cmd_sweep(args: SweepArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let sweeper = sweeper(settings, clock).await?;
+    // Every user is read page by page inside the pass: memory follows the page, not the
+    // register.
+    let only = (!args.users.is_empty()).then_some(args.users);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    let mut signals = Signals::new();
+    let signal = tokio::spawn(async move {
+        signals.recv().await;
+        stop.cancel();
+    });
+    let counts = match only {
+        Some(users) => sweeper.run_pass("command", Some(users), &cancel).await?,
+        None => sweeper.run_pass_all("command", &cancel).await?,
+    };
+    signal.abort();
+    sweeper.store().close().await;
+    println!("{}", serde_json::to_string(&counts)?);
+    Ok(sweep_exit_code(&counts))
+}
+
+/// `check`: the login-time check of one user, its connections' health as JSON.
+async fn cmd_check(args: CheckArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let refresher = refresher(settings, clock).await?;
+    let user = args.user_id;
+    let (swept, refreshes) = refresher.login(&user).await?;
+    let report = report::status(refresher.sweeper().store(), Some(&user), None).await?;
+    let body = serde_json::json!({
+        "user_id": user,
+        "swept": swept,
+        "connections": report.connections,
+        "refreshes": refreshes,
+    });
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    refresher.sweeper().store().close().await;
+    Ok(0)
+}
+
+/// `refresh`: one connection through every gate, after a sweep of its user.
+async fn cmd_refresh(args: RefreshArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let refresher = refresher(settings, clock).await?;
+    let (user, connection) = (args.user, args.connection_id);
+    // Fresh facts first: the user's connections and jobs as Basiq has them now.
+    let sweeper = refresher.sweeper();
+    if sweeper.store().get_user(&user).await?.is_none() {
+        sweeper.add_users(std::slice::from_ref(&user)).await?;
+    }
+    sweeper.sweep_user(&user).await?;
+    let decision = refresher
+        .request(
+            &user,
+            &connection,
+            crate::plan::policy::Trigger::Manual,
+            args.dry_run,
+            args.follow,
+        )
+        .await?;
+    refresher.wait_for_followers().await;
+    println!("{}", serde_json::to_string(&decision)?);
+    sweeper.store().close().await;
+    if args.follow && refresher.unfinished_follows() > 0 {
+        eprintln!(
+            "basiq-health: could not follow the job of connection {connection} of user {user} \
+             to its end (unreadable or still running at refresh.follow_timeout); \
+             the next sweep reads it"
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `purge`: a connection's data deleted at Basiq, only with `--yes`.
+async fn cmd_purge(args: PurgeArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let refresher = refresher(settings, clock).await?;
+    let (user, connection) = (args.user, args.connection_id);
+    let outcome = refresher.purge(&user, &connection, args.yes).await;
+    refresher.sweeper().store().close().await;
+    // Every message names the connection asked about, not an id read from Basiq.
+    let outcome =
+        outcome.with_context(|| format!("while purging connection {connection} of user {user}"))?;
+    tell_purge(outcome, &user, &connection)
+}
+
+/// What `purge` says of its outcome, and its exit code.
+fn tell_purge(
+    outcome: crate::refresh::PurgeOutcome,
+    user: &UserId,
+    connection: &ConnectionId,
+) -> anyhow::Result<u8> {
+    use crate::refresh::PurgeOutcome;
+    match outcome {
+        PurgeOutcome::WouldPurge(c) => {
+            println!(
+                "would purge connection {} of user {} at {} ({}): all its accounts and transactions \
+                 are deleted at Basiq; the connection id is kept and the next refresh fetches the data again.\n\
+                 Irreversible: run again with --yes to purge.",
+                connection, user, c.institution_id, c.method
+            );
+            Ok(2)
+        }
+        PurgeOutcome::NotActive(c) => {
+            anyhow::bail!(
+                "refusing to purge connection {} of user {}: its status is {:?}, and Basiq purges only active connections",
+                connection,
+                user,
+                c.status.as_str()
+            )
+        }
+        PurgeOutcome::Purged(c) => {
+            println!(
+                "{}",
+                serde_json::json!({"purged": true, "user_id": user, "connection_id": connection, "institution_id": c.institution_id})
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// `status`: the health report, a table or JSON.
+async fn cmd_status(args: StatusArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let store = app::open_store(settings, clock).await?;
+    let user = args.user;
+    let limit = (!args.all).then_some(args.limit);
+    let report = report::status(&store, user.as_ref(), limit).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::render_table(&report, clock.now()));
+    }
+    store.close().await;
+    Ok(0)
+}
+
+/// `plan`: the dry run of the next 24 h, a table or JSON.
+async fn cmd_plan(args: PlanArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let refresher = refresher(settings, clock).await?;
+    let users = args.users;
+    let lines = refresher
+        .dry_run((!users.is_empty()).then_some(users.as_slice()), clock.now())
+        .await?;
+    refresher.sweeper().store().close().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    } else {
+        print!("{}", report::render_plan(&lines));
+    }
+    Ok(0)
+}
+
+/// `notify`: the deliveries to the partner's app.
+async fn cmd_notify(
+    command: NotifyCommand,
+    settings: &Settings,
+    clock: &Clock,
+) -> anyhow::Result<u8> {
     let store = app::open_store(settings, clock).await?;
     match command {
         NotifyCommand::List { failed, limit } => {
@@ -485,7 +529,12 @@ async fn notify(command: NotifyCommand, settings: &Settings, clock: &Clock) -> a
     }
 }
 
-async fn events(command: EventsCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+/// `events`: Basiq's events heard.
+async fn cmd_events(
+    command: EventsCommand,
+    settings: &Settings,
+    clock: &Clock,
+) -> anyhow::Result<u8> {
     match command {
         EventsCommand::List { limit } => {
             let store = app::open_store(settings, clock).await?;
@@ -494,32 +543,34 @@ async fn events(command: EventsCommand, settings: &Settings, clock: &Clock) -> a
             }
             Ok(0)
         }
-        EventsCommand::Poll => {
-            let sweeper = sweeper(settings, clock).await?;
-            let polled =
-                crate::events::poll::poll_once(sweeper.client(), sweeper.store(), clock.now())
-                    .await?;
-            let processor = crate::events::process::Processor {
-                sweeper: sweeper.clone(),
-                register_new_users: settings.webhooks.register_new_users,
-                wake: std::sync::Arc::default(),
-            };
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let mut processed = 0;
-            loop {
-                let n = processor.process_pending(&cancel).await?;
-                if n == 0 {
-                    break;
-                }
-                processed += n;
-            }
-            println!(
-                "{}",
-                serde_json::json!({"listed": polled.listed, "stored": polled.stored, "skipped": polled.skipped, "processed": processed})
-            );
-            Ok(0)
-        }
+        EventsCommand::Poll => events_poll(settings, clock).await,
     }
+}
+
+/// `events poll`: one read of `GET /events`, then every pending event processed.
+async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let sweeper = sweeper(settings, clock).await?;
+    let polled =
+        crate::events::poll::poll_once(sweeper.client(), sweeper.store(), clock.now()).await?;
+    let processor = crate::events::process::Processor {
+        sweeper: sweeper.clone(),
+        register_new_users: settings.webhooks.register_new_users,
+        wake: std::sync::Arc::default(),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut processed = 0;
+    loop {
+        let n = processor.process_pending(&cancel).await?;
+        if n == 0 {
+            break;
+        }
+        processed += n;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"listed": polled.listed, "stored": polled.stored, "skipped": polled.skipped, "processed": processed})
+    );
+    Ok(0)
 }
 
 /// The sweeper on the command's clock: key (exit 78 when missing), database (74), client.
@@ -535,7 +586,12 @@ async fn refresher(
     Ok(crate::refresh::Refresher::new(sweeper, settings.refresh.clone()).await?)
 }
 
-async fn users(command: UsersCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+/// `users`: the register of watched users.
+async fn cmd_users(
+    command: UsersCommand,
+    settings: &Settings,
+    clock: &Clock,
+) -> anyhow::Result<u8> {
     // An import file is read and checked whole before the database is opened: a bad file
     // changes nothing.
     let imported = match &command {
@@ -568,68 +624,84 @@ async fn users(command: UsersCommand, settings: &Settings, clock: &Clock) -> any
         }
         UsersCommand::Import { file } => {
             let lines = imported.unwrap_or_default();
-            let mut added = 0;
-            let mut read = 0u64;
-            let mut batch = Vec::with_capacity(IMPORT_BATCH);
-            let mut ids = UserFile::open(&file)?;
-            loop {
-                let next = ids.next_id()?;
-                let end = next.is_none();
-                if let Some(id) = next {
-                    batch.push(id);
-                    read += 1;
-                }
-                if batch.len() == IMPORT_BATCH || (end && !batch.is_empty()) {
-                    // One short transaction per batch: a running daemon's writes wait for
-                    // one batch at most, never for the whole file.
-                    added += store.add_users(&batch, now, &due).await?;
-                    batch.clear();
-                }
-                if end {
-                    break;
-                }
-            }
-            debug_assert_eq!(read, lines);
-            println!(
-                "imported {read} id(s) from {}: {added} new, {} already registered or repeated",
-                file.display(),
-                read - added
-            );
+            users_import(&store, &file, lines, now, &due).await?;
         }
-        UsersCommand::List { json } => {
-            let users = store.list_users().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report::users_json(&users))?
-                );
-            } else {
-                println!(
-                    "{:<40} {:<22} {:<22}",
-                    "user_id", "next_due_at", "last_swept_at"
-                );
-                for u in &users {
-                    let last = u
-                        .last_swept_at
-                        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
-                        .unwrap_or_else(|| "-".into());
-                    let gone = if u.gone_at.is_some() {
-                        "  (gone: 404 at Basiq)"
-                    } else {
-                        ""
-                    };
-                    println!(
-                        "{:<40} {:<22} {:<22}{gone}",
-                        u.user_id,
-                        u.next_due_at.format("%Y-%m-%d %H:%M:%SZ"),
-                        last
-                    );
-                }
-            }
-        }
+        UsersCommand::List { json } => users_list(&store, json).await?,
     }
     store.close().await;
     Ok(0)
+}
+
+/// `users import`: the checked file's `lines` ids registered batch by batch.
+async fn users_import(
+    store: &Store,
+    file: &Path,
+    lines: u64,
+    now: DateTime<Utc>,
+    due: &impl Fn(&UserId) -> DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let mut added = 0;
+    let mut read = 0u64;
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut ids = UserFile::open(file)?;
+    loop {
+        let next = ids.next_id()?;
+        let end = next.is_none();
+        if let Some(id) = next {
+            batch.push(id);
+            read += 1;
+        }
+        if batch.len() == IMPORT_BATCH || (end && !batch.is_empty()) {
+            // One short transaction per batch: a running daemon's writes wait for one batch
+            // at most, never for the whole file.
+            added += store.add_users(&batch, now, due).await?;
+            batch.clear();
+        }
+        if end {
+            break;
+        }
+    }
+    debug_assert_eq!(read, lines);
+    println!(
+        "imported {read} id(s) from {}: {added} new, {} already registered or repeated",
+        file.display(),
+        read - added
+    );
+    Ok(())
+}
+
+/// `users list`: the register, a table or JSON.
+async fn users_list(store: &Store, json: bool) -> anyhow::Result<()> {
+    let users = store.list_users().await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::users_json(&users))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<22} {:<22}",
+        "user_id", "next_due_at", "last_swept_at"
+    );
+    for u in &users {
+        let last = u
+            .last_swept_at
+            .map(|t| report::stamp(t).to_string())
+            .unwrap_or_else(|| "-".into());
+        let gone = if u.gone_at.is_some() {
+            "  (gone: 404 at Basiq)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<40} {:<22} {:<22}{gone}",
+            u.user_id,
+            report::stamp(u.next_due_at),
+            last
+        );
+    }
+    Ok(())
 }
 
 /// An import file with ids outside the rule: every bad line, by number.
@@ -768,7 +840,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || c.downcast_ref::<crate::refresh::RefreshError>()
                 .is_some_and(crate::refresh::RefreshError::is_auth)
     };
-    if err
+    if err.is::<Interrupted>() {
+        EXIT_INTERRUPTED
+    } else if err
         .chain()
         .any(|c| c.is::<ImportError>() || c.is::<IdError>())
     {
@@ -789,11 +863,18 @@ pub fn describe(err: &anyhow::Error) -> String {
     format!("{err:#}")
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `command` on a fresh runtime. After an [`Interrupted`] the runtime is left behind
+/// without waiting for its tasks: the process is about to exit.
+fn block_on(command: impl Future<Output = anyhow::Result<u8>>) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(command);
+    if outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        runtime.shutdown_background();
+    }
+    outcome
 }
 
 /// Loads settings; the error keeps its `SettingsError` type for the exit code.
@@ -801,7 +882,7 @@ pub fn load_settings(path: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(path)?)
 }
 
-fn config_check(path: &Path) -> anyhow::Result<u8> {
+fn cmd_config_check(path: &Path) -> anyhow::Result<u8> {
     let settings = load_settings(path)?;
     println!("# effective settings from {}", path.display());
     print!("{}", settings.render());
@@ -830,7 +911,7 @@ fn config_check(path: &Path) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn simulate(args: SimulateArgs) -> anyhow::Result<u8> {
+async fn cmd_simulate(args: SimulateArgs) -> anyhow::Result<u8> {
     if !args.listen.ip().is_loopback() && !args.allow_non_loopback {
         eprintln!(
             "basiq-health: refusing --listen {}: not a loopback address, and the simulator's \

@@ -2,6 +2,7 @@
 //! path (`App::run_until_stopped`) over a compressed day, with an outage that starts and
 //! ends during it. Ends with the report. Needs no config file and no key of the user's.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,7 +14,7 @@ use crate::report;
 use crate::settings::{LogFormat, LogSettings, Settings};
 use crate::store::Store;
 use crate::telemetry;
-use basiq_sim::{SimConfig, Simulator};
+use basiq_sim::{RunningSim, SimConfig, Simulator};
 
 /// The demo's two Standard Webhooks secrets: Basiq's (the simulator signs with it) and the
 /// app's (the daemon signs its notifications with it). Made up, used nowhere else.
@@ -61,8 +62,53 @@ async fn start_receiver() -> anyhow::Result<(std::net::SocketAddr, Received)> {
 /// The connector the demo takes down and brings back.
 const DEMO_OUTAGE: (&str, &str) = ("AU00002", "open-banking");
 
+/// When the outage began and ended at the simulator, once it did.
+type OutageWindow = (Option<tokio::time::Instant>, Option<tokio::time::Instant>);
+
 pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     let day = day.max(Duration::from_secs(10));
+    let (sim, running) = start_simulator(users, seed).await?;
+    let dir = tempfile_dir()?;
+    let db = dir.join("demo.db");
+    let (receiver, received) = start_receiver().await?;
+    let settings = demo_settings(&dir, &db, &running.base_url(), receiver, day)?;
+    init_log(&dir)?;
+    println!(
+        "basiq-health demo: {users} simulated users, a day compressed into {}",
+        crate::settings::fmt_duration(day)
+    );
+    println!(
+        "  simulator: {}   database: {}",
+        running.base_url(),
+        db.display()
+    );
+    println!("  logs (JSON lines): {}", dir.join("demo.log").display());
+    // The demo runs on the system clock, like the daemon.
+    let clock = Clock::system();
+    let app = start_app(settings, &sim, &clock, receiver).await?;
+    let store: Store = app.sweeper().store().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async {
+        let _ = stop_rx.await;
+    }));
+    // The day plus a little: every user's slot passes once.
+    let total = day + Duration::from_secs(3);
+    let outage_window = compressed_day(&sim, &store, &clock, day, total).await;
+    event_flow(&sim, &store, &received).await;
+    outage_notices(&received, outage_window);
+    let _ = stop_tx.send(());
+    daemon.await.context("the daemon task failed")??;
+    final_report(&db, &clock, total).await?;
+    running.shutdown().await;
+    println!(
+        "\ndatabase kept at {} (basiq-health status reads it with [database] path set to it)",
+        db.display()
+    );
+    Ok(0)
+}
+
+/// The simulator, serving on a loopback port.
+async fn start_simulator(users: usize, seed: u64) -> anyhow::Result<(Simulator, RunningSim)> {
     let sim = Simulator::new(SimConfig {
         users,
         seed,
@@ -74,9 +120,17 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         .bind("127.0.0.1:0".parse()?)
         .await
         .context("while starting the simulator")?;
-    let dir = tempfile_dir()?;
-    let db = dir.join("demo.db");
-    let (receiver, received) = start_receiver().await?;
+    Ok((sim, running))
+}
+
+/// The daemon's settings for the compressed day, its two secrets written into `dir`.
+fn demo_settings(
+    dir: &Path,
+    db: &Path,
+    base: &str,
+    receiver: std::net::SocketAddr,
+    day: Duration,
+) -> anyhow::Result<Settings> {
     let basiq_secret = dir.join("basiq-webhook-secret");
     let app_secret = dir.join("app-secret");
     std::fs::write(&basiq_secret, BASIQ_SECRET)?;
@@ -91,14 +145,17 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
          [webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {basiq_secret:?}\npoll_interval = \"0s\"\n\
          [notify]\nbackoff_initial = \"200ms\"\n\
          [[notify.endpoints]]\nurl = \"http://{receiver}/hook\"\nsecret_file = {app_secret:?}\n",
-        base = running.base_url(),
         db = db.display().to_string(),
         period = day.as_millis(),
         basiq_secret = basiq_secret.display().to_string(),
         app_secret = app_secret.display().to_string(),
     );
     // The simulator's key is handed over in-process, never through the environment.
-    let settings = Settings::from_toml(&toml)?;
+    Ok(Settings::from_toml(&toml)?)
+}
+
+/// The daemon's logs, as JSON lines in `dir/demo.log`.
+fn init_log(dir: &Path) -> anyhow::Result<()> {
     let log_file =
         std::fs::File::create(dir.join("demo.log")).context("while creating the demo log")?;
     telemetry::init(
@@ -108,19 +165,17 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
         },
         std::sync::Mutex::new(log_file),
     );
+    Ok(())
+}
 
-    println!(
-        "basiq-health demo: {users} simulated users, a day compressed into {}",
-        crate::settings::fmt_duration(day)
-    );
-    println!(
-        "  simulator: {}   database: {}",
-        running.base_url(),
-        db.display()
-    );
-    println!("  logs (JSON lines): {}", dir.join("demo.log").display());
-    // The demo runs on the system clock, like the daemon.
-    let clock = Clock::system();
+/// The daemon built against the simulator, Basiq's webhooks pointed at it and every
+/// simulated user registered.
+async fn start_app(
+    settings: Settings,
+    sim: &Simulator,
+    clock: &Clock,
+    receiver: std::net::SocketAddr,
+) -> anyhow::Result<App> {
     let app = App::build_with_clock(
         settings,
         secrecy::SecretString::from(sim.api_key()),
@@ -140,47 +195,30 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     }
     let registered = app.sweeper().add_users(&ids).await?;
     println!("  registered {registered} users, each at its own offset in the day\n");
-    let store: Store = app.sweeper().store().clone();
+    Ok(app)
+}
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
-
+/// The compressed day, told as it goes: the outage starts at a quarter of it and ends at
+/// 60 %. Returns when it began and ended.
+async fn compressed_day(
+    sim: &Simulator,
+    store: &Store,
+    clock: &Clock,
+    day: Duration,
+    total: Duration,
+) -> OutageWindow {
+    let users = sim.user_ids().len();
     let started = tokio::time::Instant::now();
-    let mut outage_window: (Option<tokio::time::Instant>, Option<tokio::time::Instant>) =
-        (None, None);
-    let mut outage_started = false;
-    let mut outage_ended = false;
-    // The day plus a little: every user's slot passes once.
-    let total = day + Duration::from_secs(3);
+    let mut window: OutageWindow = (None, None);
     while started.elapsed() < total {
         tokio::time::sleep(Duration::from_secs(2).min(day / 10)).await;
         let t = started.elapsed().as_secs_f64() / day.as_secs_f64();
-        if !outage_started && t >= 0.25 {
-            sim.set_connector_status(DEMO_OUTAGE.0, DEMO_OUTAGE.1, "major-outage");
-            outage_started = true;
-            outage_window.0 = Some(tokio::time::Instant::now());
-            println!(
-                "  [{:>5.1}s] Pied Piper Bank (open banking) goes down",
-                started.elapsed().as_secs_f64()
-            );
-            // A user of that bank changes their password meanwhile: Basiq's webhook says
-            // so, but the bank is down, so nobody is asked to act until it is back.
-            if let Some((_, c)) = healthy_where(&sim, |c| {
-                c.institution_id == DEMO_OUTAGE.0 && c.method == DEMO_OUTAGE.1
-            }) {
-                sim.invalidate_connection(&c);
-                println!(
-                    "  [{:>5.1}s] ... and connection {c} there is invalidated (connection.invalidated sent)",
-                    started.elapsed().as_secs_f64()
-                );
-            }
+        if window.0.is_none() && t >= 0.25 {
+            window.0 = Some(start_outage(sim, started));
         }
-        if outage_started && !outage_ended && t >= 0.6 {
+        if window.0.is_some() && window.1.is_none() && t >= 0.6 {
             sim.set_connector_status(DEMO_OUTAGE.0, DEMO_OUTAGE.1, "operational");
-            outage_ended = true;
-            outage_window.1 = Some(tokio::time::Instant::now());
+            window.1 = Some(tokio::time::Instant::now());
             println!(
                 "  [{:>5.1}s] Pied Piper Bank (open banking) is back",
                 started.elapsed().as_secs_f64()
@@ -192,17 +230,40 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
             .unwrap_or(0);
         let open = store.open_outages().await.map(|o| o.len()).unwrap_or(0);
         println!(
-            "  [{:>5.1}s] swept {swept}/{} users; {open} outage(s) open",
+            "  [{:>5.1}s] swept {swept}/{users} users; {open} outage(s) open",
             started.elapsed().as_secs_f64(),
-            ids.len()
         );
     }
-    event_flow(&sim, &store, &received).await;
-    outage_notices(&received, outage_window);
-    let _ = stop_tx.send(());
-    daemon.await.context("the daemon task failed")??;
+    window
+}
 
-    let store = Store::open(&db).await?;
+/// The bank goes down at the simulator, and a connection there is invalidated meanwhile.
+/// Returns when it went down.
+fn start_outage(sim: &Simulator, started: tokio::time::Instant) -> tokio::time::Instant {
+    sim.set_connector_status(DEMO_OUTAGE.0, DEMO_OUTAGE.1, "major-outage");
+    let down = tokio::time::Instant::now();
+    println!(
+        "  [{:>5.1}s] Pied Piper Bank (open banking) goes down",
+        started.elapsed().as_secs_f64()
+    );
+    // A user of that bank changes their password meanwhile: Basiq's webhook says so, but
+    // the bank is down, so nobody is asked to act until it is back.
+    if let Some((_, c)) = healthy_where(sim, |c| {
+        c.institution_id == DEMO_OUTAGE.0 && c.method == DEMO_OUTAGE.1
+    }) {
+        sim.invalidate_connection(&c);
+        println!(
+            "  [{:>5.1}s] ... and connection {c} there is invalidated (connection.invalidated sent)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    down
+}
+
+/// The report over the database the day left: health per institution, the outages seen,
+/// the status table.
+async fn final_report(db: &Path, clock: &Clock, total: Duration) -> anyhow::Result<()> {
+    let store = Store::open(db).await?;
     let status = report::status(&store, None, None).await?;
     let since = clock.now()
         - chrono::Duration::from_std(total + Duration::from_secs(60)).unwrap_or_default();
@@ -231,12 +292,16 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     println!();
     print!("{}", report::render_table(&status, clock.now()));
     store.close().await;
-    running.shutdown().await;
-    println!(
-        "\ndatabase kept at {} (basiq-health status reads it with [database] path set to it)",
-        db.display()
-    );
-    Ok(0)
+    Ok(())
+}
+
+/// When each step of the event flow was seen, from the invalidation on.
+#[derive(Default)]
+struct Timeline {
+    heard: Option<Duration>,
+    action: Option<Duration>,
+    told: Option<Duration>,
+    steps: Vec<(Duration, String)>,
 }
 
 /// A healthy connection invalidated at the simulator: Basiq's webhook in, the user swept,
@@ -257,57 +322,70 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
     println!(
         "  [ 0.000s] the simulator invalidates connection {connection} of user {user} and sends connection.invalidated"
     );
+    let timeline = watch_event(store, received, t0, &event.id, &connection_id).await;
+    print_timeline(timeline);
+}
+
+/// Polls the database and the receiver for up to 20 s, until the notification arrives.
+async fn watch_event(
+    store: &Store,
+    received: &Received,
+    t0: tokio::time::Instant,
+    event_id: &str,
+    connection_id: &crate::domain::ConnectionId,
+) -> Timeline {
     let deadline = t0 + Duration::from_secs(20);
-    let mut heard = None;
-    let mut action = None;
-    let mut told = None;
-    let mut steps: Vec<(Duration, String)> = Vec::new();
-    while tokio::time::Instant::now() < deadline && told.is_none() {
-        if heard.is_none()
-            && store.recent_events(50).await.is_ok_and(|e| {
-                e.iter()
-                    .any(|e| e.event_id.as_deref() == Some(event.id.as_str()))
-            })
-        {
-            heard = Some(t0.elapsed());
-        }
-        if action.is_none()
+    let mut seen = Timeline::default();
+    while tokio::time::Instant::now() < deadline && seen.told.is_none() {
+        if seen.heard.is_none()
             && store
-                .connection(&connection_id)
+                .recent_events(50)
+                .await
+                .is_ok_and(|e| e.iter().any(|e| e.event_id.as_deref() == Some(event_id)))
+        {
+            seen.heard = Some(t0.elapsed());
+        }
+        if seen.action.is_none()
+            && store
+                .connection(connection_id)
                 .await
                 .ok()
                 .flatten()
                 .is_some_and(|r| r.health == Some(crate::plan::classify::Health::ActionRequired))
         {
-            action = Some(t0.elapsed());
+            seen.action = Some(t0.elapsed());
         }
-        let got = received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let got = lock(received)
             .iter()
-            .find(|(at, n)| *at >= t0 && n["data"]["connection_id"] == connection.as_str())
+            .find(|(at, n)| *at >= t0 && n["data"]["connection_id"] == connection_id.as_str())
             .map(|(at, n)| (*at - t0, n.clone()));
         if let Some((at, n)) = got {
-            told = Some(at);
-            steps.push((
-                at,
-                format!(
-                    "notification out: {} {} -> {}, user_action {}: \"{}\"",
-                    n["type"].as_str().unwrap_or_default(),
-                    n["data"]["from"].as_str().unwrap_or("-"),
-                    n["data"]["to"].as_str().unwrap_or("-"),
-                    n["data"]["user_action"].as_str().unwrap_or("-"),
-                    n["data"]["text"].as_str().unwrap_or_default(),
-                ),
-            ));
+            seen.told = Some(at);
+            seen.steps.push((at, notification_out(&n)));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    seen
+}
+
+/// A notification as the timeline tells it.
+fn notification_out(n: &serde_json::Value) -> String {
+    format!(
+        "notification out: {} {} -> {}, user_action {}: \"{}\"",
+        n["type"].as_str().unwrap_or_default(),
+        n["data"]["from"].as_str().unwrap_or("-"),
+        n["data"]["to"].as_str().unwrap_or("-"),
+        n["data"]["user_action"].as_str().unwrap_or("-"),
+        n["data"]["text"].as_str().unwrap_or_default(),
+    )
+}
+
+fn print_timeline(seen: Timeline) {
     // The receiver stamps its arrival; the others are seen by polling the database, a
     // little late: the notification is written in the health change's own transaction, and
     // the event is stored before it is processed, so neither comes after the next step.
-    let action = action.map(|a| told.map_or(a, |t| a.min(t)));
-    let heard = heard.map(|h| action.map_or(h, |a| h.min(a)));
+    let action = seen.action.map(|a| seen.told.map_or(a, |t| a.min(t)));
+    let heard = seen.heard.map(|h| action.map_or(h, |a| h.min(a)));
     if let Some(h) = heard {
         println!(
             "  [{:>6.3}s] webhook in: verified and stored, answered 200",
@@ -320,10 +398,10 @@ async fn event_flow(sim: &Simulator, store: &Store, received: &Received) {
             a.as_secs_f64()
         );
     }
-    for (at, text) in steps {
+    for (at, text) in seen.steps {
         println!("  [{:>6.3}s] {text}", at.as_secs_f64());
     }
-    if told.is_none() {
+    if seen.told.is_none() {
         println!("  (no notification within 20 s)");
     }
 }
@@ -341,38 +419,27 @@ fn healthy_where(
     })
 }
 
+/// What the receiver kept so far.
+fn lock(
+    received: &Received,
+) -> std::sync::MutexGuard<'_, Vec<(tokio::time::Instant, serde_json::Value)>> {
+    received.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A notification about the connector in outage (or one of its connections).
+fn at_bank(n: &serde_json::Value) -> bool {
+    n["data"]["institution_id"] == DEMO_OUTAGE.0 && n["data"]["method"] == DEMO_OUTAGE.1
+}
+
 /// The outage's two notices at the receiver, and what was told about its connections
 /// while it lasted.
-fn outage_notices(
-    received: &Received,
-    window: (Option<tokio::time::Instant>, Option<tokio::time::Instant>),
-) {
-    let all = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
+fn outage_notices(received: &Received, window: OutageWindow) {
+    let all = lock(received).clone();
     println!(
         "\n== notifications about {} {} ==",
         DEMO_OUTAGE.0, DEMO_OUTAGE.1
     );
-    let at_bank = |n: &serde_json::Value| {
-        n["data"]["institution_id"] == DEMO_OUTAGE.0 && n["data"]["method"] == DEMO_OUTAGE.1
-    };
-    let mut start = None;
-    let mut end = None;
-    for (at, n) in all.iter().filter(|(_, n)| at_bank(n)) {
-        let kind = n["type"].as_str().unwrap_or_default();
-        if kind == crate::plan::notices::OUTAGE_STARTED && start.is_none() {
-            start = Some(*at);
-        }
-        if kind == crate::plan::notices::OUTAGE_ENDED && start.is_some() {
-            end = Some(*at);
-        }
-        if kind.starts_with("institution.") {
-            println!(
-                "  {kind}: source {}, {} connection(s) affected",
-                n["data"]["source"].as_str().unwrap_or("-"),
-                n["data"]["affected_connections"]
-            );
-        }
-    }
+    let (start, end) = institution_notices(&all);
     // An ask made in the instant between the bank going down at the simulator and the
     // daemon's next read of /connectors cannot know of it: shown apart.
     if let (Some(flip), Some(known)) = (window.0, start) {
@@ -391,36 +458,10 @@ fn outage_notices(
         println!("  (the outage was not seen)");
         return;
     };
-    let during: Vec<&serde_json::Value> = all
-        .iter()
-        .filter(|(at, n)| *at >= from && to.is_none_or(|t| *at <= t) && at_bank(n))
-        .filter(|(_, n)| n["type"] == crate::plan::notices::HEALTH_CHANGED)
-        .map(|(_, n)| n)
-        .collect();
-    for n in &during {
-        println!(
-            "  during the outage: connection {} {} -> {}, user_action {}",
-            n["data"]["connection_id"].as_str().unwrap_or("-"),
-            n["data"]["from"].as_str().unwrap_or("-"),
-            n["data"]["to"].as_str().unwrap_or("-"),
-            n["data"]["user_action"].as_str().unwrap_or("-"),
-        );
-    }
-    let after: Vec<&serde_json::Value> = all
-        .iter()
-        .filter(|(at, n)| to.is_some_and(|t| *at > t) && at_bank(n))
-        .filter(|(_, n)| n["type"] == crate::plan::notices::HEALTH_CHANGED)
-        .map(|(_, n)| n)
-        .collect();
-    for n in &after {
-        println!(
-            "  after it: connection {} {} -> {}, user_action {}",
-            n["data"]["connection_id"].as_str().unwrap_or("-"),
-            n["data"]["from"].as_str().unwrap_or("-"),
-            n["data"]["to"].as_str().unwrap_or("-"),
-            n["data"]["user_action"].as_str().unwrap_or("-"),
-        );
-    }
+    let during = health_changes(&all, |at| at >= from && to.is_none_or(|t| at <= t));
+    tell_health_changes("during the outage", &during);
+    let after = health_changes(&all, |at| to.is_some_and(|t| at > t));
+    tell_health_changes("after it", &after);
     let asked = during
         .iter()
         .filter(|n| n["data"]["user_action"] != "none")
@@ -441,6 +482,56 @@ fn outage_notices(
         "  all notifications verified and received: {}",
         line.join(", ")
     );
+}
+
+/// The daemon's `institution.*` notices about the bank, each told; returns when the first
+/// outage notice arrived, and the last end notice after it.
+fn institution_notices(
+    all: &[(tokio::time::Instant, serde_json::Value)],
+) -> (Option<tokio::time::Instant>, Option<tokio::time::Instant>) {
+    let mut start = None;
+    let mut end = None;
+    for (at, n) in all.iter().filter(|(_, n)| at_bank(n)) {
+        let kind = n["type"].as_str().unwrap_or_default();
+        if kind == crate::plan::notices::OUTAGE_STARTED && start.is_none() {
+            start = Some(*at);
+        }
+        if kind == crate::plan::notices::OUTAGE_ENDED && start.is_some() {
+            end = Some(*at);
+        }
+        if kind.starts_with("institution.") {
+            println!(
+                "  {kind}: source {}, {} connection(s) affected",
+                n["data"]["source"].as_str().unwrap_or("-"),
+                n["data"]["affected_connections"]
+            );
+        }
+    }
+    (start, end)
+}
+
+/// The health changes about the bank's connections received at a time `when` accepts.
+fn health_changes(
+    all: &[(tokio::time::Instant, serde_json::Value)],
+    when: impl Fn(tokio::time::Instant) -> bool,
+) -> Vec<&serde_json::Value> {
+    all.iter()
+        .filter(|(at, n)| when(*at) && at_bank(n))
+        .filter(|(_, n)| n["type"] == crate::plan::notices::HEALTH_CHANGED)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+fn tell_health_changes(label: &str, changes: &[&serde_json::Value]) {
+    for n in changes {
+        println!(
+            "  {label}: connection {} {} -> {}, user_action {}",
+            n["data"]["connection_id"].as_str().unwrap_or("-"),
+            n["data"]["from"].as_str().unwrap_or("-"),
+            n["data"]["to"].as_str().unwrap_or("-"),
+            n["data"]["user_action"].as_str().unwrap_or("-"),
+        );
+    }
 }
 
 fn per_institution(status: &report::StatusReport) -> String {

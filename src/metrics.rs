@@ -152,41 +152,60 @@ pub async fn render(
 ) -> Result<String, sqlx::Error> {
     let store = sweeper.store();
     let mut registry = Registry::with_prefix("basiq_health");
-    let progress = sweeper.progress();
+    // Registered in this order: the text lists the metrics in it.
+    render_sweeps(&mut registry, sweeper).await?;
+    render_connections(&mut registry, store).await?;
+    render_requests(&mut registry, sweeper.client().stats());
+    render_refreshes(&mut registry, store, refresher).await?;
+    render_events(&mut registry, store, receiver).await?;
+    let mut out = String::new();
+    encode(&mut out, &registry)
+        .map_err(|e| sqlx::Error::Protocol(format!("encoding metrics: {e}")))?;
+    Ok(out)
+}
 
+/// Users watched, and the sweep's progress since start.
+async fn render_sweeps(registry: &mut Registry, sweeper: &Sweeper) -> Result<(), sqlx::Error> {
+    let progress = sweeper.progress();
     registry.register(
         "users_registered",
         "Users watched (not removed, not gone)",
-        gauge(store.count_active_users().await?),
+        gauge(sweeper.store().count_active_users().await?),
     );
-    registry.register(
-        "users_swept",
-        "Users swept since start",
-        progress.users_swept.clone(),
-    );
-    registry.register(
-        "users_failed",
-        "User sweeps that failed since start",
-        progress.users_failed.clone(),
-    );
-    registry.register(
-        "users_gone",
-        "Users Basiq answered 404 resource-not-found for, since start",
-        progress.users_gone.clone(),
-    );
-    registry.register(
-        "sweep_passes",
-        "Sweep passes since start",
-        progress.passes.clone(),
-    );
+    for (name, help, counter) in [
+        (
+            "users_swept",
+            "Users swept since start",
+            &progress.users_swept,
+        ),
+        (
+            "users_failed",
+            "User sweeps that failed since start",
+            &progress.users_failed,
+        ),
+        (
+            "users_gone",
+            "Users Basiq answered 404 resource-not-found for, since start",
+            &progress.users_gone,
+        ),
+        ("sweep_passes", "Sweep passes since start", &progress.passes),
+    ] {
+        registry.register(name, help, counter.clone());
+    }
     registry.register(
         "sweep_duration_seconds",
         "Duration of sweep passes",
         progress.pass_duration.clone(),
     );
+    Ok(())
+}
 
-    // Kept tallies and an indexed read of the open outages: the same cost at 10 users and
-    // 10 million.
+/// Connections per health and open outages, from the kept tallies and an indexed read of the
+/// open outages (the same cost at 10 users and 10 million), and the one writer's groups.
+async fn render_connections(
+    registry: &mut Registry,
+    store: &crate::store::Store,
+) -> Result<(), sqlx::Error> {
     let by_health = Family::<HealthLabel, Gauge>::default();
     let tallies = store.tallies().await?;
     for health in crate::plan::classify::Health::ALL {
@@ -208,7 +227,6 @@ pub async fn render(
         "Open outages (from /connectors or inferred)",
         gauge(i64::try_from(open_outages).unwrap_or(i64::MAX)),
     );
-
     let groups = store.group_stats();
     registry.register(
         "write_group_commits",
@@ -220,8 +238,11 @@ pub async fn render(
         "Per-user plans committed in those group transactions since start",
         counter(groups.plans.load(std::sync::atomic::Ordering::Relaxed)),
     );
+    Ok(())
+}
 
-    let stats = sweeper.client().stats();
+/// The client's requests to Basiq, the list items it could not read, its token fetches.
+fn render_requests(registry: &mut Registry, stats: &crate::basiq::Stats) {
     let requests = Family::<RequestLabels, Counter>::default();
     for ((endpoint, status), n) in stats.requests() {
         requests
@@ -254,7 +275,14 @@ pub async fn render(
         "POST /token calls since start",
         counter(stats.token_fetches()),
     );
+}
 
+/// Refresh decisions since start, and the reservations against the daily cap.
+async fn render_refreshes(
+    registry: &mut Registry,
+    store: &crate::store::Store,
+    refresher: &Refresher,
+) -> Result<(), sqlx::Error> {
     let decisions = Family::<DecisionLabels, Counter>::default();
     for ((decision, reason), n) in refresher.decision_counts() {
         decisions
@@ -266,7 +294,6 @@ pub async fn render(
         "Refresh requests by decision and reason since start",
         decisions,
     );
-
     let reservations = Family::<ReservationLabels, Counter>::default();
     for (trigger, outcome, n) in store.refresh_attempt_counts().await? {
         reservations
@@ -278,11 +305,5 @@ pub async fn render(
         "Refresh attempts reserved against the daily cap (kept history)",
         reservations,
     );
-
-    render_events(&mut registry, store, receiver).await?;
-
-    let mut out = String::new();
-    encode(&mut out, &registry)
-        .map_err(|e| sqlx::Error::Protocol(format!("encoding metrics: {e}")))?;
-    Ok(out)
+    Ok(())
 }

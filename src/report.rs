@@ -179,6 +179,30 @@ pub fn advice(health: &str, reason: Option<&str>) -> &'static str {
 /// running at `now` is shown.
 pub fn render_table(report: &StatusReport, now: DateTime<Utc>) -> String {
     let mut out = String::new();
+    write_counts(&mut out, report);
+    write_action_required(&mut out, report);
+    // One user (or a small installation): every connection with its refresh story.
+    let s = &report.summary;
+    if report.connections.len() <= 20 && !report.connections.is_empty() && !s.truncated {
+        let _ = writeln!(
+            out,
+            "
+connections:"
+        );
+        for c in &report.connections {
+            write_connection_story(&mut out, c, now);
+        }
+    }
+    out
+}
+
+/// A time as the tables show it.
+pub fn stamp(at: DateTime<Utc>) -> impl std::fmt::Display {
+    at.format("%Y-%m-%d %H:%M:%SZ")
+}
+
+/// Users and connections, connections per health, the open outages.
+fn write_counts(out: &mut String, report: &StatusReport) {
     let s = &report.summary;
     let _ = writeln!(out, "users: {}   connections: {}", s.users, s.connections);
     let _ = writeln!(out, "\nhealth               connections");
@@ -192,7 +216,7 @@ pub fn render_table(report: &StatusReport, now: DateTime<Utc>) -> String {
             "  {} {:<13} since {} ({}{})",
             o.institution_id,
             o.method,
-            o.started_at.format("%Y-%m-%d %H:%M:%SZ"),
+            stamp(o.started_at),
             o.source,
             o.status
                 .as_deref()
@@ -200,6 +224,11 @@ pub fn render_table(report: &StatusReport, now: DateTime<Utc>) -> String {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The connections needing the user's action (the first 50), with what to ask of the user.
+fn write_action_required(out: &mut String, report: &StatusReport) {
+    let s = &report.summary;
     let needing: Vec<&ConnectionView> = report
         .connections
         .iter()
@@ -231,56 +260,46 @@ pub fn render_table(report: &StatusReport, now: DateTime<Utc>) -> String {
             s.action_required - shown
         );
     }
-    // One user (or a small installation): every connection with its refresh story.
-    if report.connections.len() <= 20 && !report.connections.is_empty() && !s.truncated {
-        let _ = writeln!(
-            out,
-            "
-connections:"
-        );
-        for c in &report.connections {
-            let _ = writeln!(
-                out,
-                "  {} at {} ({}): {}{}",
-                c.connection_id,
-                c.institution_id,
-                c.method,
-                c.health.as_deref().unwrap_or("not classified"),
-                c.reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            );
-            let last = c.last_decision.as_ref().map_or("none".to_owned(), |d| {
-                format!(
-                    "{}{} ({}) at {}",
-                    d.decision.as_str(),
-                    d.reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default(),
-                    d.trigger.map_or("-", |t| t.as_str()),
-                    d.at.format("%Y-%m-%d %H:%M:%SZ")
-                )
-            });
-            let _ = writeln!(out, "      last refresh decision: {last}");
-            let next = c.next_refresh.map_or("none scheduled".to_owned(), |o| {
-                format!("{} ({})", o.at.format("%Y-%m-%d %H:%M:%SZ"), o.trigger)
-            });
-            let _ = writeln!(out, "      next refresh: {next}");
-            if let Some(until) = c.capped_until.filter(|t| *t > now) {
-                let _ = writeln!(
-                    out,
-                    "      Basiq's cap reached until {}",
-                    until.format("%Y-%m-%d %H:%M:%SZ")
-                );
-            }
-            if c.needs_user_present {
-                let _ = writeln!(out, "      MFA: refreshed only with the user present");
-            }
-        }
+}
+
+/// One connection: its health, its last refresh decision, its next refresh, a running cap,
+/// whether a refresh needs the user present.
+fn write_connection_story(out: &mut String, c: &ConnectionView, now: DateTime<Utc>) {
+    let _ = writeln!(
+        out,
+        "  {} at {} ({}): {}{}",
+        c.connection_id,
+        c.institution_id,
+        c.method,
+        c.health.as_deref().unwrap_or("not classified"),
+        c.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    let last = c.last_decision.as_ref().map_or("none".to_owned(), |d| {
+        format!(
+            "{}{} ({}) at {}",
+            d.decision.as_str(),
+            d.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            d.trigger.map_or("-", |t| t.as_str()),
+            stamp(d.at)
+        )
+    });
+    let _ = writeln!(out, "      last refresh decision: {last}");
+    let next = c.next_refresh.map_or("none scheduled".to_owned(), |o| {
+        format!("{} ({})", stamp(o.at), o.trigger)
+    });
+    let _ = writeln!(out, "      next refresh: {next}");
+    if let Some(until) = c.capped_until.filter(|t| *t > now) {
+        let _ = writeln!(out, "      Basiq's cap reached until {}", stamp(until));
     }
-    out
+    if c.needs_user_present {
+        let _ = writeln!(out, "      MFA: refreshed only with the user present");
+    }
 }
 
 /// The `plan` dry run as a table: refreshes in time order, then the connections that
@@ -309,7 +328,7 @@ pub fn render_plan(lines: &[crate::refresh::PlanLine]) -> String {
         let _ = writeln!(
             out,
             "  {}  {:<16} user {} connection {} at {} ({})",
-            at.format("%Y-%m-%d %H:%M:%SZ"),
+            stamp(*at),
             trigger,
             l.user_id,
             l.connection_id,

@@ -141,6 +141,11 @@ fn count(key: &str, value: i64) -> Result<u32, SettingsError> {
     u32::try_from(value).map_err(|_| invalid(key, format!("is out of range: {value}")))
 }
 
+/// A whole number inside its key's range, and at least 1.
+fn nonzero(key: &str, value: i64) -> Result<NonZeroU32, SettingsError> {
+    NonZeroU32::new(count(key, value)?).ok_or_else(|| invalid(key, "must be at least 1"))
+}
+
 /// A duration inside its key's range.
 fn span(key: &str, text: &str) -> Result<Duration, SettingsError> {
     let Range::Span(min, max) = range_of(key)? else {
@@ -756,10 +761,8 @@ impl ListenerSettings {
         idle_timeout: &str,
     ) -> Result<Self, SettingsError> {
         let key = |k: &str| format!("{section}.{k}");
-        let max = count(&key("max_connections"), max_connections)?;
         Ok(Self {
-            max_connections: NonZeroU32::new(max)
-                .ok_or_else(|| invalid(&key("max_connections"), "must be at least 1"))?,
+            max_connections: nonzero(&key("max_connections"), max_connections)?,
             header_timeout: span(&key("header_timeout"), header_timeout)?,
             body_timeout: span(&key("body_timeout"), body_timeout)?,
             idle_timeout: span(&key("idle_timeout"), idle_timeout)?,
@@ -1061,78 +1064,23 @@ impl Settings {
     }
 
     fn validate(raw: RawSettings) -> Result<Self, SettingsError> {
-        let b = raw.basiq;
-        let base_url = parse_base_url(&b.base_url)?;
-        let api_key = resolve_api_key(
-            b.api_key_file.as_deref(),
-            std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
-            std::env::var(API_KEY_ENV).ok(),
-        )?;
-        let nonzero = |key: &str, value: i64| {
-            let n = count(key, value)?;
-            NonZeroU32::new(n).ok_or_else(|| invalid(key, "must be at least 1"))
-        };
-        let basiq = BasiqSettings {
-            base_url,
-            api_key_file: b.api_key_file,
-            api_key,
-            timeout: span("basiq.timeout", &b.timeout)?,
-            connect_timeout: span("basiq.connect_timeout", &b.connect_timeout)?,
-            max_requests_per_second: nonzero(
-                "basiq.max_requests_per_second",
-                b.max_requests_per_second,
-            )?,
-            max_attempts: count("basiq.max_attempts", b.max_attempts)?,
-            retry_base_delay: span("basiq.retry_base_delay", &b.retry_base_delay)?,
-            max_retry_delay: span("basiq.max_retry_delay", &b.max_retry_delay)?,
-        };
+        // Section by section, in the file's order: the first error found is the one told.
+        let basiq = parse_basiq(raw.basiq)?;
         let database = DatabaseSettings {
             path: raw.database.path.unwrap_or_else(default_database_path),
             retain_days: count("database.retain_days", raw.database.retain_days)?,
             busy_timeout: span("database.busy_timeout", &raw.database.busy_timeout)?,
         };
         let shutdown_grace = span("shutdown_grace", &raw.shutdown_grace)?;
-        let log = LogSettings {
-            format: match raw.log.format.as_deref() {
-                None => default_log_format(),
-                Some("json") => LogFormat::Json,
-                Some("pretty") => LogFormat::Pretty,
-                Some(other) => {
-                    return Err(invalid(
-                        "log.format",
-                        format!("must be \"json\" or \"pretty\", not {other:?}"),
-                    ));
-                }
-            },
-            level: raw.log.level,
-        };
-        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-            return Err(invalid(
-                "log.level",
-                format!(
-                    "is not a level or filter (try \"info\" or \"basiq_health=debug\"), got {:?}",
-                    log.level
-                ),
-            ));
-        }
-        let sw = raw.sweep;
-        let sweep = SweepSettings {
-            period: span("sweep.period", &sw.period)?,
-            tick: validate_cron("sweep.tick", &sw.tick)?,
-            concurrency: nonzero("sweep.concurrency", sw.concurrency)?,
-            connectors_ttl: span("sweep.connectors_ttl", &sw.connectors_ttl)?,
-            stale_after: span("sweep.stale_after", &sw.stale_after)?,
-            login_min_interval: span("sweep.login_min_interval", &sw.login_min_interval)?,
-            retry_after: span("sweep.retry_after", &sw.retry_after)?,
-            batch_size: nonzero("sweep.batch_size", sw.batch_size)?,
-        };
+        let log = parse_log(raw.log)?;
+        let sweep = parse_sweep(raw.sweep)?;
         let outage = OutageSettings {
             min_users: nonzero("outage.min_users", raw.outage.min_users)?,
             window: span("outage.window", &raw.outage.window)?,
         };
         let mut warnings = Vec::new();
         let api = parse_api(raw.api, &database.path, &mut warnings)?;
-        let refresh = parse_refresh(raw.refresh, nonzero)?;
+        let refresh = parse_refresh(raw.refresh)?;
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref(), &mut warnings)?;
         let notify = parse_notify(raw.notify, credentials.as_deref(), &mut warnings)?;
@@ -1206,10 +1154,76 @@ fn validate_cron(key: &str, text: &str) -> Result<String, SettingsError> {
     Ok(text.trim().to_owned())
 }
 
-fn parse_refresh(
-    r: RawRefresh,
-    nonzero: impl Fn(&str, i64) -> Result<NonZeroU32, SettingsError>,
-) -> Result<RefreshSettings, SettingsError> {
+/// `[basiq]`: the URL, the key (from its file, the systemd credential or the environment),
+/// the client's timeouts, pace and retries.
+fn parse_basiq(b: RawBasiq) -> Result<BasiqSettings, SettingsError> {
+    let base_url = parse_base_url(&b.base_url)?;
+    let api_key = resolve_api_key(
+        b.api_key_file.as_deref(),
+        std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+        std::env::var(API_KEY_ENV).ok(),
+    )?;
+    Ok(BasiqSettings {
+        base_url,
+        api_key_file: b.api_key_file,
+        api_key,
+        timeout: span("basiq.timeout", &b.timeout)?,
+        connect_timeout: span("basiq.connect_timeout", &b.connect_timeout)?,
+        max_requests_per_second: nonzero(
+            "basiq.max_requests_per_second",
+            b.max_requests_per_second,
+        )?,
+        max_attempts: count("basiq.max_attempts", b.max_attempts)?,
+        retry_base_delay: span("basiq.retry_base_delay", &b.retry_base_delay)?,
+        max_retry_delay: span("basiq.max_retry_delay", &b.max_retry_delay)?,
+    })
+}
+
+/// `[log]`: the format (by default pretty on a terminal, JSON otherwise) and a filter that
+/// `EnvFilter` accepts.
+fn parse_log(raw: RawLog) -> Result<LogSettings, SettingsError> {
+    let log = LogSettings {
+        format: match raw.format.as_deref() {
+            None => default_log_format(),
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("must be \"json\" or \"pretty\", not {other:?}"),
+                ));
+            }
+        },
+        level: raw.level,
+    };
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        return Err(invalid(
+            "log.level",
+            format!(
+                "is not a level or filter (try \"info\" or \"basiq_health=debug\"), got {:?}",
+                log.level
+            ),
+        ));
+    }
+    Ok(log)
+}
+
+/// `[sweep]`: the period, the cron tick, the pace and the freshness rules.
+fn parse_sweep(sw: RawSweep) -> Result<SweepSettings, SettingsError> {
+    Ok(SweepSettings {
+        period: span("sweep.period", &sw.period)?,
+        tick: validate_cron("sweep.tick", &sw.tick)?,
+        concurrency: nonzero("sweep.concurrency", sw.concurrency)?,
+        connectors_ttl: span("sweep.connectors_ttl", &sw.connectors_ttl)?,
+        stale_after: span("sweep.stale_after", &sw.stale_after)?,
+        login_min_interval: span("sweep.login_min_interval", &sw.login_min_interval)?,
+        retry_after: span("sweep.retry_after", &sw.retry_after)?,
+        batch_size: nonzero("sweep.batch_size", sw.batch_size)?,
+    })
+}
+
+/// `[refresh]`: the mode, the caps, the pace and the daily window.
+fn parse_refresh(r: RawRefresh) -> Result<RefreshSettings, SettingsError> {
     let mode: crate::plan::policy::RefreshMode =
         r.mode
             .parse()

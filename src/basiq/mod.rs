@@ -3,8 +3,11 @@
 //!
 //! Knows nothing about SQLite, schedules or health: callers decide what an answer means.
 
+mod actions;
 mod client;
 mod error;
+mod pipeline;
+mod reads;
 mod token;
 mod wire;
 

@@ -126,7 +126,7 @@ macro_rules! id_type {
             /// An id read back from this daemon's own database, not checked again: every
             /// id is checked before it is stored. A row written before ids were checked may
             /// break the rule; that is harmless, because URLs are built segment by segment
-            /// (`basiq::client`) and SQL binds values.
+            /// (`basiq::pipeline`) and SQL binds values.
             #[allow(dead_code)] // not every kind of id is stored
             pub(crate) fn from_store(value: String) -> Self {
                 Self(value)

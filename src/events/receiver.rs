@@ -128,38 +128,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
     let now = s.clock.now();
     if let Err(e) = verify(&s.verifiers, &headers, &body, now) {
-        let (status, message, counter) = match e {
-            WebhookError::TimestampTooOldError | WebhookError::FutureTimestampError => (
-                StatusCode::UNAUTHORIZED,
-                "webhook-timestamp is more than 5 minutes from now (a replay?)",
-                &s.stats.stale,
-            ),
-            WebhookError::InvalidPayload => (
-                StatusCode::BAD_REQUEST,
-                "the body is not UTF-8 text (a webhook's payload is JSON)",
-                &s.stats.unreadable,
-            ),
-            WebhookError::MissingHeader(_)
-            | WebhookError::InvalidHeader(_)
-            | WebhookError::InvalidTimestamp => (
-                StatusCode::BAD_REQUEST,
-                "webhook-id, webhook-timestamp and webhook-signature are required",
-                &s.stats.malformed,
-            ),
-            _ => (
-                StatusCode::UNAUTHORIZED,
-                "the signature does not match any configured secret",
-                &s.stats.bad_signature,
-            ),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            event = "webhook_refused",
-            status = status.as_u16(),
-            reason = message,
-            "refused a webhook delivery"
-        );
-        return answer(status, message);
+        return refuse(&s.stats, &e);
     }
     // Verified: the headers are there and the body is UTF-8.
     let id = headers
@@ -172,25 +141,74 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
     }
     let text = String::from_utf8_lossy(&body);
     let payload: Option<WebhookPayload> = serde_json::from_str(&text).ok();
-    let event_type = payload.as_ref().and_then(|p| p.event_type_id.as_deref());
-    let event_id = payload
-        .as_ref()
-        .and_then(|p| p.event_id.as_deref())
-        .filter(|e| crate::domain::EventId::parse(*e).is_ok());
-    let entity = payload
-        .as_ref()
-        .and_then(|p| p.links.as_ref())
-        .and_then(|l| l.event_entity.as_deref());
-    let event = NewEvent {
+    let event = new_event(id, payload.as_ref(), &text);
+    let stored = s.store.insert_event(&event, now).await;
+    answer_stored(&s, &event, stored)
+}
+
+/// A delivery that did not verify: counted by cause, logged, answered 400 or 401.
+fn refuse(stats: &ReceiverStats, e: &WebhookError) -> Response {
+    let (status, message, counter) = match e {
+        WebhookError::TimestampTooOldError | WebhookError::FutureTimestampError => (
+            StatusCode::UNAUTHORIZED,
+            "webhook-timestamp is more than 5 minutes from now (a replay?)",
+            &stats.stale,
+        ),
+        WebhookError::InvalidPayload => (
+            StatusCode::BAD_REQUEST,
+            "the body is not UTF-8 text (a webhook's payload is JSON)",
+            &stats.unreadable,
+        ),
+        WebhookError::MissingHeader(_)
+        | WebhookError::InvalidHeader(_)
+        | WebhookError::InvalidTimestamp => (
+            StatusCode::BAD_REQUEST,
+            "webhook-id, webhook-timestamp and webhook-signature are required",
+            &stats.malformed,
+        ),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            "the signature does not match any configured secret",
+            &stats.bad_signature,
+        ),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        event = "webhook_refused",
+        status = status.as_u16(),
+        reason = message,
+        "refused a webhook delivery"
+    );
+    answer(status, message)
+}
+
+/// The inbox row of a verified delivery: what could be read of its payload (an event id
+/// outside the rule is left out), and the body as received.
+fn new_event<'a>(id: &'a str, payload: Option<&'a WebhookPayload>, text: &'a str) -> NewEvent<'a> {
+    NewEvent {
         delivery_id: id,
-        event_id,
-        event_type,
+        event_id: payload
+            .and_then(|p| p.event_id.as_deref())
+            .filter(|e| crate::domain::EventId::parse(*e).is_ok()),
+        event_type: payload.and_then(|p| p.event_type_id.as_deref()),
         source: "webhook",
         user_id: None,
-        entity_link: entity,
-        body: &text,
-    };
-    match s.store.insert_event(&event, now).await {
+        entity_link: payload
+            .and_then(|p| p.links.as_ref())
+            .and_then(|l| l.event_entity.as_deref()),
+        body: text,
+    }
+}
+
+/// The answer once the inbox was written to: 200 for a new event and for a duplicate (logged
+/// apart), 503 when it could not be stored, so that Basiq retries.
+fn answer_stored(
+    s: &ReceiverState,
+    event: &NewEvent<'_>,
+    stored: crate::store::Result<bool>,
+) -> Response {
+    let (id, event_type, event_id) = (event.delivery_id, event.event_type, event.event_id);
+    match stored {
         Ok(true) => {
             s.stats.stored.fetch_add(1, Ordering::Relaxed);
             tracing::info!(

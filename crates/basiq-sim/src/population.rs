@@ -71,13 +71,34 @@ struct Slot {
 
 pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let (mut users, per_user) = make_users(&mut rng, cfg.users);
+    let total: usize = per_user.iter().sum();
+    let slots = assign_cases(&mut rng, &per_user, total);
+    let mut state = empty_state(cfg);
+    let healthy = connect(&mut rng, now, &mut state, &mut users, &slots);
+    // Stable: jobs created in the same instant keep the order they were made in.
+    state.jobs.sort_by_key(|j| j.created);
+    // A refresh that is running as the simulator starts, without `links.source` until it ends:
+    // on the last healthy connection, so the first ones stay plain.
+    if healthy.len() >= 2
+        && let Some(&(u, c)) = healthy.last()
+    {
+        let job = running_refresh(&mut rng, &users[u], c, now, cfg.step_duration);
+        state.push_job(job);
+    }
+    state.users = users;
+    state.reindex_users();
+    state
+}
 
-    let mut users = Vec::with_capacity(cfg.users);
-    let mut per_user = Vec::with_capacity(cfg.users);
-    for n in 0..cfg.users {
-        let id = uuid(&mut rng);
-        let first = pick(&mut rng, &FIRST_NAMES);
-        let last = pick(&mut rng, &LAST_NAMES);
+/// `n` users with made-up names, without connections yet, and how many each will have.
+fn make_users(rng: &mut StdRng, n: usize) -> (Vec<User>, Vec<usize>) {
+    let mut users = Vec::with_capacity(n);
+    let mut per_user = Vec::with_capacity(n);
+    for n in 0..n {
+        let id = uuid(rng);
+        let first = pick(rng, &FIRST_NAMES);
+        let last = pick(rng, &LAST_NAMES);
         let mobile = format!("+614{:08}", rng.random_range(0..100_000_000u32));
         users.push(User {
             id,
@@ -93,10 +114,12 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         });
         per_user.push(rng.random_range(1..=3usize));
     }
-    let total: usize = per_user.iter().sum();
-    let slots = assign_cases(&mut rng, &per_user, total);
+    (users, per_user)
+}
 
-    let mut state = State {
+/// The state before any user is in it: the connectors, no fault, no token.
+fn empty_state(cfg: &SimConfig) -> State {
+    State {
         users: Vec::new(),
         jobs: Vec::new(),
         connectors: connectors(),
@@ -119,10 +142,20 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         reads: HashMap::new(),
         bank_failing: HashMap::new(),
         basiq_retries: Vec::new(),
-    };
+    }
+}
 
+/// Gives each user the connections of its slots, their history jobs into `state` (unsorted).
+/// Returns the healthy connections, as (user, connection) positions.
+fn connect(
+    rng: &mut StdRng,
+    now: DateTime<Utc>,
+    state: &mut State,
+    users: &mut [User],
+    slots: &[Slot],
+) -> Vec<(usize, usize)> {
     let mut by_user: Vec<Vec<&Slot>> = vec![Vec::new(); users.len()];
-    for slot in &slots {
+    for slot in slots {
         by_user[slot.user].push(slot);
     }
     let mut array_quirk_done = false;
@@ -132,32 +165,17 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
         user_slots.sort_by_key(|s| !s.at_outage);
         let mut used: Vec<&str> = Vec::new();
         for slot in user_slots.iter() {
-            let (institution, method) = place(&mut rng, slot, &used);
+            let (institution, method) = place(rng, slot, &used);
             used.push(institution);
-            let made = make_connection(&mut rng, now, slot.case, institution, method);
-            let user_id = users[u].id.clone();
-            for (created, updated, outcome) in made.jobs {
-                let failed = matches!(outcome, Outcome::Fail { .. });
-                let id = uuid(&mut rng);
-                // Sorted once below: inserting each in place is quadratic at 100,000 users.
-                state.jobs.push(Job {
-                    id,
-                    user_id: user_id.clone(),
-                    connection_id: made.conn.id.clone(),
-                    institution_id: institution.to_owned(),
-                    created,
-                    outcome,
-                    timing: Timing::Fixed {
-                        updated,
-                        running: false,
-                    },
-                    source: SourceLink::Always,
-                    // The first failure in population order is served as an array.
-                    result_as_array: failed && !std::mem::replace(&mut array_quirk_done, true),
-                    job_type: None,
-                    invalidates: false,
-                    origin: JobOrigin::Seed,
-                });
+            let made = make_connection(rng, now, slot.case, institution, method);
+            for job in made.jobs {
+                // The first failure in population order is served as an array.
+                let failed = matches!(job.2, Outcome::Fail { .. });
+                let as_array = failed && !std::mem::replace(&mut array_quirk_done, true);
+                // Sorted once by the caller: inserting each in place is quadratic at 100,000
+                // users.
+                let job = history_job(rng, &users[u].id, &made.conn, job, as_array);
+                state.jobs.push(job);
             }
             if slot.case == Case::Healthy {
                 healthy.push((u, users[u].connections.len()));
@@ -171,39 +189,63 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
             });
         }
     }
+    healthy
+}
 
-    // Stable: jobs created in the same instant keep the order they were made in.
-    state.jobs.sort_by_key(|j| j.created);
-
-    // A refresh that is running as the simulator starts, without `links.source` until it ends:
-    // on the last healthy connection, so the first ones stay plain.
-    if healthy.len() >= 2
-        && let Some(&(u, c)) = healthy.last()
-    {
-        let conn = &users[u].connections[c].s;
-        let job = Job {
-            id: uuid(&mut rng),
-            user_id: users[u].id.clone(),
-            connection_id: conn.id.clone(),
-            institution_id: conn.institution_id.clone(),
-            created: now,
-            outcome: Outcome::Success,
-            timing: Timing::Live {
-                step: cfg.step_duration,
-                applied: false,
-            },
-            source: SourceLink::WhenFinished,
-            result_as_array: false,
-            job_type: None,
-            invalidates: false,
-            origin: JobOrigin::Seed,
-        };
-        state.push_job(job);
+/// A finished job of a connection's history, with fixed times.
+fn history_job(
+    rng: &mut StdRng,
+    user_id: &str,
+    conn: &ScriptedConnection,
+    (created, updated, outcome): Finished,
+    result_as_array: bool,
+) -> Job {
+    Job {
+        id: uuid(rng),
+        user_id: user_id.to_owned(),
+        connection_id: conn.id.clone(),
+        institution_id: conn.institution_id.clone(),
+        created,
+        outcome,
+        timing: Timing::Fixed {
+            updated,
+            running: false,
+        },
+        source: SourceLink::Always,
+        result_as_array,
+        job_type: None,
+        invalidates: false,
+        origin: JobOrigin::Seed,
     }
+}
 
-    state.users = users;
-    state.reindex_users();
-    state
+/// A refresh of `user`'s connection `c` started `now`, one step per `step`, that will
+/// succeed; `links.source` appears only once it ends.
+fn running_refresh(
+    rng: &mut StdRng,
+    user: &User,
+    c: usize,
+    now: DateTime<Utc>,
+    step: Duration,
+) -> Job {
+    let conn = &user.connections[c].s;
+    Job {
+        id: uuid(rng),
+        user_id: user.id.clone(),
+        connection_id: conn.id.clone(),
+        institution_id: conn.institution_id.clone(),
+        created: now,
+        outcome: Outcome::Success,
+        timing: Timing::Live {
+            step,
+            applied: false,
+        },
+        source: SourceLink::WhenFinished,
+        result_as_array: false,
+        job_type: None,
+        invalidates: false,
+        origin: JobOrigin::Seed,
+    }
 }
 
 fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
@@ -329,16 +371,65 @@ fn place(rng: &mut StdRng, slot: &Slot, used: &[&str]) -> (&'static str, &'stati
     (institution, method)
 }
 
+/// A connection as the population makes it, and its finished history jobs.
 struct Made {
     conn: ScriptedConnection,
-    /// (created, updated, outcome) of each finished history job.
-    jobs: Vec<(DateTime<Utc>, DateTime<Utc>, Outcome)>,
+    jobs: Vec<Finished>,
 }
 
-fn secs(rng: &mut StdRng, lo: i64, hi: i64) -> TimeDelta {
+/// (created, updated, outcome) of a finished job.
+type Finished = (DateTime<Utc>, DateTime<Utc>, Outcome);
+
+/// A range of seconds, both ends included.
+type Span = (i64, i64);
+
+fn secs(rng: &mut StdRng, (lo, hi): Span) -> TimeDelta {
     TimeDelta::seconds(rng.random_range(lo..=hi))
 }
 
+/// How a job failed, as Basiq tells it: step, code, title, detail.
+type Failure = (&'static str, &'static str, &'static str, &'static str);
+
+const INVALID_CREDENTIALS: Failure = (
+    VERIFY,
+    "invalid-credentials",
+    "Cannot login to target institution using supplied credentials",
+    "Account is locked",
+);
+const BANK_POPUP: Failure = (
+    VERIFY,
+    "account-not-accessible-requires-user-action",
+    "Account not accessible",
+    "Cannot access the account until the user logs in to their bank and \
+     completes the action it asks for",
+);
+const CONNECTION_INVALID: Failure = (
+    VERIFY,
+    "invalid-connection",
+    "Invalid connection",
+    "The connection is no longer valid: the user has to connect again",
+);
+const SERVICE_UNAVAILABLE: Failure = (
+    VERIFY,
+    "service-unavailable",
+    "Service unavailable",
+    "The institution's service is currently unavailable. Please try again later.",
+);
+const UNKNOWN_ERROR: Failure = (
+    TRANSACTIONS,
+    "unknown-error",
+    "Unknown error",
+    "An unknown error occurred while retrieving transactions",
+);
+const JOB_TIMED_OUT: Failure = (
+    ACCOUNTS,
+    "job-timed-out",
+    "Job timed out",
+    "The job did not finish in time",
+);
+
+/// A connection in `case`, with its history. Every draw from `rng` comes in a fixed order,
+/// so a seed makes the same population.
 fn make_connection(
     rng: &mut StdRng,
     now: DateTime<Utc>,
@@ -346,12 +437,28 @@ fn make_connection(
     institution: &str,
     method: &str,
 ) -> Made {
+    let mut conn = new_connection(rng, now, institution, method);
+    let (mut jobs, older) = history(rng, now, case, &mut conn);
+    // Half of them also have an older job that `/users/{id}/jobs` no longer lists.
+    if older && rng.random_bool(0.5) {
+        jobs.insert(0, finished(rng, now, (8 * DAY, 20 * DAY), Outcome::Success));
+    }
+    Made { conn, jobs }
+}
+
+/// An active connection made 40 to 300 days ago, with a year of consent when it is open
+/// banking, and no history yet.
+fn new_connection(
+    rng: &mut StdRng,
+    now: DateTime<Utc>,
+    institution: &str,
+    method: &str,
+) -> ScriptedConnection {
     let id = uuid(rng);
-    let open_banking = method != "web";
-    let created = now - secs(rng, 40 * DAY, 300 * DAY);
+    let created = now - secs(rng, (40 * DAY, 300 * DAY));
     // A year of consent from the day the connection was made.
-    let expiry = open_banking.then(|| created + TimeDelta::days(365));
-    let mut conn = ScriptedConnection {
+    let expiry = (method != "web").then(|| created + TimeDelta::days(365));
+    ScriptedConnection {
         id,
         institution_id: institution.to_owned(),
         method: method.to_owned(),
@@ -362,72 +469,51 @@ fn make_connection(
         expiry,
         mfa: None,
         recorded_shape: false,
-    };
-    let mut jobs = Vec::new();
-    let run = |rng: &mut StdRng, created: DateTime<Utc>| created + secs(rng, 15, 90);
+    }
+}
 
+/// Shapes `conn` into `case` and makes its recent jobs; true when it may also have an older
+/// job.
+fn history(
+    rng: &mut StdRng,
+    now: DateTime<Utc>,
+    case: Case,
+    conn: &mut ScriptedConnection,
+) -> (Vec<Finished>, bool) {
     match case {
         Case::Healthy | Case::ConsentExpiringSoon => {
             if case == Case::ConsentExpiringSoon {
-                let expiry = now + secs(rng, DAY, 25 * DAY);
-                conn.expiry = Some(expiry);
-                conn.created = expiry - TimeDelta::days(365);
+                consent_ends(conn, now + secs(rng, (DAY, 25 * DAY)));
             }
-            let started = now - secs(rng, HOUR / 2, 6 * DAY + 12 * HOUR);
-            let done = run(rng, started);
-            conn.last_used = Some(done);
-            jobs.push((started, done, Outcome::Success));
+            let job = finished(rng, now, (HOUR / 2, 6 * DAY + 12 * HOUR), Outcome::Success);
+            conn.last_used = Some(job.1);
+            (vec![job], true)
         }
         Case::InvalidCredentials | Case::BankPopup | Case::ConnectionInvalid => {
             conn.status = "invalid".to_owned();
-            conn.outcome = match case {
-                Case::InvalidCredentials => Outcome::fail(
-                    VERIFY,
-                    "invalid-credentials",
-                    "Cannot login to target institution using supplied credentials",
-                    "Account is locked",
-                ),
-                Case::BankPopup => Outcome::fail(
-                    VERIFY,
-                    "account-not-accessible-requires-user-action",
-                    "Account not accessible",
-                    "Cannot access the account until the user logs in to their bank and \
-                     completes the action it asks for",
-                ),
-                _ => Outcome::fail(
-                    VERIFY,
-                    "invalid-connection",
-                    "Invalid connection",
-                    "The connection is no longer valid: the user has to connect again",
-                ),
+            let failure = match case {
+                Case::InvalidCredentials => INVALID_CREDENTIALS,
+                Case::BankPopup => BANK_POPUP,
+                _ => CONNECTION_INVALID,
             };
-            let started = now - secs(rng, HOUR, 6 * DAY);
-            conn.last_used = Some(started - secs(rng, DAY, 10 * DAY));
-            let done = run(rng, started);
-            jobs.push((started, done, conn.outcome.clone()));
+            let job = failed(rng, now, conn, failure, (HOUR, 6 * DAY), (DAY, 10 * DAY));
+            (vec![job], true)
         }
         Case::ServiceUnavailable => {
-            conn.outcome = Outcome::fail(
-                VERIFY,
-                "service-unavailable",
-                "Service unavailable",
-                "The institution's service is currently unavailable. Please try again later.",
-            );
-            let started = now - secs(rng, 2 * HOUR, 20 * HOUR);
-            conn.last_used = Some(started - secs(rng, 12 * HOUR, 3 * DAY));
-            let done = run(rng, started);
-            jobs.push((started, done, conn.outcome.clone()));
+            let (ago, idle) = ((2 * HOUR, 20 * HOUR), (12 * HOUR, 3 * DAY));
+            (
+                vec![failed(rng, now, conn, SERVICE_UNAVAILABLE, ago, idle)],
+                true,
+            )
         }
         Case::ConsentExpired => {
-            let expiry = now - secs(rng, DAY, 5 * DAY);
-            conn.expiry = Some(expiry);
-            conn.created = expiry - TimeDelta::days(365);
+            let expiry = now - secs(rng, (DAY, 5 * DAY));
+            consent_ends(conn, expiry);
             conn.status = "invalid".to_owned();
             // The last refresh worked, shortly before the consent ran out.
-            let started = expiry - secs(rng, 2 * HOUR, 20 * HOUR);
-            let done = run(rng, started);
-            conn.last_used = Some(done);
-            jobs.push((started, done, Outcome::Success));
+            let job = finished(rng, expiry, (2 * HOUR, 20 * HOUR), Outcome::Success);
+            conn.last_used = Some(job.1);
+            (vec![job], true)
         }
         Case::NotYetActive => {
             conn.status = if rng.random_bool(0.5) {
@@ -436,46 +522,64 @@ fn make_connection(
                 "pre-init"
             }
             .to_owned();
-            conn.created = now - secs(rng, 600, 3 * DAY);
+            conn.created = now - secs(rng, (600, 3 * DAY));
             conn.expiry = None;
-            return Made { conn, jobs };
+            (Vec::new(), false)
         }
         Case::Stale => {
-            conn.last_used = Some(now - secs(rng, 5 * DAY - 2 * HOUR, 5 * DAY + 2 * HOUR));
-            let started = now - secs(rng, 8 * DAY, 12 * DAY);
-            let done = run(rng, started);
-            jobs.push((started, done, Outcome::Success));
-            return Made { conn, jobs };
+            conn.last_used = Some(now - secs(rng, (5 * DAY - 2 * HOUR, 5 * DAY + 2 * HOUR)));
+            (
+                vec![finished(rng, now, (8 * DAY, 12 * DAY), Outcome::Success)],
+                false,
+            )
         }
         Case::Transient => {
-            conn.outcome = if rng.random_bool(0.5) {
-                Outcome::fail(
-                    TRANSACTIONS,
-                    "unknown-error",
-                    "Unknown error",
-                    "An unknown error occurred while retrieving transactions",
-                )
+            let failure = if rng.random_bool(0.5) {
+                UNKNOWN_ERROR
             } else {
-                Outcome::fail(
-                    ACCOUNTS,
-                    "job-timed-out",
-                    "Job timed out",
-                    "The job did not finish in time",
-                )
+                JOB_TIMED_OUT
             };
-            let started = now - secs(rng, HOUR, 5 * DAY);
-            conn.last_used = Some(started - secs(rng, 6 * HOUR, 2 * DAY));
-            let done = run(rng, started);
-            jobs.push((started, done, conn.outcome.clone()));
+            let job = failed(
+                rng,
+                now,
+                conn,
+                failure,
+                (HOUR, 5 * DAY),
+                (6 * HOUR, 2 * DAY),
+            );
+            (vec![job], true)
         }
     }
-    // Half of them also have an older job that `/users/{id}/jobs` no longer lists.
-    if rng.random_bool(0.5) {
-        let started = now - secs(rng, 8 * DAY, 20 * DAY);
-        let done = run(rng, started);
-        jobs.insert(0, (started, done, Outcome::Success));
-    }
-    Made { conn, jobs }
+}
+
+/// The consent runs out at `expiry`, a year after the connection was made.
+fn consent_ends(conn: &mut ScriptedConnection, expiry: DateTime<Utc>) {
+    conn.expiry = Some(expiry);
+    conn.created = expiry - TimeDelta::days(365);
+}
+
+/// A job started `ago` before `from` that ran 15 to 90 s.
+fn finished(rng: &mut StdRng, from: DateTime<Utc>, ago: Span, outcome: Outcome) -> Finished {
+    let started = from - secs(rng, ago);
+    let done = started + secs(rng, (15, 90));
+    (started, done, outcome)
+}
+
+/// `conn` now fails with `failure`: its last job, started `ago` before `now`, failed so, and
+/// it was last used `idle` before that job.
+fn failed(
+    rng: &mut StdRng,
+    now: DateTime<Utc>,
+    conn: &mut ScriptedConnection,
+    (step, code, title, detail): Failure,
+    ago: Span,
+    idle: Span,
+) -> Finished {
+    conn.outcome = Outcome::fail(step, code, title, detail);
+    let started = now - secs(rng, ago);
+    conn.last_used = Some(started - secs(rng, idle));
+    let done = started + secs(rng, (15, 90));
+    (started, done, conn.outcome.clone())
 }
 
 fn connectors() -> Vec<Connector> {

@@ -623,9 +623,7 @@ async fn user(
     let base = sim.base_url(&headers);
     let mut st = sim.lock();
     st.settle(sim.now());
-    let user = st
-        .user(&user_id)
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = user_of(&st, &user_id)?;
     Ok(Json(user.to_json(&base)).into_response())
 }
 
@@ -638,9 +636,7 @@ async fn connections(
     let base = sim.base_url(&headers);
     let mut st = sim.lock();
     st.settle(sim.now());
-    let user = st
-        .user(&user_id)
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = user_of(&st, &user_id)?;
     let data: Vec<Value> = user
         .connections
         .iter()
@@ -663,15 +659,45 @@ async fn connection(
     let base = sim.base_url(&headers);
     let mut st = sim.lock();
     st.settle(sim.now());
-    let user = st
-        .user(&user_id)
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    let conn = user
+    let conn = connection_of(&st, &user_id, &connection_id)?;
+    Ok(Json(st.shapes.item(&conn.s.id, conn.to_json(&base, &user_id))).into_response())
+}
+
+/// The user, or Basiq's 404.
+fn user_of<'a>(
+    st: &'a super::state::State,
+    user_id: &str,
+) -> Result<&'a super::state::User, ApiError> {
+    st.user(user_id).ok_or_else(|| ApiError::not_found("user"))
+}
+
+/// The user's connection, or Basiq's 404 for the user or the connection, whichever is
+/// missing.
+fn connection_of<'a>(
+    st: &'a super::state::State,
+    user_id: &str,
+    connection_id: &str,
+) -> Result<&'a super::state::Conn, ApiError> {
+    user_of(st, user_id)?
         .connections
         .iter()
         .find(|c| c.s.id == connection_id)
-        .ok_or_else(|| ApiError::not_found("connection"))?;
-    Ok(Json(st.shapes.item(&conn.s.id, conn.to_json(&base, &user_id))).into_response())
+        .ok_or_else(|| ApiError::not_found("connection"))
+}
+
+/// Basiq refreshes and purges active connections only: anything else is refused, `done`
+/// saying what could not be (`refreshed`, `purged`).
+fn must_be_active(conn: &super::state::Conn, done: &str) -> Result<(), ApiError> {
+    if conn.s.status != "active" {
+        return Err(ApiError::not_valid(
+            "connectionId",
+            format!(
+                "Connection is not active (status '{}') and cannot be {done}",
+                conn.s.status
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `connection.id.eq('CID')`, with single, double or no quotes.
@@ -702,9 +728,7 @@ async fn jobs(
     let now = sim.now();
     let mut st = sim.lock();
     st.settle(now);
-    if st.user(&user_id).is_none() {
-        return Err(ApiError::not_found("user"));
-    }
+    user_of(&st, &user_id)?;
     // Oldest first: Basiq documents no order, so the daemon has to sort by `created` itself.
     st.index_jobs();
     let data: Vec<Value> = st
@@ -753,23 +777,8 @@ fn refresh_one(
     connection_id: &str,
     now: DateTime<Utc>,
 ) -> Result<Refreshed, ApiError> {
-    let user = st
-        .user(user_id)
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    let conn = user
-        .connections
-        .iter()
-        .find(|c| c.s.id == connection_id)
-        .ok_or_else(|| ApiError::not_found("connection"))?;
-    if conn.s.status != "active" {
-        return Err(ApiError::not_valid(
-            "connectionId",
-            format!(
-                "Connection is not active (status '{}') and cannot be refreshed",
-                conn.s.status
-            ),
-        ));
-    }
+    let conn = connection_of(st, user_id, connection_id)?;
+    must_be_active(conn, "refreshed")?;
     let open_banking = is_open_banking(&conn.s.method);
     if let Some(running) = st.running_job(connection_id, now) {
         return Ok(Refreshed::Running(running.id.clone()));
@@ -823,9 +832,7 @@ async fn bulk_refresh(
     let now = sim.now();
     let mut st = sim.lock();
     st.settle(now);
-    let ids: Vec<String> = st
-        .user(&user_id)
-        .ok_or_else(|| ApiError::not_found("user"))?
+    let ids: Vec<String> = user_of(&st, &user_id)?
         .connections
         .iter()
         .filter(|c| c.s.status == "active")
@@ -855,23 +862,8 @@ async fn purge(
     sim.authorize(&headers)?;
     let mut st = sim.lock();
     st.settle(sim.now());
-    let user = st
-        .user(&user_id)
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    let conn = user
-        .connections
-        .iter()
-        .find(|c| c.s.id == connection_id)
-        .ok_or_else(|| ApiError::not_found("connection"))?;
-    if conn.s.status != "active" {
-        return Err(ApiError::not_valid(
-            "connectionId",
-            format!(
-                "Connection is not active (status '{}') and cannot be purged",
-                conn.s.status
-            ),
-        ));
-    }
+    let conn = connection_of(&st, &user_id, &connection_id)?;
+    must_be_active(conn, "purged")?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
