@@ -10,7 +10,7 @@
 //! The simulator runs in a second process (this binary again, `--role sim`), so the CPU
 //! figures are the daemon's alone. In this process, in order, against the same simulator
 //! at the same concurrency:
-//! 1. **sweep**: the library's real sweep (`Sweeper::run_pass`, the path of `basiq-health
+//! 1. **sweep**: the library's real sweep (`Context::run_pass`, the path of `basiq-health
 //!    sweep`) over every registered user on a fresh database; CPU is this process's
 //!    user + sys time over the pass (`/proc/self/stat`), peak RSS its `VmHWM` right after.
 //! 2. **raw**: the limit: the same two GETs per user with reqwest, bodies discarded.
@@ -29,7 +29,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use basiq_health::domain::UserId;
 use basiq_health::settings::Settings;
 use futures_util::StreamExt;
@@ -245,15 +245,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.concurrency
     );
     let settings = Settings::from_toml(&toml)?;
-    let sweeper = basiq_health::app::build_sweeper_with_key(
+    let context = basiq_health::app::build_sweeper_with_key(
         &settings,
         secrecy::SecretString::from(sim.api_key.clone()),
     )
     .await?;
-    sweeper.store().set_notices(args.notices);
+    context.store().set_notices(args.notices);
     let started = Instant::now();
     for chunk in users.chunks(10_000) {
-        sweeper.add_users(chunk).await?;
+        context.add_users(chunk).await?;
     }
     let register = started.elapsed();
     let registered = users.len();
@@ -266,8 +266,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .await?;
     let (cpu0, sim_cpu0) = (self_cpu(), sim.cpu_secs());
     let started = Instant::now();
-    let counts = sweeper
-        .run_pass_all("bench", &CancellationToken::new())
+    let counts = context
+        .run_pass_all(
+            basiq_health::work::PassTrigger::Command,
+            &CancellationToken::new(),
+        )
         .await?;
     let took = started.elapsed().as_secs_f64();
     let (cpu, sim_cpu) = (self_cpu() - cpu0, sim.cpu_secs() - sim_cpu0);
@@ -283,12 +286,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
               + (SELECT COUNT(*) FROM job_steps) + (SELECT COUNT(*) FROM health_changes)
               + (SELECT COUNT(*) FROM users WHERE last_swept_at IS NOT NULL)",
     )
-    .fetch_one(sweeper.store().pool())
+    .fetch_one(context.store().pool())
     .await?;
     let notices: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
-        .fetch_one(sweeper.store().pool())
+        .fetch_one(context.store().pool())
         .await?;
-    sweeper.store().close().await;
+    context.store().close().await;
     let sweep_rate = swept / took;
     let cpu_ms = cpu * 1000.0 / swept.max(1.0);
 

@@ -4,7 +4,7 @@
 //! otherwise add and delete users or list every user id): `api.token_file`, or the
 //! `api-token` file the daemon creates beside the database at first start (random, 0600).
 //! `/healthz` and `/metrics` are open on a loopback address (probes, a local scraper); on any
-//! other address `/metrics` needs the token too. Thin: every handler calls the sweeper, the
+//! other address `/metrics` needs the token too. Thin: every handler calls the context, the
 //! store or the report.
 
 use std::sync::Arc;
@@ -19,12 +19,12 @@ use serde_json::json;
 
 use crate::domain::UserId;
 use crate::report;
-use crate::sweep::Sweeper;
+use crate::work::Context;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub refresher: crate::refresh::Refresher,
-    pub sweeper: Sweeper,
+    pub context: Context,
     pub token: SecretString,
     /// The API listens on a loopback address: `/metrics` needs no token.
     pub loopback: bool,
@@ -100,7 +100,7 @@ async fn list_users(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let users = state.sweeper.store().list_users().await?;
+    let users = state.context.store().list_users().await?;
     Ok(Json(report::users_json(&users)).into_response())
 }
 
@@ -111,7 +111,7 @@ async fn add_user(
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
     let id = user_id(id)?;
-    let added = state.sweeper.add_users(std::slice::from_ref(&id)).await? > 0;
+    let added = state.context.add_users(std::slice::from_ref(&id)).await? > 0;
     let code = if added {
         StatusCode::CREATED
     } else {
@@ -128,9 +128,9 @@ async fn remove_user(
     authorise(&state, &headers)?;
     let id = user_id(id)?;
     let removed = state
-        .sweeper
+        .context
         .store()
-        .remove_users(std::slice::from_ref(&id), state.sweeper.clock().now())
+        .remove_users(std::slice::from_ref(&id), state.context.clock().now())
         .await?;
     if removed == 0 {
         return Err(ApiError(
@@ -142,7 +142,7 @@ async fn remove_user(
 }
 
 async fn health_json(state: &ApiState, id: &UserId) -> Result<serde_json::Value, ApiError> {
-    let report = report::status(state.sweeper.store(), Some(id), None).await?;
+    let report = report::status(state.context.store(), Some(id), None).await?;
     Ok(json!({"user_id": id, "connections": report.connections}))
 }
 
@@ -173,7 +173,7 @@ async fn user_health(
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
     let id = user_id(id)?;
-    if state.sweeper.store().get_user(&id).await?.is_none() {
+    if state.context.store().get_user(&id).await?.is_none() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("user {id} is not registered"),
@@ -207,7 +207,7 @@ async fn status(
         )
     })?;
     let limit = (!query.all).then_some(query.limit.unwrap_or(report::DEFAULT_LIMIT));
-    let report = report::status(state.sweeper.store(), None, limit).await?;
+    let report = report::status(state.context.store(), None, limit).await?;
     Ok(Json(report).into_response())
 }
 
@@ -215,7 +215,7 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     if !state.loopback {
         authorise(&state, &headers)?;
     }
-    let text = crate::metrics::render(&state.sweeper, &state.refresher, &state.receiver).await?;
+    let text = crate::metrics::render(&state.context, &state.refresher, &state.receiver).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -232,10 +232,10 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
 /// answers at once whatever another process holds, from the writer's own recent outcomes.
 async fn healthz(State(state): State<ApiState>) -> Response {
     use std::sync::atomic::Ordering;
-    let progress = state.sweeper.progress();
-    let now = state.sweeper.clock().now().timestamp();
+    let progress = state.context.progress();
+    let now = state.context.clock().now().timestamp();
     let mut problems = Vec::new();
-    if let Some(f) = state.sweeper.store().write_health().failing() {
+    if let Some(f) = state.context.store().write_health().failing() {
         problems.push(format!(
             "database writes failing since {} ({} failure(s)): {}",
             f.since.to_rfc3339(),

@@ -4,7 +4,7 @@
 //! future resolves, then stops at safe points. The same path serves systemd, the demo and
 //! the tests.
 //!
-//! One [`Clock`] runs through everything built here (store, client, sweeper, refresher,
+//! One [`Clock`] runs through everything built here (store, client, context, refresher,
 //! receiver, processor, deliverers): the system clock unless a caller hands in another
 //! (`*_with_clock`: tests and the life simulation drive a manual one).
 
@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::refresh::Refresher;
 use crate::settings::{BasiqSettings, Settings};
 use crate::store::Store;
-use crate::sweep::{self, SweepOptions, Sweeper, TickState};
+use crate::work::{self, Context, SweepOptions, TickState};
 
 /// Client options from the settings and a key.
 pub fn client_options(b: &BasiqSettings, api_key: secrecy::SecretString) -> ClientOptions {
@@ -51,7 +51,7 @@ pub fn sweep_options(s: &Settings) -> SweepOptions {
         outage_min_users: i64::from(s.outage.min_users.get()),
         outage_window: s.outage.window,
         auto_refresh: (s.refresh.limits.mode != crate::plan::policy::RefreshMode::Off).then_some(
-            sweep::AutoRefresh {
+            crate::plan::policy::schedule::AutoRefresh {
                 recovery_window: s.refresh.recovery_window,
                 transient_retry_base: s.refresh.transient_retry_base,
                 transient_max_retries: s.refresh.transient_max_retries,
@@ -87,9 +87,9 @@ pub fn api_key(settings: &Settings) -> anyhow::Result<secrecy::SecretString> {
     Ok(key.secret.clone())
 }
 
-/// Builds the sweeper on the system clock: key (exit 78 when missing), database (74),
+/// Builds the context on the system clock: key (exit 78 when missing), database (74),
 /// client.
-pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
+pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Context> {
     build_sweeper_with_key(settings, api_key(settings)?).await
 }
 
@@ -97,22 +97,22 @@ pub async fn build_sweeper(settings: &Settings) -> anyhow::Result<Sweeper> {
 pub async fn build_sweeper_with_key(
     settings: &Settings,
     key: secrecy::SecretString,
-) -> anyhow::Result<Sweeper> {
+) -> anyhow::Result<Context> {
     build_sweeper_with_clock(settings, key, Clock::system()).await
 }
 
-/// As [`build_sweeper_with_key`], on `clock`: the store, the client and the sweeper all
+/// As [`build_sweeper_with_key`], on `clock`: the store, the client and the context all
 /// take their time from it.
 pub async fn build_sweeper_with_clock(
     settings: &Settings,
     key: secrecy::SecretString,
     clock: Clock,
-) -> anyhow::Result<Sweeper> {
+) -> anyhow::Result<Context> {
     let store = open_store(settings, &clock).await?;
     // No endpoint would send a notification: none is kept.
     store.set_notices(!settings.notify.endpoints.is_empty());
     let client = Client::with_clock(client_options(&settings.basiq, key), clock.clone())?;
-    Sweeper::new(store, client, sweep_options(settings), clock)
+    Context::new(store, client, sweep_options(settings), clock)
         .await
         .context("while reading the installation seed")
 }
@@ -120,7 +120,7 @@ pub async fn build_sweeper_with_clock(
 /// The daemon, built and ready to run.
 pub struct App {
     settings: Settings,
-    sweeper: Sweeper,
+    context: Context,
     refresher: Refresher,
     ticks: Arc<TickState>,
     listener: Option<TcpListener>,
@@ -135,8 +135,8 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let sweeper = build_sweeper(&settings).await?;
-        Self::assemble(settings, sweeper).await
+        let context = build_sweeper(&settings).await?;
+        Self::assemble(settings, context).await
     }
 
     /// As [`App::build`], with the key handed over in-process (demo, tests).
@@ -154,12 +154,12 @@ impl App {
         key: secrecy::SecretString,
         clock: Clock,
     ) -> anyhow::Result<Self> {
-        let sweeper = build_sweeper_with_clock(&settings, key, clock).await?;
-        Self::assemble(settings, sweeper).await
+        let context = build_sweeper_with_clock(&settings, key, clock).await?;
+        Self::assemble(settings, context).await
     }
 
-    async fn assemble(settings: Settings, sweeper: Sweeper) -> anyhow::Result<Self> {
-        let refresher = Refresher::new(sweeper.clone(), settings.refresh.clone()).await?;
+    async fn assemble(settings: Settings, context: Context) -> anyhow::Result<Self> {
+        let refresher = Refresher::new(context.clone(), settings.refresh.clone()).await?;
         let listener =
             match settings.api.listen {
                 Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
@@ -190,7 +190,7 @@ impl App {
             }
         };
         Ok(Self {
-            sweeper,
+            context,
             refresher,
             ticks: Arc::new(TickState::default()),
             listener,
@@ -209,8 +209,8 @@ impl App {
             .and_then(|l| l.local_addr().ok())
     }
 
-    pub fn sweeper(&self) -> &Sweeper {
-        &self.sweeper
+    pub fn context(&self) -> &Context {
+        &self.context
     }
 
     pub fn refresher(&self) -> &Refresher {
@@ -218,7 +218,7 @@ impl App {
     }
 
     pub fn clock(&self) -> &Clock {
-        self.sweeper.clock()
+        self.context.clock()
     }
 
     pub fn ticks(&self) -> Arc<TickState> {
@@ -252,11 +252,11 @@ impl App {
             .filter_map(crate::settings::WebhookSecret::webhook)
             .collect();
         let state = crate::events::receiver::ReceiverState {
-            store: self.sweeper.store().clone(),
+            store: self.context.store().clone(),
             verifiers: Arc::new(verifiers),
             wake,
             stats: self.receiver_stats.clone(),
-            clock: self.sweeper.clock().clone(),
+            clock: self.context.clock().clone(),
         };
         let max_body = usize::try_from(self.settings.webhooks.max_body).unwrap_or(65_536);
         let cancel = cancel.clone();
@@ -293,7 +293,7 @@ impl App {
         let mut tasks = Vec::new();
         let wake = Arc::new(tokio::sync::Notify::new());
         let processor = crate::events::process::Processor {
-            sweeper: self.sweeper.clone(),
+            context: self.context.clone(),
             register_new_users: self.settings.webhooks.register_new_users,
             wake: wake.clone(),
         };
@@ -302,9 +302,9 @@ impl App {
             tasks.push(self.spawn_receiver(listener, wake.clone(), cancel));
         }
         if let Some(interval) = self.settings.webhooks.poll_interval {
-            let client = self.sweeper.client().clone();
-            let store = self.sweeper.store().clone();
-            let clock = self.sweeper.clock().clone();
+            let client = self.context.client().clone();
+            let store = self.context.store().clone();
+            let clock = self.context.clock().clone();
             let cancel = cancel.clone();
             let wake = wake.clone();
             tasks.push(tokio::spawn(async move {
@@ -328,14 +328,65 @@ impl App {
         }
         if !self.settings.notify.endpoints.is_empty() {
             tasks.push(tokio::spawn(crate::notify::deliver::run(
-                self.sweeper.store().clone(),
+                self.context.store().clone(),
                 self.settings.notify.clone(),
-                Some(self.sweeper.clone()),
-                self.sweeper.clock().clone(),
+                Some(self.context.clone()),
+                self.context.clock().clone(),
                 cancel.clone(),
             )));
         }
         tasks
+    }
+
+    /// The workers the tick feeds, first the sweep's: the pass over due users; scheduled
+    /// refreshes (recovery, transient retries, daily slots: paced, so they may run long
+    /// without holding up a sweep); housekeeping (prunes history once a day).
+    fn tick_workers(&self, cancel: &CancellationToken) -> Vec<work::tick::Worker> {
+        let sweep =
+            work::tick::sweep_worker(self.context.clone(), cancel.clone(), self.ticks.clone());
+        let refresher = self.refresher.clone();
+        let stop = cancel.clone();
+        let refresh = work::tick::spawn_worker(cancel.clone(), move || {
+            let (refresher, stop) = (refresher.clone(), stop.clone());
+            async move {
+                if let Err(e) = refresher.run_due(&stop).await {
+                    tracing::error!(event = "refresh_pass_failed", error = %e, "scheduled refreshes failed; the next tick tries again");
+                }
+            }
+        });
+        let context = self.context.clone();
+        let retain_days = self.settings.database.retain_days;
+        let housekeeping = work::tick::spawn_worker(cancel.clone(), move || {
+            let context = context.clone();
+            async move { housekeep(&context, retain_days).await }
+        });
+        vec![sweep, refresh, housekeeping]
+    }
+
+    /// The local API on its listener, if enabled.
+    fn spawn_api(
+        &mut self,
+        liveness: crate::service::Liveness,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let listener = self.listener.take()?;
+        let token = self.api_token.clone()?;
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let state = api::ApiState {
+            refresher: self.refresher.clone(),
+            context: self.context.clone(),
+            token,
+            loopback,
+            liveness,
+            receiver: self.receiver_stats.clone(),
+        };
+        Some(tokio::spawn(crate::serve::serve(
+            listener,
+            api::router(state),
+            "api",
+            self.budget.api,
+            cancel.clone(),
+        )))
     }
 
     /// Runs until `shutdown` resolves; then stops taking new users, lets in-flight users
@@ -345,102 +396,22 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
-        let clock = self.sweeper.clock().clone();
+        let clock = self.context.clock().clone();
         let tick_interval = crate::service::tick_interval(&self.settings.sweep.tick, clock.now());
-        // Housekeeping: fed by the tick, prunes history once a day.
-        let (house_tx, mut house_rx) = tokio::sync::mpsc::channel::<()>(1);
-        let housekeeping = {
-            let store = self.sweeper.store().clone();
-            let retain_days = self.settings.database.retain_days;
-            let cancel = cancel.clone();
-            let clock = clock.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        tick = house_rx.recv() => {
-                            if tick.is_none() {
-                                break;
-                            }
-                            match store.housekeep_if_due(retain_days, clock.now()).await {
-                                Ok(Some(p)) => tracing::info!(
-                                    event = "history_pruned",
-                                    jobs = p.jobs,
-                                    health_changes = p.health_changes,
-                                    refresh_attempts = p.refresh_attempts,
-                                    refresh_decisions = p.refresh_decisions,
-                                    sweeps = p.sweeps,
-                                    events = p.events,
-                                    notifications = p.notifications,
-                                    retain_days,
-                                    "history pruned"
-                                ),
-                                Ok(None) => {}
-                                Err(e) => tracing::error!(event = "prune_failed", error = %e, "pruning failed; tried again on a later tick"),
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        // The refresh worker: fed by the same tick, owns scheduled refreshes (recovery,
-        // transient retries, daily slots); paced, so it may run long without blocking sweeps.
-        let (refresh_tx, mut refresh_rx) = tokio::sync::mpsc::channel::<()>(1);
-        let refresh_worker = {
-            let refresher = self.refresher.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        tick = refresh_rx.recv() => {
-                            if tick.is_none() {
-                                break;
-                            }
-                            if let Err(e) = refresher.run_due(&cancel).await {
-                                tracing::error!(event = "refresh_pass_failed", error = %e, "scheduled refreshes failed; the next tick tries again");
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        let running = sweep::run_scheduler(
-            self.sweeper.clone(),
-            &self.settings.sweep.tick,
-            cancel.clone(),
-            self.ticks.clone(),
-            vec![refresh_tx, house_tx],
-        )
-        .await?;
+        let running =
+            work::tick::run_scheduler(&self.settings.sweep.tick, self.tick_workers(&cancel))
+                .await?;
         let liveness = crate::service::Liveness::new(
             self.ticks.clone(),
             tick_interval,
             clock.now().timestamp(),
         );
         let watchdog =
-            crate::service::spawn_watchdog(self.sweeper.clone(), liveness.clone(), cancel.clone());
+            crate::service::spawn_watchdog(self.context.clone(), liveness.clone(), cancel.clone());
         let webhook_listener = self.webhook_listener.take();
-        let events_tasks = self.spawn_events(webhook_listener, &cancel);
-        let api_token = self.api_token.clone();
-        let api_task = self.listener.zip(api_token).map(|(listener, token)| {
-            let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-            let state = api::ApiState {
-                refresher: self.refresher.clone(),
-                sweeper: self.sweeper.clone(),
-                token,
-                loopback,
-                liveness,
-                receiver: self.receiver_stats.clone(),
-            };
-            tokio::spawn(crate::serve::serve(
-                listener,
-                api::router(state),
-                "api",
-                self.budget.api,
-                cancel.clone(),
-            ))
-        });
+        let mut tasks = self.spawn_events(webhook_listener, &cancel);
+        tasks.push(watchdog);
+        tasks.extend(self.spawn_api(liveness, &cancel));
         tracing::info!(
             event = "started",
             api = self.settings.api.listen.map(|a| a.to_string()),
@@ -448,7 +419,7 @@ impl App {
             "basiq-health is running"
         );
         crate::service::ready(
-            &crate::service::status_line(self.sweeper.store(), clock.now()).await,
+            &crate::service::status_line(self.context.store(), clock.now()).await,
         );
         shutdown.await;
         crate::service::stopping();
@@ -457,18 +428,19 @@ impl App {
             "stopping: finishing the users in flight"
         );
         cancel.cancel();
+        self.stop(running, tasks).await;
+        Ok(())
+    }
+
+    /// Waits (at most `shutdown_grace`) for the workers, the refresher's followers and the
+    /// tasks, then closes the database.
+    async fn stop(self, running: work::tick::Running, tasks: Vec<tokio::task::JoinHandle<()>>) {
         let grace = self.settings.shutdown_grace;
         let refresher = self.refresher.clone();
         let stopped = tokio::time::timeout(grace, async move {
             running.stop().await;
-            let _ = refresh_worker.await;
-            let _ = housekeeping.await;
-            let _ = watchdog.await;
             refresher.shutdown().await;
-            if let Some(task) = api_task {
-                let _ = task.await;
-            }
-            for task in events_tasks {
+            for task in tasks {
                 let _ = task.await;
             }
         })
@@ -482,10 +454,32 @@ impl App {
         }
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            self.sweeper.store().close(),
+            self.context.store().close(),
         )
         .await;
         tracing::info!(event = "stopped", "stopped cleanly");
-        Ok(())
+    }
+}
+
+/// Housekeeping's unit of work: prunes history older than `retain_days`, once a day.
+async fn housekeep(context: &Context, retain_days: u32) {
+    let now = context.clock().now();
+    match context.store().housekeep_if_due(retain_days, now).await {
+        Ok(Some(p)) => tracing::info!(
+            event = "history_pruned",
+            jobs = p.jobs,
+            health_changes = p.health_changes,
+            refresh_attempts = p.refresh_attempts,
+            refresh_decisions = p.refresh_decisions,
+            sweeps = p.sweeps,
+            events = p.events,
+            notifications = p.notifications,
+            retain_days,
+            "history pruned"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(event = "prune_failed", error = %e, "pruning failed; tried again on a later tick")
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
@@ -349,7 +349,7 @@ async fn cmd_run(settings: Settings, clock: Clock) -> anyhow::Result<u8> {
 
 /// `sweep`: one pass, stopped between users by a signal; prints the counts.
 async fn cmd_sweep(args: SweepArgs, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
-    let sweeper = sweeper(settings, clock).await?;
+    let context = context(settings, clock).await?;
     // Every user is read page by page inside the pass: memory follows the page, not the
     // register.
     let only = (!args.users.is_empty()).then_some(args.users);
@@ -361,11 +361,19 @@ async fn cmd_sweep(args: SweepArgs, settings: &Settings, clock: &Clock) -> anyho
         stop.cancel();
     });
     let counts = match only {
-        Some(users) => sweeper.run_pass("command", Some(users), &cancel).await?,
-        None => sweeper.run_pass_all("command", &cancel).await?,
+        Some(users) => {
+            context
+                .run_pass(crate::work::PassTrigger::Command, Some(users), &cancel)
+                .await?
+        }
+        None => {
+            context
+                .run_pass_all(crate::work::PassTrigger::Command, &cancel)
+                .await?
+        }
     };
     signal.abort();
-    sweeper.store().close().await;
+    context.store().close().await;
     println!("{}", serde_json::to_string(&counts)?);
     Ok(sweep_exit_code(&counts))
 }
@@ -375,7 +383,7 @@ async fn cmd_check(args: CheckArgs, settings: &Settings, clock: &Clock) -> anyho
     let refresher = refresher(settings, clock).await?;
     let user = args.user_id;
     let (swept, refreshes) = refresher.login(&user).await?;
-    let report = report::status(refresher.sweeper().store(), Some(&user), None).await?;
+    let report = report::status(refresher.context().store(), Some(&user), None).await?;
     let body = serde_json::json!({
         "user_id": user,
         "swept": swept,
@@ -383,7 +391,7 @@ async fn cmd_check(args: CheckArgs, settings: &Settings, clock: &Clock) -> anyho
         "refreshes": refreshes,
     });
     println!("{}", serde_json::to_string_pretty(&body)?);
-    refresher.sweeper().store().close().await;
+    refresher.context().store().close().await;
     Ok(0)
 }
 
@@ -392,11 +400,11 @@ async fn cmd_refresh(args: RefreshArgs, settings: &Settings, clock: &Clock) -> a
     let refresher = refresher(settings, clock).await?;
     let (user, connection) = (args.user, args.connection_id);
     // Fresh facts first: the user's connections and jobs as Basiq has them now.
-    let sweeper = refresher.sweeper();
-    if sweeper.store().get_user(&user).await?.is_none() {
-        sweeper.add_users(std::slice::from_ref(&user)).await?;
+    let context = refresher.context();
+    if context.store().get_user(&user).await?.is_none() {
+        context.add_users(std::slice::from_ref(&user)).await?;
     }
-    sweeper.sweep_user(&user).await?;
+    context.sweep_user(&user).await?;
     let decision = refresher
         .request(
             &user,
@@ -408,7 +416,7 @@ async fn cmd_refresh(args: RefreshArgs, settings: &Settings, clock: &Clock) -> a
         .await?;
     refresher.wait_for_followers().await;
     println!("{}", serde_json::to_string(&decision)?);
-    sweeper.store().close().await;
+    context.store().close().await;
     if args.follow && refresher.unfinished_follows() > 0 {
         eprintln!(
             "basiq-health: could not follow the job of connection {connection} of user {user} \
@@ -425,7 +433,7 @@ async fn cmd_purge(args: PurgeArgs, settings: &Settings, clock: &Clock) -> anyho
     let refresher = refresher(settings, clock).await?;
     let (user, connection) = (args.user, args.connection_id);
     let outcome = refresher.purge(&user, &connection, args.yes).await;
-    refresher.sweeper().store().close().await;
+    refresher.context().store().close().await;
     // Every message names the connection asked about, not an id read from Basiq.
     let outcome =
         outcome.with_context(|| format!("while purging connection {connection} of user {user}"))?;
@@ -489,7 +497,7 @@ async fn cmd_plan(args: PlanArgs, settings: &Settings, clock: &Clock) -> anyhow:
     let lines = refresher
         .dry_run((!users.is_empty()).then_some(users.as_slice()), clock.now())
         .await?;
-    refresher.sweeper().store().close().await;
+    refresher.context().store().close().await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&lines)?);
     } else {
@@ -549,11 +557,11 @@ async fn cmd_events(
 
 /// `events poll`: one read of `GET /events`, then every pending event processed.
 async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
-    let sweeper = sweeper(settings, clock).await?;
+    let context = context(settings, clock).await?;
     let polled =
-        crate::events::poll::poll_once(sweeper.client(), sweeper.store(), clock.now()).await?;
+        crate::events::poll::poll_once(context.client(), context.store(), clock.now()).await?;
     let processor = crate::events::process::Processor {
-        sweeper: sweeper.clone(),
+        context: context.clone(),
         register_new_users: settings.webhooks.register_new_users,
         wake: std::sync::Arc::default(),
     };
@@ -573,8 +581,8 @@ async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The sweeper on the command's clock: key (exit 78 when missing), database (74), client.
-async fn sweeper(settings: &Settings, clock: &Clock) -> anyhow::Result<crate::sweep::Sweeper> {
+/// The context on the command's clock: key (exit 78 when missing), database (74), client.
+async fn context(settings: &Settings, clock: &Clock) -> anyhow::Result<crate::work::Context> {
     app::build_sweeper_with_clock(settings, app::api_key(settings)?, clock.clone()).await
 }
 
@@ -582,8 +590,8 @@ async fn refresher(
     settings: &Settings,
     clock: &Clock,
 ) -> anyhow::Result<crate::refresh::Refresher> {
-    let sweeper = sweeper(settings, clock).await?;
-    Ok(crate::refresh::Refresher::new(sweeper, settings.refresh.clone()).await?)
+    let context = context(settings, clock).await?;
+    Ok(crate::refresh::Refresher::new(context, settings.refresh.clone()).await?)
 }
 
 /// `users`: the register of watched users.
@@ -609,7 +617,7 @@ async fn cmd_users(
     let seed = store.installation_seed().await?;
     let period = settings.sweep.period;
     let now = clock.now();
-    let due = |u: &UserId| crate::sweep::schedule::next_slot(seed, u.as_str(), period, now);
+    let due = |u: &UserId| crate::plan::slots::next_slot(seed, u.as_str(), period, now);
     match command {
         UsersCommand::Add { ids } => {
             let added = store.add_users(&ids, now, due).await?;
@@ -835,8 +843,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     let refused_key = |c: &(dyn std::error::Error + 'static)| {
         c.downcast_ref::<crate::basiq::Error>()
             .is_some_and(crate::basiq::Error::is_auth)
-            || c.downcast_ref::<crate::sweep::SweepError>()
-                .is_some_and(crate::sweep::SweepError::is_auth)
+            || c.downcast_ref::<crate::work::SweepError>()
+                .is_some_and(crate::work::SweepError::is_auth)
             || c.downcast_ref::<crate::refresh::RefreshError>()
                 .is_some_and(crate::refresh::RefreshError::is_auth)
     };

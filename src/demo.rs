@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 
 use crate::app::App;
 use crate::clock::Clock;
@@ -86,7 +86,7 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     // The demo runs on the system clock, like the daemon.
     let clock = Clock::system();
     let app = start_app(settings, &sim, &clock, receiver).await?;
-    let store: Store = app.sweeper().store().clone();
+    let store: Store = app.context().store().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
@@ -193,7 +193,7 @@ async fn start_app(
             "  webhooks in: http://{addr}/v1/basiq/webhook   notifications out: http://{receiver}/hook"
         );
     }
-    let registered = app.sweeper().add_users(&ids).await?;
+    let registered = app.context().add_users(&ids).await?;
     println!("  registered {registered} users, each at its own offset in the day\n");
     Ok(app)
 }

@@ -11,7 +11,7 @@
 //! - [`clock`]: the one clock: the wall clock, or a driven one for tests and the life
 //!   simulation; `now` is taken from it once per unit of work.
 //! - [`clock`]: the one clock every `now` comes from (the system's, or a driven one), handed
-//!   down from `app` and the commands to everything built on the sweeper.
+//!   down from `app` and the commands to everything built on the context.
 //! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
 //! - [`domain`]: ids and Basiq's enums, unknown values kept verbatim.
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.
@@ -50,6 +50,5 @@ pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod store;
-pub mod sweep;
 pub mod telemetry;
 pub mod work;

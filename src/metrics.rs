@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::refresh::Refresher;
-use crate::sweep::Sweeper;
+use crate::work::Context;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealthLabel {
@@ -146,16 +146,16 @@ fn counter(value: u64) -> Counter {
 
 /// The current metrics as Prometheus text.
 pub async fn render(
-    sweeper: &Sweeper,
+    context: &Context,
     refresher: &Refresher,
     receiver: &crate::events::receiver::ReceiverStats,
 ) -> Result<String, sqlx::Error> {
-    let store = sweeper.store();
+    let store = context.store();
     let mut registry = Registry::with_prefix("basiq_health");
     // Registered in this order: the text lists the metrics in it.
-    render_sweeps(&mut registry, sweeper).await?;
+    render_sweeps(&mut registry, context).await?;
     render_connections(&mut registry, store).await?;
-    render_requests(&mut registry, sweeper.client().stats());
+    render_requests(&mut registry, context.client().stats());
     render_refreshes(&mut registry, store, refresher).await?;
     render_events(&mut registry, store, receiver).await?;
     let mut out = String::new();
@@ -165,12 +165,12 @@ pub async fn render(
 }
 
 /// Users watched, and the sweep's progress since start.
-async fn render_sweeps(registry: &mut Registry, sweeper: &Sweeper) -> Result<(), sqlx::Error> {
-    let progress = sweeper.progress();
+async fn render_sweeps(registry: &mut Registry, context: &Context) -> Result<(), sqlx::Error> {
+    let progress = context.progress();
     registry.register(
         "users_registered",
         "Users watched (not removed, not gone)",
-        gauge(sweeper.store().count_active_users().await?),
+        gauge(context.store().count_active_users().await?),
     );
     for (name, help, counter) in [
         (

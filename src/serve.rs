@@ -15,7 +15,7 @@
 //! - Both listeners' limits are fitted under the process's descriptor limit with
 //!   [`RESERVED_DESCRIPTORS`] kept for Basiq, SQLite and the rest ([`Budget`]).
 //!
-//! Times here are tokio's monotonic time, not the sweeper's clock: they guard sockets and
+//! Times here are tokio's monotonic time, not the context's clock: they guard sockets and
 //! date nothing.
 
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 //! Without `NOTIFY_SOCKET` every notification is a no-op, so the same path runs under
 //! systemd, in a terminal and in tests.
 //!
-//! Ages (of the last tick, of the last progress) are the sweeper's clock's; the watchdog's
+//! Ages (of the last tick, of the last progress) are the context's clock's; the watchdog's
 //! own beat is systemd's, on tokio's time.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
-use crate::sweep::{Progress, Sweeper, TickState};
+use crate::work::{Context, Progress, TickState};
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -57,7 +57,7 @@ pub fn tick_interval(cron: &str, now: DateTime<Utc>) -> Duration {
 
 /// What the watchdog and `/healthz` judge the daemon's work by: progress, not the calendar.
 /// Progress is a user's sweep finished (swept, gone, or a failure handled), a refresh attempt
-/// decided, a batch of connections reclassified ([`crate::sweep::Progress::touch`]).
+/// decided, a batch of connections reclassified ([`crate::work::Progress::touch`]).
 #[derive(Clone, Debug)]
 pub struct Liveness {
     pub ticks: Arc<TickState>,
@@ -84,7 +84,7 @@ impl Liveness {
         }
     }
 
-    /// Why the worker is not alive at `now` (Unix seconds by the sweeper's clock), or `None`.
+    /// Why the worker is not alive at `now` (Unix seconds by the context's clock), or `None`.
     pub fn problem(&self, progress: &Progress, now: i64) -> Option<String> {
         worker_problem(
             Moves {
@@ -150,12 +150,12 @@ pub async fn status_line(store: &Store, now: DateTime<Utc>) -> String {
 /// line is refreshed. The beat does not wait for the status line: a slow read delays the
 /// line, never the beat.
 pub fn spawn_watchdog(
-    sweeper: Sweeper,
+    context: Context,
     liveness: Liveness,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let watchdog = sd_notify::watchdog_enabled();
-    let clock = sweeper.clock().clone();
+    let clock = context.clock().clone();
     let period = watchdog.map_or(Duration::from_secs(30), |w| {
         (w / 2).max(Duration::from_millis(100))
     });
@@ -169,9 +169,9 @@ pub fn spawn_watchdog(
             }
             let now = clock.now();
             if watchdog.is_some() {
-                pet_or_withhold(&sweeper, &liveness, now.timestamp());
+                pet_or_withhold(&context, &liveness, now.timestamp());
             }
-            if let Ok(line) = tokio::time::timeout(period, status_line(sweeper.store(), now)).await
+            if let Ok(line) = tokio::time::timeout(period, status_line(context.store(), now)).await
             {
                 send(&[NotifyState::Status(&line)]);
             }
@@ -180,8 +180,8 @@ pub fn spawn_watchdog(
 }
 
 /// One beat: WATCHDOG=1, or an error line saying why not.
-fn pet_or_withhold(sweeper: &Sweeper, liveness: &Liveness, now: i64) {
-    if let Some(f) = sweeper.store().write_health().failing() {
+fn pet_or_withhold(context: &Context, liveness: &Liveness, now: i64) {
+    if let Some(f) = context.store().write_health().failing() {
         // Writes keep failing (a full disk, a read-only file system): let systemd restart
         // the service rather than report a healthy daemon that stores nothing.
         tracing::error!(
@@ -191,7 +191,7 @@ fn pet_or_withhold(sweeper: &Sweeper, liveness: &Liveness, now: i64) {
             error = %f.error,
             "database writes are failing: not petting the watchdog"
         );
-    } else if let Some(problem) = liveness.problem(sweeper.progress(), now) {
+    } else if let Some(problem) = liveness.problem(context.progress(), now) {
         tracing::error!(
             event = "watchdog_withheld",
             problem = %problem,

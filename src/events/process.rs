@@ -6,7 +6,7 @@
 //! the state already changed changes nothing. A failure Basiq or the disk may recover from
 //! leaves the event for a later round; after [`MAX_ATTEMPTS`] it is marked `failed`.
 //!
-//! Time is the sweeper's clock: one `now` per event processed, and the idle wait sleeps on
+//! Time is the context's clock: one `now` per event processed, and the idle wait sleeps on
 //! it.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use super::{Action, EntityIds, action};
 use crate::domain::{EventId, UserId};
 use crate::plan;
 use crate::store::events::InboxRow;
-use crate::sweep::{SweepError, Sweeper, emit_notes};
+use crate::work::{Context, SweepError, emit_notes};
 
 /// Tries of one event before it is given up (`outcome = failed`): with [`RETRY_BASE`]
 /// doubling, the last is about 20 minutes after the first.
@@ -31,7 +31,7 @@ const IDLE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Processor {
-    pub sweeper: Sweeper,
+    pub context: Context,
     pub register_new_users: bool,
     pub wake: Arc<tokio::sync::Notify>,
 }
@@ -53,15 +53,15 @@ impl Processor {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.wake.notified() => {}
-                () = self.sweeper.clock().sleep(IDLE) => {}
+                () = self.context.clock().sleep(IDLE) => {}
             }
         }
     }
 
     /// Processes what the inbox holds now; returns how many events were finished.
     pub async fn process_pending(&self, cancel: &CancellationToken) -> crate::store::Result<usize> {
-        let store = self.sweeper.store();
-        let clock = self.sweeper.clock();
+        let store = self.context.store();
+        let clock = self.context.clock();
         let rows = store.unprocessed_events(clock.now(), 32).await?;
         let mut finished = 0;
         let mut swept = std::collections::HashSet::new();
@@ -75,7 +75,7 @@ impl Processor {
                 Ok(outcome) => {
                     store.event_processed(row.seq, outcome, now).await?;
                     // An event handled is progress, for the watchdog and `/healthz`.
-                    self.sweeper.progress().touch(self.sweeper.clock().now());
+                    self.context.progress().touch(self.context.clock().now());
                     tracing::info!(
                         event = "event_processed",
                         delivery_id = %row.delivery_id,
@@ -126,7 +126,7 @@ impl Processor {
             let Some(id) = row.event_id.as_deref().and_then(|e| EventId::parse(e).ok()) else {
                 return Ok("no-user");
             };
-            let event = match self.sweeper.client().get_event(&id).await {
+            let event = match self.context.client().get_event(&id).await {
                 Ok(event) => event,
                 // Basiq's own `resource-not-found` (it keeps events 7 days): no try will find
                 // it. A gateway's 404 is not this error: it is retried like a 5xx.
@@ -142,7 +142,7 @@ impl Processor {
                 return Ok("no-user");
             }
         }
-        let store = self.sweeper.store();
+        let store = self.context.store();
         let watched = |user: &UserId| {
             let user = user.clone();
             async move { store.get_user(&user).await.map(|u| u.is_some()) }
@@ -158,7 +158,7 @@ impl Processor {
                 if swept.contains(&user) {
                     return Ok("swept-already");
                 }
-                self.sweeper.sweep_user(&user).await?;
+                self.context.sweep_user(&user).await?;
                 swept.insert(user);
                 "swept"
             }
@@ -180,7 +180,7 @@ impl Processor {
                 // What Basiq now says of the user's other connections (those it did not
                 // name a method for included); the consent's end is kept.
                 if !swept.contains(&user) {
-                    self.sweeper.sweep_user(&user).await?;
+                    self.context.sweep_user(&user).await?;
                     swept.insert(user);
                 }
                 "consent-ended"
@@ -203,7 +203,7 @@ impl Processor {
                 "user-gone"
             }
             Action::UserCreated(user) => {
-                self.sweeper.add_users_at(&[user], now).await?;
+                self.context.add_users_at(&[user], now).await?;
                 "user-registered"
             }
             Action::NeedsLookup => "no-user",

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::settings::{EndpointSettings, NotifySettings};
 use crate::store::events::{DueDelivery, EndpointHold};
 use crate::store::{Store, from_ts};
-use crate::sweep::Sweeper;
+use crate::work::Context;
 
 /// How often an idle deliverer looks for due retries (a commit that wrote notifications
 /// wakes it at once).
@@ -42,12 +42,12 @@ pub fn backoff(initial: Duration, max: Duration, failures: i64, jitter: f64) -> 
 }
 
 /// Runs every endpoint's deliverer until `cancel`, on `clock`.
-/// `sweeper` reads the bank's status before a notice asks a user to act (see
+/// `context` reads the bank's status before a notice asks a user to act (see
 /// [`Deliverer::round`]).
 pub async fn run(
     store: Store,
     settings: NotifySettings,
-    sweeper: Option<Sweeper>,
+    context: Option<Context>,
     clock: Clock,
     cancel: CancellationToken,
 ) {
@@ -57,7 +57,7 @@ pub async fn run(
         let deliverer = match Deliverer::new(
             store.clone(),
             settings.clone(),
-            sweeper.clone(),
+            context.clone(),
             endpoint,
             clock.clone(),
         ) {
@@ -78,7 +78,7 @@ pub async fn run(
 pub struct Deliverer {
     store: Store,
     settings: NotifySettings,
-    sweeper: Option<Sweeper>,
+    context: Option<Context>,
     endpoint: EndpointSettings,
     name: String,
     http: reqwest::Client,
@@ -92,7 +92,7 @@ impl Deliverer {
     pub fn new(
         store: Store,
         settings: NotifySettings,
-        sweeper: Option<Sweeper>,
+        context: Option<Context>,
         endpoint: EndpointSettings,
         clock: Clock,
     ) -> Result<Option<Self>, reqwest::Error> {
@@ -108,7 +108,7 @@ impl Deliverer {
         Ok(Some(Self {
             store,
             settings,
-            sweeper,
+            context,
             endpoint,
             name,
             http,
@@ -163,14 +163,14 @@ impl Deliverer {
 pub async fn deliver_round(
     store: &Store,
     settings: &NotifySettings,
-    sweeper: Option<&Sweeper>,
+    context: Option<&Context>,
     endpoint: &EndpointSettings,
     clock: &Clock,
 ) -> anyhow::Result<usize> {
     let deliverer = Deliverer::new(
         store.clone(),
         settings.clone(),
-        sweeper.cloned(),
+        context.cloned(),
         endpoint.clone(),
         clock.clone(),
     )
@@ -260,14 +260,14 @@ impl Deliverer {
             signer: &self.signer,
             clock: &self.clock,
         };
-        round(&self.store, &self.settings, self.sweeper.as_ref(), &target).await
+        round(&self.store, &self.settings, self.context.as_ref(), &target).await
     }
 }
 
 async fn round(
     store: &Store,
     settings: &NotifySettings,
-    sweeper: Option<&Sweeper>,
+    context: Option<&Context>,
     t: &Target<'_>,
 ) -> crate::store::Result<usize> {
     let name = t.name;
@@ -283,7 +283,7 @@ async fn round(
         }
     }
     let held = hold.until.is_some_and(|until| now < until);
-    let due = due_now(store, sweeper, name, now, held).await?;
+    let due = due_now(store, context, name, now, held).await?;
     if held {
         return Ok(0);
     }
@@ -297,7 +297,7 @@ async fn round(
 /// nothing is returned.
 async fn due_now(
     store: &Store,
-    sweeper: Option<&Sweeper>,
+    context: Option<&Context>,
     name: &str,
     now: DateTime<Utc>,
     held: bool,
@@ -324,8 +324,8 @@ async fn due_now(
     } else {
         Vec::new()
     };
-    let confirmed = match (sweeper, newest_ask) {
-        (Some(sweeper), Some(id)) => sweeper.connectors_confirm(id).await,
+    let confirmed = match (context, newest_ask) {
+        (Some(context), Some(id)) => context.connectors_confirm(id).await,
         _ => true,
     };
     if newest_ask.is_some() {
@@ -354,8 +354,8 @@ async fn due_now(
             continue;
         }
         if notice.asks()
-            && let Some(sweeper) = sweeper
-            && notice.bank_suspect(store, sweeper, &d, now).await?
+            && let Some(context) = context
+            && notice.bank_suspect(store, context, &d, now).await?
         {
             // Its bank may be going down: told once an outage is ruled out (or superseded
             // when one is inferred).
@@ -519,11 +519,11 @@ impl HealthNotice {
     async fn bank_suspect(
         &self,
         store: &Store,
-        sweeper: &Sweeper,
+        context: &Context,
         d: &DueDelivery,
         now: chrono::DateTime<Utc>,
     ) -> crate::store::Result<bool> {
-        let options = sweeper.options();
+        let options = context.options();
         let window =
             chrono::Duration::from_std(options.outage_window).unwrap_or(chrono::Duration::MAX);
         if now - from_ts(d.created_at) >= window {

@@ -16,6 +16,7 @@ pub mod connectors;
 pub mod facts;
 pub mod notices;
 pub mod policy;
+pub mod slots;
 pub mod user;
 
 pub use facts::*;

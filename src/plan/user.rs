@@ -38,7 +38,8 @@ pub struct PlanSettings {
 }
 
 impl PlanSettings {
-    fn window(&self) -> chrono::Duration {
+    /// `outage_window` as a signed span (unbounded when it does not fit).
+    pub fn window(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.outage_window).unwrap_or(chrono::Duration::MAX)
     }
 }

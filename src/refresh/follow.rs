@@ -2,7 +2,7 @@
 //! `follow_poll_initial`, growing to `follow_poll_max`, giving up after `follow_timeout`),
 //! log each step change, store the job, and classify the connection again when it ends.
 //!
-//! The polls wait on the sweeper's clock, and the timeout is counted on it: a driven clock
+//! The polls wait on the context's clock, and the timeout is counted on it: a driven clock
 //! lets a follower poll (and give up) as fast as it is driven.
 
 use std::time::Duration;
@@ -32,8 +32,8 @@ pub(super) async fn follow_job(
 ) -> Followed {
     let settings = &r.inner.settings;
     let cancel = r.inner.cancel.clone();
-    let client = r.inner.sweeper.client().clone();
-    let clock = r.inner.sweeper.clock().clone();
+    let client = r.inner.context.client().clone();
+    let clock = r.inner.context.clock().clone();
     let started = clock.now();
     // Past the timeout, or at a time the clock cannot place after the start (it went back).
     let timed_out =
@@ -85,7 +85,7 @@ pub(super) async fn follow_job(
             .map(|s| (s.title.clone(), s.status.as_str().to_owned()))
             .collect();
         if job.state() != JobState::InProgress {
-            let recorded = r.inner.sweeper.job_ended(user, connection, &job).await;
+            let recorded = r.inner.context.job_ended(user, connection, &job).await;
             if let Err(e) = &recorded {
                 tracing::error!(user_id = %user, connection_id = %connection, job_id = %job_id, error = %e, "could not record the finished job");
             }

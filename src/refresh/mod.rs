@@ -2,10 +2,10 @@
 //! gates (`policy::decide`), the pacer, and an atomic reservation in SQLite committed before
 //! the request is sent; then its job is followed to the end.
 //!
-//! Never calls the bulk endpoint. Knows the store, the client and the sweeper; the decisions
+//! Never calls the bulk endpoint. Knows the store, the client and the context; the decisions
 //! themselves live in `policy`.
 //!
-//! Time is the sweeper's clock: one `now` per attempt (see [`Refresher::request`]), one per
+//! Time is the context's clock: one `now` per attempt (see [`Refresher::request`]), one per
 //! owed connection, and the pacer and the followers wait on it.
 
 mod follow;
@@ -29,7 +29,7 @@ use crate::plan::ConnectorStatuses;
 use crate::plan::policy::schedule::Owed;
 use crate::plan::policy::{self, DecisionKind, Denial, RefreshFacts, RefreshMode, Trigger};
 use crate::settings::RefreshSettings;
-use crate::sweep::{SweepError, Sweeper};
+use crate::work::{Context, SweepError};
 use pace::{Paced, Pacer};
 
 /// The answer to one refresh request, as `refresh` prints it.
@@ -86,7 +86,7 @@ impl RefreshError {
 }
 
 struct Inner {
-    sweeper: Sweeper,
+    context: Context,
     settings: RefreshSettings,
     pacer: Pacer,
     seed: u64,
@@ -107,21 +107,21 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    pub async fn new(sweeper: Sweeper, settings: RefreshSettings) -> Result<Self, RefreshError> {
-        let seed = sweeper.store().installation_seed().await?;
+    pub async fn new(context: Context, settings: RefreshSettings) -> Result<Self, RefreshError> {
+        let seed = context.store().installation_seed().await?;
         // Jitter well under the pace interval, so it spreads waiters without slowing the pace.
         let interval_ms = 60_000 / u64::from(settings.global_per_minute.get());
         let pacer = Pacer::new(
             settings.global_per_minute,
             settings.per_institution_per_minute,
-            sweeper.clock().clone(),
+            context.clock().clone(),
         )
         .with_max_jitter(std::time::Duration::from_millis(
             (interval_ms / 4).min(1000),
         ));
         Ok(Self {
             inner: Arc::new(Inner {
-                sweeper,
+                context,
                 settings,
                 pacer,
                 seed,
@@ -134,8 +134,8 @@ impl Refresher {
         })
     }
 
-    pub fn sweeper(&self) -> &Sweeper {
-        &self.inner.sweeper
+    pub fn context(&self) -> &Context {
+        &self.inner.context
     }
 
     pub fn settings(&self) -> &RefreshSettings {
@@ -189,7 +189,7 @@ impl Refresher {
         dry_run: bool,
         follow: bool,
     ) -> Result<Decision, RefreshError> {
-        let now = self.inner.sweeper.clock().now();
+        let now = self.inner.context.clock().now();
         let decision = match self
             .attempt(user, connection, trigger, dry_run, follow, now)
             .await?
@@ -273,7 +273,7 @@ impl Refresher {
         follow: bool,
         now: DateTime<Utc>,
     ) -> Result<Result<Option<JobId>, Gate>, RefreshError> {
-        let store = self.inner.sweeper.store();
+        let store = self.inner.context.store();
         let Some(row) = store.connection(connection).await? else {
             return Err(RefreshError::UnknownConnection {
                 user_id: user.clone(),
@@ -312,8 +312,8 @@ impl Refresher {
                 tracing::error!(connection_id = %row.connection_id, error = %e, "could not store the refresh decision");
             }
             // An attempt decided is progress, for the watchdog and /healthz.
-            let sweeper = &self.inner.sweeper;
-            sweeper.progress().touch(sweeper.clock().now());
+            let context = &self.inner.context;
+            context.progress().touch(context.clock().now());
         }
         result
     }
@@ -330,7 +330,7 @@ impl Refresher {
         follow: bool,
         now: &mut DateTime<Utc>,
     ) -> Result<Result<Option<JobId>, Gate>, RefreshError> {
-        let store = self.inner.sweeper.store();
+        let store = self.inner.context.store();
         let user = &row.user_id;
         let connection = &row.connection_id;
         if let Err(gate) = self.gate(row, trigger, *now).await? {
@@ -349,7 +349,7 @@ impl Refresher {
             Ok(Paced::AfterWaiting) => {
                 // Decided when acting, not only when planning: what a sweep read while the
                 // pace held this refresh back (a success, `lastUsed`) is decided on again.
-                *now = self.inner.sweeper.clock().now();
+                *now = self.inner.context.clock().now();
                 let row = store
                     .connection(connection)
                     .await?
@@ -376,7 +376,7 @@ impl Refresher {
             Ok(id) => id,
             Err(denial) => return Ok(Err(Gate::Denied(denial, None))),
         };
-        let client = self.inner.sweeper.client();
+        let client = self.inner.context.client();
         match client.refresh_connection(user, connection).await {
             Ok(outcome) => {
                 let (label, job_id) = match &outcome {
@@ -442,7 +442,7 @@ impl Refresher {
                     let code = api.code.as_deref().unwrap_or_default();
                     if let Some(plan) = crate::plan::plan_refresh_rejected(row, code, now) {
                         crate::work::write::commit_plan(store, &plan, now).await?;
-                        crate::sweep::emit_notes(plan.notes);
+                        crate::work::emit_notes(plan.notes);
                         return Ok(Err(Gate::Denied(Denial::NeedsUserAction, None)));
                     }
                     if row.status != crate::domain::ConnectionStatus::Active
@@ -465,8 +465,8 @@ impl Refresher {
         trigger: Trigger,
         now: DateTime<Utc>,
     ) -> Result<Result<(), Gate>, RefreshError> {
-        let row = self.inner.sweeper.freshest(row);
-        let statuses = self.inner.sweeper.connectors().await;
+        let row = self.inner.context.freshest(row);
+        let statuses = self.inner.context.connectors().await;
         let facts = self.facts(&row, &statuses, now).await?;
         let limits = &self.inner.settings.limits;
         Ok(
@@ -484,7 +484,7 @@ impl Refresher {
         statuses: &ConnectorStatuses,
         now: DateTime<Utc>,
     ) -> Result<GateFacts, RefreshError> {
-        let store = self.inner.sweeper.store();
+        let store = self.inner.context.store();
         let view = statuses.view(row.institution_id.as_str(), &row.method);
         let inferred = {
             let mut conn = store.pool().acquire().await?;
@@ -530,14 +530,14 @@ impl Refresher {
     /// The login-time check: sweep the user (unless swept very recently), then ask for a
     /// login-triggered refresh of each connection; the gates decide which go.
     pub async fn login(&self, user: &UserId) -> Result<(bool, Vec<Decision>), RefreshError> {
-        let swept = self.inner.sweeper.login_check(user).await?;
+        let swept = self.inner.context.login_check(user).await?;
         let mut decisions = Vec::new();
         if self.inner.settings.limits.mode == RefreshMode::Off {
             return Ok((swept, decisions));
         }
         let rows = self
             .inner
-            .sweeper
+            .context
             .store()
             .all_connections(Some(user))
             .await?;
@@ -558,7 +558,7 @@ impl Refresher {
         users: Option<&[UserId]>,
         now: DateTime<Utc>,
     ) -> Result<Vec<PlanLine>, RefreshError> {
-        let store = self.inner.sweeper.store();
+        let store = self.inner.context.store();
         let statuses = store.connector_statuses().await?;
         let mut rows = Vec::new();
         match users {
@@ -608,14 +608,14 @@ impl Refresher {
     /// The refreshes the daemon owes: recoveries, transient retries and (daily mode) each
     /// connection's slot in the unattended window. Deferred ones stay due.
     pub async fn run_due(&self, cancel: &CancellationToken) -> Result<u64, RefreshError> {
-        let store = self.inner.sweeper.store().clone();
+        let store = self.inner.context.store().clone();
         let limits = &self.inner.settings.limits;
         if limits.mode == RefreshMode::Off {
             return Ok(0);
         }
         let daily = limits.mode == RefreshMode::Daily;
         let window = self.inner.settings.unattended_window;
-        let clock = self.inner.sweeper.clock();
+        let clock = self.inner.context.clock();
         if daily {
             for id in store.connections_without_daily_slot(1000).await? {
                 let slot = window.slot(self.inner.seed, id.as_str(), clock.now());
@@ -752,11 +752,11 @@ impl Refresher {
         connection_id: &ConnectionId,
         confirmed: bool,
     ) -> Result<PurgeOutcome, RefreshError> {
-        let client = self.inner.sweeper.client();
-        let store = self.inner.sweeper.store();
+        let client = self.inner.context.client();
+        let store = self.inner.context.store();
         let connection = client.get_connection(user, connection_id).await?;
         // One command, one `now`: when the connection was read and the purge decided.
-        let now = self.inner.sweeper.clock().now();
+        let now = self.inner.context.clock().now();
         let institution = Some(connection.institution_id.as_str());
         if connection.status != crate::domain::ConnectionStatus::Active {
             store
@@ -826,14 +826,14 @@ impl Refresher {
         window: policy::DailyWindow,
         cancel: &CancellationToken,
     ) -> Result<Option<bool>, RefreshError> {
-        let store = self.inner.sweeper.store();
+        let store = self.inner.context.store();
         if cancel.is_cancelled() {
             return Ok(None);
         }
         let Some(row) = store.connection(&id).await? else {
             return Ok(Some(false));
         };
-        let now = self.inner.sweeper.clock().now();
+        let now = self.inner.context.clock().now();
         let owed = row.refresh_due.filter(|o| o.at <= now);
         let trigger = owed.map_or(Trigger::Scheduled, |o| o.trigger);
         // Unattended slots outside the window wait for the next one.

@@ -1,7 +1,32 @@
-//! Units of work: each reads what it needs (fetch), asks the planner (`crate::plan`) what
-//! follows, writes the plan in one transaction (commit) and then logs and wakes (emit).
-//! [`write`] is the one way a plan is committed: the store writes the plan's values, then
-//! the notifications they cause are planned from what the store says moved and written in
-//! the same transaction.
+//! Units of work. Each reads **fetch → plan → commit → emit**: it reads what it needs (from
+//! Basiq, from the store), asks the planner ([`crate::plan`]) what follows, writes the plan
+//! in one transaction, then logs and wakes. They share one [`Context`] (store, Basiq client,
+//! clock, `/connectors` cache, the group committer's handle):
+//!
+//! - [`sweep`]: one user's sweep, a followed job's end, the login check;
+//! - [`pass`]: the loop that takes due (or named) users and sweeps them;
+//! - [`connectors`]: the `/connectors` read, at most once per TTL ([`cache`] is its state);
+//! - [`reclassify`]: the connections at a connector that moved, a batch per transaction;
+//! - [`commit`]: the group committer (many users' plans per transaction) and [`write`], the
+//!   one way a plan is written: the store writes the plan's values, then the notifications
+//!   they cause are planned from what the store says moved, in the same transaction;
+//! - [`emit`]: a plan's notes as log lines, after the commit;
+//! - [`tick`]: the scheduler's one tick and the generic worker each kind of work runs in.
 
+pub mod cache;
+mod commit;
+pub mod connectors;
+pub mod context;
+pub mod emit;
+pub mod pass;
+mod reads;
+pub mod reclassify;
+pub mod sweep;
+pub mod tick;
 pub mod write;
+
+pub use context::{Context, Progress, SweepError, SweepOptions};
+pub use emit::emit_notes;
+pub use pass::PassTrigger;
+pub use sweep::UserOutcome;
+pub use tick::TickState;

@@ -5,7 +5,7 @@
 use std::process::Output;
 
 use basiq_health::domain::{ConnectionId, JobId, UserId};
-use basiq_health::sweep::Sweeper;
+use basiq_health::work::Context;
 use basiq_sim::{Fault, ItemFault, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
@@ -49,15 +49,19 @@ fn scripted(sim: &RunningSim, n: usize, jobs: usize) -> (UserId, Vec<ConnectionI
     (UserId::parse(USER).unwrap(), conns, job_ids)
 }
 
-async fn sweep(sweeper: &Sweeper, user: &UserId) -> basiq_health::store::SweepCounts {
+async fn sweep(sweeper: &Context, user: &UserId) -> basiq_health::store::SweepCounts {
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap()
 }
 
 /// `/metrics` as the daemon renders it, one sample by its full name and labels.
-async fn metric(sweeper: &Sweeper, settings: &basiq_health::settings::Settings, name: &str) -> f64 {
+async fn metric(sweeper: &Context, settings: &basiq_health::settings::Settings, name: &str) -> f64 {
     let refresher =
         basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
             .await

@@ -147,7 +147,7 @@ async fn the_receiver_checks_timestamps_against_the_daemon_s_clock() {
     .await
     .unwrap();
     let url = format!("http://{}/v1/basiq/webhook", app.webhook_addr().unwrap());
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     let daemon = Daemon::start(app);
     let signer = standardwebhooks::Webhook::new(BASIQ_SECRET).unwrap();
     let http = reqwest::Client::new();
@@ -229,9 +229,13 @@ async fn one_delivery_round_signs_with_the_driven_clock() {
         .add_users(std::slice::from_ref(&user))
         .await
         .unwrap();
-    let sweep = |sweeper: basiq_health::sweep::Sweeper, user: UserId| async move {
+    let sweep = |sweeper: basiq_health::work::Context, user: UserId| async move {
         sweeper
-            .run_pass("test", Some(vec![user]), &CancellationToken::new())
+            .run_pass(
+                basiq_health::work::PassTrigger::Command,
+                Some(vec![user]),
+                &CancellationToken::new(),
+            )
             .await
             .unwrap()
     };

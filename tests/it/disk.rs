@@ -68,7 +68,11 @@ async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_re
     let users = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     let clean = sweeper
-        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(clean.users_swept, users.len() as u64);
@@ -81,7 +85,11 @@ async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_re
     let mut failed = None;
     for _ in 0..30 {
         match sweeper
-            .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+            .run_pass(
+                basiq_health::work::PassTrigger::Command,
+                Some(users.clone()),
+                &CancellationToken::new(),
+            )
             .await
         {
             Ok(_) => continue,
@@ -108,7 +116,11 @@ async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_re
     std::fs::remove_file(&filler).unwrap();
     let back = Instant::now();
     let again = sweeper
-        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .expect("the next pass works once space is back");
     eprintln!(
@@ -222,14 +234,18 @@ async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200
     .await
     .unwrap();
     let healthz = format!("http://{}/healthz", app.api_addr().unwrap());
-    let sweeper = app.sweeper().clone();
+    let sweeper = app.context().clone();
     let users = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     let daemon = Daemon::start(app);
     let http = reqwest::Client::new();
     let status = || async { http.get(&healthz).send().await.unwrap().status().as_u16() };
     sweeper
-        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(status().await, 200);
@@ -238,7 +254,11 @@ async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200
     let mut failed = false;
     for _ in 0..30 {
         if sweeper
-            .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+            .run_pass(
+                basiq_health::work::PassTrigger::Command,
+                Some(users.clone()),
+                &CancellationToken::new(),
+            )
             .await
             .is_err()
         {
@@ -254,7 +274,11 @@ async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200
     );
     std::fs::remove_file(&filler).unwrap();
     sweeper
-        .run_pass("disk", Some(users.clone()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .expect("writes work again");
     assert_eq!(status().await, 200);

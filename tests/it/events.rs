@@ -113,10 +113,14 @@ fn requests(sim: &RunningSim, route: Route) -> u64 {
 }
 
 /// Registers and sweeps the user once.
-async fn sweep_now(sweeper: &basiq_health::sweep::Sweeper, user: &UserId) {
+async fn sweep_now(sweeper: &basiq_health::work::Context, user: &UserId) {
     sweeper.add_users(std::slice::from_ref(user)).await.unwrap();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
 }
@@ -138,7 +142,7 @@ async fn listening(url: &str) {
 }
 
 async fn first_sweep(app: &App, user: &UserId) {
-    sweep_now(app.sweeper(), user).await;
+    sweep_now(app.context(), user).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +153,7 @@ async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_f
     let (user, conn) = healthy_user(&sim, "u-hook", "c-hook");
     let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
     let addr = app.webhook_addr().expect("the receiver is bound");
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     assert_eq!(
         health_of(&store, &conn).await.unwrap().0,
@@ -242,7 +246,7 @@ async fn bad_signatures_stale_timestamps_and_oversized_bodies_are_refused_and_no
     let (user, conn) = healthy_user(&sim, "u-bad", "c-bad");
     let app = app_with(&sim, &dir, &events_toml(&dir, "max_body = 4096", "")).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     let url = format!("http://{addr}/v1/basiq/webhook");
@@ -316,7 +320,7 @@ async fn during_a_rotation_either_secret_is_accepted() {
     );
     let app = app_with(&sim, &dir, &toml).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -351,7 +355,7 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
     sim.sim.invalidate_connection("c-poll").unwrap();
     sim.sim.emit_event("transactions.updated", "u-poll", None);
     let processor = basiq_health::events::process::Processor {
-        sweeper: sweeper.clone(),
+        context: sweeper.clone(),
         register_new_users: false,
         wake: Default::default(),
     };
@@ -390,8 +394,8 @@ async fn an_event_heard_by_webhook_and_by_the_poll_is_done_once_and_one_without_
     let (user, conn) = healthy_user(&sim, "u-both", "c-both");
     let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
-    let client = app.sweeper().client().clone();
+    let store = app.context().store().clone();
+    let client = app.context().client().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -431,7 +435,7 @@ async fn deleted_connections_and_users_leave_the_watched_state_and_unwatched_use
     )
     .await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     first_sweep(&app, &other).await;
     let daemon = Daemon::start(app);
@@ -668,7 +672,7 @@ async fn a_receiver_failing_three_times_gets_the_notification_on_the_fourth_try_
     let toml = events_toml(&dir, "", &endpoint_toml(&dir, &receiver.url(), ""));
     let app = app_with(&sim, &dir, &toml).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -732,8 +736,8 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
     let toml = events_toml(&dir, "", &endpoint_toml(&dir, &down, "max_age = \"2s\""));
     let app = app_with(&sim, &dir, &toml).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
-    let sweeper = app.sweeper().clone();
+    let store = app.context().store().clone();
+    let sweeper = app.context().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -886,14 +890,22 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
         .unwrap();
     let cancel = CancellationToken::new();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     sim.sim
         .set_connector_status("AU00000", "open-banking", "major-outage");
     sim.sim.invalidate_connection("c-out1").unwrap();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -903,7 +915,11 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
     sim.sim
         .set_connector_status("AU00000", "open-banking", "operational");
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     // Invalid since a read during the outage: the outage may be why. Re-checked, not asked
@@ -961,8 +977,8 @@ async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_f
     );
     let app = app_with(&sim, &dir, &toml).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
-    let sweeper = app.sweeper().clone();
+    let store = app.context().store().clone();
+    let sweeper = app.context().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -976,7 +992,11 @@ async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_f
     sim.sim
         .set_connector_status("AU00000", "open-banking", "major-outage");
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1026,12 +1046,20 @@ async fn without_an_endpoint_no_notification_is_kept() {
         .unwrap();
     let cancel = CancellationToken::new();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     sim.sim.invalidate_connection("c-none").unwrap();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1065,7 +1093,7 @@ async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
     .await
     .unwrap();
     assert!(app.webhook_addr().is_none(), "no receiver");
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     assert_eq!(requests(&sim, Route::Events), 0, "a start asks nothing");
@@ -1264,7 +1292,7 @@ async fn a_user_s_notifications_reach_an_endpoint_in_order_even_when_the_first_i
         );
     let app = app_with(&sim, &dir, &events_toml(&dir, "", &notify)).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim
@@ -1334,7 +1362,7 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
     )
     .await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     // The bank goes down after the last read of /connectors; then the user's connection
@@ -1418,7 +1446,7 @@ async fn a_signed_delivery_with_hostile_ids_or_no_json_is_stored_and_reaches_not
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     let daemon = Daemon::start(app);
     let url = format!("http://{addr}/v1/basiq/webhook");
     let signer = standardwebhooks::Webhook::new(BASIQ_SECRET).unwrap();
@@ -1505,11 +1533,19 @@ async fn a_consent_nearing_its_end_is_told_once_per_threshold() {
         .collect::<Vec<_>>()
     };
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     let told = notices().await;
@@ -1521,11 +1557,19 @@ async fn a_consent_nearing_its_end_is_told_once_per_threshold() {
     c.expiry = Some(Utc::now() + Duration::days(6));
     sim.sim.add_connection("u-exp", c);
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     let told = notices().await;
@@ -1602,7 +1646,11 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
         .unwrap();
     let cancel = CancellationToken::new();
     sweeper
-        .run_pass("test", Some(vec![user.clone(), other.clone()]), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone(), other.clone()]),
+            &cancel,
+        )
         .await
         .unwrap();
     for c in ["c-many2", "c-many3", "c-many4"] {
@@ -1625,7 +1673,7 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
         100,
     );
     let processor = basiq_health::events::process::Processor {
-        sweeper: sweeper.clone(),
+        context: sweeper.clone(),
         register_new_users: false,
         wake: Default::default(),
     };
@@ -1693,7 +1741,7 @@ async fn a_webhook_arriving_on_a_full_disk_is_answered_503_and_its_retry_is_stor
         .await
         .unwrap();
     let url = format!("http://{}/v1/basiq/webhook", app.webhook_addr().unwrap());
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     let daemon = Daemon::start(app);
     let signer = standardwebhooks::Webhook::new(BASIQ_SECRET).unwrap();
     let http = reqwest::Client::new();
@@ -1779,8 +1827,8 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
         "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
     );
     let app = app_with(&sim, &dir, &toml).await;
-    let store = app.sweeper().store().clone();
-    let sweeper = app.sweeper().clone();
+    let store = app.context().store().clone();
+    let sweeper = app.context().clone();
     first_sweep(&app, &user).await;
     assert_eq!(
         health_of(&store, &conn).await.unwrap(),
@@ -1803,7 +1851,11 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
     sim.sim
         .set_connector_status("AU00000", "open-banking", "operational");
     sweeper
-        .run_pass("test", Some(vec![user.clone()]), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(vec![user.clone()]),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     until("the ask to arrive", || async {
@@ -1834,7 +1886,7 @@ async fn a_signed_body_that_is_not_utf8_is_answered_400_as_unreadable_and_stored
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     let daemon = Daemon::start(app);
     let body: &[u8] = b"{\"eventTypeId\": \"connection.invalidated\", \"x\": \"\xff\xfe\"}";
     let ts = Utc::now().timestamp();
@@ -1868,7 +1920,7 @@ async fn an_event_basiq_no_longer_knows_is_not_retried() {
     let sim = quick_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
-    let store = app.sweeper().store().clone();
+    let store = app.context().store().clone();
     let event_id = "0f".repeat(32);
     let stored = store
         .insert_event(
@@ -1887,7 +1939,7 @@ async fn an_event_basiq_no_longer_knows_is_not_retried() {
         .unwrap();
     assert!(stored);
     let processor = basiq_health::events::process::Processor {
-        sweeper: app.sweeper().clone(),
+        context: app.context().clone(),
         register_new_users: false,
         wake: Default::default(),
     };
@@ -2250,8 +2302,8 @@ async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_datab
     let toml = events_toml(&dir, "", &endpoint_toml(&dir, &url, "max_age = \"2s\""));
     let app = app_with(&sim, &dir, &toml).await;
     let addr = app.webhook_addr().unwrap();
-    let store = app.sweeper().store().clone();
-    let sweeper = app.sweeper().clone();
+    let store = app.context().store().clone();
+    let sweeper = app.context().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
     sim.sim

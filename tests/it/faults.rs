@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use basiq_health::domain::UserId;
 use basiq_health::plan::classify::Health;
-use basiq_health::sweep::Sweeper;
+use basiq_health::work::Context;
 use basiq_sim::{Fault, Route, RunningSim, SimConfig};
 use chrono::{Timelike, Utc};
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ async fn matrix_sim() -> RunningSim {
     sim
 }
 
-async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Sweeper {
+async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Context {
     let mut settings = settings_for(sim, db, EXTRA);
     settings.basiq.timeout = Duration::from_millis(400);
     settings.basiq.max_retry_delay = Duration::from_millis(1500);
@@ -49,10 +49,10 @@ async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Sweeper {
     .expect("sweeper builds")
 }
 
-async fn pass(sweeper: &Sweeper, users: &[UserId]) -> basiq_health::store::SweepCounts {
+async fn pass(sweeper: &Context, users: &[UserId]) -> basiq_health::store::SweepCounts {
     sweeper
         .run_pass(
-            "fault-matrix",
+            basiq_health::work::PassTrigger::Command,
             Some(users.to_vec()),
             &CancellationToken::new(),
         )
@@ -61,7 +61,7 @@ async fn pass(sweeper: &Sweeper, users: &[UserId]) -> basiq_health::store::Sweep
 }
 
 /// Health and reason per connection, and each connection's number of health changes.
-async fn snapshot(sweeper: &Sweeper) -> BTreeMap<String, (Option<Health>, Option<String>, usize)> {
+async fn snapshot(sweeper: &Context) -> BTreeMap<String, (Option<Health>, Option<String>, usize)> {
     let store = sweeper.store();
     let mut out = BTreeMap::new();
     for row in store.all_connections(None).await.unwrap() {

@@ -36,7 +36,11 @@ async fn one_failing_plan_fails_only_its_user_and_the_others_of_its_group_are_co
 
     let (logs, _guard) = capture_logs();
     let counts = sweeper
-        .run_pass("test", Some(users.clone()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(counts.users_swept, 39, "{counts:?}");
@@ -75,7 +79,11 @@ async fn one_failing_plan_fails_only_its_user_and_the_others_of_its_group_are_co
     let stats = store.group_stats();
     let (commits0, plans0) = (stats.commits.load(Relaxed), stats.plans.load(Relaxed));
     let again = sweeper
-        .run_pass("test", Some(users.clone()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(again.users_swept, 40);

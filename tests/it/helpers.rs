@@ -162,7 +162,7 @@ pub async fn sweeper_for(
     sim: &RunningSim,
     db: &std::path::Path,
     extra: &str,
-) -> basiq_health::sweep::Sweeper {
+) -> basiq_health::work::Context {
     let settings = settings_for(sim, db, extra);
     basiq_health::app::build_sweeper_with_key(&settings, SecretString::from(sim.sim.api_key()))
         .await
@@ -175,7 +175,7 @@ pub async fn sweeper_on(
     db: &std::path::Path,
     extra: &str,
     clock: basiq_health::clock::Clock,
-) -> basiq_health::sweep::Sweeper {
+) -> basiq_health::work::Context {
     let settings = settings_for(sim, db, extra);
     basiq_health::app::build_sweeper_with_clock(
         &settings,

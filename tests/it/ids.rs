@@ -160,7 +160,7 @@ async fn the_api_answers_400_for_a_bad_user_id() {
     .await
     .unwrap();
     let base = format!("http://{}", app.api_addr().unwrap());
-    app.sweeper()
+    app.context()
         .add_users(&[UserId::parse(real.as_str()).unwrap()])
         .await
         .unwrap();
@@ -252,7 +252,7 @@ async fn a_stored_id_from_before_the_rule_still_names_only_itself_at_basiq() {
     assert_eq!(ids.len(), 1);
     let counts = sweeper
         .run_pass(
-            "test",
+            basiq_health::work::PassTrigger::Command,
             Some(ids),
             &tokio_util::sync::CancellationToken::new(),
         )

@@ -92,7 +92,7 @@ impl Scene {
         self.job(user, connection, at, Outcome::Success);
         let id = UserId::parse(user).unwrap();
         self.app
-            .sweeper()
+            .context()
             .add_users(std::slice::from_ref(&id))
             .await
             .unwrap();
@@ -131,15 +131,15 @@ impl Scene {
     }
 
     async fn sweep(&self, user: &UserId) {
-        self.app.sweeper().sweep_user(user).await.unwrap();
+        self.app.context().sweep_user(user).await.unwrap();
     }
 
     /// One tick: `/connectors` (at most once per TTL) and the reclassifications it causes.
     async fn tick(&self) {
         let cancel = CancellationToken::new();
         self.app
-            .sweeper()
-            .run_pass("tick", None, &cancel)
+            .context()
+            .run_pass(basiq_health::work::PassTrigger::Tick, None, &cancel)
             .await
             .unwrap();
     }
@@ -157,7 +157,7 @@ impl Scene {
 
     async fn row(&self, connection: &str) -> basiq_health::plan::ConnectionRow {
         self.app
-            .sweeper()
+            .context()
             .store()
             .connection(&ConnectionId::parse(connection).unwrap())
             .await
@@ -170,7 +170,7 @@ impl Scene {
         let payloads: Vec<String> = sqlx::query_scalar(
             "SELECT payload FROM outbox WHERE event_type = 'connection.health_changed' ORDER BY id",
         )
-        .fetch_all(self.app.sweeper().store().pool())
+        .fetch_all(self.app.context().store().pool())
         .await
         .unwrap();
         payloads
@@ -384,7 +384,7 @@ async fn a_scheduled_refresh_held_by_the_pace_is_decided_again_on_what_a_sweep_r
     // Both daily slots are now.
     for c in ["c1", "c2"] {
         let id = ConnectionId::parse(c).unwrap();
-        let store = s.app.sweeper().store();
+        let store = s.app.context().store();
         store.set_daily_due(&id, Some(s.now())).await.unwrap();
     }
     let refresher = s.app.refresher().clone();
@@ -481,7 +481,7 @@ async fn a_failure_from_before_an_inferred_outage_stays_the_user_s() {
     }
     let inferred: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM outages WHERE source = 'inferred'")
-            .fetch_one(s.app.sweeper().store().pool())
+            .fetch_one(s.app.context().store().pool())
             .await
             .unwrap();
     assert_eq!(inferred, 1, "the outage was inferred");
@@ -522,9 +522,9 @@ async fn an_ask_at_a_bank_one_user_short_of_an_inferred_outage_waits_and_is_supe
     let deliver = || async {
         let settings = s.app.settings().notify.clone();
         basiq_health::notify::deliver::deliver_round(
-            s.app.sweeper().store(),
+            s.app.context().store(),
             &settings,
-            Some(s.app.sweeper()),
+            Some(s.app.context()),
             &settings.endpoints[0],
             &s.clock,
         )
@@ -536,7 +536,7 @@ async fn an_ask_at_a_bank_one_user_short_of_an_inferred_outage_waits_and_is_supe
             "SELECT d.state, d.attempts FROM deliveries d JOIN outbox o ON o.id = d.outbox_id
              WHERE o.payload LIKE '%\"c4\"%' AND o.payload LIKE '%clear-bank-message%'",
         )
-        .fetch_one(s.app.sweeper().store().pool())
+        .fetch_one(s.app.context().store().pool())
         .await
         .unwrap()
     };

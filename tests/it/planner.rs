@@ -49,9 +49,13 @@ async fn app(sim: &RunningSim, dir: &tempfile::TempDir, extra: &str) -> basiq_he
 }
 
 async fn sweep(app: &basiq_health::app::App, users: &[UserId]) {
-    app.sweeper().add_users(users).await.unwrap();
-    app.sweeper()
-        .run_pass("test", Some(users.to_vec()), &CancellationToken::new())
+    app.context().add_users(users).await.unwrap();
+    app.context()
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.to_vec()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
 }
@@ -99,7 +103,7 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
         }
         tokio::time::sleep(StdDuration::from_millis(300)).await;
     }
-    let store = app.sweeper().store();
+    let store = app.context().store();
     let row = store
         .connection(&ConnectionId::parse("c-mfa").unwrap())
         .await
@@ -157,7 +161,7 @@ async fn a_failure_without_a_code_is_unknown_and_never_retried() {
     .await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&ConnectionId::parse("c1").unwrap())
         .await
@@ -199,7 +203,7 @@ async fn a_too_many_requests_step_caps_the_connection() {
     .await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&ConnectionId::parse("c1").unwrap())
         .await
@@ -253,7 +257,7 @@ async fn a_refresh_refused_for_the_user_s_reason_needs_the_user() {
         .await
         .unwrap();
     assert!(!d.refreshed());
-    let row = app.sweeper().store().connection(&c).await.unwrap().unwrap();
+    let row = app.context().store().connection(&c).await.unwrap().unwrap();
     assert_eq!(row.health, Some(Health::ActionRequired));
     assert_eq!(row.reason.as_deref(), Some("invalid-credentials"));
     let before = sim
@@ -372,7 +376,7 @@ async fn recovery_slots_cover_the_window_and_survive_a_sweep() {
     )
     .await;
     sweep(&app, &users).await;
-    let store = app.sweeper().store();
+    let store = app.context().store();
     let rows = store.all_connections(None).await.unwrap();
     assert!(
         rows.iter()
@@ -380,10 +384,14 @@ async fn recovery_slots_cover_the_window_and_survive_a_sweep() {
     );
     let ended = Utc::now();
     sim.sim.set_connector_status(inst, method, "operational");
-    app.sweeper().connectors().await;
+    app.context().connectors().await;
     // The next sweep sees the old bank-side failure again: the slots stay.
-    app.sweeper()
-        .run_pass("test", Some(users.clone()), &CancellationToken::new())
+    app.context()
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     let rows = store.all_connections(None).await.unwrap();
@@ -457,7 +465,7 @@ async fn the_recorded_shape_in_a_major_outage_is_an_institution_outage() {
     let app = app(&sim, &dir, "").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&ConnectionId::parse("c1").unwrap())
         .await
@@ -496,12 +504,16 @@ async fn no_connector_status_on_a_fresh_database_blames_no_user() {
         3,
     );
     let app = app(&sim, &dir, "").await;
-    app.sweeper().add_users(&users).await.unwrap();
-    let store = app.sweeper().store();
+    app.context().add_users(&users).await.unwrap();
+    let store = app.context().store();
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(60);
     loop {
-        app.sweeper()
-            .run_pass("test", Some(users.clone()), &CancellationToken::new())
+        app.context()
+            .run_pass(
+                basiq_health::work::PassTrigger::Command,
+                Some(users.clone()),
+                &CancellationToken::new(),
+            )
             .await
             .unwrap();
         let rows = store.all_connections(None).await.unwrap();
@@ -538,7 +550,7 @@ async fn an_unknown_connector_status_is_read_as_down() {
     let app = app(&sim, &dir, "").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&ConnectionId::parse("c1").unwrap())
         .await
@@ -561,7 +573,7 @@ async fn a_multi_factor_authentication_failure_needs_the_user() {
     let app = app(&sim, &dir, "").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&ConnectionId::parse("c1").unwrap())
         .await
@@ -596,7 +608,7 @@ async fn a_statement_job_does_not_hide_a_failing_connection() {
     let app = app(&sim, &dir, "").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&ConnectionId::parse("c1").unwrap())
         .await

@@ -503,9 +503,13 @@ async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_glob
     )
     .await
     .unwrap();
-    app.sweeper().add_users(&users).await.unwrap();
-    app.sweeper()
-        .run_pass("setup", Some(users.clone()), &CancellationToken::new())
+    app.context().add_users(&users).await.unwrap();
+    app.context()
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     let refresher = app.refresher().clone();
@@ -585,13 +589,17 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
     )
     .await
     .unwrap();
-    app.sweeper().add_users(&users).await.unwrap();
-    app.sweeper()
-        .run_pass("setup", Some(users.clone()), &CancellationToken::new())
+    app.context().add_users(&users).await.unwrap();
+    app.context()
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     for c in &conns {
-        let row = app.sweeper().store().connection(c).await.unwrap().unwrap();
+        let row = app.context().store().connection(c).await.unwrap().unwrap();
         assert_eq!(
             row.health,
             Some(basiq_health::plan::classify::Health::InstitutionOutage)
@@ -665,11 +673,11 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
     )
     .await
     .unwrap();
-    app.sweeper()
+    app.context()
         .add_users(std::slice::from_ref(&user))
         .await
         .unwrap();
-    app.sweeper().sweep_user(&user).await.unwrap();
+    app.context().sweep_user(&user).await.unwrap();
     let (logs, _guard) = capture_logs();
     let d = app
         .refresher()
@@ -703,7 +711,7 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
         "{seen:?}"
     );
     let stored = app
-        .sweeper()
+        .context()
         .store()
         .get_job(&basiq_health::domain::JobId::parse(job_id).unwrap())
         .await
@@ -711,7 +719,7 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
         .unwrap();
     assert_eq!(stored.state, "success");
     let row = app
-        .sweeper()
+        .context()
         .store()
         .connection(&conn)
         .await

@@ -298,8 +298,8 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
     .unwrap();
     let base = format!("http://{}", app.api_addr().unwrap());
     let users: Vec<UserId> = sim_users(&sim);
-    app.sweeper().add_users(&users).await.unwrap();
-    let sweeper = app.sweeper().clone();
+    app.context().add_users(&users).await.unwrap();
+    let sweeper = app.context().clone();
     let daemon = Daemon::start(app);
     let http = reqwest::Client::new();
     let get = || async {
@@ -312,7 +312,11 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
     assert_eq!(sample(&before, "basiq_health_users_swept_total"), 0.0);
 
     sweeper
-        .run_pass("test", Some(users), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     let after = get().await;

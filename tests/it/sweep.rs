@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use basiq_health::domain::{ConnectionId, UserId};
 use basiq_health::plan::classify::Health;
-use basiq_health::sweep::Sweeper;
+use basiq_health::work::Context;
 use basiq_sim::{OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,7 @@ fn ok() -> Script {
     }
 }
 
-async fn health_of(sweeper: &Sweeper, conn: &ConnectionId) -> (Option<Health>, Option<String>) {
+async fn health_of(sweeper: &Context, conn: &ConnectionId) -> (Option<Health>, Option<String>) {
     let row = sweeper
         .store()
         .connection(conn)
@@ -77,9 +77,13 @@ async fn health_of(sweeper: &Sweeper, conn: &ConnectionId) -> (Option<Health>, O
     (row.health, row.reason)
 }
 
-async fn sweep_all(sweeper: &Sweeper, users: &[UserId]) -> basiq_health::store::SweepCounts {
+async fn sweep_all(sweeper: &Context, users: &[UserId]) -> basiq_health::store::SweepCounts {
     sweeper
-        .run_pass("test", Some(users.to_vec()), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.to_vec()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap()
 }
@@ -538,8 +542,8 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
         .map(|i| script(&sim, &format!("tick{i}"), ok()))
         .collect();
     let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
-    app.sweeper().add_users(&users).await.unwrap();
-    let store = app.sweeper().store().clone();
+    app.context().add_users(&users).await.unwrap();
+    let store = app.context().store().clone();
     let daemon = Daemon::start(app);
     // Poll the database for the outcome (bounded): every user swept by the tick.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -643,7 +647,7 @@ async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pas
         .unwrap();
     let err = sweeper
         .run_pass(
-            "test",
+            basiq_health::work::PassTrigger::Command,
             Some(vec![second.clone()]),
             &CancellationToken::new(),
         )
@@ -817,8 +821,8 @@ async fn a_scheduled_pass_stopped_by_a_refused_key_is_tried_again_on_a_later_tic
     let users: Vec<UserId> = (0..3)
         .map(|i| script(&sim, &format!("refused{i}"), ok()).0)
         .collect();
-    app.sweeper().add_users(&users).await.unwrap();
-    let store = app.sweeper().store().clone();
+    app.context().add_users(&users).await.unwrap();
+    let store = app.context().store().clone();
     sim.sim.revoke_api_key(404);
     let daemon = Daemon::start(app);
 

@@ -39,7 +39,11 @@ async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and
 
     let cancel = CancellationToken::new();
     sweeper
-        .run_pass("test", Some(users.clone()), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users.clone()),
+            &cancel,
+        )
         .await
         .unwrap();
     assert_tallies_match(&store, "the first sweep").await;
@@ -69,7 +73,11 @@ async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and
         .unwrap();
     assert_tallies_match(&store, "a connection gone").await;
     sweeper
-        .run_pass("test", Some(users[11..].to_vec()), &cancel)
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users[11..].to_vec()),
+            &cancel,
+        )
         .await
         .unwrap();
     assert_tallies_match(&store, "a second sweep with a user gone").await;
@@ -137,7 +145,11 @@ async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_co
     let users: Vec<UserId> = sim_users(&sim);
     sweeper.add_users(&users).await.unwrap();
     sweeper
-        .run_pass("test", Some(users), &CancellationToken::new())
+        .run_pass(
+            basiq_health::work::PassTrigger::Command,
+            Some(users),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     let all = basiq_health::report::status(&store, None, None)

@@ -271,7 +271,7 @@ impl<'a> Facts<'a> {
     }
 
     async fn read_store(&mut self) -> anyhow::Result<()> {
-        let pool = self.run.app.sweeper().store().pool();
+        let pool = self.run.app.context().store().pool();
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT o.id, o.webhook_id, o.event_type, o.order_key, o.payload, o.created_at,
                     (SELECT d.state FROM deliveries d WHERE d.outbox_id = o.id) AS state

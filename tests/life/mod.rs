@@ -174,7 +174,7 @@ pub async fn simulate(config: &LifeConfig) -> anyhow::Result<Run> {
         .iter()
         .map(|u| UserId::parse(&u.id).expect("the world's ids are valid"))
         .collect();
-    app.sweeper().add_users(&ids).await?;
+    app.context().add_users(&ids).await?;
 
     let mut run = Run {
         config: config.clone(),
@@ -205,7 +205,7 @@ async fn drive(run: &mut Run, clock: &Clock) -> anyhow::Result<()> {
     let mut next_poll = run.started + poll_every;
     let mut next_event = 0;
     let processor = basiq_health::events::process::Processor {
-        sweeper: run.app.sweeper().clone(),
+        context: run.app.context().clone(),
         register_new_users: false,
         wake: Arc::default(),
     };
@@ -223,11 +223,14 @@ async fn drive(run: &mut Run, clock: &Clock) -> anyhow::Result<()> {
         while processor.process_pending(&cancel).await? > 0 {}
         if now >= next_poll {
             next_poll = now + poll_every;
-            let store = run.app.sweeper().store();
-            basiq_health::events::poll::poll_once(run.app.sweeper().client(), store, now).await?;
+            let store = run.app.context().store();
+            basiq_health::events::poll::poll_once(run.app.context().client(), store, now).await?;
             while processor.process_pending(&cancel).await? > 0 {}
         }
-        run.app.sweeper().run_pass("tick", None, &cancel).await?;
+        run.app
+            .context()
+            .run_pass(basiq_health::work::PassTrigger::Tick, None, &cancel)
+            .await?;
         run.app.refresher().run_due(&cancel).await?;
         settle_followers(run, clock).await?;
         deliver(run).await?;
@@ -278,13 +281,13 @@ async fn settle_followers(run: &Run, clock: &Clock) -> anyhow::Result<()> {
 async fn deliver(run: &mut Run) -> anyhow::Result<()> {
     let settings = run.app.settings().notify.clone();
     let endpoint = settings.endpoints[0].clone();
-    let store = run.app.sweeper().store().clone();
+    let store = run.app.context().store().clone();
     for _ in 0..20 {
         let seen = run.receiver.count();
         let attempted = basiq_health::notify::deliver::deliver_round(
             &store,
             &settings,
-            Some(run.app.sweeper()),
+            Some(run.app.context()),
             &endpoint,
             run.app.clock(),
         )

@@ -1,0 +1,118 @@
+//! The `/connectors` read as a unit of work: at most once per TTL (single-flight, under the
+//! cache's lock), its answer planned and committed ([`super::write::commit_connectors`]),
+//! the status changes logged, then the connections at the connectors that moved
+//! reclassified before anyone sees the new statuses.
+
+use super::context::{Context, SweepError};
+use crate::plan::classify::ConnectorView;
+use crate::plan::connectors::ConnectorsPlan;
+use crate::plan::{ConnectionRow, ConnectorStatuses};
+use crate::store;
+
+impl Context {
+    /// The last known connector statuses, without asking Basiq.
+    pub async fn cached_connectors(&self) -> ConnectorStatuses {
+        self.connector_cache().await.statuses().clone()
+    }
+
+    /// Connector statuses, from cache or (at most once per TTL, single-flight) `/connectors`.
+    /// A failed fetch keeps the last known statuses and is retried with backoff (5 s
+    /// doubling, at most the TTL), not after the full TTL: until `/connectors` has answered
+    /// once, no user is blamed. Status changes are recorded, and the connections at those
+    /// connectors reclassified, before the new statuses are handed out.
+    pub async fn connectors(&self) -> ConnectorStatuses {
+        let mut cache = self.connector_cache().await;
+        if cache.serves(self.clock().now(), self.options().connectors_ttl) {
+            return cache.statuses().clone();
+        }
+        self.fetch_connectors(&mut cache).await
+    }
+
+    /// Whether the bank statuses were read after the notification `outbox_id` was made,
+    /// reading them now if not (at most once a second, and not while the fetch backs off
+    /// after failures). The read reclassifies what an outage explains.
+    pub async fn connectors_confirm(&self, outbox_id: i64) -> bool {
+        let mut cache = self.connector_cache().await;
+        if cache.confirms(outbox_id) {
+            return true;
+        }
+        if !cache.take_forced(self.clock().now(), self.options().connectors_ttl) {
+            return false;
+        }
+        self.fetch_connectors(&mut cache).await;
+        cache.confirms(outbox_id)
+    }
+
+    async fn fetch_connectors(
+        &self,
+        cache: &mut super::cache::ConnectorCache,
+    ) -> ConnectorStatuses {
+        let mark = self.store().newest_outbox_id().await.unwrap_or(0);
+        let listed = self.client().list_connectors().await;
+        // The read's time is when Basiq answered: a failed read may have taken its retries'
+        // time, and its backoff starts from its end.
+        let now = self.clock().now();
+        let list = match listed {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    correlation_id = e.correlation_id(),
+                    known = cache.statuses().known,
+                    "could not fetch /connectors; using the last known statuses"
+                );
+                cache.failed(now);
+                return cache.statuses().clone();
+            }
+        };
+        match super::write::commit_connectors(self.store(), &list, now).await {
+            Ok(plan) => {
+                cache.answered(&list, mark, now);
+                log_changes(&plan);
+                let statuses = cache.statuses().clone();
+                // Held under the lock: no sweep classifies against the new statuses before
+                // the connections an outage held got their recovery slots.
+                if let Err(e) = self.drain_reclassify(&statuses).await {
+                    tracing::error!(error = %e, "reclassification failed; it resumes on the next tick");
+                }
+                statuses
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store connector statuses");
+                cache.failed(now);
+                cache.statuses().clone()
+            }
+        }
+    }
+
+    /// The connector view and inferred-outage flag of one stored connection, for the gates.
+    pub async fn connector_facts(
+        &self,
+        row: &ConnectionRow,
+    ) -> Result<(ConnectorView, bool), SweepError> {
+        let statuses = self.connectors().await;
+        let view = statuses.view(row.institution_id.as_str(), &row.method);
+        let mut conn = self.store().pool().acquire().await?;
+        let inferred = store::connectors::inferred_open(
+            &mut conn,
+            row.institution_id.as_str(),
+            row.method.as_str(),
+        )
+        .await?;
+        Ok((view, inferred))
+    }
+}
+
+/// One line per connector whose status moved.
+fn log_changes(plan: &ConnectorsPlan) {
+    for change in &plan.changes {
+        tracing::info!(
+            event = "connector_status_changed",
+            institution_id = %change.key.institution_id,
+            method = %change.key.method,
+            from = change.from.as_ref().map(|s| s.as_str().to_owned()),
+            to = %change.to,
+            "connector status changed"
+        );
+    }
+}
