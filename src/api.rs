@@ -23,7 +23,7 @@ use crate::work::Context;
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub refresher: crate::refresh::Refresher,
+    pub refresher: crate::work::refresh::Refresher,
     pub context: Context,
     pub token: SecretString,
     /// The API listens on a loopback address: `/metrics` needs no token.

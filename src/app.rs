@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::basiq::{Client, ClientOptions};
 use crate::clock::Clock;
-use crate::refresh::Refresher;
 use crate::settings::{BasiqSettings, Settings};
 use crate::store::Store;
+use crate::work::refresh::Refresher;
 use crate::work::{self, Context, SweepOptions, TickState};
 
 /// Client options from the settings and a key.

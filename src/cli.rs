@@ -442,11 +442,11 @@ async fn cmd_purge(args: PurgeArgs, settings: &Settings, clock: &Clock) -> anyho
 
 /// What `purge` says of its outcome, and its exit code.
 fn tell_purge(
-    outcome: crate::refresh::PurgeOutcome,
+    outcome: crate::work::refresh::PurgeOutcome,
     user: &UserId,
     connection: &ConnectionId,
 ) -> anyhow::Result<u8> {
-    use crate::refresh::PurgeOutcome;
+    use crate::work::refresh::PurgeOutcome;
     match outcome {
         PurgeOutcome::WouldPurge(c) => {
             println!(
@@ -589,9 +589,9 @@ async fn context(settings: &Settings, clock: &Clock) -> anyhow::Result<crate::wo
 async fn refresher(
     settings: &Settings,
     clock: &Clock,
-) -> anyhow::Result<crate::refresh::Refresher> {
+) -> anyhow::Result<crate::work::refresh::Refresher> {
     let context = context(settings, clock).await?;
-    Ok(crate::refresh::Refresher::new(context, settings.refresh.clone()).await?)
+    Ok(crate::work::refresh::Refresher::new(context, settings.refresh.clone()).await?)
 }
 
 /// `users`: the register of watched users.
@@ -845,8 +845,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             .is_some_and(crate::basiq::Error::is_auth)
             || c.downcast_ref::<crate::work::SweepError>()
                 .is_some_and(crate::work::SweepError::is_auth)
-            || c.downcast_ref::<crate::refresh::RefreshError>()
-                .is_some_and(crate::refresh::RefreshError::is_auth)
+            || c.downcast_ref::<crate::work::refresh::RefreshError>()
+                .is_some_and(crate::work::refresh::RefreshError::is_auth)
     };
     if err.is::<Interrupted>() {
         EXIT_INTERRUPTED

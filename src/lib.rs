@@ -44,7 +44,6 @@ pub mod events;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
-pub mod refresh;
 pub mod report;
 pub mod serve;
 pub mod service;

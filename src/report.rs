@@ -304,10 +304,10 @@ fn write_connection_story(out: &mut String, c: &ConnectionView, now: DateTime<Ut
 
 /// The `plan` dry run as a table: refreshes in time order, then the connections that
 /// would not be refreshed, counted by reason.
-pub fn render_plan(lines: &[crate::refresh::PlanLine]) -> String {
+pub fn render_plan(lines: &[crate::work::refresh::PlanLine]) -> String {
     use crate::plan::policy::schedule::Upcoming;
     let mut out = String::new();
-    let mut refreshes: Vec<(&crate::refresh::PlanLine, DateTime<Utc>, &str)> = lines
+    let mut refreshes: Vec<(&crate::work::refresh::PlanLine, DateTime<Utc>, &str)> = lines
         .iter()
         .filter_map(|l| match &l.upcoming {
             Upcoming::Refresh {
@@ -336,7 +336,7 @@ pub fn render_plan(lines: &[crate::refresh::PlanLine]) -> String {
             l.method
         );
     }
-    let mut denied: BTreeMap<&str, Vec<&crate::refresh::PlanLine>> = BTreeMap::new();
+    let mut denied: BTreeMap<&str, Vec<&crate::work::refresh::PlanLine>> = BTreeMap::new();
     for l in lines {
         if let Upcoming::Denied { denied: d } = &l.upcoming {
             denied.entry(d.as_str()).or_default().push(l);

@@ -84,7 +84,7 @@ impl Store {
     pub async fn finish_refresh(
         &self,
         id: i64,
-        outcome: &str,
+        outcome: crate::plan::policy::Sent,
         job_id: Option<&str>,
         http_status: Option<u16>,
         now: DateTime<Utc>,
@@ -92,7 +92,7 @@ impl Store {
         sqlx::query(
             "UPDATE refresh_attempts SET outcome = ?, job_id = ?, http_status = ?, finished_at = ? WHERE id = ?",
         )
-        .bind(outcome.to_owned())
+        .bind(outcome.as_str())
         .bind(job_id.map(str::to_owned))
         .bind(http_status.map(i64::from))
         .bind(ts(now))

@@ -21,6 +21,7 @@ pub mod emit;
 pub mod pass;
 mod reads;
 pub mod reclassify;
+pub mod refresh;
 pub mod sweep;
 pub mod tick;
 pub mod write;

@@ -63,7 +63,7 @@ async fn sweep(sweeper: &Context, user: &UserId) -> basiq_health::store::SweepCo
 /// `/metrics` as the daemon renders it, one sample by its full name and labels.
 async fn metric(sweeper: &Context, settings: &basiq_health::settings::Settings, name: &str) -> f64 {
     let refresher =
-        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
+        basiq_health::work::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
             .await
             .unwrap();
     let text = basiq_health::metrics::render(sweeper, &refresher, &Default::default())

@@ -759,7 +759,7 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
     // /metrics as the daemon renders it.
     let settings = settings_for(&sim, &dir.path().join("bh.db"), &toml);
     let refresher =
-        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
+        basiq_health::work::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
             .await
             .unwrap();
     let text = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())
@@ -2316,7 +2316,7 @@ async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_datab
     .await;
     let settings = settings_for(&sim, &db, &toml);
     let refresher =
-        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
+        basiq_health::work::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
             .await
             .unwrap();
     let metrics = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())

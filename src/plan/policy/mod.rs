@@ -14,11 +14,13 @@
 //!
 //! Knows nothing about HTTP, SQLite or the clock: callers pass `now` and an RNG.
 
+pub mod attempt;
 pub mod gates;
 pub mod schedule;
 pub mod spread;
 pub mod window;
 
+pub use attempt::{RefreshDecision, Sent, capped_until, owed_after, rejection_denial};
 pub use gates::{
     CAP_WINDOW, DecisionKind, Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger,
     UnknownRefreshMode, cap_for, decide, not_before,
