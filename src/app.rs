@@ -71,7 +71,7 @@ pub async fn open_store(settings: &Settings, clock: &Clock) -> anyhow::Result<St
         clock.clone(),
     )
     .await?;
-    crate::notify::deliver::adopt_endpoint_names(&store, &settings.notify.endpoints)
+    crate::work::delivery::adopt_endpoint_names(&store, &settings.notify.endpoints)
         .await
         .context("while keying notification deliveries by endpoint name")?;
     Ok(store)
@@ -272,7 +272,7 @@ impl App {
 
     /// Serves the webhook receiver alone until `cancel` (a caller that runs the other units
     /// itself: the life simulation); its address, or `None` when `webhooks.listen` is off.
-    /// What it stores waits in the inbox for [`crate::events::process::Processor`].
+    /// What it stores waits in the inbox for [`crate::work::event::Processor`].
     pub fn serve_webhooks(&mut self, cancel: &CancellationToken) -> Option<SocketAddr> {
         let listener = self.webhook_listener.take()?;
         let addr = listener.local_addr().ok()?;
@@ -292,7 +292,7 @@ impl App {
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         let wake = Arc::new(tokio::sync::Notify::new());
-        let processor = crate::events::process::Processor {
+        let processor = crate::work::event::Processor {
             context: self.context.clone(),
             register_new_users: self.settings.webhooks.register_new_users,
             wake: wake.clone(),
@@ -327,7 +327,7 @@ impl App {
             }));
         }
         if !self.settings.notify.endpoints.is_empty() {
-            tasks.push(tokio::spawn(crate::notify::deliver::run(
+            tasks.push(tokio::spawn(crate::work::delivery::run(
                 self.context.store().clone(),
                 self.settings.notify.clone(),
                 Some(self.context.clone()),

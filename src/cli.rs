@@ -560,7 +560,7 @@ async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
     let context = context(settings, clock).await?;
     let polled =
         crate::events::poll::poll_once(context.client(), context.store(), clock.now()).await?;
-    let processor = crate::events::process::Processor {
+    let processor = crate::work::event::Processor {
         context: context.clone(),
         register_new_users: settings.webhooks.register_new_users,
         wake: std::sync::Arc::default(),

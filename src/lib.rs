@@ -42,7 +42,6 @@ pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod metrics;
-pub mod notify;
 pub mod plan;
 pub mod report;
 pub mod serve;

@@ -820,7 +820,7 @@ impl std::fmt::Debug for EndpointSettings {
 impl EndpointSettings {
     /// What the endpoint's rows were keyed by before endpoints had names: its URL with any
     /// password (only) replaced by `[redacted]`. Rows so keyed are given to the endpoint
-    /// when it starts (`notify::deliver::adopt_endpoint_names`).
+    /// when it starts (`work::delivery::adopt_endpoint_names`).
     pub fn legacy_key(&self) -> String {
         let mut shown = self.url.clone();
         if self.url.password().is_some() {

@@ -6,7 +6,6 @@
 //! here, purely ([`action`]), from its type and the ids its links carry.
 
 pub mod poll;
-pub mod process;
 pub mod receiver;
 
 use serde::Deserialize;

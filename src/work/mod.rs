@@ -10,6 +10,10 @@
 //! - [`commit`]: the group committer (many users' plans per transaction) and [`write`], the
 //!   one way a plan is written: the store writes the plan's values, then the notifications
 //!   they cause are planned from what the store says moved, in the same transaction;
+//! - [`refresh`]: a refresh through the gates, the pace and the reservation; the ones owed;
+//!   the dry run; purge; a sent refresh's job followed to its end;
+//! - [`event`]: one event of the inbox (a webhook or the `/events` poll) done;
+//! - [`delivery`]: a delivery round of the outbox to one endpoint;
 //! - [`emit`]: a plan's notes as log lines, after the commit;
 //! - [`tick`]: the scheduler's one tick and the generic worker each kind of work runs in.
 
@@ -17,7 +21,9 @@ pub mod cache;
 mod commit;
 pub mod connectors;
 pub mod context;
+pub mod delivery;
 pub mod emit;
+pub mod event;
 pub mod pass;
 mod reads;
 pub mod reclassify;

@@ -245,7 +245,7 @@ async fn one_delivery_round_signs_with_the_driven_clock() {
     sweep(sweeper.clone(), user.clone()).await;
 
     let endpoint = &settings.notify.endpoints[0];
-    let attempted = basiq_health::notify::deliver::deliver_round(
+    let attempted = basiq_health::work::delivery::deliver_round(
         sweeper.store(),
         &settings.notify,
         Some(&sweeper),

@@ -354,7 +354,7 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
     sweep_now(&sweeper, &user).await;
     sim.sim.invalidate_connection("c-poll").unwrap();
     sim.sim.emit_event("transactions.updated", "u-poll", None);
-    let processor = basiq_health::events::process::Processor {
+    let processor = basiq_health::work::event::Processor {
         context: sweeper.clone(),
         register_new_users: false,
         wake: Default::default(),
@@ -1672,7 +1672,7 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
         },
         100,
     );
-    let processor = basiq_health::events::process::Processor {
+    let processor = basiq_health::work::event::Processor {
         context: sweeper.clone(),
         register_new_users: false,
         wake: Default::default(),
@@ -1938,7 +1938,7 @@ async fn an_event_basiq_no_longer_knows_is_not_retried() {
         .await
         .unwrap();
     assert!(stored);
-    let processor = basiq_health::events::process::Processor {
+    let processor = basiq_health::work::event::Processor {
         context: app.context().clone(),
         register_new_users: false,
         wake: Default::default(),
@@ -2088,7 +2088,7 @@ async fn a_changed_endpoint_url_takes_over_its_pending_deliveries_and_sends_noth
         let (store, clock) = (store.clone(), clock.clone());
         async move {
             for endpoint in &s.notify.endpoints {
-                basiq_health::notify::deliver::deliver_round(
+                basiq_health::work::delivery::deliver_round(
                     &store, &s.notify, None, endpoint, &clock,
                 )
                 .await
@@ -2413,7 +2413,7 @@ fn attempts_allowed(initial: StdDuration, max_age: StdDuration) -> usize {
     let mut waited = StdDuration::ZERO;
     let mut attempts = 1;
     loop {
-        waited += basiq_health::notify::deliver::backoff(
+        waited += basiq_health::work::delivery::backoff(
             initial,
             StdDuration::from_secs(3600),
             i64::try_from(attempts).unwrap(),
@@ -2470,7 +2470,7 @@ async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_at
     let settings = basiq_health::settings::Settings::from_toml(&toml).unwrap();
     let store = Store::open(&settings.database.path).await.unwrap();
     let cancel = CancellationToken::new();
-    let deliverers = tokio::spawn(basiq_health::notify::deliver::run(
+    let deliverers = tokio::spawn(basiq_health::work::delivery::run(
         store.clone(),
         settings.notify.clone(),
         None,

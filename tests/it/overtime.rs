@@ -526,7 +526,7 @@ async fn an_ask_at_a_bank_one_user_short_of_an_inferred_outage_waits_and_is_supe
     );
     let deliver = || async {
         let settings = s.app.settings().notify.clone();
-        basiq_health::notify::deliver::deliver_round(
+        basiq_health::work::delivery::deliver_round(
             s.app.context().store(),
             &settings,
             Some(s.app.context()),

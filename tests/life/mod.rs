@@ -204,7 +204,7 @@ async fn drive(run: &mut Run, clock: &Clock) -> anyhow::Result<()> {
     let poll_every = TimeDelta::minutes(15);
     let mut next_poll = run.started + poll_every;
     let mut next_event = 0;
-    let processor = basiq_health::events::process::Processor {
+    let processor = basiq_health::work::event::Processor {
         context: run.app.context().clone(),
         register_new_users: false,
         wake: Arc::default(),
@@ -284,7 +284,7 @@ async fn deliver(run: &mut Run) -> anyhow::Result<()> {
     let store = run.app.context().store().clone();
     for _ in 0..20 {
         let seen = run.receiver.count();
-        let attempted = basiq_health::notify::deliver::deliver_round(
+        let attempted = basiq_health::work::delivery::deliver_round(
             &store,
             &settings,
             Some(run.app.context()),

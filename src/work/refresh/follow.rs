@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Refresher;
 use crate::clock;
-use crate::domain::{ConnectionId, JobId, JobState, UserId};
+use crate::domain::{ConnectionId, Job, JobId, JobState, UserId};
 
 /// How following a job ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,44 +65,9 @@ pub(super) async fn follow_job(
                 continue;
             }
         };
-        for (i, step) in job.steps.iter().enumerate() {
-            let now = (step.title.clone(), step.status.as_str().to_owned());
-            if seen.get(i) != Some(&now) {
-                tracing::info!(
-                    event = "job_step",
-                    user_id = %user,
-                    connection_id = %connection,
-                    job_id = %job_id,
-                    step = step.title.as_str(),
-                    status = step.status.as_str(),
-                    "job step changed"
-                );
-            }
-        }
-        seen = job
-            .steps
-            .iter()
-            .map(|s| (s.title.clone(), s.status.as_str().to_owned()))
-            .collect();
+        seen = log_steps(&job, seen, user, connection, job_id);
         if job.state() != JobState::InProgress {
-            let recorded = r.inner.context.job_ended(user, connection, &job).await;
-            if let Err(e) = &recorded {
-                tracing::error!(user_id = %user, connection_id = %connection, job_id = %job_id, error = %e, "could not record the finished job");
-            }
-            tracing::info!(
-                event = "job_finished",
-                user_id = %user,
-                connection_id = %connection,
-                job_id = %job_id,
-                state = job.state().as_str(),
-                failure_code = job.failure_code(),
-                "refresh job ended"
-            );
-            return if recorded.is_ok() {
-                Followed::ToTheEnd
-            } else {
-                Followed::Unreadable
-            };
+            return job_ended(r, user, connection, &job).await;
         }
         if timed_out() {
             tracing::warn!(
@@ -112,6 +77,57 @@ pub(super) async fn follow_job(
             return Followed::StillRunning;
         }
         delay = next_delay(delay, settings.follow_poll_max);
+    }
+}
+
+/// One line per step whose status changed since the last poll; the steps as now seen.
+fn log_steps(
+    job: &Job,
+    seen: Vec<(String, String)>,
+    user: &UserId,
+    connection: &ConnectionId,
+    job_id: &JobId,
+) -> Vec<(String, String)> {
+    let now: Vec<(String, String)> = job
+        .steps
+        .iter()
+        .map(|s| (s.title.clone(), s.status.as_str().to_owned()))
+        .collect();
+    for (i, (step, status)) in now.iter().enumerate() {
+        if seen.get(i) != Some(&(step.clone(), status.clone())) {
+            tracing::info!(
+                event = "job_step",
+                user_id = %user,
+                connection_id = %connection,
+                job_id = %job_id,
+                step = step.as_str(),
+                status = status.as_str(),
+                "job step changed"
+            );
+        }
+    }
+    now
+}
+
+/// The followed job ended: the connection is read again and planned with it.
+async fn job_ended(r: &Refresher, user: &UserId, connection: &ConnectionId, job: &Job) -> Followed {
+    let recorded = r.inner.context.job_ended(user, connection, job).await;
+    if let Err(e) = &recorded {
+        tracing::error!(user_id = %user, connection_id = %connection, job_id = %job.id, error = %e, "could not record the finished job");
+    }
+    tracing::info!(
+        event = "job_finished",
+        user_id = %user,
+        connection_id = %connection,
+        job_id = %job.id,
+        state = job.state().as_str(),
+        failure_code = job.failure_code(),
+        "refresh job ended"
+    );
+    if recorded.is_ok() {
+        Followed::ToTheEnd
+    } else {
+        Followed::Unreadable
     }
 }
 

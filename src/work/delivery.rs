@@ -18,11 +18,11 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use super::context::Context;
 use crate::clock::Clock;
 use crate::settings::{EndpointSettings, NotifySettings};
 use crate::store::events::{DueDelivery, EndpointHold};
 use crate::store::{Store, from_ts};
-use crate::work::Context;
 
 /// How often an idle deliverer looks for due retries (a commit that wrote notifications
 /// wakes it at once).

@@ -1,4 +1,0 @@
-//! Notifications out: the per-endpoint deliverers ([`deliver`]). What to tell is the
-//! planner's ([`crate::plan::notices`]).
-
-pub mod deliver;
