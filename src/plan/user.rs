@@ -464,89 +464,14 @@ pub fn plan_user(
         next_due_at,
         ..UserPlan::default()
     };
-    let by_id: HashMap<&ConnectionId, &ConnectionRow> = stored
-        .connections
-        .iter()
-        .map(|r| (&r.connection_id, r))
-        .collect();
 
     // Jobs: matched, never backwards; the newest per connection by `created`.
-    let matched = match_jobs(&fetched.connections, &fetched.jobs);
-    let mut newest: HashMap<ConnectionId, &Job> = HashMap::new();
-    let mut mfa_seen: BTreeSet<ConnectionId> = BTreeSet::new();
-    for (job, connection) in fetched.jobs.iter().zip(&matched) {
-        let had = stored.jobs.get(&job.id);
-        if is_backwards(job, had) {
-            continue;
-        }
-        // A finished job already stored as it is now has nothing to write (most jobs of a
-        // daily sweep): only new or moved jobs are written.
-        if !is_unchanged(job, had, connection.is_some()) {
-            plan.jobs.push((job.clone(), connection.clone()));
-        }
-        let Some(connection) = connection else {
-            continue;
-        };
-        if job.shows_mfa() {
-            mfa_seen.insert(connection.clone());
-        }
-        let entry = newest.entry(connection.clone()).or_insert(job);
-        if job.created > entry.created {
-            *entry = job;
-        }
-    }
+    let seen = read_jobs(fetched, stored, &mut plan.jobs);
 
     // The new state of each connection, before classification.
-    let mut rows: Vec<ConnectionRow> = Vec::new();
-    for c in &fetched.connections {
-        let mut row = by_id
-            .get(&c.id)
-            .map(|r| (*r).clone())
-            .unwrap_or_else(|| fresh_row(user, c));
-        row.user_id = user.clone();
-        row.institution_id = c.institution_id.clone();
-        row.method = c.method.clone();
-        note_invalid(&mut row, c, now);
-        row.status = c.status.clone();
-        row.created_date = c.created_date;
-        row.last_used = c.last_used;
-        row.expiry_date = c.expiry_date;
-        row.mfa_enabled = c.mfa_enabled;
-        // Once a refresh has prompted for a code, it may again: this is never forgotten.
-        row.needs_user_present =
-            row.needs_user_present || c.mfa_enabled == Some(true) || mfa_seen.contains(&c.id);
-        row.gone_at = None;
-        if let Some(job) = newest.get(&c.id) {
-            // A job newer than this one (a followed refresh) stays the newest.
-            let stored_is_newer = row.newest_job_id.as_deref() != Some(job.id.as_str())
-                && row
-                    .newest_job
-                    .as_ref()
-                    .and_then(|j| j.created)
-                    .zip(job.created)
-                    .is_some_and(|(had, new)| had > new);
-            if !stored_is_newer {
-                row.newest_job_id = Some(job.id.as_str().to_owned());
-                row.newest_job = Some(newest_of(job));
-            }
-        }
-        row.bank_failure_at = row.newest_job.as_ref().and_then(|j| {
-            let bank = j.state == JobState::Failed
-                && j.failure_code
-                    .as_deref()
-                    .is_some_and(|c| Side::of(c) == Side::Bank);
-            bank.then(|| j.updated.or(j.created).unwrap_or(now))
-        });
-        rows.push(row);
-    }
+    let rows = refreshed_rows(now, user, fetched, stored, &seen);
     if fetched.complete {
-        let present: BTreeSet<&ConnectionId> = fetched.connections.iter().map(|c| &c.id).collect();
-        plan.gone = stored
-            .connections
-            .iter()
-            .filter(|r| r.gone_at.is_none() && !present.contains(&r.connection_id))
-            .map(|r| r.connection_id.clone())
-            .collect();
+        plan.gone = gone_connections(fetched, stored);
     }
 
     let (inferred, periods) = infer_outages(now, &rows, stored, settings, &mut plan);
@@ -571,6 +496,142 @@ pub fn plan_user(
         plan.connections.push(row);
     }
     plan
+}
+
+/// What a user's fetched jobs say of each connection: its newest job, and whether any
+/// job prompted for a code.
+struct SeenJobs<'a> {
+    newest: HashMap<ConnectionId, &'a Job>,
+    mfa_seen: BTreeSet<ConnectionId>,
+}
+
+/// Reads the fetched jobs: those not going backwards and not unchanged go to `to_write`
+/// with their matched connection; the newest per connection (by `created`) and the MFA
+/// prompts are returned.
+fn read_jobs<'a>(
+    fetched: &'a Fetched,
+    stored: &Stored,
+    to_write: &mut Vec<(Job, Option<ConnectionId>)>,
+) -> SeenJobs<'a> {
+    let matched = match_jobs(&fetched.connections, &fetched.jobs);
+    let mut seen = SeenJobs {
+        newest: HashMap::new(),
+        mfa_seen: BTreeSet::new(),
+    };
+    for (job, connection) in fetched.jobs.iter().zip(&matched) {
+        let had = stored.jobs.get(&job.id);
+        if is_backwards(job, had) {
+            continue;
+        }
+        // A finished job already stored as it is now has nothing to write (most jobs of a
+        // daily sweep): only new or moved jobs are written.
+        if !is_unchanged(job, had, connection.is_some()) {
+            to_write.push((job.clone(), connection.clone()));
+        }
+        let Some(connection) = connection else {
+            continue;
+        };
+        if job.shows_mfa() {
+            seen.mfa_seen.insert(connection.clone());
+        }
+        let entry = seen.newest.entry(connection.clone()).or_insert(job);
+        if job.created > entry.created {
+            *entry = job;
+        }
+    }
+    seen
+}
+
+/// The new state of each fetched connection: its stored row (or a fresh one) brought up
+/// to date, in Basiq's order.
+fn refreshed_rows(
+    now: DateTime<Utc>,
+    user: &UserId,
+    fetched: &Fetched,
+    stored: &Stored,
+    seen: &SeenJobs<'_>,
+) -> Vec<ConnectionRow> {
+    let by_id: HashMap<&ConnectionId, &ConnectionRow> = stored
+        .connections
+        .iter()
+        .map(|r| (&r.connection_id, r))
+        .collect();
+    fetched
+        .connections
+        .iter()
+        .map(|c| {
+            let row = by_id
+                .get(&c.id)
+                .map(|r| (*r).clone())
+                .unwrap_or_else(|| fresh_row(user, c));
+            refreshed_row(row, user, c, seen, now)
+        })
+        .collect()
+}
+
+/// A connection's row brought up to what Basiq says of it now and of its jobs.
+fn refreshed_row(
+    mut row: ConnectionRow,
+    user: &UserId,
+    c: &Connection,
+    seen: &SeenJobs<'_>,
+    now: DateTime<Utc>,
+) -> ConnectionRow {
+    row.user_id = user.clone();
+    row.institution_id = c.institution_id.clone();
+    row.method = c.method.clone();
+    note_invalid(&mut row, c, now);
+    row.status = c.status.clone();
+    row.created_date = c.created_date;
+    row.last_used = c.last_used;
+    row.expiry_date = c.expiry_date;
+    row.mfa_enabled = c.mfa_enabled;
+    // Once a refresh has prompted for a code, it may again: this is never forgotten.
+    row.needs_user_present =
+        row.needs_user_present || c.mfa_enabled == Some(true) || seen.mfa_seen.contains(&c.id);
+    row.gone_at = None;
+    if let Some(job) = seen.newest.get(&c.id) {
+        note_newest_job(&mut row, job);
+    }
+    row.bank_failure_at = bank_failure_at(&row, now);
+    row
+}
+
+/// Makes `job` the row's newest job, unless the row holds a newer one (a followed refresh).
+fn note_newest_job(row: &mut ConnectionRow, job: &Job) {
+    let stored_is_newer = row.newest_job_id.as_deref() != Some(job.id.as_str())
+        && row
+            .newest_job
+            .as_ref()
+            .and_then(|j| j.created)
+            .zip(job.created)
+            .is_some_and(|(had, new)| had > new);
+    if !stored_is_newer {
+        row.newest_job_id = Some(job.id.as_str().to_owned());
+        row.newest_job = Some(newest_of(job));
+    }
+}
+
+/// When the row's newest job failed at the bank (its `updated`, else `created`, else now).
+fn bank_failure_at(row: &ConnectionRow, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    row.newest_job.as_ref().and_then(|j| {
+        let bank = j.state == JobState::Failed
+            && j.failure_code
+                .as_deref()
+                .is_some_and(|c| Side::of(c) == Side::Bank);
+        bank.then(|| j.updated.or(j.created).unwrap_or(now))
+    })
+}
+
+/// Stored connections not yet gone that Basiq no longer lists.
+fn gone_connections(fetched: &Fetched, stored: &Stored) -> Vec<ConnectionId> {
+    let present: BTreeSet<&ConnectionId> = fetched.connections.iter().map(|c| &c.id).collect();
+    stored
+        .connections
+        .iter()
+        .filter(|r| r.gone_at.is_none() && !present.contains(&r.connection_id))
+        .map(|r| r.connection_id.clone())
+        .collect()
 }
 
 /// Inferred outages at each connector this user uses: everyone else's failures plus this

@@ -418,11 +418,23 @@ pub(super) async fn write_rows(
     if rows.is_empty() {
         return Ok(());
     }
+    let sql = upsert_rows_sql(rows.len());
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in rows {
+        query = bind_row(query, r, now);
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The multi-row upsert of `n` connection rows: a stored row takes the new values but keeps
+/// its `first_seen_at`, and its `basiq_capped_until` only grows.
+fn upsert_rows_sql(n: usize) -> String {
     let one =
         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
                ?, ?, ?)";
-    let values = vec![one; rows.len()].join(", ");
-    let sql = format!(
+    let values = vec![one; n].join(", ");
+    format!(
         "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
              created_date, last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code,
              newest_job_side, newest_job_created, newest_job_updated, health, reason, checked_at,
@@ -455,49 +467,52 @@ pub(super) async fn write_rows(
              bank_failure_at = excluded.bank_failure_at,
              invalid_from = excluded.invalid_from, invalid_seen = excluded.invalid_seen,
              refresh_due_since = excluded.refresh_due_since"
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for r in rows {
-        let job = r.newest_job.as_ref();
-        let side = job
-            .and_then(|j| j.failure_code.as_deref())
-            .map(|c| Side::of(c).as_str());
-        query = query
-            .bind(r.connection_id.as_str().to_owned())
-            .bind(r.user_id.as_str())
-            .bind(r.institution_id.as_str())
-            .bind(r.method.as_str().to_owned())
-            .bind(r.status.as_str().to_owned())
-            .bind(opt_ts(r.created_date))
-            .bind(opt_ts(r.last_used))
-            .bind(opt_ts(r.expiry_date))
-            .bind(r.newest_job_id.clone())
-            .bind(job.map(|j| j.state.as_str()))
-            .bind(job.and_then(|j| j.failure_code.clone()))
-            .bind(side)
-            .bind(job.and_then(|j| opt_ts(j.created)))
-            .bind(job.and_then(|j| opt_ts(j.updated)))
-            .bind(r.health.map(Health::as_str))
-            .bind(r.reason.clone())
-            .bind(opt_ts(r.checked_at))
-            .bind(opt_ts(r.health_since))
-            .bind(r.consent_warned_days)
-            .bind(opt_ts(r.gone_at))
-            .bind(r.basiq_capped_until.map(ts_ceil))
-            .bind(r.refresh_due.map(|o| ts_ceil(o.at)))
-            .bind(r.refresh_due.map(|o| o.trigger.as_str()))
-            .bind(i64::from(r.transient_retries))
-            .bind(r.transient_job_id.clone())
-            .bind(r.mfa_enabled)
-            .bind(r.needs_user_present)
-            .bind(opt_ts(r.bank_failure_at))
-            .bind(ts(now))
-            .bind(opt_ts(r.invalid_from))
-            .bind(opt_ts(r.invalid_seen))
-            .bind(r.refresh_due.and_then(|o| opt_ts(o.since)));
-    }
-    query.execute(&mut *conn).await?;
-    Ok(())
+    )
+}
+
+/// Binds one row's 32 values to the upsert, in its column order (`first_seen_at` is `now`).
+fn bind_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    r: &ConnectionRow,
+    now: DateTime<Utc>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let job = r.newest_job.as_ref();
+    let side = job
+        .and_then(|j| j.failure_code.as_deref())
+        .map(|c| Side::of(c).as_str());
+    query
+        .bind(r.connection_id.as_str().to_owned())
+        .bind(r.user_id.as_str())
+        .bind(r.institution_id.as_str())
+        .bind(r.method.as_str().to_owned())
+        .bind(r.status.as_str().to_owned())
+        .bind(opt_ts(r.created_date))
+        .bind(opt_ts(r.last_used))
+        .bind(opt_ts(r.expiry_date))
+        .bind(r.newest_job_id.clone())
+        .bind(job.map(|j| j.state.as_str()))
+        .bind(job.and_then(|j| j.failure_code.clone()))
+        .bind(side)
+        .bind(job.and_then(|j| opt_ts(j.created)))
+        .bind(job.and_then(|j| opt_ts(j.updated)))
+        .bind(r.health.map(Health::as_str))
+        .bind(r.reason.clone())
+        .bind(opt_ts(r.checked_at))
+        .bind(opt_ts(r.health_since))
+        .bind(r.consent_warned_days)
+        .bind(opt_ts(r.gone_at))
+        .bind(r.basiq_capped_until.map(ts_ceil))
+        .bind(r.refresh_due.map(|o| ts_ceil(o.at)))
+        .bind(r.refresh_due.map(|o| o.trigger.as_str()))
+        .bind(i64::from(r.transient_retries))
+        .bind(r.transient_job_id.clone())
+        .bind(r.mfa_enabled)
+        .bind(r.needs_user_present)
+        .bind(opt_ts(r.bank_failure_at))
+        .bind(ts(now))
+        .bind(opt_ts(r.invalid_from))
+        .bind(opt_ts(r.invalid_seen))
+        .bind(r.refresh_due.and_then(|o| opt_ts(o.since)))
 }
 
 /// One batch of the connections at a connector, in id order after `after`. A connector

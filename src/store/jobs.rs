@@ -1,5 +1,7 @@
 //! Jobs and their steps, kept after Basiq forgets them (7 days).
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
@@ -44,20 +46,42 @@ pub async fn upsert_jobs(
     now: DateTime<Utc>,
 ) -> Result<()> {
     for chunk in jobs.chunks(JOBS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
+        let written = upsert_chunk(conn, chunk, now).await?;
+        let written = last_copies(chunk, &written);
+        if written.is_empty() {
+            continue;
+        }
+        delete_steps(conn, &written).await?;
+        let steps: Vec<(&Job, usize, &crate::domain::Step)> = written
+            .iter()
+            .flat_map(|job| job.steps.iter().enumerate().map(move |(i, s)| (*job, i, s)))
+            .collect();
+        insert_steps(conn, &steps).await?;
+    }
+    Ok(())
+}
+
+/// Upserts one chunk of jobs in one multi-row statement; returns the ids it wrote (a job
+/// that would go backwards is not written).
+async fn upsert_chunk(
+    conn: &mut SqliteConnection,
+    chunk: &[(&UserId, &Job, Option<&ConnectionId>)],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>> {
+    let mut sql = String::from(
+        "INSERT INTO jobs (job_id, user_id, connection_id, institution_id, job_type, state,
                                failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
              VALUES ",
-        );
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 {
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            } else {
-                ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            });
-        }
-        sql.push_str(
-            " ON CONFLICT (job_id) DO UPDATE SET
+    );
+    for i in 0..chunk.len() {
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        } else {
+            ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        });
+    }
+    sql.push_str(
+        " ON CONFLICT (job_id) DO UPDATE SET
                  connection_id = COALESCE(excluded.connection_id, jobs.connection_id),
                  institution_id = COALESCE(excluded.institution_id, jobs.institution_id),
                  job_type = COALESCE(excluded.job_type, jobs.job_type),
@@ -69,54 +93,56 @@ pub async fn upsert_jobs(
              WHERE NOT (jobs.state != 'in-progress' AND excluded.state = 'in-progress')
                AND (excluded.updated IS NULL OR jobs.updated IS NULL OR excluded.updated >= jobs.updated)
              RETURNING job_id",
-        );
-        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-        for (user_id, job, connection_id) in chunk {
-            let failed = job.failed_step();
-            query = query
-                .bind(job.id.as_str().to_owned())
-                .bind(user_id.as_str().to_owned())
-                .bind(connection_id.map(|c| c.as_str().to_owned()))
-                .bind(job.institution_id.as_ref().map(|i| i.as_str().to_owned()))
-                .bind(job.job_type.clone())
-                .bind(job.state().as_str())
-                .bind(job.failure_code().map(str::to_owned))
-                .bind(failed.map(|s| s.title.clone()))
-                .bind(opt_ts(job.created))
-                .bind(opt_ts(job.updated))
-                .bind(ts(now))
-                .bind(ts(now));
-        }
-        let written: std::collections::HashSet<String> =
-            query.fetch_all(&mut *conn).await?.into_iter().collect();
-        // A job listed twice was upserted twice: its steps are the last copy's, once.
-        let mut seen = std::collections::HashSet::new();
-        let mut written: Vec<&Job> = chunk
-            .iter()
-            .rev()
-            .map(|(_, job, _)| *job)
-            .filter(|job| written.contains(job.id.as_str()) && seen.insert(job.id.as_str()))
-            .collect();
-        written.reverse();
-        if written.is_empty() {
-            continue;
-        }
-        let mut sql = String::from("DELETE FROM job_steps WHERE job_id IN (");
-        for i in 0..written.len() {
-            sql.push_str(if i == 0 { "?" } else { ", ?" });
-        }
-        sql.push(')');
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for job in &written {
-            query = query.bind(job.id.as_str().to_owned());
-        }
-        query.execute(&mut *conn).await?;
-        let steps: Vec<(&Job, usize, &crate::domain::Step)> = written
-            .iter()
-            .flat_map(|job| job.steps.iter().enumerate().map(move |(i, s)| (*job, i, s)))
-            .collect();
-        insert_steps(conn, &steps).await?;
+    );
+    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for (user_id, job, connection_id) in chunk {
+        let failed = job.failed_step();
+        query = query
+            .bind(job.id.as_str().to_owned())
+            .bind(user_id.as_str().to_owned())
+            .bind(connection_id.map(|c| c.as_str().to_owned()))
+            .bind(job.institution_id.as_ref().map(|i| i.as_str().to_owned()))
+            .bind(job.job_type.clone())
+            .bind(job.state().as_str())
+            .bind(job.failure_code().map(str::to_owned))
+            .bind(failed.map(|s| s.title.clone()))
+            .bind(opt_ts(job.created))
+            .bind(opt_ts(job.updated))
+            .bind(ts(now))
+            .bind(ts(now));
     }
+    Ok(query.fetch_all(&mut *conn).await?.into_iter().collect())
+}
+
+/// The written jobs of a chunk in chunk order, each once: a job listed twice was upserted
+/// twice, and its steps are the last copy's.
+fn last_copies<'a>(
+    chunk: &[(&UserId, &'a Job, Option<&ConnectionId>)],
+    written: &HashSet<String>,
+) -> Vec<&'a Job> {
+    let mut seen = HashSet::new();
+    let mut last: Vec<&Job> = chunk
+        .iter()
+        .rev()
+        .map(|(_, job, _)| *job)
+        .filter(|job| written.contains(job.id.as_str()) && seen.insert(job.id.as_str()))
+        .collect();
+    last.reverse();
+    last
+}
+
+/// Deletes the stored steps of `jobs`, in one statement.
+async fn delete_steps(conn: &mut SqliteConnection, jobs: &[&Job]) -> Result<()> {
+    let mut sql = String::from("DELETE FROM job_steps WHERE job_id IN (");
+    for i in 0..jobs.len() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    sql.push(')');
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for job in jobs {
+        query = query.bind(job.id.as_str().to_owned());
+    }
+    query.execute(&mut *conn).await?;
     Ok(())
 }
 

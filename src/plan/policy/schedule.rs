@@ -256,8 +256,40 @@ pub fn upcoming(
     limits: &RefreshLimits,
     horizon: chrono::Duration,
 ) -> Upcoming {
-    let now = facts.now;
-    let end = now + horizon;
+    let end = facts.now + horizon;
+    let candidates = refresh_candidates(owed, daily_slot, limits);
+    if candidates.is_empty() {
+        return Upcoming::Denied {
+            denied: nothing_owed(facts, limits),
+        };
+    }
+    let mut denial = None;
+    for candidate in candidates {
+        match first_slot(&candidate, facts, oldest_attempt, limits, end) {
+            Ok(at) => {
+                return Upcoming::Refresh {
+                    refresh_at: at,
+                    trigger: candidate.trigger,
+                };
+            }
+            Err(Some(d)) => {
+                denial.get_or_insert(d);
+            }
+            Err(None) => {}
+        }
+    }
+    Upcoming::Denied {
+        denied: denial.unwrap_or(Denial::NotScheduledInMode),
+    }
+}
+
+/// The refreshes a connection may make, earliest first: its owed one, and its daily slot in
+/// the daily mode.
+fn refresh_candidates(
+    owed: Option<Owed>,
+    daily_slot: Option<DateTime<Utc>>,
+    limits: &RefreshLimits,
+) -> Vec<Owed> {
     let mut candidates: Vec<Owed> = owed.into_iter().collect();
     if limits.mode == RefreshMode::Daily
         && let Some(at) = daily_slot
@@ -269,83 +301,80 @@ pub fn upcoming(
         });
     }
     candidates.sort_by_key(|o| o.at);
-    if candidates.is_empty() {
-        // Nothing owed: a gate that would refuse any unattended refresh explains more than
-        // the mode does (a connection waiting for its user says so).
-        let any_mode = RefreshLimits {
-            mode: RefreshMode::Daily,
-            ..limits.clone()
+    candidates
+}
+
+/// Why nothing goes when nothing is owed: a gate that would refuse any unattended refresh
+/// explains more than the mode does (a connection waiting for its user says so).
+fn nothing_owed(facts: &RefreshFacts<'_>, limits: &RefreshLimits) -> Denial {
+    let any_mode = RefreshLimits {
+        mode: RefreshMode::Daily,
+        ..limits.clone()
+    };
+    let gate = decide(Trigger::Recovery, facts, &any_mode)
+        .err()
+        .filter(|d| {
+            !matches!(
+                d,
+                Denial::RecentlyRefreshed | Denial::DailyCap | Denial::JobInProgress
+            )
+        });
+    gate.unwrap_or(match limits.mode {
+        RefreshMode::Off => Denial::RefreshOff,
+        _ => Denial::NotScheduledInMode,
+    })
+}
+
+/// When `candidate` may go by `end`, pushed past the recency floor and the cap; else the
+/// reason it may not (none when it is allowed only after `end`, or still waits after the
+/// passes).
+fn first_slot(
+    candidate: &Owed,
+    facts: &RefreshFacts<'_>,
+    oldest_attempt: Option<DateTime<Utc>>,
+    limits: &RefreshLimits,
+    end: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Option<Denial>> {
+    let mut at = candidate.at.max(facts.now);
+    // Two passes: the recency floor may move the time, and then the cap may.
+    for _ in 0..3 {
+        let facts_then = RefreshFacts {
+            now: at,
+            ..facts.clone()
         };
-        let gate = decide(Trigger::Recovery, facts, &any_mode)
-            .err()
-            .filter(|d| {
-                !matches!(
-                    d,
-                    Denial::RecentlyRefreshed | Denial::DailyCap | Denial::JobInProgress
-                )
-            });
-        return Upcoming::Denied {
-            denied: gate.unwrap_or(match limits.mode {
-                RefreshMode::Off => Denial::RefreshOff,
-                _ => Denial::NotScheduledInMode,
-            }),
+        let (denied, opens) = match decide(candidate.trigger, &facts_then, limits) {
+            Ok(()) if at <= end => return Ok(at),
+            Ok(()) => return Err(None),
+            Err(Denial::RecentlyRefreshed) => (
+                Denial::RecentlyRefreshed,
+                not_before(candidate.trigger, &facts_then, limits),
+            ),
+            Err(Denial::DailyCap) => (Denial::DailyCap, cap_opens(facts, oldest_attempt, at)),
+            Err(other) => return Err(Some(other)),
         };
-    }
-    let mut denial = None;
-    for candidate in candidates {
-        let mut at = candidate.at.max(now);
-        // Two passes: the recency floor may move the time, and then the cap may.
-        for _ in 0..3 {
-            let facts_then = RefreshFacts {
-                now: at,
-                ..facts.clone()
-            };
-            match decide(candidate.trigger, &facts_then, limits) {
-                Ok(()) => {
-                    if at <= end {
-                        return Upcoming::Refresh {
-                            refresh_at: at,
-                            trigger: candidate.trigger,
-                        };
-                    }
-                    break;
-                }
-                Err(Denial::RecentlyRefreshed) => {
-                    match not_before(candidate.trigger, &facts_then, limits) {
-                        Some(t) if t <= end => at = t,
-                        _ => {
-                            denial.get_or_insert(Denial::RecentlyRefreshed);
-                            break;
-                        }
-                    }
-                }
-                Err(Denial::DailyCap) => {
-                    let opens = [
-                        facts.basiq_capped_until,
-                        oldest_attempt.map(|o| o + crate::plan::policy::CAP_WINDOW),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| *t > at)
-                    .min();
-                    match opens {
-                        Some(t) if t <= end => at = t,
-                        _ => {
-                            denial.get_or_insert(Denial::DailyCap);
-                            break;
-                        }
-                    }
-                }
-                Err(other) => {
-                    denial.get_or_insert(other);
-                    break;
-                }
-            }
+        match opens {
+            Some(t) if t <= end => at = t,
+            _ => return Err(Some(denied)),
         }
     }
-    Upcoming::Denied {
-        denied: denial.unwrap_or(Denial::NotScheduledInMode),
-    }
+    Err(None)
+}
+
+/// When the cap next opens after `at`: Basiq's "capped until", or our oldest attempt in
+/// the window leaving it.
+fn cap_opens(
+    facts: &RefreshFacts<'_>,
+    oldest_attempt: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    [
+        facts.basiq_capped_until,
+        oldest_attempt.map(|o| o + crate::plan::policy::CAP_WINDOW),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|t| *t > at)
+    .min()
 }
 
 #[cfg(test)]
