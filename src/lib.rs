@@ -1,36 +1,49 @@
 //! basiq-health watches the health of bank connections made through Basiq.
 //!
 //! ```text
-//! settings ──> app (wiring, lifecycle) ──> scheduler tick ──> sweep ──> basiq (HTTP) ──> classify ──> store (SQLite)
-//!                                                    └──> policy (may we refresh?) ──> basiq refresh ──> follow job
-//! Basiq's webhooks, /events poll ──> inbox ──> events processor ──> sweep / planner ──> store
-//! store's outbox (written in the plan's commit) ──> notify deliverers ──> the partner's endpoints
+//!              app, api, cli (wiring; one function per command; one generic tick worker)
+//!                                        │
+//!                                        ▼
+//!   work: one unit of work each, sharing a Context {store, basiq, clock, /connectors cache, committer}
+//!     sweep · pass · connectors · reclassify · refresh · event · delivery
+//!     each reads   fetch (basiq, store) ──> plan (pure) ──> commit (store) ──> emit (logs, wake)
+//!        │                  │                    │
+//!        ▼                  ▼                    ▼
+//!   basiq (HTTP only)   plan (pure: facts as     store (sqlx + SQLite: reads rows into plan's
+//!                       plain types, classify,   types, writes a plan's values; no rule)
+//!                       policy, notices, one
+//!                       planner per unit)
+//!                             │
+//!                             ▼
+//!                         domain (ids, Basiq's enums, ConnectorKey)
 //! ```
 //!
-//! - [`settings`]: TOML + environment, validated into typed values.
-//! - [`clock`]: the one clock: the wall clock, or a driven one for tests and the life
-//!   simulation; `now` is taken from it once per unit of work.
-//! - [`clock`]: the one clock every `now` comes from (the system's, or a driven one), handed
-//!   down from `app` and the commands to everything built on the context.
-//! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
+//! Arrows point at what a layer uses: `plan` uses only `domain`; `store` uses `plan`'s
+//! types and `domain`; `work` uses all three and `basiq`; nothing below `work` names it.
+//! Decisions are enums from the planner to the edges, and become strings only there (the
+//! database, JSON, logs).
+//!
 //! - [`domain`]: ids and Basiq's enums, unknown values kept verbatim.
+//! - [`plan`]: pure, no I/O, `now` passed in: the stored and fetched facts, classification
+//!   ([`plan::classify`]), the refresh policy ([`plan::policy`]: gates, schedule, window,
+//!   spread, what an attempt came to), what to tell ([`plan::notices`]), the stable slots
+//!   ([`plan::slots`]) and one planner per unit of work (`plan_user`, `plan_connectors`,
+//!   `plan_reclassify`, `plan_consent_*`, `plan_refresh_rejected`).
+//! - [`store`]: SQLite through sqlx; reads and writes, no decisions.
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.
-//! - [`classify`]: pure health classification.
-//! - [`plan`]: the pure planner: everything one unit of work decides, written in one transaction.
-//! - [`store`]: SQLite through sqlx; no decisions.
-//! - [`policy`]: pure refresh decisions (gates, window, spreading) and the pacer.
-//! - [`sweep`]: one pass over due users, one user's sweep, the ticking scheduler.
-//! - [`report`]: the status report (JSON and table).
-//! - [`app`]: build, then run until stopped.
-//! - [`api`]: the local control API.
-//! - [`serve`]: both listeners' HTTP server: connection limits, header, body and idle
-//!   timeouts, descriptors kept for the rest.
-//! - [`events`]: Basiq's events in: the webhook receiver, the `/events` poll, the inbox
-//!   processor.
-//! - [`notify`]: notifications out: what to tell (pure), and the per-endpoint deliverers.
+//! - [`work`]: the units of work and their [`work::Context`].
+//! - [`clock`]: the one clock every `now` comes from (the system's, or a driven one for
+//!   tests and the life simulation), taken once per unit of work.
+//! - [`events`]: Basiq's events in: the webhook receiver, the `/events` poll, what an event
+//!   type does (pure); the inbox is processed by [`work::event`].
+//! - [`settings`]: TOML + environment, validated into typed values.
+//! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
+//! - [`app`]: build, then run until stopped; [`cli`]: the commands; [`api`]: the local
+//!   control API; [`serve`]: both listeners' HTTP server (connection limits, header, body
+//!   and idle timeouts); [`service`]: systemd's notify and watchdog; [`metrics`],
+//!   [`report`]: what the operator reads; [`demo`]: the compressed day.
 //! - the simulator (a Basiq stand-in on a loopback port for the demo, tests and benchmarks) is
 //!   its own crate, `basiq-sim` in `crates/basiq-sim`, which knows nothing of this one.
-//! - [`cli`]: the commands.
 #![forbid(unsafe_code)]
 
 pub mod api;

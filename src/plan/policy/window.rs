@@ -190,19 +190,9 @@ fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     }
 }
 
-/// FNV-1a over the seed and the key, a SplitMix64 finaliser, as a fraction in `[0, 1)`.
+/// [`crate::plan::slots::stable_hash`] of the seed and the key, as a fraction in `[0, 1)`.
 fn stable_fraction(seed: u64, key: &str) -> f64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    for byte in seed.to_le_bytes().iter().chain(key.as_bytes()) {
-        h ^= u64::from(*byte);
-        h = h.wrapping_mul(PRIME);
-    }
-    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    let z = crate::plan::slots::stable_hash(seed, key);
     // The top 53 bits fit an f64 exactly, so the fraction never rounds up to 1.
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
