@@ -5,13 +5,13 @@
 use std::process::Output;
 
 use basiq_health::domain::{ConnectionId, JobId, UserId};
-use basiq_health::sweep::Sweeper;
 use basiq_sim::{Fault, ItemFault, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::cli::bin;
 use crate::helpers::*;
 
@@ -58,10 +58,9 @@ async fn sweep(sweeper: &Sweeper, user: &UserId) -> basiq_health::store::SweepCo
 
 /// `/metrics` as the daemon renders it, one sample by its full name and labels.
 async fn metric(sweeper: &Sweeper, settings: &basiq_health::settings::Settings, name: &str) -> f64 {
-    let refresher =
-        basiq_health::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
-            .await
-            .unwrap();
+    let refresher = Refresher::new(sweeper.clone(), settings.refresh.clone())
+        .await
+        .unwrap();
     let text = basiq_health::metrics::render(sweeper, &refresher, &Default::default())
         .await
         .unwrap();
@@ -79,12 +78,12 @@ fn unreadable_warnings(logs: &Captured) -> Vec<Value> {
 
 #[tokio::test]
 async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let settings = settings_for(&sim, &db, "");
-    let sweeper = sweeper_for(&sim, &db, "").await;
-    let (user, _, jobs) = scripted(&sim, 1, 3);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let settings = t.settings_at(&db, "");
+    let sweeper = t.sweeper_at(&db, "").await;
+    let (user, _, jobs) = scripted(sim, 1, 3);
     sim.sim.mangle_item("job-1", ItemFault::null("steps"));
     sweeper
         .add_users(std::slice::from_ref(&user))
@@ -125,10 +124,10 @@ async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
 
 #[tokio::test]
 async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, _, jobs) = scripted(&sim, 1, 5);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.sweeper_with("").await;
+    let (user, _, jobs) = scripted(sim, 1, 5);
     sim.sim
         .mangle_item("job-0", ItemFault::bad_timestamp("created"));
     sim.sim.mangle_item("job-1", ItemFault::unknown_shape());
@@ -173,10 +172,10 @@ async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
 
 #[tokio::test]
 async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, conns, _) = scripted(&sim, 2, 1);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.sweeper_with("").await;
+    let (user, conns, _) = scripted(sim, 2, 1);
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -224,7 +223,7 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
     // Once Basiq sends it readably again and stops listing it, it is gone as usual.
     sim.sim.clear_item_faults();
     sim.sim.remove_user(USER);
-    scripted(&sim, 1, 0);
+    scripted(sim, 1, 0);
     sweep(&sweeper, &user).await;
     let gone = sweeper
         .store()
@@ -237,10 +236,10 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
 
 #[tokio::test]
 async fn a_gateway_404_does_not_make_a_user_gone() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, _, _) = scripted(&sim, 1, 1);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.sweeper_with("").await;
+    let (user, _, _) = scripted(sim, 1, 1);
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -276,10 +275,10 @@ async fn a_gateway_404_does_not_make_a_user_gone() {
 
 #[tokio::test]
 async fn a_resource_not_found_404_makes_a_user_gone_and_a_login_check_clears_it() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, _, _) = scripted(&sim, 1, 1);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.sweeper_with("").await;
+    let (user, _, _) = scripted(sim, 1, 1);
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -339,11 +338,11 @@ fn run(sim: &RunningSim, db: &std::path::Path, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_adding_a_gone_user_clears_gone() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let sweeper = sweeper_for(&sim, &db, "").await;
-    let (user, _, _) = scripted(&sim, 1, 1);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let sweeper = t.sweeper_at(&db, "").await;
+    let (user, _, _) = scripted(sim, 1, 1);
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -358,7 +357,7 @@ async fn re_adding_a_gone_user_clears_gone() {
     );
     assert_eq!(sweep(&sweeper, &user).await.users_gone, 1);
 
-    let out = run(&sim, &db, &["users", "add", USER]);
+    let out = run(sim, &db, &["users", "add", USER]);
     assert!(
         out.status.success(),
         "{}",
@@ -366,7 +365,7 @@ async fn re_adding_a_gone_user_clears_gone() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("added 1 user"), "{stdout}");
-    let out = run(&sim, &db, &["users", "list", "--json"]);
+    let out = run(sim, &db, &["users", "list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["user_id"], USER);
     assert_eq!(list[0]["gone"], false, "{list}");
