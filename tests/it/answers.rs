@@ -82,16 +82,13 @@ async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
     let sim = t.sim();
     let db = t.db();
     let settings = t.settings_at(&db, "");
-    let sweeper = t.sweeper_at(&db, "").await;
+    let sweeper = t.sweeper().await;
     let (user, _, jobs) = scripted(sim, 1, 3);
     sim.sim.mangle_item("job-1", ItemFault::null("steps"));
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
 
-    let counts = sweep(&sweeper, &user).await;
+    let counts = sweep(sweeper, &user).await;
 
     assert_eq!((counts.users_swept, counts.users_failed), (1, 0));
     let store = sweeper.store();
@@ -113,7 +110,7 @@ async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
     assert_eq!(warnings[0]["user_id"], USER);
     assert_eq!(
         metric(
-            &sweeper,
+            sweeper,
             &settings,
             "basiq_health_basiq_undecodable_items_total{endpoint=\"jobs\"}"
         )
@@ -126,7 +123,7 @@ async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
 async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let (user, _, jobs) = scripted(sim, 1, 5);
     sim.sim
         .mangle_item("job-0", ItemFault::bad_timestamp("created"));
@@ -134,13 +131,10 @@ async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
     sim.sim
         .mangle_item("job-2", ItemFault::id("job-2/../../users"));
     sim.sim.mangle_item("job-3", ItemFault::null("steps"));
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
 
-    let counts = sweep(&sweeper, &user).await;
+    let counts = sweep(sweeper, &user).await;
 
     assert_eq!((counts.users_swept, counts.users_failed), (1, 0));
     assert!(sweeper.store().get_job(&jobs[4]).await.unwrap().is_some());
@@ -174,13 +168,10 @@ async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
 async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let (user, conns, _) = scripted(sim, 2, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    sweep(&sweeper, &user).await;
+    t.register(std::slice::from_ref(&user)).await;
+    sweep(sweeper, &user).await;
     let before = sweeper
         .store()
         .connection(&conns[1])
@@ -192,7 +183,7 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
     sim.sim.set_connection_status("conn-0", "invalid");
     let (logs, _guard) = capture_logs();
 
-    let counts = sweep(&sweeper, &user).await;
+    let counts = sweep(sweeper, &user).await;
 
     assert_eq!((counts.users_swept, counts.users_failed), (1, 0));
     let read = sweeper
@@ -224,7 +215,7 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
     sim.sim.clear_item_faults();
     sim.sim.remove_user(USER);
     scripted(sim, 1, 0);
-    sweep(&sweeper, &user).await;
+    sweep(sweeper, &user).await;
     let gone = sweeper
         .store()
         .connection(&conns[1])
@@ -238,12 +229,9 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
 async fn a_gateway_404_does_not_make_a_user_gone() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let (user, _, _) = scripted(sim, 1, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     for fault in [
         Fault::GatewayPage { status: 404 },
         Fault::EmptyBody { status: 404 },
@@ -254,7 +242,7 @@ async fn a_gateway_404_does_not_make_a_user_gone() {
     ] {
         sim.sim.reset_counters();
         sim.sim.inject_fault(Route::Connections, fault.clone(), 3);
-        let counts = sweep(&sweeper, &user).await;
+        let counts = sweep(sweeper, &user).await;
         assert_eq!(
             (counts.users_gone, counts.users_failed),
             (0, 1),
@@ -270,20 +258,17 @@ async fn a_gateway_404_does_not_make_a_user_gone() {
         assert!(row.next_due_at > Utc::now(), "tried again later");
     }
     // And the next sweep works.
-    assert_eq!(sweep(&sweeper, &user).await.users_swept, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_swept, 1);
 }
 
 #[tokio::test]
 async fn a_resource_not_found_404_makes_a_user_gone_and_a_login_check_clears_it() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let (user, _, _) = scripted(sim, 1, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    assert_eq!(sweep(&sweeper, &user).await.users_swept, 1);
+    t.register(std::slice::from_ref(&user)).await;
+    assert_eq!(sweep(sweeper, &user).await.users_swept, 1);
     sim.sim.inject_fault(
         Route::Connections,
         Fault::Status {
@@ -292,7 +277,7 @@ async fn a_resource_not_found_404_makes_a_user_gone_and_a_login_check_clears_it(
         },
         1,
     );
-    assert_eq!(sweep(&sweeper, &user).await.users_gone, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_gone, 1);
     let row = sweeper.store().get_user(&user).await.unwrap().unwrap();
     assert!(row.gone_at.is_some());
     assert!(
@@ -341,12 +326,9 @@ async fn re_adding_a_gone_user_clears_gone() {
     let t = TestApp::empty().await;
     let sim = t.sim();
     let db = t.db();
-    let sweeper = t.sweeper_at(&db, "").await;
+    let sweeper = t.sweeper().await;
     let (user, _, _) = scripted(sim, 1, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     sim.sim.inject_fault(
         Route::Connections,
         Fault::Status {
@@ -355,7 +337,7 @@ async fn re_adding_a_gone_user_clears_gone() {
         },
         1,
     );
-    assert_eq!(sweep(&sweeper, &user).await.users_gone, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_gone, 1);
 
     let out = run(sim, &db, &["users", "add", USER]);
     assert!(
@@ -380,7 +362,7 @@ async fn re_adding_a_gone_user_clears_gone() {
             .unwrap()
             .contains(&user)
     );
-    assert_eq!(sweep(&sweeper, &user).await.users_swept, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_swept, 1);
 }
 
 #[tokio::test]

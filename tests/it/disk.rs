@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use basiq_health::store::Store;
-use basiq_sim::SimConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::*;
@@ -58,19 +57,16 @@ pub fn fill(path: &Path) {
 #[tokio::test]
 async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_returns() {
     let t = TestApp::builder()
-        .sim(SimConfig {
-            users: 60,
-            ..sim_config()
-        })
+        .users(60)
+        .extra("[sweep]\nconcurrency = 4\n")
         .spawn()
         .await;
     let sim = t.sim();
     let dir = t.dir();
     let _mount = Tmpfs::mount(dir.path(), "16m");
-    let db = t.db();
-    let sweeper = t.sweeper_at(&db, "[sweep]\nconcurrency = 4\n").await;
+    let sweeper = t.sweeper().await;
     let users = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     let clean = sweeper
         .run_pass("disk", Some(users.clone()), &CancellationToken::new())
         .await
@@ -205,13 +201,7 @@ async fn the_database_and_its_wal_and_shm_are_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200_once_it_is_not() {
-    let t = TestApp::builder()
-        .sim(SimConfig {
-            users: 60,
-            ..sim_config()
-        })
-        .spawn()
-        .await;
+    let t = TestApp::builder().users(60).spawn().await;
     let sim = t.sim();
     let dir = t.dir();
     let _mount = Tmpfs::mount(dir.path(), "16m");

@@ -10,9 +10,7 @@ use basiq_health::app::App;
 use basiq_health::domain::{ConnectionId, UserId};
 use basiq_health::plan::classify::Health;
 use basiq_health::store::Store;
-use basiq_sim::{
-    Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig, WebhookFault,
-};
+use basiq_sim::{Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, WebhookFault};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -317,11 +315,15 @@ async fn during_a_rotation_either_secret_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
-    let t = TestApp::quick().await;
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nperiod = \"24h\"")
+        .spawn()
+        .await;
     let sim = t.sim();
     let (user, conn) = healthy_user(sim, "u-poll", "c-poll");
-    let sweeper = t.sweeper_with("[sweep]\nperiod = \"24h\"").await;
-    sweep_now(&sweeper, &user).await;
+    let sweeper = t.sweeper().await;
+    sweep_now(sweeper, &user).await;
     sim.sim.invalidate_connection("c-poll").unwrap();
     sim.sim.emit_event("transactions.updated", "u-poll", None);
     let processor = basiq_health::events::process::Processor {
@@ -838,14 +840,7 @@ async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_during_or_after_it() {
-    let t = TestApp::builder()
-        .sim(SimConfig {
-            users: 0,
-            step_duration: StdDuration::from_millis(1),
-            ..sim_config()
-        })
-        .spawn()
-        .await;
+    let t = TestApp::builder().quick().spawn().await;
     let sim = t.sim();
     let dir = t.dir();
     let (user, conn) = healthy_user(sim, "u-out1", "c-out1");
@@ -992,14 +987,15 @@ async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_no_notification_is_kept() {
-    let t = TestApp::quick().await;
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nperiod = \"24h\"")
+        .spawn()
+        .await;
     let sim = t.sim();
     let (user, conn) = healthy_user(sim, "u-none", "c-none");
-    let sweeper = t.sweeper_with("[sweep]\nperiod = \"24h\"").await;
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    let sweeper = t.sweeper().await;
+    t.register(std::slice::from_ref(&user)).await;
     let cancel = CancellationToken::new();
     sweeper
         .run_pass("test", Some(vec![user.clone()]), &cancel)
@@ -1572,15 +1568,16 @@ fn the_secrets_can_come_from_systemd_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_before_its_retry() {
-    let t = TestApp::quick().await;
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nperiod = \"24h\"")
+        .spawn()
+        .await;
     let sim = t.sim();
     let (user, _) = healthy_user(sim, "u-many", "c-many1");
     let (other, _) = healthy_user(sim, "u-fail", "c-fail1");
-    let sweeper = t.sweeper_with("[sweep]\nperiod = \"24h\"").await;
-    sweeper
-        .add_users(&[user.clone(), other.clone()])
-        .await
-        .unwrap();
+    let sweeper = t.sweeper().await;
+    t.register(&[user.clone(), other.clone()]).await;
     let cancel = CancellationToken::new();
     sweeper
         .run_pass("test", Some(vec![user.clone(), other.clone()]), &cancel)

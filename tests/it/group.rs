@@ -12,12 +12,16 @@ use crate::helpers::*;
 /// nothing of the failing user's plan is written, everyone else's is.
 #[tokio::test]
 async fn one_failing_plan_fails_only_its_user_and_the_others_of_its_group_are_committed() {
-    let t = TestApp::builder().users(40).spawn().await;
+    let t = TestApp::builder()
+        .users(40)
+        .extra("[sweep]\nconcurrency = 8\n")
+        .spawn()
+        .await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("[sweep]\nconcurrency = 8\n").await;
+    let sweeper = t.sweeper().await;
     let store = sweeper.store().clone();
     let users = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     let victim = users[7].clone();
     // The id is one of the simulator's, checked by the id rule: no quote can be in it.
     sqlx::query(sqlx::AssertSqlSafe(format!(

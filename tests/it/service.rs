@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use basiq_health::domain::UserId;
-use basiq_sim::SimConfig;
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -269,13 +268,7 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
-    let t = TestApp::builder()
-        .sim(SimConfig {
-            users: 10,
-            ..sim_config()
-        })
-        .spawn()
-        .await;
+    let t = TestApp::builder().users(10).spawn().await;
     let sim = t.sim();
     let mut settings = t.settings_with("");
     settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
@@ -329,7 +322,7 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
 #[tokio::test]
 async fn history_older_than_retain_days_is_pruned_and_recent_history_kept() {
     let t = TestApp::empty().await;
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let store = sweeper.store();
     let now = Utc::now();
     store

@@ -223,7 +223,7 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
     for order in [[0usize, 1, 2], [2, 1, 0]] {
         let t = TestApp::empty().await;
         let sim = t.sim();
-        let sweeper = t.sweeper_with("").await;
+        let sweeper = t.sweeper().await;
         let pairs: Vec<_> = (0..3)
             .map(|i| {
                 script(
@@ -237,14 +237,14 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
             })
             .collect();
         let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
-        sweeper.add_users(&users).await.unwrap();
+        t.register(&users).await;
         // One user at a time, in the given order.
         for i in order {
-            sweep_users(&sweeper, std::slice::from_ref(&users[i])).await;
+            t.sweep(std::slice::from_ref(&users[i])).await;
         }
         for (_, conn) in &pairs {
             assert_eq!(
-                health_of(&sweeper, conn).await.0,
+                t.health_of(conn).await.0,
                 Some(Health::InstitutionOutage),
                 "order {order:?}: every user at the connector is in the inferred outage"
             );
@@ -263,7 +263,7 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
 async fn two_users_failing_is_not_yet_an_outage() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let pairs: Vec<_> = (0..2)
         .map(|i| {
             script(
@@ -277,13 +277,10 @@ async fn two_users_failing_is_not_yet_an_outage() {
         })
         .collect();
     let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
-    sweeper.add_users(&users).await.unwrap();
-    sweep_users(&sweeper, &users).await;
+    t.register(&users).await;
+    t.sweep(&users).await;
     for (_, conn) in &pairs {
-        assert_eq!(
-            health_of(&sweeper, conn).await.0,
-            Some(Health::TransientFailure)
-        );
+        assert_eq!(t.health_of(conn).await.0, Some(Health::TransientFailure));
     }
     assert!(
         sweeper
@@ -347,7 +344,6 @@ async fn a_connector_status_change_reclassifies_its_connections_and_records_the_
 async fn a_user_side_failure_during_a_major_outage_does_not_ask_the_user_to_act() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
     let outage = (OUTAGE_CONNECTOR.0, OUTAGE_CONNECTOR.1);
     let (user, conn) = script(
         sim,
@@ -358,26 +354,23 @@ async fn a_user_side_failure_during_a_major_outage_does_not_ask_the_user_to_act(
             ..ok()
         },
     );
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    sweep_users(&sweeper, std::slice::from_ref(&user)).await;
-    assert_eq!(
-        health_of(&sweeper, &conn).await.0,
-        Some(Health::InstitutionOutage)
-    );
+    t.register(std::slice::from_ref(&user)).await;
+    t.sweep(std::slice::from_ref(&user)).await;
+    assert_eq!(t.health_of(&conn).await.0, Some(Health::InstitutionOutage));
 }
 
 #[tokio::test]
 async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_token() {
-    let t = TestApp::builder().users(500).spawn().await;
+    let t = TestApp::builder()
+        .users(500)
+        .extra("[sweep]\nconcurrency = 16\n")
+        .spawn()
+        .await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("[sweep]\nconcurrency = 16\n").await;
     let users: Vec<UserId> = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     sim.sim.reset_counters();
-    let counts = sweep_users(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!(counts.users_swept, 500);
     assert_eq!(counts.users_failed, 0);
     let c = sim.sim.counters();
@@ -403,14 +396,14 @@ async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_tok
 async fn a_user_basiq_does_not_know_is_marked_gone_and_the_sweep_goes_on() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let (good, conn) = script(sim, "good", ok());
     let ghost = UserId::parse("user-that-basiq-forgot").unwrap();
     let users = vec![ghost.clone(), good.clone()];
-    sweeper.add_users(&users).await.unwrap();
-    let counts = sweep_users(&sweeper, &users).await;
+    t.register(&users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!((counts.users_swept, counts.users_gone), (1, 1));
-    assert_eq!(health_of(&sweeper, &conn).await.0, Some(Health::Healthy));
+    assert_eq!(t.health_of(&conn).await.0, Some(Health::Healthy));
     let ghost_row = sweeper.store().get_user(&ghost).await.unwrap().unwrap();
     assert!(ghost_row.gone_at.is_some());
     // Not due any more: the scheduled pass skips it.
@@ -426,7 +419,7 @@ async fn a_user_basiq_does_not_know_is_marked_gone_and_the_sweep_goes_on() {
 async fn a_health_change_is_recorded_and_logged_once() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let (user, conn) = script(
         sim,
         "once",
@@ -435,13 +428,10 @@ async fn a_health_change_is_recorded_and_logged_once() {
             ..ok()
         },
     );
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
     for _ in 0..3 {
-        sweep_users(&sweeper, std::slice::from_ref(&user)).await;
+        t.sweep(std::slice::from_ref(&user)).await;
     }
     let history = sweeper.store().health_history(&conn).await.unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
@@ -538,7 +528,6 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
 async fn an_expiring_consent_is_warned_once_per_threshold() {
     let t = TestApp::empty().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
     let (user, conn) = script(
         sim,
         "consent",
@@ -553,13 +542,10 @@ async fn an_expiring_consent_is_warned_once_per_threshold() {
     sim.sim.remove_user(user.as_str());
     sim.sim.add_user(user.as_str());
     sim.sim.add_connection(user.as_str(), c);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
-    sweep_users(&sweeper, std::slice::from_ref(&user)).await;
-    sweep_users(&sweeper, std::slice::from_ref(&user)).await;
+    t.sweep(std::slice::from_ref(&user)).await;
+    t.sweep(std::slice::from_ref(&user)).await;
     let warnings: Vec<_> = logs
         .lines()
         .into_iter()
@@ -627,17 +613,21 @@ async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pas
 
 #[tokio::test]
 async fn a_revoked_key_stops_the_pass_after_a_handful_of_token_calls() {
-    let t = TestApp::builder().users(500).spawn().await;
+    let t = TestApp::builder()
+        .users(500)
+        .extra("[sweep]\nconcurrency = 16\n")
+        .spawn()
+        .await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("[sweep]\nconcurrency = 16\n").await;
+    let sweeper = t.sweeper().await;
     let users: Vec<UserId> = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     let schedule_before = sweeper.store().list_users().await.unwrap();
     sim.sim.revoke_api_key(403);
     sim.sim.reset_counters();
 
     let (logs, _guard) = capture_logs();
-    let counts = sweep_users(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     let c = sim.sim.counters();
     assert!(
         c.token_calls <= 5,
@@ -684,17 +674,19 @@ async fn a_revoked_key_stops_the_pass_after_a_handful_of_token_calls() {
 
 #[tokio::test]
 async fn a_key_revoked_while_running_stops_the_next_pass_at_once() {
-    let t = TestApp::spawn().await;
+    let t = TestApp::builder()
+        .extra("[sweep]\nconcurrency = 8\n")
+        .spawn()
+        .await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("[sweep]\nconcurrency = 8\n").await;
     let users: Vec<UserId> = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
-    assert_eq!(sweep_users(&sweeper, &users).await.users_swept, 20);
+    t.register(&users).await;
+    assert_eq!(t.sweep(&users).await.users_swept, 20);
     // The key is revoked and its tokens die with it.
     sim.sim.revoke_api_key(401);
     sim.sim.expire_tokens();
     sim.sim.reset_counters();
-    let counts = sweep_users(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     assert!(
         counts.users_failed <= 8,
         "no user started after the refusal: {counts:?}"
@@ -711,11 +703,14 @@ async fn a_key_revoked_while_running_stops_the_next_pass_at_once() {
 
 #[tokio::test]
 async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
-    let t = TestApp::spawn().await;
+    let t = TestApp::builder()
+        .extra("[sweep]\nconcurrency = 4\n")
+        .spawn()
+        .await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("[sweep]\nconcurrency = 4\n").await;
+    let sweeper = t.sweeper().await;
     let users: Vec<UserId> = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     let denied = users[3].clone();
     sim.sim.inject_user_fault(
         denied.as_str(),
@@ -724,7 +719,7 @@ async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
     );
     sim.sim.reset_counters();
     let (logs, _guard) = capture_logs();
-    let counts = sweep_users(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!(sim.sim.counters().token_calls, 1, "one token for the pass");
     assert_eq!((counts.users_swept, counts.users_failed), (19, 1));
     assert_eq!(counts.aborted, None);

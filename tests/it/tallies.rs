@@ -29,10 +29,10 @@ async fn assert_tallies_match(store: &Store, step: &str) {
 async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and_pruning() {
     let t = TestApp::builder().users(60).spawn().await;
     let sim = t.sim();
-    let sweeper = t.sweeper_with("").await;
+    let sweeper = t.sweeper().await;
     let store = sweeper.store().clone();
     let users = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     assert_tallies_match(&store, "registering").await;
     assert_eq!(store.tallies().await.unwrap().users_active, 60);
 
@@ -53,7 +53,7 @@ async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and
     store.remove_users(&users[..10], Utc::now()).await.unwrap();
     assert_tallies_match(&store, "removing 10 users").await;
     assert_eq!(store.tallies().await.unwrap().users_active, 50);
-    sweeper.add_users(&users[..1]).await.unwrap();
+    t.register(&users[..1]).await;
     assert_tallies_match(&store, "re-adding one").await;
 
     // A user Basiq no longer knows is gone; a connection deleted at Basiq is gone.
@@ -129,10 +129,10 @@ async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_co
     let t = TestApp::builder().users(80).spawn().await;
     let sim = t.sim();
     let db = t.db();
-    let sweeper = t.sweeper_at(&db, "").await;
+    let sweeper = t.sweeper().await;
     let store = sweeper.store().clone();
     let users: Vec<UserId> = sim_users(sim);
-    sweeper.add_users(&users).await.unwrap();
+    t.register(&users).await;
     sweeper
         .run_pass("test", Some(users), &CancellationToken::new())
         .await
