@@ -5,13 +5,13 @@
 use std::process::Output;
 
 use basiq_health::domain::{ConnectionId, JobId, UserId};
-use basiq_health::work::Context;
 use basiq_sim::{Fault, ItemFault, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::cli::bin;
 use crate::helpers::*;
 
@@ -62,10 +62,9 @@ async fn sweep(sweeper: &Context, user: &UserId) -> basiq_health::store::SweepCo
 
 /// `/metrics` as the daemon renders it, one sample by its full name and labels.
 async fn metric(sweeper: &Context, settings: &basiq_health::settings::Settings, name: &str) -> f64 {
-    let refresher =
-        basiq_health::work::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
-            .await
-            .unwrap();
+    let refresher = Refresher::new(sweeper.clone(), settings.refresh.clone())
+        .await
+        .unwrap();
     let text = basiq_health::metrics::render(sweeper, &refresher, &Default::default())
         .await
         .unwrap();
@@ -83,20 +82,17 @@ fn unreadable_warnings(logs: &Captured) -> Vec<Value> {
 
 #[tokio::test]
 async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let settings = settings_for(&sim, &db, "");
-    let sweeper = sweeper_for(&sim, &db, "").await;
-    let (user, _, jobs) = scripted(&sim, 1, 3);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let settings = t.settings_at(&db, "");
+    let sweeper = t.context().await;
+    let (user, _, jobs) = scripted(sim, 1, 3);
     sim.sim.mangle_item("job-1", ItemFault::null("steps"));
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
 
-    let counts = sweep(&sweeper, &user).await;
+    let counts = sweep(sweeper, &user).await;
 
     assert_eq!((counts.users_swept, counts.users_failed), (1, 0));
     let store = sweeper.store();
@@ -118,7 +114,7 @@ async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
     assert_eq!(warnings[0]["user_id"], USER);
     assert_eq!(
         metric(
-            &sweeper,
+            sweeper,
             &settings,
             "basiq_health_basiq_undecodable_items_total{endpoint=\"jobs\"}"
         )
@@ -129,23 +125,20 @@ async fn one_unreadable_job_does_not_fail_the_user_s_sweep() {
 
 #[tokio::test]
 async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, _, jobs) = scripted(&sim, 1, 5);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let (user, _, jobs) = scripted(sim, 1, 5);
     sim.sim
         .mangle_item("job-0", ItemFault::bad_timestamp("created"));
     sim.sim.mangle_item("job-1", ItemFault::unknown_shape());
     sim.sim
         .mangle_item("job-2", ItemFault::id("job-2/../../users"));
     sim.sim.mangle_item("job-3", ItemFault::null("steps"));
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
 
-    let counts = sweep(&sweeper, &user).await;
+    let counts = sweep(sweeper, &user).await;
 
     assert_eq!((counts.users_swept, counts.users_failed), (1, 0));
     assert!(sweeper.store().get_job(&jobs[4]).await.unwrap().is_some());
@@ -177,15 +170,12 @@ async fn every_kind_of_unreadable_job_is_skipped_with_its_id_and_field() {
 
 #[tokio::test]
 async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, conns, _) = scripted(&sim, 2, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    sweep(&sweeper, &user).await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let (user, conns, _) = scripted(sim, 2, 1);
+    t.register(std::slice::from_ref(&user)).await;
+    sweep(sweeper, &user).await;
     let before = sweeper
         .store()
         .connection(&conns[1])
@@ -197,7 +187,7 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
     sim.sim.set_connection_status("conn-0", "invalid");
     let (logs, _guard) = capture_logs();
 
-    let counts = sweep(&sweeper, &user).await;
+    let counts = sweep(sweeper, &user).await;
 
     assert_eq!((counts.users_swept, counts.users_failed), (1, 0));
     let read = sweeper
@@ -228,8 +218,8 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
     // Once Basiq sends it readably again and stops listing it, it is gone as usual.
     sim.sim.clear_item_faults();
     sim.sim.remove_user(USER);
-    scripted(&sim, 1, 0);
-    sweep(&sweeper, &user).await;
+    scripted(sim, 1, 0);
+    sweep(sweeper, &user).await;
     let gone = sweeper
         .store()
         .connection(&conns[1])
@@ -241,14 +231,11 @@ async fn one_unreadable_connection_is_skipped_and_not_marked_gone() {
 
 #[tokio::test]
 async fn a_gateway_404_does_not_make_a_user_gone() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, _, _) = scripted(&sim, 1, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let (user, _, _) = scripted(sim, 1, 1);
+    t.register(std::slice::from_ref(&user)).await;
     for fault in [
         Fault::GatewayPage { status: 404 },
         Fault::EmptyBody { status: 404 },
@@ -259,7 +246,7 @@ async fn a_gateway_404_does_not_make_a_user_gone() {
     ] {
         sim.sim.reset_counters();
         sim.sim.inject_fault(Route::Connections, fault.clone(), 3);
-        let counts = sweep(&sweeper, &user).await;
+        let counts = sweep(sweeper, &user).await;
         assert_eq!(
             (counts.users_gone, counts.users_failed),
             (0, 1),
@@ -275,20 +262,17 @@ async fn a_gateway_404_does_not_make_a_user_gone() {
         assert!(row.next_due_at > Utc::now(), "tried again later");
     }
     // And the next sweep works.
-    assert_eq!(sweep(&sweeper, &user).await.users_swept, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_swept, 1);
 }
 
 #[tokio::test]
 async fn a_resource_not_found_404_makes_a_user_gone_and_a_login_check_clears_it() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (user, _, _) = scripted(&sim, 1, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    assert_eq!(sweep(&sweeper, &user).await.users_swept, 1);
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let (user, _, _) = scripted(sim, 1, 1);
+    t.register(std::slice::from_ref(&user)).await;
+    assert_eq!(sweep(sweeper, &user).await.users_swept, 1);
     sim.sim.inject_fault(
         Route::Connections,
         Fault::Status {
@@ -297,7 +281,7 @@ async fn a_resource_not_found_404_makes_a_user_gone_and_a_login_check_clears_it(
         },
         1,
     );
-    assert_eq!(sweep(&sweeper, &user).await.users_gone, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_gone, 1);
     let row = sweeper.store().get_user(&user).await.unwrap().unwrap();
     assert!(row.gone_at.is_some());
     assert!(
@@ -343,15 +327,12 @@ fn run(sim: &RunningSim, db: &std::path::Path, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_adding_a_gone_user_clears_gone() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let sweeper = sweeper_for(&sim, &db, "").await;
-    let (user, _, _) = scripted(&sim, 1, 1);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let sweeper = t.context().await;
+    let (user, _, _) = scripted(sim, 1, 1);
+    t.register(std::slice::from_ref(&user)).await;
     sim.sim.inject_fault(
         Route::Connections,
         Fault::Status {
@@ -360,9 +341,9 @@ async fn re_adding_a_gone_user_clears_gone() {
         },
         1,
     );
-    assert_eq!(sweep(&sweeper, &user).await.users_gone, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_gone, 1);
 
-    let out = run(&sim, &db, &["users", "add", USER]);
+    let out = run(sim, &db, &["users", "add", USER]);
     assert!(
         out.status.success(),
         "{}",
@@ -370,7 +351,7 @@ async fn re_adding_a_gone_user_clears_gone() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("added 1 user"), "{stdout}");
-    let out = run(&sim, &db, &["users", "list", "--json"]);
+    let out = run(sim, &db, &["users", "list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["user_id"], USER);
     assert_eq!(list[0]["gone"], false, "{list}");
@@ -385,7 +366,7 @@ async fn re_adding_a_gone_user_clears_gone() {
             .unwrap()
             .contains(&user)
     );
-    assert_eq!(sweep(&sweeper, &user).await.users_swept, 1);
+    assert_eq!(sweep(sweeper, &user).await.users_swept, 1);
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::app::TestApp;
+
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_basiq-health"));
     for (key, _) in std::env::vars() {
@@ -63,8 +65,9 @@ fn config_check_accepts_the_example_and_redacts_the_key() {
 
 #[test]
 fn config_check_rejects_an_unknown_key_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "[basiq]\ntimeuot = \"5s\"\n");
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let path = write_config(dir, "[basiq]\ntimeuot = \"5s\"\n");
     let (code, _, stderr) = check(&path, &[]);
     assert_eq!(code, 78);
     assert!(
@@ -75,8 +78,9 @@ fn config_check_rejects_an_unknown_key_naming_it() {
 
 #[test]
 fn config_check_rejects_a_bad_duration_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "[basiq]\ntimeout = \"soon\"\n");
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let path = write_config(dir, "[basiq]\ntimeout = \"soon\"\n");
     let (code, _, stderr) = check(&path, &[]);
     assert_eq!(code, 78);
     assert!(
@@ -87,8 +91,9 @@ fn config_check_rejects_a_bad_duration_naming_the_key() {
 
 #[test]
 fn config_check_refuses_plain_http_to_a_remote_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "[basiq]\nbase_url = \"http://au-api.basiq.io\"\n");
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let path = write_config(dir, "[basiq]\nbase_url = \"http://au-api.basiq.io\"\n");
     let (code, _, stderr) = check(&path, &[]);
     assert_eq!(code, 78);
     assert!(
@@ -96,7 +101,7 @@ fn config_check_refuses_plain_http_to_a_remote_host() {
         "{stderr}"
     );
 
-    let path = write_config(&dir, "[basiq]\nbase_url = \"http://127.0.0.1:8787\"\n");
+    let path = write_config(dir, "[basiq]\nbase_url = \"http://127.0.0.1:8787\"\n");
     assert_eq!(check(&path, &[]).0, 0, "loopback http is allowed");
 }
 
@@ -133,12 +138,13 @@ fn a_missing_config_file_is_a_configuration_error() {
 #[test]
 fn a_key_file_readable_by_others_draws_a_chmod_warning() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("api-key");
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let key = t.path("api-key");
     std::fs::write(&key, "a2V5\n").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let path = write_config(
-        &dir,
+        dir,
         &format!("[basiq]\napi_key_file = {:?}\n", key.display().to_string()),
     );
     let (code, stdout, stderr) = check(&path, &[]);
@@ -203,8 +209,8 @@ fn keys(value: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test]
 async fn simulate_serves_connections_and_jobs_in_basiq_shapes_to_the_printed_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let users_file = dir.path().join("users.txt");
+    let t = TestApp::offline();
+    let users_file = t.path("users.txt");
     let sim = spawn_simulator(&[
         "--users",
         "12",
@@ -317,7 +323,8 @@ fn simulate_refuses_a_non_loopback_listen_address_unless_told() {
 #[test]
 fn config_check_refuses_out_of_range_and_extreme_values_for_every_numeric_key() {
     use basiq_health::settings::{RANGES, Range};
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::offline();
+    let dir = t.dir();
     let mut runs = 0;
     for (key, range) in RANGES {
         let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
@@ -361,7 +368,7 @@ fn config_check_refuses_out_of_range_and_extreme_values_for_every_numeric_key() 
             } else {
                 format!("[{section}]\n{name} = {value}\n")
             };
-            let path = write_config(&dir, &doc);
+            let path = write_config(dir, &doc);
             let (code, _, stderr) = check(&path, &[]);
             runs += 1;
             assert_eq!(code, 78, "{key} = {value}: exit {code}\n{stderr}");
@@ -380,9 +387,10 @@ fn config_check_refuses_out_of_range_and_extreme_values_for_every_numeric_key() 
 
 #[test]
 fn config_check_prints_every_key_with_its_value_and_redacts_a_password_in_base_url() {
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::offline();
+    let dir = t.dir();
     let path = write_config(
-        &dir,
+        dir,
         "[basiq]\nbase_url = \"https://u:pw-canary-77@proxy.example/basiq/\"\n\
          [database]\npath = \"/tmp/bh-check/state.db\"\nretain_days = 31\nbusy_timeout = \"3s\"\n",
     );
@@ -432,12 +440,13 @@ fn secret_file(dir: &tempfile::TempDir, name: &str, text: &str, mode: u32) -> St
 
 #[test]
 fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = secret_file(&dir, "good", &format!("{GOOD_SECRET}\n"), 0o600);
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let good = secret_file(dir, "good", &format!("{GOOD_SECRET}\n"), 0o600);
     // In: the second line of the file is `whsec_` alone (an empty HMAC key).
-    let basiq = secret_file(&dir, "basiq", &format!("{GOOD_SECRET}\nwhsec_\n"), 0o600);
+    let basiq = secret_file(dir, "basiq", &format!("{GOOD_SECRET}\nwhsec_\n"), 0o600);
     let path = write_config(
-        &dir,
+        dir,
         &format!("[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {basiq:?}\n"),
     );
     let (code, stdout, stderr) = check(&path, &[]);
@@ -449,9 +458,9 @@ fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its
     assert!(stderr.contains("24"), "says the least length: {stderr}");
     // Out: 23 bytes.
     let short = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVlc=";
-    let app = secret_file(&dir, "app", &format!("{short}\n"), 0o600);
+    let app = secret_file(dir, "app", &format!("{short}\n"), 0o600);
     let path = write_config(
-        &dir,
+        dir,
         &format!(
             "[[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {app:?}\n"
         ),
@@ -467,12 +476,12 @@ fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its
         "the value is never shown: {stderr}"
     );
     // The systemd credentials: in and out.
-    let creds = dir.path().join("creds");
+    let creds = t.path("creds");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("basiq-webhook-secret"), "whsec_\n").unwrap();
     std::fs::write(creds.join("notify-secret"), "whsec_\n").unwrap();
     let creds_env = creds.display().to_string();
-    let path = write_config(&dir, "[webhooks]\nlisten = \"127.0.0.1:8089\"\n");
+    let path = write_config(dir, "[webhooks]\nlisten = \"127.0.0.1:8089\"\n");
     let (code, _, stderr) = check(&path, &[("CREDENTIALS_DIRECTORY", &creds_env)]);
     assert_eq!(code, 78, "{stderr}");
     assert!(
@@ -480,7 +489,7 @@ fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its
         "{stderr}"
     );
     let path = write_config(
-        &dir,
+        dir,
         &format!(
             "[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {good:?}\n\
              [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_credential = \"notify-secret\"\n"
@@ -497,13 +506,14 @@ fn an_empty_or_short_webhook_secret_is_refused_naming_its_key_and_line_never_its
 #[test]
 fn every_secret_file_readable_by_others_is_warned_about_and_a_loose_api_token_file_is_refused_off_loopback()
  {
-    let dir = tempfile::tempdir().unwrap();
-    let basiq = secret_file(&dir, "basiq", &format!("{GOOD_SECRET}\n"), 0o640);
-    let app = secret_file(&dir, "app", &format!("{GOOD_SECRET}\n"), 0o604);
-    let token = secret_file(&dir, "token", "token-canary-5150\n", 0o644);
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let basiq = secret_file(dir, "basiq", &format!("{GOOD_SECRET}\n"), 0o640);
+    let app = secret_file(dir, "app", &format!("{GOOD_SECRET}\n"), 0o604);
+    let token = secret_file(dir, "token", "token-canary-5150\n", 0o644);
     let config = |listen: &str| {
         write_config(
-            &dir,
+            dir,
             &format!(
                 "[api]\nlisten = {listen:?}\ntoken_file = {token:?}\n\
                  [webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {basiq:?}\n\
@@ -543,10 +553,11 @@ fn every_secret_file_readable_by_others_is_warned_about_and_a_loose_api_token_fi
 
 #[test]
 fn notify_retry_takes_only_a_delivery_id_or_a_webhook_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let db = t.db();
     let path = write_config(
-        &dir,
+        dir,
         &format!(
             "[database]\npath = {:?}\n[api]\nlisten = \"\"\n",
             db.display().to_string()

@@ -10,6 +10,7 @@ use basiq_sim::{Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, Sim
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 const BASIQ_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -63,45 +64,35 @@ fn write_secret(dir: &tempfile::TempDir, name: &str, secret: &str) -> String {
 
 #[tokio::test]
 async fn the_connectors_cache_is_read_again_once_the_driven_clock_passes_its_ttl_and_not_before() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Clock::manual(Utc::now());
-    let sweeper = sweeper_on(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconnectors_ttl = \"5m\"\n",
-        clock.clone(),
-    )
-    .await;
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nconnectors_ttl = \"5m\"\n")
+        .clock(Clock::manual(Utc::now()))
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
     sweeper.connectors().await;
-    assert_eq!(requests(&sim, Route::Connectors), 1);
-    clock.advance(StdDuration::from_secs(5 * 60 - 1));
+    assert_eq!(requests(sim, Route::Connectors), 1);
+    t.clock().advance(StdDuration::from_secs(5 * 60 - 1));
     sweeper.connectors().await;
     assert_eq!(
-        requests(&sim, Route::Connectors),
+        requests(sim, Route::Connectors),
         1,
         "fresh for 5 driven minutes, however long the wall took"
     );
-    clock.advance(StdDuration::from_secs(1));
+    t.clock().advance(StdDuration::from_secs(1));
     sweeper.connectors().await;
-    assert_eq!(
-        requests(&sim, Route::Connectors),
-        2,
-        "read again at the TTL"
-    );
+    assert_eq!(requests(sim, Route::Connectors), 2, "read again at the TTL");
 
     // A read forced to confirm a notice: at most one per driven second.
     assert!(!sweeper.connectors_confirm(i64::MAX).await);
-    assert_eq!(requests(&sim, Route::Connectors), 3);
+    assert_eq!(requests(sim, Route::Connectors), 3);
     assert!(!sweeper.connectors_confirm(i64::MAX).await);
-    assert_eq!(
-        requests(&sim, Route::Connectors),
-        3,
-        "not twice in a second"
-    );
-    clock.advance(StdDuration::from_secs(1));
+    assert_eq!(requests(sim, Route::Connectors), 3, "not twice in a second");
+    t.clock().advance(StdDuration::from_secs(1));
     assert!(!sweeper.connectors_confirm(i64::MAX).await);
-    assert_eq!(requests(&sim, Route::Connectors), 4);
+    assert_eq!(requests(sim, Route::Connectors), 4);
 }
 
 #[tokio::test]
@@ -127,25 +118,17 @@ async fn the_token_is_fetched_again_when_the_driven_clock_passes_its_refresh_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_checks_timestamps_against_the_daemon_s_clock() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(&dir, "basiq-secret", BASIQ_SECRET);
-    let settings = settings_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        &format!(
-            "[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {secret:?}\npoll_interval = \"0s\"\n"
-        ),
-    );
+    let t = TestApp::quick().await;
+    let dir = t.dir();
+    let secret = write_secret(dir, "basiq-secret", BASIQ_SECRET);
+    let settings = t.settings_with(&format!(
+        "[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {secret:?}\npoll_interval = \"0s\"\n"
+    ));
     // Two driven hours ahead of the wall.
     let clock = Clock::manual(Utc::now() + Duration::hours(2));
-    let app = basiq_health::app::App::build_with_clock(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    let app = basiq_health::app::App::build_with_clock(settings, t.key(), clock.clone())
+        .await
+        .unwrap();
     let url = format!("http://{}/v1/basiq/webhook", app.webhook_addr().unwrap());
     let store = app.context().store().clone();
     let daemon = Daemon::start(app);
@@ -205,31 +188,22 @@ async fn one_delivery_round_signs_with_the_driven_clock() {
     let hook_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, hook).await });
 
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = write_secret(&dir, "app-secret", APP_SECRET);
-    let settings = settings_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        &format!(
-            "[[notify.endpoints]]\nurl = \"http://{hook_addr}/hook\"\nsecret_file = {secret:?}\n\
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
+    let settings = t.settings_with(&format!(
+        "[[notify.endpoints]]\nurl = \"http://{hook_addr}/hook\"\nsecret_file = {secret:?}\n\
              events = [\"connection.health_changed\"]\n"
-        ),
-    );
+    ));
     let clock = Clock::manual(Utc::now());
-    let sweeper = basiq_health::app::build_sweeper_with_clock(
-        &settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-        clock.clone(),
-    )
-    .await
-    .unwrap();
-    let user = healthy_user(&sim, "u-clock", "c-clock");
+    let sweeper = t.sweeper_on(&settings, clock.clone()).await;
+    let user = healthy_user(sim, "u-clock", "c-clock");
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
         .unwrap();
-    let sweep = |sweeper: basiq_health::work::Context, user: UserId| async move {
+    let sweep = |sweeper: Context, user: UserId| async move {
         sweeper
             .run_pass(
                 basiq_health::work::PassTrigger::Command,

@@ -5,6 +5,7 @@ use std::process::Output;
 
 use basiq_sim::RunningSim;
 
+use crate::app::*;
 use crate::cli::bin;
 use crate::helpers::*;
 
@@ -44,32 +45,24 @@ fn stdout(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_import_is_idempotent_and_list_shows_the_schedule() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let file = dir.path().join("users.txt");
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let file = t.path("users.txt");
     std::fs::write(
         &file,
         "# partner export\nu-1\nu-2  # trailing comment\n\nu-1\nu-3\n",
     )
     .unwrap();
-    let first = stdout(&run(
-        &sim,
-        &db,
-        &["users", "import", file.to_str().unwrap()],
-    ));
+    let first = stdout(&run(sim, &db, &["users", "import", file.to_str().unwrap()]));
     assert!(first.contains("3 new"), "{first}");
-    let again = stdout(&run(
-        &sim,
-        &db,
-        &["users", "import", file.to_str().unwrap()],
-    ));
+    let again = stdout(&run(sim, &db, &["users", "import", file.to_str().unwrap()]));
     assert!(again.contains("0 new"), "{again}");
-    stdout(&run(&sim, &db, &["users", "add", "u-4"]));
-    stdout(&run(&sim, &db, &["users", "remove", "u-2"]));
+    stdout(&run(sim, &db, &["users", "add", "u-4"]));
+    stdout(&run(sim, &db, &["users", "remove", "u-2"]));
 
     let list: serde_json::Value =
-        serde_json::from_str(&stdout(&run(&sim, &db, &["users", "list", "--json"]))).unwrap();
+        serde_json::from_str(&stdout(&run(sim, &db, &["users", "list", "--json"]))).unwrap();
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -84,29 +77,27 @@ async fn users_import_is_idempotent_and_list_shows_the_schedule() {
             "{u}"
         );
     }
-    let table = stdout(&run(&sim, &db, &["users", "list"]));
+    let table = stdout(&run(sim, &db, &["users", "list"]));
     assert!(table.contains("u-3") && !table.contains("u-2"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_check_and_status_work_from_the_command_line() {
-    let mut config = sim_config();
-    config.users = 12;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::builder().users(12).spawn().await;
+    let sim = t.sim();
+    let db = t.db();
     let users = sim.sim.user_ids();
     let mut add = vec!["users", "add"];
     add.extend(users.iter().map(String::as_str));
-    stdout(&run(&sim, &db, &add));
+    stdout(&run(sim, &db, &add));
 
     let counts: serde_json::Value =
-        serde_json::from_str(&stdout(&run(&sim, &db, &["sweep"]))).unwrap();
+        serde_json::from_str(&stdout(&run(sim, &db, &["sweep"]))).unwrap();
     assert_eq!(counts["users_swept"], 12);
 
     sim.sim.reset_counters();
     let checked: serde_json::Value =
-        serde_json::from_str(&stdout(&run(&sim, &db, &["check", &users[0]]))).unwrap();
+        serde_json::from_str(&stdout(&run(sim, &db, &["check", &users[0]]))).unwrap();
     assert_eq!(checked["user_id"], users[0].as_str());
     assert_eq!(
         checked["swept"], false,
@@ -129,13 +120,13 @@ async fn sweep_check_and_status_work_from_the_command_line() {
         "login-triggered refresh decisions: {checked}"
     );
 
-    let table = stdout(&run(&sim, &db, &["status"]));
+    let table = stdout(&run(sim, &db, &["status"]));
     assert!(
         table.contains("open outages") && table.contains("healthy"),
         "{table}"
     );
     let one: serde_json::Value = serde_json::from_str(&stdout(&run(
-        &sim,
+        sim,
         &db,
         &["status", "--json", "--user", &users[1]],
     )))
@@ -151,14 +142,12 @@ async fn sweep_check_and_status_work_from_the_command_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_check_of_a_new_user_sweeps_it_at_once() {
-    let mut config = sim_config();
-    config.users = 3;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::builder().users(3).spawn().await;
+    let sim = t.sim();
+    let db = t.db();
     let user = sim.sim.user_ids()[2].clone();
     let checked: serde_json::Value =
-        serde_json::from_str(&stdout(&run(&sim, &db, &["check", &user]))).unwrap();
+        serde_json::from_str(&stdout(&run(sim, &db, &["check", &user]))).unwrap();
     assert_eq!(checked["swept"], true);
     let healths: Vec<&str> = checked["connections"]
         .as_array()
@@ -171,18 +160,11 @@ async fn a_login_check_of_a_new_user_sweeps_it_at_once() {
 
 #[tokio::test]
 async fn the_local_api_registers_users_checks_logins_and_reports() {
-    let mut config = sim_config();
-    config.users = 4;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings_for(&sim, &dir.path().join("bh.db"), "");
+    let t = TestApp::builder().users(4).spawn().await;
+    let sim = t.sim();
+    let mut settings = t.settings_with("");
     settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let app = t.app_from(settings).await;
     let base = format!("http://{}", app.api_addr().unwrap());
     let http = api_client(&app);
     let daemon = Daemon::start(app);
@@ -277,9 +259,9 @@ fn the_demo_runs_end_to_end_and_names_an_outage_and_a_user_who_must_act() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_stops_cleanly_on_sigterm() {
     use std::io::{BufRead, BufReader};
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
     let mut child = bin()
         .arg("--config")
         .arg(config())
@@ -358,15 +340,13 @@ fn register_all(sim: &RunningSim, db: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_exits_non_zero_with_a_wrong_key() {
-    let mut config = sim_config();
-    config.users = 30;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    register_all(&sim, &db);
+    let t = TestApp::builder().users(30).spawn().await;
+    let sim = t.sim();
+    let db = t.db();
+    register_all(sim, &db);
     sim.sim.reset_counters();
     let wrong = "d3Jvbmcta2V5LWZvci1iYXNpcS1oZWFsdGg=";
-    let out = run_with_key(&sim, &db, &["sweep"], wrong);
+    let out = run_with_key(sim, &db, &["sweep"], wrong);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -382,12 +362,10 @@ async fn sweep_exits_non_zero_with_a_wrong_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_exits_non_zero_when_no_user_could_be_swept() {
-    let mut config = sim_config();
-    config.users = 3;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let users = register_all(&sim, &db);
+    let t = TestApp::builder().users(3).spawn().await;
+    let sim = t.sim();
+    let db = t.db();
+    let users = register_all(sim, &db);
     let deny = |user: &str| {
         sim.sim.inject_user_fault(
             user,
@@ -398,7 +376,7 @@ async fn sweep_exits_non_zero_when_no_user_could_be_swept() {
     for user in &users {
         deny(user);
     }
-    let out = run(&sim, &db, &["sweep"]);
+    let out = run(sim, &db, &["sweep"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -417,7 +395,7 @@ async fn sweep_exits_non_zero_when_no_user_could_be_swept() {
 
     // One user failing out of three is a partial success: exit 0.
     deny(&users[0]);
-    let out = run(&sim, &db, &["sweep"]);
+    let out = run(sim, &db, &["sweep"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -436,11 +414,11 @@ async fn sweep_exits_non_zero_when_no_user_could_be_swept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_exits_77_when_basiq_refuses_the_key() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
     sim.sim.revoke_api_key(401);
-    let out = run(&sim, &db, &["check", "some-user"]);
+    let out = run(sim, &db, &["check", "some-user"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("basiq.api_key"), "{stderr}");

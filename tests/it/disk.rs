@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use basiq_health::store::Store;
-use basiq_sim::SimConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 /// A tmpfs of `size` mounted for the test's lifetime (we run as root here and in CI).
@@ -56,17 +56,17 @@ pub fn fill(path: &Path) {
 
 #[tokio::test]
 async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_returns() {
-    let sim = start_sim(SimConfig {
-        users: 60,
-        ..sim_config()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::builder()
+        .users(60)
+        .extra("[sweep]\nconcurrency = 4\n")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let dir = t.dir();
     let _mount = Tmpfs::mount(dir.path(), "16m");
-    let db = dir.path().join("bh.db");
-    let sweeper = sweeper_for(&sim, &db, "[sweep]\nconcurrency = 4\n").await;
-    let users = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let sweeper = t.context().await;
+    let users = sim_users(sim);
+    t.register(&users).await;
     let clean = sweeper
         .run_pass(
             basiq_health::work::PassTrigger::Command,
@@ -80,7 +80,7 @@ async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_re
     assert!(connections >= users.len());
 
     // The disk fills: passes write until one fails (the WAL may hold a pass or two).
-    let filler = dir.path().join("filler");
+    let filler = t.path("filler");
     fill(&filler);
     let mut failed = None;
     for _ in 0..30 {
@@ -139,8 +139,8 @@ async fn a_full_disk_fails_the_pass_cleanly_and_the_store_recovers_when_space_re
 
 #[tokio::test]
 async fn a_failed_statement_inside_a_write_does_not_poison_the_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(&dir.path().join("bh.db"), Duration::from_secs(5))
+    let t = TestApp::offline();
+    let store = Store::open_with(&t.db(), Duration::from_secs(5))
         .await
         .unwrap();
     // More failures than the pool has connections: each must not come back in a transaction.
@@ -180,9 +180,9 @@ fn sidecar(db: &Path, suffix: &str) -> PathBuf {
 
 #[tokio::test]
 async fn the_database_and_its_wal_and_shm_are_private() {
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::offline();
     // A fresh database, whatever the umask (022 here would give 0644).
-    let fresh = dir.path().join("fresh.db");
+    let fresh = t.path("fresh.db");
     let store = Store::open(&fresh).await.unwrap();
     store.installation_seed().await.unwrap();
     for suffix in ["", "-wal", "-shm"] {
@@ -191,7 +191,7 @@ async fn the_database_and_its_wal_and_shm_are_private() {
     store.close().await;
 
     // An existing one left world-readable is tightened at open.
-    let old = dir.path().join("old.db");
+    let old = t.path("old.db");
     let store = Store::open(&old).await.unwrap();
     store.installation_seed().await.unwrap();
     store.close().await;
@@ -213,29 +213,17 @@ async fn the_database_and_its_wal_and_shm_are_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200_once_it_is_not() {
-    let sim = start_sim(SimConfig {
-        users: 60,
-        ..sim_config()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::builder().users(60).spawn().await;
+    let sim = t.sim();
+    let dir = t.dir();
     let _mount = Tmpfs::mount(dir.path(), "16m");
-    let settings = settings_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconcurrency = 4\n",
-    );
+    let settings = t.settings_with("[sweep]\nconcurrency = 4\n");
     let mut settings = settings;
     settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let app = t.app_from(settings).await;
     let healthz = format!("http://{}/healthz", app.api_addr().unwrap());
     let sweeper = app.context().clone();
-    let users = sim_users(&sim);
+    let users = sim_users(sim);
     sweeper.add_users(&users).await.unwrap();
     let daemon = Daemon::start(app);
     let http = reqwest::Client::new();
@@ -249,7 +237,7 @@ async fn the_running_daemon_s_healthz_answers_503_while_the_disk_is_full_and_200
         .await
         .unwrap();
     assert_eq!(status().await, 200);
-    let filler = dir.path().join("filler");
+    let filler = t.path("filler");
     fill(&filler);
     let mut failed = false;
     for _ in 0..30 {

@@ -10,26 +10,16 @@ use basiq_health::app::App;
 use basiq_health::domain::{ConnectionId, UserId};
 use basiq_health::plan::classify::Health;
 use basiq_health::store::Store;
-use basiq_sim::{
-    Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig, WebhookFault,
-};
+use basiq_sim::{Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, WebhookFault};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 /// A Standard Webhooks secret for Basiq's deliveries, and another for the partner's.
 pub const BASIQ_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const APP_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-async fn quick_sim() -> RunningSim {
-    start_sim(SimConfig {
-        users: 0,
-        step_duration: StdDuration::from_millis(1),
-        ..sim_config()
-    })
-    .await
-}
 
 /// A user with one healthy open-banking connection (a job that succeeded an hour ago).
 fn healthy_user(sim: &RunningSim, user: &str, connection: &str) -> (UserId, ConnectionId) {
@@ -72,13 +62,6 @@ fn events_toml(dir: &tempfile::TempDir, extra_webhooks: &str, rest: &str) -> Str
     )
 }
 
-async fn app_with(sim: &RunningSim, dir: &tempfile::TempDir, toml: &str) -> App {
-    let settings = settings_for(sim, &dir.path().join("bh.db"), toml);
-    App::build_with_key(settings, secrecy::SecretString::from(sim.sim.api_key()))
-        .await
-        .unwrap()
-}
-
 async fn health_of(store: &Store, id: &ConnectionId) -> Option<(Option<Health>, Option<String>)> {
     store
         .connection(id)
@@ -112,23 +95,10 @@ fn requests(sim: &RunningSim, route: Route) -> u64 {
         .unwrap_or(0)
 }
 
-/// Registers and sweeps the user once.
-async fn sweep_now(sweeper: &basiq_health::work::Context, user: &UserId) {
-    sweeper.add_users(std::slice::from_ref(user)).await.unwrap();
-    sweeper
-        .run_pass(
-            basiq_health::work::PassTrigger::Command,
-            Some(vec![user.clone()]),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-}
-
 /// Registers and sweeps the user once in a store of its own, closed after (a daemon
 /// process opens the database next).
-async fn swept_and_closed(sim: &RunningSim, db: &std::path::Path, user: &UserId) {
-    let sweeper = sweeper_for(sim, db, "[sweep]\nperiod = \"24h\"").await;
+async fn swept_and_closed(t: &TestApp, user: &UserId) {
+    let sweeper = t.sweeper_with("[sweep]\nperiod = \"24h\"").await;
     sweep_now(&sweeper, user).await;
     sweeper.store().close().await;
 }
@@ -148,10 +118,11 @@ async fn first_sweep(app: &App, user: &UserId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_for_two_requests_and_a_replay_does_nothing()
  {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-hook", "c-hook");
-    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let (user, conn) = healthy_user(sim, "u-hook", "c-hook");
+    let app = t.app_with(&events_toml(dir, "", "")).await;
     let addr = app.webhook_addr().expect("the receiver is bound");
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -166,8 +137,8 @@ async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_f
     sim.sim
         .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
     let (lists, jobs) = (
-        requests(&sim, Route::Connections),
-        requests(&sim, Route::Jobs),
+        requests(sim, Route::Connections),
+        requests(sim, Route::Jobs),
     );
     sim.sim.invalidate_connection("c-hook").unwrap();
     until(
@@ -183,11 +154,11 @@ async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_f
     })
     .await;
     assert_eq!(
-        requests(&sim, Route::Connections) - lists,
+        requests(sim, Route::Connections) - lists,
         1,
         "one list of connections"
     );
-    assert_eq!(requests(&sim, Route::Jobs) - jobs, 1, "one list of jobs");
+    assert_eq!(requests(sim, Route::Jobs) - jobs, 1, "one list of jobs");
     let events = store.recent_events(10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(
@@ -199,8 +170,8 @@ async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_f
     // The same delivery twice (a retry Basiq thought lost): both acknowledged, one stored,
     // one sweep.
     let (lists, jobs) = (
-        requests(&sim, Route::Connections),
-        requests(&sim, Route::Jobs),
+        requests(sim, Route::Connections),
+        requests(sim, Route::Jobs),
     );
     sim.sim.inject_webhook_fault(WebhookFault::Duplicate, 1);
     let dup = sim
@@ -234,17 +205,18 @@ async fn an_invalidated_connection_heard_by_webhook_is_action_required_at_once_f
         .filter(|e| e.event_id.as_deref() == Some(dup.id.as_str()))
         .collect();
     assert_eq!(stored.len(), 1, "a replay is not stored twice");
-    assert_eq!(requests(&sim, Route::Connections) - lists, 1, "swept once");
-    assert_eq!(requests(&sim, Route::Jobs) - jobs, 1, "swept once");
+    assert_eq!(requests(sim, Route::Connections) - lists, 1, "swept once");
+    assert_eq!(requests(sim, Route::Jobs) - jobs, 1, "swept once");
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_stale_timestamps_and_oversized_bodies_are_refused_and_nothing_is_stored() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-bad", "c-bad");
-    let app = app_with(&sim, &dir, &events_toml(&dir, "max_body = 4096", "")).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let (user, conn) = healthy_user(sim, "u-bad", "c-bad");
+    let app = t.app_with(&events_toml(dir, "max_body = 4096", "")).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -309,16 +281,16 @@ async fn bad_signatures_stale_timestamps_and_oversized_bodies_are_refused_and_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_rotation_either_secret_is_accepted() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-rot", "c-rot");
-    let file = dir.path().join("rotating");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let (user, conn) = healthy_user(sim, "u-rot", "c-rot");
+    let file = t.path("rotating");
     std::fs::write(&file, format!("{APP_SECRET}\n{BASIQ_SECRET}\n")).unwrap();
     let toml = format!(
         "[sweep]\nperiod = \"24h\"\n[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\npoll_interval = \"0s\"\n",
         file.display().to_string()
     );
-    let app = app_with(&sim, &dir, &toml).await;
+    let app = t.app_with(&toml).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -333,11 +305,7 @@ async fn during_a_rotation_either_secret_is_accepted() {
     .await;
     // A sweep afterwards (Basiq still shows the connection active, its old job a success)
     // keeps the consent ended.
-    sweep_now(
-        &sweeper_for(&sim, &dir.path().join("bh.db"), "").await,
-        &user,
-    )
-    .await;
+    t.sweep_now(&user).await;
     assert_eq!(
         health_of(&store, &conn).await.unwrap(),
         (Some(Health::ActionRequired), Some("consent-revoked".into()))
@@ -347,11 +315,15 @@ async fn during_a_rotation_either_secret_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-poll", "c-poll");
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
-    sweep_now(&sweeper, &user).await;
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nperiod = \"24h\"")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let (user, conn) = healthy_user(sim, "u-poll", "c-poll");
+    let sweeper = t.context().await;
+    sweep_now(sweeper, &user).await;
     sim.sim.invalidate_connection("c-poll").unwrap();
     sim.sim.emit_event("transactions.updated", "u-poll", None);
     let processor = basiq_health::work::event::Processor {
@@ -361,8 +333,8 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
     };
     let cancel = CancellationToken::new();
     let (lists, jobs) = (
-        requests(&sim, Route::Connections),
-        requests(&sim, Route::Jobs),
+        requests(sim, Route::Connections),
+        requests(sim, Route::Jobs),
     );
     let polled =
         basiq_health::events::poll::poll_once(sweeper.client(), sweeper.store(), Utc::now())
@@ -381,18 +353,19 @@ async fn the_events_poll_with_webhooks_off_finds_the_event_and_does_it_once() {
             .unwrap();
     assert_eq!((again.listed, again.stored), (2, 0));
     assert_eq!(processor.process_pending(&cancel).await.unwrap(), 0);
-    assert_eq!(requests(&sim, Route::Connections) - lists, 1);
-    assert_eq!(requests(&sim, Route::Jobs) - jobs, 1);
-    assert_eq!(requests(&sim, Route::Events), 2, "one request per poll");
+    assert_eq!(requests(sim, Route::Connections) - lists, 1);
+    assert_eq!(requests(sim, Route::Jobs) - jobs, 1);
+    assert_eq!(requests(sim, Route::Events), 2, "one request per poll");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_heard_by_webhook_and_by_the_poll_is_done_once_and_one_without_its_link_is_looked_up()
  {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-both", "c-both");
-    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let (user, conn) = healthy_user(sim, "u-both", "c-both");
+    let app = t.app_with(&events_toml(dir, "", "")).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     let client = app.context().client().clone();
@@ -407,7 +380,7 @@ async fn an_event_heard_by_webhook_and_by_the_poll_is_done_once_and_one_without_
         health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
     })
     .await;
-    assert_eq!(requests(&sim, Route::Events), 1, "one look-up of the event");
+    assert_eq!(requests(sim, Route::Events), 1, "one look-up of the event");
     let polled = basiq_health::events::poll::poll_once(&client, &store, Utc::now())
         .await
         .unwrap();
@@ -424,16 +397,14 @@ async fn an_event_heard_by_webhook_and_by_the_poll_is_done_once_and_one_without_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_connections_and_users_leave_the_watched_state_and_unwatched_users_are_not_swept() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-del", "c-del");
-    let (other, _) = healthy_user(&sim, "u-del2", "c-del2");
-    let app = app_with(
-        &sim,
-        &dir,
-        &events_toml(&dir, "register_new_users = true", ""),
-    )
-    .await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let (user, conn) = healthy_user(sim, "u-del", "c-del");
+    let (other, _) = healthy_user(sim, "u-del2", "c-del2");
+    let app = t
+        .app_with(&events_toml(dir, "register_new_users = true", ""))
+        .await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -548,14 +519,15 @@ fn process_config(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_after_the_2xx_and_before_processing_loses_nothing() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let (user, conn) = healthy_user(&sim, "u-kill", "c-kill");
-    swept_and_closed(&sim, &db, &user).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let db = t.db();
+    let (user, conn) = healthy_user(sim, "u-kill", "c-kill");
+    swept_and_closed(&t, &user).await;
     let port = free_port();
-    let config = process_config(&sim, &dir, port, "");
-    let mut child = daemon_process(&sim, &db, &config);
+    let config = process_config(sim, dir, port, "");
+    let mut child = daemon_process(sim, &db, &config);
     let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
     listening(&url).await;
     // The sweep the event causes hangs at Basiq: the daemon is killed while processing.
@@ -579,7 +551,7 @@ async fn a_sigkill_after_the_2xx_and_before_processing_loses_nothing() {
     }
     sim.sim
         .set_delay(Some(Route::Connections), StdDuration::ZERO);
-    let mut child = daemon_process(&sim, &db, &config);
+    let mut child = daemon_process(sim, &db, &config);
     let store = Store::open(&db).await.unwrap();
     until("the event to be processed after the restart", || async {
         health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
@@ -665,12 +637,13 @@ fn endpoint_toml(dir: &tempfile::TempDir, url: &str, notify: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_failing_three_times_gets_the_notification_on_the_fourth_try_verified_with_one_webhook_id()
  {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir, "app", 3);
-    let (user, conn) = healthy_user(&sim, "u-out", "c-out");
-    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &receiver.url(), ""));
-    let app = app_with(&sim, &dir, &toml).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let receiver = Receiver::start(dir, "app", 3);
+    let (user, conn) = healthy_user(sim, "u-out", "c-out");
+    let toml = events_toml(dir, "", &endpoint_toml(dir, &receiver.url(), ""));
+    let app = t.app_with(&toml).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -729,12 +702,13 @@ async fn a_receiver_failing_three_times_gets_the_notification_on_the_fourth_try_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_lettered_and_counted() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
     let down = format!("http://127.0.0.1:{}/hook", free_port());
-    let (user, _) = healthy_user(&sim, "u-dead", "c-dead");
-    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &down, "max_age = \"2s\""));
-    let app = app_with(&sim, &dir, &toml).await;
+    let (user, _) = healthy_user(sim, "u-dead", "c-dead");
+    let toml = events_toml(dir, "", &endpoint_toml(dir, &down, "max_age = \"2s\""));
+    let app = t.app_with(&toml).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     let sweeper = app.context().clone();
@@ -757,14 +731,9 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
     assert!(dead[0].attempts >= 2, "retried before giving up: {dead:?}");
     assert_eq!(dead[0].attempts, dead[0].failures);
     // /metrics as the daemon renders it.
-    let settings = settings_for(&sim, &dir.path().join("bh.db"), &toml);
-    let refresher =
-        basiq_health::work::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
-            .await
-            .unwrap();
-    let text = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())
-        .await
-        .unwrap();
+    let settings = t.settings_with(&toml);
+    let refresher = t.refresher(&sweeper, &settings).await;
+    let text = metrics_text(&sweeper, &refresher).await;
     let sample = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
@@ -807,19 +776,20 @@ async fn a_receiver_down_for_the_whole_max_age_gets_the_notification_dead_letter
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restart_with_one_webhook_id()
  {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let (user, conn) = healthy_user(&sim, "u-k2", "c-k2");
-    swept_and_closed(&sim, &db, &user).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let db = t.db();
+    let (user, conn) = healthy_user(sim, "u-k2", "c-k2");
+    swept_and_closed(&t, &user).await;
     // The app's receiver is not up yet: the first daemon cannot deliver.
     let app_port = free_port();
     let port = free_port();
-    let notify = endpoint_toml(&dir, &format!("http://127.0.0.1:{app_port}/hook"), "")
+    let notify = endpoint_toml(dir, &format!("http://127.0.0.1:{app_port}/hook"), "")
         .replace("backoff_initial = \"50ms\"", "backoff_initial = \"5s\"")
         .replace("backoff_max = \"200ms\"", "backoff_max = \"5s\"");
-    let config = process_config(&sim, &dir, port, &notify);
-    let mut child = daemon_process(&sim, &db, &config);
+    let config = process_config(sim, dir, port, &notify);
+    let mut child = daemon_process(sim, &db, &config);
     let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
     listening(&url).await;
     sim.sim.set_webhook_target(&url, BASIQ_SECRET);
@@ -845,8 +815,8 @@ async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restar
         .unwrap(),
     };
     // Now the app is up, on the port the endpoint names.
-    let receiver = Receiver::start_on(&dir, "late", app_port);
-    let mut child = daemon_process(&sim, &db, &config);
+    let receiver = Receiver::start_on(dir, "late", app_port);
+    let mut child = daemon_process(sim, &db, &config);
     until(
         "the notification to be delivered after the restart",
         || async { receiver.seen().iter().any(|s| s["status"] == 204) },
@@ -870,20 +840,16 @@ async fn a_sigkill_between_the_commit_and_the_delivery_delivers_after_the_restar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_during_or_after_it() {
-    let sim = start_sim(SimConfig {
-        users: 0,
-        step_duration: StdDuration::from_millis(1),
-        ..sim_config()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-out1", "c-out1");
+    let t = TestApp::builder().quick().spawn().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let (user, conn) = healthy_user(sim, "u-out1", "c-out1");
     // An endpoint is configured (no deliverer runs here): notifications are kept.
     let toml = format!(
         "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"\n{}",
-        endpoint_toml(&dir, "http://127.0.0.1:9/hook", "")
+        endpoint_toml(dir, "http://127.0.0.1:9/hook", "")
     );
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), &toml).await;
+    let sweeper = t.sweeper_with(&toml).await;
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -963,19 +929,20 @@ async fn an_outage_is_told_as_two_notices_and_no_notice_asks_a_user_to_act_durin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_failure() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
     // The first attempt fails: by the retry, the outage is known.
-    let receiver = Receiver::start(&dir, "sup", 1);
-    let (user, conn) = healthy_user(&sim, "u-sup", "c-sup");
-    let notify = endpoint_toml(&dir, &receiver.url(), "")
+    let receiver = Receiver::start(dir, "sup", 1);
+    let (user, conn) = healthy_user(sim, "u-sup", "c-sup");
+    let notify = endpoint_toml(dir, &receiver.url(), "")
         .replace("backoff_initial = \"50ms\"", "backoff_initial = \"2s\"")
         .replace("backoff_max = \"200ms\"", "backoff_max = \"2s\"");
-    let toml = events_toml(&dir, "", &notify).replace(
+    let toml = events_toml(dir, "", &notify).replace(
         "[sweep]\nperiod = \"24h\"",
         "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
     );
-    let app = app_with(&sim, &dir, &toml).await;
+    let app = t.app_with(&toml).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     let sweeper = app.context().clone();
@@ -1036,14 +1003,15 @@ async fn a_notice_asking_a_user_to_act_is_not_sent_once_an_outage_explains_the_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_no_notification_is_kept() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-none", "c-none");
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nperiod = \"24h\"")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let (user, conn) = healthy_user(sim, "u-none", "c-none");
+    let sweeper = t.context().await;
+    t.register(std::slice::from_ref(&user)).await;
     let cancel = CancellationToken::new();
     sweeper
         .run_pass(
@@ -1075,16 +1043,13 @@ async fn without_an_endpoint_no_notification_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-tick", "c-tick");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let (user, conn) = healthy_user(sim, "u-tick", "c-tick");
     // The interval is at least a minute: a driven clock passes it.
     let clock = basiq_health::clock::Clock::manual(Utc::now());
-    let settings = settings_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1m\"\n",
-    );
+    let settings =
+        t.settings_with("[sweep]\nperiod = \"24h\"\n[webhooks]\npoll_interval = \"1m\"\n");
     let app = App::build_with_clock(
         settings,
         secrecy::SecretString::from(sim.sim.api_key()),
@@ -1096,19 +1061,19 @@ async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
     let daemon = Daemon::start(app);
-    assert_eq!(requests(&sim, Route::Events), 0, "a start asks nothing");
+    assert_eq!(requests(sim, Route::Events), 0, "a start asks nothing");
     sim.sim.invalidate_connection("c-tick").unwrap();
     tokio::time::sleep(StdDuration::from_millis(300)).await;
-    assert_eq!(requests(&sim, Route::Events), 0, "not before the interval");
+    assert_eq!(requests(sim, Route::Events), 0, "not before the interval");
     clock.advance(StdDuration::from_secs(60));
     until("the polled event to be done", || async {
         health_of(&store, &conn).await.unwrap().0 == Some(Health::ActionRequired)
     })
     .await;
-    assert_eq!(requests(&sim, Route::Events), 1);
+    assert_eq!(requests(sim, Route::Events), 1);
     clock.advance(StdDuration::from_secs(60));
     until("another poll", || async {
-        requests(&sim, Route::Events) >= 2
+        requests(sim, Route::Events) >= 2
     })
     .await;
     let events = store.recent_events(10).await.unwrap();
@@ -1120,14 +1085,15 @@ async fn the_daemon_polls_events_every_interval_when_webhooks_are_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_line() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let (user, conn) = healthy_user(&sim, "u-cli", "c-cli");
-    swept_and_closed(&sim, &db, &user).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let db = t.db();
+    let (user, conn) = healthy_user(sim, "u-cli", "c-cli");
+    swept_and_closed(&t, &user).await;
     sim.sim.invalidate_connection("c-cli").unwrap();
-    let config = dir.path().join("bh.toml");
-    let app_secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let config = t.path("bh.toml");
+    let app_secret = write_secret(dir, "app-secret", APP_SECRET);
     std::fs::write(
         &config,
         format!(
@@ -1224,10 +1190,11 @@ async fn events_poll_and_list_and_notify_list_and_retry_work_from_the_command_li
 
 #[test]
 fn webhook_secrets_never_show_in_config_check_and_a_bad_one_is_named_by_its_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let basiq = write_secret(&dir, "basiq", BASIQ_SECRET);
-    let app = write_secret(&dir, "app", APP_SECRET);
-    let config = dir.path().join("bh.toml");
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let basiq = write_secret(dir, "basiq", BASIQ_SECRET);
+    let app = write_secret(dir, "app", APP_SECRET);
+    let config = t.path("bh.toml");
     let text = format!(
         "[webhooks]\nlisten = \"127.0.0.1:8089\"\nsecret_file = {:?}\n\
          [[notify.endpoints]]\nurl = \"https://app.example.com/hook\"\nsecret_file = {:?}\n",
@@ -1279,18 +1246,19 @@ fn webhook_secrets_never_show_in_config_check_and_a_bad_one_is_named_by_its_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_s_notifications_reach_an_endpoint_in_order_even_when_the_first_is_retried() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir, "order", 1);
-    let (user, conn) = healthy_user(&sim, "u-ord", "c-ord");
-    let notify = endpoint_toml(&dir, &receiver.url(), "")
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let receiver = Receiver::start(dir, "order", 1);
+    let (user, conn) = healthy_user(sim, "u-ord", "c-ord");
+    let notify = endpoint_toml(dir, &receiver.url(), "")
         .replace("backoff_initial = \"50ms\"", "backoff_initial = \"1s\"")
         .replace("backoff_max = \"200ms\"", "backoff_max = \"1s\"")
         .replace(
             "events = [\"connection.health_changed\"]",
             "events = [\"connection.health_changed\", \"connection.consent_expiring\"]",
         );
-    let app = app_with(&sim, &dir, &events_toml(&dir, "", &notify)).await;
+    let app = t.app_with(&events_toml(dir, "", &notify)).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -1350,17 +1318,19 @@ async fn a_user_s_notifications_reach_an_endpoint_in_order_even_when_the_first_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_an_outage_stops_it()
 {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir, "confirm", 0);
-    let (user, conn) = healthy_user(&sim, "u-conf", "c-conf");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let receiver = Receiver::start(dir, "confirm", 0);
+    let (user, conn) = healthy_user(sim, "u-conf", "c-conf");
     // /connectors is cached for the default 5 minutes.
-    let app = app_with(
-        &sim,
-        &dir,
-        &events_toml(&dir, "", &endpoint_toml(&dir, &receiver.url(), "")),
-    )
-    .await;
+    let app = t
+        .app_with(&events_toml(
+            dir,
+            "",
+            &endpoint_toml(dir, &receiver.url(), ""),
+        ))
+        .await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     first_sweep(&app, &user).await;
@@ -1370,7 +1340,7 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
     tokio::time::sleep(StdDuration::from_millis(2500)).await;
     sim.sim
         .set_connector_status("AU00000", "open-banking", "major-outage");
-    let connectors = requests(&sim, Route::Connectors);
+    let connectors = requests(sim, Route::Connectors);
     sim.sim
         .set_webhook_target(&format!("http://{addr}/v1/basiq/webhook"), BASIQ_SECRET);
     sim.sim.invalidate_connection("c-conf").unwrap();
@@ -1385,7 +1355,7 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
             .any(|s| s["body"]["data"]["to"] == "institution-outage")
     })
     .await;
-    assert!(requests(&sim, Route::Connectors) > connectors, "read again");
+    assert!(requests(sim, Route::Connectors) > connectors, "read again");
     let asked: Vec<_> = receiver
         .seen()
         .into_iter()
@@ -1404,9 +1374,10 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulate_command_signs_and_sends_its_events_to_a_webhook_url() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir, "simcmd", 0);
-    let secret = write_secret(&dir, "sim-secret", APP_SECRET);
+    let t = TestApp::offline();
+    let dir = t.dir();
+    let receiver = Receiver::start(dir, "simcmd", 0);
+    let secret = write_secret(dir, "sim-secret", APP_SECRET);
     let sim = crate::cli::spawn_simulator(&[
         "--users",
         "0",
@@ -1442,9 +1413,10 @@ async fn the_simulate_command_signs_and_sends_its_events_to_a_webhook_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_delivery_with_hostile_ids_or_no_json_is_stored_and_reaches_nothing_at_basiq() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let app = t.app_with(&events_toml(dir, "", "")).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     let daemon = Daemon::start(app);
@@ -1505,17 +1477,18 @@ async fn a_signed_delivery_with_hostile_ids_or_no_json_is_stored_and_reaches_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consent_nearing_its_end_is_told_once_per_threshold() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, conn) = healthy_user(&sim, "u-exp", "c-exp");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let (user, conn) = healthy_user(sim, "u-exp", "c-exp");
     let mut c = sim.sim.scripted("u-exp").remove(0);
     c.expiry = Some(Utc::now() + Duration::days(20));
     sim.sim.add_connection("u-exp", c.clone());
     let toml = format!(
         "[sweep]\nperiod = \"24h\"\n{}",
-        endpoint_toml(&dir, "http://127.0.0.1:9/hook", "")
+        endpoint_toml(dir, "http://127.0.0.1:9/hook", "")
     );
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), &toml).await;
+    let sweeper = t.sweeper_with(&toml).await;
     sweeper
         .add_users(std::slice::from_ref(&user))
         .await
@@ -1579,8 +1552,8 @@ async fn a_consent_nearing_its_end_is_told_once_per_threshold() {
 
 #[test]
 fn the_secrets_can_come_from_systemd_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("creds");
+    let t = TestApp::offline();
+    let creds = t.path("creds");
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(
         creds.join("basiq-webhook-secret"),
@@ -1588,7 +1561,7 @@ fn the_secrets_can_come_from_systemd_credentials() {
     )
     .unwrap();
     std::fs::write(creds.join("notify-secret"), format!("{APP_SECRET}\n")).unwrap();
-    let config = dir.path().join("bh.toml");
+    let config = t.path("bh.toml");
     std::fs::write(
         &config,
         "[webhooks]\nlisten = \"127.0.0.1:8089\"\n\
@@ -1635,15 +1608,16 @@ fn the_secrets_can_come_from_systemd_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_before_its_retry() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (user, _) = healthy_user(&sim, "u-many", "c-many1");
-    let (other, _) = healthy_user(&sim, "u-fail", "c-fail1");
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "[sweep]\nperiod = \"24h\"").await;
-    sweeper
-        .add_users(&[user.clone(), other.clone()])
-        .await
-        .unwrap();
+    let t = TestApp::builder()
+        .quick()
+        .extra("[sweep]\nperiod = \"24h\"")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let (user, _) = healthy_user(sim, "u-many", "c-many1");
+    let (other, _) = healthy_user(sim, "u-fail", "c-fail1");
+    let sweeper = t.context().await;
+    t.register(&[user.clone(), other.clone()]).await;
     let cancel = CancellationToken::new();
     sweeper
         .run_pass(
@@ -1678,8 +1652,8 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
         wake: Default::default(),
     };
     let (lists, jobs) = (
-        requests(&sim, Route::Connections),
-        requests(&sim, Route::Jobs),
+        requests(sim, Route::Connections),
+        requests(sim, Route::Jobs),
     );
     assert_eq!(processor.process_pending(&cancel).await.unwrap(), 3);
     let outcomes: Vec<(String, Option<String>)> = sweeper
@@ -1701,16 +1675,16 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
         ]
     );
     assert_eq!(
-        requests(&sim, Route::Jobs) - jobs,
+        requests(sim, Route::Jobs) - jobs,
         1,
         "one sweep for the three events"
     );
     // The failing one is not tried again at once.
-    let asked = requests(&sim, Route::Connections);
+    let asked = requests(sim, Route::Connections);
     assert!(asked > lists);
     assert_eq!(processor.process_pending(&cancel).await.unwrap(), 0);
     assert_eq!(
-        requests(&sim, Route::Connections),
+        requests(sim, Route::Connections),
         asked,
         "waits for its retry time"
     );
@@ -1726,20 +1700,18 @@ async fn several_events_about_one_user_cost_one_sweep_and_a_failing_one_waits_be
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_arriving_on_a_full_disk_is_answered_503_and_its_retry_is_stored_once_space_returns()
  {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let t = TestApp::quick().await;
+    let dir = t.dir();
+    let data = t.path("data");
     std::fs::create_dir(&data).unwrap();
     let _mount = crate::disk::Tmpfs::mount(&data, "16m");
-    let secret = write_secret(&dir, "basiq-webhook-secret", BASIQ_SECRET);
+    let secret = write_secret(dir, "basiq-webhook-secret", BASIQ_SECRET);
     let toml = format!(
         "[webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\npoll_interval = \"0s\"\n",
         secret.display().to_string()
     );
-    let settings = settings_for(&sim, &data.join("bh.db"), &toml);
-    let app = App::build_with_key(settings, secrecy::SecretString::from(sim.sim.api_key()))
-        .await
-        .unwrap();
+    let settings = t.settings_at(&data.join("bh.db"), &toml);
+    let app = t.app_from(settings).await;
     let url = format!("http://{}/v1/basiq/webhook", app.webhook_addr().unwrap());
     let store = app.context().store().clone();
     let daemon = Daemon::start(app);
@@ -1807,10 +1779,11 @@ async fn a_webhook_arriving_on_a_full_disk_is_answered_503_and_its_retry_is_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_the_end_is_told() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(&dir, "hold", 0);
-    let (user, conn) = healthy_user(&sim, "u-hold", "c-hold");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let receiver = Receiver::start(dir, "hold", 0);
+    let (user, conn) = healthy_user(sim, "u-hold", "c-hold");
     // The consent ended yesterday: the user must re-consent whatever the bank's state...
     let mut c = sim.sim.scripted("u-hold").remove(0);
     c.expiry = Some(Utc::now() - Duration::days(1));
@@ -1818,15 +1791,15 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
     // ... but the bank is down, so renewing it now would fail.
     sim.sim
         .set_connector_status("AU00000", "open-banking", "major-outage");
-    let notify = endpoint_toml(&dir, &receiver.url(), "").replace(
+    let notify = endpoint_toml(dir, &receiver.url(), "").replace(
         "events = [\"connection.health_changed\"]",
         "events = [\"connection.health_changed\", \"institution.outage_started\", \"institution.outage_ended\"]",
     );
-    let toml = events_toml(&dir, "", &notify).replace(
+    let toml = events_toml(dir, "", &notify).replace(
         "[sweep]\nperiod = \"24h\"",
         "[sweep]\nperiod = \"24h\"\nconnectors_ttl = \"0s\"",
     );
-    let app = app_with(&sim, &dir, &toml).await;
+    let app = t.app_with(&toml).await;
     let store = app.context().store().clone();
     let sweeper = app.context().clone();
     first_sweep(&app, &user).await;
@@ -1882,9 +1855,9 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_body_that_is_not_utf8_is_answered_400_as_unreadable_and_stored_nowhere() {
     use base64::Engine as _;
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let t = TestApp::quick().await;
+    let dir = t.dir();
+    let app = t.app_with(&events_toml(dir, "", "")).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     let daemon = Daemon::start(app);
@@ -1917,9 +1890,10 @@ async fn a_signed_body_that_is_not_utf8_is_answered_400_as_unreadable_and_stored
 /// 404 `resource-not-found`) is done with at once, not retried 8 times over 42 minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_basiq_no_longer_knows_is_not_retried() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = app_with(&sim, &dir, &events_toml(&dir, "", "")).await;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let app = t.app_with(&events_toml(dir, "", "")).await;
     let store = app.context().store().clone();
     let event_id = "0f".repeat(32);
     let stored = store
@@ -1953,7 +1927,7 @@ async fn an_event_basiq_no_longer_knows_is_not_retried() {
         events[0].processed_at.is_some(),
         "done with, not waiting for a retry"
     );
-    assert_eq!(requests(&sim, Route::Events), 1, "one look-up");
+    assert_eq!(requests(sim, Route::Events), 1, "one look-up");
     // A gateway's 404 (not Basiq's envelope) is retried like a 5xx: it says nothing of the
     // event.
     sim.sim.inject_fault(
@@ -2063,10 +2037,11 @@ impl Hook {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_endpoint_url_takes_over_its_pending_deliveries_and_sends_nothing_twice() {
     use std::sync::atomic::Ordering;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::offline();
+    let dir = t.dir();
     let hook = Hook::start().await;
-    let secret = write_secret(&dir, "app-secret", APP_SECRET);
-    let db = dir.path().join("bh.db");
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
+    let db = t.db();
     // Two endpoints, so each has its name; "crm" wants none of these notices.
     let settings = |token: &str| {
         basiq_health::settings::Settings::from_toml(&format!(
@@ -2207,9 +2182,10 @@ async fn database_before_names(path: &std::path::Path, rows: &[(&str, i64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoint_s_name() {
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::offline();
+    let dir = t.dir();
     // One endpoint before: its rows become "default"'s (migration 0009).
-    let lone = dir.path().join("lone.db");
+    let lone = t.path("lone.db");
     database_before_names(
         &lone,
         &[
@@ -2231,7 +2207,7 @@ async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoi
     store.close().await;
     // Several before: each configured endpoint whose URL is unchanged takes its rows; one no
     // longer configured keeps its URL, its credentials redacted.
-    let several = dir.path().join("several.db");
+    let several = t.path("several.db");
     database_before_names(
         &several,
         &[
@@ -2242,7 +2218,7 @@ async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoi
         ],
     )
     .await;
-    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
     let settings = basiq_health::settings::Settings::from_toml(&format!(
         "[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
          [[notify.endpoints]]\nname = \"app\"\nurl = \"http://127.0.0.1:9/a?token=tok-a\"\nsecret_file = {secret:?}\n\
@@ -2291,16 +2267,17 @@ async fn deliveries_keyed_by_url_before_endpoint_names_are_kept_under_the_endpoi
 async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_database_byte() {
     const CANARIES: [&str; 3] = ["bh-user-canary", "bh-pass-canary", "bh-token-canary"];
     let (logs, _guard) = capture_logs();
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let db = t.db();
     let url = format!(
         "http://bh-user-canary:bh-pass-canary@127.0.0.1:{}/hook?token=bh-token-canary&v=1",
         free_port()
     );
-    let (user, _) = healthy_user(&sim, "u-canary", "c-canary");
-    let toml = events_toml(&dir, "", &endpoint_toml(&dir, &url, "max_age = \"2s\""));
-    let app = app_with(&sim, &dir, &toml).await;
+    let (user, _) = healthy_user(sim, "u-canary", "c-canary");
+    let toml = events_toml(dir, "", &endpoint_toml(dir, &url, "max_age = \"2s\""));
+    let app = t.app_with(&toml).await;
     let addr = app.webhook_addr().unwrap();
     let store = app.context().store().clone();
     let sweeper = app.context().clone();
@@ -2314,18 +2291,13 @@ async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_datab
         !all.is_empty() && all.iter().all(|d| d.state == "dead")
     })
     .await;
-    let settings = settings_for(&sim, &db, &toml);
-    let refresher =
-        basiq_health::work::refresh::Refresher::new(sweeper.clone(), settings.refresh.clone())
-            .await
-            .unwrap();
-    let metrics = basiq_health::metrics::render(&sweeper, &refresher, &Default::default())
-        .await
-        .unwrap();
+    let settings = t.settings_at(&db, &toml);
+    let refresher = t.refresher(&sweeper, &settings).await;
+    let metrics = metrics_text(&sweeper, &refresher).await;
     daemon.stop().await;
     store.close().await;
     // The commands, from the outside.
-    let config = dir.path().join("bh.toml");
+    let config = t.path("bh.toml");
     std::fs::write(
         &config,
         format!(
@@ -2350,7 +2322,7 @@ async fn a_credential_in_an_endpoint_url_shows_in_no_log_metric_command_or_datab
     let list = run(&["notify", "list"]);
     let mut bytes = Vec::new();
     for suffix in ["", "-wal", "-shm"] {
-        let file = dir.path().join(format!("bh.db{suffix}"));
+        let file = t.path(format!("bh.db{suffix}"));
         bytes.extend(std::fs::read(&file).unwrap_or_default());
     }
     let database = String::from_utf8_lossy(&bytes).into_owned();
@@ -2430,7 +2402,8 @@ fn attempts_allowed(initial: StdDuration, max_age: StdDuration) -> usize {
 async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_attempts_than_the_backoff_allows()
  {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::offline();
+    let dir = t.dir();
     // Refused: a port bound, then closed; counted by the attempts the store records.
     let refused = free_port();
     let (reset, resets) = counting_listener(false);
@@ -2448,11 +2421,11 @@ async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_at
     let failing = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, hook).await });
 
-    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
     let mut toml = format!(
         "[database]\npath = {:?}\n[api]\nlisten = \"\"\n\
          [notify]\nbackoff_initial = \"100ms\"\nmax_age = \"2s\"\ntimeout = \"300ms\"\n",
-        dir.path().join("bh.db").display().to_string()
+        t.db().display().to_string()
     );
     let endpoints = [
         ("refused", refused),
@@ -2520,18 +2493,19 @@ async fn a_receiver_that_refuses_resets_times_out_or_answers_500_gets_no_more_at
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_gives_a_refusing_or_resetting_receiver_no_more_attempts_than_the_backoff_allows()
  {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let dir = t.dir();
+    let db = t.db();
     let users: Vec<_> = (0..8)
-        .map(|n| healthy_user(&sim, &format!("u-bo{n}"), &format!("c-bo{n}")).0)
+        .map(|n| healthy_user(sim, &format!("u-bo{n}"), &format!("c-bo{n}")).0)
         .collect();
     for user in &users {
-        swept_and_closed(&sim, &db, user).await;
+        swept_and_closed(&t, user).await;
     }
     let refused = free_port();
     let (reset, resets) = counting_listener(false);
-    let secret = write_secret(&dir, "app-secret", APP_SECRET);
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
     let mut notify =
         "[notify]\nbackoff_initial = \"100ms\"\nmax_age = \"2s\"\ntimeout = \"300ms\"\n".to_owned();
     for (name, port) in [("refused", refused), ("reset", reset)] {
@@ -2542,8 +2516,8 @@ async fn the_daemon_gives_a_refusing_or_resetting_receiver_no_more_attempts_than
         );
     }
     let port = free_port();
-    let config = process_config(&sim, &dir, port, &notify);
-    let mut child = daemon_process(&sim, &db, &config);
+    let config = process_config(sim, dir, port, &notify);
+    let mut child = daemon_process(sim, &db, &config);
     let url = format!("http://127.0.0.1:{port}/v1/basiq/webhook");
     listening(&url).await;
     sim.sim.set_webhook_target(&url, BASIQ_SECRET);

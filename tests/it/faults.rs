@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use basiq_health::domain::UserId;
 use basiq_health::plan::classify::Health;
-use basiq_health::work::Context;
 use basiq_sim::{Fault, Route, RunningSim, SimConfig};
 use chrono::{Timelike, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 const USERS: usize = 500;
@@ -37,16 +37,11 @@ async fn matrix_sim() -> RunningSim {
     sim
 }
 
-async fn sweeper(sim: &RunningSim, db: &std::path::Path) -> Context {
-    let mut settings = settings_for(sim, db, EXTRA);
+async fn sweeper(t: &TestApp, db: &std::path::Path) -> Context {
+    let mut settings = t.settings_at(db, EXTRA);
     settings.basiq.timeout = Duration::from_millis(400);
     settings.basiq.max_retry_delay = Duration::from_millis(1500);
-    basiq_health::app::build_sweeper_with_key(
-        &settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .expect("sweeper builds")
+    t.sweeper_from(&settings).await
 }
 
 async fn pass(sweeper: &Context, users: &[UserId]) -> basiq_health::store::SweepCounts {
@@ -108,12 +103,12 @@ fn every_fault() -> Vec<Fault> {
 
 #[tokio::test]
 async fn a_500_user_sweep_survives_the_fault_matrix_within_two_passes() {
-    let sim = matrix_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let users: Vec<UserId> = sim_users(&sim);
+    let t = TestApp::on(matrix_sim().await);
+    let sim = t.sim();
+    let db = t.db();
+    let users: Vec<UserId> = sim_users(sim);
     assert_eq!(users.len(), USERS);
-    let sweeper = sweeper(&sim, &db).await;
+    let sweeper = sweeper(&t, &db).await;
     sweeper.add_users(&users).await.unwrap();
 
     // A clean pass: what is stored before the faults, and the right answer after them.
@@ -248,12 +243,12 @@ async fn a_500_user_sweep_survives_the_fault_matrix_within_two_passes() {
 
 #[tokio::test]
 async fn connectors_failing_on_a_fresh_database_blame_nobody_and_the_next_pass_is_right() {
-    let sim = matrix_sim().await;
-    let users: Vec<UserId> = sim_users(&sim);
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::on(matrix_sim().await);
+    let sim = t.sim();
+    let users: Vec<UserId> = sim_users(sim);
 
     // The right answer, from a database that saw /connectors answer.
-    let reference = sweeper(&sim, &dir.path().join("reference.db")).await;
+    let reference = sweeper(&t, &t.path("reference.db")).await;
     reference.add_users(&users).await.unwrap();
     pass(&reference, &users).await;
     let expected = snapshot(&reference).await;
@@ -266,7 +261,7 @@ async fn connectors_failing_on_a_fresh_database_blame_nobody_and_the_next_pass_i
     );
 
     // A fresh database while /connectors fails every time.
-    let fresh = sweeper(&sim, &dir.path().join("fresh.db")).await;
+    let fresh = sweeper(&t, &t.path("fresh.db")).await;
     fresh.add_users(&users).await.unwrap();
     sim.sim.set_chaos(
         Route::Connectors,

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 /// A plan that fails for a reason of its own (here a trigger planted to refuse one user's
@@ -11,19 +12,16 @@ use crate::helpers::*;
 /// nothing of the failing user's plan is written, everyone else's is.
 #[tokio::test]
 async fn one_failing_plan_fails_only_its_user_and_the_others_of_its_group_are_committed() {
-    let mut config = sim_config();
-    config.users = 40;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconcurrency = 8\n",
-    )
-    .await;
+    let t = TestApp::builder()
+        .users(40)
+        .extra("[sweep]\nconcurrency = 8\n")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
     let store = sweeper.store().clone();
-    let users = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let users = sim_users(sim);
+    t.register(&users).await;
     let victim = users[7].clone();
     // The id is one of the simulator's, checked by the id rule: no quote can be in it.
     sqlx::query(sqlx::AssertSqlSafe(format!(

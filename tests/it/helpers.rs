@@ -11,6 +11,8 @@ use basiq_health::settings::{LogFormat, LogSettings};
 use basiq_sim::{RunningSim, SimConfig, Simulator};
 use secrecy::SecretString;
 
+use crate::app::Context;
+
 pub const CANARY_KEY: &str = "Y2FuYXJ5LWtleS1kby1ub3QtbG9nLTdmM2E5";
 
 pub fn sim_config() -> SimConfig {
@@ -158,32 +160,11 @@ pub fn settings_for(
     basiq_health::settings::Settings::from_toml(&toml).expect("test settings are valid")
 }
 
-pub async fn sweeper_for(
-    sim: &RunningSim,
-    db: &std::path::Path,
-    extra: &str,
-) -> basiq_health::work::Context {
+pub async fn sweeper_for(sim: &RunningSim, db: &std::path::Path, extra: &str) -> Context {
     let settings = settings_for(sim, db, extra);
     basiq_health::app::build_sweeper_with_key(&settings, SecretString::from(sim.sim.api_key()))
         .await
         .expect("sweeper builds")
-}
-
-/// As [`sweeper_for`], on `clock` (a manual one drives the daemon's time).
-pub async fn sweeper_on(
-    sim: &RunningSim,
-    db: &std::path::Path,
-    extra: &str,
-    clock: basiq_health::clock::Clock,
-) -> basiq_health::work::Context {
-    let settings = settings_for(sim, db, extra);
-    basiq_health::app::build_sweeper_with_clock(
-        &settings,
-        SecretString::from(sim.sim.api_key()),
-        clock,
-    )
-    .await
-    .expect("sweeper builds")
 }
 
 /// A simulator with no seeded users, for scripted cases.

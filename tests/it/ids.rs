@@ -7,6 +7,7 @@ use std::process::Output;
 use basiq_health::domain::UserId;
 use basiq_sim::RunningSim;
 
+use crate::app::*;
 use crate::commands::run;
 use crate::helpers::*;
 
@@ -47,33 +48,33 @@ fn registered(sim: &RunningSim, db: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_id_with_dots_and_slashes_is_refused_at_the_cli_with_exit_2() {
-    let sim = start_sim(sim_config()).await;
+    let t = TestApp::spawn().await;
+    let sim = t.sim();
     let real = sim.sim.user_ids()[0].clone();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let db = t.db();
     let climbing = format!("{real}/connections/x/../..");
 
     assert_refused(
-        &run(&sim, &db, &["sweep", "--user", "../../etc"]),
+        &run(sim, &db, &["sweep", "--user", "../../etc"]),
         "../../etc",
     );
-    assert_refused(&run(&sim, &db, &["sweep", "--user", &climbing]), &climbing);
+    assert_refused(&run(sim, &db, &["sweep", "--user", &climbing]), &climbing);
     assert_refused(
-        &run(&sim, &db, &["users", "add", &real, "../../etc"]),
+        &run(sim, &db, &["users", "add", &real, "../../etc"]),
         "../../etc",
     );
 
     assert!(!db.exists(), "the database was not even opened");
-    assert_no_request(&sim);
+    assert_no_request(sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_id_argument_of_the_cli_is_checked_before_anything_runs() {
-    let sim = start_sim(sim_config()).await;
+    let t = TestApp::spawn().await;
+    let sim = t.sim();
     let user = sim.sim.user_ids()[0].clone();
     let conn = sim.sim.connection_ids(&user)[0].clone();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let db = t.db();
     let long = "a".repeat(65);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["sweep", "--user", &user, "--user", ""], ""),
@@ -93,31 +94,31 @@ async fn every_id_argument_of_the_cli_is_checked_before_anything_runs() {
         (vec!["users", "remove", "u_1"], "u_1"),
     ];
     for (args, bad) in cases {
-        assert_refused(&run(&sim, &db, &args), bad);
+        assert_refused(&run(sim, &db, &args), bad);
     }
     assert!(!db.exists(), "the database was not even opened");
-    assert_no_request(&sim);
+    assert_no_request(sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_import_refuses_a_file_with_a_bad_id_and_imports_nothing() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let good = dir.path().join("good.txt");
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let good = t.path("good.txt");
     std::fs::write(&good, "u-1\nu-2\n").unwrap();
     assert!(
-        run(&sim, &db, &["users", "import", good.to_str().unwrap()])
+        run(sim, &db, &["users", "import", good.to_str().unwrap()])
             .status
             .success()
     );
 
-    let bad = dir.path().join("bad.txt");
+    let bad = t.path("bad.txt");
     let mut text =
         b"u-3\n# a comment\n../../etc\nu-4\nu-1/connections/x/../..  # trailing\n".to_vec();
     text.extend_from_slice(b"u-\xff5\n");
     std::fs::write(&bad, text).unwrap();
-    let out = run(&sim, &db, &["users", "import", bad.to_str().unwrap()]);
+    let out = run(sim, &db, &["users", "import", bad.to_str().unwrap()]);
     assert_refused(&out, "../../etc");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nothing imported"), "{stderr}");
@@ -134,31 +135,22 @@ async fn users_import_refuses_a_file_with_a_bad_id_and_imports_nothing() {
     assert!(stderr.contains("line 6: invalid user id"), "{stderr}");
 
     assert_eq!(
-        registered(&sim, &db),
+        registered(sim, &db),
         ["u-1", "u-2"],
         "neither u-3 nor u-4 was added"
     );
-    assert_no_request(&sim);
+    assert_no_request(sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_400_for_a_bad_user_id() {
-    let sim = start_sim(sim_config()).await;
+    let t = TestApp::spawn().await;
+    let sim = t.sim();
     let real = sim.sim.user_ids()[0].clone();
-    let dir = tempfile::tempdir().unwrap();
     // A tick once a year: nothing but the requests below may reach the simulator.
-    let mut settings = settings_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\ntick = \"0 0 0 1 1 *\"\n",
-    );
+    let mut settings = t.settings_with("[sweep]\ntick = \"0 0 0 1 1 *\"\n");
     settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let app = t.app_from(settings).await;
     let base = format!("http://{}", app.api_addr().unwrap());
     app.context()
         .add_users(&[UserId::parse(real.as_str()).unwrap()])
@@ -223,16 +215,16 @@ async fn the_api_answers_400_for_a_bad_user_id() {
         .map(|u| u["user_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [real.as_str()], "nothing registered or removed");
-    assert_no_request(&sim);
+    assert_no_request(sim);
     daemon.stop().await;
 }
 
 #[tokio::test]
 async fn a_stored_id_from_before_the_rule_still_names_only_itself_at_basiq() {
-    let sim = start_sim(sim_config()).await;
+    let t = TestApp::spawn().await;
+    let sim = t.sim();
     let real = sim.sim.user_ids()[0].clone();
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let sweeper = t.context().await;
     // A row an older build let in: it climbs back to the real user's connections when
     // formatted into a URL.
     let legacy = format!("{real}/connections/x/../..");

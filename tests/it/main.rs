@@ -2,6 +2,7 @@
 //! loopback port, real SQLite files, real processes.
 
 mod answers;
+mod app;
 mod cli;
 mod client;
 mod clock;

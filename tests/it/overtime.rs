@@ -13,10 +13,11 @@ use std::time::Duration as StdDuration;
 use basiq_health::app::App;
 use basiq_health::clock::Clock;
 use basiq_health::domain::{ConnectionId, UserId};
-use basiq_sim::{Outcome, RunningSim, ScriptedConnection, ScriptedJob, SimConfig};
+use basiq_sim::{Outcome, ScriptedConnection, ScriptedJob, SimConfig};
 use chrono::{DateTime, Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 const NOTIFY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -25,9 +26,8 @@ const POPUP: &str = "account-not-accessible-requires-user-action";
 /// A daemon and a simulator sharing one driven clock.
 struct Scene {
     clock: Clock,
-    sim: RunningSim,
     app: App,
-    _dir: tempfile::TempDir,
+    house: TestApp,
 }
 
 fn start() -> DateTime<Utc> {
@@ -40,34 +40,28 @@ impl Scene {
     async fn new(refresh: &str) -> Self {
         let clock = Clock::manual(start());
         let sim_clock = clock.clone();
-        let sim = start_sim(SimConfig {
-            users: 0,
-            step_duration: StdDuration::from_secs(20),
-            clock: Arc::new(move || sim_clock.now()),
-            ..sim_config()
-        })
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("notify-secret");
+        let t = TestApp::builder()
+            .sim(SimConfig {
+                users: 0,
+                step_duration: StdDuration::from_secs(20),
+                clock: Arc::new(move || sim_clock.now()),
+                ..sim_config()
+            })
+            .clock(clock.clone())
+            .spawn()
+            .await;
+        let secret = t.path("notify-secret");
         std::fs::write(&secret, NOTIFY_SECRET).unwrap();
         let extra = format!(
             "[refresh]\n{refresh}\n[[notify.endpoints]]\nurl = \"http://127.0.0.1:9/hook\"\n\
              secret_file = {:?}\n",
             secret.display().to_string()
         );
-        let settings = settings_for(&sim, &dir.path().join("bh.db"), &extra);
-        let app = App::build_with_clock(
-            settings,
-            secrecy::SecretString::from(sim.sim.api_key()),
-            clock.clone(),
-        )
-        .await
-        .unwrap();
+        let app = t.app_with(&extra).await;
         Self {
             clock,
-            sim,
             app,
-            _dir: dir,
+            house: t,
         }
     }
 
@@ -88,7 +82,7 @@ impl Scene {
         let mut c = ScriptedConnection::new_at(institution, "web", self.now());
         c.id = connection.into();
         c.last_used = Some(at + Duration::seconds(40));
-        self.sim.sim.add_connection(user, c);
+        self.house.sim().sim.add_connection(user, c);
         self.job(user, connection, at, Outcome::Success);
         let id = UserId::parse(user).unwrap();
         self.app
@@ -101,7 +95,7 @@ impl Scene {
 
     /// A job of the connection that ran 40 s from `at`, finished.
     fn job(&self, user: &str, connection: &str, at: DateTime<Utc>, outcome: Outcome) {
-        self.sim.sim.add_job(
+        self.house.sim().sim.add_job(
             user,
             ScriptedJob {
                 id: None,
@@ -120,14 +114,15 @@ impl Scene {
         let at = self.now() - Duration::seconds(40);
         self.job(user, connection, at, Outcome::Success);
         let mut c = self
-            .sim
+            .house
+            .sim()
             .sim
             .scripted(user)
             .into_iter()
             .find(|c| c.id == connection)
             .unwrap();
         c.last_used = Some(self.now());
-        self.sim.sim.add_connection(user, c);
+        self.house.sim().sim.add_connection(user, c);
     }
 
     async fn sweep(&self, user: &UserId) {
@@ -190,7 +185,8 @@ impl Scene {
     }
 
     fn refreshes_of(&self, connection: &str) -> usize {
-        self.sim
+        self.house
+            .sim()
             .sim
             .counters()
             .refresh_calls
@@ -217,7 +213,8 @@ async fn a_failure_the_outage_caused_is_not_asked_about_after_the_outage_ends() 
         Some("healthy")
     );
 
-    s.sim
+    s.house
+        .sim()
         .sim
         .set_connector_status("AU00004", "web", "major-outage");
     s.pass_minutes(6).await;
@@ -230,7 +227,8 @@ async fn a_failure_the_outage_caused_is_not_asked_about_after_the_outage_ends() 
     );
 
     s.pass_minutes(90).await;
-    s.sim
+    s.house
+        .sim()
         .sim
         .set_connector_status("AU00004", "web", "operational");
     // Ticks only: the recovery slot falls by the installation's seed, and a recovery sent
@@ -331,7 +329,8 @@ async fn a_recovery_is_not_sent_when_basiq_refreshed_the_connection_after_the_ou
     let s = Scene::new("").await;
     let u1 = s.user("u1", "c1", "AU00004", 3).await;
     s.tick().await;
-    s.sim
+    s.house
+        .sim()
         .sim
         .set_connector_status("AU00004", "web", "major-outage");
     s.pass_minutes(6).await;
@@ -343,7 +342,8 @@ async fn a_recovery_is_not_sent_when_basiq_refreshed_the_connection_after_the_ou
     );
     s.sweep(&u1).await;
     s.pass_minutes(120).await;
-    s.sim
+    s.house
+        .sim()
         .sim
         .set_connector_status("AU00004", "web", "operational");
     // The end is read at the next tick (no owed refresh runs yet: its slot may be early).
@@ -432,9 +432,9 @@ async fn a_failure_from_before_an_inferred_outage_stays_the_user_s() {
         s.now() - Duration::hours(20),
         fail("invalid-credentials"),
     );
-    s.sim.sim.set_connection_status("c1", "invalid");
+    s.house.sim().sim.set_connection_status("c1", "invalid");
     let u5 = s.user("u5", "c5", "AU00005", 30).await;
-    s.sim.sim.set_connection_status("c5", "invalid");
+    s.house.sim().sim.set_connection_status("c5", "invalid");
     s.tick().await;
     s.sweep(&u1).await;
     s.sweep(&u5).await;
@@ -583,7 +583,8 @@ async fn recoveries_the_bank_s_pace_cannot_fit_are_spread_over_the_window_it_all
         );
     }
     s.tick().await;
-    s.sim
+    s.house
+        .sim()
         .sim
         .set_connector_status("AU00004", "web", "major-outage");
     s.pass_minutes(6).await;
@@ -597,7 +598,8 @@ async fn recoveries_the_bank_s_pace_cannot_fit_are_spread_over_the_window_it_all
         s.sweep(u).await;
     }
     s.pass_minutes(120).await;
-    s.sim
+    s.house
+        .sim()
         .sim
         .set_connector_status("AU00004", "web", "operational");
     s.clock.advance(StdDuration::from_secs(360));
@@ -642,7 +644,7 @@ async fn recoveries_the_bank_s_pace_cannot_fit_are_spread_over_the_window_it_all
         let cancel = CancellationToken::new();
         s.app.refresher().run_due(&cancel).await.unwrap();
     }
-    let calls = s.sim.sim.counters().refresh_calls;
+    let calls = s.house.sim().sim.counters().refresh_calls;
     for n in 0..10 {
         let at = calls.get(&format!("rc{n}")).cloned().unwrap_or_default();
         assert_eq!(at.len(), 1, "rc{n}: {calls:?}");

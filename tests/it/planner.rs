@@ -6,20 +6,12 @@ use std::time::Duration as StdDuration;
 use basiq_health::domain::{ConnectionId, UserId};
 use basiq_health::plan::classify::Health;
 use basiq_health::plan::policy::{DecisionKind, Trigger};
-use basiq_sim::{Fault, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob, SimConfig};
+use basiq_sim::{Fault, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
-
-async fn quick_sim() -> RunningSim {
-    start_sim(SimConfig {
-        users: 0,
-        step_duration: StdDuration::from_millis(1),
-        ..sim_config()
-    })
-    .await
-}
 
 fn connection(sim: &RunningSim, user: &str, id: &str, institution: &str) -> ScriptedConnection {
     sim.sim.add_user(user);
@@ -39,13 +31,6 @@ fn failed_job(connection: &str, code: &str, ago: Duration) -> ScriptedJob {
         running: false,
         with_source: true,
     }
-}
-
-async fn app(sim: &RunningSim, dir: &tempfile::TempDir, extra: &str) -> basiq_health::app::App {
-    let settings = settings_for(sim, &dir.path().join("bh.db"), extra);
-    basiq_health::app::App::build_with_key(settings, secrecy::SecretString::from(sim.sim.api_key()))
-        .await
-        .unwrap()
 }
 
 async fn sweep(app: &basiq_health::app::App, users: &[UserId]) {
@@ -68,12 +53,12 @@ fn posts(sim: &RunningSim, id: &str) -> usize {
 /// `refresh` command; the denial is stored as its last decision.
 #[tokio::test]
 async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut mfa = connection(&sim, "u-mfa", "c-mfa", "AU00000");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let mut mfa = connection(sim, "u-mfa", "c-mfa", "AU00000");
     mfa.mfa = Some(true);
     sim.sim.add_connection("u-mfa", mfa);
-    let plain = connection(&sim, "u-plain", "c-plain", "AU00000");
+    let plain = connection(sim, "u-plain", "c-plain", "AU00000");
     sim.sim.add_connection("u-plain", plain);
     let now = Utc::now();
     let window = format!(
@@ -81,14 +66,11 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
         (now - Duration::hours(3)).format("%H:%M"),
         (now + Duration::minutes(30)).format("%H:%M")
     );
-    let app = app(
-        &sim,
-        &dir,
-        &format!(
+    let app = t
+        .app_with(&format!(
             "[refresh]\nmode = \"daily\"\nunattended_window = \"{window}\"\ntimezone = \"UTC\"\n"
-        ),
-    )
-    .await;
+        ))
+        .await;
     let users = [
         UserId::parse("u-mfa").unwrap(),
         UserId::parse("u-plain").unwrap(),
@@ -98,7 +80,7 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
     // Every daily slot of the window has passed or is due within the test.
     for _ in 0..3 {
         refresher.run_due(&CancellationToken::new()).await.unwrap();
-        if posts(&sim, "c-plain") > 0 {
+        if posts(sim, "c-plain") > 0 {
             break;
         }
         tokio::time::sleep(StdDuration::from_millis(300)).await;
@@ -111,7 +93,7 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
         .unwrap();
     assert!(row.needs_user_present);
     assert_eq!(
-        posts(&sim, "c-mfa"),
+        posts(sim, "c-mfa"),
         0,
         "an MFA connection refreshed unattended"
     );
@@ -140,25 +122,22 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
         .await
         .unwrap();
     assert!(d.refreshed(), "{d:?}");
-    assert_eq!(posts(&sim, "c-mfa"), 1);
+    assert_eq!(posts(sim, "c-mfa"), 1);
 }
 
 /// Rule 2: a failed step with `"result": null` is `unknown` (`no-failure-code`) and never
 /// retried automatically.
 #[tokio::test]
 async fn a_failure_without_a_code_is_unknown_and_never_retried() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     sim.sim
         .add_job("u1", failed_job("c1", "", Duration::hours(2)));
-    let app = app(
-        &sim,
-        &dir,
-        "[refresh]\ntransient_retry_base = \"1s\"\nmin_interval = \"0s\"\n",
-    )
-    .await;
+    let app = t
+        .app_with("[refresh]\ntransient_retry_base = \"1s\"\nmin_interval = \"0s\"\n")
+        .await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .context()
@@ -180,27 +159,24 @@ async fn a_failure_without_a_code_is_unknown_and_never_retried() {
         .run_due(&CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(posts(&sim, "c1"), 0);
+    assert_eq!(posts(sim, "c1"), 0);
 }
 
 /// Rule 3: a job step failing with Basiq's `too-many-requests` sets "capped until"; no
 /// retry is scheduled and a login refresh is denied without a request.
 #[tokio::test]
 async fn a_too_many_requests_step_caps_the_connection() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     sim.sim.add_job(
         "u1",
         failed_job("c1", "too-many-requests", Duration::hours(2)),
     );
-    let app = app(
-        &sim,
-        &dir,
-        "[refresh]\nmin_interval = \"0s\"\nlogin_stale_after = \"0s\"\n",
-    )
-    .await;
+    let app = t
+        .app_with("[refresh]\nmin_interval = \"0s\"\nlogin_stale_after = \"0s\"\n")
+        .await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .context()
@@ -226,18 +202,18 @@ async fn a_too_many_requests_step_caps_the_connection() {
         .await
         .unwrap();
     assert_eq!(d.reason.as_deref(), Some("daily-cap"));
-    assert_eq!(posts(&sim, "c1"), 0);
+    assert_eq!(posts(sim, "c1"), 0);
 }
 
 /// Rule 4: a 400 `invalid-credentials` to the refresh POST makes the connection
 /// `action-required` at once; the next attempt is refused without a request.
 #[tokio::test]
 async fn a_refresh_refused_for_the_user_s_reason_needs_the_user() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
-    let app = app(&sim, &dir, "[refresh]\nmin_interval = \"0s\"\n").await;
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
+    let app = t.app_with("[refresh]\nmin_interval = \"0s\"\n").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     sim.sim.inject_fault(
         Route::Refresh,
@@ -272,17 +248,17 @@ async fn a_refresh_refused_for_the_user_s_reason_needs_the_user() {
         .await
         .unwrap();
     assert_eq!(d.reason.as_deref(), Some("needs-user-action"));
-    assert_eq!(posts(&sim, "c1"), before);
+    assert_eq!(posts(sim, "c1"), before);
 }
 
 /// Rule 5: a refresh made by the partner's app (a job we never asked for) ten minutes ago
 /// counts as recent, although Basiq's `lastUsed` is two days old.
 #[tokio::test]
 async fn a_refresh_by_the_partner_s_app_counts_as_recent() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     sim.sim.add_job(
         "u1",
         ScriptedJob {
@@ -290,7 +266,7 @@ async fn a_refresh_by_the_partner_s_app_counts_as_recent() {
             ..failed_job("c1", "x", Duration::minutes(10))
         },
     );
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let d = app
         .refresher()
@@ -304,17 +280,17 @@ async fn a_refresh_by_the_partner_s_app_counts_as_recent() {
         .await
         .unwrap();
     assert_eq!(d.reason.as_deref(), Some("recently-refreshed"));
-    assert_eq!(posts(&sim, "c1"), 0);
+    assert_eq!(posts(sim, "c1"), 0);
 }
 
 /// Rule 6: eight `refresh` commands at once for one connection, default 1 h floor: one POST.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_refresh_commands_send_one_post() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     let children: Vec<std::process::Child> = (0..8)
         .map(|_| {
             crate::cli::bin()
@@ -347,7 +323,7 @@ async fn eight_concurrent_refresh_commands_send_one_post() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         refreshed += usize::from(v["decision"] == "refreshed");
     }
-    assert_eq!(posts(&sim, "c1"), 1);
+    assert_eq!(posts(sim, "c1"), 1);
     assert_eq!(refreshed, 1);
 }
 
@@ -355,13 +331,13 @@ async fn eight_concurrent_refresh_commands_send_one_post() {
 /// (default `transient_retry_base`), and a sweep that sees their old failure keeps them.
 #[tokio::test]
 async fn recovery_slots_cover_the_window_and_survive_a_sweep() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     let (inst, method) = ("AU00004", "web");
     let mut users = Vec::new();
     for i in 0..20 {
         let (u, c) = (format!("r-{i:02}"), format!("c-r-{i:02}"));
-        sim.sim.add_connection(&u, connection(&sim, &u, &c, inst));
+        sim.sim.add_connection(&u, connection(sim, &u, &c, inst));
         sim.sim.add_job(
             &u,
             failed_job(&c, "service-unavailable", Duration::hours(2)),
@@ -369,12 +345,9 @@ async fn recovery_slots_cover_the_window_and_survive_a_sweep() {
         users.push(UserId::parse(u).unwrap());
     }
     sim.sim.set_connector_status(inst, method, "major-outage");
-    let app = app(
-        &sim,
-        &dir,
-        "[sweep]\nconnectors_ttl = \"0s\"\n[refresh]\nrecovery_window = \"30m\"\n",
-    )
-    .await;
+    let app = t
+        .app_with("[sweep]\nconnectors_ttl = \"0s\"\n[refresh]\nrecovery_window = \"30m\"\n")
+        .await;
     sweep(&app, &users).await;
     let store = app.context().store();
     let rows = store.all_connections(None).await.unwrap();
@@ -418,41 +391,38 @@ async fn recovery_slots_cover_the_window_and_survive_a_sweep() {
 /// `transient_max_retries` times, each retry decided when its job ends.
 #[tokio::test]
 async fn transient_retries_are_bounded_and_happen() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = connection(&sim, "u1", "c1", "AU00000");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let mut c = connection(sim, "u1", "c1", "AU00000");
     c.outcome = Outcome::fail("verify-credentials", "service-unavailable", "t", "d");
     sim.sim.add_connection("u1", c);
     sim.sim.add_job(
         "u1",
         failed_job("c1", "service-unavailable", Duration::hours(2)),
     );
-    let app = app(
-        &sim,
-        &dir,
-        "[sweep]\ntick = \"* * * * * *\"\n[refresh]\ntransient_retry_base = \"1s\"\nmin_interval = \"0s\"\n\
+    let app = t.app_with("[sweep]\ntick = \"* * * * * *\"\n[refresh]\ntransient_retry_base = \"1s\"\nmin_interval = \"0s\"\n\
          follow_poll_initial = \"100ms\"\nfollow_poll_max = \"200ms\"\n",
     )
     .await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let daemon = Daemon::start(app);
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
-    while posts(&sim, "c1") < 2 && tokio::time::Instant::now() < deadline {
+    while posts(sim, "c1") < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(StdDuration::from_millis(200)).await;
     }
     // Longer than any third retry could take.
     tokio::time::sleep(StdDuration::from_secs(6)).await;
     daemon.stop().await;
-    assert_eq!(posts(&sim, "c1"), 2);
+    assert_eq!(posts(sim, "c1"), 2);
 }
 
 /// Rule 10: Basiq's recorded connection shape has no `method`: with the bank's connector in
 /// `major-outage`, a failed login is the bank's outage, not the user's credentials.
 #[tokio::test]
 async fn the_recorded_shape_in_a_major_outage_is_an_institution_outage() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = connection(&sim, "u1", "c1", "AU00000");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let mut c = connection(sim, "u1", "c1", "AU00000");
     c.recorded_shape = true;
     c.expiry = None;
     sim.sim.add_connection("u1", c);
@@ -462,7 +432,7 @@ async fn the_recorded_shape_in_a_major_outage_is_an_institution_outage() {
     );
     sim.sim
         .set_connector_status("AU00000", "web", "major-outage");
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .context()
@@ -480,13 +450,13 @@ async fn the_recorded_shape_in_a_major_outage_is_an_institution_outage() {
 /// right once `/connectors` answers (retried with backoff, not after the TTL).
 #[tokio::test]
 async fn no_connector_status_on_a_fresh_database_blames_no_user() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     let mut users = Vec::new();
     for i in 0..3 {
         let (u, c) = (format!("u{i}"), format!("c{i}"));
         sim.sim
-            .add_connection(&u, connection(&sim, &u, &c, "AU00000"));
+            .add_connection(&u, connection(sim, &u, &c, "AU00000"));
         sim.sim.add_job(
             &u,
             failed_job(&c, "invalid-credentials", Duration::minutes(20)),
@@ -503,7 +473,7 @@ async fn no_connector_status_on_a_fresh_database_blames_no_user() {
         },
         3,
     );
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     app.context().add_users(&users).await.unwrap();
     let store = app.context().store();
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(60);
@@ -537,17 +507,17 @@ async fn no_connector_status_on_a_fresh_database_blames_no_user() {
 /// Rule 12: a connector status this version does not know reads as down.
 #[tokio::test]
 async fn an_unknown_connector_status_is_read_as_down() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     sim.sim.add_job(
         "u1",
         failed_job("c1", "invalid-credentials", Duration::minutes(30)),
     );
     sim.sim
         .set_connector_status("AU00000", "web", "scheduled-outage");
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .context()
@@ -562,15 +532,15 @@ async fn an_unknown_connector_status_is_read_as_down() {
 /// Rule 13: `multi-factor-authentication` is the user's to fix.
 #[tokio::test]
 async fn a_multi_factor_authentication_failure_needs_the_user() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     sim.sim.add_job(
         "u1",
         failed_job("c1", "multi-factor-authentication", Duration::minutes(30)),
     );
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .context()
@@ -587,10 +557,10 @@ async fn a_multi_factor_authentication_failure_needs_the_user() {
 /// the failing connection job.
 #[tokio::test]
 async fn a_statement_job_does_not_hide_a_failing_connection() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c1", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
     sim.sim.add_job(
         "u1",
         failed_job("c1", "invalid-credentials", Duration::minutes(30)),
@@ -605,7 +575,7 @@ async fn a_statement_job_does_not_hide_a_failing_connection() {
         },
     );
     assert!(sim.sim.set_job_type("stmt-1", "statement"));
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     sweep(&app, &[UserId::parse("u1").unwrap()]).await;
     let row = app
         .context()
@@ -622,21 +592,21 @@ async fn a_statement_job_does_not_hide_a_failing_connection() {
 /// next scheduled refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_json_lists_each_connection_s_next_refresh_or_why_not() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     sim.sim
-        .add_connection("u1", connection(&sim, "u1", "c-retry", "AU00000"));
+        .add_connection("u1", connection(sim, "u1", "c-retry", "AU00000"));
     sim.sim.add_job(
         "u1",
         failed_job("c-retry", "service-unavailable", Duration::hours(2)),
     );
     sim.sim
-        .add_connection("u2", connection(&sim, "u2", "c-user", "AU00001"));
+        .add_connection("u2", connection(sim, "u2", "c-user", "AU00001"));
     sim.sim.add_job(
         "u2",
         failed_job("c-user", "invalid-credentials", Duration::hours(2)),
     );
-    let app = app(&sim, &dir, "").await;
+    let app = t.app_with("").await;
     sweep(
         &app,
         &[UserId::parse("u1").unwrap(), UserId::parse("u2").unwrap()],
@@ -652,7 +622,7 @@ async fn plan_json_lists_each_connection_s_next_refresh_or_why_not() {
             ))
             .args(args)
             .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
-            .env("BASIQ_HEALTH__DATABASE__PATH", dir.path().join("bh.db"))
+            .env("BASIQ_HEALTH__DATABASE__PATH", t.db())
             .env("BASIQ_HEALTH__API__LISTEN", "")
             .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
             .output()

@@ -15,12 +15,13 @@ use basiq_sim::{RunningSim, SimConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::app::TestApp;
 use crate::events::BASIQ_SECRET;
 use crate::helpers::*;
 
 /// A temporary directory holding the daemon's configuration, database, secret and log.
 struct Scene {
-    dir: tempfile::TempDir,
+    house: TestApp,
 }
 
 /// A daemon process started by [`Scene::spawn`]; killed when dropped.
@@ -46,12 +47,12 @@ fn free_port() -> u16 {
 impl Scene {
     fn new() -> Self {
         Self {
-            dir: tempfile::tempdir().unwrap(),
+            house: TestApp::offline(),
         }
     }
 
     fn db(&self) -> PathBuf {
-        self.dir.path().join("bh.db")
+        self.house.db()
     }
 
     /// Registers every user of `sim` and makes each overdue: the first pass is a catch-up.
@@ -75,7 +76,7 @@ impl Scene {
         watchdog: Option<Duration>,
         nofile: Option<u64>,
     ) -> Process {
-        let dir = self.dir.path();
+        let dir = self.house.dir().path();
         let secret = dir.join("basiq-webhook-secret");
         std::fs::write(&secret, format!("{BASIQ_SECRET}\n")).unwrap();
         let (api, webhooks) = (

@@ -13,6 +13,7 @@ use basiq_sim::{
 use chrono::{DateTime, Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::cli::bin;
 use crate::helpers::*;
 
@@ -49,16 +50,6 @@ fn decision(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Quick jobs: a refresh's job is over before the next command looks.
-async fn quick_sim() -> RunningSim {
-    start_sim(SimConfig {
-        users: 0,
-        step_duration: StdDuration::from_millis(1),
-        ..sim_config()
-    })
-    .await
-}
-
 fn add(
     sim: &RunningSim,
     user: &str,
@@ -88,11 +79,11 @@ const NO_FLOOR: [(&str, &str); 2] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_five_refresh_commands_reach_basiq_at_most_twenty_times() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, conn) = add(
-        &sim,
+        sim,
         "cap-user",
         "cap-conn",
         "AU00004",
@@ -103,7 +94,7 @@ async fn twenty_five_refresh_commands_reach_basiq_at_most_twenty_times() {
     let mut outcomes: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..25 {
         let out = command(
-            &sim,
+            sim,
             &db,
             &NO_FLOOR,
             &["refresh", "--user", user.as_str(), conn.as_str()],
@@ -141,11 +132,11 @@ async fn twenty_five_refresh_commands_reach_basiq_at_most_twenty_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_refresh_processes_at_random_moments_never_allows_a_twenty_first() {
     use rand::Rng;
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, conn) = add(
-        &sim,
+        sim,
         "kill-user",
         "kill-conn",
         "AU00005",
@@ -160,7 +151,7 @@ async fn killing_refresh_processes_at_random_moments_never_allows_a_twenty_first
         let mut children: Vec<_> = (0..8)
             .map(|_| {
                 command(
-                    &sim,
+                    sim,
                     &db,
                     &NO_FLOOR,
                     &["refresh", "--user", user.as_str(), conn.as_str()],
@@ -199,12 +190,12 @@ async fn killing_refresh_processes_at_random_moments_never_allows_a_twenty_first
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_the_gates_deny_never_reach_basiq() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let now = Utc::now();
     let invalid = add(
-        &sim,
+        sim,
         "g-invalid",
         "c-invalid",
         "AU00004",
@@ -213,7 +204,7 @@ async fn refreshes_the_gates_deny_never_reach_basiq() {
         Duration::days(2),
     );
     let running = add(
-        &sim,
+        sim,
         "g-running",
         "c-running",
         "AU00004",
@@ -234,7 +225,7 @@ async fn refreshes_the_gates_deny_never_reach_basiq() {
         },
     );
     let recent = add(
-        &sim,
+        sim,
         "g-recent",
         "c-recent",
         "AU00004",
@@ -243,7 +234,7 @@ async fn refreshes_the_gates_deny_never_reach_basiq() {
         Duration::minutes(10),
     );
     let down = add(
-        &sim,
+        sim,
         "g-down",
         "c-down",
         OUTAGE_CONNECTOR.0,
@@ -259,7 +250,7 @@ async fn refreshes_the_gates_deny_never_reach_basiq() {
     ];
     for ((user, conn), reason) in &cases {
         let out = command(
-            &sim,
+            sim,
             &db,
             &[],
             &["refresh", "--user", user.as_str(), conn.as_str()],
@@ -279,11 +270,11 @@ async fn refreshes_the_gates_deny_never_reach_basiq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_decides_without_reserving_or_sending() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, conn) = add(
-        &sim,
+        sim,
         "dry",
         "c-dry",
         "AU00004",
@@ -293,7 +284,7 @@ async fn dry_run_decides_without_reserving_or_sending() {
     );
     let d = decision(
         &command(
-            &sim,
+            sim,
             &db,
             &[],
             &[
@@ -316,11 +307,11 @@ async fn dry_run_decides_without_reserving_or_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basiq_saying_429_to_a_refresh_stops_attempts_for_that_connection() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, conn) = add(
-        &sim,
+        sim,
         "capped",
         "c-capped",
         "AU00004",
@@ -338,7 +329,7 @@ async fn basiq_saying_429_to_a_refresh_stops_attempts_for_that_connection() {
     );
     let first = decision(
         &command(
-            &sim,
+            sim,
             &db,
             &NO_FLOOR,
             &["refresh", "--user", user.as_str(), conn.as_str()],
@@ -352,7 +343,7 @@ async fn basiq_saying_429_to_a_refresh_stops_attempts_for_that_connection() {
     );
     let second = decision(
         &command(
-            &sim,
+            sim,
             &db,
             &NO_FLOOR,
             &["refresh", "--user", user.as_str(), conn.as_str()],
@@ -374,11 +365,11 @@ async fn basiq_saying_429_to_a_refresh_stops_attempts_for_that_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_asks_for_confirmation_refuses_inactive_connections_and_is_audited() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, conn) = add(
-        &sim,
+        sim,
         "purger",
         "c-purge",
         "AU00004",
@@ -387,7 +378,7 @@ async fn purge_asks_for_confirmation_refuses_inactive_connections_and_is_audited
         Duration::days(2),
     );
     let (_, bad) = add(
-        &sim,
+        sim,
         "purger",
         "c-purge-invalid",
         "AU00005",
@@ -397,7 +388,7 @@ async fn purge_asks_for_confirmation_refuses_inactive_connections_and_is_audited
     );
 
     let dry = command(
-        &sim,
+        sim,
         &db,
         &[],
         &["purge", "--user", user.as_str(), conn.as_str()],
@@ -409,7 +400,7 @@ async fn purge_asks_for_confirmation_refuses_inactive_connections_and_is_audited
     assert_eq!(sim.sim.counters().purge_calls, 0);
 
     let refused = command(
-        &sim,
+        sim,
         &db,
         &[],
         &["purge", "--user", user.as_str(), bad.as_str(), "--yes"],
@@ -424,7 +415,7 @@ async fn purge_asks_for_confirmation_refuses_inactive_connections_and_is_audited
     );
 
     let done = command(
-        &sim,
+        sim,
         &db,
         &[],
         &["purge", "--user", user.as_str(), conn.as_str(), "--yes"],
@@ -462,15 +453,15 @@ fn max_in_window(mut times: Vec<DateTime<Utc>>, window: Duration) -> usize {
 
 #[tokio::test]
 async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_global_pace() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     // No MFA bank: those are never refreshed unattended (a test of its own).
     let institutions = ["AU00000", "AU00001", "AU00004", "AU00005"];
     let mut users = Vec::new();
     let mut conns = Vec::new();
     for i in 0..200 {
         let (u, c) = add(
-            &sim,
+            sim,
             &format!("daily-{i}"),
             &format!("c-daily-{i}"),
             institutions[i % 4],
@@ -496,13 +487,8 @@ async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_glob
          global_per_minute = {per_minute}\nper_institution_per_minute = 1000\nmax_wait = \"2s\"\n\
          follow_poll_initial = \"100ms\"\nfollow_poll_max = \"200ms\"\nfollow_timeout = \"5s\"\n"
     );
-    let settings = settings_for(&sim, &dir.path().join("bh.db"), &extra);
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let settings = t.settings_with(&extra);
+    let app = t.app_from(settings).await;
     app.context().add_users(&users).await.unwrap();
     app.context()
         .run_pass(
@@ -548,14 +534,14 @@ async fn daily_mode_refreshes_two_hundred_connections_never_faster_than_the_glob
 
 #[tokio::test]
 async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::quick().await;
+    let sim = t.sim();
     let (inst, method) = ("AU00004", "web");
     let mut users = Vec::new();
     let mut conns = Vec::new();
     for i in 0..6 {
         let (u, c) = add(
-            &sim,
+            sim,
             &format!("rec-{i}"),
             &format!("c-rec-{i}"),
             inst,
@@ -582,13 +568,8 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
     let extra = "[sweep]\ntick = \"* * * * * *\"\nconnectors_ttl = \"0s\"\n\
                  [refresh]\nrecovery_window = \"8s\"\ntransient_retry_base = \"1h\"\nper_institution_per_minute = 600\nglobal_per_minute = 600\n\
                  follow_poll_initial = \"100ms\"\n";
-    let settings = settings_for(&sim, &dir.path().join("bh.db"), extra);
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let settings = t.settings_with(extra);
+    let app = t.app_from(settings).await;
     app.context().add_users(&users).await.unwrap();
     app.context()
         .run_pass(
@@ -646,15 +627,17 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
 
 #[tokio::test]
 async fn every_job_step_change_is_logged_with_its_job_id() {
-    let sim = start_sim(SimConfig {
-        users: 0,
-        step_duration: StdDuration::from_millis(150),
-        ..sim_config()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
+    let t = TestApp::builder()
+        .sim(SimConfig {
+            users: 0,
+            step_duration: StdDuration::from_millis(150),
+            ..sim_config()
+        })
+        .spawn()
+        .await;
+    let sim = t.sim();
     let (user, conn) = add(
-        &sim,
+        sim,
         "steps",
         "c-steps",
         "AU00004",
@@ -662,17 +645,9 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
         "active",
         Duration::days(2),
     );
-    let settings = settings_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[refresh]\nfollow_poll_initial = \"40ms\"\nfollow_poll_max = \"60ms\"\n",
-    );
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let settings =
+        t.settings_with("[refresh]\nfollow_poll_initial = \"40ms\"\nfollow_poll_max = \"60ms\"\n");
+    let app = t.app_from(settings).await;
     app.context()
         .add_users(std::slice::from_ref(&user))
         .await
@@ -734,11 +709,11 @@ async fn every_job_step_change_is_logged_with_its_job_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_follow_exits_non_zero_when_the_job_cannot_be_read_to_its_end() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, good) = add(
-        &sim,
+        sim,
         "follower",
         "c-follow-ok",
         "AU00004",
@@ -747,7 +722,7 @@ async fn refresh_follow_exits_non_zero_when_the_job_cannot_be_read_to_its_end() 
         Duration::days(2),
     );
     let (_, lost) = add(
-        &sim,
+        sim,
         "follower",
         "c-follow-lost",
         "AU00005",
@@ -764,7 +739,7 @@ async fn refresh_follow_exits_non_zero_when_the_job_cannot_be_read_to_its_end() 
     ]);
 
     let followed = command(
-        &sim,
+        sim,
         &db,
         &envs,
         &[
@@ -789,7 +764,7 @@ async fn refresh_follow_exits_non_zero_when_the_job_cannot_be_read_to_its_end() 
         1000,
     );
     let unread = command(
-        &sim,
+        sim,
         &db,
         &envs,
         &[
@@ -814,11 +789,11 @@ async fn refresh_follow_exits_non_zero_when_the_job_cannot_be_read_to_its_end() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_names_the_connection_it_was_asked_about() {
-    let sim = quick_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let db = t.db();
     let (user, conn) = add(
-        &sim,
+        sim,
         "purge-names",
         "c-purge-named",
         "AU00004",
@@ -827,7 +802,7 @@ async fn purge_names_the_connection_it_was_asked_about() {
         Duration::days(2),
     );
     let dry = command(
-        &sim,
+        sim,
         &db,
         &[],
         &["purge", "--user", user.as_str(), conn.as_str()],
@@ -838,7 +813,7 @@ async fn purge_names_the_connection_it_was_asked_about() {
     assert!(String::from_utf8_lossy(&dry.stdout).contains(conn.as_str()));
 
     let missing = command(
-        &sim,
+        sim,
         &db,
         &[],
         &[

@@ -6,10 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use basiq_health::domain::UserId;
-use basiq_sim::SimConfig;
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::cli::bin;
 use crate::helpers::*;
 
@@ -56,8 +56,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         assert!(unit.contains(key), "the unit has {key}");
     }
     // verify checks that the binary exists: point the copy at the one cargo built.
-    let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("basiq-health.service");
+    let t = TestApp::offline();
+    let copy = t.path("basiq-health.service");
     std::fs::write(
         &copy,
         unit.replace(
@@ -114,22 +114,18 @@ fn sigterm(pid: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_speaks_the_notify_protocol_ready_watchdog_stopping() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let socket_path = t.path("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
         .set_read_timeout(Some(StdDuration::from_secs(20)))
         .unwrap();
-    let mut child = daemon(
-        &sim,
-        &dir.path().join("bh.db"),
-        &[("WATCHDOG_USEC", "400000")],
-    )
-    .env("NOTIFY_SOCKET", &socket_path)
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = daemon(sim, &t.db(), &[("WATCHDOG_USEC", "400000")])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut seen: Vec<String> = Vec::new();
     let mut buf = [0u8; 4096];
     let mut next = |seen: &mut Vec<String>| -> String {
@@ -153,30 +149,20 @@ async fn the_daemon_speaks_the_notify_protocol_ready_watchdog_stopping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_sweep_of_500_users_exits_0_within_the_grace_and_leaves_the_database_intact()
  {
-    let sim = start_sim(SimConfig {
-        users: 500,
-        ..sim_config()
-    })
-    .await;
+    let t = TestApp::builder().users(500).spawn().await;
+    let sim = t.sim();
     // Slow Basiq down: each request takes 40 ms more.
     sim.sim.set_delay(None, StdDuration::from_millis(40));
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let db = t.db();
     {
-        let settings = settings_for(&sim, &db, "[sweep]\nperiod = \"2s\"\n");
-        let sweeper = basiq_health::app::build_sweeper_with_key(
-            &settings,
-            secrecy::SecretString::from(sim.sim.api_key()),
-        )
-        .await
-        .unwrap();
-        let users: Vec<UserId> = sim_users(&sim);
+        let sweeper = t.sweeper_with("[sweep]\nperiod = \"2s\"\n").await;
+        let users: Vec<UserId> = t.users();
         sweeper.add_users(&users).await.unwrap();
         sweeper.store().close().await;
     }
     let grace = 10;
     let mut child = daemon(
-        &sim,
+        sim,
         &db,
         &[
             ("BASIQ_HEALTH__SWEEP__PERIOD", "2s"),
@@ -282,22 +268,13 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
-    let sim = start_sim(SimConfig {
-        users: 10,
-        ..sim_config()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings_for(&sim, &dir.path().join("bh.db"), "");
+    let t = TestApp::builder().users(10).spawn().await;
+    let sim = t.sim();
+    let mut settings = t.settings_with("");
     settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let app = t.app_from(settings).await;
     let base = format!("http://{}", app.api_addr().unwrap());
-    let users: Vec<UserId> = sim_users(&sim);
+    let users: Vec<UserId> = sim_users(sim);
     app.context().add_users(&users).await.unwrap();
     let sweeper = app.context().clone();
     let daemon = Daemon::start(app);
@@ -348,9 +325,8 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
 
 #[tokio::test]
 async fn history_older_than_retain_days_is_pruned_and_recent_history_kept() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let t = TestApp::empty().await;
+    let sweeper = t.context().await;
     let store = sweeper.store();
     let now = Utc::now();
     store
@@ -432,13 +408,13 @@ async fn daemon_with_api(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_api_needs_the_generated_token_on_every_v1_route_even_on_loopback() {
     use std::os::unix::fs::PermissionsExt;
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let log = dir.path().join("daemon.log");
-    let (mut child, base) = daemon_with_api(&sim, &db, &log).await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let log = t.path("daemon.log");
+    let (mut child, base) = daemon_with_api(sim, &db, &log).await;
 
-    let file = dir.path().join("api-token");
+    let file = t.path("api-token");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the token file is private whatever the umask");
     let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
@@ -497,7 +473,7 @@ async fn the_local_api_needs_the_generated_token_on_every_v1_route_even_on_loopb
     assert!(!logged.contains(&token), "the token is never logged");
 
     // A restart reuses the same token.
-    let (mut child, base) = daemon_with_api(&sim, &db, &log).await;
+    let (mut child, base) = daemon_with_api(sim, &db, &log).await;
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
     let users: serde_json::Value = http
         .get(format!("{base}/v1/users"))
@@ -515,8 +491,8 @@ async fn the_local_api_needs_the_generated_token_on_every_v1_route_even_on_loopb
 
 #[test]
 fn an_empty_token_file_is_refused_at_start_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("tok");
+    let t = TestApp::offline();
+    let token = t.path("tok");
     std::fs::write(&token, "  \n").unwrap();
     let out = bin()
         .arg("--config")

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use basiq_health::domain::{ConnectionId, UserId};
 use basiq_health::plan::classify::Health;
-use basiq_health::work::Context;
 use basiq_sim::{OUTAGE_CONNECTOR, Outcome, Route, RunningSim, ScriptedConnection, ScriptedJob};
 use chrono::{Duration, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::cli::bin;
 use crate::helpers::*;
 
@@ -68,29 +68,13 @@ fn ok() -> Script {
 }
 
 async fn health_of(sweeper: &Context, conn: &ConnectionId) -> (Option<Health>, Option<String>) {
-    let row = sweeper
-        .store()
-        .connection(conn)
-        .await
-        .unwrap()
-        .expect("connection stored");
-    (row.health, row.reason)
-}
-
-async fn sweep_all(sweeper: &Context, users: &[UserId]) -> basiq_health::store::SweepCounts {
-    sweeper
-        .run_pass(
-            basiq_health::work::PassTrigger::Command,
-            Some(users.to_vec()),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap()
+    crate::app::health_of(sweeper.store(), conn).await
 }
 
 #[tokio::test]
 async fn every_health_value_is_reached_and_reported_by_status_json() {
-    let sim = empty_sim().await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
     let outage = (OUTAGE_CONNECTOR.0, OUTAGE_CONNECTOR.1);
     let cases: Vec<(&str, Script, Health, Option<&str>)> = vec![
         ("healthy", ok(), Health::Healthy, None),
@@ -161,27 +145,25 @@ async fn every_health_value_is_reached_and_reported_by_status_json() {
             Some("quantum-flux"),
         ),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let sweeper = sweeper_for(&sim, &db, "").await;
+    let db = t.db();
     let mut users = Vec::new();
     let mut expected = Vec::new();
     for (name, s, health, reason) in cases {
-        let (user, conn) = script(&sim, name, s);
+        let (user, conn) = script(sim, name, s);
         users.push(user);
         expected.push((conn, health, reason));
     }
-    sweeper.add_users(&users).await.unwrap();
-    let counts = sweep_all(&sweeper, &users).await;
+    t.register(&users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!(counts.users_swept, 8);
     for (conn, health, reason) in &expected {
         assert_eq!(
-            health_of(&sweeper, conn).await,
+            t.health_of(conn).await,
             (Some(*health), reason.map(str::to_owned)),
             "{conn}"
         );
     }
-    sweeper.store().close().await;
+    t.store().await.close().await;
 
     // The same, from the outside.
     let out = bin()
@@ -239,13 +221,13 @@ async fn every_health_value_is_reached_and_reported_by_status_json() {
 #[tokio::test]
 async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swept_in() {
     for order in [[0usize, 1, 2], [2, 1, 0]] {
-        let sim = empty_sim().await;
-        let dir = tempfile::tempdir().unwrap();
-        let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+        let t = TestApp::empty().await;
+        let sim = t.sim();
+        let sweeper = t.context().await;
         let pairs: Vec<_> = (0..3)
             .map(|i| {
                 script(
-                    &sim,
+                    sim,
                     &format!("down{i}"),
                     Script {
                         job: Some((fail("service-unavailable"), false)),
@@ -255,14 +237,14 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
             })
             .collect();
         let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
-        sweeper.add_users(&users).await.unwrap();
+        t.register(&users).await;
         // One user at a time, in the given order.
         for i in order {
-            sweep_all(&sweeper, std::slice::from_ref(&users[i])).await;
+            t.sweep(std::slice::from_ref(&users[i])).await;
         }
         for (_, conn) in &pairs {
             assert_eq!(
-                health_of(&sweeper, conn).await.0,
+                t.health_of(conn).await.0,
                 Some(Health::InstitutionOutage),
                 "order {order:?}: every user at the connector is in the inferred outage"
             );
@@ -279,13 +261,13 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
 
 #[tokio::test]
 async fn two_users_failing_is_not_yet_an_outage() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
     let pairs: Vec<_> = (0..2)
         .map(|i| {
             script(
-                &sim,
+                sim,
                 &format!("pair{i}"),
                 Script {
                     job: Some((fail("service-unavailable"), false)),
@@ -295,13 +277,10 @@ async fn two_users_failing_is_not_yet_an_outage() {
         })
         .collect();
     let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
-    sweeper.add_users(&users).await.unwrap();
-    sweep_all(&sweeper, &users).await;
+    t.register(&users).await;
+    t.sweep(&users).await;
     for (_, conn) in &pairs {
-        assert_eq!(
-            health_of(&sweeper, conn).await.0,
-            Some(Health::TransientFailure)
-        );
+        assert_eq!(t.health_of(conn).await.0, Some(Health::TransientFailure));
     }
     assert!(
         sweeper
@@ -316,25 +295,20 @@ async fn two_users_failing_is_not_yet_an_outage() {
 
 #[tokio::test]
 async fn a_connector_status_change_reclassifies_its_connections_and_records_the_outage() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconnectors_ttl = \"0s\"\n",
-    )
-    .await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.sweeper_with("[sweep]\nconnectors_ttl = \"0s\"\n").await;
     let (a, conn_a) = script(
-        &sim,
+        sim,
         "a",
         Script {
             job: Some((fail("service-unavailable"), false)),
             ..ok()
         },
     );
-    let (b, _) = script(&sim, "b", ok());
+    let (b, _) = script(sim, "b", ok());
     sweeper.add_users(&[a.clone(), b.clone()]).await.unwrap();
-    sweep_all(&sweeper, std::slice::from_ref(&a)).await;
+    sweep_users(&sweeper, std::slice::from_ref(&a)).await;
     assert_eq!(
         health_of(&sweeper, &conn_a).await.0,
         Some(Health::TransientFailure)
@@ -342,14 +316,14 @@ async fn a_connector_status_change_reclassifies_its_connections_and_records_the_
 
     sim.sim.set_connector_status(UP.0, UP.1, "major-outage");
     // Sweeping another user reads /connectors again; user a is reclassified without a sweep.
-    sweep_all(&sweeper, std::slice::from_ref(&b)).await;
+    sweep_users(&sweeper, std::slice::from_ref(&b)).await;
     assert_eq!(
         health_of(&sweeper, &conn_a).await.0,
         Some(Health::InstitutionOutage)
     );
 
     sim.sim.set_connector_status(UP.0, UP.1, "operational");
-    sweep_all(&sweeper, std::slice::from_ref(&b)).await;
+    sweep_users(&sweeper, std::slice::from_ref(&b)).await;
     assert_eq!(
         health_of(&sweeper, &conn_a).await.0,
         Some(Health::TransientFailure)
@@ -368,12 +342,11 @@ async fn a_connector_status_change_reclassifies_its_connections_and_records_the_
 
 #[tokio::test]
 async fn a_user_side_failure_during_a_major_outage_does_not_ask_the_user_to_act() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
     let outage = (OUTAGE_CONNECTOR.0, OUTAGE_CONNECTOR.1);
     let (user, conn) = script(
-        &sim,
+        sim,
         "locked",
         Script {
             connector: outage,
@@ -381,33 +354,23 @@ async fn a_user_side_failure_during_a_major_outage_does_not_ask_the_user_to_act(
             ..ok()
         },
     );
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
-    sweep_all(&sweeper, std::slice::from_ref(&user)).await;
-    assert_eq!(
-        health_of(&sweeper, &conn).await.0,
-        Some(Health::InstitutionOutage)
-    );
+    t.register(std::slice::from_ref(&user)).await;
+    t.sweep(std::slice::from_ref(&user)).await;
+    assert_eq!(t.health_of(&conn).await.0, Some(Health::InstitutionOutage));
 }
 
 #[tokio::test]
 async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_token() {
-    let mut config = sim_config();
-    config.users = 500;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconcurrency = 16\n",
-    )
-    .await;
-    let users: Vec<UserId> = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let t = TestApp::builder()
+        .users(500)
+        .extra("[sweep]\nconcurrency = 16\n")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let users: Vec<UserId> = sim_users(sim);
+    t.register(&users).await;
     sim.sim.reset_counters();
-    let counts = sweep_all(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!(counts.users_swept, 500);
     assert_eq!(counts.users_failed, 0);
     let c = sim.sim.counters();
@@ -431,16 +394,16 @@ async fn a_sweep_of_500_users_costs_two_requests_each_one_connectors_and_one_tok
 
 #[tokio::test]
 async fn a_user_basiq_does_not_know_is_marked_gone_and_the_sweep_goes_on() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
-    let (good, conn) = script(&sim, "good", ok());
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let (good, conn) = script(sim, "good", ok());
     let ghost = UserId::parse("user-that-basiq-forgot").unwrap();
     let users = vec![ghost.clone(), good.clone()];
-    sweeper.add_users(&users).await.unwrap();
-    let counts = sweep_all(&sweeper, &users).await;
+    t.register(&users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!((counts.users_swept, counts.users_gone), (1, 1));
-    assert_eq!(health_of(&sweeper, &conn).await.0, Some(Health::Healthy));
+    assert_eq!(t.health_of(&conn).await.0, Some(Health::Healthy));
     let ghost_row = sweeper.store().get_user(&ghost).await.unwrap().unwrap();
     assert!(ghost_row.gone_at.is_some());
     // Not due any more: the scheduled pass skips it.
@@ -454,24 +417,21 @@ async fn a_user_basiq_does_not_know_is_marked_gone_and_the_sweep_goes_on() {
 
 #[tokio::test]
 async fn a_health_change_is_recorded_and_logged_once() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
     let (user, conn) = script(
-        &sim,
+        sim,
         "once",
         Script {
             job: Some((fail("invalid-credentials"), false)),
             ..ok()
         },
     );
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
     for _ in 0..3 {
-        sweep_all(&sweeper, std::slice::from_ref(&user)).await;
+        t.sweep(std::slice::from_ref(&user)).await;
     }
     let history = sweeper.store().health_history(&conn).await.unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
@@ -498,48 +458,38 @@ async fn a_health_change_is_recorded_and_logged_once() {
 
 #[tokio::test]
 async fn a_restart_does_not_move_a_users_offset() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
+    let t = TestApp::empty().await;
+    let db = t.db();
     let users: Vec<UserId> = (0..20)
         .map(|i| UserId::parse(format!("restart-{i}")).unwrap())
         .collect();
-    let first = sweeper_for(&sim, &db, "").await;
+    let first = t.sweeper_at(&db, "").await;
     first.add_users(&users).await.unwrap();
     let before = first.store().list_users().await.unwrap();
     let probe = Utc::now();
     let slots_before: Vec<_> = users.iter().map(|u| first.next_due(u, probe)).collect();
     first.store().close().await;
 
-    let second = sweeper_for(&sim, &db, "").await;
+    let second = t.sweeper_at(&db, "").await;
     let slots_after: Vec<_> = users.iter().map(|u| second.next_due(u, probe)).collect();
     assert_eq!(slots_before, slots_after);
     assert_eq!(before, second.store().list_users().await.unwrap());
 
     // Another installation spreads the same users differently.
-    let other = sweeper_for(&sim, &dir.path().join("other.db"), "").await;
+    let other = t.sweeper_at(&t.path("other.db"), "").await;
     let elsewhere: Vec<_> = users.iter().map(|u| other.next_due(u, probe)).collect();
     assert_ne!(slots_before, elsewhere);
 }
 
 #[tokio::test]
 async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let settings = settings_for(
-        &sim,
-        &db,
-        "[sweep]\nperiod = \"3s\"\ntick = \"* * * * * *\"\n",
-    );
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let settings = t.settings_at(&db, "[sweep]\nperiod = \"3s\"\ntick = \"* * * * * *\"\n");
+    let app = t.app_from(settings).await;
     let pairs: Vec<_> = (0..5)
-        .map(|i| script(&sim, &format!("tick{i}"), ok()))
+        .map(|i| script(sim, &format!("tick{i}"), ok()))
         .collect();
     let users: Vec<UserId> = pairs.iter().map(|(u, _)| u.clone()).collect();
     app.context().add_users(&users).await.unwrap();
@@ -576,11 +526,10 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
 
 #[tokio::test]
 async fn an_expiring_consent_is_warned_once_per_threshold() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let t = TestApp::empty().await;
+    let sim = t.sim();
     let (user, conn) = script(
-        &sim,
+        sim,
         "consent",
         Script {
             connector: ("AU00004", "open-banking"),
@@ -593,13 +542,10 @@ async fn an_expiring_consent_is_warned_once_per_threshold() {
     sim.sim.remove_user(user.as_str());
     sim.sim.add_user(user.as_str());
     sim.sim.add_connection(user.as_str(), c);
-    sweeper
-        .add_users(std::slice::from_ref(&user))
-        .await
-        .unwrap();
+    t.register(std::slice::from_ref(&user)).await;
     let (logs, _guard) = capture_logs();
-    sweep_all(&sweeper, std::slice::from_ref(&user)).await;
-    sweep_all(&sweeper, std::slice::from_ref(&user)).await;
+    t.sweep(std::slice::from_ref(&user)).await;
+    t.sweep(std::slice::from_ref(&user)).await;
     let warnings: Vec<_> = logs
         .lines()
         .into_iter()
@@ -617,24 +563,19 @@ async fn an_expiring_consent_is_warned_once_per_threshold() {
 #[tokio::test]
 async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pass_works() {
     use sqlx::Connection;
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let mut settings = settings_for(&sim, &db, "");
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let mut settings = t.settings_at(&db, "");
     settings.database.busy_timeout = std::time::Duration::from_millis(200);
-    let sweeper = basiq_health::app::build_sweeper_with_key(
-        &settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
-    let (first, conn) = script(&sim, "first", ok());
-    let (second, _) = script(&sim, "second", ok());
+    let sweeper = t.sweeper_from(&settings).await;
+    let (first, conn) = script(sim, "first", ok());
+    let (second, _) = script(sim, "second", ok());
     sweeper
         .add_users(&[first.clone(), second.clone()])
         .await
         .unwrap();
-    sweep_all(&sweeper, std::slice::from_ref(&first)).await;
+    sweep_users(&sweeper, std::slice::from_ref(&first)).await;
     let jobs_before = sweeper.store().count_jobs().await.unwrap();
 
     // Another process holds the write lock (a long backup, a stuck CLI).
@@ -664,7 +605,7 @@ async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pas
     );
     assert_eq!(health_of(&sweeper, &conn).await.0, Some(Health::Healthy));
     assert!(sweeper.store().integrity_ok().await.unwrap());
-    let counts = sweep_all(&sweeper, std::slice::from_ref(&second)).await;
+    let counts = sweep_users(&sweeper, std::slice::from_ref(&second)).await;
     assert_eq!(counts.users_swept, 1, "the next pass works");
 }
 
@@ -672,24 +613,21 @@ async fn a_locked_database_fails_the_pass_clearly_loses_nothing_and_the_next_pas
 
 #[tokio::test]
 async fn a_revoked_key_stops_the_pass_after_a_handful_of_token_calls() {
-    let mut config = sim_config();
-    config.users = 500;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconcurrency = 16\n",
-    )
-    .await;
-    let users: Vec<UserId> = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let t = TestApp::builder()
+        .users(500)
+        .extra("[sweep]\nconcurrency = 16\n")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let users: Vec<UserId> = sim_users(sim);
+    t.register(&users).await;
     let schedule_before = sweeper.store().list_users().await.unwrap();
     sim.sim.revoke_api_key(403);
     sim.sim.reset_counters();
 
     let (logs, _guard) = capture_logs();
-    let counts = sweep_all(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     let c = sim.sim.counters();
     assert!(
         c.token_calls <= 5,
@@ -736,22 +674,19 @@ async fn a_revoked_key_stops_the_pass_after_a_handful_of_token_calls() {
 
 #[tokio::test]
 async fn a_key_revoked_while_running_stops_the_next_pass_at_once() {
-    let sim = start_sim(sim_config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconcurrency = 8\n",
-    )
-    .await;
-    let users: Vec<UserId> = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
-    assert_eq!(sweep_all(&sweeper, &users).await.users_swept, 20);
+    let t = TestApp::builder()
+        .extra("[sweep]\nconcurrency = 8\n")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let users: Vec<UserId> = sim_users(sim);
+    t.register(&users).await;
+    assert_eq!(t.sweep(&users).await.users_swept, 20);
     // The key is revoked and its tokens die with it.
     sim.sim.revoke_api_key(401);
     sim.sim.expire_tokens();
     sim.sim.reset_counters();
-    let counts = sweep_all(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     assert!(
         counts.users_failed <= 8,
         "no user started after the refusal: {counts:?}"
@@ -768,16 +703,14 @@ async fn a_key_revoked_while_running_stops_the_next_pass_at_once() {
 
 #[tokio::test]
 async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
-    let sim = start_sim(sim_config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(
-        &sim,
-        &dir.path().join("bh.db"),
-        "[sweep]\nconcurrency = 4\n",
-    )
-    .await;
-    let users: Vec<UserId> = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let t = TestApp::builder()
+        .extra("[sweep]\nconcurrency = 4\n")
+        .spawn()
+        .await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
+    let users: Vec<UserId> = sim_users(sim);
+    t.register(&users).await;
     let denied = users[3].clone();
     sim.sim.inject_user_fault(
         denied.as_str(),
@@ -786,7 +719,7 @@ async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
     );
     sim.sim.reset_counters();
     let (logs, _guard) = capture_logs();
-    let counts = sweep_all(&sweeper, &users).await;
+    let counts = t.sweep(&users).await;
     assert_eq!(sim.sim.counters().token_calls, 1, "one token for the pass");
     assert_eq!((counts.users_swept, counts.users_failed), (19, 1));
     assert_eq!(counts.aborted, None);
@@ -804,22 +737,13 @@ async fn an_unauthorized_access_answer_about_one_user_keeps_the_shared_token() {
 
 #[tokio::test]
 async fn a_scheduled_pass_stopped_by_a_refused_key_is_tried_again_on_a_later_tick() {
-    let sim = empty_sim().await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let settings = settings_for(
-        &sim,
-        &db,
-        "[sweep]\nperiod = \"2s\"\ntick = \"* * * * * *\"\n",
-    );
-    let app = basiq_health::app::App::build_with_key(
-        settings,
-        secrecy::SecretString::from(sim.sim.api_key()),
-    )
-    .await
-    .unwrap();
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    let db = t.db();
+    let settings = t.settings_at(&db, "[sweep]\nperiod = \"2s\"\ntick = \"* * * * * *\"\n");
+    let app = t.app_from(settings).await;
     let users: Vec<UserId> = (0..3)
-        .map(|i| script(&sim, &format!("refused{i}"), ok()).0)
+        .map(|i| script(sim, &format!("refused{i}"), ok()).0)
         .collect();
     app.context().add_users(&users).await.unwrap();
     let store = app.context().store().clone();

@@ -6,6 +6,7 @@ use basiq_health::store::{Store, Tallies};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::*;
 use crate::helpers::*;
 
 /// Zero counts are kept in the tallies and absent from a recount: compare without them.
@@ -26,14 +27,12 @@ async fn assert_tallies_match(store: &Store, step: &str) {
 
 #[tokio::test]
 async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and_pruning() {
-    let mut config = sim_config();
-    config.users = 60;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sweeper = sweeper_for(&sim, &dir.path().join("bh.db"), "").await;
+    let t = TestApp::builder().users(60).spawn().await;
+    let sim = t.sim();
+    let sweeper = t.context().await;
     let store = sweeper.store().clone();
-    let users = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let users = sim_users(sim);
+    t.register(&users).await;
     assert_tallies_match(&store, "registering").await;
     assert_eq!(store.tallies().await.unwrap().users_active, 60);
 
@@ -58,7 +57,7 @@ async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and
     store.remove_users(&users[..10], Utc::now()).await.unwrap();
     assert_tallies_match(&store, "removing 10 users").await;
     assert_eq!(store.tallies().await.unwrap().users_active, 50);
-    sweeper.add_users(&users[..1]).await.unwrap();
+    t.register(&users[..1]).await;
     assert_tallies_match(&store, "re-adding one").await;
 
     // A user Basiq no longer knows is gone; a connection deleted at Basiq is gone.
@@ -135,15 +134,13 @@ async fn the_kept_tallies_equal_a_recount_through_sweeps_removals_gone_users_and
 
 #[tokio::test]
 async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_counts() {
-    let mut config = sim_config();
-    config.users = 80;
-    let sim = start_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bh.db");
-    let sweeper = sweeper_for(&sim, &db, "").await;
+    let t = TestApp::builder().users(80).spawn().await;
+    let sim = t.sim();
+    let db = t.db();
+    let sweeper = t.context().await;
     let store = sweeper.store().clone();
-    let users: Vec<UserId> = sim_users(&sim);
-    sweeper.add_users(&users).await.unwrap();
+    let users: Vec<UserId> = sim_users(sim);
+    t.register(&users).await;
     sweeper
         .run_pass(
             basiq_health::work::PassTrigger::Command,
@@ -188,7 +185,7 @@ async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_co
 
     // The command line: --limit, --all, and the table's count of who must act.
     let run = |args: &[&str]| {
-        let out = crate::commands::run(&sim, &db, args);
+        let out = crate::commands::run(sim, &db, args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
