@@ -128,6 +128,19 @@ impl Side {
             Self::Unknown => "unknown",
         }
     }
+
+    /// The side a stored name means (`None`: not a side's name).
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::User,
+            Self::Bank,
+            Self::Retry,
+            Self::Cap,
+            Self::Unknown,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
 }
 
 /// What is known of a connection's connector (institution + method).
@@ -160,6 +173,9 @@ impl ConnectorView {
 pub struct NewestJob {
     pub state: JobState,
     pub failure_code: Option<String>,
+    /// Who must act on `failure_code` ([`Side::of`]), decided when the job was read and
+    /// stored with it (the inferred-outage rule counts the bank's).
+    pub side: Option<Side>,
     pub created: Option<DateTime<Utc>>,
     pub updated: Option<DateTime<Utc>>,
 }
@@ -395,6 +411,7 @@ mod tests {
         NewestJob {
             state,
             failure_code: code.map(str::to_owned),
+            side: code.map(Side::of),
             created: Some(now() - chrono::Duration::hours(3)),
             updated: None,
         }
@@ -817,6 +834,7 @@ mod tests {
         NewestJob {
             state: JobState::Failed,
             failure_code: Some(code.to_owned()),
+            side: Some(Side::of(code)),
             created: Some(now() - chrono::Duration::hours(hours_ago)),
             updated: Some(
                 now() - chrono::Duration::hours(hours_ago) + chrono::Duration::minutes(1),

@@ -396,6 +396,7 @@ fn newest_of(job: &Job) -> NewestJob {
     NewestJob {
         state: job.state(),
         failure_code: job.failure_code().map(str::to_owned),
+        side: job.failure_code().map(Side::of),
         created: job.created,
         updated: job.updated,
     }

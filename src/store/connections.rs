@@ -20,7 +20,7 @@ use crate::plan::{
 };
 
 const COLUMNS: &str = "connection_id, user_id, institution_id, method, status, created_date,
-    last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code, newest_job_created,
+    last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code, newest_job_side, newest_job_created,
     newest_job_updated, health, reason, checked_at, health_since, consent_warned_days, gone_at,
     basiq_capped_until, refresh_due_at, refresh_due_trigger, transient_retries, daily_due_at,
     mfa_enabled, needs_user_present, transient_job_id, bank_failure_at, last_decision,
@@ -49,6 +49,7 @@ struct RawConnection {
     newest_job_id: Option<String>,
     newest_job_state: Option<String>,
     newest_job_code: Option<String>,
+    newest_job_side: Option<String>,
     newest_job_created: Option<i64>,
     newest_job_updated: Option<i64>,
     health: Option<String>,
@@ -84,6 +85,7 @@ impl From<RawConnection> for ConnectionRow {
                 _ => JobState::InProgress,
             },
             failure_code: r.newest_job_code.clone(),
+            side: r.newest_job_side.as_deref().and_then(Side::parse),
             created: from_opt_ts(r.newest_job_created),
             updated: from_opt_ts(r.newest_job_updated),
         });
@@ -477,9 +479,7 @@ fn bind_row<'q>(
     now: DateTime<Utc>,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     let job = r.newest_job.as_ref();
-    let side = job
-        .and_then(|j| j.failure_code.as_deref())
-        .map(|c| Side::of(c).as_str());
+    let side = job.and_then(|j| j.side).map(Side::as_str);
     query
         .bind(r.connection_id.as_str().to_owned())
         .bind(r.user_id.as_str())
