@@ -12,24 +12,23 @@ use crate::plan::policy::{Denial, Trigger};
 use crate::plan::policy::CAP_WINDOW;
 
 impl Store {
-    /// Reserves one refresh attempt, unless `cap` attempts were made for the connection in
-    /// the last 24 h (`daily-cap`) or one within `min_interval` (`recently-refreshed`). One
-    /// `BEGIN IMMEDIATE` transaction counts and inserts, committed with `synchronous = FULL`,
-    /// before any request is sent: concurrent processes serialise on the write lock, and a
-    /// crash after the commit costs a slot but never allows one more.
+    /// Reserves one refresh attempt if `rule` allows it on the connection's attempts (how
+    /// many in the cap's window, the newest): the planner's
+    /// [`crate::plan::policy::reservation`]. One `BEGIN IMMEDIATE` transaction reads, asks
+    /// the rule and inserts, committed with `synchronous = FULL`, before any request is
+    /// sent: concurrent processes serialise on the write lock, and a crash after the commit
+    /// costs a slot but never allows one more.
     pub async fn reserve_refresh(
         &self,
         row: &ConnectionRow,
         trigger: Trigger,
-        cap: u32,
-        min_interval: std::time::Duration,
+        rule: impl FnOnce(u32, Option<DateTime<Utc>>) -> std::result::Result<(), Denial>,
         now: DateTime<Utc>,
     ) -> Result<std::result::Result<i64, Denial>> {
         let mut conn = self.write_pool().acquire().await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;
-        let floor = chrono::Duration::from_std(min_interval).unwrap_or(chrono::Duration::MAX);
         let reserved = async {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
             let (used, last): (i64, Option<i64>) = sqlx::query_as(
@@ -40,17 +39,10 @@ impl Store {
             .bind(row.connection_id.as_str())
             .fetch_one(&mut *tx)
             .await?;
-            let recent = last.is_some_and(|l| {
-                now.checked_sub_signed(floor)
-                    .is_none_or(|edge| super::from_ts(l) > edge)
-            });
-            if recent && !min_interval.is_zero() {
+            let used = u32::try_from(used).unwrap_or(u32::MAX);
+            if let Err(denial) = rule(used, from_opt_ts(last)) {
                 tx.rollback().await?;
-                return Ok(Err(Denial::RecentlyRefreshed));
-            }
-            if used >= i64::from(cap) {
-                tx.rollback().await?;
-                return Ok(Err(Denial::DailyCap));
+                return Ok(Err(denial));
             }
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO refresh_attempts (connection_id, user_id, institution_id, method, trigger, reserved_at)

@@ -97,6 +97,28 @@ impl Sent {
     }
 }
 
+/// The durable gate, asked inside the reservation's transaction: with `used` attempts of
+/// the connection in the cap's window and the newest at `last`, another at `now` is denied
+/// within `min_interval` of the newest (`recently-refreshed`, unless the floor is zero) or
+/// at `cap` (`daily-cap`).
+pub fn reservation(
+    cap: u32,
+    min_interval: std::time::Duration,
+    used: u32,
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), Denial> {
+    let floor = Duration::from_std(min_interval).unwrap_or(Duration::MAX);
+    let recent = last.is_some_and(|l| now.checked_sub_signed(floor).is_none_or(|edge| l > edge));
+    if recent && !min_interval.is_zero() {
+        return Err(Denial::RecentlyRefreshed);
+    }
+    if used >= cap {
+        return Err(Denial::DailyCap);
+    }
+    Ok(())
+}
+
 /// Capped by Basiq at `now`: no attempt until our own window has room again (its oldest
 /// attempt leaves it), and at least an hour.
 pub fn capped_until(oldest_attempt: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -137,6 +159,28 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_reservation_denies_within_the_floor_then_at_the_cap() {
+        let now = at("2026-12-01T12:00:00Z");
+        let hour = std::time::Duration::from_secs(3600);
+        let recent = Some(now - Duration::minutes(30));
+        let old = Some(now - Duration::hours(2));
+        assert_eq!(reservation(20, hour, 0, None, now), Ok(()));
+        assert_eq!(
+            reservation(20, hour, 3, recent, now),
+            Err(Denial::RecentlyRefreshed)
+        );
+        assert_eq!(reservation(20, hour, 3, old, now), Ok(()));
+        assert_eq!(reservation(3, hour, 3, old, now), Err(Denial::DailyCap));
+        // No floor: only the cap.
+        let none = std::time::Duration::ZERO;
+        assert_eq!(reservation(20, none, 3, Some(now), now), Ok(()));
+        assert_eq!(
+            reservation(3, none, 3, Some(now), now),
+            Err(Denial::DailyCap)
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod schedule;
 pub mod spread;
 pub mod window;
 
-pub use attempt::{RefreshDecision, Sent, capped_until, owed_after, rejection_denial};
+pub use attempt::{RefreshDecision, Sent, capped_until, owed_after, rejection_denial, reservation};
 pub use gates::{
     CAP_WINDOW, DecisionKind, Denial, RefreshFacts, RefreshLimits, RefreshMode, Trigger,
     UnknownRefreshMode, cap_for, decide, not_before,

@@ -169,10 +169,8 @@ impl Refresher {
         let limits = &self.inner.settings.limits;
         let cap = policy::cap_for(&row.method, trigger, limits);
         let store = self.inner.context.store();
-        let attempt = match store
-            .reserve_refresh(row, trigger, cap, limits.min_interval, now)
-            .await?
-        {
+        let rule = |used, last| policy::reservation(cap, limits.min_interval, used, last, now);
+        let attempt = match store.reserve_refresh(row, trigger, rule, now).await? {
             Ok(id) => id,
             Err(denial) => return Ok(RefreshDecision::denied(denial)),
         };
