@@ -15,6 +15,50 @@ use crate::domain::{
     InstitutionId, Job, JobId, JobState, Method, UserId,
 };
 
+/// Who said a bank is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutageSource {
+    /// Basiq's `/connectors` said so.
+    Connectors,
+    /// Several users failed bank-side at the connector.
+    Inferred,
+}
+
+impl OutageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connectors => "connectors",
+            Self::Inferred => "inferred",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Connectors, Self::Inferred]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for OutageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// An outage as stored: opened and closed by `/connectors` or by inference.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct OutageRow {
+    pub id: i64,
+    pub institution_id: String,
+    pub method: String,
+    pub source: OutageSource,
+    pub status: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub affected_users: Option<i64>,
+}
+
 /// The last refresh decision made for a connection.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LastDecision {

@@ -8,21 +8,8 @@ use sqlx::SqliteConnection;
 use super::method_spellings;
 use super::{Result, Store, from_opt_ts, from_ts, ts};
 use crate::domain::{ConnectorKey, ConnectorStatus, Method};
-use crate::plan::ConnectorStatuses;
 use crate::plan::connectors::{ConnectorsPlan, KnownConnector, StatusChange};
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct OutageRow {
-    pub id: i64,
-    pub institution_id: String,
-    pub method: String,
-    /// `connectors` (Basiq said so) or `inferred` (several users failed bank-side).
-    pub source: String,
-    pub status: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub affected_users: Option<i64>,
-}
+use crate::plan::{ConnectorStatuses, OutageRow, OutageSource};
 
 #[derive(sqlx::FromRow)]
 struct RawOutage {
@@ -42,7 +29,8 @@ impl From<RawOutage> for OutageRow {
             id: r.id,
             institution_id: r.institution_id,
             method: r.method,
-            source: r.source,
+            // Only the two are ever written.
+            source: OutageSource::parse(&r.source).unwrap_or(OutageSource::Connectors),
             status: r.status,
             started_at: from_ts(r.started_at),
             ended_at: from_opt_ts(r.ended_at),

@@ -47,8 +47,8 @@ use sqlx::{Sqlite, SqlitePool};
 
 use crate::clock::Clock;
 
+pub use crate::plan::OutageRow;
 pub use connections::HealthChange;
-pub use connectors::OutageRow;
 pub use health::{Failing, WriteHealth};
 pub use jobs::JobRow;
 pub use sweeps::{Abort, AbortCause, SweepCounts};

@@ -253,7 +253,7 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
         assert!(
             outages
                 .iter()
-                .any(|o| o.source == "inferred" && o.institution_id == UP.0),
+                .any(|o| o.source.as_str() == "inferred" && o.institution_id == UP.0),
             "{outages:?}"
         );
     }
@@ -289,7 +289,7 @@ async fn two_users_failing_is_not_yet_an_outage() {
             .await
             .unwrap()
             .iter()
-            .all(|o| o.source != "inferred")
+            .all(|o| o.source.as_str() != "inferred")
     );
 }
 
@@ -332,7 +332,7 @@ async fn a_connector_status_change_reclassifies_its_connections_and_records_the_
     let outages = sweeper.store().outages_since(since).await.unwrap();
     let ours = outages
         .iter()
-        .find(|o| o.institution_id == UP.0 && o.source == "connectors")
+        .find(|o| o.institution_id == UP.0 && o.source.as_str() == "connectors")
         .expect("outage recorded");
     assert!(
         ours.ended_at.is_some(),
