@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::domain::{ConnectionId, ConnectorKey, UserId};
 use crate::plan::ConnectionRow;
 use crate::plan::classify::Health;
-use crate::plan::{Note, UserPlan};
+use crate::plan::{Note, OutageSource, UserPlan};
 
 pub const HEALTH_CHANGED: &str = "connection.health_changed";
 pub const CONSENT_EXPIRING: &str = "connection.consent_expiring";
@@ -222,22 +222,6 @@ pub fn consent_notices(plans: &[&UserPlan]) -> Vec<Notice> {
             _ => None,
         })
         .collect()
-}
-
-/// Where an outage was learnt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutageSource {
-    Connectors,
-    Inferred,
-}
-
-impl OutageSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connectors => "connectors",
-            Self::Inferred => "inferred",
-        }
-    }
 }
 
 /// An outage starting or ending at a connector, with the watched connections there.

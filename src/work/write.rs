@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Connector, ConnectorKey};
+use crate::plan::OutageSource;
 use crate::plan::UserPlan;
 use crate::plan::connectors::{ConnectorsPlan, plan_connectors};
-use crate::plan::notices::{self, OutageSource, Planned};
+use crate::plan::notices::{self, Planned};
 use crate::store::{self, Store, WriteTx};
 
 /// Writes plans (a group commit's or one unit's) and the notifications they cause: health

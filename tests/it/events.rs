@@ -1983,7 +1983,7 @@ fn outage_notice(institution: &str) -> basiq_health::plan::notices::Notice {
             &basiq_health::domain::Method::parse("web"),
         ),
         true,
-        basiq_health::plan::notices::OutageSource::Connectors,
+        basiq_health::plan::OutageSource::Connectors,
         1,
     )
 }
