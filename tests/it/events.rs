@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use basiq_health::app::App;
 use basiq_health::domain::{ConnectionId, UserId};
@@ -71,19 +71,12 @@ async fn health_of(store: &Store, id: &ConnectionId) -> Option<(Option<Health>, 
 }
 
 /// Waits (up to 20 s) until `check` holds.
-async fn until<F, Fut>(what: &str, mut check: F)
+async fn until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < StdDuration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(25)).await;
-    }
+    eventually(what, StdDuration::from_secs(20), check).await;
 }
 
 fn requests(sim: &RunningSim, route: Route) -> u64 {
