@@ -80,6 +80,31 @@ where
     }
 }
 
+/// As [`eventually`], moving a driven clock on by `step` before each look: for a wait on
+/// work the clock paces (a nap, a hold, a backoff).
+pub async fn eventually_driving<F, Fut>(clock: &Clock, step: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, Duration::from_secs(20), || {
+        clock.advance(step);
+        check()
+    })
+    .await;
+}
+
+/// Waits until the tasks sleeping on a driven clock have caught up with it: none is
+/// overdue and at least `parked` sleep again (each one woken has done what it woke for).
+pub async fn settled(clock: &Clock, parked: usize) {
+    eventually(
+        "the clock's sleepers to run and sleep again",
+        Duration::from_secs(20),
+        || async { clock.overdue() == 0 && clock.parked() >= parked },
+    )
+    .await;
+}
+
 /// Everything the subscriber writes, for assertions on log lines.
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);
