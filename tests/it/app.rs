@@ -84,6 +84,16 @@ impl Builder {
         self
     }
 
+    /// One driven clock, standing at the wall clock's now, for the simulator and for the
+    /// sweepers and daemons of the house: it moves only when the test moves it
+    /// ([`TestApp::clock`]).
+    pub fn driven(mut self) -> Self {
+        let (clock, sim_clock) = crate::helpers::driven_clock();
+        self.sim.get_or_insert_with(sim_config).clock = sim_clock;
+        self.clock = clock;
+        self
+    }
+
     /// Starts the simulator on a loopback port.
     pub async fn spawn(self) -> TestApp {
         let sim = start_sim(self.sim.unwrap_or_else(sim_config)).await;

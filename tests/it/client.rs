@@ -35,16 +35,19 @@ fn add_active_connection(sim: &basiq_sim::RunningSim, user: &UserId, id: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_callers_at_token_expiry_cause_one_token_call() {
+    // The client and the simulator share one driven clock: the token ages by it.
+    let (clock, sim_clock) = driven_clock();
     let mut config = sim_config();
     config.token_ttl = Duration::from_secs(2);
+    config.clock = sim_clock;
     let sim = start_sim(config).await;
-    let client = client(&sim);
+    let client = client_on(&sim, clock.clone());
     let user = first_user(&sim);
     client.list_connections(&user).await.unwrap();
     assert_eq!(sim.sim.counters().token_calls, 1);
 
     // The client renews a 2 s token after 1.5 s (a quarter of its life ahead of expiry).
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    clock.advance(Duration::from_millis(1700));
     sim.sim.reset_counters();
     let calls = (0..64).map(|_| {
         let client = client.clone();

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use basiq_health::app::App;
 use basiq_health::domain::{ConnectionId, UserId};
@@ -71,19 +71,12 @@ async fn health_of(store: &Store, id: &ConnectionId) -> Option<(Option<Health>, 
 }
 
 /// Waits (up to 20 s) until `check` holds.
-async fn until<F, Fut>(what: &str, mut check: F)
+async fn until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < StdDuration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(25)).await;
-    }
+    eventually(what, StdDuration::from_secs(20), check).await;
 }
 
 fn requests(sim: &RunningSim, route: Route) -> u64 {
@@ -1318,7 +1311,7 @@ async fn a_user_s_notifications_reach_an_endpoint_in_order_even_when_the_first_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_an_outage_stops_it()
 {
-    let t = TestApp::quick().await;
+    let t = TestApp::builder().quick().driven().spawn().await;
     let sim = t.sim();
     let dir = t.dir();
     let receiver = Receiver::start(dir, "confirm", 0);
@@ -1337,7 +1330,8 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
     let daemon = Daemon::start(app);
     // The bank goes down after the last read of /connectors; then the user's connection
     // is invalidated (the sweep, with the cached statuses, sees the bank up).
-    tokio::time::sleep(StdDuration::from_millis(2500)).await;
+    t.clock().advance(StdDuration::from_millis(2500));
+    settled(t.clock(), 1).await;
     sim.sim
         .set_connector_status("AU00000", "open-banking", "major-outage");
     let connectors = requests(sim, Route::Connectors);
@@ -1348,12 +1342,17 @@ async fn before_a_notice_asks_a_user_to_act_the_bank_s_status_is_read_again_and_
         health_of(&store, &conn).await.unwrap().0 == Some(Health::InstitutionOutage)
     })
     .await;
-    until("the outage notice to be delivered", || async {
-        receiver
-            .seen()
-            .iter()
-            .any(|s| s["body"]["data"]["to"] == "institution-outage")
-    })
+    eventually_driving(
+        t.clock(),
+        StdDuration::from_millis(50),
+        "the outage notice to be delivered",
+        || async {
+            receiver
+                .seen()
+                .iter()
+                .any(|s| s["body"]["data"]["to"] == "institution-outage")
+        },
+    )
     .await;
     assert!(requests(sim, Route::Connectors) > connectors, "read again");
     let asked: Vec<_> = receiver
@@ -1779,7 +1778,7 @@ async fn a_webhook_arriving_on_a_full_disk_is_answered_503_and_its_retry_is_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_the_end_is_told() {
-    let t = TestApp::quick().await;
+    let t = TestApp::builder().quick().driven().spawn().await;
     let sim = t.sim();
     let dir = t.dir();
     let receiver = Receiver::start(dir, "hold", 0);
@@ -1815,7 +1814,12 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
         })
     })
     .await;
-    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    // A second and a half of the deliverer's rounds (it naps 250 ms when idle), each one
+    // run to its end.
+    for _ in 0..6 {
+        t.clock().advance(StdDuration::from_millis(250));
+        settled(t.clock(), 1).await;
+    }
     let asks = |seen: &[serde_json::Value]| {
         seen.iter()
             .position(|s| s["body"]["data"]["user_action"] == "reconsent")
@@ -1831,9 +1835,12 @@ async fn an_ask_that_holds_during_an_outage_waits_for_its_end_and_arrives_after_
         )
         .await
         .unwrap();
-    until("the ask to arrive", || async {
-        asks(&receiver.seen()).is_some()
-    })
+    eventually_driving(
+        t.clock(),
+        StdDuration::from_millis(50),
+        "the ask to arrive",
+        || async { asks(&receiver.seen()).is_some() },
+    )
     .await;
     let seen = receiver.seen();
     let ended = seen

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use basiq_health::basiq::{Client, ClientOptions};
+use basiq_health::clock::Clock;
 use basiq_health::domain::UserId;
 use basiq_health::settings::{LogFormat, LogSettings};
 use basiq_sim::{RunningSim, SimConfig, Simulator};
@@ -48,6 +49,60 @@ pub fn client_options(sim: &RunningSim) -> ClientOptions {
 
 pub fn client(sim: &RunningSim) -> Client {
     Client::new(client_options(sim)).unwrap()
+}
+
+/// A client on `clock` (token ages and backoffs by its time).
+pub fn client_on(sim: &RunningSim, clock: Clock) -> Client {
+    Client::with_clock(client_options(sim), clock).unwrap()
+}
+
+/// A driven clock standing at the wall clock's now, and the simulator's view of it (for
+/// [`SimConfig::clock`]): both read the same time.
+pub fn driven_clock() -> (Clock, basiq_sim::SimClock) {
+    let clock = Clock::manual(chrono::Utc::now());
+    let sim_clock = clock.clone();
+    (clock, Arc::new(move || sim_clock.now()))
+}
+
+/// Polls `check` every 25 ms until it holds; panics naming `what` once `timeout` has passed.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// As [`eventually`], moving a driven clock on by `step` before each look: for a wait on
+/// work the clock paces (a nap, a hold, a backoff).
+pub async fn eventually_driving<F, Fut>(clock: &Clock, step: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, Duration::from_secs(20), || {
+        clock.advance(step);
+        check()
+    })
+    .await;
+}
+
+/// Waits until the tasks sleeping on a driven clock have caught up with it: none is
+/// overdue and at least `parked` sleep again (each one woken has done what it woke for).
+pub async fn settled(clock: &Clock, parked: usize) {
+    eventually(
+        "the clock's sleepers to run and sleep again",
+        Duration::from_secs(20),
+        || async { clock.overdue() == 0 && clock.parked() >= parked },
+    )
+    .await;
 }
 
 /// Everything the subscriber writes, for assertions on log lines.

@@ -129,7 +129,7 @@ async fn an_mfa_connection_is_refreshed_only_with_the_user_present() {
 /// retried automatically.
 #[tokio::test]
 async fn a_failure_without_a_code_is_unknown_and_never_retried() {
-    let t = TestApp::quick().await;
+    let t = TestApp::builder().quick().driven().spawn().await;
     let sim = t.sim();
     sim.sim
         .add_connection("u1", connection(sim, "u1", "c1", "AU00000"));
@@ -154,7 +154,8 @@ async fn a_failure_without_a_code_is_unknown_and_never_retried() {
         Some("no-failure-code")
     );
     assert_eq!(row.refresh_due, None);
-    tokio::time::sleep(StdDuration::from_millis(1500)).await;
+    // Past the first retry's delay (1 s) had one been scheduled.
+    t.clock().advance(StdDuration::from_millis(1500));
     app.refresher()
         .run_due(&CancellationToken::new())
         .await

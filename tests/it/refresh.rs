@@ -594,21 +594,15 @@ async fn an_outage_that_ends_triggers_recovery_refreshes_spread_over_the_window(
     );
     let ended = Utc::now();
     sim.sim.set_connector_status(inst, method, "operational");
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(40);
-    loop {
-        let done = conns
-            .iter()
-            .filter(|c| sim.sim.counters().refresh_calls.contains_key(c.as_str()))
-            .count();
-        if done == conns.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {done} recovered"
-        );
-        tokio::time::sleep(StdDuration::from_millis(200)).await;
-    }
+    eventually(
+        "every connection's recovery refresh",
+        StdDuration::from_secs(40),
+        || async {
+            let calls = sim.sim.counters().refresh_calls;
+            conns.iter().all(|c| calls.contains_key(c.as_str()))
+        },
+    )
+    .await;
     daemon.stop().await;
     let calls = sim.sim.counters().refresh_calls;
     let mut times: Vec<DateTime<Utc>> = conns.iter().map(|c| calls[c.as_str()][0]).collect();

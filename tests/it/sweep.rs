@@ -496,24 +496,21 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
     let store = app.context().store().clone();
     let daemon = Daemon::start(app);
     // Poll the database for the outcome (bounded): every user swept by the tick.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let swept = store
-            .list_users()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|u| u.last_swept_at.is_some())
-            .count();
-        if swept == users.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {swept} users swept by the tick"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    eventually(
+        "every user swept by the tick",
+        std::time::Duration::from_secs(30),
+        || async {
+            store
+                .list_users()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|u| u.last_swept_at.is_some())
+                .count()
+                == users.len()
+        },
+    )
+    .await;
     for u in store.list_users().await.unwrap() {
         let last = u.last_swept_at.unwrap();
         assert!(
@@ -757,14 +754,12 @@ async fn a_scheduled_pass_stopped_by_a_refused_key_is_tried_again_on_a_later_tic
             .await
             .unwrap()
     };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while aborted().await < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no two aborted passes"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        "two aborted passes",
+        std::time::Duration::from_secs(30),
+        || async { aborted().await >= 2 },
+    )
+    .await;
     let passes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sweeps")
         .fetch_one(store.pool())
         .await
@@ -775,23 +770,20 @@ async fn a_scheduled_pass_stopped_by_a_refused_key_is_tried_again_on_a_later_tic
     );
     // The key works again: a later tick sweeps everyone.
     sim.sim.restore_api_key();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let swept = store
-            .list_users()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|u| u.last_swept_at.is_some())
-            .count();
-        if swept == users.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {swept} users swept after the key came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        "every user swept after the key came back",
+        std::time::Duration::from_secs(30),
+        || async {
+            store
+                .list_users()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|u| u.last_swept_at.is_some())
+                .count()
+                == users.len()
+        },
+    )
+    .await;
     daemon.stop().await;
 }
