@@ -263,19 +263,9 @@ pub async fn key_facts(
     Ok(out)
 }
 
-/// The inferred-outage facts at one connector, in one statement (one hand-off to SQLite's
-/// thread): whether one is open, when the connector last recovered, and the distinct users
-/// other than `except` who failed bank-side there since `since` and since that recovery
-/// (failures seen late from an outage that is over infer no new one), `limit` at most.
-/// Reads only the partial index of bank-side failures: its cost does not grow with the bank.
-async fn inference(
-    conn: &mut SqliteConnection,
-    key: &ConnectorKey,
-    except: Option<&UserId>,
-    since: DateTime<Utc>,
-    limit: i64,
-) -> Result<(bool, Option<i64>, Vec<String>)> {
-    let sql = format!(
+/// The inferred-outage rule's one statement, made once ([`inference`]).
+static INFERENCE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "WITH {RECOVERED}
          SELECT
              EXISTS (SELECT 1 FROM outages WHERE institution_id = ?1 AND method IN (?2, ?3)
@@ -289,10 +279,24 @@ async fn inference(
                    AND c.user_id != ?5
                    AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
                  LIMIT ?6))"
-    );
+    )
+});
+
+/// The inferred-outage facts at one connector, in one statement (one hand-off to SQLite's
+/// thread): whether one is open, when the connector last recovered, and the distinct users
+/// other than `except` who failed bank-side there since `since` and since that recovery
+/// (failures seen late from an outage that is over infer no new one), `limit` at most.
+/// Reads only the partial index of bank-side failures: its cost does not grow with the bank.
+async fn inference(
+    conn: &mut SqliteConnection,
+    key: &ConnectorKey,
+    except: Option<&UserId>,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<(bool, Option<i64>, Vec<String>)> {
     let (a, b) = method_spellings(&key.method);
     let (open, recovered, failing): (bool, Option<i64>, String) =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as(sqlx::AssertSqlSafe(INFERENCE_SQL.as_str()))
             .bind(key.institution_id.clone())
             .bind(a)
             .bind(b)

@@ -37,17 +37,10 @@ pub struct PlanRequest {
     pub reply: oneshot::Sender<Result<UserPlan, sqlx::Error>>,
 }
 
-/// What the committer needs from the settings.
-#[derive(Clone)]
-pub struct CommitSettings {
-    pub plan: PlanSettings,
-    pub outage_window: chrono::Duration,
-}
-
 /// Runs until every sender is gone (the sweeper dropped).
 pub async fn run_committer(
     store: Store,
-    settings: CommitSettings,
+    settings: PlanSettings,
     mut queue: mpsc::Receiver<PlanRequest>,
     clock: Clock,
 ) {
@@ -77,7 +70,7 @@ pub async fn run_committer(
     }
 }
 
-async fn commit(store: &Store, settings: &CommitSettings, clock: &Clock, group: Vec<PlanRequest>) {
+async fn commit(store: &Store, settings: &PlanSettings, clock: &Clock, group: Vec<PlanRequest>) {
     match plan_and_write(store, settings, clock, &group).await {
         Ok(plans) => {
             use std::sync::atomic::Ordering::Relaxed;
@@ -115,7 +108,7 @@ async fn commit(store: &Store, settings: &CommitSettings, clock: &Clock, group: 
 
 async fn plan_and_write(
     store: &Store,
-    settings: &CommitSettings,
+    settings: &PlanSettings,
     clock: &Clock,
     group: &[PlanRequest],
 ) -> Result<Vec<UserPlan>, sqlx::Error> {
@@ -133,26 +126,18 @@ async fn plan_and_write(
         })
         .collect();
     let keys = plan::group_keys(&members, &stored);
+    let window = settings.window();
     let since = now
-        .checked_sub_signed(settings.outage_window)
+        .checked_sub_signed(window)
         .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
     // Enough failing users listed that removing the whole group still leaves the threshold.
     let limit = settings
-        .plan
         .outage_min_users
         .max(1)
         .saturating_add(i64::try_from(group.len()).unwrap_or(i64::MAX))
         .saturating_add(1);
-    let facts =
-        store::connections::key_facts(&mut tx, &keys, since, settings.outage_window, limit).await?;
-    let plans = plan::plan_group(
-        now,
-        &members,
-        stored,
-        &facts,
-        &settings.plan,
-        &mut rand::rng(),
-    );
+    let facts = store::connections::key_facts(&mut tx, &keys, since, window, limit).await?;
+    let plans = plan::plan_group(now, &members, stored, &facts, settings, &mut rand::rng());
     let refs: Vec<&UserPlan> = plans.iter().collect();
     crate::work::write::write_plans(&mut tx, &refs, now).await?;
     tx.commit().await?;

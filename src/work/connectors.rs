@@ -3,11 +3,9 @@
 //! the status changes logged, then the connections at the connectors that moved
 //! reclassified before anyone sees the new statuses.
 
-use super::context::{Context, SweepError};
-use crate::plan::classify::ConnectorView;
+use super::context::Context;
+use crate::plan::ConnectorStatuses;
 use crate::plan::connectors::ConnectorsPlan;
-use crate::plan::{ConnectionRow, ConnectorStatuses};
-use crate::store;
 
 impl Context {
     /// The last known connector statuses, without asking Basiq.
@@ -83,23 +81,6 @@ impl Context {
                 cache.statuses().clone()
             }
         }
-    }
-
-    /// The connector view and inferred-outage flag of one stored connection, for the gates.
-    pub async fn connector_facts(
-        &self,
-        row: &ConnectionRow,
-    ) -> Result<(ConnectorView, bool), SweepError> {
-        let statuses = self.connectors().await;
-        let view = statuses.view(row.institution_id.as_str(), &row.method);
-        let mut conn = self.store().pool().acquire().await?;
-        let inferred = store::connectors::inferred_open(
-            &mut conn,
-            row.institution_id.as_str(),
-            row.method.as_str(),
-        )
-        .await?;
-        Ok((view, inferred))
     }
 }
 

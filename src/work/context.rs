@@ -129,19 +129,9 @@ impl Context {
         let statuses = store.connector_statuses().await?;
         let fetching = tokio::sync::Semaphore::new(options.concurrency.max(1));
         let (commits, queue) = tokio::sync::mpsc::channel(store::GROUP_MAX * 4);
-        let commit_settings = commit::CommitSettings {
-            plan: PlanSettings {
-                stale_after: options.stale_after,
-                outage_min_users: options.outage_min_users,
-                outage_window: options.outage_window,
-                auto_refresh: options.auto_refresh.clone(),
-            },
-            outage_window: chrono::Duration::from_std(options.outage_window)
-                .unwrap_or(chrono::Duration::MAX),
-        };
         tokio::spawn(commit::run_committer(
             store.clone(),
-            commit_settings,
+            plan_settings(&options),
             queue,
             clock.clone(),
         ));
@@ -185,12 +175,7 @@ impl Context {
 
     /// What the planner needs from the settings.
     pub fn plan_settings(&self) -> PlanSettings {
-        PlanSettings {
-            stale_after: self.inner.options.stale_after,
-            outage_min_users: self.inner.options.outage_min_users,
-            outage_window: self.inner.options.outage_window,
-            auto_refresh: self.inner.options.auto_refresh.clone(),
-        }
+        plan_settings(&self.inner.options)
     }
 
     /// The user's next slot strictly after `after`.
@@ -268,5 +253,15 @@ impl Context {
             .await
             .map_err(|_| closed())?;
         Ok(replied.await.map_err(|_| closed())??)
+    }
+}
+
+/// What the planner needs from the sweep's settings.
+fn plan_settings(options: &SweepOptions) -> PlanSettings {
+    PlanSettings {
+        stale_after: options.stale_after,
+        outage_min_users: options.outage_min_users,
+        outage_window: options.outage_window,
+        auto_refresh: options.auto_refresh.clone(),
     }
 }

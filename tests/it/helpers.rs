@@ -278,3 +278,14 @@ pub fn api_client(app: &basiq_health::app::App) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// How many registered users have been swept at least once.
+pub async fn swept_count(store: &basiq_health::store::Store) -> usize {
+    store
+        .list_users()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|u| u.last_swept_at.is_some())
+        .count()
+}

@@ -185,13 +185,7 @@ async fn sigterm_during_a_sweep_of_500_users_exits_0_within_the_grace_and_leaves
     let store = basiq_health::store::Store::open(&db).await.unwrap();
     let deadline = Instant::now() + StdDuration::from_secs(30);
     loop {
-        let swept = store
-            .list_users()
-            .await
-            .unwrap()
-            .iter()
-            .filter(|u| u.last_swept_at.is_some())
-            .count();
+        let swept = swept_count(&store).await;
         if swept >= 20 {
             break;
         }
@@ -206,13 +200,7 @@ async fn sigterm_during_a_sweep_of_500_users_exits_0_within_the_grace_and_leaves
     assert_eq!(status.code(), Some(0), "{lines:?}");
     assert!(took < StdDuration::from_secs(grace), "stopped in {took:?}");
     assert!(lines.iter().any(|l| l.contains("\"event\":\"stopped\"")));
-    let swept = store
-        .list_users()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|u| u.last_swept_at.is_some())
-        .count();
+    let swept = swept_count(&store).await;
     assert!(
         swept < 500,
         "the stop interrupted the sweep ({swept} swept)"

@@ -499,16 +499,7 @@ async fn the_tick_sweeps_due_users_and_reschedules_them_one_period_later() {
     eventually(
         "every user swept by the tick",
         std::time::Duration::from_secs(30),
-        || async {
-            store
-                .list_users()
-                .await
-                .unwrap()
-                .iter()
-                .filter(|u| u.last_swept_at.is_some())
-                .count()
-                == users.len()
-        },
+        || async { swept_count(&store).await == users.len() },
     )
     .await;
     for u in store.list_users().await.unwrap() {
@@ -773,16 +764,7 @@ async fn a_scheduled_pass_stopped_by_a_refused_key_is_tried_again_on_a_later_tic
     eventually(
         "every user swept after the key came back",
         std::time::Duration::from_secs(30),
-        || async {
-            store
-                .list_users()
-                .await
-                .unwrap()
-                .iter()
-                .filter(|u| u.last_swept_at.is_some())
-                .count()
-                == users.len()
-        },
+        || async { swept_count(&store).await == users.len() },
     )
     .await;
     daemon.stop().await;

@@ -65,6 +65,15 @@ pub enum Answer {
     Denied,
 }
 
+impl Answer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refreshed => "refreshed",
+            Self::Denied => "denied",
+        }
+    }
+}
+
 impl Decision {
     /// The printed answer to `decision`.
     fn of(
@@ -128,7 +137,6 @@ struct Inner {
     cancel: CancellationToken,
     /// Decisions by (decision, reason), for metrics.
     decisions: Mutex<BTreeMap<(String, String), u64>>,
-    deferred: AtomicU64,
     /// Followed jobs whose end could not be read (unreadable, still running at the follow
     /// timeout, or stopped by shutdown).
     unfinished_follows: AtomicU64,
@@ -162,7 +170,6 @@ impl Refresher {
                 tracker: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 decisions: Mutex::new(BTreeMap::new()),
-                deferred: AtomicU64::new(0),
                 unfinished_follows: AtomicU64::new(0),
             }),
         })
@@ -183,10 +190,6 @@ impl Refresher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    pub fn deferred_count(&self) -> u64 {
-        self.inner.deferred.load(Ordering::Relaxed)
     }
 
     /// Jobs being followed now.

@@ -3,8 +3,6 @@
 //! the request, and what its answer means ([`crate::plan::policy::attempt`]). Every attempt
 //! not a dry run records its decision on the connection.
 
-use std::sync::atomic::Ordering;
-
 use chrono::{DateTime, Utc};
 
 use super::pace::Paced;
@@ -64,15 +62,8 @@ impl Refresher {
         dry_run: bool,
         decision: &RefreshDecision,
     ) -> Decision {
-        if *decision == RefreshDecision::Deferred {
-            self.inner.deferred.fetch_add(1, Ordering::Relaxed);
-        }
         let answer = Decision::of(user, connection, trigger, dry_run, decision);
-        let label = if answer.refreshed() {
-            "refreshed"
-        } else {
-            "denied"
-        };
+        let label = answer.decision.as_str();
         *self
             .inner
             .decisions
