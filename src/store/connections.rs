@@ -172,8 +172,8 @@ pub async fn load_users(
         .iter()
         .map(|u| (u.clone(), Stored::default()))
         .collect();
-    for chunk in users.chunks(IDS_PER_STATEMENT) {
-        let marks = vec!["?"; chunk.len()].join(", ");
+    for chunk in super::shapes::padded(users) {
+        let marks = super::shapes::repeat("?", chunk.len());
         let sql = format!(
             "SELECT {COLUMNS},
                  (SELECT MAX(reserved_at) FROM refresh_attempts a
@@ -184,7 +184,7 @@ pub async fn load_users(
         );
         let mut query = sqlx::query_as::<_, RawWithAttempts>(sqlx::AssertSqlSafe(sql))
             .bind(ts(now - CAP_WINDOW));
-        for u in chunk {
+        for u in &chunk {
             query = query.bind(u.as_str().to_owned());
         }
         for r in query.fetch_all(&mut *conn).await? {
@@ -210,7 +210,7 @@ pub async fn load_users(
         let mut query = sqlx::query_as::<_, (String, String, String, Option<i64>, bool)>(
             sqlx::AssertSqlSafe(sql),
         );
-        for u in chunk {
+        for u in &chunk {
             query = query.bind(u.as_str().to_owned());
         }
         let jobs = query
@@ -232,9 +232,6 @@ pub async fn load_users(
     }
     Ok(out)
 }
-
-/// Ids per `IN (...)` list.
-pub(super) const IDS_PER_STATEMENT: usize = 500;
 
 /// [`KeyFacts`] of each connector, two statements each; `limit` users listed at most.
 /// `since`: the start of the inference window (`window` long) before now.
@@ -278,7 +275,7 @@ static INFERENCE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
                    AND c.bank_failure_at >= MAX(?4, COALESCE((SELECT at FROM recovered), 0))
                    AND c.user_id != ?5
                    AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = c.user_id AND u.removed_at IS NOT NULL)
-                 LIMIT ?6))"
+                 LIMIT ?6 + 0))"
     )
 });
 
@@ -411,9 +408,6 @@ pub async fn inference_at(
     })
 }
 
-/// Connection rows per multi-row statement (32 parameters each, under SQLite's 32,766).
-pub(super) const ROWS_PER_STATEMENT: usize = 500;
-
 /// Writes connections' whole state, in one statement. Basiq's "capped until" only grows here: a refresh
 /// answered 429 while the row was being planned is not forgotten.
 pub(super) async fn write_rows(
@@ -439,7 +433,7 @@ fn upsert_rows_sql(n: usize) -> String {
     let one =
         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
                ?, ?, ?)";
-    let values = vec![one; n].join(", ");
+    let values = super::shapes::repeat(one, n);
     format!(
         "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
              created_date, last_used, expiry_date, newest_job_id, newest_job_state, newest_job_code,
@@ -532,7 +526,7 @@ pub async fn rows_at_connector(
         "SELECT {COLUMNS} FROM connections
          WHERE institution_id = ?1 AND (method IN (?2, ?3) OR method = 'unknown') AND gone_at IS NULL
            AND connection_id > ?4
-         ORDER BY connection_id LIMIT ?5"
+         ORDER BY connection_id LIMIT ?5 + 0"
     );
     let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(key.institution_id.clone())
@@ -623,7 +617,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM connections INDEXED BY connections_action_required
              WHERE health = 'action-required' AND gone_at IS NULL AND {not_removed}
-             ORDER BY connection_id LIMIT ?"
+             ORDER BY connection_id LIMIT ? + 0"
         );
         let mut rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(limit)
@@ -634,7 +628,7 @@ impl Store {
             let sql = format!(
                 "SELECT {COLUMNS} FROM connections
                  WHERE health IS NOT 'action-required' AND gone_at IS NULL AND {not_removed}
-                 ORDER BY connection_id LIMIT ?"
+                 ORDER BY connection_id LIMIT ? + 0"
             );
             let more: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(left)

@@ -120,8 +120,8 @@ pub async fn write_notices(
     notices: &[Notice],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for chunk in notices.chunks(500) {
-        let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+    for chunk in super::shapes::chunks(notices) {
+        let values = super::shapes::repeat("(?, ?, ?, ?, ?, ?)", chunk.len());
         let sql = format!(
             "INSERT INTO outbox (webhook_id, event_type, user_id, order_key, payload, created_at) VALUES {values}"
         );
@@ -162,14 +162,14 @@ pub async fn told(
     ids: &[&ConnectionId],
 ) -> Result<HashMap<String, notify::Told>> {
     let mut told = HashMap::new();
-    for chunk in ids.chunks(500) {
-        let marks = vec!["?"; chunk.len()].join(", ");
+    for chunk in super::shapes::padded(ids) {
+        let marks = super::shapes::repeat("?", chunk.len());
         let sql = format!(
             "SELECT connection_id, health, reason FROM notified WHERE connection_id IN ({marks})"
         );
         let mut query =
             sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for id in &chunk {
             query = query.bind(id.as_str().to_owned());
         }
         for (id, health, reason) in query.fetch_all(&mut *conn).await? {
@@ -192,8 +192,8 @@ pub async fn write_planned(
     }
     tx.wrote_notices();
     let conn: &mut SqliteConnection = tx;
-    for chunk in planned.told.chunks(500) {
-        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+    for chunk in super::shapes::chunks(&planned.told) {
+        let values = super::shapes::repeat("(?, ?, ?)", chunk.len());
         let sql = format!(
             "INSERT INTO notified (connection_id, health, reason) VALUES {values}
              ON CONFLICT (connection_id) DO UPDATE SET health = excluded.health, reason = excluded.reason"
@@ -300,7 +300,7 @@ impl Store {
         sqlx::query_as(
             "SELECT seq, delivery_id, event_id, event_type, source, user_id, entity_link, attempts
              FROM inbox WHERE processed_at IS NULL AND COALESCE(next_attempt_at, 0) <= ?
-             ORDER BY seq LIMIT ?",
+             ORDER BY seq LIMIT ? + 0",
         )
         .bind(ts(now))
         .bind(i64::from(limit))
@@ -336,7 +336,7 @@ impl Store {
         sqlx::query_as(
             "SELECT seq, delivery_id, event_id, event_type, source, user_id, received_at,
                  processed_at, outcome
-             FROM inbox ORDER BY seq DESC LIMIT ?",
+             FROM inbox ORDER BY seq DESC LIMIT ? + 0",
         )
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -472,7 +472,7 @@ impl Store {
                AND NOT EXISTS (
                    SELECT 1 FROM deliveries e WHERE e.endpoint = d.endpoint AND e.state = 'pending'
                       AND e.order_key = d.order_key AND e.outbox_id < d.outbox_id)
-             ORDER BY d.outbox_id LIMIT ?",
+             ORDER BY d.outbox_id LIMIT ? + 0",
         )
         .bind(endpoint)
         .bind(ts(now))
@@ -605,7 +605,7 @@ impl Store {
             "SELECT d.id, d.endpoint, o.webhook_id, o.event_type, o.user_id, d.state, d.attempts,
                  d.failures, d.last_status, d.last_error, o.created_at, d.next_at, d.done_at
              FROM deliveries d JOIN outbox o ON o.id = d.outbox_id {filter}
-             ORDER BY d.id DESC LIMIT ?"
+             ORDER BY d.id DESC LIMIT ? + 0"
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(i64::from(limit))

@@ -52,31 +52,31 @@ impl Store {
         let attempts_cutoff = cutoff.min(ts(now - chrono::Duration::days(2)));
         let jobs = self
             .delete_batches(
-                "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE COALESCE(created, first_seen_at) < ? LIMIT ?)",
+                "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE COALESCE(created, first_seen_at) < ? LIMIT ? + 0)",
                 cutoff,
             )
             .await?;
         let health_changes = self
             .delete_batches(
-                "DELETE FROM health_changes WHERE rowid IN (SELECT rowid FROM health_changes WHERE changed_at < ? LIMIT ?)",
+                "DELETE FROM health_changes WHERE rowid IN (SELECT rowid FROM health_changes WHERE changed_at < ? LIMIT ? + 0)",
                 cutoff,
             )
             .await?;
         let refresh_attempts = self
             .delete_batches(
-                "DELETE FROM refresh_attempts WHERE rowid IN (SELECT rowid FROM refresh_attempts WHERE reserved_at < ? LIMIT ?)",
+                "DELETE FROM refresh_attempts WHERE rowid IN (SELECT rowid FROM refresh_attempts WHERE reserved_at < ? LIMIT ? + 0)",
                 attempts_cutoff,
             )
             .await?;
         let refresh_decisions = self
             .delete_batches(
-                "DELETE FROM refresh_decisions WHERE rowid IN (SELECT rowid FROM refresh_decisions WHERE decided_at < ? LIMIT ?)",
+                "DELETE FROM refresh_decisions WHERE rowid IN (SELECT rowid FROM refresh_decisions WHERE decided_at < ? LIMIT ? + 0)",
                 cutoff,
             )
             .await?;
         let sweeps = self
             .delete_batches(
-                "DELETE FROM sweeps WHERE rowid IN (SELECT rowid FROM sweeps WHERE started_at < ? LIMIT ?)",
+                "DELETE FROM sweeps WHERE rowid IN (SELECT rowid FROM sweeps WHERE started_at < ? LIMIT ? + 0)",
                 cutoff,
             )
             .await?;
@@ -85,7 +85,7 @@ impl Store {
         let events_cutoff = cutoff.min(ts(now - chrono::Duration::days(8)));
         let events = self
             .delete_batches(
-                "DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox WHERE processed_at IS NOT NULL AND received_at < ? LIMIT ?)",
+                "DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox WHERE processed_at IS NOT NULL AND received_at < ? LIMIT ? + 0)",
                 events_cutoff,
             )
             .await?;
@@ -93,7 +93,7 @@ impl Store {
         let notifications = self
             .delete_batches(
                 "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE o.created_at < ?
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.outbox_id = o.id AND d.state = 'pending') LIMIT ?)",
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.outbox_id = o.id AND d.state = 'pending') LIMIT ? + 0)",
                 cutoff,
             )
             .await?;

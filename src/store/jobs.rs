@@ -28,15 +28,9 @@ impl JobRow {
     }
 }
 
-/// Steps per multi-row INSERT (7 parameters each, well under SQLite's 32,766).
-const STEPS_PER_STATEMENT: usize = 1000;
-
-/// Jobs per multi-row upsert (12 parameters each).
-const JOBS_PER_STATEMENT: usize = 1000;
-
-/// Stores jobs (of one or many users) in a few statements: one multi-row upsert per
-/// 1,000 jobs (`RETURNING` says which were written), then the steps of the written ones
-/// replaced in one DELETE and one multi-row INSERT. Each job comes with the connection it
+/// Stores jobs (of one or many users) in a few statements of fixed shapes: multi-row
+/// upserts (`RETURNING` says which were written), then the steps of the written ones
+/// replaced by a DELETE and multi-row INSERTs. Each job comes with the connection it
 /// was matched to (from `links.source`, or by institution when that is missing). A stored
 /// job never goes backwards: an older snapshot (lower `updated`), or a finished job seen in
 /// progress again, changes nothing.
@@ -45,7 +39,7 @@ pub async fn upsert_jobs(
     jobs: &[(&UserId, &Job, Option<&ConnectionId>)],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for chunk in jobs.chunks(JOBS_PER_STATEMENT) {
+    for chunk in super::shapes::chunks(jobs) {
         let written = upsert_chunk(conn, chunk, now).await?;
         let written = last_copies(chunk, &written);
         if written.is_empty() {
@@ -73,13 +67,10 @@ async fn upsert_chunk(
                                failure_code, failed_step, created, updated, first_seen_at, last_seen_at)
              VALUES ",
     );
-    for i in 0..chunk.len() {
-        sql.push_str(if i == 0 {
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        } else {
-            ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        });
-    }
+    sql.push_str(&super::shapes::repeat(
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        chunk.len(),
+    ));
     sql.push_str(
         " ON CONFLICT (job_id) DO UPDATE SET
                  connection_id = COALESCE(excluded.connection_id, jobs.connection_id),
@@ -133,35 +124,30 @@ fn last_copies<'a>(
 
 /// Deletes the stored steps of `jobs`, in one statement.
 async fn delete_steps(conn: &mut SqliteConnection, jobs: &[&Job]) -> Result<()> {
-    let mut sql = String::from("DELETE FROM job_steps WHERE job_id IN (");
-    for i in 0..jobs.len() {
-        sql.push_str(if i == 0 { "?" } else { ", ?" });
+    for list in super::shapes::padded(jobs) {
+        let sql = format!(
+            "DELETE FROM job_steps WHERE job_id IN ({})",
+            super::shapes::repeat("?", list.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for job in list {
+            query = query.bind(job.id.as_str().to_owned());
+        }
+        query.execute(&mut *conn).await?;
     }
-    sql.push(')');
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for job in jobs {
-        query = query.bind(job.id.as_str().to_owned());
-    }
-    query.execute(&mut *conn).await?;
     Ok(())
 }
 
-/// Steps in multi-row INSERTs of at most [`STEPS_PER_STATEMENT`].
+/// Steps in multi-row INSERTs of the fixed sizes.
 async fn insert_steps(
     conn: &mut SqliteConnection,
     steps: &[(&Job, usize, &crate::domain::Step)],
 ) -> Result<()> {
-    for chunk in steps.chunks(STEPS_PER_STATEMENT) {
+    for chunk in super::shapes::chunks(steps) {
         let mut sql = String::from(
             "INSERT INTO job_steps (job_id, position, title, status, result_code, result_title, result_detail) VALUES ",
         );
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 {
-                "(?, ?, ?, ?, ?, ?, ?)"
-            } else {
-                ", (?, ?, ?, ?, ?, ?, ?)"
-            });
-        }
+        sql.push_str(&super::shapes::repeat("(?, ?, ?, ?, ?, ?, ?)", chunk.len()));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (job, position, step) in chunk {
             let (code, title, detail) = match &step.result {
@@ -202,7 +188,7 @@ impl Store {
         sqlx::query_as(
             "SELECT job_id, user_id, connection_id, institution_id, state, failure_code,
                     failed_step, created, updated FROM jobs
-             WHERE connection_id = ? ORDER BY created DESC LIMIT ?",
+             WHERE connection_id = ? ORDER BY created DESC LIMIT ? + 0",
         )
         .bind(id.as_str())
         .bind(i64::from(limit))

@@ -9,7 +9,14 @@
 //! together, up to [`GROUP_MAX`] per transaction (the sweep's committer, with the
 //! multi-row statements of [`plans::write_plans`]): many users cost one commit.
 //!
-//! WAL, `busy_timeout` and foreign keys are set on every connection.
+//! WAL, `busy_timeout` and foreign keys are set on every connection; statement journals
+//! stay in memory; the writer never checkpoints in its COMMIT (`checkpoint` does, off its
+//! path).
+//!
+//! **Statements prepared once.** Every statement keeps one text (multi-row ones take a few
+//! fixed sizes, `shapes`) so sqlx's per-connection cache hits, and a `LIMIT` takes its bound
+//! value as `? + 0`: a bare `LIMIT ?` makes SQLite plan with the bound value and prepare the
+//! statement again at every new binding, so the cached statement never served.
 //!
 //! A failed write must not poison the pool: when a statement or the COMMIT fails (a full
 //! disk fails the COMMIT), SQLite may or may not have rolled the transaction back, and a
@@ -20,6 +27,7 @@
 //! The database file is created `0600` before SQLite opens it (SQLite gives the `-wal` and
 //! `-shm` files the database file's mode), and tightened to `0600` when it is more open.
 
+mod checkpoint;
 pub mod connections;
 pub mod connectors;
 pub mod events;
@@ -28,6 +36,7 @@ pub mod housekeeping;
 pub mod jobs;
 pub mod plans;
 pub mod refreshes;
+mod shapes;
 mod sweeps;
 pub mod tallies;
 mod users;
@@ -68,6 +77,10 @@ pub type Result<T> = std::result::Result<T, sqlx::Error>;
 /// Plans committed in one group transaction at most.
 pub const GROUP_MAX: usize = 128;
 
+/// Prepared statements kept per connection: every statement shape the daemon uses (each
+/// multi-row statement in its few fixed sizes, `shapes`) stays prepared.
+const STATEMENT_CACHE: usize = 256;
+
 /// The daemon's database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -88,6 +101,8 @@ struct Writer {
     notices: Arc<std::sync::atomic::AtomicBool>,
     /// Woken when a commit wrote notifications (the deliverers wait on it).
     outbox: Arc<tokio::sync::Notify>,
+    /// Told of every commit; checkpoints off the writer's path.
+    checkpointer: checkpoint::Checkpointer,
 }
 
 /// What group commit did since start, for `/metrics`.
@@ -141,11 +156,19 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(busy_timeout)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (a multi-row statement's undo) and temporary B-trees stay
+            // in memory: spilled to a temp file they were a large share of a sweep's writes.
+            .pragma("temp_store", "memory")
+            // A WAL left huge by a long catch-up is cut back after a checkpoint.
+            .pragma("journal_size_limit", "67108864")
+            .statement_cache_capacity(STATEMENT_CACHE);
+        // The writer never checkpoints in its commit: [`checkpoint::run`] does, on a
+        // connection of its own, off the writer's path.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await
             .map_err(|e| fail(e.to_string()))?;
         // Several processes opening a fresh database race to migrate it: each migration is
@@ -166,15 +189,17 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.pragma("query_only", "ON"))
+            .connect_with(options.clone().pragma("query_only", "ON"))
             .await
             .map_err(|e| fail(e.to_string()))?;
+        let checkpointer = checkpoint::Checkpointer::spawn(options.clone());
         let writer = Writer {
             pool: writer,
             health: Arc::new(WriteHealth::new(clock)),
             groups: Arc::default(),
             notices: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             outbox: Arc::default(),
+            checkpointer,
         };
         Ok(Self { pool, writer })
     }
@@ -236,6 +261,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.checkpointer.stop();
         self.pool.close().await;
         self.writer.pool.close().await;
     }
@@ -280,6 +306,7 @@ impl Writer {
             health: self.health.clone(),
             notices: self.notices.load(std::sync::atomic::Ordering::Relaxed),
             outbox: self.outbox.clone(),
+            checkpointer: self.checkpointer.clone(),
             wrote_notices: false,
         };
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
@@ -315,6 +342,7 @@ pub struct WriteTx {
     health: Arc<WriteHealth>,
     notices: bool,
     outbox: Arc<tokio::sync::Notify>,
+    checkpointer: checkpoint::Checkpointer,
     /// Notifications were written: the deliverers are woken after the COMMIT.
     wrote_notices: bool,
 }
@@ -352,6 +380,7 @@ impl WriteTx {
                 self.health.succeeded();
                 // Back to the pool, outside any transaction.
                 drop(self.conn.take());
+                self.checkpointer.committed();
                 if self.wrote_notices {
                     self.outbox.notify_waiters();
                 }
@@ -477,6 +506,31 @@ pub(crate) fn method_spellings(method: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer does not checkpoint in its commits; the checkpointer copies what they wrote
+    /// back into the database file soon after.
+    #[tokio::test]
+    async fn commits_reach_the_database_file_through_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = Store::open(&path).await.unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let mut tx = store.write().await.unwrap();
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('big', hex(randomblob(500000)))")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < before + 900_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit never reached the database file"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close().await;
+    }
 
     /// A write that strays onto the readers' pool fails instead of competing with the writer.
     #[tokio::test]

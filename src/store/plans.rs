@@ -6,7 +6,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
-use super::connections::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, write_rows};
+use super::connections::write_rows;
+use super::shapes;
 use super::{Result, WriteTx, ts, ts_ceil};
 use crate::domain::{ConnectionId, ConnectorKey, Job, UserId};
 use crate::plan::classify::Health;
@@ -33,7 +34,7 @@ pub async fn write_plans(
         super::jobs::upsert_jobs(conn, &jobs, now).await?;
     }
     let rows: Vec<&ConnectionRow> = plans.iter().flat_map(|p| &p.connections).collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in shapes::chunks(&rows) {
         write_rows(conn, chunk, now).await?;
     }
     let gone: Vec<&ConnectionId> = plans.iter().flat_map(|p| &p.gone).collect();
@@ -72,13 +73,13 @@ async fn mark_gone(
     gone: &[&ConnectionId],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for chunk in gone.chunks(IDS_PER_STATEMENT) {
-        let marks = vec!["?"; chunk.len()].join(", ");
+    for chunk in shapes::padded(gone) {
+        let marks = shapes::repeat("?", chunk.len());
         let sql = format!(
             "UPDATE connections SET gone_at = ? WHERE gone_at IS NULL AND connection_id IN ({marks})"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ts(now));
-        for id in chunk {
+        for id in &chunk {
             query = query.bind(id.as_str().to_owned());
         }
         query.execute(&mut *conn).await?;
@@ -91,8 +92,8 @@ async fn insert_health_changes(
     changes: &[&HealthChange],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for chunk in changes.chunks(ROWS_PER_STATEMENT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+    for chunk in shapes::chunks(changes) {
+        let values = shapes::repeat("(?, ?, ?, ?, ?, ?, ?)", chunk.len());
         let sql = format!(
             "INSERT INTO health_changes (connection_id, user_id, from_health, to_health, reason, job_id, changed_at)
              VALUES {values}"
@@ -157,8 +158,8 @@ async fn mark_swept(
     swept: &[(&UserId, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for chunk in swept.chunks(IDS_PER_STATEMENT) {
-        let values = vec!["(?, ?)"; chunk.len()].join(", ");
+    for chunk in shapes::chunks(swept) {
+        let values = shapes::repeat("(?, ?)", chunk.len());
         let sql = format!(
             "UPDATE users SET last_swept_at = ?, next_due_at = v.column2, gone_at = NULL
              FROM (VALUES {values}) AS v WHERE users.user_id = v.column1"

@@ -177,7 +177,7 @@ impl Store {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT c.connection_id FROM connections c JOIN users u ON u.user_id = c.user_id
              WHERE c.daily_due_at IS NULL AND c.gone_at IS NULL AND u.removed_at IS NULL AND u.gone_at IS NULL
-             LIMIT ?",
+             LIMIT ? + 0",
         )
         .bind(i64::from(limit))
         .fetch_all(self.pool())
@@ -196,7 +196,7 @@ impl Store {
             "SELECT c.connection_id FROM connections c JOIN users u ON u.user_id = c.user_id
              WHERE c.gone_at IS NULL AND u.removed_at IS NULL AND u.gone_at IS NULL
                AND (c.refresh_due_at <= ?1 OR (?2 AND c.daily_due_at <= ?1))
-             ORDER BY MIN(COALESCE(c.refresh_due_at, ?1), COALESCE(c.daily_due_at, ?1)) LIMIT ?3",
+             ORDER BY MIN(COALESCE(c.refresh_due_at, ?1), COALESCE(c.daily_due_at, ?1)) LIMIT ?3 + 0",
         )
         .bind(ts(now))
         .bind(include_daily)

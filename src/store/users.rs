@@ -107,7 +107,7 @@ impl Store {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT user_id FROM users
              WHERE user_id > ? AND gone_at IS NULL AND removed_at IS NULL
-             ORDER BY user_id LIMIT ?",
+             ORDER BY user_id LIMIT ? + 0",
         )
         .bind(after.map_or("", UserId::as_str))
         .bind(i64::from(limit))
@@ -132,7 +132,7 @@ impl Store {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT user_id FROM users
              WHERE gone_at IS NULL AND removed_at IS NULL AND next_due_at <= ?
-             ORDER BY next_due_at LIMIT ?",
+             ORDER BY next_due_at LIMIT ? + 0",
         )
         .bind(ts(now))
         .bind(i64::from(limit))
