@@ -158,11 +158,11 @@ impl Client {
     }
 
     /// Decodes a list's items one by one; each unreadable one is logged once and counted.
-    fn items<W: DeserializeOwned, D>(
+    fn items<I: wire::Item, W: DeserializeOwned, D>(
         &self,
         endpoint: &'static str,
         ids: Ids<'_>,
-        data: Vec<serde_json::Value>,
+        data: Vec<I>,
         convert: impl Fn(W) -> Result<D, wire::BadField>,
     ) -> Listed<D> {
         let decoded = wire::decode_items(data, convert);
