@@ -432,12 +432,16 @@ impl App {
         Ok(())
     }
 
-    /// Waits (at most `shutdown_grace`) for the workers, the refresher's followers and the
-    /// tasks, then closes the database.
+    /// Waits (at most `shutdown_grace`) for the background reclassification, the workers, the
+    /// refresher's followers and the tasks, then closes the database.
     async fn stop(self, running: work::tick::Running, tasks: Vec<tokio::task::JoinHandle<()>>) {
         let grace = self.settings.shutdown_grace;
         let refresher = self.refresher.clone();
+        let context = self.context.clone();
         let stopped = tokio::time::timeout(grace, async move {
+            // The background reclassification stops between two batches: the rest stays
+            // queued for the next start.
+            context.stop_background().await;
             running.stop().await;
             refresher.shutdown().await;
             for task in tasks {

@@ -372,8 +372,13 @@ async fn cmd_sweep(args: SweepArgs, settings: &Settings, clock: &Clock) -> anyho
                 .await?
         }
     };
+    // The reclassifications the pass queued (or found queued) are finished before the
+    // command ends, as the daemon would finish them in the background.
+    if let Err(e) = context.drain_reclassify(&cancel).await {
+        tracing::error!(error = %e, "reclassification failed; it resumes on the next run");
+    }
     signal.abort();
-    context.store().close().await;
+    context.close().await;
     println!("{}", serde_json::to_string(&counts)?);
     Ok(sweep_exit_code(&counts))
 }
@@ -391,7 +396,7 @@ async fn cmd_check(args: CheckArgs, settings: &Settings, clock: &Clock) -> anyho
         "refreshes": refreshes,
     });
     println!("{}", serde_json::to_string_pretty(&body)?);
-    refresher.context().store().close().await;
+    refresher.context().close().await;
     Ok(0)
 }
 
@@ -416,7 +421,7 @@ async fn cmd_refresh(args: RefreshArgs, settings: &Settings, clock: &Clock) -> a
         .await?;
     refresher.wait_for_followers().await;
     println!("{}", serde_json::to_string(&decision)?);
-    context.store().close().await;
+    context.close().await;
     if args.follow && refresher.unfinished_follows() > 0 {
         eprintln!(
             "basiq-health: could not follow the job of connection {connection} of user {user} \
@@ -433,7 +438,7 @@ async fn cmd_purge(args: PurgeArgs, settings: &Settings, clock: &Clock) -> anyho
     let refresher = refresher(settings, clock).await?;
     let (user, connection) = (args.user, args.connection_id);
     let outcome = refresher.purge(&user, &connection, args.yes).await;
-    refresher.context().store().close().await;
+    refresher.context().close().await;
     // Every message names the connection asked about, not an id read from Basiq.
     let outcome =
         outcome.with_context(|| format!("while purging connection {connection} of user {user}"))?;
@@ -497,7 +502,7 @@ async fn cmd_plan(args: PlanArgs, settings: &Settings, clock: &Clock) -> anyhow:
     let lines = refresher
         .dry_run((!users.is_empty()).then_some(users.as_slice()), clock.now())
         .await?;
-    refresher.context().store().close().await;
+    refresher.context().close().await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&lines)?);
     } else {
@@ -574,6 +579,7 @@ async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
         }
         processed += n;
     }
+    context.close().await;
     println!(
         "{}",
         serde_json::json!({"listed": polled.listed, "stored": polled.stored, "skipped": polled.skipped, "processed": processed})

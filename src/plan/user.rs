@@ -723,7 +723,9 @@ fn infer_outages(
 
 /// Plans the reclassification of a batch of connections at one connector. `recovery`: the
 /// outage there ended; held connections get recovery slots (`slots`, one per connection
-/// held, in order).
+/// held, in order). A connection the new facts leave as it was (its health, reason, owed
+/// refresh and retries, nothing to tell) is neither written nor logged: on a first start most
+/// of a bank's connections are, and a bank is hundreds of thousands of them.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_reclassify(
     now: DateTime<Utc>,
@@ -737,7 +739,8 @@ pub fn plan_reclassify(
     rng: &mut impl rand::Rng,
 ) -> UserPlan {
     let mut plan = UserPlan::default();
-    for mut row in rows {
+    for stored in rows {
+        let mut row = stored.clone();
         let view = connectors.view(row.institution_id.as_str(), &row.method);
         let a = attempts
             .get(&row.connection_id)
@@ -758,10 +761,23 @@ pub fn plan_reclassify(
             periods,
             attempts: &a,
         };
+        let notes = plan.notes.len();
         classify_row(&mut row, &known, now, settings, rng, &mut plan);
-        plan.connections.push(row);
+        if plan.notes.len() > notes || !same_but_checked(&row, &stored) {
+            plan.connections.push(row);
+        }
     }
     plan
+}
+
+/// The row as classified differs from the stored one in when it was classified only. (A
+/// change of health or reason is noted, and changes the row.)
+fn same_but_checked(row: &ConnectionRow, stored: &ConnectionRow) -> bool {
+    *stored
+        == ConnectionRow {
+            checked_at: stored.checked_at,
+            ..row.clone()
+        }
 }
 
 /// Consent warnings: one per threshold crossed (30, 7, 1 days), not one per sweep.

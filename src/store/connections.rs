@@ -513,8 +513,21 @@ fn bind_row<'q>(
         .bind(r.refresh_due.and_then(|o| opt_ts(o.since)))
 }
 
+/// The reclassification's one statement, made once ([`rows_at_connector`]): the walk of the
+/// institution's connections in id order from the cursor, through the index that holds them
+/// in that order (no sort, each row read once); the method is checked on the row.
+static ROWS_AT_CONNECTOR_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM connections INDEXED BY connections_institution
+         WHERE institution_id = ?1 AND connection_id > ?4
+           AND (method IN (?2, ?3) OR method = 'unknown') AND gone_at IS NULL
+         ORDER BY connection_id LIMIT ?5 + 0"
+    )
+});
+
 /// One batch of the connections at a connector, in id order after `after`. A connector
-/// keyed by an unknown method is its institution: every connection there.
+/// keyed by an unknown method is its institution: every connection there. Its cost is the
+/// batch (and the institution's connections at other methods it steps over), not the bank.
 pub async fn rows_at_connector(
     conn: &mut SqliteConnection,
     key: &ConnectorKey,
@@ -522,20 +535,15 @@ pub async fn rows_at_connector(
     limit: u32,
 ) -> Result<Vec<ConnectionRow>> {
     let (a, b) = method_spellings(&key.method);
-    let sql = format!(
-        "SELECT {COLUMNS} FROM connections
-         WHERE institution_id = ?1 AND (method IN (?2, ?3) OR method = 'unknown') AND gone_at IS NULL
-           AND connection_id > ?4
-         ORDER BY connection_id LIMIT ?5 + 0"
-    );
-    let rows: Vec<RawConnection> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(key.institution_id.clone())
-        .bind(a)
-        .bind(b)
-        .bind(after.to_owned())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<RawConnection> =
+        sqlx::query_as(sqlx::AssertSqlSafe(ROWS_AT_CONNECTOR_SQL.as_str()))
+            .bind(key.institution_id.clone())
+            .bind(a)
+            .bind(b)
+            .bind(after.to_owned())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(rows.into_iter().map(ConnectionRow::from).collect())
 }
 
@@ -687,4 +695,40 @@ pub async fn connection(
         .fetch_optional(&mut *conn)
         .await?;
     Ok(row.map(ConnectionRow::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How SQLite runs `sql` with `binds`: one line per step of its plan.
+    async fn query_plan(store: &Store, sql: &str, binds: &[&str]) -> Vec<String> {
+        let sql = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            query = query.bind(b.to_string());
+        }
+        let steps = query.fetch_all(store.pool()).await.unwrap();
+        steps.into_iter().map(|(_, _, _, detail)| detail).collect()
+    }
+
+    /// A reclassification batch walks the institution's connections in id order from its
+    /// cursor: no sort of the bank's connections, however many there are.
+    #[tokio::test]
+    async fn a_reclassification_batch_walks_the_index_from_its_cursor_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("plan.db")).await.unwrap();
+        let binds = ["AU00000", "open-banking", "openbanking", "c-1", "500"];
+        let plan = query_plan(&store, &ROWS_AT_CONNECTOR_SQL, &binds).await;
+        assert!(
+            plan.iter().any(|step| step.contains(
+                "USING INDEX connections_institution (institution_id=? AND connection_id>?)"
+            )),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
 }

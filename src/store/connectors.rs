@@ -40,6 +40,15 @@ impl From<RawOutage> for OutageRow {
 }
 
 impl Store {
+    /// Whether a reclassification that is (`recovery`) or is not an outage's recovery is
+    /// pending.
+    pub async fn reclassify_pending(&self, recovery: bool) -> Result<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM reclassify_queue WHERE recovery = ?)")
+            .bind(recovery)
+            .fetch_one(self.pool())
+            .await
+    }
+
     /// Every connector's last known status; `known` once `/connectors` has ever answered.
     pub async fn connector_statuses(&self) -> Result<ConnectorStatuses> {
         let rows: Vec<(String, String, String)> =
@@ -91,6 +100,41 @@ impl Store {
         .await
         .map(|rows| rows.into_iter().map(OutageRow::from).collect())
     }
+}
+
+/// The last known statuses of the connectors at one institution, as committed (what the
+/// cache hands out once the transaction that wrote them has committed); `known` once
+/// `/connectors` has ever answered.
+pub async fn statuses_at(
+    conn: &mut SqliteConnection,
+    institution_id: &str,
+) -> Result<ConnectorStatuses> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT method, status FROM connectors WHERE institution_id = ?")
+            .bind(institution_id.to_owned())
+            .fetch_all(&mut *conn)
+            .await?;
+    let known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'connectors_answered')
+             OR EXISTS (SELECT 1 FROM connectors)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ConnectorStatuses {
+        known,
+        statuses: rows
+            .into_iter()
+            .map(|(method, status)| {
+                (
+                    ConnectorKey {
+                        institution_id: institution_id.to_owned(),
+                        method,
+                    },
+                    ConnectorStatus::parse(&status),
+                )
+            })
+            .collect(),
+    })
 }
 
 /// What is known of every connector: its last status and when it was last read.
@@ -302,13 +346,17 @@ pub async fn queue_reclassify(
     Ok(())
 }
 
-/// The oldest pending reclassification.
-pub async fn next_reclassify(conn: &mut SqliteConnection) -> Result<Option<Reclassify>> {
+/// The oldest pending reclassification that is (`recovery`) or is not an outage's recovery.
+pub async fn next_reclassify(
+    conn: &mut SqliteConnection,
+    recovery: bool,
+) -> Result<Option<Reclassify>> {
     let row: Option<QueuedRow> = sqlx::query_as(
         "SELECT institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done,
                 ended_after
-         FROM reclassify_queue ORDER BY queued_at, institution_id, method LIMIT 1",
+         FROM reclassify_queue WHERE recovery = ? ORDER BY queued_at, institution_id, method LIMIT 1",
     )
+    .bind(recovery)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|r| Reclassify {

@@ -1,17 +1,18 @@
 //! The context every unit of work shares: the store, the Basiq client, the one clock, the
-//! `/connectors` cache, the handle to the group committer, the reads not committed yet and
-//! the progress the watchdog reads. Cheap to clone. The units of work themselves are the
-//! sibling modules: a user's sweep ([`super::sweep`]), a pass ([`super::pass`]), the
-//! `/connectors` read ([`super::connectors`]), a reclassification batch
-//! ([`super::reclassify`]), a refresh ([`super::refresh`]), an event ([`super::event`]), a
-//! delivery round ([`super::delivery`]).
+//! `/connectors` cache, the handle to the group committer, the reads not committed yet, the
+//! background reclassification and the progress the watchdog reads. Cheap to clone. The
+//! units of work themselves are the sibling modules: a user's sweep ([`super::sweep`]), a
+//! pass ([`super::pass`]), the `/connectors` read ([`super::connectors`]), a
+//! reclassification batch ([`super::reclassify`]), a refresh ([`super::refresh`]), an event
+//! ([`super::event`]), a delivery round ([`super::delivery`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
+use super::background::Background;
 use super::cache::ConnectorCache;
 use super::commit;
 use super::reads::FreshReads;
@@ -108,6 +109,8 @@ struct Inner {
     commits: tokio::sync::mpsc::Sender<commit::PlanRequest>,
     /// Reads not committed yet, for the refreshes decided meanwhile.
     reads: FreshReads,
+    /// The background reclassification (every queued entry but outages' ends).
+    reclassifier: Background,
 }
 
 /// What every unit of work shares; cheap to clone.
@@ -136,8 +139,9 @@ impl Context {
             clock.clone(),
         ));
         let progress = Progress::new(clock.now());
-        Ok(Self {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| {
+            let me = me.clone();
+            Inner {
                 store,
                 client,
                 clock,
@@ -148,8 +152,36 @@ impl Context {
                 fetching,
                 commits,
                 reads: FreshReads::default(),
-            }),
-        })
+                // Holds no context between batches: it ends when the last one goes.
+                reclassifier: Background::start(move || {
+                    let context = Context {
+                        inner: me.upgrade()?,
+                    };
+                    Some(async move { context.reclassify_in_background().await })
+                }),
+            }
+        });
+        let context = Self { inner };
+        // What a crash left queued resumes now, whether or not `/connectors` is read again.
+        context.wake_reclassify();
+        Ok(context)
+    }
+
+    /// Wakes the background reclassification (a no-op once stopped).
+    pub(super) fn wake_reclassify(&self) {
+        self.inner.reclassifier.wake();
+    }
+
+    /// Stops the background reclassification between two batches and waits for it: what is
+    /// left stays queued for the next start.
+    pub async fn stop_background(&self) {
+        self.inner.reclassifier.stop().await;
+    }
+
+    /// Stops the background work, then closes the store: the end of a one-shot command.
+    pub async fn close(&self) {
+        self.stop_background().await;
+        self.inner.store.close().await;
     }
 
     pub fn store(&self) -> &Store {

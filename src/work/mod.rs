@@ -6,7 +6,8 @@
 //! - [`sweep`]: one user's sweep, a followed job's end, the login check;
 //! - [`pass`]: the loop that takes due (or named) users and sweeps them;
 //! - [`connectors`]: the `/connectors` read, at most once per TTL ([`cache`] is its state);
-//! - [`reclassify`]: the connections at a connector that moved, a batch per transaction;
+//! - [`reclassify`]: the connections at a connector that moved, a batch per transaction,
+//!   outages' ends before anyone sees them, the rest in the [`background`];
 //! - [`commit`]: the group committer (many users' plans per transaction) and [`write`], the
 //!   one way a plan is written: the store writes the plan's values, then the notifications
 //!   they cause are planned from what the store says moved, in the same transaction;
@@ -17,6 +18,7 @@
 //! - [`emit`]: a plan's notes as log lines, after the commit;
 //! - [`tick`]: the scheduler's one tick and the generic worker each kind of work runs in.
 
+pub mod background;
 pub mod cache;
 mod commit;
 pub mod connectors;

@@ -1,9 +1,9 @@
 //! A pass as a unit of work: the loop that takes users (the named ones, every due one batch
 //! after batch, or every registered one page by page) and sweeps them concurrently
 //! ([`super::sweep`]), counting how each ended. A tick's pass first reads `/connectors`
-//! (at most once per TTL) and resumes the reclassification queue. An authentication or a
-//! storage failure stops the pass: users not yet started are skipped, the ones in flight
-//! finish.
+//! (at most once per TTL) and resumes the reclassification queue (its recoveries before any
+//! user, the rest in the background). An authentication or a storage failure stops the
+//! pass: users not yet started are skipped, the ones in flight finish.
 
 use std::collections::BTreeMap;
 
@@ -138,14 +138,11 @@ impl Context {
     }
 
     /// Connector statuses move without any user being due (an outage ends): read them on
-    /// every tick, at most once per TTL, and resume the work a crash left in the
-    /// reclassification queue.
+    /// every tick, at most once per TTL, and resume the work a crash or a failure left in the
+    /// reclassification queue (recoveries before the pass, the rest in the background).
     async fn tick_connectors(&self) {
         self.connectors().await;
-        let statuses = self.cached_connectors().await;
-        if let Err(e) = self.drain_reclassify(&statuses).await {
-            tracing::error!(error = %e, "reclassification failed; it resumes on the next tick");
-        }
+        self.resume_reclassify().await;
     }
 
     /// The next users to sweep (none: the pass is over).

@@ -70,14 +70,14 @@ impl Context {
         let next = self.next_due(user, now);
         // Plan and commit.
         let plan = self
-            .plan_and_commit(user, fetched, statuses.clone(), Some(next))
+            .plan_and_commit(user, fetched, statuses, Some(next))
             .await?;
         let healths = plan.healths();
         // Emit.
         let reclassify = !plan.reclassify.is_empty();
         emit_notes(plan.notes);
         if reclassify {
-            self.drain_reclassify(&statuses).await?;
+            self.reclassify_queued().await?;
         }
         Ok(UserOutcome::Swept(healths))
     }
@@ -101,13 +101,11 @@ impl Context {
             jobs: vec![job],
             complete: false,
         };
-        let plan = self
-            .plan_and_commit(user, fetched, statuses.clone(), None)
-            .await?;
+        let plan = self.plan_and_commit(user, fetched, statuses, None).await?;
         let reclassify = !plan.reclassify.is_empty();
         emit_notes(plan.notes);
         if reclassify {
-            self.drain_reclassify(&statuses).await?;
+            self.reclassify_queued().await?;
         }
         Ok(())
     }

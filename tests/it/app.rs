@@ -267,6 +267,30 @@ impl TestApp {
     pub async fn health_of(&self, conn: &ConnectionId) -> (Option<Health>, Option<String>) {
         health_of(self.store().await, conn).await
     }
+
+    /// Waits until the house's background reclassification has worked through the queue.
+    pub async fn reclassified(&self) {
+        reclassified(self.store().await).await;
+    }
+}
+
+/// Connectors whose reclassification is queued (or under way).
+pub async fn queued_reclassifications(store: &Store) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM reclassify_queue")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+/// Waits until the background reclassification has worked through the queue (every batch
+/// committed).
+pub async fn reclassified(store: &Store) {
+    crate::helpers::eventually(
+        "the reclassification queue to be worked through",
+        Duration::from_secs(60),
+        || async { queued_reclassifications(store).await == 0 },
+    )
+    .await;
 }
 
 /// Registers `users` with `sweeper`.

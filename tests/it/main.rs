@@ -17,6 +17,7 @@ mod life;
 mod overtime;
 mod planner;
 mod production;
+mod reclassify;
 mod refresh;
 mod service;
 mod sim;

@@ -469,6 +469,8 @@ async fn a_failure_from_before_an_inferred_outage_stays_the_user_s() {
     s.pass_minutes(1).await;
     s.sweep(&u1).await;
     s.sweep(&u5).await;
+    // And whatever the background reclassification of the bank made of them.
+    reclassified(s.app.context().store()).await;
     for c in ["c1", "c5"] {
         assert_eq!(
             s.row(c).await.health.map(|h| h.as_str()),
@@ -559,6 +561,8 @@ async fn an_ask_at_a_bank_one_user_short_of_an_inferred_outage_waits_and_is_supe
         fail("service-unavailable"),
     );
     s.sweep(&users[0]).await;
+    // The others at the bank are reclassified in the background.
+    reclassified(s.app.context().store()).await;
     assert_eq!(
         s.row("c4").await.health.map(|h| h.as_str()),
         Some("institution-outage")

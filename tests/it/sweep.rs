@@ -242,6 +242,8 @@ async fn an_outage_is_inferred_from_three_users_whatever_the_order_they_are_swep
         for i in order {
             t.sweep(std::slice::from_ref(&users[i])).await;
         }
+        // The users swept before the outage was inferred are reclassified in the background.
+        t.reclassified().await;
         for (_, conn) in &pairs {
             assert_eq!(
                 t.health_of(conn).await.0,
@@ -315,8 +317,10 @@ async fn a_connector_status_change_reclassifies_its_connections_and_records_the_
     );
 
     sim.sim.set_connector_status(UP.0, UP.1, "major-outage");
-    // Sweeping another user reads /connectors again; user a is reclassified without a sweep.
+    // Sweeping another user reads /connectors again; user a is reclassified without a sweep
+    // (in the background).
     sweep_users(&sweeper, std::slice::from_ref(&b)).await;
+    reclassified(sweeper.store()).await;
     assert_eq!(
         health_of(&sweeper, &conn_a).await.0,
         Some(Health::InstitutionOutage)

@@ -878,3 +878,76 @@ fn a_group_of_plans_sees_each_other_as_if_committed_one_by_one() {
         }
     }
 }
+
+/// A reclassification writes and tells only what moved: a connection the statuses leave as
+/// it was (healthy, waiting for the user, owed a retry) is not in the plan at all; one they
+/// move is, with its change recorded and noted.
+#[test]
+fn a_reclassification_writes_and_tells_only_the_connections_that_moved() {
+    let swept = plan(
+        &sweep(
+            vec![
+                connection("c1", Method::Web),
+                connection("c2", Method::Web),
+                connection("c3", Method::Web),
+            ],
+            vec![
+                ok_job("j1", "c1", 30),
+                failed_job("j2", Some("c2"), Some("invalid-credentials"), 30),
+                failed_job("j3", Some("c3"), Some("institution-not-available"), 30),
+            ],
+        ),
+        &Stored::default(),
+        &operational(),
+    );
+    let healths: Vec<_> = swept.connections.iter().map(|r| r.health).collect();
+    assert_eq!(
+        healths,
+        [
+            Some(Health::Healthy),
+            Some(Health::ActionRequired),
+            Some(Health::TransientFailure)
+        ]
+    );
+    assert!(
+        swept.connections[2].refresh_due.is_some(),
+        "a retry is owed"
+    );
+    let reclassify = |connectors: &ConnectorStatuses| {
+        plan_reclassify(
+            now() + mins(5),
+            swept.connections.clone(),
+            connectors,
+            false,
+            &[],
+            &HashMap::new(),
+            &settings(),
+            std::iter::empty(),
+            &mut StdRng::seed_from_u64(8),
+        )
+    };
+    let same = reclassify(&operational());
+    assert!(
+        same.connections.is_empty() && same.health_changes.is_empty() && same.notes.is_empty(),
+        "{same:#?}"
+    );
+    let down = reclassify(&statuses(&[(
+        BANK,
+        Method::Web,
+        ConnectorStatus::parse("major-outage"),
+    )]));
+    let moved: Vec<(&str, Option<Health>)> = down
+        .connections
+        .iter()
+        .map(|r| (r.connection_id.as_str(), r.health))
+        .collect();
+    // A success half an hour ago: the bank answered this one since.
+    assert_eq!(
+        moved,
+        [
+            ("c2", Some(Health::InstitutionOutage)),
+            ("c3", Some(Health::InstitutionOutage))
+        ]
+    );
+    assert_eq!(down.health_changes.len(), 2, "{down:#?}");
+}
