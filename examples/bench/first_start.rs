@@ -26,7 +26,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, SqliteConnection};
 
 use super::daemon::{Daemon, DaemonDir, line_count, sample, scrape, tail};
-use super::procs::terminate;
+use super::procs::{cpu_split_of, terminate};
 use super::seed::{NOT_DUE_FOR, Seeder, Slot};
 use super::{SimProcess, mark, sweep_context};
 
@@ -163,6 +163,9 @@ struct Marks {
     /// The most connectors seen queued at once.
     queue_peak: i64,
     lock_hold_max: Option<f64>,
+    /// The daemon's user and sys CPU seconds when the watch ended, and when that was.
+    cpu: Option<(f64, f64)>,
+    ended: Duration,
 }
 
 /// The login check: when it was sent, and its answer (when, HTTP status) or what failed.
@@ -279,6 +282,8 @@ async fn watch(
     if let Some(handle) = login {
         handle.abort();
     }
+    marks.cpu = cpu_split_of(&format!("/proc/{}/stat", daemon.child.id()));
+    marks.ended = daemon.spawned.elapsed();
     Ok(marks)
 }
 
@@ -364,6 +369,12 @@ fn print_table(n: usize, timeout: Duration, m: &Marks) {
         m.swept,
         secs(m.all_swept)
     );
+    if let Some((user, sys)) = m.cpu {
+        println!(
+            "| the daemon's CPU until then ({:.2} s) | {user:.1} s user + {sys:.1} s sys | | |",
+            m.ended.as_secs_f64()
+        );
+    }
     println!(
         "| longest write-lock hold | {} | | |",
         m.lock_hold_max

@@ -105,7 +105,7 @@ async fn run(dir: &DaemonDir, due: usize) -> anyhow::Result<()> {
     };
     let (status, rss, _) = terminate(daemon.child, Duration::from_secs(60)).await?;
     println!(
-        "| `run` sweeping {swept} due users with 1M registered: peak RSS of the daemon | {rss:.1} MiB (exit {status}) | <= 64 MB | {} |",
+        "| `run` sweeping {swept} due users with 1M registered: peak RSS of the daemon | {rss:.1} MiB ({status}) | <= 64 MB | {} |",
         mark(rss <= 61.0)
     );
     Ok(())

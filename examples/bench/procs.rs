@@ -5,12 +5,17 @@ use std::time::{Duration, Instant};
 
 /// user + sys seconds of a process from its `stat` file (USER_HZ is 100 on Linux).
 pub fn cpu_secs_of(path: &str) -> Option<f64> {
+    cpu_split_of(path).map(|(user, sys)| user + sys)
+}
+
+/// User and sys seconds of a process from its `stat` file.
+pub fn cpu_split_of(path: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(path).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    Some((utime / 100.0, stime / 100.0))
 }
 
 pub fn self_cpu() -> f64 {

@@ -46,7 +46,7 @@ pub async fn registered(
         let registered = register(sim, sim_users, n, &db).await?;
         let db_mib = std::fs::metadata(&db)?.len() as f64 / (1024.0 * 1024.0);
         println!(
-            "{registered} registered ({} due): seeded in {:.1} s, database {db_mib:.0} MiB{}",
+            "{registered} registered ({} due): seeded in {:.1} s, database {db_mib:.1} MiB{}",
             sim_users.len(),
             seeded.elapsed().as_secs_f64(),
             if keep {
