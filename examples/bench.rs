@@ -5,26 +5,67 @@
 //! cargo run --release --example bench -- --users 100000
 //! cargo run --release --example bench -- --users 2000 --million   # adds the 1M-user figures
 //! cargo run --release --example bench -- --users 2000 --notices   # with the outbox written
+//! cargo run --release --example bench -- --users 2000 --registered 2000,200000
+//! cargo run --release --example bench -- --users 2000 --first-start 200000 --timeout 900
 //! ```
 //!
-//! The simulator runs in a second process (this binary again, `--role sim`), so the CPU
-//! figures are the daemon's alone. In this process, in order, against the same simulator
-//! at the same concurrency:
-//! 1. **sweep**: the library's real sweep (`Context::run_pass`, the path of `basiq-health
-//!    sweep`) over every registered user on a fresh database; CPU is this process's
-//!    user + sys time over the pass (`/proc/self/stat`), peak RSS its `VmHWM` right after.
+//! The simulator runs in a second process (this binary again, `--role sim`) with `--users`
+//! users (random UUID ids, as Basiq's), so the CPU figures are the daemon's alone. Every id
+//! the harness makes up is a random UUID too (lowercase 8-4-4-4-12 hex), and a register it
+//! seeds gets its rows in random key order, as one built over months does ([`seed`]): ids
+//! in sequence would keep every B-tree's writes on its last pages and hide what random keys
+//! cost. Spreads over banks and failures come from row counters, never from an id's text.
+//!
+//! By default, in this process, in order, against the same simulator at the same
+//! concurrency:
+//! 1. **sweep**: the library's real sweep (`Context::run_pass_all`, the path of
+//!    `basiq-health sweep`) over every registered user on a fresh database; CPU is this
+//!    process's user + sys time over the pass (`/proc/self/stat`), peak RSS its `VmHWM`
+//!    right after.
 //! 2. **raw**: the limit: the same two GETs per user with reqwest, bodies discarded.
 //! 3. **naive**: the way a cron script does it: one user at a time, one SQLite connection,
 //!    the two GETs, one INSERT per connection and job, one transaction per user.
 //!
+//! `--registered N[,N...]` (instead of the default figures; [`registered`]): cost per user
+//! against register size. For each N a fresh database with N users registered: the
+//! simulator's, due, and made-up ones, not due, each with two connections, two jobs of
+//! three steps and two health changes, seeded by SQL. Then the daemon's tick pass in this
+//! process, which must sweep the due users only. One table: CPU per user swept, users per
+//! second, and write syscalls and bytes written per user swept (`/proc/self/io`), then the
+//! largest N's CPU per user against the first N's (target: within 15 %).
+//!
+//! `--first-start N` (instead of the default figures; [`first_start`]): the daemon's first
+//! start (`basiq-health run`, a child process) on N registered users whose connections sit
+//! at the simulator's connectors, none of which the database has seen: times from the
+//! spawn to READY=1, to the first `/connectors` answer, to the first user swept, to a
+//! login check's answer, to the end of the whole reclassification, to every due user
+//! swept; the longest write-lock hold; the daemon's peak RSS. Gives up after `--timeout S`
+//! (default 900) with what was reached.
+//!
 //! With `--million`, the register grows to 1,000,000 users and 2,000,000 connections and
 //! the product's own commands run as child processes (this binary again, `--role cli`,
-//! which is `basiq-health` itself): `users import` of 1M ids (time and peak RSS), `status`,
-//! `run` to `READY=1` (a real notify socket), `/metrics` and `GET /v1/status`, a `sweep` of
-//! the simulator's users with 1M registered (peak RSS), and the inferred-outage count.
+//! which is `basiq-health` itself; [`million`]): `users import` of 1M ids (time and peak
+//! RSS), `status`, `run` to `READY=1` (a real notify socket), `/metrics` and
+//! `GET /v1/status`, a `sweep` of the simulator's users with 1M registered (peak RSS), and
+//! the inferred-outage count.
+//!
+//! `--keep` keeps the temporary directories (databases, the daemon's config and log) and
+//! prints where they are.
+
+#[path = "bench/daemon.rs"]
+mod daemon;
+#[path = "bench/first_start.rs"]
+mod first_start;
+#[path = "bench/million.rs"]
+mod million;
+#[path = "bench/procs.rs"]
+mod procs;
+#[path = "bench/registered.rs"]
+mod registered;
+#[path = "bench/seed.rs"]
+mod seed;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,9 +73,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use basiq_health::domain::UserId;
 use basiq_health::settings::Settings;
+use basiq_health::store::SweepCounts;
+use basiq_health::work::Context;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use procs::{cpu_secs_of, peak_rss_mib, reset_peak_rss, self_cpu};
 
 const SEED: u64 = 42;
 
@@ -44,7 +89,17 @@ struct Args {
     million: bool,
     /// Write notifications to the outbox, as with `[[notify.endpoints]]` configured.
     notices: bool,
+    /// `--registered`: the register sizes, in order.
+    registered: Vec<usize>,
+    /// `--first-start`: the register size.
+    first_start: Option<usize>,
+    /// How long `--first-start` waits for everything it measures.
+    timeout: Duration,
+    keep: bool,
 }
+
+const USAGE: &str = "--users N, --concurrency N, --million, --notices, --registered N[,N...], \
+                     --first-start N, --timeout S, --keep";
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut args = Args {
@@ -52,16 +107,31 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         concurrency: 8,
         million: false,
         notices: false,
+        registered: Vec::new(),
+        first_start: None,
+        timeout: Duration::from_secs(900),
+        keep: false,
     };
     while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value ({USAGE})"))
+        };
         match a.as_str() {
-            "--users" => args.users = it.next().context("--users N")?.parse()?,
-            "--concurrency" => args.concurrency = it.next().context("--concurrency N")?.parse()?,
+            "--users" => args.users = value()?.parse()?,
+            "--concurrency" => args.concurrency = value()?.parse()?,
             "--million" => args.million = true,
             "--notices" => args.notices = true,
-            other => bail!(
-                "unknown argument {other:?} (--users N, --concurrency N, --million, --notices)"
-            ),
+            "--registered" => {
+                args.registered = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse())
+                    .collect::<Result<_, _>>()?;
+            }
+            "--first-start" => args.first_start = Some(value()?.parse()?),
+            "--timeout" => args.timeout = Duration::from_secs(value()?.parse()?),
+            "--keep" => args.keep = true,
+            other => bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
     Ok(args)
@@ -157,32 +227,6 @@ impl Drop for SimProcess {
     }
 }
 
-/// user + sys seconds of a process from its `stat` file (USER_HZ is 100 on Linux).
-fn cpu_secs_of(path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-fn self_cpu() -> f64 {
-    cpu_secs_of("/proc/self/stat").unwrap_or(f64::NAN)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 fn mark(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -217,45 +261,89 @@ fn parse_ids(ids: &[String]) -> anyhow::Result<Vec<UserId>> {
         .collect()
 }
 
-/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 async fn bench(args: Args) -> anyhow::Result<()> {
     let sim = SimProcess::start(args.users)?;
     let http = reqwest::Client::new();
-    let users = parse_ids(&sim_ids(&http, &sim).await?)?;
+    let ids = sim_ids(&http, &sim).await?;
     println!(
         "basiq-health benchmark: {} simulated users, concurrency {}, requests unpaced, {} cores, {}",
-        users.len(),
+        ids.len(),
         args.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         chrono::Utc::now().format("%Y-%m-%d")
     );
+    if !args.registered.is_empty() {
+        let users = parse_ids(&ids)?;
+        registered::registered(&sim, &users, &args.registered, args.concurrency, args.keep).await?;
+    }
+    if let Some(n) = args.first_start {
+        let users = parse_ids(&ids)?;
+        first_start::first_start(&sim, &users, n, args.timeout, args.keep).await?;
+    }
+    if args.registered.is_empty() && args.first_start.is_none() {
+        default_figures(&sim, &ids, &args).await?;
+    }
+    if args.million {
+        million::million(&sim, &parse_ids(&ids)?, args.keep).await?;
+    }
+    Ok(())
+}
 
-    // 1. The sweep.
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("bench.db");
+/// The settings of a sweep in this process: the simulator, the database `db`, unpaced, no
+/// local API.
+fn sweep_settings(sim: &SimProcess, db: &Path, concurrency: usize) -> anyhow::Result<Settings> {
     let toml = format!(
         "[basiq]\nbase_url = {:?}\nmax_requests_per_second = 100000\n[database]\npath = {:?}\n\
-         [sweep]\nconcurrency = {}\n[api]\nlisten = \"\"\n",
+         [sweep]\nconcurrency = {concurrency}\n[api]\nlisten = \"\"\n",
         sim.base_url,
         db.display().to_string(),
-        args.concurrency
     );
-    let settings = Settings::from_toml(&toml)?;
-    let context = basiq_health::app::build_sweeper_with_key(
-        &settings,
+    Ok(Settings::from_toml(&toml)?)
+}
+
+/// The library's sweeper on the database `db` (created and migrated if new).
+async fn sweep_context(sim: &SimProcess, db: &Path, concurrency: usize) -> anyhow::Result<Context> {
+    basiq_health::app::build_sweeper_with_key(
+        &sweep_settings(sim, db, concurrency)?,
         secrecy::SecretString::from(sim.api_key.clone()),
     )
-    .await?;
+    .await
+}
+
+/// The sweep of every registered user (figure 1), measured.
+struct Sweep {
+    registered: usize,
+    register_s: f64,
+    counts: SweepCounts,
+    took: f64,
+    cpu: f64,
+    sim_cpu: f64,
+    rss: f64,
+    counters: Value,
+    rows: i64,
+    notices: i64,
+}
+
+/// The default figures: the sweep, the raw HTTP limit, the naive way.
+async fn default_figures(sim: &SimProcess, ids: &[String], args: &Args) -> anyhow::Result<()> {
+    let sweep = sweep_all(sim, parse_ids(ids)?, args).await?;
+    let (raw_rate, raw_cpu_ms) = raw_loop(sim, ids, args.concurrency).await?;
+    let naive_dir = tempfile::tempdir()?;
+    let naive = naive_sweep(sim, ids, &naive_dir.path().join("naive.db")).await?;
+    print_figures(&sweep, (raw_rate, raw_cpu_ms), naive, args.notices);
+    Ok(())
+}
+
+async fn sweep_all(sim: &SimProcess, users: Vec<UserId>, args: &Args) -> anyhow::Result<Sweep> {
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir()?;
+    let context = sweep_context(sim, &dir.path().join("bench.db"), args.concurrency).await?;
     context.store().set_notices(args.notices);
     let started = Instant::now();
     for chunk in users.chunks(10_000) {
         context.add_users(chunk).await?;
     }
-    let register = started.elapsed();
+    let register_s = started.elapsed().as_secs_f64();
     let registered = users.len();
     // The sweep reads the register page by page, as `basiq-health sweep` does: this process
     // holds no list of every user while it sweeps, and its peak RSS is measured from here.
@@ -275,12 +363,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let took = started.elapsed().as_secs_f64();
     let (cpu, sim_cpu) = (self_cpu() - cpu0, sim.cpu_secs() - sim_cpu0);
     let rss = peak_rss_mib();
-    let c = counters(&http, &sim.base_url).await?;
-    let swept = counts.users_swept as f64;
-    let requests = requests_of(&c);
-    let token = c["token_calls"].as_u64().unwrap_or(0);
-    let connectors = c["requests"]["connectors"].as_u64().unwrap_or(0);
-    let user_requests = requests - token - connectors;
+    let counters = counters(&http, &sim.base_url).await?;
     let rows: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM connections) + (SELECT COUNT(*) FROM jobs)
               + (SELECT COUNT(*) FROM job_steps) + (SELECT COUNT(*) FROM health_changes)
@@ -292,28 +375,40 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .fetch_one(context.store().pool())
         .await?;
     context.store().close().await;
-    let sweep_rate = swept / took;
-    let cpu_ms = cpu * 1000.0 / swept.max(1.0);
+    Ok(Sweep {
+        registered,
+        register_s,
+        counts,
+        took,
+        cpu,
+        sim_cpu,
+        rss,
+        counters,
+        rows,
+        notices,
+    })
+}
 
-    // 2. The raw HTTP limit.
-    let ids = sim_ids(&http, &sim).await?;
-    let (raw_rate, raw_cpu_ms) = raw_loop(&sim, &ids, args.concurrency).await?;
-
-    // 3. The naive way.
-    let naive_dir = tempfile::tempdir()?;
-    let (naive_rate, naive_cpu_ms) =
-        naive_sweep(&sim, &ids, &naive_dir.path().join("naive.db")).await?;
-
+fn print_figures(s: &Sweep, (raw_rate, raw_cpu_ms): (f64, f64), naive: (f64, f64), notices: bool) {
+    let swept = s.counts.users_swept as f64;
+    let sweep_rate = swept / s.took;
+    let cpu_ms = s.cpu * 1000.0 / swept.max(1.0);
+    let token = s.counters["token_calls"].as_u64().unwrap_or(0);
+    let connectors = s.counters["requests"]["connectors"].as_u64().unwrap_or(0);
+    let user_requests = requests_of(&s.counters) - token - connectors;
     println!(
-        "registered {registered} users in {:.2} s; swept {} ({} failed, {} gone) in {took:.2} s",
-        register.as_secs_f64(),
-        counts.users_swept,
-        counts.users_failed,
-        counts.users_gone
+        "registered {} users in {:.2} s; swept {} ({} failed, {} gone) in {:.2} s",
+        s.registered,
+        s.register_s,
+        s.counts.users_swept,
+        s.counts.users_failed,
+        s.counts.users_gone,
+        s.took
     );
     println!(
-        "notifications written to the outbox: {notices} ({})",
-        if args.notices {
+        "notifications written to the outbox: {} ({})",
+        s.notices,
+        if notices {
             "--notices: as with an endpoint configured"
         } else {
             "none configured"
@@ -342,13 +437,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         mark(token <= 1 && connectors <= 1)
     );
     println!(
-        "| peak RSS of the daemon's process during the sweep | {rss:.1} MiB | <= 64 MB | {} |",
-        mark(rss <= 61.0)
+        "| peak RSS of the daemon's process during the sweep | {:.1} MiB | <= 64 MB | {} |",
+        s.rss,
+        mark(s.rss <= 61.0)
     );
     println!(
-        "| SQLite rows written per second | {:.0} ({rows} rows) | | |",
-        rows as f64 / took
+        "| SQLite rows written per second | {:.0} ({} rows) | | |",
+        s.rows as f64 / s.took,
+        s.rows
     );
+    let (naive_rate, naive_cpu_ms) = naive;
     println!(
         "| naive way (1 connection, 1 transaction per user, sequential) | {naive_rate:.0} users/s, {naive_cpu_ms:.3} ms CPU/user | | sweep is {:.1}x its rate at {:.2}x its CPU per user |",
         sweep_rate / naive_rate,
@@ -356,13 +454,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     println!(
         "| simulator CPU during the sweep (other process, not counted) | {:.3} ms/user | | |",
-        sim_cpu * 1000.0 / swept.max(1.0)
+        s.sim_cpu * 1000.0 / swept.max(1.0)
     );
-
-    if args.million {
-        million(&sim, &parse_ids(&ids)?).await?;
-    }
-    Ok(())
 }
 
 async fn token(http: &reqwest::Client, sim: &SimProcess) -> anyhow::Result<String> {
@@ -481,278 +574,4 @@ async fn naive_sweep(sim: &SimProcess, ids: &[String], db: &Path) -> anyhow::Res
         ids.len() as f64 / took,
         cpu * 1000.0 / ids.len().max(1) as f64,
     ))
-}
-
-/// Runs this binary as `basiq-health ARGS` and waits: wall time, peak RSS (MiB), stdout.
-fn product(config: &Path, args: &[&str]) -> anyhow::Result<(f64, f64, String)> {
-    let started = Instant::now();
-    let child = Command::new(std::env::current_exe()?)
-        .args(["--role", "cli", "--config"])
-        .arg(config)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (status, rss, out, err) = wait_with_rusage(child)?;
-    let took = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("basiq-health {args:?} failed ({status}): {err}");
-    }
-    Ok((took, rss, out))
-}
-
-/// Waits for a child through `wait4`, for its own peak RSS.
-fn wait_with_rusage(
-    mut child: Child,
-) -> anyhow::Result<(std::process::ExitStatus, f64, String, String)> {
-    use std::io::Read;
-    let mut out = String::new();
-    let mut err = String::new();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut e = String::new();
-        if let Some(s) = stderr.as_mut() {
-            s.read_to_string(&mut e).ok();
-        }
-        e
-    });
-    if let Some(s) = stdout.as_mut() {
-        s.read_to_string(&mut out)?;
-    }
-    err.push_str(&reader.join().unwrap_or_default());
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data, zeroed is a valid value; the pid is our child's,
-    // not yet waited for (std's `Child` is not waited on after this).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if r != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    std::mem::forget(child);
-    Ok((
-        std::process::ExitStatus::from_raw(status),
-        usage.ru_maxrss as f64 / 1024.0,
-        out,
-        err,
-    ))
-}
-
-/// The 1M-user figures: the product's commands over a register of 1,000,000 users and
-/// 2,000,000 connections.
-async fn million(sim: &SimProcess, sim_users: &[UserId]) -> anyhow::Result<()> {
-    const USERS: usize = 1_000_000;
-    println!();
-    println!(
-        "1,000,000 registered users, 2,000,000 connections (the product's commands, each its own process):"
-    );
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("million.db");
-    let config = dir.path().join("basiq-health.toml");
-    let key_file = dir.path().join("api-key");
-    std::fs::write(&key_file, &sim.api_key)?;
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    let api = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
-    std::fs::write(
-        &config,
-        format!(
-            "[basiq]\nbase_url = {:?}\napi_key_file = {:?}\nmax_requests_per_second = 100000\n\
-             [database]\npath = {:?}\n[sweep]\nconcurrency = 8\ntick = \"*/2 * * * * *\"\n\
-             [api]\nlisten = \"{api}\"\n",
-            sim.base_url,
-            key_file.display().to_string(),
-            db.display().to_string()
-        ),
-    )?;
-    // The ids: the simulator's users first, then made-up ones up to a million.
-    let file = dir.path().join("users.txt");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        for u in sim_users {
-            writeln!(w, "{u}")?;
-        }
-        for i in sim_users.len()..USERS {
-            writeln!(w, "bench-user-{i:07}")?;
-        }
-    }
-    let (took, rss, _) = product(
-        &config,
-        &["users", "import", file.to_str().context("path")?],
-    )?;
-    println!(
-        "| `users import` of 1,000,000 ids | {took:.1} s, {rss:.0} MiB | <= 20 s, <= 64 MB | {} |",
-        mark(took <= 20.0 && rss <= 61.0)
-    );
-    // Two connections per made-up user, a third at one bank; nobody but the simulator's
-    // users due, so `run` and `sweep` touch only them. The made-up banks are not among the
-    // simulator's connectors: the daemon's first `/connectors` answer reclassifies every
-    // connection at a connector whose status it learns, which at 2,000,000 connections is
-    // minutes of work on a first start (measured apart from the sweep).
-    {
-        use sqlx::Connection;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await?;
-        let now = chrono::Utc::now().timestamp();
-        let mut tx = conn.begin().await?;
-        sqlx::query(
-            "UPDATE users SET next_due_at = CASE WHEN user_id LIKE 'bench-user-%' THEN ?1 ELSE ?2 END",
-        )
-        .bind(now + 86_400 * 365)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO connections (connection_id, user_id, institution_id, method, status,
-                 first_seen_at, health, reason, checked_at, health_since, newest_job_side,
-                 bank_failure_at)
-             SELECT 'c' || k.k || '-' || substr(u.user_id, 12), u.user_id,
-                    CASE WHEN CAST(substr(u.user_id, 12) AS INTEGER) % 3 = 0 THEN 'BENCH-0'
-                         ELSE 'BENCH-' || (CAST(substr(u.user_id, 12) AS INTEGER) % 5 + 1) END,
-                    'open-banking', 'active', ?1,
-                    CASE WHEN CAST(substr(u.user_id, 12) AS INTEGER) % 50 = 0 THEN 'action-required'
-                         ELSE 'healthy' END,
-                    NULL, ?1, ?1,
-                    CASE WHEN CAST(substr(u.user_id, 12) AS INTEGER) % 3 = 0 AND k.k = 0 THEN 'bank' END,
-                    CASE WHEN CAST(substr(u.user_id, 12) AS INTEGER) % 3 = 0 AND k.k = 0 THEN ?1 - 60 END
-             FROM users u, (SELECT 0 AS k UNION ALL SELECT 1) k
-             WHERE u.user_id LIKE 'bench-user-%'",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    let (took, rss, out) = product(&config, &["status"])?;
-    println!(
-        "| `status` (table) | {:.0} ms, {rss:.0} MiB, {} lines | <= 300 ms | {} |",
-        took * 1000.0,
-        out.lines().count(),
-        mark(took <= 0.3)
-    );
-    // `run` to READY=1 through a real notify socket.
-    let notify_path = dir.path().join("notify.sock");
-    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
-    notify.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let started = Instant::now();
-    let mut run = Command::new(std::env::current_exe()?)
-        .args(["--role", "cli", "--config"])
-        .arg(&config)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut buf = [0u8; 4096];
-    let ready = loop {
-        let n = notify.recv(&mut buf)?;
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break started.elapsed().as_secs_f64();
-        }
-    };
-    println!(
-        "| start to READY=1 | {:.0} ms | <= 500 ms | {} |",
-        ready * 1000.0,
-        mark(ready <= 0.5)
-    );
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    let stderr = run.stderr.take().context("stderr")?;
-    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-    let token = std::fs::read_to_string(dir.path().join("api-token"))?;
-    let http = reqwest::Client::new();
-    for path in ["/metrics", "/v1/status"] {
-        // The first scrape warms the page cache; the figure is the median of five after it.
-        let mut times = Vec::new();
-        for _ in 0..6 {
-            let started = Instant::now();
-            let r = http
-                .get(format!("http://{api}{path}"))
-                .bearer_auth(token.trim())
-                .send()
-                .await?
-                .error_for_status()?;
-            r.bytes().await?;
-            times.push(started.elapsed().as_secs_f64());
-        }
-        times.remove(0);
-        times.sort_by(f64::total_cmp);
-        let t = times[times.len() / 2];
-        println!(
-            "| `GET {path}` | {:.1} ms | <= 50 ms | {} |",
-            t * 1000.0,
-            mark(t <= 0.05)
-        );
-    }
-    // The simulator's users are due: the daemon's tick sweeps them, 1M registered.
-    let started = Instant::now();
-    let swept = loop {
-        let text = http
-            .get(format!("http://{api}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let swept = text
-            .lines()
-            .find_map(|l| l.strip_prefix("basiq_health_users_swept_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as usize;
-        if swept >= sim_users.len() || started.elapsed() > Duration::from_secs(600) {
-            break swept;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    // SIGTERM, and the daemon's own peak RSS through wait4.
-    // SAFETY: signalling our own child, still running.
-    unsafe { libc::kill(run.id() as libc::pid_t, libc::SIGTERM) };
-    let (status, rss, _, _) = wait_with_rusage(run)?;
-    println!(
-        "| `run` sweeping {swept} due users with 1M registered: peak RSS of the daemon | {rss:.1} MiB (exit {status}) | <= 64 MB | {} |",
-        mark(rss <= 61.0)
-    );
-    // The inferred-outage count each swept user's plan reads, a third of the register
-    // failing bank-side at one bank.
-    let store = basiq_health::store::Store::open(&db).await?;
-    let key = basiq_health::domain::ConnectorKey::new(
-        "BENCH-0",
-        &basiq_health::domain::Method::OpenBanking,
-    );
-    let since = chrono::Utc::now() - chrono::Duration::hours(1);
-    let mut conn = store.pool().acquire().await?;
-    let calls = 2000u32;
-    let started = Instant::now();
-    let mut listed = 0;
-    for _ in 0..calls {
-        // What a group commit of 128 users reads per connector: the threshold (3) plus the
-        // group's size plus one failing users at most.
-        listed = basiq_health::store::connections::key_facts(
-            &mut conn,
-            std::slice::from_ref(&key),
-            since,
-            chrono::Duration::hours(1),
-            3 + 128 + 1,
-        )
-        .await?[&key]
-            .failing
-            .len();
-    }
-    let per = started.elapsed().as_secs_f64() * 1e3 / f64::from(calls);
-    println!(
-        "| inferred-outage check per swept user (333,000 failing at one bank): one read per connector per group of up to 128 | {per:.3} ms per read, {listed} failing listed | <= 1 ms | {} |",
-        mark(per <= 1.0)
-    );
-    drop(conn);
-    store.close().await;
-    let (took, rss, _) = product(&config, &["sweep", "--user", sim_users[0].as_str()])?;
-    println!(
-        "| `sweep --user` of one user with 1M registered | {:.0} ms, peak RSS {rss:.1} MiB | | |",
-        took * 1000.0
-    );
-    Ok(())
 }

@@ -201,7 +201,8 @@ async fn render_sweeps(registry: &mut Registry, context: &Context) -> Result<(),
 }
 
 /// Connections per health and open outages, from the kept tallies and an indexed read of the
-/// open outages (the same cost at 10 users and 10 million), and the one writer's groups.
+/// open outages (the same cost at 10 users and 10 million), the one writer's groups and its
+/// longest write-lock hold.
 async fn render_connections(
     registry: &mut Registry,
     store: &crate::store::Store,
@@ -237,6 +238,13 @@ async fn render_connections(
         "write_group_plans",
         "Per-user plans committed in those group transactions since start",
         counter(groups.plans.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    let hold = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    hold.set(store.write_lock_hold_max().as_secs_f64());
+    registry.register(
+        "write_lock_hold_max_seconds",
+        "Longest time one write transaction held the database's write lock since start",
+        hold,
     );
     Ok(())
 }

@@ -26,6 +26,10 @@
 //!
 //! The database file is created `0600` before SQLite opens it (SQLite gives the `-wal` and
 //! `-shm` files the database file's mode), and tightened to `0600` when it is more open.
+//!
+//! How long a write transaction holds SQLite's write lock is measured (from its `BEGIN
+//! IMMEDIATE` to its end), and the longest since start kept ([`Store::write_lock_hold_max`]):
+//! every other writer, in this process or another, waits that long.
 
 mod checkpoint;
 pub mod connections;
@@ -45,7 +49,8 @@ use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::pool::PoolConnection;
@@ -103,6 +108,27 @@ struct Writer {
     outbox: Arc<tokio::sync::Notify>,
     /// Told of every commit; checkpoints off the writer's path.
     checkpointer: checkpoint::Checkpointer,
+    /// The longest write-lock hold since start.
+    lock_hold: Arc<LockHold>,
+}
+
+/// The longest time one write transaction held the write lock since start, in
+/// microseconds. A duration measured with [`Instant`], never a date: nothing is decided by
+/// it, and the daemon's clock (which tests drive) stays the one source of `now`.
+#[derive(Debug, Default)]
+struct LockHold {
+    max_micros: AtomicU64,
+}
+
+impl LockHold {
+    fn note(&self, held: Duration) {
+        let micros = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.max_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    fn max(&self) -> Duration {
+        Duration::from_micros(self.max_micros.load(Ordering::Relaxed))
+    }
 }
 
 /// What group commit did since start, for `/metrics`.
@@ -200,6 +226,7 @@ impl Store {
             notices: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             outbox: Arc::default(),
             checkpointer,
+            lock_hold: Arc::default(),
         };
         Ok(Self { pool, writer })
     }
@@ -244,6 +271,12 @@ impl Store {
     /// Group commits and the plans they carried, since start.
     pub fn group_stats(&self) -> &GroupStats {
         &self.writer.groups
+    }
+
+    /// The longest time one write transaction ([`Store::write`]) held the write lock since
+    /// start: from its `BEGIN IMMEDIATE` to its COMMIT, ROLLBACK or drop.
+    pub fn write_lock_hold_max(&self) -> Duration {
+        self.writer.lock_hold.max()
     }
 
     /// Records the outcome of a one-statement write made on the write pool.
@@ -308,12 +341,15 @@ impl Writer {
             outbox: self.outbox.clone(),
             checkpointer: self.checkpointer.clone(),
             wrote_notices: false,
+            lock_hold: self.lock_hold.clone(),
+            locked_at: None,
         };
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await {
             tx.health.failed(&e);
             tx.discard().await;
             return Err(e);
         }
+        tx.locked_at = Some(Instant::now());
         Ok(tx)
     }
 }
@@ -345,6 +381,9 @@ pub struct WriteTx {
     checkpointer: checkpoint::Checkpointer,
     /// Notifications were written: the deliverers are woken after the COMMIT.
     wrote_notices: bool,
+    lock_hold: Arc<LockHold>,
+    /// When `BEGIN IMMEDIATE` took the write lock; `None` before, and once the hold is noted.
+    locked_at: Option<Instant>,
 }
 
 impl WriteTx {
@@ -361,17 +400,27 @@ impl WriteTx {
     /// Commits; the whole transaction or, on error, none of it.
     pub async fn commit(mut self) -> Result<()> {
         let result = sqlx::query("COMMIT").execute(&mut *self).await.map(drop);
+        self.unlocked();
         self.end(result).await
     }
 
     /// Rolls back (nothing was written, so write health is unchanged unless it fails).
     pub async fn rollback(mut self) -> Result<()> {
         let result = sqlx::query("ROLLBACK").execute(&mut *self).await.map(drop);
+        self.unlocked();
         if let Err(e) = &result {
             self.health.failed(e);
             self.discard().await;
         }
         result
+    }
+
+    /// Notes how long the write lock was held (once; a failed COMMIT or ROLLBACK ends the
+    /// hold too, as its connection is closed).
+    fn unlocked(&mut self) {
+        if let Some(at) = self.locked_at.take() {
+            self.lock_hold.note(at.elapsed());
+        }
     }
 
     async fn end(&mut self, result: Result<()>) -> Result<()> {
@@ -424,6 +473,7 @@ impl DerefMut for WriteTx {
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
+        self.unlocked();
         if let Some(mut conn) = self.conn.take() {
             // Dropped unfinished: an error returned early or a cancelled future. Closed in
             // the background, which rolls back; never handed to another writer.
@@ -546,5 +596,25 @@ mod tests {
             .execute(store.write_pool())
             .await
             .unwrap();
+    }
+
+    /// The longest write-lock hold is kept: a longer transaction raises it, a shorter one
+    /// leaves it, and one dropped unfinished counts too.
+    #[tokio::test]
+    async fn the_longest_write_lock_hold_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("h.db")).await.unwrap();
+        assert_eq!(store.write_lock_hold_max(), Duration::ZERO);
+        let tx = store.write().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        tx.commit().await.unwrap();
+        let long = store.write_lock_hold_max();
+        assert!(long >= Duration::from_millis(30), "{long:?}");
+        store.write().await.unwrap().rollback().await.unwrap();
+        assert_eq!(store.write_lock_hold_max(), long);
+        let tx = store.write().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        drop(tx);
+        assert!(store.write_lock_hold_max() >= Duration::from_millis(60));
     }
 }

@@ -297,6 +297,10 @@ async fn metrics_parse_as_prometheus_text_and_move_after_a_sweep() {
     );
     assert!(sample(&after, "basiq_health_connections{health=\"healthy\"}") > 0.0);
     assert!(
+        sample(&after, "basiq_health_write_lock_hold_max_seconds") > 0.0,
+        "the sweep's group commits held the write lock"
+    );
+    assert!(
         after
             .iter()
             .any(|(s, _)| s.starts_with("basiq_health_sweep_duration_seconds_bucket"))

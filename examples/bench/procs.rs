@@ -1,0 +1,156 @@
+//! What a process used, from `/proc`: CPU, peak RSS, write I/O.
+
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// user + sys seconds of a process from its `stat` file (USER_HZ is 100 on Linux).
+pub fn cpu_secs_of(path: &str) -> Option<f64> {
+    cpu_split_of(path).map(|(user, sys)| user + sys)
+}
+
+/// User and sys seconds of a process from its `stat` file.
+pub fn cpu_split_of(path: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime / 100.0, stime / 100.0))
+}
+
+pub fn self_cpu() -> f64 {
+    cpu_secs_of("/proc/self/stat").unwrap_or(f64::NAN)
+}
+
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's write counters (`/proc/self/io`), every thread's: `wchar` and `syscw`
+/// count every `write`-family call (files, sockets, wake-ups), `write_bytes` the bytes it
+/// dirtied in the page cache (what the disk will get, page by page).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Io {
+    pub wchar: u64,
+    pub syscw: u64,
+    pub write_bytes: u64,
+}
+
+impl Io {
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            wchar: field("wchar"),
+            syscw: field("syscw"),
+            write_bytes: field("write_bytes"),
+        }
+    }
+
+    pub fn since(self, before: Io) -> Io {
+        Io {
+            wchar: self.wchar.saturating_sub(before.wchar),
+            syscw: self.syscw.saturating_sub(before.syscw),
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+        }
+    }
+}
+
+/// A child's peak RSS (MiB) so far: its `VmHWM`, read while it runs. Not `wait4`'s
+/// `ru_maxrss`: a child spawned through `exec` carries its parent's high-water mark over
+/// (the kernel keeps the larger of the two), so this harness's own RSS (a seeding
+/// connection's page cache, say) would be reported as the child's.
+fn child_peak_rss_mib(child: &Child) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Whether the child exited, its peak RSS sampled first (it is gone once reaped).
+fn poll_exit(child: &mut Child, peak: &mut f64) -> anyhow::Result<Option<ExitStatus>> {
+    if let Some(rss) = child_peak_rss_mib(child) {
+        *peak = peak.max(rss);
+    }
+    Ok(child.try_wait()?)
+}
+
+/// Waits for a child, sampling its peak RSS every 10 ms: its status, peak RSS (MiB),
+/// stdout and stderr (when piped).
+pub fn wait_with_peak(mut child: Child) -> anyhow::Result<(ExitStatus, f64, String, String)> {
+    use std::io::Read;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let read = |pipe: Option<&mut dyn Read>| {
+        let mut text = String::new();
+        if let Some(p) = pipe {
+            p.read_to_string(&mut text).ok();
+        }
+        text
+    };
+    let (status, peak, out, err) = std::thread::scope(|scope| {
+        let out = scope.spawn(|| read(stdout.as_mut().map(|s| s as &mut dyn Read)));
+        let err = scope.spawn(|| read(stderr.as_mut().map(|s| s as &mut dyn Read)));
+        let mut peak = 0.0;
+        let status = loop {
+            if let Some(status) = poll_exit(&mut child, &mut peak)? {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        anyhow::Ok((status, peak, out, err))
+    })?;
+    Ok((status, peak, out, err))
+}
+
+/// SIGTERM, then waits (polling every 50 ms, so the runtime goes on) up to `grace` for the
+/// child to exit, then SIGKILL: its status, its peak RSS (MiB), and whether it had to be
+/// killed.
+pub async fn terminate(
+    mut child: Child,
+    grace: Duration,
+) -> anyhow::Result<(ExitStatus, f64, bool)> {
+    let mut peak = 0.0;
+    if let Some(status) = poll_exit(&mut child, &mut peak)? {
+        return Ok((status, peak, false));
+    }
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    let mut killed = false;
+    loop {
+        if let Some(status) = poll_exit(&mut child, &mut peak)? {
+            return Ok((status, peak, killed));
+        }
+        if !killed && Instant::now() >= deadline {
+            child.kill()?;
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
