@@ -25,6 +25,8 @@ pub(super) struct Checkpointer {
     committed: Arc<Notify>,
     stop: CancellationToken,
     _guard: Arc<DropGuard>,
+    /// The task, awaited by [`Checkpointer::stop`] (its connection closed when it returns).
+    task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Checkpointer {
@@ -33,13 +35,14 @@ impl Checkpointer {
     pub(super) fn spawn(options: SqliteConnectOptions) -> Self {
         let committed = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(run(options, committed.clone(), stop.clone()));
-        }
+        let task = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|runtime| runtime.spawn(run(options, committed.clone(), stop.clone())));
         Self {
             committed,
             _guard: Arc::new(stop.clone().drop_guard()),
             stop,
+            task: Arc::new(std::sync::Mutex::new(task)),
         }
     }
 
@@ -48,8 +51,17 @@ impl Checkpointer {
         self.committed.notify_one();
     }
 
-    pub(super) fn stop(&self) {
+    /// Stops the task and waits until its connection is closed.
+    pub(super) async fn stop(&self) {
         self.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 

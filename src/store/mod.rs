@@ -294,7 +294,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        self.writer.checkpointer.stop();
+        self.writer.checkpointer.stop().await;
         self.pool.close().await;
         self.writer.pool.close().await;
     }
