@@ -359,35 +359,6 @@ fn job_state(state: &str) -> JobState {
     }
 }
 
-/// Our attempts of a set of connections (a reclassification batch).
-pub async fn attempts_for(
-    conn: &mut SqliteConnection,
-    ids: &[ConnectionId],
-    now: DateTime<Utc>,
-) -> Result<HashMap<ConnectionId, Attempts>> {
-    let mut out = HashMap::new();
-    for id in ids {
-        let (last, oldest): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT MAX(reserved_at), MIN(CASE WHEN reserved_at > ? THEN reserved_at END)
-             FROM refresh_attempts WHERE connection_id = ?",
-        )
-        .bind(ts(now - CAP_WINDOW))
-        .bind(id.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
-        if last.is_some() {
-            out.insert(
-                id.clone(),
-                Attempts {
-                    last: from_opt_ts(last),
-                    oldest_in_window: from_opt_ts(oldest),
-                },
-            );
-        }
-    }
-    Ok(out)
-}
-
 /// The inferred-outage facts at one connector: whether one is open, and how many distinct
 /// users other than `except` failed bank-side there since `since` (and since the connector
 /// last recovered from an outage, reported or inferred: failures seen late from an outage
@@ -518,7 +489,12 @@ fn bind_row<'q>(
 /// in that order (no sort, each row read once); the method is checked on the row.
 static ROWS_AT_CONNECTOR_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM connections INDEXED BY connections_institution
+        "SELECT {COLUMNS},
+             (SELECT MAX(reserved_at) FROM refresh_attempts a
+               WHERE a.connection_id = connections.connection_id) AS attempt_last,
+             (SELECT MIN(CASE WHEN reserved_at > ?6 THEN reserved_at END) FROM refresh_attempts a
+               WHERE a.connection_id = connections.connection_id) AS attempt_oldest
+         FROM connections INDEXED BY connections_institution
          WHERE institution_id = ?1 AND connection_id > ?4
            AND (method IN (?2, ?3) OR method = 'unknown') AND gone_at IS NULL
          ORDER BY connection_id LIMIT ?5 + 0"
@@ -533,18 +509,37 @@ pub async fn rows_at_connector(
     key: &ConnectorKey,
     after: &str,
     limit: u32,
-) -> Result<Vec<ConnectionRow>> {
+    now: DateTime<Utc>,
+) -> Result<(Vec<ConnectionRow>, HashMap<ConnectionId, Attempts>)> {
     let (a, b) = method_spellings(&key.method);
-    let rows: Vec<RawConnection> =
+    let raw: Vec<RawWithAttempts> =
         sqlx::query_as(sqlx::AssertSqlSafe(ROWS_AT_CONNECTOR_SQL.as_str()))
             .bind(key.institution_id.clone())
             .bind(a)
             .bind(b)
             .bind(after.to_owned())
             .bind(i64::from(limit))
+            .bind(ts(now - CAP_WINDOW))
             .fetch_all(&mut *conn)
             .await?;
-    Ok(rows.into_iter().map(ConnectionRow::from).collect())
+    let mut attempts = HashMap::new();
+    let rows = raw
+        .into_iter()
+        .map(|r| {
+            let row = ConnectionRow::from(r.row);
+            if r.attempt_last.is_some() {
+                attempts.insert(
+                    row.connection_id.clone(),
+                    Attempts {
+                        last: from_opt_ts(r.attempt_last),
+                        oldest_in_window: from_opt_ts(r.attempt_oldest),
+                    },
+                );
+            }
+            row
+        })
+        .collect();
+    Ok((rows, attempts))
 }
 
 /// Stores a refresh decision: the connection's last decision and one history row.
@@ -718,7 +713,7 @@ mod tests {
     async fn a_reclassification_batch_walks_the_index_from_its_cursor_without_a_sort() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("plan.db")).await.unwrap();
-        let binds = ["AU00000", "open-banking", "openbanking", "c-1", "500"];
+        let binds = ["AU00000", "open-banking", "openbanking", "c-1", "500", "0"];
         let plan = query_plan(&store, &ROWS_AT_CONNECTOR_SQL, &binds).await;
         assert!(
             plan.iter().any(|step| step.contains(

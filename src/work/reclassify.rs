@@ -151,8 +151,10 @@ impl Batch {
     ) -> Result<Self, SweepError> {
         let window = settings.window();
         let key = &job.key;
-        let rows =
-            store::connections::rows_at_connector(tx, key, &job.cursor, RECLASSIFY_BATCH).await?;
+        // Our attempts of the rows come with them, in the same statement.
+        let (rows, attempts) =
+            store::connections::rows_at_connector(tx, key, &job.cursor, RECLASSIFY_BATCH, now)
+                .await?;
         // As committed, not as some task's copy of the cache: a read of `/connectors` that
         // committed since the entry was queued (and queued it again) is what this batch sees.
         let statuses = store::connectors::statuses_at(tx, &key.institution_id).await?;
@@ -163,8 +165,6 @@ impl Batch {
             store::connections::inference_at(tx, key, None, since, settings.outage_min_users)
                 .await?
                 .open;
-        let ids: Vec<ConnectionId> = rows.iter().map(|r| r.connection_id.clone()).collect();
-        let attempts = store::connections::attempts_for(tx, &ids, now).await?;
         let periods = store::connections::down_periods(tx, key, now, window)
             .await?
             .all();
