@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --users 2000 --notices   # with the outbox written
 //! cargo run --release --example bench -- --users 2000 --registered 2000,200000
 //! cargo run --release --example bench -- --users 2000 --first-start 200000 --timeout 900
+//! cargo run --release --example bench -- --users 2000 --vs-script --runs 3
 //! ```
 //!
 //! The simulator runs in a second process (this binary again, `--role sim`) with `--users`
@@ -48,6 +49,18 @@
 //! RSS), `status`, `run` to `READY=1` (a real notify socket), `/metrics` and
 //! `GET /v1/status`, a `sweep` of the simulator's users with 1M registered (peak RSS), and
 //! the inferred-outage count.
+//!
+//! `--vs-script` (after the default figures, against the same simulator): `basiq-health
+//! sweep` (this binary as `--role cli`, config as `--million` writes it, concurrency 8, on a
+//! fresh database its own `users import` process filled first, not counted) against
+//! `examples/naive_cron.py`, the cron job a partner would write (Python 3, standard library:
+//! a token, then one user at a time the two GETs with urllib, one INSERT OR REPLACE per
+//! connection and job, one transaction per user, WAL, synchronous NORMAL), each a whole
+//! child process over the simulator's users, CPU from `wait4`'s rusage (user + sys; never
+//! its `ru_maxrss`, see [`procs`]) divided by the users done (both must do every user).
+//! One table: each one's CPU per user, their ratio (target: sweep at most 0.2x the script's,
+//! every run) and both wall times. `--runs N` (default 1) makes N runs, which of the two
+//! goes first alternating, and quotes each run and the range.
 //!
 //! `--keep` keeps the temporary directories (databases, the daemon's config and log) and
 //! prints where they are.
@@ -95,11 +108,15 @@ struct Args {
     first_start: Option<usize>,
     /// How long `--first-start` waits for everything it measures.
     timeout: Duration,
+    /// `--vs-script`: `basiq-health sweep` against `examples/naive_cron.py`, whole processes.
+    vs_script: bool,
+    /// How many alternating runs `--vs-script` makes.
+    runs: usize,
     keep: bool,
 }
 
 const USAGE: &str = "--users N, --concurrency N, --million, --notices, --registered N[,N...], \
-                     --first-start N, --timeout S, --keep";
+                     --first-start N, --timeout S, --vs-script, --runs N, --keep";
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut args = Args {
@@ -110,6 +127,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         registered: Vec::new(),
         first_start: None,
         timeout: Duration::from_secs(900),
+        vs_script: false,
+        runs: 1,
         keep: false,
     };
     while let Some(a) = it.next() {
@@ -130,6 +149,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
             }
             "--first-start" => args.first_start = Some(value()?.parse()?),
             "--timeout" => args.timeout = Duration::from_secs(value()?.parse()?),
+            "--vs-script" => args.vs_script = true,
+            "--runs" => args.runs = value()?.parse::<usize>()?.max(1),
             "--keep" => args.keep = true,
             other => bail!("unknown argument {other:?} ({USAGE})"),
         }
@@ -282,6 +303,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.registered.is_empty() && args.first_start.is_none() {
         default_figures(&sim, &ids, &args).await?;
+    }
+    if args.vs_script {
+        vs_script(&sim, &ids, args.runs, args.keep)?;
     }
     if args.million {
         million::million(&sim, &parse_ids(&ids)?, args.keep).await?;
@@ -574,4 +598,203 @@ async fn naive_sweep(sim: &SimProcess, ids: &[String], db: &Path) -> anyhow::Res
         ids.len() as f64 / took,
         cpu * 1000.0 / ids.len().max(1) as f64,
     ))
+}
+
+/// One whole process's figures for `--vs-script`: users done, CPU (user + sys) and wall
+/// seconds.
+struct WholeRun {
+    users: u64,
+    cpu: f64,
+    wall: f64,
+}
+
+impl WholeRun {
+    fn cpu_ms_per_user(&self) -> f64 {
+        self.cpu * 1000.0 / (self.users.max(1) as f64)
+    }
+}
+
+/// `--vs-script`: `basiq-health sweep` (this binary as `--role cli`) and
+/// `python3 examples/naive_cron.py`, each a whole child process over the simulator's users
+/// on a fresh database, CPU from `wait4`'s rusage; `runs` runs, the order alternating.
+fn vs_script(sim: &SimProcess, ids: &[String], runs: usize, keep: bool) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/naive_cron.py");
+    println!();
+    println!(
+        "`basiq-health sweep` against the naive cron script ({}: one user at a time, two GETs \
+         with urllib, one INSERT per connection and job, one transaction per user), each a \
+         whole process, CPU = wait4's user + sys:",
+        script.display()
+    );
+    let mut results = Vec::new();
+    for run in 0..runs {
+        let (sweep, naive) = if run % 2 == 0 {
+            let s = product_sweep(sim, ids, keep)?;
+            (s, cron_script(sim, ids, &script, keep)?)
+        } else {
+            let n = cron_script(sim, ids, &script, keep)?;
+            (product_sweep(sim, ids, keep)?, n)
+        };
+        println!(
+            "run {} ({} first): sweep {} users in {:.2} s, {:.2} s CPU; script {} users in {:.2} s, {:.2} s CPU",
+            run + 1,
+            if run % 2 == 0 { "sweep" } else { "script" },
+            sweep.users,
+            sweep.wall,
+            sweep.cpu,
+            naive.users,
+            naive.wall,
+            naive.cpu
+        );
+        results.push((sweep, naive));
+    }
+    let quote = |values: Vec<f64>, digits: usize, unit: &str| {
+        let each = values
+            .iter()
+            .map(|v| format!("{v:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (
+            format!("{each}{unit}"),
+            format!("{lo:.digits$}-{hi:.digits$}{unit}"),
+            hi,
+        )
+    };
+    println!();
+    println!("| figure (whole processes) | each run | range | target | |");
+    println!("|---|---|---|---|---|");
+    let (each, range, _) = quote(
+        results.iter().map(|(s, _)| s.cpu_ms_per_user()).collect(),
+        3,
+        " ms",
+    );
+    println!("| `basiq-health sweep` CPU per user swept (user+sys) | {each} | {range} | | |");
+    let (each, range, _) = quote(
+        results.iter().map(|(_, n)| n.cpu_ms_per_user()).collect(),
+        3,
+        " ms",
+    );
+    println!("| naive cron script (python3) CPU per user | {each} | {range} | | |");
+    let (each, range, worst) = quote(
+        results
+            .iter()
+            .map(|(s, n)| s.cpu_ms_per_user() / n.cpu_ms_per_user())
+            .collect(),
+        2,
+        "x",
+    );
+    println!(
+        "| sweep ÷ script, CPU per user | {each} | {range} | <= 0.2x (every run) | {} |",
+        mark(worst <= 0.2)
+    );
+    let (each, range, _) = quote(results.iter().map(|(s, _)| s.wall).collect(), 2, " s");
+    println!("| `basiq-health sweep` wall time | {each} | {range} | | |");
+    let (each, range, _) = quote(results.iter().map(|(_, n)| n.wall).collect(), 2, " s");
+    println!("| naive cron script wall time | {each} | {range} | | |");
+    Ok(())
+}
+
+/// `users import` of `ids` (its own process, not measured) on a fresh database, then
+/// `basiq-health sweep` as a whole process: users swept, its CPU and wall time.
+fn product_sweep(sim: &SimProcess, ids: &[String], keep: bool) -> anyhow::Result<WholeRun> {
+    let dir = daemon::DaemonDir::new(sim, "vs-script", "*/2 * * * * *", keep)?;
+    let file = dir.dir.path().join("users.txt");
+    std::fs::write(&file, ids.join("\n") + "\n")?;
+    dir.product(&["users", "import", file.to_str().context("path")?])?;
+    let started = Instant::now();
+    let child = Command::new(std::env::current_exe()?)
+        .args(["--role", "cli", "--config"])
+        .arg(&dir.config)
+        .arg("sweep")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let done = procs::wait_cpu(child, started)?;
+    if !done.status.success() {
+        bail!(
+            "basiq-health sweep failed ({}): {}",
+            done.status,
+            done.stderr
+        );
+    }
+    let counts: Value = done
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get("users_swept").is_some())
+        })
+        .context("no counts printed by `basiq-health sweep`")?;
+    let field = |name: &str| counts[name].as_u64().unwrap_or(0);
+    let (swept, failed, gone) = (
+        field("users_swept"),
+        field("users_failed"),
+        field("users_gone"),
+    );
+    if (swept + failed + gone) as usize != ids.len() {
+        bail!(
+            "`basiq-health sweep` did {swept} swept + {failed} failed + {gone} gone of {} users",
+            ids.len()
+        );
+    }
+    if keep {
+        println!("kept: {}", dir.dir.path().display());
+    }
+    Ok(WholeRun {
+        users: swept,
+        cpu: done.cpu,
+        wall: done.wall,
+    })
+}
+
+/// `python3 examples/naive_cron.py` as a whole process over `ids` on a fresh SQLite file:
+/// users done (it must have done every one), its CPU and wall time.
+fn cron_script(
+    sim: &SimProcess,
+    ids: &[String],
+    script: &Path,
+    keep: bool,
+) -> anyhow::Result<WholeRun> {
+    let mut dir = tempfile::tempdir()?;
+    dir.disable_cleanup(keep);
+    let file = dir.path().join("users.txt");
+    std::fs::write(&file, ids.join("\n") + "\n")?;
+    let started = Instant::now();
+    let child = Command::new("python3")
+        .arg(script)
+        .arg(&sim.base_url)
+        .arg(&file)
+        .arg(dir.path().join("naive.db"))
+        .env("BASIQ_API_KEY", &sim.api_key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("python3")?;
+    let done = procs::wait_cpu(child, started)?;
+    if !done.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            script.display(),
+            done.status,
+            done.stderr
+        );
+    }
+    let out: Value = serde_json::from_str(done.stdout.trim())
+        .with_context(|| format!("the script's output {:?}", done.stdout))?;
+    let users = out["users"].as_u64().unwrap_or(0);
+    if users as usize != ids.len() {
+        bail!("the script did {users} of {} users", ids.len());
+    }
+    if keep {
+        println!("kept: {}", dir.path().display());
+    }
+    Ok(WholeRun {
+        users,
+        cpu: done.cpu,
+        wall: done.wall,
+    })
 }

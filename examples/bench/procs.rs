@@ -154,3 +154,60 @@ pub async fn terminate(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What [`wait_cpu`] measured of a child: its status, user + sys CPU seconds from
+/// `wait4`'s rusage (the child's own and its reaped children's), wall seconds from `since`,
+/// its stdout and stderr (when piped).
+pub struct Finished {
+    pub status: ExitStatus,
+    pub cpu: f64,
+    pub wall: f64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Waits for a child with `wait4` and reads its CPU times from the rusage (not its
+/// `ru_maxrss`, which carries the parent's high-water mark: see [`child_peak_rss_mib`]).
+/// Wall time is from `since` (the spawn) to the reaping.
+pub fn wait_cpu(mut child: Child, since: Instant) -> anyhow::Result<Finished> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let read = |pipe: Option<&mut dyn Read>| {
+        let mut text = String::new();
+        if let Some(p) = pipe {
+            p.read_to_string(&mut text).ok();
+        }
+        text
+    };
+    std::thread::scope(|scope| {
+        let out = scope.spawn(|| read(stdout.as_mut().map(|s| s as &mut dyn Read)));
+        let err = scope.spawn(|| read(stderr.as_mut().map(|s| s as &mut dyn Read)));
+        let pid = child.id() as libc::pid_t;
+        let mut raw = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it for our own unreaped child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = loop {
+            // SAFETY: valid pointers to locals; the child is ours and not yet reaped.
+            let r = unsafe { libc::wait4(pid, &mut raw, 0, &mut usage) };
+            if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+                continue;
+            }
+            break r;
+        };
+        let wall = since.elapsed().as_secs_f64();
+        if reaped != pid {
+            anyhow::bail!("wait4 of {pid}: {}", std::io::Error::last_os_error());
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Ok(Finished {
+            status: ExitStatus::from_raw(raw),
+            cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+            wall,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
+    })
+}
