@@ -1,11 +1,15 @@
-//! Checkpoints off the writer's path. The write connection never checkpoints in its own
-//! COMMIT (`wal_autocheckpoint = 0`): with SQLite's default, a group commit of a hundred
-//! users crossed the 1,000-page mark almost every time and paid for the copy back into the
-//! database file before answering. Here one task with a connection of its own copies the
-//! WAL back (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for, nor blocks, the writer
-//! or the readers) after commits, at most once per [`EVERY`], so pages written by several
-//! commits are copied once. The task ends with the store (its last clone dropped or
-//! [`super::Store::close`]), closing its connection.
+//! Checkpoints mostly off the writer's path. With SQLite's default the write connection
+//! checkpointed in its own COMMIT every 1,000 pages, which a group commit of a hundred users
+//! crossed almost every time, paying for the copy back into the database file before
+//! answering. Here one task with a connection of its own copies the WAL back (`PRAGMA
+//! wal_checkpoint(PASSIVE)`: it never waits for, nor blocks, the writer or the readers)
+//! after commits, at most once per [`EVERY`], so pages written by several commits are copied
+//! once. The writer keeps a checkpoint of its own, rarely ([`WRITER_PAGES`]): a WAL starts
+//! over only when a writer finds it wholly copied back, which under continuous commits only
+//! the writer itself can arrange; without it a long catch-up grew the WAL by gigabytes. By
+//! then the task has copied nearly everything, so the writer's share is small. The task
+//! ends with the store (its last clone dropped or [`super::Store::close`]), closing its
+//! connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// At most one checkpoint per this long while commits go on.
 pub(super) const EVERY: Duration = Duration::from_millis(500);
+
+/// The writer's own checkpoint, after a commit that leaves the WAL this many pages long
+/// (16 MiB): the WAL's bound, and the point where it starts over.
+pub(super) const WRITER_PAGES: u32 = 4096;
 
 /// The checkpointer's cue and its stop: cloned with the store; the last clone dropped
 /// stops the task.

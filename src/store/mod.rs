@@ -10,8 +10,7 @@
 //! multi-row statements of [`plans::write_plans`]): many users cost one commit.
 //!
 //! WAL, `busy_timeout` and foreign keys are set on every connection; statement journals
-//! stay in memory; the writer never checkpoints in its COMMIT (`checkpoint` does, off its
-//! path).
+//! stay in memory; checkpoints run mostly off the writer's path (`checkpoint`).
 //!
 //! **Statements prepared once.** Every statement keeps one text (multi-row ones take a few
 //! fixed sizes, `shapes`) so sqlx's per-connection cache hits, and a `LIMIT` takes its bound
@@ -189,12 +188,16 @@ impl Store {
             // A WAL left huge by a long catch-up is cut back after a checkpoint.
             .pragma("journal_size_limit", "67108864")
             .statement_cache_capacity(STATEMENT_CACHE);
-        // The writer never checkpoints in its commit: [`checkpoint::run`] does, on a
-        // connection of its own, off the writer's path.
+        // The writer checkpoints in its commit only past `WRITER_PAGES`: the checkpointer
+        // does the rest, on a connection of its own, off the writer's path.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", checkpoint::WRITER_PAGES.to_string()),
+            )
             .await
             .map_err(|e| fail(e.to_string()))?;
         // Several processes opening a fresh database race to migrate it: each migration is
@@ -579,6 +582,32 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        store.close().await;
+    }
+
+    /// A long run of commits keeps the WAL bounded: it starts over once copied back, instead
+    /// of growing with everything ever written (a catch-up grew it by gigabytes).
+    #[tokio::test]
+    async fn a_long_run_of_commits_keeps_the_wal_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let store = Store::open(&path).await.unwrap();
+        for i in 0..60 {
+            let mut tx = store.write().await.unwrap();
+            sqlx::query(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, hex(randomblob(500000)))",
+            )
+            .bind(format!("k{}", i % 4))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let len = std::fs::metadata(&wal).unwrap().len();
+        // 60 MB written; the WAL holds at most its bound and a commit or two.
+        assert!(len < 24 * 1024 * 1024, "the WAL is {len} bytes");
         store.close().await;
     }
 
