@@ -585,29 +585,34 @@ mod tests {
         store.close().await;
     }
 
-    /// A long run of commits keeps the WAL bounded: it starts over once copied back, instead
-    /// of growing with everything ever written (a catch-up grew it by gigabytes).
+    /// Under commits that never pause, the WAL stays bounded: the checkpointer starts it
+    /// over (with copies back alone it only grew, by gigabytes in a long catch-up).
     #[tokio::test]
-    async fn a_long_run_of_commits_keeps_the_wal_bounded() {
+    async fn commits_that_never_pause_keep_the_wal_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let store = Store::open(&path).await.unwrap();
-        for i in 0..60 {
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let mut longest = 0;
+        // 100 MB written, more than the writer's own bound.
+        for i in 0..200 {
             let mut tx = store.write().await.unwrap();
             sqlx::query(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, hex(randomblob(500000)))",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, hex(randomblob(250000)))",
             )
             .bind(format!("k{}", i % 4))
             .execute(&mut *tx)
             .await
             .unwrap();
             tx.commit().await.unwrap();
+            longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(15)).await;
         }
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let len = std::fs::metadata(&wal).unwrap().len();
-        // 60 MB written; the WAL holds at most its bound and a commit or two.
-        assert!(len < 24 * 1024 * 1024, "the WAL is {len} bytes");
+        assert!(
+            longest < 48 * 1024 * 1024,
+            "the WAL grew to {longest} bytes"
+        );
         store.close().await;
     }
 
