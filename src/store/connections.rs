@@ -485,61 +485,79 @@ fn bind_row<'q>(
 }
 
 /// The reclassification's one statement, made once ([`rows_at_connector`]): the walk of the
-/// institution's connections in id order from the cursor, through the index that holds them
-/// in that order (no sort, each row read once); the method is checked on the row.
+/// institution's connections in rowid order from the cursor, through the index that holds
+/// them in that order: no sort, each row read once, and the rows read in the order they are
+/// stored (a page read serves every row on it). The method is checked on the row.
 static ROWS_AT_CONNECTOR_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS},
+        "SELECT rowid AS walk_rowid, {COLUMNS},
              (SELECT MAX(reserved_at) FROM refresh_attempts a
                WHERE a.connection_id = connections.connection_id) AS attempt_last,
              (SELECT MIN(CASE WHEN reserved_at > ?6 THEN reserved_at END) FROM refresh_attempts a
                WHERE a.connection_id = connections.connection_id) AS attempt_oldest
          FROM connections INDEXED BY connections_institution
-         WHERE institution_id = ?1 AND connection_id > ?4
+         WHERE institution_id = ?1 AND rowid > ?4
            AND (method IN (?2, ?3) OR method = 'unknown') AND gone_at IS NULL
-         ORDER BY connection_id LIMIT ?5 + 0"
+         ORDER BY rowid LIMIT ?5 + 0"
     )
 });
 
-/// One batch of the connections at a connector, in id order after `after`. A connector
+/// One batch of the connections at a connector, in rowid order after `after_rowid` (0: from
+/// the start). A connector
 /// keyed by an unknown method is its institution: every connection there. Its cost is the
 /// batch (and the institution's connections at other methods it steps over), not the bank.
 pub async fn rows_at_connector(
     conn: &mut SqliteConnection,
     key: &ConnectorKey,
-    after: &str,
+    after_rowid: i64,
     limit: u32,
     now: DateTime<Utc>,
-) -> Result<(Vec<ConnectionRow>, HashMap<ConnectionId, Attempts>)> {
+) -> Result<AtConnector> {
     let (a, b) = method_spellings(&key.method);
-    let raw: Vec<RawWithAttempts> =
-        sqlx::query_as(sqlx::AssertSqlSafe(ROWS_AT_CONNECTOR_SQL.as_str()))
-            .bind(key.institution_id.clone())
-            .bind(a)
-            .bind(b)
-            .bind(after.to_owned())
-            .bind(i64::from(limit))
-            .bind(ts(now - CAP_WINDOW))
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut attempts = HashMap::new();
-    let rows = raw
-        .into_iter()
-        .map(|r| {
-            let row = ConnectionRow::from(r.row);
-            if r.attempt_last.is_some() {
-                attempts.insert(
-                    row.connection_id.clone(),
-                    Attempts {
-                        last: from_opt_ts(r.attempt_last),
-                        oldest_in_window: from_opt_ts(r.attempt_oldest),
-                    },
-                );
-            }
-            row
-        })
-        .collect();
-    Ok((rows, attempts))
+    let raw: Vec<RawWalked> = sqlx::query_as(sqlx::AssertSqlSafe(ROWS_AT_CONNECTOR_SQL.as_str()))
+        .bind(key.institution_id.clone())
+        .bind(a)
+        .bind(b)
+        .bind(after_rowid)
+        .bind(i64::from(limit))
+        .bind(ts(now - CAP_WINDOW))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut batch = AtConnector {
+        last_rowid: raw.last().map(|r| r.walk_rowid),
+        ..AtConnector::default()
+    };
+    for r in raw {
+        let row = ConnectionRow::from(r.inner.row);
+        if r.inner.attempt_last.is_some() {
+            batch.attempts.insert(
+                row.connection_id.clone(),
+                Attempts {
+                    last: from_opt_ts(r.inner.attempt_last),
+                    oldest_in_window: from_opt_ts(r.inner.attempt_oldest),
+                },
+            );
+        }
+        batch.rows.push(row);
+    }
+    Ok(batch)
+}
+
+/// One batch of a reclassification's walk ([`rows_at_connector`]).
+#[derive(Debug, Default)]
+pub struct AtConnector {
+    pub rows: Vec<ConnectionRow>,
+    /// Our refresh attempts of the rows.
+    pub attempts: HashMap<ConnectionId, Attempts>,
+    /// Where the walk stands after this batch (the last row's rowid).
+    pub last_rowid: Option<i64>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct RawWalked {
+    walk_rowid: i64,
+    #[sqlx(flatten)]
+    inner: RawWithAttempts,
 }
 
 /// Stores a refresh decision: the connection's last decision and one history row.
@@ -707,18 +725,17 @@ mod tests {
         steps.into_iter().map(|(_, _, _, detail)| detail).collect()
     }
 
-    /// A reclassification batch walks the institution's connections in id order from its
-    /// cursor: no sort of the bank's connections, however many there are.
+    /// A reclassification batch walks the institution's connections in storage order from
+    /// its cursor: no sort of the bank's connections, however many there are.
     #[tokio::test]
     async fn a_reclassification_batch_walks_the_index_from_its_cursor_without_a_sort() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("plan.db")).await.unwrap();
-        let binds = ["AU00000", "open-banking", "openbanking", "c-1", "500", "0"];
+        let binds = ["AU00000", "open-banking", "openbanking", "7", "500", "0"];
         let plan = query_plan(&store, &ROWS_AT_CONNECTOR_SQL, &binds).await;
         assert!(
-            plan.iter().any(|step| step.contains(
-                "USING INDEX connections_institution (institution_id=? AND connection_id>?)"
-            )),
+            plan.iter().any(|step| step
+                .contains("USING INDEX connections_institution (institution_id=? AND rowid>?)")),
             "{plan:?}"
         );
         assert!(

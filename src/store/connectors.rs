@@ -299,7 +299,8 @@ pub async fn close_inferred(
 pub struct Reclassify {
     pub key: ConnectorKey,
     pub queued_at: DateTime<Utc>,
-    /// The last connection id done.
+    /// The last connection done: its rowid (where the walk stands) and its id.
+    pub cursor_rowid: i64,
     pub cursor: String,
     pub recovery: bool,
     pub recovery_total: u32,
@@ -325,7 +326,7 @@ pub async fn queue_reclassify(
                AND (method IN (?5, ?6) OR method = 'unknown') AND gone_at IS NULL
                AND health = 'institution-outage') ELSE 0 END, 0, ?7)
          ON CONFLICT (institution_id, method) DO UPDATE SET
-             queued_at = excluded.queued_at, cursor = '',
+             queued_at = excluded.queued_at, cursor = '', cursor_rowid = 0,
              recovery = MAX(reclassify_queue.recovery, excluded.recovery),
              recovery_total = CASE WHEN excluded.recovery THEN excluded.recovery_total
                                    ELSE reclassify_queue.recovery_total END,
@@ -352,8 +353,8 @@ pub async fn next_reclassify(
     recovery: bool,
 ) -> Result<Option<Reclassify>> {
     let row: Option<QueuedRow> = sqlx::query_as(
-        "SELECT institution_id, method, queued_at, cursor, recovery, recovery_total, recovery_done,
-                ended_after
+        "SELECT institution_id, method, queued_at, cursor_rowid, cursor, recovery, recovery_total,
+                recovery_done, ended_after
          FROM reclassify_queue WHERE recovery = ? ORDER BY queued_at, institution_id, method LIMIT 1",
     )
     .bind(recovery)
@@ -365,6 +366,7 @@ pub async fn next_reclassify(
             method: r.method,
         },
         queued_at: from_ts(r.queued_at),
+        cursor_rowid: r.cursor_rowid,
         cursor: r.cursor,
         recovery: r.recovery,
         recovery_total: u32::try_from(r.recovery_total).unwrap_or(0),
@@ -378,6 +380,7 @@ struct QueuedRow {
     institution_id: String,
     method: String,
     queued_at: i64,
+    cursor_rowid: i64,
     cursor: String,
     recovery: bool,
     recovery_total: i64,
@@ -399,9 +402,10 @@ pub async fn advance_reclassify(
             .await?;
     } else {
         sqlx::query(
-            "UPDATE reclassify_queue SET cursor = ?, recovery_done = ?
+            "UPDATE reclassify_queue SET cursor_rowid = ?, cursor = ?, recovery_done = ?
              WHERE institution_id = ? AND method = ?",
         )
+        .bind(job.cursor_rowid)
         .bind(job.cursor.clone())
         .bind(i64::from(job.recovery_done))
         .bind(job.key.institution_id.clone())

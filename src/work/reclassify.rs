@@ -95,6 +95,7 @@ impl Context {
         let batch = Batch::read(&mut tx, &job, now, settings).await?;
         let finished = batch.rows.len() < RECLASSIFY_BATCH as usize;
         if let Some(last) = batch.rows.last() {
+            job.cursor_rowid = batch.last_rowid.unwrap_or(job.cursor_rowid);
             job.cursor = last.connection_id.as_str().to_owned();
         }
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
@@ -136,6 +137,8 @@ impl Context {
 /// attempts of the rows. Each read goes through an index: its cost is the batch's.
 struct Batch {
     rows: Vec<ConnectionRow>,
+    /// Where the walk stands after the rows.
+    last_rowid: Option<i64>,
     statuses: ConnectorStatuses,
     inferred: bool,
     periods: Vec<DownPeriod>,
@@ -152,9 +155,12 @@ impl Batch {
         let window = settings.window();
         let key = &job.key;
         // Our attempts of the rows come with them, in the same statement.
-        let (rows, attempts) =
-            store::connections::rows_at_connector(tx, key, &job.cursor, RECLASSIFY_BATCH, now)
-                .await?;
+        let store::connections::AtConnector {
+            rows,
+            attempts,
+            last_rowid,
+        } = store::connections::rows_at_connector(tx, key, job.cursor_rowid, RECLASSIFY_BATCH, now)
+            .await?;
         // As committed, not as some task's copy of the cache: a read of `/connectors` that
         // committed since the entry was queued (and queued it again) is what this batch sees.
         let statuses = store::connectors::statuses_at(tx, &key.institution_id).await?;
@@ -170,6 +176,7 @@ impl Batch {
             .all();
         Ok(Self {
             rows,
+            last_rowid,
             statuses,
             inferred,
             periods,
