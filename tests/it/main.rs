@@ -14,6 +14,7 @@ mod group;
 mod helpers;
 mod ids;
 mod life;
+mod migrations;
 mod overtime;
 mod planner;
 mod production;
