@@ -104,16 +104,9 @@ pub fn wait_with_peak(mut child: Child) -> anyhow::Result<(ExitStatus, f64, Stri
     use std::io::Read;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let read = |pipe: Option<&mut dyn Read>| {
-        let mut text = String::new();
-        if let Some(p) = pipe {
-            p.read_to_string(&mut text).ok();
-        }
-        text
-    };
     let (status, peak, out, err) = std::thread::scope(|scope| {
-        let out = scope.spawn(|| read(stdout.as_mut().map(|s| s as &mut dyn Read)));
-        let err = scope.spawn(|| read(stderr.as_mut().map(|s| s as &mut dyn Read)));
+        let out = scope.spawn(|| read_all(stdout.as_mut().map(|s| s as &mut dyn Read)));
+        let err = scope.spawn(|| read_all(stderr.as_mut().map(|s| s as &mut dyn Read)));
         let mut peak = 0.0;
         let status = loop {
             if let Some(status) = poll_exit(&mut child, &mut peak)? {
@@ -174,16 +167,9 @@ pub fn wait_cpu(mut child: Child, since: Instant) -> anyhow::Result<Finished> {
     use std::os::unix::process::ExitStatusExt;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
-    let read = |pipe: Option<&mut dyn Read>| {
-        let mut text = String::new();
-        if let Some(p) = pipe {
-            p.read_to_string(&mut text).ok();
-        }
-        text
-    };
     std::thread::scope(|scope| {
-        let out = scope.spawn(|| read(stdout.as_mut().map(|s| s as &mut dyn Read)));
-        let err = scope.spawn(|| read(stderr.as_mut().map(|s| s as &mut dyn Read)));
+        let out = scope.spawn(|| read_all(stdout.as_mut().map(|s| s as &mut dyn Read)));
+        let err = scope.spawn(|| read_all(stderr.as_mut().map(|s| s as &mut dyn Read)));
         let pid = child.id() as libc::pid_t;
         let mut raw = 0;
         // SAFETY: an all-zero rusage is valid; wait4 fills it for our own unreaped child.
@@ -210,4 +196,13 @@ pub fn wait_cpu(mut child: Child, since: Instant) -> anyhow::Result<Finished> {
             stderr: err.join().unwrap_or_default(),
         })
     })
+}
+
+/// A child's pipe read to its end (empty when not piped or unreadable).
+fn read_all(pipe: Option<&mut dyn std::io::Read>) -> String {
+    let mut text = String::new();
+    if let Some(p) = pipe {
+        p.read_to_string(&mut text).ok();
+    }
+    text
 }

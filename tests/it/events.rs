@@ -2136,25 +2136,7 @@ async fn a_changed_endpoint_url_takes_over_its_pending_deliveries_and_sends_noth
 /// A database as the daemon left it before endpoints had names (migrations 1 to 8), with
 /// one pending delivery per `(endpoint key, outbox id)` and a cursor per key.
 async fn database_before_names(path: &std::path::Path, rows: &[(&str, i64)]) {
-    let old = path.with_extension("migrations-1-8");
-    std::fs::create_dir(&old).unwrap();
-    let all = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
-    for entry in std::fs::read_dir(all).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.as_str() < "0009" {
-            std::fs::copy(entry.path(), old.join(&name)).unwrap();
-        }
-    }
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(old)
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let pool = crate::helpers::database_migrated_before(path, "0009").await;
     for (key, outbox) in rows {
         sqlx::query(
             "INSERT OR IGNORE INTO outbox (id, webhook_id, event_type, order_key, payload, created_at)

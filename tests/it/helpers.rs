@@ -289,3 +289,28 @@ pub async fn swept_count(store: &basiq_health::store::Store) -> usize {
         .filter(|u| u.last_swept_at.is_some())
         .count()
 }
+
+/// A database at `path` made by the migrations numbered below `before` only (e.g. "0012"):
+/// the schema an older daemon left, for a migration test to fill and carry over.
+pub async fn database_migrated_before(path: &std::path::Path, before: &str) -> sqlx::SqlitePool {
+    let old = path.with_extension(format!("migrations-before-{before}"));
+    std::fs::create_dir(&old).unwrap();
+    let all = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+    for entry in std::fs::read_dir(all).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() < before {
+            std::fs::copy(entry.path(), old.join(&name)).unwrap();
+        }
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old)
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}

@@ -5,30 +5,11 @@
 use std::path::Path;
 
 use basiq_health::store::Store;
-use sqlx::SqlitePool;
 
 /// A database made by migrations 1 to 11 with 30 users, two connections each at two banks
 /// (random ids), and a reclassification in progress with a connection id as its cursor.
-async fn database_before_0012(path: &Path, dir: &Path) {
-    let old = dir.join("migrations-1-11");
-    std::fs::create_dir(&old).unwrap();
-    let all = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
-    for entry in std::fs::read_dir(all).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.as_str() < "0012" {
-            std::fs::copy(entry.path(), old.join(&name)).unwrap();
-        }
-    }
-    let pool = SqlitePool::connect(&format!("sqlite:{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
-    sqlx::migrate::Migrator::new(old)
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+async fn database_before_0012(path: &Path) {
+    let pool = crate::helpers::database_migrated_before(path, "0012").await;
     for statement in [
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30)
          INSERT INTO users (user_id, added_at, next_due_at) SELECT lower(hex(randomblob(16))), 1000, 2000 + i FROM n",
@@ -47,7 +28,7 @@ async fn database_before_0012(path: &Path, dir: &Path) {
 async fn a_database_of_the_schema_before_is_carried_over() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
-    database_before_0012(&path, dir.path()).await;
+    database_before_0012(&path).await;
     let store = Store::open(&path).await.unwrap();
     let pool = store.pool();
     let ok: String = sqlx::query_scalar("PRAGMA integrity_check")
