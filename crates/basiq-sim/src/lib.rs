@@ -14,6 +14,10 @@
 //! It can also send what Basiq really sends at its worst ([`ItemFault`] for one unreadable item
 //! of a list, `/connectors` without logos, a gateway's HTML 404: see `shapes`).
 //!
+//! It also stands in for the Consumer Data Right's public side (see `cdr`): the CDR Register's
+//! brand summary and each bank brand's discovery status and outages, matched by ABN to the
+//! `/connectors` institutions.
+//!
 //! Tests steer it in process (faults, delays, outages, expired tokens, a revoked key, faults
 //! aimed at one user, counters); a person with curl or the daemon's `demo` steers it through
 //! the unauthenticated `/_sim/` control routes.
@@ -21,6 +25,7 @@
 //! It knows nothing about SQLite or the daemon's modules: it only speaks HTTP, and never uses
 //! anything else from this crate, so it compiles on its own.
 
+mod cdr;
 mod events;
 mod population;
 mod routes;
@@ -41,6 +46,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use cdr::{
+    CDR_BRANDS, CDR_REGISTER_TARGET, CDR_SLOW_DEFAULT, CdrBrand, CdrBrandSeed, CdrCounters,
+    CdrFault, CdrOutage, CdrStatus, UnknownCdrFault, cdr_brand_id, cdr_brand_id_named,
+    sydney_offset, sydney_time,
+};
 pub use events::{Sent, SimEvent, WebhookFault, WebhookTarget};
 pub use shapes::ItemFault;
 use state::State;
@@ -578,9 +588,11 @@ impl Simulator {
         counters
     }
 
-    /// Zeroes the counters; the list of issued tokens stays.
+    /// Zeroes the counters, the CDR ones ([`Simulator::cdr_counters`]) too; the list of
+    /// issued tokens stays.
     pub fn reset_counters(&self) {
         let mut st = self.lock();
+        st.cdr.reset_counters();
         let issued = std::mem::take(&mut st.counters.issued_tokens);
         st.counters = Counters {
             issued_tokens: issued,

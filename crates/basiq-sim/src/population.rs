@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
+use super::cdr::CdrState;
 use super::state::{
     ACCOUNTS, Conn, Connector, INSTITUTIONS, Job, SourceLink, State, TRANSACTIONS, Timing, User,
     VERIFY, uuid,
@@ -74,7 +75,7 @@ pub(super) fn build(cfg: &SimConfig, now: DateTime<Utc>) -> State {
     let (mut users, per_user) = make_users(&mut rng, cfg.users);
     let total: usize = per_user.iter().sum();
     let slots = assign_cases(&mut rng, &per_user, total);
-    let mut state = empty_state(cfg);
+    let mut state = empty_state(cfg, now);
     let healthy = connect(&mut rng, now, &mut state, &mut users, &slots);
     // Stable: jobs created in the same instant keep the order they were made in.
     state.jobs.sort_by_key(|j| j.created);
@@ -118,7 +119,7 @@ fn make_users(rng: &mut StdRng, n: usize) -> (Vec<User>, Vec<usize>) {
 }
 
 /// The state before any user is in it: the connectors, no fault, no token.
-fn empty_state(cfg: &SimConfig) -> State {
+fn empty_state(cfg: &SimConfig, now: DateTime<Utc>) -> State {
     State {
         users: Vec::new(),
         jobs: Vec::new(),
@@ -142,6 +143,7 @@ fn empty_state(cfg: &SimConfig) -> State {
         reads: HashMap::new(),
         bank_failing: HashMap::new(),
         basiq_retries: Vec::new(),
+        cdr: CdrState::new(now),
     }
 }
 

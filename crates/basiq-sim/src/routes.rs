@@ -87,7 +87,10 @@ pub(super) fn router(sim: Simulator) -> Router {
             "/_sim/users/{user_id}",
             get(ctl_user).put(ctl_add_user).delete(ctl_remove_user),
         );
-    api.merge(control).fallback(no_route).with_state(sim)
+    api.merge(control)
+        .merge(super::cdr::router())
+        .fallback(no_route)
+        .with_state(sim)
 }
 
 /// Counts the request, keeps the in-flight gauge, adds the configured delay and applies the
@@ -234,7 +237,7 @@ impl Simulator {
     }
 
     /// The absolute base of links: the address the client used, or the bound one.
-    fn base_url(&self, headers: &HeaderMap) -> String {
+    pub(super) fn base_url(&self, headers: &HeaderMap) -> String {
         if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
             return format!("http://{host}");
         }
@@ -459,7 +462,7 @@ fn malformed() -> Response {
 ///
 /// hyper cancels a response head whose `content-length` is followed by `transfer-encoding`,
 /// and then shuts the connection, which is exactly a dropped connection for the client.
-fn dropped() -> Response {
+pub(super) fn dropped() -> Response {
     let mut response = Response::new(Body::from("{}"));
     let headers = response.headers_mut();
     headers.insert(CONTENT_LENGTH, HeaderValue::from(2u64));

@@ -74,6 +74,8 @@ pub(super) struct State {
     pub bank_failing: HashMap<(String, String), BankFailing>,
     /// World mode: Basiq's own retries of its failed updates, (when, user, connection).
     pub basiq_retries: Vec<(DateTime<Utc>, String, String)>,
+    /// The CDR Register's brands and each brand's discovery answers, faults and counters.
+    pub cdr: super::cdr::CdrState,
 }
 
 /// A bank failing every job at one connector.
@@ -192,6 +194,13 @@ pub(super) struct Institution {
     pub short_name: &'static str,
     pub tier: &'static str,
     pub mfa: bool,
+    /// The Australian Business Number as Basiq writes it: with spaces for some banks, plain
+    /// digits for others, so the daemon has to compare digits. `None`: Basiq has none.
+    pub abn: Option<&'static str>,
+    /// The Australian Company Number, nine digits.
+    pub acn: Option<&'static str>,
+    /// The bank's number in the CDR (made up, in the shape Basiq serves).
+    pub cdr_provider_number: Option<&'static str>,
 }
 
 pub(super) struct Connector {
@@ -211,6 +220,9 @@ pub(super) const INSTITUTIONS: [Institution; 6] = [
         short_name: "Hooli",
         tier: "4",
         mfa: false,
+        abn: Some("11 111 111 111"),
+        acn: Some("111111111"),
+        cdr_provider_number: Some("ADRBNK000100"),
     },
     Institution {
         id: "AU00001",
@@ -218,6 +230,9 @@ pub(super) const INSTITUTIONS: [Institution; 6] = [
         short_name: "Aviato",
         tier: "4",
         mfa: false,
+        abn: Some("22222222222"),
+        acn: Some("222222222"),
+        cdr_provider_number: Some("ADRBNK000101"),
     },
     Institution {
         id: "AU00002",
@@ -225,6 +240,9 @@ pub(super) const INSTITUTIONS: [Institution; 6] = [
         short_name: "Pied Piper",
         tier: "4",
         mfa: true,
+        abn: Some("33 333 333 333"),
+        acn: Some("333333333"),
+        cdr_provider_number: Some("ADRBNK000102"),
     },
     Institution {
         id: "AU00003",
@@ -232,6 +250,9 @@ pub(super) const INSTITUTIONS: [Institution; 6] = [
         short_name: "Nucleus",
         tier: "4",
         mfa: false,
+        abn: Some("44444444444"),
+        acn: Some("444444444"),
+        cdr_provider_number: Some("ADRBNK000103"),
     },
     Institution {
         id: "AU00004",
@@ -239,6 +260,9 @@ pub(super) const INSTITUTIONS: [Institution; 6] = [
         short_name: "Raviga",
         tier: "4",
         mfa: false,
+        abn: Some("55 555 555 555"),
+        acn: Some("555555555"),
+        cdr_provider_number: Some("ADRBNK000104"),
     },
     Institution {
         id: "AU00005",
@@ -246,6 +270,9 @@ pub(super) const INSTITUTIONS: [Institution; 6] = [
         short_name: "Bachmanity",
         tier: "4",
         mfa: false,
+        abn: Some("66666666666"),
+        acn: Some("666666666"),
+        cdr_provider_number: Some("ADRBNK000105"),
     },
 ];
 
@@ -256,6 +283,9 @@ static UNLISTED: Institution = Institution {
     short_name: "Unlisted",
     tier: "4",
     mfa: false,
+    abn: None,
+    acn: None,
+    cdr_provider_number: None,
 };
 
 /// What a job looks like at one moment.
@@ -980,7 +1010,7 @@ impl Connector {
         } else {
             self.method.as_str()
         };
-        json!({
+        let mut out = json!({
             "type": "connector",
             "id": i.id,
             "method": method,
@@ -1002,7 +1032,15 @@ impl Connector {
                 "total": verify + accounts + transactions,
             }},
             "links": {"self": format!("{base}/connectors/{}/{}", i.id, self.method)},
-        })
+        });
+        // Basiq names the legal entity only for open-banking connectors, the CDR side of a
+        // bank; a web connector has no such keys at all.
+        if !web && let Some(institution) = out["institution"].as_object_mut() {
+            institution.insert("abn".to_owned(), json!(i.abn));
+            institution.insert("acn".to_owned(), json!(i.acn));
+            institution.insert("cdrProviderNumber".to_owned(), json!(i.cdr_provider_number));
+        }
+        out
     }
 }
 
