@@ -10,6 +10,14 @@
 //! - `GET {sim}/cdr/{brandId}/cds-au/v1/discovery/status` (`x-v: 1`)
 //! - `GET {sim}/cdr/{brandId}/cds-au/v1/discovery/outages` (`x-v: 1`)
 //!
+//! and the control routes, without authentication like the rest of `/_sim/`:
+//! - `POST /_sim/cdr/brands` (a [`CdrBrand`]: add or replace a brand),
+//! - `POST /_sim/cdr/brands/{brandId}/status` (a [`CdrStatus`]),
+//! - `POST /_sim/cdr/brands/{brandId}/outages` (`{"outages": [`[`CdrOutage`]`...]}`),
+//! - `POST /_sim/cdr/faults` (`{"target", "fault", "times"?, "delay_ms"?}`: see
+//!   [`CdrFault`]) and `DELETE /_sim/cdr/faults`,
+//! - `GET /_sim/cdr/counters` ([`CdrCounters`]).
+//!
 //! The seeded brands ([`CDR_BRANDS`]) pair with the Basiq institutions of `state` by ABN in
 //! every way the daemon must cope with: one brand for an ABN, two told apart by name, two it
 //! cannot tell apart, none, and brands no Basiq connector names. ABNs are written with and
@@ -1045,4 +1053,840 @@ async fn ctl_clear_faults(State(sim): State<Simulator>) -> StatusCode {
 
 async fn ctl_counters(State(sim): State<Simulator>) -> Json<CdrCounters> {
     Json(sim.cdr_counters())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::SimConfig;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    const HOOLI: &str = "0b6f3a1e-9c2d-4f7a-8e51-3d2c1b0a0001";
+    const RAVIGA: &str = "6bcd9a7e-fc8d-4fda-8eb7-9d8c7b6a0007";
+    /// In daylight saving: 11:00 in Sydney.
+    const JANUARY: &str = "2026-01-15T00:00:00Z";
+
+    /// A simulator on a loopback port whose clock stands still at `now`.
+    async fn serve_at(now: &str) -> RunningSim {
+        let now = at(now);
+        Simulator::new(SimConfig {
+            users: 2,
+            clock: Arc::new(move || now),
+            ..SimConfig::default()
+        })
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+    }
+
+    struct Client {
+        http: reqwest::Client,
+        base: String,
+    }
+
+    impl Client {
+        fn of(running: &RunningSim) -> Self {
+            Self {
+                http: reqwest::Client::new(),
+                base: running.base_url(),
+            }
+        }
+
+        async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+            self.try_get(path, headers).await.unwrap()
+        }
+
+        async fn try_get(
+            &self,
+            path: &str,
+            headers: &[(&str, &str)],
+        ) -> reqwest::Result<reqwest::Response> {
+            let mut request = self.http.get(format!("{}{path}", self.base));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.send().await
+        }
+
+        async fn post(&self, path: &str, body: Value) -> reqwest::StatusCode {
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+
+        async fn fault(&self, body: Value) {
+            assert_eq!(
+                self.post("/_sim/cdr/faults", body).await,
+                reqwest::StatusCode::NO_CONTENT
+            );
+        }
+    }
+
+    async fn json_of(response: reqwest::Response) -> Value {
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    }
+
+    const REGISTER: &str = "/cdr-register/v1/banking/data-holders/brands/summary";
+
+    fn status_path(brand_id: &str) -> String {
+        format!("/cdr/{brand_id}/cds-au/v1/discovery/status")
+    }
+
+    fn outages_path(brand_id: &str) -> String {
+        format!("/cdr/{brand_id}/cds-au/v1/discovery/outages")
+    }
+
+    // ---- pure ----------------------------------------------------------------------
+
+    #[test]
+    fn sydney_is_at_plus_eleven_until_three_in_the_morning_on_the_first_sunday_of_april_2026() {
+        // Sunday 5 April 2026, 03:00 at +11:00 = 16:00 UTC on the Saturday.
+        assert_eq!(
+            sydney_time(at("2026-04-04T15:59:59Z")),
+            "2026-04-05T02:59:59+11:00"
+        );
+        assert_eq!(
+            sydney_time(at("2026-04-04T16:00:00Z")),
+            "2026-04-05T02:00:00+10:00"
+        );
+        assert_eq!(sydney_offset(at("2026-04-04T16:00:00Z")), AEST);
+    }
+
+    #[test]
+    fn sydney_moves_to_plus_eleven_at_two_in_the_morning_on_the_first_sunday_of_october_2026() {
+        // Sunday 4 October 2026, 02:00 at +10:00 = 16:00 UTC on the Saturday.
+        assert_eq!(
+            sydney_time(at("2026-10-03T15:59:59Z")),
+            "2026-10-04T01:59:59+10:00"
+        );
+        assert_eq!(
+            sydney_time(at("2026-10-03T16:00:00Z")),
+            "2026-10-04T03:00:00+11:00"
+        );
+        assert_eq!(sydney_offset(at("2026-10-03T16:00:00Z")), AEDT);
+    }
+
+    #[test]
+    fn sydney_times_carry_the_offset_of_their_own_instant_across_the_year() {
+        for (utc, sydney) in [
+            ("2026-01-01T00:00:00Z", "2026-01-01T11:00:00+11:00"),
+            ("2025-12-31T13:30:00Z", "2026-01-01T00:30:00+11:00"),
+            ("2026-07-01T00:00:00Z", "2026-07-01T10:00:00+10:00"),
+            // 2025: the changes fell on 6 April and 5 October.
+            ("2025-04-05T15:59:59Z", "2025-04-06T02:59:59+11:00"),
+            ("2025-04-05T16:00:00Z", "2025-04-06T02:00:00+10:00"),
+            ("2025-10-04T16:00:00Z", "2025-10-05T03:00:00+11:00"),
+        ] {
+            assert_eq!(sydney_time(at(utc)), sydney, "{utc}");
+        }
+    }
+
+    #[test]
+    fn a_time_that_is_not_rfc_3339_is_served_as_given() {
+        assert_eq!(
+            sydney_or_verbatim("2026-07-01T09:00:00+09:00"),
+            "2026-07-01T10:00:00+10:00"
+        );
+        assert_eq!(sydney_or_verbatim("next tuesday"), "next tuesday");
+    }
+
+    #[test]
+    fn institutions_resolve_to_the_brand_their_abn_and_name_point_to() {
+        for (institution, brand) in [
+            ("AU00000", Some("Hooli Bank")),
+            ("AU00001", Some("Aviato")),
+            ("AU00002", None),
+            ("AU00003", Some("Nucleus Bank")),
+            ("AU00004", Some("Raviga")),
+            ("AU00005", None),
+            ("AU99999", None),
+        ] {
+            assert_eq!(
+                cdr_brand_id(institution),
+                brand.map(|name| cdr_brand_id_named(name).unwrap()),
+                "{institution}"
+            );
+        }
+        assert_eq!(cdr_brand_id("AU00000"), Some(HOOLI));
+    }
+
+    #[test]
+    fn seeded_brand_ids_are_distinct_lowercase_uuids() {
+        let mut seen = std::collections::HashSet::new();
+        for brand in CDR_BRANDS {
+            let id = brand.brand_id;
+            let groups: Vec<usize> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                "{id}"
+            );
+            assert!(seen.insert(id), "{id} twice");
+        }
+    }
+
+    #[test]
+    fn every_seeded_brand_names_the_institution_whose_abn_digits_it_shares() {
+        for brand in CDR_BRANDS {
+            let sharing = INSTITUTIONS
+                .iter()
+                .find(|i| i.abn.map(abn_digits) == brand.abn.map(abn_digits))
+                .map(|i| i.id);
+            assert_eq!(brand.institution_id, sharing, "{}", brand.brand_name);
+        }
+        let shared = |id| {
+            CDR_BRANDS
+                .iter()
+                .filter(|b| b.institution_id == Some(id))
+                .count()
+        };
+        assert_eq!(shared("AU00001"), 2);
+        assert_eq!(shared("AU00002"), 2);
+        assert_eq!(shared("AU00005"), 0);
+    }
+
+    #[test]
+    fn version_headers_are_negotiated_the_standards_way() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let code = |pairs: &[(&str, &str)]| {
+            negotiate(&headers(pairs), 2)
+                .err()
+                .map(|e| (e.status.as_u16(), e.code))
+        };
+        assert_eq!(code(&[("x-v", "2")]), None);
+        assert_eq!(code(&[("x-v", "3"), ("x-min-v", "1")]), None);
+        assert_eq!(code(&[("x-v", "3"), ("x-min-v", "2")]), None);
+        assert_eq!(
+            code(&[]),
+            Some((400, "urn:au-cds:error:cds-all:Header/Missing"))
+        );
+        for bad in ["two", "", "-2", "0", "+2", "2.0"] {
+            assert_eq!(
+                code(&[("x-v", bad)]),
+                Some((400, "urn:au-cds:error:cds-all:Header/InvalidVersion")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            code(&[("x-v", "2"), ("x-min-v", "one")]),
+            Some((400, "urn:au-cds:error:cds-all:Header/InvalidVersion"))
+        );
+        let unsupported = Some((406, "urn:au-cds:error:cds-all:Header/UnsupportedVersion"));
+        assert_eq!(code(&[("x-v", "1")]), unsupported);
+        assert_eq!(code(&[("x-v", "3")]), unsupported);
+        assert_eq!(code(&[("x-v", "4"), ("x-min-v", "3")]), unsupported);
+        // An x-min-v at or above x-v counts as absent.
+        assert_eq!(code(&[("x-v", "3"), ("x-min-v", "5")]), unsupported);
+        assert_eq!(code(&[("x-v", "2"), ("x-min-v", "5")]), None);
+    }
+
+    #[test]
+    fn if_none_match_matches_lists_weak_tags_and_a_star() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(IF_NONE_MATCH, value.parse().unwrap());
+            not_modified(&h, "\"cdr-register-3\"")
+        };
+        assert!(with("\"cdr-register-3\""));
+        assert!(with("W/\"cdr-register-3\""));
+        assert!(with("\"cdr-register-1\", \"cdr-register-3\""));
+        assert!(with("*"));
+        assert!(!with("\"cdr-register-2\""));
+        assert!(!with("cdr-register-3"));
+        assert!(!not_modified(&HeaderMap::new(), "\"cdr-register-3\""));
+    }
+
+    #[test]
+    fn fault_names_round_trip_and_slow_waits_thirty_seconds_unless_told() {
+        for name in [
+            "down",
+            "slow",
+            "406",
+            "malformed",
+            "missing-explanation",
+            "html-404",
+        ] {
+            assert_eq!(name.parse::<CdrFault>().unwrap().name(), name);
+        }
+        assert_eq!(
+            "slow".parse::<CdrFault>().unwrap(),
+            CdrFault::Slow(CDR_SLOW_DEFAULT)
+        );
+        assert_eq!(CDR_SLOW_DEFAULT, Duration::from_secs(30));
+        assert_eq!(
+            CdrFault::from_name("slow", Some(Duration::from_millis(5))).unwrap(),
+            CdrFault::Slow(Duration::from_millis(5))
+        );
+        assert!("503".parse::<CdrFault>().is_err());
+    }
+
+    // ---- over HTTP -----------------------------------------------------------------
+
+    #[tokio::test]
+    async fn the_register_lists_every_brand_with_a_strong_etag_and_answers_304_to_if_none_match() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let base = running.base_url();
+        assert_eq!(
+            running.cdr_register_url(),
+            format!("{base}/cdr-register/v1")
+        );
+
+        let response = client.get(REGISTER, &[("x-v", "2")]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-v"], "2");
+        let etag = response.headers()[ETAG].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+        assert_eq!(etag, running.sim.cdr_register_etag());
+        let body = json_of(response).await;
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), CDR_BRANDS.len());
+        for (entry, seed) in data.iter().zip(CDR_BRANDS) {
+            assert_eq!(entry["dataHolderBrandId"], seed.brand_id);
+            assert_eq!(entry["brandName"], seed.brand_name);
+            assert_eq!(
+                entry["publicBaseUri"],
+                format!("{base}/cdr/{}", seed.brand_id)
+            );
+            assert_eq!(entry["logoUri"], LOGO_URI);
+            assert_eq!(entry["industries"], json!(["banking"]));
+            assert_eq!(entry["lastUpdated"], "2026-01-15T00:00:00Z");
+            assert_eq!(entry["interimId"], Value::Null);
+            assert_eq!(entry.get("abn").and_then(Value::as_str), seed.abn);
+            assert_eq!(entry.get("acn").and_then(Value::as_str), seed.acn);
+        }
+        assert_eq!(
+            body["links"]["self"],
+            format!("{base}/cdr-register/v1/banking/data-holders/brands/summary")
+        );
+        assert_eq!(body["meta"], json!({}));
+
+        let again = client
+            .get(REGISTER, &[("x-v", "2"), ("if-none-match", &etag)])
+            .await;
+        assert_eq!(again.status(), 304);
+        assert_eq!(again.headers()[ETAG], etag.as_str());
+        assert!(again.text().await.unwrap().is_empty());
+        let all = client
+            .get(
+                "/cdr-register/v1/all/data-holders/brands/summary",
+                &[("x-v", "2")],
+            )
+            .await;
+        assert_eq!(all.status(), 200);
+        let energy = client
+            .get(
+                "/cdr-register/v1/energy/data-holders/brands/summary",
+                &[("x-v", "2")],
+            )
+            .await;
+        assert_eq!(energy.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn the_register_answers_400_without_x_v_and_406_to_a_version_it_does_not_serve() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let missing = client.get(REGISTER, &[]).await;
+        assert_eq!(missing.status(), 400);
+        assert_eq!(
+            json_of(missing).await,
+            json!({"errors": [{
+                "code": "urn:au-cds:error:cds-all:Header/Missing",
+                "title": "Missing Required Header",
+                "detail": "x-v",
+            }]})
+        );
+        let invalid = client.get(REGISTER, &[("x-v", "latest")]).await;
+        assert_eq!(invalid.status(), 400);
+        assert_eq!(
+            json_of(invalid).await["errors"][0]["code"],
+            "urn:au-cds:error:cds-all:Header/InvalidVersion"
+        );
+        for version in ["1", "3"] {
+            let wrong = client.get(REGISTER, &[("x-v", version)]).await;
+            assert_eq!(wrong.status(), 406, "x-v {version}");
+            assert_eq!(
+                json_of(wrong).await["errors"][0]["code"],
+                "urn:au-cds:error:cds-all:Header/UnsupportedVersion"
+            );
+        }
+        let ranged = client
+            .get(REGISTER, &[("x-v", "3"), ("x-min-v", "2")])
+            .await;
+        assert_eq!(ranged.status(), 200);
+        assert_eq!(ranged.headers()["x-v"], "2");
+    }
+
+    #[tokio::test]
+    async fn adding_a_brand_changes_the_register_etag_and_serves_its_public_base_uri_verbatim() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let before = running.sim.cdr_register_etag();
+        let status = client
+            .post(
+                "/_sim/cdr/brands",
+                json!({
+                    "brandId": "aaaaaaaa-0000-4000-8000-00000000000a",
+                    "brandName": "Hooli Plain HTTP",
+                    "abn": "99 999 999 999",
+                    "publicBaseUri": "http://hooli.example.com/api",
+                }),
+            )
+            .await;
+        assert_eq!(status, 204);
+        let response = client
+            .get(REGISTER, &[("x-v", "2"), ("if-none-match", &before)])
+            .await;
+        assert_eq!(response.status(), 200, "the old ETag no longer matches");
+        let after = response.headers()[ETAG].to_str().unwrap().to_owned();
+        assert_ne!(after, before);
+        let body = json_of(response).await;
+        let added = body["data"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(added["brandName"], "Hooli Plain HTTP");
+        assert_eq!(added["abn"], "99 999 999 999");
+        assert_eq!(added["publicBaseUri"], "http://hooli.example.com/api");
+        assert!(added.get("acn").is_none());
+
+        // Replacing a brand by id changes the ETag again, and keeps one entry.
+        running.sim.add_cdr_brand(CdrBrand {
+            brand_name: "Hooli Renamed".to_owned(),
+            ..CdrBrand::from(&CDR_BRANDS[0])
+        });
+        assert_ne!(running.sim.cdr_register_etag(), after);
+        let brands = running.sim.cdr_brands();
+        assert_eq!(brands.len(), CDR_BRANDS.len() + 1);
+        assert_eq!(brands[0].brand_name, "Hooli Renamed");
+    }
+
+    #[tokio::test]
+    async fn discovery_status_is_ok_since_the_start_until_a_test_sets_it() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let response = client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-v"], "1");
+        assert_eq!(
+            json_of(response).await,
+            json!({
+                "data": {"status": "OK", "updateTime": "2026-01-15T11:00:00+11:00"},
+                "links": {"self": format!(
+                    "{}/cdr/{HOOLI}/cds-au/v1/discovery/status",
+                    running.base_url()
+                )},
+                "meta": {},
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_set_by_the_control_route_is_served_with_its_explanation_and_sydney_times() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let status = client
+            .post(
+                &format!("/_sim/cdr/brands/{HOOLI}/status"),
+                json!({
+                    "status": "UNAVAILABLE",
+                    "explanation": "Core banking upgrade",
+                    "detectionTime": "2026-01-14T22:30:00Z",
+                    "expectedResolutionTime": "2026-07-01T09:00:00+09:00",
+                }),
+            )
+            .await;
+        assert_eq!(status, 204);
+        let data = json_of(client.get(&status_path(HOOLI), &[("x-v", "1")]).await).await;
+        assert_eq!(
+            data["data"],
+            json!({
+                "status": "UNAVAILABLE",
+                "explanation": "Core banking upgrade",
+                "detectionTime": "2026-01-15T09:30:00+11:00",
+                "expectedResolutionTime": "2026-07-01T10:00:00+10:00",
+                "updateTime": "2026-01-15T11:00:00+11:00",
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_set_without_an_explanation_is_served_without_the_key() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        assert!(running.sim.set_cdr_status(RAVIGA, "UNAVAILABLE", None));
+        let data = json_of(client.get(&status_path(RAVIGA), &[("x-v", "1")]).await).await;
+        assert_eq!(
+            data["data"],
+            json!({"status": "UNAVAILABLE", "updateTime": "2026-01-15T11:00:00+11:00"})
+        );
+        assert!(
+            running
+                .sim
+                .set_cdr_status(RAVIGA, "PARTIAL_FAILURE", Some("Slow"))
+        );
+        let data = json_of(client.get(&status_path(RAVIGA), &[("x-v", "1")]).await).await;
+        assert_eq!(data["data"]["status"], "PARTIAL_FAILURE");
+        assert_eq!(data["data"]["explanation"], "Slow");
+    }
+
+    #[tokio::test]
+    async fn outages_are_served_with_the_duration_verbatim_and_parsed_times_in_sydney_offset() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let empty = json_of(client.get(&outages_path(HOOLI), &[("x-v", "1")]).await).await;
+        assert_eq!(empty["data"], json!({"outages": []}));
+
+        let status = client
+            .post(
+                &format!("/_sim/cdr/brands/{HOOLI}/outages"),
+                json!({"outages": [
+                    {"outageTime": "2026-07-01T00:00:00Z", "duration": "PT2H30M",
+                     "isPartial": true, "explanation": "Upgrade"},
+                    {"outageTime": "next tuesday", "duration": "P1DT0.5H",
+                     "explanation": "Whenever"},
+                ]}),
+            )
+            .await;
+        assert_eq!(status, 204);
+        running.sim.set_cdr_outages(
+            RAVIGA,
+            vec![CdrOutage {
+                outage_time: "2026-04-04T16:00:00Z".to_owned(),
+                duration: "two hours".to_owned(),
+                is_partial: Some(false),
+                explanation: "Not ISO 8601".to_owned(),
+            }],
+        );
+        let response = client.get(&outages_path(HOOLI), &[("x-v", "1")]).await;
+        assert_eq!(response.status(), 200);
+        let body = json_of(response).await;
+        assert_eq!(
+            body["data"],
+            json!({"outages": [
+                {"outageTime": "2026-07-01T10:00:00+10:00", "duration": "PT2H30M",
+                 "isPartial": true, "explanation": "Upgrade"},
+                {"outageTime": "next tuesday", "duration": "P1DT0.5H",
+                 "explanation": "Whenever"},
+            ]})
+        );
+        assert_eq!(
+            body["links"]["self"],
+            format!(
+                "{}/cdr/{HOOLI}/cds-au/v1/discovery/outages",
+                running.base_url()
+            )
+        );
+        let raviga = json_of(client.get(&outages_path(RAVIGA), &[("x-v", "1")]).await).await;
+        assert_eq!(
+            raviga["data"]["outages"][0],
+            json!({"outageTime": "2026-04-05T02:00:00+10:00", "duration": "two hours",
+                   "isPartial": false, "explanation": "Not ISO 8601"})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_brand_answers_404_with_a_cds_error_and_the_control_routes_refuse_it() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let unknown = "00000000-0000-4000-8000-000000000000";
+        for path in [status_path(unknown), outages_path(unknown)] {
+            let response = client.get(&path, &[("x-v", "1")]).await;
+            assert_eq!(response.status(), 404, "{path}");
+            assert_eq!(
+                json_of(response).await["errors"][0]["code"],
+                "urn:au-cds:error:cds-all:Resource/NotFound"
+            );
+        }
+        let status = client
+            .post(
+                &format!("/_sim/cdr/brands/{unknown}/status"),
+                json!({"status": "OK"}),
+            )
+            .await;
+        assert_eq!(status, 404);
+        assert!(!running.sim.set_cdr_outages(unknown, Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn discovery_answers_400_without_x_v_and_406_to_a_version_it_does_not_serve() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        for path in [status_path(HOOLI), outages_path(HOOLI)] {
+            let missing = client.get(&path, &[]).await;
+            assert_eq!(missing.status(), 400, "{path}");
+            assert_eq!(
+                json_of(missing).await["errors"][0]["code"],
+                "urn:au-cds:error:cds-all:Header/Missing"
+            );
+            let wrong = client.get(&path, &[("x-v", "2")]).await;
+            assert_eq!(wrong.status(), 406, "{path}");
+            assert_eq!(
+                json_of(wrong).await["errors"][0]["code"],
+                "urn:au-cds:error:cds-all:Header/UnsupportedVersion"
+            );
+            let ranged = client.get(&path, &[("x-v", "2"), ("x-min-v", "1")]).await;
+            assert_eq!(ranged.status(), 200, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_down_fault_closes_the_connection_without_an_answer_until_cleared() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        client
+            .fault(json!({"target": "register", "fault": "down"}))
+            .await;
+        for _ in 0..2 {
+            let error = client.try_get(REGISTER, &[("x-v", "2")]).await.unwrap_err();
+            assert!(!error.is_timeout() && !error.is_status(), "{error:?}");
+        }
+        // Aimed at the Register, it leaves the brands alone.
+        let status = client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        assert_eq!(status.status(), 200);
+        let cleared = reqwest::Client::new()
+            .delete(format!("{}/_sim/cdr/faults", running.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cleared.status(), 204);
+        assert_eq!(client.get(REGISTER, &[("x-v", "2")]).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_slow_fault_answers_only_after_its_delay() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        client
+            .fault(json!({"target": HOOLI, "fault": "slow", "times": 2, "delay_ms": 400}))
+            .await;
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let error = impatient
+            .get(format!("{}{}", running.base_url(), status_path(HOOLI)))
+            .header("x-v", "1")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout(), "{error:?}");
+        let started = std::time::Instant::now();
+        let patient = client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        assert_eq!(patient.status(), 200);
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        assert_eq!(json_of(patient).await["data"]["status"], "OK");
+    }
+
+    #[tokio::test]
+    async fn a_406_fault_answers_406_whatever_x_v_says() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        client
+            .fault(json!({"target": "register", "fault": "406", "times": 1}))
+            .await;
+        let response = client.get(REGISTER, &[("x-v", "2")]).await;
+        assert_eq!(response.status(), 406);
+        assert_eq!(
+            json_of(response).await["errors"][0]["code"],
+            "urn:au-cds:error:cds-all:Header/UnsupportedVersion"
+        );
+        assert_eq!(client.get(REGISTER, &[("x-v", "2")]).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_fault_answers_200_with_json_cut_short() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        client
+            .fault(json!({"target": HOOLI, "fault": "malformed", "times": 1}))
+            .await;
+        let response = client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let text = response.text().await.unwrap();
+        assert_eq!(text, r#"{"data": {"status": "#);
+        assert!(serde_json::from_str::<Value>(&text).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_missing_explanation_fault_serves_unavailable_without_one_and_spares_outages() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        running
+            .sim
+            .inject_cdr_fault(RAVIGA, CdrFault::MissingExplanation, Some(1));
+        // An outages request passes the fault over: it waits for the status request.
+        let outages = client.get(&outages_path(RAVIGA), &[("x-v", "1")]).await;
+        assert_eq!(outages.status(), 200);
+        let status = json_of(client.get(&status_path(RAVIGA), &[("x-v", "1")]).await).await;
+        assert_eq!(
+            status["data"],
+            json!({"status": "UNAVAILABLE", "updateTime": "2026-01-15T11:00:00+11:00"})
+        );
+        let after = json_of(client.get(&status_path(RAVIGA), &[("x-v", "1")]).await).await;
+        assert_eq!(after["data"]["status"], "OK");
+    }
+
+    #[tokio::test]
+    async fn an_html_404_fault_answers_a_gateway_page() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        client
+            .fault(json!({"target": HOOLI, "fault": "html-404", "times": 1}))
+            .await;
+        let response = client.get(&outages_path(HOOLI), &[("x-v", "1")]).await;
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/html");
+        assert!(response.text().await.unwrap().contains("<html>"));
+    }
+
+    #[tokio::test]
+    async fn faults_queue_in_order_and_a_clear_drops_the_rest() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let sim = &running.sim;
+        sim.inject_cdr_fault("register", CdrFault::NotAcceptable, Some(1));
+        sim.inject_cdr_fault("register", CdrFault::GatewayNotFound, Some(2));
+        sim.inject_cdr_fault("register", CdrFault::Malformed, None);
+        sim.inject_cdr_fault("register", CdrFault::Down, Some(0));
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(
+                client
+                    .get(REGISTER, &[("x-v", "2")])
+                    .await
+                    .status()
+                    .as_u16(),
+            );
+        }
+        assert_eq!(seen, [406, 404, 404, 200, 200]);
+        let malformed = client.get(REGISTER, &[("x-v", "2")]).await;
+        assert!(malformed.text().await.unwrap().starts_with(r#"{"data": {"#));
+        sim.clear_cdr_faults();
+        let body = json_of(client.get(REGISTER, &[("x-v", "2")]).await).await;
+        assert_eq!(body["data"].as_array().unwrap().len(), CDR_BRANDS.len());
+        let unknown = client
+            .post(
+                "/_sim/cdr/faults",
+                json!({"target": "register", "fault": "503"}),
+            )
+            .await;
+        assert_eq!(unknown, 400);
+    }
+
+    #[tokio::test]
+    async fn counters_count_register_reads_304s_and_each_brands_endpoints() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        let etag = running.sim.cdr_register_etag();
+        client.get(REGISTER, &[("x-v", "2")]).await;
+        client
+            .get(REGISTER, &[("x-v", "2"), ("if-none-match", &etag)])
+            .await;
+        client.get(REGISTER, &[]).await;
+        client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        client.get(&outages_path(RAVIGA), &[("x-v", "1")]).await;
+        running
+            .sim
+            .inject_cdr_fault(HOOLI, CdrFault::GatewayNotFound, Some(1));
+        client.get(&outages_path(HOOLI), &[("x-v", "1")]).await;
+
+        let counters: CdrCounters =
+            serde_json::from_value(json_of(client.get("/_sim/cdr/counters", &[]).await).await)
+                .unwrap();
+        let expected = CdrCounters {
+            register: 3,
+            register_not_modified: 1,
+            status: BTreeMap::from([(HOOLI.to_owned(), 2)]),
+            outages: BTreeMap::from([(HOOLI.to_owned(), 1), (RAVIGA.to_owned(), 1)]),
+        };
+        assert_eq!(counters, expected);
+        assert_eq!(running.sim.cdr_counters(), expected);
+    }
+
+    #[tokio::test]
+    async fn reset_counters_zeroes_the_cdr_counters_too() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        client.get(REGISTER, &[("x-v", "2")]).await;
+        client.get(&status_path(HOOLI), &[("x-v", "1")]).await;
+        assert_ne!(running.sim.cdr_counters(), CdrCounters::default());
+        running.sim.reset_counters();
+        assert_eq!(running.sim.cdr_counters(), CdrCounters::default());
+    }
+
+    #[tokio::test]
+    async fn open_banking_connectors_carry_abn_acn_and_cdr_provider_number_and_web_ones_do_not() {
+        let running = serve_at(JANUARY).await;
+        let client = Client::of(&running);
+        running
+            .sim
+            .set_connector_status("AU99999", "open-banking", "operational");
+        let token = client
+            .http
+            .post(format!("{}/token", running.base_url()))
+            .header("authorization", format!("Basic {}", running.sim.api_key()))
+            .header("basiq-version", "3.0")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body("scope=SERVER_ACCESS")
+            .send()
+            .await
+            .unwrap();
+        let token = json_of(token).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bearer = format!("Bearer {token}");
+        let body = json_of(
+            client
+                .get("/connectors", &[("authorization", bearer.as_str())])
+                .await,
+        )
+        .await;
+        let connectors = body["data"].as_array().unwrap();
+        let find = |id: &str, method: &str| {
+            connectors
+                .iter()
+                .find(|c| c["id"] == id && c["method"].as_str().unwrap().replace('-', "") == method)
+                .unwrap_or_else(|| panic!("no connector {id} {method}"))
+                .clone()
+        };
+        let hooli = find("AU00000", "openbanking");
+        assert_eq!(hooli["institution"]["abn"], "11 111 111 111");
+        assert_eq!(hooli["institution"]["acn"], "111111111");
+        assert_eq!(hooli["institution"]["cdrProviderNumber"], "ADRBNK000100");
+        let aviato = find("AU00001", "openbanking");
+        assert_eq!(aviato["institution"]["abn"], "22222222222");
+        let unlisted = find("AU99999", "openbanking");
+        assert_eq!(unlisted["institution"]["abn"], Value::Null);
+        for c in connectors.iter().filter(|c| c["method"] == "web") {
+            let institution = c["institution"].as_object().unwrap();
+            for key in ["abn", "acn", "cdrProviderNumber"] {
+                assert!(!institution.contains_key(key), "{} web has {key}", c["id"]);
+            }
+        }
+        assert!(connectors.iter().any(|c| c["method"] == "web"));
+    }
 }
