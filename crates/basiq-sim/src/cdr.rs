@@ -13,7 +13,7 @@
 //! and the control routes, without authentication like the rest of `/_sim/`:
 //! - `POST /_sim/cdr/brands` (a [`CdrBrand`]: add or replace a brand),
 //! - `POST /_sim/cdr/brands/{brandId}/status` (a [`CdrStatus`]),
-//! - `POST /_sim/cdr/brands/{brandId}/outages` (`{"outages": [`[`CdrOutage`]`...]}`),
+//! - `POST /_sim/cdr/brands/{brandId}/outages` (`{"outages": [...]}`, each a [`CdrOutage`]),
 //! - `POST /_sim/cdr/faults` (`{"target", "fault", "times"?, "delay_ms"?}`: see
 //!   [`CdrFault`]) and `DELETE /_sim/cdr/faults`,
 //! - `GET /_sim/cdr/counters` ([`CdrCounters`]).
