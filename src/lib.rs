@@ -31,6 +31,9 @@
 //!   `plan_reclassify`, `plan_consent_*`, `plan_refresh_rejected`).
 //! - [`store`]: SQLite through sqlx; reads and writes, no decisions.
 //! - [`basiq`]: the HTTP client: one token, pacing, retries; no decisions.
+//! - [`cdr`]: the Consumer Data Right's public HTTP side (the Register's brands, each
+//!   brand's status and planned outages), paced and size-capped; no decisions. Its types are
+//!   in [`domain::cdr`]; which brand stands for which bank is [`plan::cdr`].
 //! - [`work`]: the units of work and their [`work::Context`].
 //! - [`clock`]: the one clock every `now` comes from (the system's, or a driven one for
 //!   tests and the life simulation), taken once per unit of work.
@@ -49,6 +52,7 @@
 pub mod api;
 pub mod app;
 pub mod basiq;
+pub mod cdr;
 pub mod cli;
 pub mod clock;
 pub mod demo;

@@ -7,6 +7,10 @@
 //! Ids are the exception: a user, connection or job id outside [`ID_RULE`] is refused
 //! wherever it enters (command line, import file, local API, Basiq's answers), because an
 //! id ends up in URLs, SQL and log lines.
+//!
+//! [`cdr`] holds the Consumer Data Right's vocabulary (brands, statuses, planned outages).
+
+pub mod cdr;
 
 use std::fmt;
 

@@ -8,9 +8,11 @@
 //!   unattended window, the spread of recoveries and retries).
 //! - [`notices`]: what to tell the partner's app.
 //! - [`connectors`]: a `/connectors` answer: status changes, outages, recoveries, notices.
+//! - [`cdr`]: which CDR brand stands for which Basiq institution, and the overrides file.
 //! - [`user`]: one user's sweep, a group of them, a connector's reclassification, a
 //!   consent's end, a refused refresh.
 
+pub mod cdr;
 pub mod classify;
 pub mod connectors;
 pub mod facts;
