@@ -142,7 +142,13 @@ async fn remove_user(
 }
 
 async fn health_json(state: &ApiState, id: &UserId) -> Result<serde_json::Value, ApiError> {
-    let report = report::status(state.context.store(), Some(id), None).await?;
+    let report = report::status(
+        state.context.store(),
+        Some(id),
+        None,
+        state.context.clock().now(),
+    )
+    .await?;
     Ok(json!({"user_id": id, "connections": report.connections}))
 }
 
@@ -207,7 +213,13 @@ async fn status(
         )
     })?;
     let limit = (!query.all).then_some(query.limit.unwrap_or(report::DEFAULT_LIMIT));
-    let report = report::status(state.context.store(), None, limit).await?;
+    let report = report::status(
+        state.context.store(),
+        None,
+        limit,
+        state.context.clock().now(),
+    )
+    .await?;
     Ok(Json(report).into_response())
 }
 

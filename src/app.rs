@@ -131,6 +131,8 @@ pub struct App {
     api_token: Option<secrecy::SecretString>,
     /// Both listeners' connection limits and timeouts, fitted under the descriptor limit.
     budget: crate::serve::Budget,
+    /// The CDR poller (`cdr.enabled`).
+    witness: Option<work::cdr::Witness>,
 }
 
 impl App {
@@ -189,7 +191,14 @@ impl App {
                 Some(token)
             }
         };
+        let witness = settings
+            .cdr
+            .enabled
+            .then(|| work::cdr::Witness::new(context.clone(), settings.cdr.clone()))
+            .transpose()
+            .context("while building the CDR client ([cdr])")?;
         Ok(Self {
+            witness,
             context,
             refresher,
             ticks: Arc::new(TickState::default()),
@@ -215,6 +224,11 @@ impl App {
 
     pub fn refresher(&self) -> &Refresher {
         &self.refresher
+    }
+
+    /// The CDR poller, when `cdr.enabled`.
+    pub fn witness(&self) -> Option<&work::cdr::Witness> {
+        self.witness.as_ref()
     }
 
     pub fn clock(&self) -> &Clock {
@@ -360,7 +374,18 @@ impl App {
             let context = context.clone();
             async move { housekeep(&context, retain_days).await }
         });
-        vec![sweep, refresh, housekeeping]
+        let mut workers = vec![sweep, refresh, housekeeping];
+        if let Some(witness) = self.witness.clone() {
+            workers.push(work::tick::spawn_worker(cancel.clone(), move || {
+                let witness = witness.clone();
+                async move {
+                    if let Err(e) = witness.poll(false).await {
+                        tracing::error!(event = "cdr_poll_failed", error = %e, "the CDR poll failed; the next tick tries again");
+                    }
+                }
+            }));
+        }
+        workers
     }
 
     /// The local API on its listener, if enabled.

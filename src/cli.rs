@@ -101,11 +101,31 @@ pub enum Command {
     /// Basiq's events heard (webhooks and the `/events` poll).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The second witness: the banks' own Consumer Data Right status and planned outages
+    /// (`[cdr]`).
+    #[command(subcommand)]
+    Cdr(CdrCommand),
     /// A one-minute tour: the simulator, a temporary database and the real daemon path
     /// over a compressed day with an outage that starts and ends. Needs no config file.
     Demo(DemoArgs),
     /// Serve a Basiq stand-in on a loopback port (for trying the daemon and for tests).
     Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CdrCommand {
+    /// Each Basiq institution (open-banking connector) and its CDR brand: a table, or JSON
+    /// with --json: [{"institution_id", "name", "abn", "brand_id", "brand_name", "match"
+    /// ("abn" | "abn+name" | "override" | "ambiguous" | "none"), "status",
+    /// "status_checked_at", "next_outage"}].
+    Brands {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the CDR Register and every mapped brand's status and planned outages now (what
+    /// the daemon does when each is due). Prints what was done as JSON; exit 1 when
+    /// `cdr.enabled` is false.
+    Poll,
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +344,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         Command::Users(command) => cmd_users(command, &settings, &clock).await,
         Command::Notify(command) => cmd_notify(command, &settings, &clock).await,
         Command::Events(command) => cmd_events(command, &settings, &clock).await,
+        Command::Cdr(command) => cmd_cdr(command, &settings, &clock).await,
         Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
     }
 }
@@ -388,7 +409,8 @@ async fn cmd_check(args: CheckArgs, settings: &Settings, clock: &Clock) -> anyho
     let refresher = refresher(settings, clock).await?;
     let user = args.user_id;
     let (swept, refreshes) = refresher.login(&user).await?;
-    let report = report::status(refresher.context().store(), Some(&user), None).await?;
+    let report =
+        report::status(refresher.context().store(), Some(&user), None, clock.now()).await?;
     let body = serde_json::json!({
         "user_id": user,
         "swept": swept,
@@ -485,7 +507,7 @@ async fn cmd_status(args: StatusArgs, settings: &Settings, clock: &Clock) -> any
     let store = app::open_store(settings, clock).await?;
     let user = args.user;
     let limit = (!args.all).then_some(args.limit);
-    let report = report::status(&store, user.as_ref(), limit).await?;
+    let report = report::status(&store, user.as_ref(), limit, clock.now()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -588,6 +610,35 @@ async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
 }
 
 /// The context on the command's clock: key (exit 78 when missing), database (74), client.
+/// `cdr`: the second witness.
+async fn cmd_cdr(command: CdrCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    match command {
+        CdrCommand::Brands { json } => {
+            let store = app::open_store(settings, clock).await?;
+            let lines = store.cdr_brand_lines(clock.now()).await?;
+            store.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else {
+                print!("{}", report::render_brands(&lines));
+            }
+            Ok(0)
+        }
+        CdrCommand::Poll => {
+            if !settings.cdr.enabled {
+                eprintln!("the CDR witness is off (cdr.enabled = false): nothing to poll");
+                return Ok(1);
+            }
+            let context = context(settings, clock).await?;
+            let witness = crate::work::cdr::Witness::new(context.clone(), settings.cdr.clone())?;
+            let polled = witness.poll(true).await;
+            context.close().await;
+            println!("{}", serde_json::to_string(&polled?)?);
+            Ok(0)
+        }
+    }
+}
+
 async fn context(settings: &Settings, clock: &Clock) -> anyhow::Result<crate::work::Context> {
     app::build_sweeper_with_clock(settings, app::api_key(settings)?, clock.clone()).await
 }

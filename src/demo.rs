@@ -264,7 +264,7 @@ fn start_outage(sim: &Simulator, started: tokio::time::Instant) -> tokio::time::
 /// the status table.
 async fn final_report(db: &Path, clock: &Clock, total: Duration) -> anyhow::Result<()> {
     let store = Store::open(db).await?;
-    let status = report::status(&store, None, None).await?;
+    let status = report::status(&store, None, None, clock.now()).await?;
     let since = clock.now()
         - chrono::Duration::from_std(total + Duration::from_secs(60)).unwrap_or_default();
     let outages = store.outages_since(since).await?;

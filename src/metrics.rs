@@ -158,10 +158,76 @@ pub async fn render(
     render_requests(&mut registry, context.client().stats());
     render_refreshes(&mut registry, store, refresher).await?;
     render_events(&mut registry, store, receiver).await?;
+    render_cdr(&mut registry, store, context.clock().now()).await?;
     let mut out = String::new();
     encode(&mut out, &registry)
         .map_err(|e| sqlx::Error::Protocol(format!("encoding metrics: {e}")))?;
     Ok(out)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CdrStatusLabels {
+    institution_id: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrandLabel {
+    brand_id: String,
+}
+
+/// The second witness: each institution's CDR status (1 for the status last read, `unknown`
+/// before any or while its reads fail), and each polled brand's failed reads.
+async fn render_cdr(
+    registry: &mut Registry,
+    store: &crate::store::Store,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    let figures = store.cdr_figures().await?;
+    let statuses = Family::<CdrStatusLabels, Gauge>::default();
+    for line in store.cdr_brand_lines(now).await? {
+        let Some(brand) = &line.brand_id else {
+            continue;
+        };
+        let failing = figures
+            .iter()
+            .any(|f| &f.brand_id == brand && f.failures > 0);
+        let status = match &line.status {
+            Some(s) if !failing => s.clone(),
+            _ => "unknown".to_owned(),
+        };
+        statuses
+            .get_or_create(&CdrStatusLabels {
+                institution_id: line.institution_id.clone(),
+                status,
+            })
+            .set(1);
+    }
+    registry.register(
+        "cdr_status",
+        "The data holder's own CDR status per institution (1 for the status it last said)",
+        statuses,
+    );
+    let failures = Family::<BrandLabel, Counter>::default();
+    let failing = Family::<BrandLabel, Gauge>::default();
+    for f in &figures {
+        let label = BrandLabel {
+            brand_id: f.brand_id.clone(),
+        };
+        failures.get_or_create(&label).inc_by(f.failures_total);
+        failing.get_or_create(&label).set(i64::from(f.failures));
+    }
+    registry.register(
+        "cdr_poll_failures",
+        "Failed reads of a data holder's discovery endpoints (status or outages)",
+        failures,
+    );
+    registry.register(
+        "cdr_poll_failing",
+        "Failed reads of a data holder since its last good one (while above 0, it says nothing)",
+        failing,
+    );
+    Ok(())
 }
 
 /// Users watched, and the sweep's progress since start.

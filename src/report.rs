@@ -90,7 +90,48 @@ pub struct Summary {
 pub struct StatusReport {
     pub connections: Vec<ConnectionView>,
     pub summary: Summary,
+    /// Every open outage, one per witness (`source`).
     pub outages: Vec<OutageRow>,
+    /// The banks down now, each with every witness that says so.
+    pub banks_down: Vec<BankDown>,
+    /// Maintenance windows the data holders announced that have not ended.
+    pub maintenance: Vec<crate::store::cdr::WindowLine>,
+}
+
+/// A bank down, with all the sources of its outage.
+#[derive(Clone, Debug, Serialize)]
+pub struct BankDown {
+    pub institution_id: String,
+    pub method: String,
+    /// The earliest start any witness gives.
+    pub started_at: DateTime<Utc>,
+    /// `connectors`, `inferred`, `cdr`: who says so.
+    pub sources: Vec<String>,
+}
+
+/// The open outages grouped by connector, in order of their first start.
+fn banks_down(outages: &[OutageRow]) -> Vec<BankDown> {
+    let mut out: Vec<BankDown> = Vec::new();
+    for o in outages {
+        match out
+            .iter_mut()
+            .find(|b| b.institution_id == o.institution_id && b.method == o.method)
+        {
+            Some(b) => {
+                b.started_at = b.started_at.min(o.started_at);
+                if !b.sources.iter().any(|s| s == o.source.as_str()) {
+                    b.sources.push(o.source.as_str().to_owned());
+                }
+            }
+            None => out.push(BankDown {
+                institution_id: o.institution_id.clone(),
+                method: o.method.clone(),
+                started_at: o.started_at,
+                sources: vec![o.source.as_str().to_owned()],
+            }),
+        }
+    }
+    out
 }
 
 /// How many connections a report of every user lists unless told otherwise.
@@ -104,8 +145,10 @@ pub async fn status(
     store: &Store,
     user: Option<&UserId>,
     limit: Option<usize>,
+    now: DateTime<Utc>,
 ) -> store::Result<StatusReport> {
     let outages = store.open_outages().await?;
+    let maintenance = store.cdr_window_lines(now).await?;
     let mut by_health: BTreeMap<String, u64> = Health::ALL
         .iter()
         .map(|h| (h.as_str().to_owned(), 0))
@@ -148,7 +191,9 @@ pub async fn status(
             connections_listed: rows.len(),
             truncated: rows.len() < total,
         },
+        banks_down: banks_down(&outages),
         outages,
+        maintenance,
     })
 }
 
@@ -210,20 +255,86 @@ fn write_counts(out: &mut String, report: &StatusReport) {
         let _ = writeln!(out, "  {health:<19}{count:>6}");
     }
     let _ = writeln!(out, "\nopen outages: {}", report.outages.len());
-    for o in &report.outages {
+    for b in &report.banks_down {
+        let said: Vec<String> = report
+            .outages
+            .iter()
+            .filter(|o| o.institution_id == b.institution_id && o.method == b.method)
+            .map(|o| {
+                let mut text = o.source.as_str().to_owned();
+                if let Some(status) = &o.status {
+                    let _ = write!(text, ": {}", shown(status));
+                }
+                if let Some(why) = &o.explanation {
+                    let _ = write!(text, " ({})", shown(why));
+                }
+                text
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "  {} {:<13} since {} ({}{})",
-            o.institution_id,
-            o.method,
-            stamp(o.started_at),
-            o.source,
-            o.status
-                .as_deref()
-                .map(|s| format!(", {s}"))
-                .unwrap_or_default()
+            "  {} {:<13} since {} ({})",
+            shown(&b.institution_id),
+            b.method,
+            stamp(b.started_at),
+            said.join("; ")
         );
     }
+    if !report.maintenance.is_empty() {
+        let _ = writeln!(out, "\nmaintenance announced: {}", report.maintenance.len());
+        for w in &report.maintenance {
+            let _ = writeln!(
+                out,
+                "  {} {:<13} {} to {}{} ({})",
+                shown(&w.institution_id),
+                w.method,
+                stamp(w.starts_at),
+                stamp(w.ends_at),
+                if w.partial { ", partial" } else { "" },
+                shown(&w.explanation)
+            );
+        }
+    }
+}
+
+/// `cdr brands` as a table: each institution, its brand, how it was matched, what it
+/// last said.
+pub fn render_brands(lines: &[crate::store::cdr::BrandLine]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<24} {:<11} {:<9} {:<24} {:<17} next maintenance",
+        "bank", "name", "abn", "match", "brand", "status"
+    );
+    for l in lines {
+        let cut = |t: &Option<String>, n: usize| -> String {
+            shown(t.as_deref().unwrap_or("-")).chars().take(n).collect()
+        };
+        let next = l.next_outage.as_ref().map_or_else(
+            || "-".to_owned(),
+            |w| format!("{} to {}", stamp(w.starts_at), stamp(w.ends_at)),
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:<24} {:<11} {:<9} {:<24} {:<17} {}",
+            shown(&l.institution_id),
+            cut(&l.name, 24),
+            cut(&l.abn, 11),
+            l.match_kind,
+            cut(&l.brand_name, 24),
+            cut(&l.status, 17),
+            next
+        );
+    }
+    out
+}
+
+/// Text from outside (a bank's words, an id) as a terminal shows it: no control
+/// characters, no escape sequences.
+pub fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The connections needing the user's action (the first 50), with what to ask of the user.

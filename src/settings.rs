@@ -117,6 +117,10 @@ pub const RANGES: &[(&str, Range)] = &[
     ("notify.backoff_initial", Range::Span("10ms", "1h")),
     ("notify.backoff_max", Range::Span("10ms", "24h")),
     ("notify.timeout", Range::Span("100ms", "5m")),
+    ("cdr.status_interval", Range::Span("1m", "24h")),
+    ("cdr.outages_interval", Range::Span("5m", "7d")),
+    ("cdr.register_interval", Range::Span("1h", "30d")),
+    ("cdr.timeout", Range::Span("100ms", "1m")),
 ];
 
 fn range_of(key: &str) -> Result<Range, SettingsError> {
@@ -199,6 +203,7 @@ pub struct RawSettings {
     refresh: RawRefresh,
     webhooks: RawWebhooks,
     notify: RawNotify,
+    cdr: RawCdr,
 }
 
 impl Default for RawSettings {
@@ -214,6 +219,34 @@ impl Default for RawSettings {
             refresh: RawRefresh::default(),
             webhooks: RawWebhooks::default(),
             notify: RawNotify::default(),
+            cdr: RawCdr::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawCdr {
+    enabled: bool,
+    register_url: String,
+    status_interval: String,
+    outages_interval: String,
+    register_interval: String,
+    timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overrides_file: Option<PathBuf>,
+}
+
+impl Default for RawCdr {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            register_url: "https://api.cdr.gov.au/cdr-register/v1".into(),
+            status_interval: "5m".into(),
+            outages_interval: "1h".into(),
+            register_interval: "24h".into(),
+            timeout: "5s".into(),
+            overrides_file: None,
         }
     }
 }
@@ -640,6 +673,7 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub webhooks: WebhookSettings,
     pub notify: NotifySettings,
+    pub cdr: CdrSettings,
     /// What the operator should fix though the daemon can run: secret files (other than the
     /// API key's, see [`ApiKey::permission_warning`]) that group or others can read.
     /// `config check` prints them, the daemon logs them at start.
@@ -651,11 +685,12 @@ pub struct Settings {
 pub const WEBHOOK_CREDENTIAL_NAME: &str = "basiq-webhook-secret";
 
 /// The notification types an endpoint can ask for.
-pub const NOTIFY_EVENTS: [&str; 4] = [
+pub const NOTIFY_EVENTS: [&str; 5] = [
     "connection.health_changed",
     "connection.consent_expiring",
     "institution.outage_started",
     "institution.outage_ended",
+    "institution.maintenance_scheduled",
 ];
 
 /// A Standard Webhooks secret (`whsec_<base64>`): never printed.
@@ -894,6 +929,27 @@ pub struct OutageSettings {
     pub window: Duration,
 }
 
+/// `[cdr]`: the second witness, the banks' own Consumer Data Right status and planned
+/// outages, read from the CDR Register and each data holder's public discovery endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CdrSettings {
+    pub enabled: bool,
+    pub register_url: Url,
+    #[serde(serialize_with = "serialize_duration")]
+    pub status_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub outages_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub register_interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub timeout: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overrides_file: Option<PathBuf>,
+    /// The overrides file, read and checked at load: Basiq institution id → brand.
+    #[serde(skip)]
+    pub overrides: std::collections::HashMap<String, crate::plan::cdr::Override>,
+}
+
 /// The name of the token file created next to the database when `api.token_file` is unset.
 pub const API_TOKEN_FILE_NAME: &str = "api-token";
 
@@ -1084,6 +1140,7 @@ impl Settings {
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let webhooks = parse_webhooks(raw.webhooks, credentials.as_deref(), &mut warnings)?;
         let notify = parse_notify(raw.notify, credentials.as_deref(), &mut warnings)?;
+        let cdr = parse_cdr(raw.cdr)?;
         Ok(Self {
             shutdown_grace,
             basiq,
@@ -1095,6 +1152,7 @@ impl Settings {
             refresh,
             webhooks,
             notify,
+            cdr,
             warnings,
         })
     }
@@ -1593,9 +1651,38 @@ pub(crate) fn duration(key: &str, text: &str) -> Result<Duration, SettingsError>
     })
 }
 
+/// `[cdr]`: the intervals in range, the Register's URL safe, the overrides file read.
+fn parse_cdr(raw: RawCdr) -> Result<CdrSettings, SettingsError> {
+    let overrides = match &raw.overrides_file {
+        None => Default::default(),
+        Some(path) => {
+            let key = "cdr.overrides_file";
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(key, format!("could not be read ({e}): {}", path.display()))
+            })?;
+            crate::plan::cdr::parse_overrides(&text)
+                .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?
+        }
+    };
+    Ok(CdrSettings {
+        enabled: raw.enabled,
+        register_url: parse_url("cdr.register_url", &raw.register_url)?,
+        status_interval: span("cdr.status_interval", &raw.status_interval)?,
+        outages_interval: span("cdr.outages_interval", &raw.outages_interval)?,
+        register_interval: span("cdr.register_interval", &raw.register_interval)?,
+        timeout: span("cdr.timeout", &raw.timeout)?,
+        overrides_file: raw.overrides_file,
+        overrides,
+    })
+}
+
 /// `https://` always; plain `http://` only to a loopback host (the simulator).
 fn parse_base_url(text: &str) -> Result<Url, SettingsError> {
-    let key = "basiq.base_url";
+    parse_url("basiq.base_url", text)
+}
+
+/// `https://` always; plain `http://` only to a loopback host (a simulator).
+fn parse_url(key: &str, text: &str) -> Result<Url, SettingsError> {
     let url = Url::parse(text.trim())
         .map_err(|e| invalid(key, format!("is not a URL ({e}): {text:?}")))?;
     match url.scheme() {

@@ -194,9 +194,15 @@ pub(crate) struct ConnectorWire {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct ConnectorInstitution {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
+    pub short_name: Option<String>,
+    /// Text with spaces, or a number: only its digits are kept (the CDR mapping).
+    #[serde(default)]
+    pub abn: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,7 +511,16 @@ impl ConnectorWire {
             institution_id: InstitutionId(self.id),
             method: Method::parse(self.method.as_deref().unwrap_or("")),
             status: ConnectorStatus::parse(self.status.as_deref().unwrap_or("")),
-            name: self.institution.and_then(|i| i.name),
+            name: self.institution.as_ref().and_then(|i| i.name.clone()),
+            short_name: self.institution.as_ref().and_then(|i| i.short_name.clone()),
+            abn: self
+                .institution
+                .and_then(|i| i.abn)
+                .and_then(|abn| match abn {
+                    Value::String(text) => crate::domain::cdr::abn_digits(&text),
+                    Value::Number(n) => crate::domain::cdr::abn_digits(&n.to_string()),
+                    _ => None,
+                }),
         })
     }
 }

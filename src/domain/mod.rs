@@ -582,6 +582,10 @@ pub struct Connector {
     pub method: Method,
     pub status: ConnectorStatus,
     pub name: Option<String>,
+    pub short_name: Option<String>,
+    /// The institution's ABN, digits only (open-banking connectors carry it): how the CDR
+    /// Register's brand is found.
+    pub abn: Option<String>,
 }
 
 /// A period in which a connector's bank was down, as far as the daemon knows: a
@@ -603,6 +607,12 @@ impl DownPeriod {
 
     pub fn is_open(&self) -> bool {
         self.until.is_none()
+    }
+
+    /// Whether it lasts at `at`: begun (when its start is known) and not ended. A window
+    /// announced ahead begins in the future.
+    pub fn covers(&self, at: DateTime<Utc>) -> bool {
+        self.from.is_none_or(|from| from <= at) && self.until.is_none_or(|until| at < until)
     }
 }
 

@@ -152,17 +152,29 @@ pub enum ConnectorView {
     /// `/connectors` answered and does not list this connector (treated as up).
     Unlisted,
     Status(ConnectorStatus),
+    /// The data holder itself says its bank is down (its CDR status, or a maintenance window
+    /// it announced), whatever Basiq's status (`basiq`, when `/connectors` lists it).
+    Witnessed {
+        basiq: Option<ConnectorStatus>,
+    },
 }
 
 impl ConnectorView {
-    /// The one predicate of "the bank is down" ([`ConnectorStatus::is_down`]).
+    /// The one predicate of "the bank is down" ([`ConnectorStatus::is_down`]), or a second
+    /// witness saying so: any witness saying "down" is enough.
     pub fn is_down(&self) -> bool {
-        matches!(self, Self::Status(s) if s.is_down())
+        match self {
+            Self::Status(s) => s.is_down(),
+            Self::Witnessed { .. } => true,
+            Self::Unknown | Self::Unlisted => false,
+        }
     }
 
+    /// Basiq's status of the connector, when `/connectors` lists it.
     pub fn status(&self) -> Option<&ConnectorStatus> {
         match self {
             Self::Status(s) => Some(s),
+            Self::Witnessed { basiq } => basiq.as_ref(),
             _ => None,
         }
     }
@@ -205,9 +217,12 @@ pub struct Facts<'a> {
 }
 
 impl Facts<'_> {
-    /// The bank is known to be down now.
+    /// The bank is known to be down now: a witness says so, or a period of it (a
+    /// maintenance window the data holder announced) covers now.
     fn bank_down(&self) -> bool {
-        self.connector.is_down() || self.outage_inferred
+        self.connector.is_down()
+            || self.outage_inferred
+            || self.periods.iter().any(|p| p.covers(self.now))
     }
 }
 

@@ -53,6 +53,9 @@ pub struct ConnectorsPlan {
     pub requeue: Vec<Requeue>,
     /// Outages Basiq reported starting (`true`) or ending: one notice each.
     pub told: Vec<(ConnectorKey, bool)>,
+    /// What the answer says of the institutions behind open-banking connectors (short
+    /// name, ABN): what the CDR mapping reads.
+    pub institutions: Vec<(ConnectorKey, Option<String>, Option<String>)>,
 }
 
 /// Plans one `/connectors` answer against what was known.
@@ -64,6 +67,12 @@ pub fn plan_connectors(
     let mut plan = ConnectorsPlan::default();
     for c in answer {
         let key = ConnectorKey::new(c.institution_id.as_str(), &c.method);
+        if c.method == crate::domain::Method::OpenBanking
+            && (c.short_name.is_some() || c.abn.is_some())
+        {
+            plan.institutions
+                .push((key.clone(), c.short_name.clone(), c.abn.clone()));
+        }
         let before = known.get(&key);
         if before.is_some_and(|b| b.status == c.status) {
             plan.unchanged.push((key, c.name.clone()));
@@ -109,6 +118,8 @@ mod tests {
             method: Method::Web,
             status: ConnectorStatus::parse(status),
             name: None,
+            short_name: None,
+            abn: None,
         }]
     }
 

@@ -23,6 +23,8 @@ pub enum OutageSource {
     Connectors,
     /// Several users failed bank-side at the connector.
     Inferred,
+    /// The data holder's own Consumer Data Right status said so.
+    Cdr,
 }
 
 impl OutageSource {
@@ -30,11 +32,12 @@ impl OutageSource {
         match self {
             Self::Connectors => "connectors",
             Self::Inferred => "inferred",
+            Self::Cdr => "cdr",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Connectors, Self::Inferred]
+        [Self::Connectors, Self::Inferred, Self::Cdr]
             .into_iter()
             .find(|s| s.as_str() == text)
     }
@@ -57,6 +60,8 @@ pub struct OutageRow {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub affected_users: Option<i64>,
+    /// The data holder's own words (a `cdr` outage).
+    pub explanation: Option<String>,
 }
 
 /// The last refresh decision made for a connection.
@@ -139,18 +144,34 @@ pub struct KeyFacts {
     pub periods: KeyPeriods,
 }
 
-/// The last `/connectors` answer as far as it is known.
+/// The last `/connectors` answer as far as it is known, and what the second witness (the
+/// data holders' own CDR status and planned outages) says of the same connectors.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectorStatuses {
     /// `/connectors` has answered at least once on this installation.
     pub known: bool,
     pub statuses: HashMap<ConnectorKey, ConnectorStatus>,
+    /// The CDR witness of the open-banking connectors that have one.
+    pub cdr: HashMap<ConnectorKey, CdrWitness>,
 }
 
 impl ConnectorStatuses {
-    /// The status a connection's connector has. A connection whose method is unknown (Basiq's
-    /// recorded answers leave `method` out) gets its institution's worst status.
+    /// The status a connection's connector has. A connection whose method is unknown
+    /// (Basiq's recorded answers leave `method` out) gets its institution's worst status.
+    /// The data holder's own CDR status saying "down" makes it down whatever Basiq says; a
+    /// witness that could not be read says nothing. (Its maintenance windows are periods:
+    /// [`Self::windows`], and the store's down periods.)
     pub fn view(&self, institution_id: &str, method: &Method) -> ConnectorView {
+        let basiq = self.basiq_view(institution_id, method);
+        match self.witness(institution_id, method) {
+            Some(w) if w.down => ConnectorView::Witnessed {
+                basiq: basiq.status().cloned(),
+            },
+            _ => basiq,
+        }
+    }
+
+    fn basiq_view(&self, institution_id: &str, method: &Method) -> ConnectorView {
         if !self.known {
             return ConnectorView::Unknown;
         }
@@ -168,6 +189,47 @@ impl ConnectorStatuses {
             ConnectorView::Status(s.clone())
         })
     }
+
+    /// The CDR witness of a connection's connector: open banking only (web connectors are
+    /// outside the CDR); a connection of unknown method is its institution's.
+    pub fn witness(&self, institution_id: &str, method: &Method) -> Option<&CdrWitness> {
+        match method {
+            Method::Web => None,
+            _ => self
+                .cdr
+                .get(&ConnectorKey::new(institution_id, &Method::OpenBanking)),
+        }
+    }
+
+    /// The maintenance windows announced for a connection's connector.
+    pub fn windows(&self, institution_id: &str, method: &Method) -> &[Window] {
+        self.witness(institution_id, method)
+            .map_or(&[], |w| w.windows.as_slice())
+    }
+}
+
+/// A maintenance window a data holder announced (a CDR planned outage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Window {
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub partial: bool,
+}
+
+impl Window {
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.starts_at <= at && at < self.ends_at
+    }
+}
+
+/// What a data holder itself says of its open-banking connector (the CDR witness).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CdrWitness {
+    /// Its status says down (`UNAVAILABLE`, `PARTIAL_FAILURE`, `SCHEDULED_OUTAGE`): a `cdr`
+    /// outage is open. `false` also when it cannot be read: an unread witness says nothing.
+    pub down: bool,
+    /// Its announced windows that have not ended, earliest first.
+    pub windows: Vec<Window>,
 }
 
 /// A stored job's snapshot, to keep jobs from going backwards.
@@ -206,6 +268,8 @@ pub struct KeyPeriods {
     pub connectors: Vec<DownPeriod>,
     /// Several users failed bank-side (from: the start of the inference window).
     pub inferred: Vec<DownPeriod>,
+    /// The data holder announced it (a CDR planned outage), ahead.
+    pub maintenance: Vec<DownPeriod>,
 }
 
 impl KeyPeriods {
@@ -213,6 +277,7 @@ impl KeyPeriods {
         self.connectors
             .iter()
             .chain(&self.inferred)
+            .chain(&self.maintenance)
             .copied()
             .collect()
     }

@@ -11,6 +11,8 @@
 //! - [`cdr`]: which CDR brand stands for which Basiq institution, and the overrides file.
 //! - [`user`]: one user's sweep, a group of them, a connector's reclassification, a
 //!   consent's end, a refused refresh.
+//! - [`cdr`]: each Basiq institution's CDR brand (by ABN, name, or the operator's word).
+//! - [`witness`]: what a data holder's own status and planned outages change.
 
 pub mod cdr;
 pub mod classify;
@@ -20,6 +22,7 @@ pub mod notices;
 pub mod policy;
 pub mod slots;
 pub mod user;
+pub mod witness;
 
 pub use facts::*;
 pub use user::*;

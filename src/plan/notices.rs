@@ -11,7 +11,9 @@
 //!   `pending`) differs from the one last told: a refresh that goes healthy → in-progress →
 //!   healthy tells nothing, and a first sight tells only what asks for attention.
 //! - `connection.consent_expiring` once per threshold (30, 7, 1 days).
-//! - `institution.outage_started` / `institution.outage_ended`.
+//! - `institution.outage_started` / `institution.outage_ended` (source `connectors`,
+//!   `inferred` or `cdr`).
+//! - `institution.maintenance_scheduled` once per window a data holder announces ahead.
 //!
 //! `user_action` is `none` unless the health is `action-required`; the classifier never
 //! gives `action-required` for a failure while the bank is known to be down, so no
@@ -31,6 +33,7 @@ pub const HEALTH_CHANGED: &str = "connection.health_changed";
 pub const CONSENT_EXPIRING: &str = "connection.consent_expiring";
 pub const OUTAGE_STARTED: &str = "institution.outage_started";
 pub const OUTAGE_ENDED: &str = "institution.outage_ended";
+pub const MAINTENANCE_SCHEDULED: &str = "institution.maintenance_scheduled";
 
 /// One notification to write to the outbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -249,6 +252,30 @@ pub fn outage_notice(
             } else {
                 "This bank is working again."
             },
+        }),
+    }
+}
+
+/// A maintenance window a data holder announced, first seen: when the bank will be down
+/// (`partial`: part of it), in its own words, and the watched connections there.
+pub fn maintenance_notice(
+    key: &ConnectorKey,
+    window: &crate::domain::cdr::Maintenance,
+    affected: i64,
+) -> Notice {
+    Notice {
+        event_type: MAINTENANCE_SCHEDULED,
+        user_id: None,
+        data: json!({
+            "institution_id": key.institution_id,
+            "method": key.method,
+            "starts_at": window.starts_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "ends_at": window.ends_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "partial": window.partial,
+            "explanation": window.explanation,
+            "affected_connections": affected,
+            "user_action": "none",
+            "text": "This bank has announced maintenance: its users have nothing to do, refreshes wait until it is over.",
         }),
     }
 }

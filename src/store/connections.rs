@@ -158,7 +158,7 @@ const RECOVERED: &str = "recovered AS (
                    AND from_down = 1
                  UNION ALL
                  SELECT MAX(ended_at) FROM outages
-                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source = 'inferred'))";
+                 WHERE institution_id = ?1 AND method IN (?2, ?3) AND source IN ('inferred', 'cdr')))";
 
 /// The stored state of several users (their rows, our refresh attempts of them, their
 /// recent jobs), read in two statements for the whole group; `inference` is left empty
@@ -307,6 +307,24 @@ async fn inference(
     Ok((open, recovered, failing))
 }
 
+/// [`down_periods`]'s one statement: the outages (but a `cdr` one whose witness cannot be
+/// read) and the maintenance windows a data holder announced, periods known ahead.
+static DOWN_PERIODS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT source, started_at, since, ended_at FROM (
+             SELECT source, started_at, since, ended_at, id FROM outages
+             WHERE institution_id = ?1 AND (?4 OR method IN (?2, ?3))
+               AND (ended_at IS NULL OR ended_at >= ?5)
+               AND NOT (ended_at IS NULL AND {unread})
+             UNION ALL
+             SELECT 'maintenance', starts_at, starts_at, ends_at, id FROM cdr_windows
+             WHERE institution_id = ?1 AND (?4 OR method IN (?2, ?3))
+               AND ends_at >= ?5 AND withdrawn_at IS NULL)
+         ORDER BY started_at, id",
+        unread = super::cdr::CDR_UNREAD
+    )
+});
+
 /// The periods a connector's bank was down, open or ended within Basiq's job retention
 /// (older ones explain no job Basiq still lists), oldest first. An inferred outage's period
 /// begins `window` before it was inferred (the failures that showed it). A connector keyed
@@ -319,26 +337,27 @@ pub async fn down_periods(
 ) -> Result<KeyPeriods> {
     let (a, b) = method_spellings(&key.method);
     let any_method = Method::parse(&key.method) == Method::Unknown;
-    let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT source, started_at, since, ended_at FROM outages
-         WHERE institution_id = ?1 AND (?4 OR method IN (?2, ?3))
-           AND (ended_at IS NULL OR ended_at >= ?5)
-         ORDER BY started_at, id",
-    )
-    .bind(key.institution_id.clone())
-    .bind(a)
-    .bind(b)
-    .bind(any_method)
-    // Basiq lists jobs 7 days: a day more covers a job that ran across the edge.
-    .bind(ts(now - chrono::Duration::days(8)))
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(String, i64, Option<i64>, Option<i64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(DOWN_PERIODS_SQL.as_str()))
+            .bind(key.institution_id.clone())
+            .bind(a)
+            .bind(b)
+            .bind(any_method)
+            // Basiq lists jobs 7 days: a day more covers a job that ran across the edge.
+            .bind(ts(now - chrono::Duration::days(8)))
+            .fetch_all(&mut *conn)
+            .await?;
     let mut periods = KeyPeriods::default();
     for (source, started, since, ended) in rows {
         let until = from_opt_ts(ended);
         if source == "inferred" {
             periods.inferred.push(DownPeriod {
                 from: from_ts(started).checked_sub_signed(window),
+                until,
+            });
+        } else if source == "maintenance" {
+            periods.maintenance.push(DownPeriod {
+                from: Some(from_ts(started)),
                 until,
             });
         } else {

@@ -21,6 +21,7 @@ struct RawOutage {
     started_at: i64,
     ended_at: Option<i64>,
     affected_users: Option<i64>,
+    explanation: Option<String>,
 }
 
 impl From<RawOutage> for OutageRow {
@@ -29,12 +30,13 @@ impl From<RawOutage> for OutageRow {
             id: r.id,
             institution_id: r.institution_id,
             method: r.method,
-            // Only the two are ever written.
+            // Only the three are ever written (a CHECK says so).
             source: OutageSource::parse(&r.source).unwrap_or(OutageSource::Connectors),
             status: r.status,
             started_at: from_ts(r.started_at),
             ended_at: from_opt_ts(r.ended_at),
             affected_users: r.affected_users,
+            explanation: r.explanation,
         }
     }
 }
@@ -49,8 +51,9 @@ impl Store {
             .await
     }
 
-    /// Every connector's last known status; `known` once `/connectors` has ever answered.
-    pub async fn connector_statuses(&self) -> Result<ConnectorStatuses> {
+    /// Every connector's last known status; `known` once `/connectors` has ever answered;
+    /// what the data holders say at `now` (the CDR witness).
+    pub async fn connector_statuses(&self, now: DateTime<Utc>) -> Result<ConnectorStatuses> {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT institution_id, method, status FROM connectors")
                 .fetch_all(self.pool())
@@ -60,7 +63,9 @@ impl Store {
         )
         .fetch_one(self.pool())
         .await?;
+        let cdr = self.cdr_witnesses(now).await?;
         Ok(ConnectorStatuses {
+            cdr,
             known: answered || !rows.is_empty(),
             statuses: rows
                 .into_iter()
@@ -77,20 +82,24 @@ impl Store {
         })
     }
 
+    /// The outages open now; a `cdr` one whose witness cannot be read says nothing and is
+    /// left out.
     pub async fn open_outages(&self) -> Result<Vec<OutageRow>> {
-        sqlx::query_as::<_, RawOutage>(
-            "SELECT id, institution_id, method, source, status, started_at, ended_at, affected_users
-             FROM outages WHERE ended_at IS NULL ORDER BY started_at, id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map(|rows| rows.into_iter().map(OutageRow::from).collect())
+        let sql = format!(
+            "SELECT id, institution_id, method, source, status, started_at, ended_at, affected_users, explanation
+             FROM outages WHERE ended_at IS NULL AND NOT {} ORDER BY started_at, id",
+            super::cdr::CDR_UNREAD
+        );
+        sqlx::query_as::<_, RawOutage>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await
+            .map(|rows| rows.into_iter().map(OutageRow::from).collect())
     }
 
     /// Outages that started or ended since `since`, and those still open.
     pub async fn outages_since(&self, since: DateTime<Utc>) -> Result<Vec<OutageRow>> {
         sqlx::query_as::<_, RawOutage>(
-            "SELECT id, institution_id, method, source, status, started_at, ended_at, affected_users
+            "SELECT id, institution_id, method, source, status, started_at, ended_at, affected_users, explanation
              FROM outages WHERE ended_at IS NULL OR ended_at >= ? OR started_at >= ?
              ORDER BY started_at, id",
         )
@@ -108,6 +117,7 @@ impl Store {
 pub async fn statuses_at(
     conn: &mut SqliteConnection,
     institution_id: &str,
+    now: DateTime<Utc>,
 ) -> Result<ConnectorStatuses> {
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT method, status FROM connectors WHERE institution_id = ?")
@@ -120,7 +130,9 @@ pub async fn statuses_at(
     )
     .fetch_one(&mut *conn)
     .await?;
+    let cdr = super::cdr::witnesses(conn, Some(institution_id), now).await?;
     Ok(ConnectorStatuses {
+        cdr,
         known,
         statuses: rows
             .into_iter()
@@ -179,6 +191,18 @@ pub async fn write_connectors(
     }
     for change in &plan.changes {
         write_change(conn, change, now).await?;
+    }
+    for (key, short_name, abn) in &plan.institutions {
+        sqlx::query(
+            "UPDATE connectors SET short_name = COALESCE(?, short_name), abn = COALESCE(?, abn)
+             WHERE institution_id = ? AND method = ?",
+        )
+        .bind(short_name.clone())
+        .bind(abn.clone())
+        .bind(key.institution_id.clone())
+        .bind(key.method.clone())
+        .execute(&mut *conn)
+        .await?;
     }
     for requeue in &plan.requeue {
         queue_reclassify(conn, &requeue.key, requeue.ended_after, now).await?;

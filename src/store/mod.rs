@@ -30,6 +30,7 @@
 //! IMMEDIATE` to its end), and the longest since start kept ([`Store::write_lock_hold_max`]):
 //! every other writer, in this process or another, waits that long.
 
+pub mod cdr;
 mod checkpoint;
 pub mod connections;
 pub mod connectors;

@@ -106,6 +106,14 @@ impl ConnectorCache {
 
     /// A read failed at `now` (or its answer could not be stored): the next waits
     /// [`ConnectorCache::retry_delay`].
+    /// What the data holders now say (the CDR witness), as committed.
+    pub fn set_witnesses(
+        &mut self,
+        witnesses: std::collections::HashMap<ConnectorKey, crate::plan::CdrWitness>,
+    ) {
+        self.statuses.cdr = witnesses;
+    }
+
     pub fn failed(&mut self, now: DateTime<Utc>) {
         self.failures = self.failures.saturating_add(1);
         self.failed_at = Some(now);

@@ -129,7 +129,7 @@ impl Context {
         clock: Clock,
     ) -> store::Result<Self> {
         let seed = store.installation_seed().await?;
-        let statuses = store.connector_statuses().await?;
+        let statuses = store.connector_statuses(clock.now()).await?;
         let fetching = tokio::sync::Semaphore::new(options.concurrency.max(1));
         let (commits, queue) = tokio::sync::mpsc::channel(store::GROUP_MAX * 4);
         tokio::spawn(commit::run_committer(

@@ -6,6 +6,7 @@
 //! - [`sweep`]: one user's sweep, a followed job's end, the login check;
 //! - [`pass`]: the loop that takes due (or named) users and sweeps them;
 //! - [`connectors`]: the `/connectors` read, at most once per TTL ([`cache`] is its state);
+//! - [`cdr`]: the second witness, the data holders' own status and planned outages;
 //! - [`reclassify`]: the connections at a connector that moved, a batch per transaction,
 //!   outages' ends before anyone sees them, the rest in the [`background`];
 //! - [`commit`]: the group committer (many users' plans per transaction) and [`write`], the
@@ -20,6 +21,7 @@
 
 pub mod background;
 pub mod cache;
+pub mod cdr;
 mod commit;
 pub mod connectors;
 pub mod context;

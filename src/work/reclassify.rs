@@ -163,7 +163,7 @@ impl Batch {
             .await?;
         // As committed, not as some task's copy of the cache: a read of `/connectors` that
         // committed since the entry was queued (and queued it again) is what this batch sees.
-        let statuses = store::connectors::statuses_at(tx, &key.institution_id).await?;
+        let statuses = store::connectors::statuses_at(tx, &key.institution_id, now).await?;
         let since = now
             .checked_sub_signed(window)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);

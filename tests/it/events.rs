@@ -560,14 +560,14 @@ async fn a_sigkill_after_the_2xx_and_before_processing_loses_nothing() {
 // ---- notifications out ------------------------------------------------------------------
 
 /// The Python receiver (tests/receiver.py, the official `standardwebhooks` package).
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     port: u16,
     out: std::path::PathBuf,
 }
 
 impl Receiver {
-    fn start(dir: &tempfile::TempDir, name: &str, fail_first: u32) -> Self {
+    pub(crate) fn start(dir: &tempfile::TempDir, name: &str, fail_first: u32) -> Self {
         Self::spawn(dir, name, fail_first, 0)
     }
 
@@ -598,11 +598,11 @@ impl Receiver {
         Self { child, port, out }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    fn seen(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn seen(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
@@ -616,6 +616,16 @@ impl Drop for Receiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One endpoint at `url` for every notification type.
+pub(crate) fn endpoint_toml_all(dir: &tempfile::TempDir, url: &str) -> String {
+    let secret = write_secret(dir, "app-secret", APP_SECRET);
+    format!(
+        "[notify]\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\ntimeout = \"2s\"\n\
+         [[notify.endpoints]]\nurl = {url:?}\nsecret_file = {:?}\n",
+        secret.display().to_string()
+    )
 }
 
 fn endpoint_toml(dir: &tempfile::TempDir, url: &str, notify: &str) -> String {

@@ -206,9 +206,15 @@ pub fn settings_for(
     db: &std::path::Path,
     extra: &str,
 ) -> basiq_health::settings::Settings {
+    // The CDR Register is the simulator's unless the test sets its own `[cdr]`.
+    let cdr = if extra.contains("[cdr]") {
+        String::new()
+    } else {
+        format!("[cdr]\nregister_url = {:?}\n", sim.cdr_register_url())
+    };
     let toml = format!(
         "[basiq]\nbase_url = {:?}\nmax_requests_per_second = 1000\nretry_base_delay = \"20ms\"\n\
-         [database]\npath = {:?}\n[api]\nlisten = \"\"\n{extra}",
+         [database]\npath = {:?}\n[api]\nlisten = \"\"\n{cdr}{extra}",
         sim.base_url(),
         db.display().to_string()
     );

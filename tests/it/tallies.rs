@@ -149,7 +149,7 @@ async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_co
         )
         .await
         .unwrap();
-    let all = basiq_health::report::status(&store, None, None)
+    let all = basiq_health::report::status(&store, None, None, chrono::Utc::now())
         .await
         .unwrap();
     let total = all.summary.connections;
@@ -159,7 +159,7 @@ async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_co
     assert!(!all.summary.truncated);
 
     let limit = needing + 3;
-    let some = basiq_health::report::status(&store, None, Some(limit))
+    let some = basiq_health::report::status(&store, None, Some(limit), chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(some.connections.len(), limit);
@@ -173,7 +173,7 @@ async fn status_lists_at_most_its_limit_those_needing_action_first_with_whole_co
             .all(|c| c.health.as_deref() == Some("action-required")),
         "those needing the user's action come first"
     );
-    let few = basiq_health::report::status(&store, None, Some(1))
+    let few = basiq_health::report::status(&store, None, Some(1), chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(few.connections.len(), 1);

@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ConnectionStatus, Method};
+use crate::plan::Window;
 use crate::plan::classify::{ConnectorView, Health};
 
 /// `refresh.mode`: when the daemon refreshes on its own.
@@ -146,6 +147,8 @@ pub enum Denial {
     NotNeeded,
     RecentlyRefreshed,
     InstitutionOutage,
+    /// Inside a maintenance window the data holder announced (CDR planned outage).
+    ScheduledOutage,
     ConnectorStatusUnknown,
     DailyCap,
     /// Basiq refused the request (a 4xx other than its cap).
@@ -155,7 +158,7 @@ pub enum Denial {
 }
 
 impl Denial {
-    pub const ALL: [Denial; 14] = [
+    pub const ALL: [Denial; 15] = [
         Self::RefreshOff,
         Self::NotScheduledInMode,
         Self::ConnectionNotActive,
@@ -166,6 +169,7 @@ impl Denial {
         Self::NotNeeded,
         Self::RecentlyRefreshed,
         Self::InstitutionOutage,
+        Self::ScheduledOutage,
         Self::ConnectorStatusUnknown,
         Self::DailyCap,
         Self::RejectedByBasiq,
@@ -185,6 +189,7 @@ impl Denial {
             Self::NotNeeded => "not-needed",
             Self::RecentlyRefreshed => "recently-refreshed",
             Self::InstitutionOutage => "institution-outage",
+            Self::ScheduledOutage => "scheduled-outage",
             Self::ConnectorStatusUnknown => "connector-status-unknown",
             Self::DailyCap => "daily-cap",
             Self::RejectedByBasiq => "rejected-by-basiq",
@@ -290,6 +295,8 @@ pub struct RefreshFacts<'a> {
     pub connector: &'a ConnectorView,
     /// Enough users failed bank-side at this connector recently.
     pub outage_inferred: bool,
+    /// The maintenance windows its data holder announced (CDR planned outages).
+    pub maintenance: &'a [Window],
     /// Our attempts for this connection in the rolling last 24 h.
     pub attempts_last_24h: u32,
     /// Basiq answered 429/403 to a refresh: no refresh for this connection until then.
@@ -341,6 +348,10 @@ pub fn decide(
     if not_before(trigger, facts, limits).is_some() {
         return Err(Denial::RecentlyRefreshed);
     }
+    // The bank said ahead that it would be down then: a refresh there only fails.
+    if maintenance_at(facts, facts.now).is_some() {
+        return Err(Denial::ScheduledOutage);
+    }
     if facts.connector.is_down() || facts.outage_inferred {
         return Err(Denial::InstitutionOutage);
     }
@@ -352,6 +363,11 @@ pub fn decide(
         return Err(Denial::DailyCap);
     }
     Ok(())
+}
+
+/// The announced maintenance window that covers `at`, if any.
+pub fn maintenance_at<'a>(facts: &RefreshFacts<'a>, at: DateTime<Utc>) -> Option<&'a Window> {
+    facts.maintenance.iter().find(|w| w.contains(at))
 }
 
 /// How the cap is counted: attempts in the rolling 24 hours before now.
@@ -447,6 +463,8 @@ mod tests {
         job_min_ago: Option<i64>,
         success_min_ago: Option<i64>,
         incident_min_ago: Option<i64>,
+        /// Announced maintenance windows, in minutes from now: (from, until).
+        maintenance: Vec<Window>,
         expect: Result<(), Denial>,
     }
 
@@ -471,6 +489,7 @@ mod tests {
             job_min_ago: None,
             success_min_ago: None,
             incident_min_ago: None,
+            maintenance: Vec::new(),
             expect: Ok(()),
         }
     }
@@ -500,6 +519,7 @@ mod tests {
             last_attempt: c.last_attempt_min_ago.map(ago),
             connector: &connector,
             outage_inferred: c.inferred,
+            maintenance: &c.maintenance,
             attempts_last_24h: c.attempts,
             basiq_capped_until: c.capped_until_min_from_now.map(|m| ago(-m)),
             now: now(),
@@ -1003,6 +1023,7 @@ mod tests {
             last_attempt: Some(ago(10)),
             connector: &ConnectorView::Unlisted,
             outage_inferred: false,
+            maintenance: &[],
             attempts_last_24h: 0,
             basiq_capped_until: None,
             now: now(),

@@ -336,8 +336,9 @@ fn first_slot(
     end: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, Option<Denial>> {
     let mut at = candidate.at.max(facts.now);
-    // Two passes: the recency floor may move the time, and then the cap may.
-    for _ in 0..3 {
+    // The recency floor may move the time, then an announced maintenance window, then the
+    // cap (and each may move it into the next).
+    for _ in 0..6 {
         let facts_then = RefreshFacts {
             now: at,
             ..facts.clone()
@@ -350,6 +351,11 @@ fn first_slot(
                 not_before(candidate.trigger, &facts_then, limits),
             ),
             Err(Denial::DailyCap) => (Denial::DailyCap, cap_opens(facts, oldest_attempt, at)),
+            // Past the end of the window the bank announced.
+            Err(Denial::ScheduledOutage) => (
+                Denial::ScheduledOutage,
+                super::gates::maintenance_at(facts, at).map(|w| w.ends_at),
+            ),
             Err(other) => return Err(Some(other)),
         };
         match opens {

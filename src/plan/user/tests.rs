@@ -105,6 +105,7 @@ fn operational() -> ConnectorStatuses {
 fn statuses(list: &[(&str, Method, ConnectorStatus)]) -> ConnectorStatuses {
     ConnectorStatuses {
         known: true,
+        cdr: Default::default(),
         statuses: list
             .iter()
             .map(|(i, m, s)| (ConnectorKey::new(i, m), s.clone()))

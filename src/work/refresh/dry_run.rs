@@ -18,7 +18,7 @@ impl Refresher {
         now: DateTime<Utc>,
     ) -> Result<Vec<PlanLine>, RefreshError> {
         let store = self.inner.context.store();
-        let statuses = store.connector_statuses().await?;
+        let statuses = store.connector_statuses(now).await?;
         let mut rows = Vec::new();
         match users {
             Some(users) => {

@@ -57,10 +57,14 @@ impl Refresher {
                 && j.created
                     .is_none_or(|c| now - c <= crate::plan::classify::JOB_RETENTION)
         });
+        let maintenance = statuses
+            .windows(row.institution_id.as_str(), &row.method)
+            .to_vec();
         Ok(GateFacts {
             row: row.clone(),
             view,
             inferred,
+            maintenance,
             job_running,
             last_attempt,
             oldest_attempt,
@@ -77,6 +81,8 @@ pub struct GateFacts {
     pub row: ConnectionRow,
     pub view: crate::plan::classify::ConnectorView,
     pub inferred: bool,
+    /// The maintenance windows announced for its connector (CDR).
+    pub maintenance: Vec<crate::plan::Window>,
     pub job_running: bool,
     pub last_attempt: Option<DateTime<Utc>>,
     pub oldest_attempt: Option<DateTime<Utc>>,
@@ -104,6 +110,7 @@ impl GateFacts {
             last_attempt: self.last_attempt,
             connector: &self.view,
             outage_inferred: self.inferred,
+            maintenance: &self.maintenance,
             attempts_last_24h: self.attempts,
             basiq_capped_until: self.row.basiq_capped_until,
             now: self.now,
