@@ -502,6 +502,78 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_inside_announced_maintenance_is_the_bank_s_until_the_window_is_over() {
+        use Health::*;
+        let failed = || Some(job(JobState::Failed, Some("invalid-credentials")));
+        let cases = vec![
+            // The job ran 3 hours ago inside a window from 4 hours ago to an hour ahead.
+            Case {
+                method: "open-banking",
+                job: failed(),
+                periods: vec![(Some(-4), Some(1))],
+                expect: (InstitutionOutage, Some("invalid-credentials")),
+                ..case("failed inside a window that lasts")
+            },
+            Case {
+                method: "open-banking",
+                job: failed(),
+                periods: vec![(Some(-4), Some(-1))],
+                expect: (Pending, Some(RECHECK_AFTER_OUTAGE)),
+                ..case("failed inside a window that is over: re-checked, not asked")
+            },
+            // Before a window that began since: the user's, asked once the bank is up.
+            Case {
+                method: "open-banking",
+                job: failed(),
+                periods: vec![(Some(-2), Some(-1))],
+                expect: (ActionRequired, Some("invalid-credentials")),
+                ..case("failed before a window that is over")
+            },
+            // A window still ahead says nothing now.
+            Case {
+                method: "open-banking",
+                job: failed(),
+                periods: vec![(Some(6), Some(8))],
+                expect: (ActionRequired, Some("invalid-credentials")),
+                ..case("a window six hours ahead")
+            },
+        ];
+        for c in &cases {
+            let v = run(c);
+            assert_eq!((v.health, v.reason.as_deref()), c.expect, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn a_bank_that_says_itself_it_is_down_holds_a_user_side_failure_whatever_basiq_says() {
+        let status = ConnectionStatus::Active;
+        let method = Method::OpenBanking;
+        let j = job(JobState::Failed, Some("invalid-credentials"));
+        for basiq in [None, Some(ConnectorStatus::Operational)] {
+            let connector = ConnectorView::Witnessed { basiq };
+            assert!(connector.is_down());
+            let v = classify(&Facts {
+                periods: &[DownPeriod {
+                    from: None,
+                    until: None,
+                }],
+                invalid_within: None,
+                status: &status,
+                method: &method,
+                last_used: None,
+                expiry_date: None,
+                newest_job: Some(&j),
+                connector: &connector,
+                outage_inferred: false,
+                previous: None,
+                stale_after: 72 * H,
+                now: now(),
+            });
+            assert_eq!(v.health, Health::InstitutionOutage);
+        }
+    }
+
+    #[test]
     fn every_health_value_is_reached_by_its_case() {
         use Health::*;
         use JobState::{Failed, Success};

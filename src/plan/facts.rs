@@ -348,3 +348,69 @@ impl Fresh {
         row
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(h: i64) -> DateTime<Utc> {
+        "2026-12-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + chrono::Duration::hours(h)
+    }
+
+    fn statuses(down: bool) -> ConnectorStatuses {
+        let key = ConnectorKey::new("AU00001", &Method::OpenBanking);
+        ConnectorStatuses {
+            known: true,
+            statuses: [
+                (key.clone(), ConnectorStatus::Operational),
+                (
+                    ConnectorKey::new("AU00001", &Method::Web),
+                    ConnectorStatus::Operational,
+                ),
+            ]
+            .into(),
+            cdr: [(
+                key,
+                CdrWitness {
+                    down,
+                    windows: vec![Window {
+                        starts_at: at(6),
+                        ends_at: at(8),
+                        partial: true,
+                    }],
+                },
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn the_cdr_witness_is_the_open_banking_connector_s_and_never_the_web_one_s() {
+        let s = statuses(true);
+        let ob = s.view("AU00001", &Method::OpenBanking);
+        assert!(ob.is_down());
+        assert_eq!(
+            ob.status(),
+            Some(&ConnectorStatus::Operational),
+            "Basiq's kept"
+        );
+        assert!(s.view("AU00001", &Method::Unknown).is_down());
+        assert!(!s.view("AU00001", &Method::Web).is_down());
+        assert!(s.windows("AU00001", &Method::Web).is_empty());
+        assert_eq!(s.windows("AU00001", &Method::OpenBanking).len(), 1);
+        // A witness that says up (or nothing) leaves Basiq's word.
+        assert_eq!(
+            statuses(false).view("AU00001", &Method::OpenBanking),
+            ConnectorView::Status(ConnectorStatus::Operational)
+        );
+    }
+
+    #[test]
+    fn a_window_holds_from_its_start_to_just_before_its_end() {
+        let w = statuses(false).windows("AU00001", &Method::OpenBanking)[0];
+        assert!(!w.contains(at(5)));
+        assert!(w.contains(at(6)));
+        assert!(w.contains(at(8) - chrono::Duration::seconds(1)));
+        assert!(!w.contains(at(8)));
+    }
+}

@@ -1048,6 +1048,74 @@ mod tests {
         assert_eq!(not_before(Scheduled, &old, &limits), None);
     }
 
+    fn window(from_min: i64, until_min: i64) -> Window {
+        Window {
+            starts_at: ago(-from_min),
+            ends_at: ago(-until_min),
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn no_refresh_goes_inside_a_maintenance_window_the_bank_announced() {
+        for trigger in [Scheduled, Recovery, TransientRetry, Login] {
+            let inside = Case {
+                maintenance: vec![window(-30, 90)],
+                expect: Err(ScheduledOutage),
+                ..case("inside an announced window", trigger)
+            };
+            assert_eq!(run(&inside), inside.expect, "{trigger:?}");
+        }
+        // Six hours ahead, or over: nothing stops a refresh now.
+        for w in [window(6 * 60, 8 * 60), window(-120, -60)] {
+            let c = Case {
+                maintenance: vec![w],
+                ..case("a window not now", Scheduled)
+            };
+            assert_eq!(run(&c), Ok(()), "{w:?}");
+        }
+        // Its end is its own: the refresh at the minute it ends may go.
+        let ended = Case {
+            maintenance: vec![window(-60, 0)],
+            ..case("the window ends now", Scheduled)
+        };
+        assert_eq!(run(&ended), Ok(()));
+    }
+
+    #[test]
+    fn the_bank_saying_itself_that_it_is_down_denies_like_basiq_saying_so() {
+        let c = case("the CDR witness says down", Scheduled);
+        let status = ConnectionStatus::parse(c.status);
+        let method = Method::parse(c.method);
+        for basiq in [None, Some(crate::domain::ConnectorStatus::Operational)] {
+            let view = ConnectorView::Witnessed { basiq };
+            let facts = RefreshFacts {
+                status: &status,
+                method: &method,
+                health: None,
+                job_running: false,
+                needs_user_present: false,
+                last_used: Some(ago(25 * 60)),
+                newest_job_at: None,
+                newest_success_at: None,
+                incident_since: None,
+                last_attempt: None,
+                connector: &view,
+                outage_inferred: false,
+                maintenance: &[],
+                attempts_last_24h: 0,
+                basiq_capped_until: None,
+                now: now(),
+            };
+            let daily = RefreshLimits {
+                mode: RefreshMode::Daily,
+                ..RefreshLimits::default()
+            };
+            assert_eq!(decide(Scheduled, &facts, &daily), Err(InstitutionOutage));
+            assert_eq!(decide(Login, &facts, &daily), Err(InstitutionOutage));
+        }
+    }
+
     #[test]
     fn modes_and_reasons_have_kebab_case_names() {
         for mode in RefreshMode::ALL {
@@ -1074,6 +1142,7 @@ mod tests {
                 "not-needed",
                 "recently-refreshed",
                 "institution-outage",
+                "scheduled-outage",
                 "connector-status-unknown",
                 "daily-cap",
                 "rejected-by-basiq",

@@ -596,4 +596,96 @@ mod tests {
         assert!(stretched);
         assert_eq!(w, Duration::from_secs(125 * 60));
     }
+
+    fn hours(h: i64) -> DateTime<Utc> {
+        now() + chrono::Duration::hours(h)
+    }
+
+    /// The dry run of an active, stale open-banking connection in the daily mode whose slot
+    /// is `slot` hours ahead, at a bank that announced `windows` (hours from now).
+    fn daily_upcoming(slot: i64, windows: &[(i64, i64)]) -> Upcoming {
+        let status = crate::domain::ConnectionStatus::Active;
+        let method = crate::domain::Method::OpenBanking;
+        let view = crate::plan::classify::ConnectorView::Unlisted;
+        let maintenance: Vec<crate::plan::Window> = windows
+            .iter()
+            .map(|(from, until)| crate::plan::Window {
+                starts_at: hours(*from),
+                ends_at: hours(*until),
+                partial: false,
+            })
+            .collect();
+        let facts = RefreshFacts {
+            status: &status,
+            method: &method,
+            health: None,
+            job_running: false,
+            needs_user_present: false,
+            last_used: Some(hours(-30)),
+            newest_job_at: None,
+            newest_success_at: None,
+            incident_since: None,
+            last_attempt: None,
+            connector: &view,
+            outage_inferred: false,
+            maintenance: &maintenance,
+            attempts_last_24h: 0,
+            basiq_capped_until: None,
+            now: now(),
+        };
+        let limits = RefreshLimits {
+            mode: RefreshMode::Daily,
+            ..RefreshLimits::default()
+        };
+        upcoming(
+            &facts,
+            None,
+            Some(hours(slot)),
+            None,
+            &limits,
+            chrono::Duration::hours(24),
+        )
+    }
+
+    #[test]
+    fn a_daily_slot_inside_announced_maintenance_moves_past_its_end_or_is_denied() {
+        assert_eq!(
+            daily_upcoming(7, &[]),
+            Upcoming::Refresh {
+                refresh_at: hours(7),
+                trigger: Trigger::Scheduled
+            }
+        );
+        // Six hours ahead, over the slot: after its end.
+        assert_eq!(
+            daily_upcoming(7, &[(6, 9)]),
+            Upcoming::Refresh {
+                refresh_at: hours(9),
+                trigger: Trigger::Scheduled
+            }
+        );
+        // Two windows back to back: past both.
+        assert_eq!(
+            daily_upcoming(7, &[(6, 9), (9, 10)]),
+            Upcoming::Refresh {
+                refresh_at: hours(10),
+                trigger: Trigger::Scheduled
+            }
+        );
+        // A window past the horizon's end: not in the next 24 hours.
+        assert_eq!(
+            daily_upcoming(7, &[(6, 30)]),
+            Upcoming::Denied {
+                denied: Denial::ScheduledOutage
+            }
+        );
+        // A window that does not cover the slot changes nothing.
+        assert_eq!(
+            daily_upcoming(7, &[(8, 9)]),
+            Upcoming::Refresh {
+                refresh_at: hours(7),
+                trigger: Trigger::Scheduled
+            }
+        );
+    }
 }
