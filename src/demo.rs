@@ -87,15 +87,19 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     let clock = Clock::system();
     let app = start_app(settings, &sim, &clock, receiver).await?;
     let store: Store = app.context().store().clone();
+    let witness = app.witness().cloned();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
     }));
     // The day plus a little: every user's slot passes once.
     let total = day + Duration::from_secs(3);
+    let cdr = tokio::spawn(second_witness(sim.clone(), witness, clock.clone(), day));
     let outage_window = compressed_day(&sim, &store, &clock, day, total).await;
+    let _ = cdr.await;
     event_flow(&sim, &store, &received).await;
     outage_notices(&received, outage_window);
+    cdr_notices(&received);
     let _ = stop_tx.send(());
     daemon.await.context("the daemon task failed")??;
     final_report(&db, &clock, total).await?;
@@ -143,6 +147,7 @@ fn demo_settings(
          [sweep]\nperiod = \"{period}ms\"\ntick = \"* * * * * *\"\nconcurrency = 8\nconnectors_ttl = \"2s\"\n\
          [api]\nlisten = \"\"\n\
          [webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {basiq_secret:?}\npoll_interval = \"0s\"\n\
+         [cdr]\nregister_url = \"{base}/cdr-register/v1\"\n\
          [notify]\nbackoff_initial = \"200ms\"\n\
          [[notify.endpoints]]\nurl = \"http://{receiver}/hook\"\nsecret_file = {app_secret:?}\n",
         db = db.display().to_string(),
@@ -235,6 +240,99 @@ async fn compressed_day(
         );
     }
     window
+}
+
+/// The bank whose own CDR status the demo turns down before Basiq's `/connectors` does, and
+/// the one that announces maintenance ahead.
+const CDR_FIRST: &str = "AU00001";
+const ANNOUNCES: &str = "AU00003";
+
+/// The second witness over the compressed day: at 10 % a bank announces maintenance for
+/// 80-90 % of the day; at 35 % another bank's data holder reports itself `UNAVAILABLE`,
+/// and only at 45 % does Basiq's `/connectors` say so; both are back at 55 %. The daemon
+/// reads the CDR when told here (`cdr poll`'s path) besides its own schedule.
+async fn second_witness(
+    sim: Simulator,
+    witness: Option<crate::work::cdr::Witness>,
+    clock: Clock,
+    day: Duration,
+) {
+    let Some(witness) = witness else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let at = |share: f64| started + day.mul_f64(share);
+    let say = |what: &str| {
+        println!("  [{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    };
+    let poll = || async {
+        if let Err(e) = witness.poll(true).await {
+            println!("  (the CDR poll failed: {e})");
+        }
+    };
+    tokio::time::sleep_until(at(0.1)).await;
+    if let Some(brand) = basiq_sim::cdr_brand_id(ANNOUNCES) {
+        let from = clock.now() + chrono::Duration::from_std(day.mul_f64(0.7)).unwrap_or_default();
+        let minutes = day.mul_f64(0.1).as_secs().max(60) / 60;
+        sim.set_cdr_outages(
+            brand,
+            vec![basiq_sim::CdrOutage {
+                outage_time: from.to_rfc3339(),
+                duration: format!("PT{minutes}M"),
+                is_partial: Some(false),
+                explanation: "Planned core banking upgrade".into(),
+            }],
+        );
+        poll().await;
+        say(
+            "Nucleus Bank announces maintenance ahead (CDR planned outage): told once, no unattended refresh inside it",
+        );
+    }
+    tokio::time::sleep_until(at(0.35)).await;
+    if let Some(brand) = basiq_sim::cdr_brand_id(CDR_FIRST) {
+        sim.set_cdr_status(brand, "UNAVAILABLE", Some("Online banking is unavailable"));
+        poll().await;
+        say(
+            "Aviato Bank reports itself UNAVAILABLE (CDR); Basiq's /connectors still says operational",
+        );
+        tokio::time::sleep_until(at(0.45)).await;
+        sim.set_connector_status(CDR_FIRST, "open-banking", "major-outage");
+        say("... and now Basiq's /connectors says major-outage too");
+        tokio::time::sleep_until(at(0.55)).await;
+        sim.set_cdr_status(brand, "OK", None);
+        sim.set_connector_status(CDR_FIRST, "open-banking", "operational");
+        poll().await;
+        say("Aviato Bank is back (CDR OK, /connectors operational)");
+    }
+}
+
+/// What the partner's app heard of the second witness.
+fn cdr_notices(received: &Received) {
+    let all = lock(received).clone();
+    println!("\n== the second witness (the banks' own CDR status) ==");
+    for (_, n) in &all {
+        let data = &n["data"];
+        match n["type"].as_str() {
+            Some("institution.maintenance_scheduled") => println!(
+                "  maintenance announced at {}: {} to {} ({})",
+                data["institution_id"].as_str().unwrap_or("-"),
+                data["starts_at"].as_str().unwrap_or("-"),
+                data["ends_at"].as_str().unwrap_or("-"),
+                report::shown(data["explanation"].as_str().unwrap_or("")),
+            ),
+            Some(t @ ("institution.outage_started" | "institution.outage_ended"))
+                if data["institution_id"] == CDR_FIRST =>
+            {
+                println!(
+                    "  {t} at {} {} (source {})",
+                    data["institution_id"].as_str().unwrap_or("-"),
+                    data["method"].as_str().unwrap_or("-"),
+                    data["source"].as_str().unwrap_or("-"),
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The bank goes down at the simulator, and a connection there is invalidated meanwhile.
