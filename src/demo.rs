@@ -283,10 +283,10 @@ async fn second_witness(
                 explanation: "Planned core banking upgrade".into(),
             }],
         );
-        poll().await;
         say(
             "Nucleus Bank announces maintenance ahead (CDR planned outage): told once, no unattended refresh inside it",
         );
+        poll().await;
     }
     tokio::time::sleep_until(at(0.35)).await;
     if let Some(brand) = basiq_sim::cdr_brand_id(CDR_FIRST) {
