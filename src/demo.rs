@@ -291,10 +291,10 @@ async fn second_witness(
     tokio::time::sleep_until(at(0.35)).await;
     if let Some(brand) = basiq_sim::cdr_brand_id(CDR_FIRST) {
         sim.set_cdr_status(brand, "UNAVAILABLE", Some("Online banking is unavailable"));
-        poll().await;
         say(
             "Aviato Bank reports itself UNAVAILABLE (CDR); Basiq's /connectors still says operational",
         );
+        poll().await;
         tokio::time::sleep_until(at(0.45)).await;
         sim.set_connector_status(CDR_FIRST, "open-banking", "major-outage");
         say("... and now Basiq's /connectors says major-outage too");
