@@ -648,3 +648,134 @@ async fn a_failure_inside_announced_maintenance_is_the_bank_s_until_the_window_e
         "it failed inside the window the bank announced"
     );
 }
+
+#[tokio::test]
+async fn metrics_show_each_bank_s_cdr_status_and_each_brand_s_failed_reads() {
+    let t = TestApp::empty().await;
+    let sim = t.sim();
+    a_user_at_each_bank(&t).await;
+    let context = t.context().await;
+    let w = witness(context, &t, "");
+    assert!(
+        sim.sim
+            .set_cdr_status(brand("AU00001"), "PARTIAL_FAILURE", Some("Slow"))
+    );
+    w.poll(true).await.unwrap();
+    sim.sim.inject_cdr_fault(
+        brand("AU00004"),
+        CdrFault::from_name("malformed", None).unwrap(),
+        None,
+    );
+    w.poll(true).await.unwrap();
+    let refresher = t.refresher(context, &t.settings()).await;
+    let text = crate::app::metrics_text(context, &refresher).await;
+    assert!(
+        text.contains(
+            "basiq_health_cdr_status{institution_id=\"AU00001\",status=\"PARTIAL_FAILURE\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("basiq_health_cdr_status{institution_id=\"AU00000\",status=\"OK\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("basiq_health_cdr_status{institution_id=\"AU00004\",status=\"unknown\"} 1"),
+        "a witness that cannot be read is unknown: {text}"
+    );
+    let raviga = brand("AU00004");
+    assert!(
+        text.contains(&format!(
+            "basiq_health_cdr_poll_failures_total{{brand_id=\"{raviga}\"}} 2"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "basiq_health_cdr_poll_failing{{brand_id=\"{raviga}\"}} 2"
+        )),
+        "{text}"
+    );
+}
+
+/// The CLI on the house's database, the simulator's Register, `args`; its exit code and
+/// standard output.
+fn cli(t: &TestApp, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let sim = t.sim();
+    let mut cmd = crate::cli::bin();
+    cmd.arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/basiq-health.toml"
+        ))
+        .args(args)
+        .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
+        .env("BASIQ_HEALTH__DATABASE__PATH", t.db())
+        .env("BASIQ_HEALTH__API__LISTEN", "")
+        .env("BASIQ_HEALTH__CDR__REGISTER_URL", sim.cdr_register_url())
+        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdr_poll_and_cdr_brands_work_from_the_command_line() {
+    let t = TestApp::empty().await;
+    a_user_at_each_bank(&t).await;
+    let (code, out) = cli(&t, &[], &["cdr", "poll"]);
+    assert_eq!(code, 0, "{out}");
+    let polled: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(polled["register"], "read", "{polled}");
+    assert_eq!(polled["institutions"], 6);
+    let (code, out) = cli(&t, &[], &["cdr", "brands", "--json"]);
+    assert_eq!(code, 0);
+    let brands: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let aviato = brands
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["institution_id"] == "AU00001")
+        .unwrap();
+    for key in [
+        "institution_id",
+        "name",
+        "abn",
+        "brand_id",
+        "brand_name",
+        "match",
+        "status",
+        "status_checked_at",
+        "next_outage",
+    ] {
+        assert!(aviato.get(key).is_some(), "{key} in {aviato}");
+    }
+    assert_eq!(aviato["match"], "abn+name");
+    assert_eq!(aviato["brand_name"], "Aviato");
+    assert_eq!(aviato["status"], "OK");
+    let (code, table) = cli(&t, &[], &["cdr", "brands"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("AU00002") && table.contains("ambiguous"),
+        "{table}"
+    );
+    // Off: `cdr poll` says so and exits 1.
+    let (code, _) = cli(
+        &t,
+        &[("BASIQ_HEALTH__CDR__ENABLED", "false")],
+        &["cdr", "poll"],
+    );
+    assert_eq!(code, 1);
+    // A key out of its range: exit 78 naming it.
+    let (code, _) = cli(
+        &t,
+        &[("BASIQ_HEALTH__CDR__STATUS_INTERVAL", "5s")],
+        &["cdr", "poll"],
+    );
+    assert_eq!(code, 78);
+}
