@@ -779,3 +779,56 @@ async fn cdr_poll_and_cdr_brands_work_from_the_command_line() {
     );
     assert_eq!(code, 78);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_register_that_stays_down_is_retried_from_a_minute_doubling_and_logged_once_an_hour() {
+    let (logs, _guard) = crate::helpers::capture_logs();
+    let t = TestApp::builder().users(0).driven().spawn().await;
+    let sim = t.sim();
+    a_user_at_each_bank(&t).await;
+    let context = t.context().await;
+    // The data holders are read seldom here: only the Register's retries are counted.
+    let w = witness(
+        context,
+        &t,
+        &format!(
+            "[cdr]\nregister_url = {:?}\nstatus_interval = \"24h\"\noutages_interval = \"7d\"\n",
+            sim.cdr_register_url()
+        ),
+    );
+    // Mapped first; then the Register goes down for good.
+    w.poll(true).await.unwrap();
+    let mapped = lines(context).await;
+    sim.sim.inject_cdr_fault(
+        basiq_sim::CDR_REGISTER_TARGET,
+        CdrFault::from_name("down", None).unwrap(),
+        None,
+    );
+    let clock = t.clock();
+    clock.advance(StdDuration::from_secs(25 * 3600));
+    let mut reads = Vec::new();
+    // Two hours in steps of a minute: due after 1, 2, 4, 8, 16, 32, 64 minutes.
+    for _ in 0..120 {
+        let polled = w.poll(false).await.unwrap();
+        if polled.register == "failed" {
+            reads.push(clock.now());
+        }
+        clock.advance(StdDuration::from_secs(60));
+    }
+    let gaps: Vec<i64> = reads
+        .windows(2)
+        .map(|p| (p[1] - p[0]).num_minutes())
+        .collect();
+    assert_eq!(&gaps[..6], &[1, 2, 4, 8, 16, 32], "{gaps:?}");
+    let warned = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["event"] == "cdr_register_failed" && l["level"] == "WARN")
+        .count();
+    assert_eq!(warned, 2, "once an hour over two hours of failures");
+    // The brands known stand: every mapping kept.
+    let kept = lines(context).await;
+    for (a, b) in mapped.iter().zip(&kept) {
+        assert_eq!((&a.brand_id, &a.match_kind), (&b.brand_id, &b.match_kind));
+    }
+}
