@@ -321,7 +321,7 @@ static DOWN_PERIODS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(
              WHERE institution_id = ?1 AND (?4 OR method IN (?2, ?3))
                AND ends_at >= ?5 AND withdrawn_at IS NULL)
          ORDER BY started_at, id",
-        unread = super::cdr::CDR_UNREAD
+        unread = super::connectors::CDR_UNREAD
     )
 });
 

@@ -9,7 +9,7 @@ use super::method_spellings;
 use super::{Result, Store, from_opt_ts, from_ts, ts};
 use crate::domain::{ConnectorKey, ConnectorStatus, Method};
 use crate::plan::connectors::{ConnectorsPlan, KnownConnector, StatusChange};
-use crate::plan::{ConnectorStatuses, OutageRow, OutageSource};
+use crate::plan::{CdrWitness, ConnectorStatuses, OutageRow, OutageSource, Window};
 
 #[derive(sqlx::FromRow)]
 struct RawOutage {
@@ -88,7 +88,7 @@ impl Store {
         let sql = format!(
             "SELECT id, institution_id, method, source, status, started_at, ended_at, affected_users, explanation
              FROM outages WHERE ended_at IS NULL AND NOT {} ORDER BY started_at, id",
-            super::cdr::CDR_UNREAD
+            CDR_UNREAD
         );
         sqlx::query_as::<_, RawOutage>(sqlx::AssertSqlSafe(sql))
             .fetch_all(self.pool())
@@ -130,7 +130,7 @@ pub async fn statuses_at(
     )
     .fetch_one(&mut *conn)
     .await?;
-    let cdr = super::cdr::witnesses(conn, Some(institution_id), now).await?;
+    let cdr = witnesses(conn, Some(institution_id), now).await?;
     Ok(ConnectorStatuses {
         cdr,
         known,
@@ -438,4 +438,55 @@ pub async fn advance_reclassify(
         .await?;
     }
     Ok(())
+}
+
+/// A `cdr` outage whose witness cannot be read now (its brand's last read failed): it says
+/// nothing, so it is neither "down" (not a period, not held against an ask) nor closed. For
+/// a row of `outages`.
+pub(super) const CDR_UNREAD: &str = "(outages.source = 'cdr' AND EXISTS (
+    SELECT 1 FROM cdr_mappings m JOIN cdr_polls p ON p.brand_id = m.brand_id
+    WHERE m.institution_id = outages.institution_id AND p.failures > 0))";
+
+/// What the data holders say of the open-banking connectors (of one institution, or all).
+/// An open outage whose brand's last read failed says nothing: the witness is unknown.
+pub async fn witnesses(
+    conn: &mut SqliteConnection,
+    institution: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<ConnectorKey, CdrWitness>> {
+    let mut out: HashMap<ConnectorKey, CdrWitness> = HashMap::new();
+    let sql = format!(
+        "SELECT institution_id FROM outages
+         WHERE source = 'cdr' AND ended_at IS NULL AND (?1 IS NULL OR institution_id = ?1)
+           AND NOT {CDR_UNREAD}"
+    );
+    let down: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(institution.map(str::to_owned))
+        .fetch_all(&mut *conn)
+        .await?;
+    for i in down {
+        out.entry(crate::plan::witness::cdr_key(&i))
+            .or_default()
+            .down = true;
+    }
+    let windows: Vec<(String, i64, i64, bool)> = sqlx::query_as(
+        "SELECT institution_id, starts_at, ends_at, partial FROM cdr_windows
+         WHERE ends_at > ?1 AND withdrawn_at IS NULL AND (?2 IS NULL OR institution_id = ?2)
+         ORDER BY starts_at, id",
+    )
+    .bind(ts(now))
+    .bind(institution.map(str::to_owned))
+    .fetch_all(&mut *conn)
+    .await?;
+    for (i, s, e, partial) in windows {
+        out.entry(crate::plan::witness::cdr_key(&i))
+            .or_default()
+            .windows
+            .push(Window {
+                starts_at: from_ts(s),
+                ends_at: from_ts(e),
+                partial,
+            });
+    }
+    Ok(out)
 }

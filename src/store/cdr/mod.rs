@@ -6,21 +6,17 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::SqliteConnection;
 
 use super::{Result, Store, WriteTx, from_opt_ts, from_ts, ts};
 use crate::domain::ConnectorKey;
 use crate::domain::cdr::Brand;
+use crate::plan::CdrWitness;
 use crate::plan::cdr::{Institution, Mapping};
 use crate::plan::witness::{PolledBrand, StatusPlan, StoredWindow, WindowsPlan};
-use crate::plan::{CdrWitness, Window};
 
-/// A `cdr` outage whose witness cannot be read now (its brand's last read failed): it says
-/// nothing, so it is neither "down" (not a period, not held against an ask) nor closed. For
-/// a row of `outages`.
-pub(super) const CDR_UNREAD: &str = "(outages.source = 'cdr' AND EXISTS (
-    SELECT 1 FROM cdr_mappings m JOIN cdr_polls p ON p.brand_id = m.brand_id
-    WHERE m.institution_id = outages.institution_id AND p.failures > 0))";
+mod shown;
+
+pub use shown::{BrandFigures, BrandLine, WindowLine};
 
 /// The Register read as stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,41 +27,6 @@ pub struct RegisterState {
     pub due_at: Option<DateTime<Utc>>,
     pub failures: u32,
     pub logged_at: Option<DateTime<Utc>>,
-}
-
-/// One institution as `cdr brands` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct BrandLine {
-    pub institution_id: String,
-    pub name: Option<String>,
-    pub abn: Option<String>,
-    pub brand_id: Option<String>,
-    pub brand_name: Option<String>,
-    #[serde(rename = "match")]
-    pub match_kind: String,
-    pub status: Option<String>,
-    pub status_checked_at: Option<DateTime<Utc>>,
-    pub next_outage: Option<WindowLine>,
-}
-
-/// An announced maintenance window as shown (`cdr brands`, `status`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct WindowLine {
-    pub institution_id: String,
-    pub method: String,
-    pub brand_id: String,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: DateTime<Utc>,
-    pub partial: bool,
-    pub explanation: String,
-}
-
-/// One polled brand's figures for `/metrics`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrandFigures {
-    pub brand_id: String,
-    pub failures: u32,
-    pub failures_total: u64,
 }
 
 impl Store {
@@ -380,143 +341,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<HashMap<ConnectorKey, CdrWitness>> {
         let mut conn = self.pool().acquire().await?;
-        witnesses(&mut conn, None, now).await
+        super::connectors::witnesses(&mut conn, None, now).await
     }
-
-    /// Each institution, its brand and what was last read of it (`cdr brands`).
-    pub async fn cdr_brand_lines(&self, now: DateTime<Utc>) -> Result<Vec<BrandLine>> {
-        type Row = (
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            String,
-            Option<String>,
-            Option<i64>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT k.institution_id, k.name, k.abn, m.brand_id, b.brand_name,
-                    COALESCE(m.match, 'none'), p.status, p.status_checked_at
-             FROM connectors k
-             LEFT JOIN cdr_mappings m ON m.institution_id = k.institution_id
-             LEFT JOIN cdr_brands b ON b.brand_id = m.brand_id
-             LEFT JOIN cdr_polls p ON p.brand_id = m.brand_id
-             WHERE k.method IN ('open-banking', 'openbanking')
-             ORDER BY k.institution_id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let windows = self.cdr_window_lines(now).await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(institution_id, name, abn, brand_id, brand_name, kind, status, checked)| {
-                    BrandLine {
-                        next_outage: windows
-                            .iter()
-                            .find(|w| w.institution_id == institution_id)
-                            .cloned(),
-                        institution_id,
-                        name,
-                        abn,
-                        brand_id,
-                        brand_name,
-                        match_kind: kind,
-                        status,
-                        status_checked_at: from_opt_ts(checked),
-                    }
-                },
-            )
-            .collect())
-    }
-
-    /// The windows that have not ended at `now`, earliest first.
-    pub async fn cdr_window_lines(&self, now: DateTime<Utc>) -> Result<Vec<WindowLine>> {
-        let rows: Vec<(String, String, String, i64, i64, bool, String)> = sqlx::query_as(
-            "SELECT institution_id, method, brand_id, starts_at, ends_at, partial, explanation
-             FROM cdr_windows WHERE ends_at > ? AND withdrawn_at IS NULL
-             ORDER BY starts_at, id",
-        )
-        .bind(ts(now))
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(institution_id, method, brand_id, s, e, partial, explanation)| WindowLine {
-                    institution_id,
-                    method,
-                    brand_id,
-                    starts_at: from_ts(s),
-                    ends_at: from_ts(e),
-                    partial,
-                    explanation,
-                },
-            )
-            .collect())
-    }
-
-    /// Every polled brand's failures (`/metrics`).
-    pub async fn cdr_figures(&self) -> Result<Vec<BrandFigures>> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT brand_id, failures, failures_total FROM cdr_polls ORDER BY brand_id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(brand_id, failures, total)| BrandFigures {
-                brand_id,
-                failures: u32::try_from(failures).unwrap_or(u32::MAX),
-                failures_total: u64::try_from(total).unwrap_or(0),
-            })
-            .collect())
-    }
-}
-
-/// What the data holders say of the open-banking connectors (of one institution, or all).
-/// An open outage whose brand's last read failed says nothing: the witness is unknown.
-pub async fn witnesses(
-    conn: &mut SqliteConnection,
-    institution: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<HashMap<ConnectorKey, CdrWitness>> {
-    let mut out: HashMap<ConnectorKey, CdrWitness> = HashMap::new();
-    let sql = format!(
-        "SELECT institution_id FROM outages
-         WHERE source = 'cdr' AND ended_at IS NULL AND (?1 IS NULL OR institution_id = ?1)
-           AND NOT {CDR_UNREAD}"
-    );
-    let down: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(institution.map(str::to_owned))
-        .fetch_all(&mut *conn)
-        .await?;
-    for i in down {
-        out.entry(crate::plan::witness::cdr_key(&i))
-            .or_default()
-            .down = true;
-    }
-    let windows: Vec<(String, i64, i64, bool)> = sqlx::query_as(
-        "SELECT institution_id, starts_at, ends_at, partial FROM cdr_windows
-         WHERE ends_at > ?1 AND withdrawn_at IS NULL AND (?2 IS NULL OR institution_id = ?2)
-         ORDER BY starts_at, id",
-    )
-    .bind(ts(now))
-    .bind(institution.map(str::to_owned))
-    .fetch_all(&mut *conn)
-    .await?;
-    for (i, s, e, partial) in windows {
-        out.entry(crate::plan::witness::cdr_key(&i))
-            .or_default()
-            .windows
-            .push(Window {
-                starts_at: from_ts(s),
-                ends_at: from_ts(e),
-                partial,
-            });
-    }
-    Ok(out)
 }
 
 /// Writes one status read's plan: the brand's poll row, the `cdr` outages it opens or
