@@ -49,6 +49,24 @@ fn user_at(
     )
 }
 
+/// A user with one connection at `institution` by `method`, used an hour ago, whose newest
+/// job succeeded.
+fn healthy_at(
+    sim: &RunningSim,
+    name: &str,
+    institution: &str,
+    method: &str,
+) -> (UserId, ConnectionId) {
+    user_at(
+        sim,
+        name,
+        institution,
+        method,
+        Outcome::Success,
+        Duration::hours(1),
+    )
+}
+
 fn fail(code: &str) -> Outcome {
     Outcome::fail("verify-credentials", code, "title", "detail")
 }
@@ -202,38 +220,10 @@ async fn a_bank_that_reports_itself_down_before_basiq_does_holds_every_ask_at_it
     let t = TestApp::empty().await;
     let sim = t.sim();
     // Three users at Aviato by open banking and one at the same bank by web, all healthy.
-    let (u1, c1) = user_at(
-        sim,
-        "ob1",
-        "AU00001",
-        "open-banking",
-        Outcome::Success,
-        Duration::hours(1),
-    );
-    let (u2, c2) = user_at(
-        sim,
-        "ob2",
-        "AU00001",
-        "open-banking",
-        Outcome::Success,
-        Duration::hours(1),
-    );
-    let (u3, c3) = user_at(
-        sim,
-        "web",
-        "AU00001",
-        "web",
-        Outcome::Success,
-        Duration::hours(1),
-    );
-    let (u4, _) = user_at(
-        sim,
-        "ok",
-        "AU00001",
-        "open-banking",
-        Outcome::Success,
-        Duration::hours(1),
-    );
+    let (u1, c1) = healthy_at(sim, "ob1", "AU00001", "open-banking");
+    let (u2, c2) = healthy_at(sim, "ob2", "AU00001", "open-banking");
+    let (u3, c3) = healthy_at(sim, "web", "AU00001", "web");
+    let (u4, _) = healthy_at(sim, "ok", "AU00001", "open-banking");
     let users = vec![u1.clone(), u2.clone(), u3.clone(), u4];
     let context = t
         .sweeper_with(&format!(
