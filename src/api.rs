@@ -32,6 +32,10 @@ pub struct ApiState {
     pub liveness: crate::service::Liveness,
     /// The webhook receiver's answers, for `/metrics`.
     pub receiver: Arc<crate::events::receiver::ReceiverStats>,
+    /// What the settings draw warnings about (the console's "your operators").
+    pub warnings: Arc<Vec<String>>,
+    /// A dead letter retried from the console lives this long again (`notify.max_age`).
+    pub notify_max_age: std::time::Duration,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -43,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(crate::console::router())
         .with_state(state)
 }
 

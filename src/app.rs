@@ -404,6 +404,8 @@ impl App {
             loopback,
             liveness,
             receiver: self.receiver_stats.clone(),
+            warnings: Arc::new(self.settings.warnings.clone()),
+            notify_max_age: self.settings.notify.max_age,
         };
         Some(tokio::spawn(crate::serve::serve(
             listener,
@@ -493,6 +495,12 @@ impl App {
 /// Housekeeping's unit of work: prunes history older than `retain_days`, once a day.
 async fn housekeep(context: &Context, retain_days: u32) {
     let now = context.clock().now();
+    // The console's rollups of the hour that ended (once per hour).
+    let hour =
+        chrono::DurationRound::duration_trunc(now, chrono::Duration::hours(1)).unwrap_or(now);
+    if let Err(e) = context.store().write_rollups(hour).await {
+        tracing::error!(event = "rollups_failed", error = %e, "the hourly rollups could not be written; tried again on a later tick");
+    }
     match context.store().housekeep_if_due(retain_days, now).await {
         Ok(Some(p)) => tracing::info!(
             event = "history_pruned",

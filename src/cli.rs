@@ -101,6 +101,9 @@ pub enum Command {
     /// Basiq's events heard (webhooks and the `/events` poll).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// A one-time sign-in link to the operator's console (served on `api.listen`): it
+    /// works once, for 10 minutes. Prints the link only.
+    Console,
     /// The second witness: the banks' own Consumer Data Right status and planned outages
     /// (`[cdr]`).
     #[command(subcommand)]
@@ -345,6 +348,7 @@ async fn run_with_settings(command: Command, settings: Settings) -> anyhow::Resu
         Command::Notify(command) => cmd_notify(command, &settings, &clock).await,
         Command::Events(command) => cmd_events(command, &settings, &clock).await,
         Command::Cdr(command) => cmd_cdr(command, &settings, &clock).await,
+        Command::Console => cmd_console(&settings, &clock).await,
         Command::Config(_) | Command::Simulate(_) | Command::Demo(_) => Ok(0),
     }
 }
@@ -610,6 +614,21 @@ async fn events_poll(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
 }
 
 /// The context on the command's clock: key (exit 78 when missing), database (74), client.
+/// `console`: a one-time sign-in link.
+async fn cmd_console(settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
+    let Some(addr) = settings.api.listen else {
+        eprintln!(
+            "the console is served on api.listen, which is off (\"\"): set it to use the console"
+        );
+        return Ok(1);
+    };
+    let store = app::open_store(settings, clock).await?;
+    let code = crate::console::auth::create_code(&store, clock.now()).await;
+    store.close().await;
+    println!("{}", crate::console::auth::sign_in_link(addr, &code?));
+    Ok(0)
+}
+
 /// `cdr`: the second witness.
 async fn cmd_cdr(command: CdrCommand, settings: &Settings, clock: &Clock) -> anyhow::Result<u8> {
     match command {

@@ -41,6 +41,8 @@
 //!   type does (pure); the inbox is processed by [`work::event`].
 //! - [`settings`]: TOML + environment, validated into typed values.
 //! - [`telemetry`]: JSON or pretty logs with ids as top-level keys.
+//! - [`console`]: the operator's pages on the local API's listener (sign-in, who must act,
+//!   banks, a connection, refreshes, notifications); reads, decides nothing.
 //! - [`app`]: build, then run until stopped; [`cli`]: the commands; [`api`]: the local
 //!   control API; [`serve`]: both listeners' HTTP server (connection limits, header, body
 //!   and idle timeouts); [`service`]: systemd's notify and watchdog; [`metrics`],
@@ -55,6 +57,7 @@ pub mod basiq;
 pub mod cdr;
 pub mod cli;
 pub mod clock;
+pub mod console;
 pub mod demo;
 pub mod domain;
 pub mod events;

@@ -110,7 +110,7 @@ pub struct BankDown {
 }
 
 /// The open outages grouped by connector, in order of their first start.
-fn banks_down(outages: &[OutageRow]) -> Vec<BankDown> {
+pub fn banks_down(outages: &[OutageRow]) -> Vec<BankDown> {
     let mut out: Vec<BankDown> = Vec::new();
     for o in outages {
         match out

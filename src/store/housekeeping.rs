@@ -97,6 +97,13 @@ impl Store {
                 cutoff,
             )
             .await?;
+        // The console's hourly rollups, kept as long as the rest of the history.
+        self.delete_batches(
+            "DELETE FROM rollups WHERE (institution_id, method, hour) IN
+                 (SELECT institution_id, method, hour FROM rollups WHERE hour < ? LIMIT ? + 0)",
+            cutoff,
+        )
+        .await?;
         sqlx::query("PRAGMA optimize")
             .execute(self.write_pool())
             .await?;

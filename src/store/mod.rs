@@ -34,6 +34,7 @@ pub mod cdr;
 mod checkpoint;
 pub mod connections;
 pub mod connectors;
+pub mod console;
 pub mod events;
 pub mod health;
 pub mod housekeeping;

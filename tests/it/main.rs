@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod clock;
 mod commands;
+mod console;
 mod disk;
 mod events;
 mod faults;

@@ -676,6 +676,12 @@ impl Simulator {
         ));
     }
 
+    /// Serves an institution under another name from now on: how a test shows that
+    /// outside text is data (`<img src=x onerror=alert(1)>` must show as text).
+    pub fn set_institution_name(&self, institution_id: &str, name: &str) {
+        self.lock().set_institution_name(institution_id, name);
+    }
+
     /// Every connector with its current status.
     pub fn connectors(&self) -> Vec<ConnectorStatus> {
         self.lock()

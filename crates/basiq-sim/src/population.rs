@@ -601,6 +601,7 @@ fn connectors() -> Vec<Connector> {
                 status: status.to_owned(),
                 // One bank's open-banking connector uses the spec's spelling.
                 spell_openbanking: institution.id == "AU00005" && method == "open-banking",
+                name: None,
             });
         }
     }

@@ -210,6 +210,8 @@ pub(super) struct Connector {
     pub status: String,
     /// Serve the method as `openbanking`, the spelling of Basiq's connector spec.
     pub spell_openbanking: bool,
+    /// The institution's name as served, when a test renamed it (hostile text, say).
+    pub name: Option<String>,
 }
 
 /// The six banks the simulator offers, each for `web` and `open-banking`.
@@ -397,7 +399,19 @@ impl State {
             method: method.to_owned(),
             status: status.to_owned(),
             spell_openbanking: false,
+            name: None,
         });
+    }
+
+    /// Serves the institution under another name from now on (every method).
+    pub fn set_institution_name(&mut self, institution_id: &str, name: &str) {
+        for c in self
+            .connectors
+            .iter_mut()
+            .filter(|c| c.institution.id == institution_id)
+        {
+            c.name = Some(name.to_owned());
+        }
     }
 
     pub fn add_user(&mut self, user_id: &str) {
@@ -1018,7 +1032,7 @@ impl Connector {
             "status": self.status,
             "institution": {
                 "type": "Test Bank",
-                "name": i.name,
+                "name": self.name.as_deref().unwrap_or(i.name),
                 "shortName": i.short_name,
                 "tier": i.tier,
                 "country": "Australia",
