@@ -3,6 +3,7 @@
 
 mod answers;
 mod app;
+mod browser;
 mod cdr;
 mod cli;
 mod client;
