@@ -85,7 +85,7 @@ impl IntoResponse for PageError {
         let body = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{code} · basiq-health</title><link rel=\"stylesheet\" href=\"/assets/console.css\">\
+             <title>{code} · basiq-health</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/assets/console.css\">\
              </head><body><main><h1>{code}</h1><p>{text}</p><p><a href=\"/\">Back to who must act</a></p></main></body></html>",
             code = self.0,
             text = escape(&self.1)

@@ -440,3 +440,147 @@ async fn who_must_act_counts_what_status_counts() {
     );
     daemon.stop().await;
 }
+
+/// The CLI's JSON on the house's database (`args` after the config).
+fn cli_json(t: &TestApp, api: &str, args: &[&str]) -> (String, std::process::Output) {
+    let sim = t.sim();
+    let out = crate::cli::bin()
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/basiq-health.toml"
+        ))
+        .args(args)
+        .env("BASIQ_HEALTH__BASIQ__BASE_URL", sim.base_url())
+        .env("BASIQ_HEALTH__DATABASE__PATH", t.db())
+        .env("BASIQ_HEALTH__API__LISTEN", api)
+        .env("BASIQ_HEALTH__API__TOKEN_FILE", t.path("api-token"))
+        .env("BASIQ_HEALTH__CDR__REGISTER_URL", sim.cdr_register_url())
+        .env("BASIQ_HEALTH_API_KEY", sim.sim.api_key())
+        .output()
+        .unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+}
+
+/// Every page in a real browser: signed in with the link `basiq-health console` prints, at a
+/// phone's width and a desktop's, screenshots kept; counts as `status --json` says; a
+/// hostile bank name shown as text; nothing asked of any other host; no console error;
+/// signing out (or a session gone) leads to `/login`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_works_in_a_real_browser_at_375_and_1280_pixels() -> anyhow::Result<()> {
+    let Some(browser) = crate::browser::Browser::launch().await? else {
+        return Ok(());
+    };
+    let folder = crate::browser::screenshot_folder("every_page_works_in_a_real_browser")?;
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    sim.sim
+        .set_institution_name("AU00001", "<img src=x onerror=alert(1)>");
+    let mut users = Vec::new();
+    for (n, code) in ["invalid-credentials", "consent-expired"]
+        .iter()
+        .enumerate()
+    {
+        let (u, _) = user_at(
+            sim,
+            &format!("b{n}"),
+            "AU00001",
+            Outcome::fail("verify-credentials", code, "title", "detail"),
+        );
+        users.push(u);
+    }
+    let (u, conn) = user_at(sim, "ok", "AU00004", Outcome::Success);
+    users.push(u);
+    // A scripted outage: Basiq says Raviga's open banking is down.
+    sim.sim
+        .set_connector_status("AU00004", "open-banking", "major-outage");
+    let mut settings = t.settings_with("");
+    settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
+    settings.api.token_file = t.path("api-token");
+    let app = t.app_from(settings).await;
+    let addr = app.api_addr().unwrap();
+    let base = format!("http://{addr}");
+    app.context().add_users(&users).await.unwrap();
+    crate::app::sweep_users(app.context(), &users).await;
+    let daemon = Daemon::start(app);
+    let (status, _) = cli_json(&t, &addr.to_string(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let (link, out) = cli_json(&t, &addr.to_string(), &["console"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = link.trim();
+    assert!(link.starts_with(&format!("{base}/login?code=")), "{link}");
+
+    browser.set_window(1280, 900).await?;
+    browser.goto(link).await?;
+    assert_eq!(browser.current_url().await?, format!("{base}/"));
+    let cookies = browser.cookies().await?;
+    let session = cookies
+        .iter()
+        .find(|c| c.name == "bh_session")
+        .expect("signed in");
+    assert!(session.http_only);
+    let pages = [
+        ("home", "/".to_owned()),
+        ("banks", "/banks".to_owned()),
+        ("bank", "/banks/AU00001/open-banking".to_owned()),
+        ("connection", format!("/connections/{conn}")),
+        ("refreshes", "/refreshes".to_owned()),
+        ("notifications", "/notifications".to_owned()),
+    ];
+    for width in [1280, 375] {
+        browser.set_window(width, 900).await?;
+        for (name, path) in &pages {
+            browser.goto(&format!("{base}{path}")).await?;
+            assert_eq!(
+                browser.current_url().await?,
+                format!("{base}{path}"),
+                "{name}"
+            );
+            assert!(
+                !browser.has_horizontal_scroll().await?,
+                "{name} fits {width} px without scrolling sideways"
+            );
+            browser.screenshot_page(&folder, name).await?;
+        }
+    }
+    // The counts are status --json's.
+    browser.goto(&format!("{base}/")).await?;
+    let home = browser.source().await?;
+    assert_eq!(
+        home_count(&home, "users"),
+        status["summary"]["action_required"].as_i64().unwrap()
+    );
+    let banks_down = status["banks_down"].as_array().unwrap().len()
+        + status["maintenance"].as_array().unwrap().len();
+    assert_eq!(home_count(&home, "banks"), i64::try_from(banks_down)?);
+    // The hostile name is text: shown, and nothing made of it.
+    browser.goto(&format!("{base}/banks")).await?;
+    let names = browser.find_text("td a").await?;
+    assert!(
+        names.iter().any(|n| n == "<img src=x onerror=alert(1)>"),
+        "{names:?}"
+    );
+    let images = browser
+        .execute("return document.querySelectorAll('img').length", &[])
+        .await?;
+    assert_eq!(images, serde_json::json!(0));
+    assert_eq!(browser.off_loopback_requests().await?, Vec::<String>::new());
+    assert_eq!(browser.console_errors().await?, Vec::<String>::new());
+    // Signing out leads to /login, and so does a session the browser no longer has.
+    browser.submit("header form").await?;
+    assert_eq!(browser.current_url().await?, format!("{base}/login"));
+    browser.goto(&format!("{base}/refreshes")).await?;
+    assert_eq!(browser.current_url().await?, format!("{base}/login"));
+    browser.screenshot_page(&folder, "login").await?;
+    let (link, _) = cli_json(&t, &addr.to_string(), &["console"]);
+    browser.goto(link.trim()).await?;
+    browser.delete_cookies().await?;
+    browser.goto(&format!("{base}/banks")).await?;
+    assert_eq!(browser.current_url().await?, format!("{base}/login"));
+    daemon.stop().await;
+    Ok(())
+}
