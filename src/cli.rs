@@ -263,6 +263,10 @@ pub struct DemoArgs {
     /// The compressed day: every user is swept once in this time.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub day: Duration,
+    /// After the tour, keep the daemon, its console and the simulator running until Ctrl-C
+    /// (to look around the console).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,7 +320,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             telemetry::init(&LogSettings::default(), std::io::stderr);
             block_on(cmd_simulate(args))
         }
-        Command::Demo(args) => block_on(crate::demo::run(args.users, args.seed, args.day)),
+        Command::Demo(args) => block_on(crate::demo::run(args.users, args.seed, args.day, args.serve)),
         command => {
             let settings = load_settings(&cli.config)?;
             // Logs go to stdout for the daemon (journald), to stderr for one-shot commands

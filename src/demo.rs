@@ -65,7 +65,7 @@ const DEMO_OUTAGE: (&str, &str) = ("AU00002", "open-banking");
 /// When the outage began and ended at the simulator, once it did.
 type OutageWindow = (Option<tokio::time::Instant>, Option<tokio::time::Instant>);
 
-pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
+pub async fn run(users: usize, seed: u64, day: Duration, serve: bool) -> anyhow::Result<u8> {
     let day = day.max(Duration::from_secs(10));
     let (sim, running) = start_simulator(users, seed).await?;
     let dir = tempfile_dir()?;
@@ -88,6 +88,14 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     let app = start_app(settings, &sim, &clock, receiver).await?;
     let store: Store = app.context().store().clone();
     let witness = app.witness().cloned();
+    if let Some(addr) = app.api_addr() {
+        let code = crate::console::auth::create_code(&store, clock.now()).await?;
+        println!(
+            "  the console (sign in within 10 minutes; `--serve` keeps it up after the tour):\n    {}\n",
+            crate::console::auth::sign_in_link(addr, &code)
+        );
+    }
+    let api_addr = app.api_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
@@ -100,6 +108,18 @@ pub async fn run(users: usize, seed: u64, day: Duration) -> anyhow::Result<u8> {
     event_flow(&sim, &store, &received).await;
     outage_notices(&received, outage_window);
     cdr_notices(&received);
+    if serve {
+        let code = crate::console::auth::create_code(&store, clock.now()).await?;
+        if let Some(addr) = api_addr {
+            println!(
+                "\nthe daemon, its console and the simulator stay up until Ctrl-C; sign in at\n  {}",
+                crate::console::auth::sign_in_link(addr, &code)
+            );
+        }
+        tokio::signal::ctrl_c()
+            .await
+            .context("while waiting for Ctrl-C")?;
+    }
     let _ = stop_tx.send(());
     daemon.await.context("the daemon task failed")??;
     final_report(&db, &clock, total).await?;
@@ -145,7 +165,7 @@ fn demo_settings(
          [database]\npath = {db:?}\n\
          [log]\nformat = \"json\"\nlevel = \"warn\"\n\
          [sweep]\nperiod = \"{period}ms\"\ntick = \"* * * * * *\"\nconcurrency = 8\nconnectors_ttl = \"2s\"\n\
-         [api]\nlisten = \"\"\n\
+         [api]\nlisten = \"127.0.0.1:0\"\n\
          [webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {basiq_secret:?}\npoll_interval = \"0s\"\n\
          [cdr]\nregister_url = \"{base}/cdr-register/v1\"\n\
          [notify]\nbackoff_initial = \"200ms\"\n\
