@@ -527,6 +527,7 @@ async fn every_page_works_in_a_real_browser_at_375_and_1280_pixels() -> anyhow::
         ("home", "/".to_owned()),
         ("banks", "/banks".to_owned()),
         ("bank", "/banks/AU00001/open-banking".to_owned()),
+        ("bank-outage", "/banks/AU00004/open-banking".to_owned()),
         ("connection", format!("/connections/{conn}")),
         ("refreshes", "/refreshes".to_owned()),
         ("notifications", "/notifications".to_owned()),
@@ -583,4 +584,54 @@ async fn every_page_works_in_a_real_browser_at_375_and_1280_pixels() -> anyhow::
     assert_eq!(browser.current_url().await?, format!("{base}/login"));
     daemon.stop().await;
     Ok(())
+}
+
+#[tokio::test]
+async fn an_hour_is_rolled_up_once_per_bank_from_the_kept_counts_and_pruned_with_the_history() {
+    let t = TestApp::quick().await;
+    let sim = t.sim();
+    let mut users = Vec::new();
+    for n in 0..3 {
+        let (u, _) = user_at(sim, &format!("r{n}"), "AU00000", Outcome::Success);
+        users.push(u);
+    }
+    let (u, _) = user_at(
+        sim,
+        "r-act",
+        "AU00000",
+        Outcome::fail("verify-credentials", "invalid-credentials", "t", "d"),
+    );
+    users.push(u);
+    let store = t.store().await;
+    t.register(&users).await;
+    t.sweep(&users).await;
+    let now = chrono::Utc::now();
+    let hour = chrono::DurationRound::duration_trunc(now, Duration::hours(1)).unwrap();
+    let written = store.write_rollups(hour).await.unwrap();
+    assert!(written >= 1, "a row per connector with connections");
+    assert_eq!(store.write_rollups(hour).await.unwrap(), 0, "once per hour");
+    let rows = store
+        .rollups("AU00000", "open-banking", hour - Duration::hours(2))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].healthy, rows[0].action), (3, 1));
+    assert_eq!(rows[0].hour, (hour - Duration::hours(1)).timestamp());
+    // The counts behind them are the connections' own.
+    let counts = store.connector_counts().await.unwrap();
+    let ours = counts
+        .iter()
+        .find(|c| c.institution_id == "AU00000" && c.method == "open-banking")
+        .unwrap();
+    assert_eq!(ours.total(), 4);
+    assert_eq!(ours.by_health.get("action-required"), Some(&1));
+    // Kept `retain_days`, then gone with the rest of the history.
+    store.prune(1, hour + Duration::days(3)).await.unwrap();
+    assert!(
+        store
+            .rollups("AU00000", "open-banking", hour - Duration::hours(2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
