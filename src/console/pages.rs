@@ -500,7 +500,13 @@ pub async fn bank(
             .remove(&key)
             .unwrap_or_default()
             .join(", "),
-        timeline: svg::timeline(start, now, &spans, &failures),
+        timeline: svg::timeline(
+            start,
+            now + chrono::Duration::days(2),
+            now,
+            &spans,
+            &failures,
+        ),
         episodes,
         total,
         listed: i64::try_from(connections.len()).unwrap_or(0),

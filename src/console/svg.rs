@@ -53,11 +53,13 @@ pub enum Span {
     Maintenance,
 }
 
-/// A bank's timeline from `start` to `end`: outages and announced maintenance as bands,
-/// bank-side failures per hour as bars, a tick per day.
+/// A bank's timeline from `start` to `end` (past `now`: what is announced ahead): outages
+/// and announced maintenance as bands, bank-side failures per hour as bars, a tick per day,
+/// a line at `now`.
 pub fn timeline(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
+    now: DateTime<Utc>,
     spans: &[(DateTime<Utc>, DateTime<Utc>, Span, String)],
     failures: &[(DateTime<Utc>, i64)],
 ) -> String {
@@ -109,6 +111,10 @@ pub fn timeline(
         ));
         day = next;
     }
+    let px = x(now);
+    out.push_str(&format!(
+        "<line x1=\"{px:.1}\" y1=\"0\" x2=\"{px:.1}\" y2=\"104\" stroke=\"#1b1f24\" stroke-dasharray=\"3 2\"><title>now</title></line>"
+    ));
     out.push_str("</svg>");
     out
 }
@@ -154,6 +160,7 @@ mod tests {
         let svg = timeline(
             at(0),
             at(24 * 7),
+            at(24 * 7),
             &[(
                 at(24),
                 at(48),
@@ -169,8 +176,8 @@ mod tests {
         assert!(svg.contains("4 failure(s)"));
         assert_eq!(
             svg.matches("<line").count(),
-            6,
-            "a tick per day inside the week"
+            7,
+            "a tick per day inside the week, and now"
         );
     }
 }

@@ -635,3 +635,90 @@ async fn an_hour_is_rolled_up_once_per_bank_from_the_kept_counts_and_pruned_with
             .is_empty()
     );
 }
+
+/// A bank's week as its page draws it: an outage Basiq reported four days ago, maintenance
+/// the bank announced for tomorrow; screenshot kept for the README.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_s_timeline_shows_last_week_s_outage_and_tomorrow_s_maintenance()
+-> anyhow::Result<()> {
+    let Some(browser) = crate::browser::Browser::launch().await? else {
+        return Ok(());
+    };
+    let folder = crate::browser::screenshot_folder("a_bank_s_timeline")?;
+    let t = TestApp::builder().quick().driven().spawn().await;
+    let sim = t.sim();
+    let clock = t.clock().clone();
+    let (u, _) = user_at(sim, "tl", "AU00003", Outcome::Success);
+    let (app, base) = console_app(&t, "").await;
+    app.context()
+        .add_users(std::slice::from_ref(&u))
+        .await
+        .unwrap();
+    // Time goes forward only: the outage now, then four days on.
+    crate::app::sweep_users(app.context(), std::slice::from_ref(&u)).await;
+    sim.sim
+        .set_connector_status("AU00003", "open-banking", "major-outage");
+    clock.advance(StdDuration::from_secs(600));
+    crate::app::sweep_users(app.context(), std::slice::from_ref(&u)).await;
+    clock.advance(StdDuration::from_secs(30 * 3600));
+    sim.sim
+        .set_connector_status("AU00003", "open-banking", "operational");
+    crate::app::sweep_users(app.context(), std::slice::from_ref(&u)).await;
+    clock.advance(StdDuration::from_secs(3 * 24 * 3600));
+    let today = clock.now();
+    let brand = basiq_sim::cdr_brand_id("AU00003").unwrap();
+    sim.sim.set_cdr_outages(
+        brand,
+        vec![basiq_sim::CdrOutage {
+            outage_time: (today + Duration::hours(20)).to_rfc3339(),
+            duration: "PT3H".into(),
+            is_partial: Some(false),
+            explanation: "Core banking upgrade".into(),
+        }],
+    );
+    app.witness().unwrap().clone().poll(true).await?;
+    let (store, clock2) = (app.context().store().clone(), app.clock().clone());
+    let daemon = Daemon::start(app);
+    let cookie_link = {
+        let code = basiq_health::console::auth::create_code(&store, clock2.now()).await?;
+        format!("{base}/login?code={code}")
+    };
+    browser.set_window(1280, 900).await?;
+    browser.goto(&cookie_link).await?;
+    browser
+        .goto(&format!("{base}/banks/AU00003/open-banking"))
+        .await?;
+    let bands = browser
+        .execute(
+            "return [...document.querySelectorAll('svg.timeline rect')].map(r => r.getAttribute('fill') + ' ' + r.getAttribute('width'))",
+            &[],
+        )
+        .await?;
+    let bands: Vec<String> = serde_json::from_value(bands)?;
+    let wide = |colour: &str| {
+        bands.iter().any(|b| {
+            b.starts_with(colour)
+                && b.split(' ')
+                    .nth(1)
+                    .and_then(|w| w.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    > 50.0
+        })
+    };
+    assert!(
+        wide("#6e40c9"),
+        "a day and more of outage is drawn: {bands:?}"
+    );
+    assert!(
+        bands.iter().any(|b| b.starts_with("#9a6700")),
+        "tomorrow's maintenance is drawn ahead: {bands:?}"
+    );
+    let text = browser.find_text("table td").await?;
+    assert!(text.iter().any(|t| t == "Core banking upgrade"), "{text:?}");
+    browser.screenshot_page(&folder, "bank").await?;
+    browser.goto(&format!("{base}/")).await?;
+    browser.screenshot_page(&folder, "home").await?;
+    assert_eq!(browser.console_errors().await?, Vec::<String>::new());
+    daemon.stop().await;
+    Ok(())
+}
