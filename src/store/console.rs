@@ -259,7 +259,8 @@ impl Store {
         Ok(out)
     }
 
-    /// At most `limit` watched connections at a connector, those needing action first.
+    /// At most `limit` watched connections at a connector, in storage order: the index's
+    /// first entries, whatever the bank's size.
     pub async fn connections_at(
         &self,
         institution_id: &str,
@@ -270,7 +271,7 @@ impl Store {
             "SELECT connection_id, user_id, health, reason FROM connections
              INDEXED BY connections_institution
              WHERE institution_id = ? AND method = ? AND gone_at IS NULL
-             ORDER BY connection_id LIMIT ? + 0",
+             ORDER BY rowid LIMIT ? + 0",
         )
         .bind(institution_id.to_owned())
         .bind(method.to_owned())
