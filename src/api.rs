@@ -47,7 +47,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .merge(crate::console::router())
         .with_state(state)
 }
 

@@ -409,7 +409,8 @@ impl App {
         };
         Some(tokio::spawn(crate::serve::serve(
             listener,
-            api::router(state),
+            // The local API and the operator's console, on one listener.
+            api::router(state.clone()).merge(crate::console::router().with_state(state)),
             "api",
             self.budget.api,
             cancel.clone(),

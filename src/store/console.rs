@@ -282,15 +282,15 @@ impl Store {
 
     /// A connection's health changes, newest first.
     pub async fn health_entries(&self, id: &ConnectionId, limit: i64) -> Result<Vec<HealthEntry>> {
-        let rows: Vec<(i64, Option<String>, String, Option<String>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT changed_at, from_health, to_health, reason, job_id FROM health_changes
+        type Row = (i64, Option<String>, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT changed_at, from_health, to_health, reason, job_id FROM health_changes
                  WHERE connection_id = ? ORDER BY changed_at DESC, id DESC LIMIT ? + 0",
-            )
-            .bind(id.as_str().to_owned())
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+        )
+        .bind(id.as_str().to_owned())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(at, from, to, reason, job_id)| HealthEntry {
@@ -309,7 +309,8 @@ impl Store {
         id: &ConnectionId,
         limit: i64,
     ) -> Result<Vec<DecisionEntry>> {
-        let rows: Vec<(i64, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        type Row = (i64, String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT decided_at, trigger, decision, reason, job_id FROM refresh_decisions
              WHERE connection_id = ? ORDER BY decided_at DESC, id DESC LIMIT ? + 0",
         )
@@ -386,7 +387,8 @@ impl Store {
     /// Each endpoint's deliveries: pending, the oldest pending, the last success, failed
     /// attempts, dead letters.
     pub async fn endpoint_views(&self) -> Result<Vec<EndpointView>> {
-        let rows: Vec<(String, i64, Option<i64>, Option<i64>, i64, i64)> = sqlx::query_as(
+        type Row = (String, i64, Option<i64>, Option<i64>, i64, i64);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT endpoint,
                     SUM(state = 'pending'),
                     MIN(CASE WHEN state = 'pending' THEN created_at END),
