@@ -320,7 +320,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             telemetry::init(&LogSettings::default(), std::io::stderr);
             block_on(cmd_simulate(args))
         }
-        Command::Demo(args) => block_on(crate::demo::run(args.users, args.seed, args.day, args.serve)),
+        Command::Demo(args) => block_on(crate::demo::run(
+            args.users, args.seed, args.day, args.serve,
+        )),
         command => {
             let settings = load_settings(&cli.config)?;
             // Logs go to stdout for the daemon (journald), to stderr for one-shot commands

@@ -132,11 +132,10 @@ async fn console_pages(dir: &DaemonDir, http: &reqwest::Client) -> anyhow::Resul
         .to_owned();
     let (bank, method, connection): (String, String, String) = {
         let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.db.display())).await?;
-        let row = sqlx::query_as(
-            "SELECT institution_id, method, connection_id FROM connections LIMIT 1",
-        )
-        .fetch_one(&pool)
-        .await?;
+        let row =
+            sqlx::query_as("SELECT institution_id, method, connection_id FROM connections LIMIT 1")
+                .fetch_one(&pool)
+                .await?;
         pool.close().await;
         row
     };
