@@ -1,5 +1,7 @@
 //! The life simulation inside `cargo test`: three simulated days of a scripted world through
-//! the real daemon path, every promise checked over the whole run (see `tests/life`).
+//! the real daemon path (a bank whose data holder reports its outage on the CDR before
+//! `/connectors` does on the first and third days, a maintenance announced on the CDR on the
+//! second), every promise checked over the whole run (see `tests/life`).
 
 #[path = "../life/mod.rs"]
 mod harness;

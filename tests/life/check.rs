@@ -1,7 +1,9 @@
 //! Every promise, checked over a whole life run against the world's truth: which job failed
-//! for whose reason (`JobRecord::users_fault`), when each bank was down, what the daemon
-//! could know when (the simulator's read log), and what it said (the outbox, the health
-//! changes, the refresh attempts, what the partner's receiver got).
+//! for whose reason (`JobRecord::users_fault`), when each bank was down, what the banks' data
+//! holders said on the CDR (an outage reported, maintenance announced), what the daemon
+//! could know when (the simulator's read log, the CDR witness's read intervals), and what it
+//! said (the outbox, the health changes, the refresh attempts, what the partner's receiver
+//! got).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -188,6 +190,27 @@ struct Outage {
 /// A bank down in the world: (down, up, told by /connectors).
 type WorldOutage = (DateTime<Utc>, DateTime<Utc>, bool);
 
+/// A bank's data holder saying on the CDR that its bank is down, from the report (`from`,
+/// when the bank's jobs start failing) until it says `OK`; `/connectors` follows at
+/// `flipped`.
+#[derive(Clone, Debug)]
+struct CdrReport {
+    key: (String, String),
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    flipped: Option<DateTime<Utc>>,
+}
+
+/// A maintenance window a data holder announced on the CDR: every job at its connector
+/// fails from `starts` to `ends`.
+#[derive(Clone, Debug)]
+struct Announced {
+    key: (String, String),
+    announced: DateTime<Utc>,
+    starts: DateTime<Utc>,
+    ends: DateTime<Utc>,
+}
+
 /// What the checks read, gathered once.
 struct Facts<'a> {
     run: &'a Run,
@@ -196,6 +219,8 @@ struct Facts<'a> {
     jobs_of: HashMap<String, Vec<JobRecord>>,
     reads: HashMap<String, Vec<DateTime<Utc>>>,
     world_outages: HashMap<(String, String), Vec<WorldOutage>>,
+    cdr_reports: Vec<CdrReport>,
+    windows: Vec<Announced>,
     episodes: Vec<Episode>,
     sent: Vec<Sent>,
     changes: Vec<Change>,
@@ -204,6 +229,8 @@ struct Facts<'a> {
     deferred: Vec<Attempt>,
     outages: Vec<Outage>,
     refreshes: Vec<(String, DateTime<Utc>)>,
+    /// Refresh decisions the daemon denied or deferred for an announced window.
+    held_for_maintenance: i64,
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -250,6 +277,8 @@ impl<'a> Facts<'a> {
             jobs_of,
             reads,
             world_outages: world_outages(run),
+            cdr_reports: cdr_reports(run),
+            windows: windows(run),
             episodes: Vec::new(),
             sent: Vec::new(),
             changes: Vec::new(),
@@ -257,6 +286,7 @@ impl<'a> Facts<'a> {
             deferred: Vec::new(),
             outages: Vec::new(),
             refreshes: Vec::new(),
+            held_for_maintenance: 0,
         };
         facts.episodes = episodes(&facts);
         facts.read_store().await?;
@@ -333,6 +363,11 @@ impl<'a> Facts<'a> {
                 at: at(t),
             })
             .collect();
+        self.held_for_maintenance = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM refresh_decisions WHERE reason = 'scheduled-outage'",
+        )
+        .fetch_one(pool)
+        .await?;
         let rows: Vec<OutageDbRow> = sqlx::query_as(
             "SELECT institution_id, method, source, started_at, since, ended_at FROM outages ORDER BY id",
         )
@@ -432,6 +467,40 @@ impl<'a> Facts<'a> {
                     lines.push((*down, format!("world bank down (told: {told}) until {up}")));
                 }
             }
+            for r in self.cdr_reports.iter().filter(|r| r.key == key) {
+                if near(r.from) || near(r.until) {
+                    lines.push((r.from, format!("world CDR says down until {}", r.until)));
+                }
+            }
+            for w in self.windows.iter().filter(|w| w.key == key) {
+                if near(w.starts) || near(w.ends) {
+                    lines.push((
+                        w.starts,
+                        format!(
+                            "world maintenance (announced {}) until {}",
+                            w.announced, w.ends
+                        ),
+                    ));
+                }
+            }
+        }
+        for o in self.outages_at(connection) {
+            if near(o.started) || o.ended.is_some_and(near) {
+                lines.push((
+                    o.started,
+                    format!(
+                        "daemon outage {} since {:?} ended {:?}",
+                        o.source, o.since, o.ended
+                    ),
+                ));
+            }
+        }
+        for a in self
+            .attempts
+            .iter()
+            .filter(|a| a.connection_id == connection && near(a.at))
+        {
+            lines.push((a.at, format!("refresh attempt ({})", a.trigger)));
         }
         for j in self.jobs_of.get(connection).into_iter().flatten() {
             if near(j.created) {
@@ -471,10 +540,15 @@ impl<'a> Facts<'a> {
             ));
         }
         lines.sort_by_key(|(t, _)| *t);
-        lines
+        let at = self
+            .key(connection)
+            .map(|(institution, method)| format!(" (at {institution}/{method})"))
+            .unwrap_or_default();
+        let lines: String = lines
             .into_iter()
             .map(|(t, l)| format!("\n      {} {l}", t.format("%d %H:%M:%S")))
-            .collect()
+            .collect();
+        format!("{at}{lines}")
     }
 }
 
@@ -509,6 +583,100 @@ fn world_outages(run: &Run) -> HashMap<(String, String), Vec<WorldOutage>> {
             .push((down, DateTime::<Utc>::MAX_UTC, false));
     }
     out
+}
+
+/// Each CDR report of an outage in the world, with the `/connectors` flip that followed.
+fn cdr_reports(run: &Run) -> Vec<CdrReport> {
+    let mut out: Vec<CdrReport> = Vec::new();
+    for t in &run.world.timeline {
+        match &t.event {
+            WorldEvent::CdrDown { institution_id, .. } => out.push(CdrReport {
+                key: (institution_id.clone(), "open-banking".into()),
+                from: t.at,
+                until: DateTime::<Utc>::MAX_UTC,
+                flipped: None,
+            }),
+            WorldEvent::BankDown {
+                institution_id,
+                method,
+                told: true,
+            } => {
+                let key = (institution_id.clone(), key_of(method));
+                if let Some(r) = out
+                    .iter_mut()
+                    .rfind(|r| r.key == key && r.until == DateTime::<Utc>::MAX_UTC)
+                {
+                    r.flipped.get_or_insert(t.at);
+                }
+            }
+            WorldEvent::CdrUp { institution_id } => {
+                let key = (institution_id.clone(), "open-banking".to_owned());
+                if let Some(r) = out
+                    .iter_mut()
+                    .rfind(|r| r.key == key && r.until == DateTime::<Utc>::MAX_UTC)
+                {
+                    r.until = t.at;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Each maintenance window announced in the world.
+fn windows(run: &Run) -> Vec<Announced> {
+    run.world
+        .timeline
+        .iter()
+        .filter_map(|t| match &t.event {
+            WorldEvent::MaintenanceAnnounced {
+                institution_id,
+                starts_at,
+                ends_at,
+                ..
+            } => Some(Announced {
+                key: (institution_id.clone(), "open-banking".into()),
+                announced: t.at,
+                starts: *starts_at,
+                ends: *ends_at,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How long after a data holder says something the witness has surely read it: one read
+/// interval, the brand's jitter (up to a tenth of it), and a step either side (the world's
+/// event waits for the next step, the read for the next tick).
+fn cdr_lag(f: &Facts<'_>, interval: std::time::Duration) -> TimeDelta {
+    let step = TimeDelta::from_std(f.run.config.step).unwrap_or_default();
+    TimeDelta::from_std(interval + interval / 10).unwrap_or(TimeDelta::MAX) + step * 2
+}
+
+/// Whether the CDR witness knew by `by` that the bank was down when `job` ran: the job
+/// started while its data holder said the bank was down, or inside a maintenance window it
+/// announced, and the witness has read that since (the world's truth, not the daemon's
+/// records: a witness the daemon failed to record still counts).
+fn cdr_known_down(f: &Facts<'_>, job: &JobRecord, by: DateTime<Utc>) -> bool {
+    let Some(key) = f.key(&job.connection_id) else {
+        return false;
+    };
+    let cdr = &f.run.app.settings().cdr;
+    let (status_lag, outages_lag) = (
+        cdr_lag(f, cdr.status_interval),
+        cdr_lag(f, cdr.outages_interval),
+    );
+    let reported = f.cdr_reports.iter().any(|r| {
+        r.key == key && r.from <= job.created && job.created < r.until && r.from + status_lag <= by
+    });
+    let announced = f.windows.iter().any(|w| {
+        w.key == key
+            && w.starts <= job.created
+            && job.created < w.ends
+            && w.announced + outages_lag <= by
+    });
+    reported || announced
 }
 
 /// The user-side episodes: a job that failed for the user's reason, or a consent's end,
@@ -608,6 +776,14 @@ fn p1(f: &Facts<'_>, report: &mut Report) {
         f,
         report.row("P1", "no institution-outage for the user's failure"),
     );
+    maintenance_told_once(
+        f,
+        report.row("P1", "each announced maintenance told once, before it"),
+    );
+    bank_told_first(
+        f,
+        report.row("P1", "a bank's own outage report told before /connectors'"),
+    );
 }
 
 fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
@@ -619,9 +795,12 @@ fn change_of(f: &Facts<'_>, s: &Sent) -> Option<Change> {
 }
 
 /// Whether the daemon knew by `by` that the bank was down when `job` ran: an outage it
-/// recorded by then (`/connectors` said so, or it inferred one) whose period covers the job.
-/// A bank failing with no witness yet (not told, not inferred) cannot be told from the
-/// user's failure: the README says so, and such asks are counted apart.
+/// recorded by then (`/connectors` or the data holder said so, or it inferred one) whose
+/// period covers the job. A bank failing with no witness yet (not told, not inferred)
+/// cannot be told from the user's failure: the README says so, and such asks are counted
+/// apart. An outage inferred in the very instant of `by` was inferred from that instant's
+/// failures, this job's among them: what was classified before it could not know it (the
+/// ask it made waits, and is superseded).
 fn bank_known_down(f: &Facts<'_>, job: &JobRecord, by: DateTime<Utc>) -> bool {
     let Some(key) = f.key(&job.connection_id) else {
         return false;
@@ -629,13 +808,19 @@ fn bank_known_down(f: &Facts<'_>, job: &JobRecord, by: DateTime<Utc>) -> bool {
     let end = job.ended.unwrap_or(job.created);
     let window = TimeDelta::from_std(f.run.app.settings().outage.window).unwrap_or_default();
     f.outages.iter().any(|o| {
-        let from = if o.source == "inferred" {
+        let inferred = o.source == "inferred";
+        let from = if inferred {
             Some(o.started - window)
         } else {
             o.since
         };
+        let known = if inferred {
+            o.started < by
+        } else {
+            o.started <= by
+        };
         o.key == key
-            && o.started <= by
+            && known
             && from.is_none_or(|from| from <= end)
             && o.ended.is_none_or(|e| job.created <= e)
     })
@@ -656,7 +841,10 @@ fn asks_have_a_user_cause(f: &Facts<'_>, row: &mut Row) {
             .first_receipt(&s.webhook_id)
             .unwrap_or(s.created);
         let justified = match by_job {
-            Some(j) => j.users_fault || !bank_known_down(f, j, delivered_at),
+            Some(j) => {
+                j.users_fault
+                    || !(bank_known_down(f, j, delivered_at) || cdr_known_down(f, j, delivered_at))
+            }
             None => f
                 .episode_at(connection, s.created, TimeDelta::minutes(10))
                 .is_some(),
@@ -778,7 +966,8 @@ fn no_blame_for_the_bank(f: &Facts<'_>, row: &mut Row) {
             continue;
         };
         let about_job = c.reason.as_deref() == job.code.as_deref();
-        if about_job && !job.success && !job.users_fault && bank_known_down(f, job, c.at) {
+        let known = bank_known_down(f, job, c.at) || cdr_known_down(f, job, c.at);
+        if about_job && !job.success && !job.users_fault && known {
             row.breaches.push(format!(
                 "{} action-required at {} for job {} ({:?}), the bank's failure:{}",
                 c.connection_id,
@@ -817,18 +1006,132 @@ fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
                 (o, from)
             })
             .collect();
-        let before_all = !holding.is_empty()
-            && holding
-                .iter()
-                .all(|(_, from)| from.is_some_and(|from| ended < from));
-        if before_all {
+        let before_every = holding
+            .iter()
+            .all(|(_, from)| from.is_some_and(|from| ended < from));
+        // An announced maintenance window is a period known to the minute: a failure from
+        // before it is not its.
+        let windows: Vec<&Announced> = f
+            .key(&c.connection_id)
+            .map(|key| {
+                f.windows
+                    .iter()
+                    .filter(|w| w.key == key && w.starts <= c.at && c.at < w.ends)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let before_windows = windows.iter().all(|w| ended < w.starts);
+        let held = !holding.is_empty() || !windows.is_empty();
+        if held && before_every && before_windows {
             row.breaches.push(format!(
-                "{} institution-outage at {} for the user's failure {} that ended {}, before the outage's period began:{}",
+                "{} institution-outage at {} for the user's failure {} that ended {}, before the outage's (or window's) period began:{}",
                 c.connection_id,
                 c.at,
                 job.id,
                 ended,
                 f.timeline(&c.connection_id, c.at)
+            ));
+        }
+    }
+}
+
+/// The instant a notice's field names (RFC 3339).
+fn instant(s: &Sent, field: &str) -> Option<DateTime<Utc>> {
+    let text = s.payload["data"][field].as_str()?;
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// An institution notice's connector.
+fn notice_key(s: &Sent) -> (String, String) {
+    let data = &s.payload["data"];
+    (
+        data["institution_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        key_of(data["method"].as_str().unwrap_or_default()),
+    )
+}
+
+/// When the partner's receiver first accepted (and so verified) a notice.
+fn received(f: &Facts<'_>, s: &Sent) -> Option<DateTime<Utc>> {
+    f.run.receiver.first_receipt(&s.webhook_id)
+}
+
+/// Each window the world announced: exactly one `institution.maintenance_scheduled` about
+/// it, delivered and verified before the window starts; and none about a window nobody
+/// announced.
+fn maintenance_told_once(f: &Facts<'_>, row: &mut Row) {
+    let notices: Vec<&Sent> = f
+        .sent
+        .iter()
+        .filter(|s| s.event_type == "institution.maintenance_scheduled")
+        .collect();
+    let about = |s: &Sent, w: &Announced| {
+        notice_key(s) == w.key
+            && instant(s, "starts_at") == Some(w.starts)
+            && instant(s, "ends_at") == Some(w.ends)
+    };
+    for w in &f.windows {
+        row.checked += 1;
+        let told: Vec<&&Sent> = notices.iter().filter(|s| about(s, w)).collect();
+        let receipts: Vec<Option<DateTime<Utc>>> = told.iter().map(|s| received(f, s)).collect();
+        let in_time = matches!(receipts.as_slice(), [Some(at)] if *at < w.starts);
+        if !in_time {
+            row.breaches.push(format!(
+                "{}/{} maintenance {} to {} (announced {}): {} notice(s), received at {receipts:?}",
+                w.key.0,
+                w.key.1,
+                w.starts,
+                w.ends,
+                w.announced,
+                told.len()
+            ));
+        }
+    }
+    for s in notices
+        .iter()
+        .filter(|s| !f.windows.iter().any(|w| about(s, w)))
+    {
+        row.checked += 1;
+        row.breaches.push(format!(
+            "{} at {} about a window nobody announced: {}",
+            s.webhook_id, s.created, s.payload["data"]
+        ));
+    }
+}
+
+/// Each outage a data holder reported before `/connectors` did: its `cdr`
+/// `institution.outage_started` reached the partner before the `connectors` one.
+fn bank_told_first(f: &Facts<'_>, row: &mut Row) {
+    for r in &f.cdr_reports {
+        let Some(flipped) = r.flipped else { continue };
+        row.checked += 1;
+        let first = |source: &str| {
+            f.sent
+                .iter()
+                .filter(|s| {
+                    s.event_type == "institution.outage_started"
+                        && s.payload["data"]["source"] == source
+                        && notice_key(s) == r.key
+                        && s.created >= r.from
+                        && s.created < r.until.max(flipped)
+                })
+                .filter_map(|s| Some((received(f, s)?, s.id)))
+                .min()
+        };
+        let (cdr, connectors) = (first("cdr"), first("connectors"));
+        let first_told = matches!((cdr, connectors), (Some(a), Some(b)) if a < b);
+        if !first_told {
+            row.breaches.push(format!(
+                "{}/{} reported down on the CDR at {}, /connectors at {flipped}: the cdr notice received {:?}, the connectors one {:?}",
+                r.key.0,
+                r.key.1,
+                r.from,
+                cdr.map(|c| c.0),
+                connectors.map(|c| c.0)
             ));
         }
     }
@@ -867,6 +1170,7 @@ fn p2(f: &Facts<'_>, report: &mut Report) {
                 .push(format!("{connection} ({trigger}) at {t}"));
         }
     }
+    let status_lag = cdr_lag(f, settings.cdr.status_interval);
     let down = report.row("P2", "none during an outage");
     for (connection, t) in &f.refreshes {
         let trigger = trigger_of(f, connection, *t);
@@ -885,13 +1189,23 @@ fn p2(f: &Facts<'_>, report: &mut Report) {
                 .flatten()
                 .any(|(d, u, told)| *told && *d + ttl + step <= *t && *t < *u)
         });
-        if known || told {
+        // The data holder said so and the witness has read it since.
+        let reported = f.key(connection).is_some_and(|key| {
+            f.cdr_reports
+                .iter()
+                .any(|r| r.key == key && r.from + status_lag <= *t && *t < r.until)
+        });
+        if known || told || reported {
             down.breaches.push(format!(
                 "{connection} ({trigger}) at {t}:{}",
                 f.timeline(connection, *t)
             ));
         }
     }
+    none_in_maintenance(
+        f,
+        report.row("P2", "none inside an announced maintenance window"),
+    );
     answered_incidents(
         f,
         report.row("P2", "none after a success since the incident"),
@@ -905,6 +1219,35 @@ fn p2(f: &Facts<'_>, report: &mut Report) {
     let calls = f.run.sim.counters().bulk_refresh_calls;
     if calls > 0 {
         bulk.breaches.push(format!("{calls} bulk refreshes"));
+    }
+}
+
+/// No refresh the user did not ask for (scheduled, recovery, a transient failure's retry)
+/// reaches a bank inside a maintenance window its data holder announced.
+fn none_in_maintenance(f: &Facts<'_>, row: &mut Row) {
+    let lag = cdr_lag(f, f.run.app.settings().cdr.outages_interval);
+    for (connection, t) in &f.refreshes {
+        let trigger = trigger_of(f, connection, *t);
+        if !automatic(&trigger) {
+            continue;
+        }
+        row.checked += 1;
+        let Some(key) = f.key(connection) else {
+            continue;
+        };
+        let inside = f
+            .windows
+            .iter()
+            .find(|w| w.key == key && w.announced + lag <= *t && w.starts <= *t && *t < w.ends);
+        if let Some(w) = inside {
+            row.breaches.push(format!(
+                "{connection} ({trigger}) at {t}, inside the maintenance {} to {} announced {}:{}",
+                w.starts,
+                w.ends,
+                w.announced,
+                f.timeline(connection, *t)
+            ));
+        }
     }
 }
 
@@ -967,11 +1310,19 @@ fn after_the_floor(f: &Facts<'_>, row: &mut Row) {
     }
 }
 
-/// The end of the daemon's last outage at the connection's connector before `t`.
+/// The end of the daemon's last outage at the connection's connector before `t`, or of the
+/// last maintenance window announced there (its end recovers the connections it held too).
 fn outage_end_before(f: &Facts<'_>, connection: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let key = f.key(connection);
+    let windows = f
+        .windows
+        .iter()
+        .filter(|w| Some(&w.key) == key.as_ref())
+        .map(|w| w.ends);
     f.outages_at(connection)
         .into_iter()
         .filter_map(|o| o.ended)
+        .chain(windows)
         .filter(|e| *e <= t)
         .max()
 }
@@ -1180,15 +1531,43 @@ fn figures(f: &Facts<'_>, report: &mut Report) {
         ),
     );
     report.figure(
-        "outages the daemon recorded (connectors / inferred)",
+        "CDR in the world (outages reported / maintenance)",
+        format!("{} / {}", f.cdr_reports.len(), f.windows.len()),
+    );
+    let recorded = |source: &str| f.outages.iter().filter(|o| o.source == source).count();
+    report.figure(
+        "outages the daemon recorded (connectors / inferred / cdr)",
         format!(
-            "{} / {}",
-            f.outages
-                .iter()
-                .filter(|o| o.source == "connectors")
-                .count(),
-            f.outages.iter().filter(|o| o.source == "inferred").count()
+            "{} / {} / {}",
+            recorded("connectors"),
+            recorded("inferred"),
+            recorded("cdr")
         ),
+    );
+    report.figure(
+        "maintenance notices delivered",
+        f.sent
+            .iter()
+            .filter(|s| s.event_type == "institution.maintenance_scheduled" && delivered(s))
+            .count(),
+    );
+    report.figure(
+        "refresh decisions held for a window (scheduled-outage)",
+        f.held_for_maintenance,
+    );
+    let cdr = run.sim.cdr_counters();
+    report.figure(
+        "CDR reads (register / status / outages)",
+        format!(
+            "{} / {} / {}",
+            cdr.register,
+            cdr.status.values().sum::<u64>(),
+            cdr.outages.values().sum::<u64>()
+        ),
+    );
+    report.figure(
+        "CDR polls that failed / reads that failed",
+        format!("{} / {}", run.cdr_errors, run.cdr_read_failures),
     );
     let misleading = f
         .jobs

@@ -1,7 +1,8 @@
 //! The life simulation: the real daemon (sweep passes, login checks, owed refreshes and the
 //! followers of their jobs, Basiq's webhooks in through its receiver and the `/events` poll,
-//! notifications out to a receiver that verifies every signature) over days of a scripted
-//! world (`basiq_sim::world`), then every promise checked over the whole run (`check`).
+//! the CDR witness reading the simulator's Register and data holders, notifications out to
+//! a receiver that verifies every signature) over days of a scripted world
+//! (`basiq_sim::world`), then every promise checked over the whole run (`check`).
 //!
 //! Time is virtual: one driven clock (`Clock::manual`) is the daemon's and the simulator's.
 //! The harness is the scheduler: each step (a minute, as the shipped `sweep.tick`) it makes
@@ -73,9 +74,10 @@ pub fn start_of_run() -> DateTime<Utc> {
     "2026-11-02T00:00:00Z".parse().expect("a valid start")
 }
 
-/// The daemon's settings in the life run: the shipped defaults, but for the addresses, the
-/// mode and a pace that defers rather than waits (`max_wait = "0s"`: the harness moves the
-/// clock, nothing may wait on it within a tick).
+/// The daemon's settings in the life run: the shipped defaults, but for the addresses (the
+/// CDR Register is the simulator's: never the real one), the mode and a pace that defers
+/// rather than waits (`max_wait = "0s"`: the harness moves the clock, nothing may wait on it
+/// within a tick).
 fn settings_toml(
     config: &LifeConfig,
     sim: &RunningSim,
@@ -88,8 +90,10 @@ fn settings_toml(
          [api]\nlisten = \"\"\n\
          [refresh]\nmode = {mode:?}\nmax_wait = \"0s\"\n\
          [webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {basiq:?}\npoll_interval = \"15m\"\n\
-         [[notify.endpoints]]\nurl = {hook:?}\nsecret_file = {app:?}\n",
+         [[notify.endpoints]]\nurl = {hook:?}\nsecret_file = {app:?}\n\
+         [cdr]\nregister_url = {register:?}\n",
         base = sim.base_url(),
+        register = sim.cdr_register_url(),
         db = dir.join("life.db").display().to_string(),
         mode = config.mode,
         basiq = dir.join("basiq-secret").display().to_string(),
@@ -110,6 +114,9 @@ pub struct Run {
     pub stale_sends: Vec<String>,
     /// Login checks that failed (a breach of nothing, but reported).
     pub login_errors: u64,
+    /// CDR polls that failed, and reads within the polls that did not answer (reported).
+    pub cdr_errors: u64,
+    pub cdr_read_failures: u64,
     pub steps: u64,
     _dir: tempfile::TempDir,
     _sim: RunningSim,
@@ -186,6 +193,8 @@ pub async fn simulate(config: &LifeConfig) -> anyhow::Result<Run> {
         ended: start,
         stale_sends: Vec::new(),
         login_errors: 0,
+        cdr_errors: 0,
+        cdr_read_failures: 0,
         steps: 0,
         _dir: dir,
         _sim: running,
@@ -227,6 +236,7 @@ async fn drive(run: &mut Run, clock: &Clock) -> anyhow::Result<()> {
             basiq_health::events::poll::poll_once(run.app.context().client(), store, now).await?;
             while processor.process_pending(&cancel).await? > 0 {}
         }
+        poll_cdr(run).await?;
         run.app
             .context()
             .run_pass(basiq_health::work::PassTrigger::Tick, None, &cancel)
@@ -252,6 +262,23 @@ async fn happen(run: &mut Run, event: &WorldEvent) {
         }
         other => run.sim.apply(other),
     }
+}
+
+/// One poll of the CDR witness (the daemon's tick runs one): whatever is due of the Register
+/// and each data holder's status and planned outages.
+async fn poll_cdr(run: &mut Run) -> anyhow::Result<()> {
+    let witness = run
+        .app
+        .witness()
+        .context("the CDR witness is enabled (cdr.enabled)")?;
+    match witness.poll(false).await {
+        Ok(polled) => run.cdr_read_failures += polled.failures as u64,
+        Err(e) => {
+            tracing::warn!(error = %e, "life: CDR poll failed");
+            run.cdr_errors += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every follower of a refresh job is asleep on the clock (none due to wake):

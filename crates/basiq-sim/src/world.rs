@@ -1,9 +1,11 @@
 //! A scripted world for the life simulation: a seeded population and a timeline of what
 //! happens to it over days. Basiq updates every connection on its own twice a day; banks go
 //! down, some with `/connectors` saying so and some without, and while they are down every
-//! job fails bank-side (now and then with a code that looks like the user's); users change
-//! their passwords, meet their bank's messages, revoke consents or let them expire, and fix
-//! it all some hours later; users log in.
+//! job fails bank-side (now and then with a code that looks like the user's); the banks'
+//! own data holders speak on the Consumer Data Right (one says `UNAVAILABLE` before Basiq's
+//! `/connectors` flips, another announces maintenance a day ahead that `/connectors` never
+//! mentions); users change their passwords, meet their bank's messages, revoke consents or
+//! let them expire, and fix it all some hours later; users log in.
 //!
 //! It knows nothing of the daemon: a harness applies each [`WorldEvent`] at its time
 //! ([`Simulator::apply`]; a [`WorldEvent::Login`] is the harness's to act on) and checks what
@@ -69,6 +71,31 @@ pub enum WorldEvent {
         method: String,
         told: bool,
     },
+    /// The bank goes down and its data holder says so first: its CDR status is
+    /// `UNAVAILABLE` (with the explanation) and every job at the institution's open-banking
+    /// connector fails from now on, while `/connectors` still says `operational` (a
+    /// [`WorldEvent::BankDown`] with `told` follows minutes later, and its `BankUp` ends the
+    /// failures).
+    CdrDown {
+        institution_id: String,
+        explanation: String,
+    },
+    /// The data holder's CDR status is `OK` again (shortly before or after Basiq's
+    /// `BankUp`).
+    CdrUp { institution_id: String },
+    /// The data holder lists a planned outage of its open-banking connector on the CDR,
+    /// ahead of time; `/connectors` never mentions it.
+    MaintenanceAnnounced {
+        institution_id: String,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+        explanation: String,
+    },
+    /// The announced maintenance begins: every job at the open-banking connector fails
+    /// (every other one with a code that looks like the user's).
+    MaintenanceStarted { institution_id: String },
+    /// The maintenance is over: jobs work again and the data holder no longer lists it.
+    MaintenanceEnded { institution_id: String },
     /// The user changed their bank password: the next job fails `invalid-credentials`.
     PasswordChanged {
         user_id: String,
@@ -126,6 +153,8 @@ pub fn generate(config: WorldConfig) -> World {
     for user in &users {
         user_life(&mut rng, &config, user, &mut timeline);
     }
+    // Its own generator: the rest of the world is the same with or without it.
+    cdr_incidents(&config, &mut timeline);
     let end = end_of(&config);
     timeline.retain(|t| t.at >= config.start && t.at < end);
     // Stable: what was generated first for one instant happens first.
@@ -264,6 +293,187 @@ fn outages(rng: &mut StdRng, config: &WorldConfig, users: &[WorldUser], out: &mu
                 told,
             },
         });
+    }
+}
+
+/// The banks whose data holder says first that it is down, in turn (each maps to one CDR
+/// brand: `crate::cdr_brand_id`).
+pub const CDR_FIRST_BANKS: [&str; 2] = ["AU00004", "AU00001"];
+/// The banks that announce maintenance, in turn (each maps to one CDR brand).
+pub const MAINTENANCE_BANKS: [&str; 2] = ["AU00003", "AU00000"];
+
+/// The banks' own words on the CDR, one incident a day, in turn: on even days a bank
+/// ([`CDR_FIRST_BANKS`]) goes down and its data holder says `UNAVAILABLE` 10 to 30 minutes
+/// before `/connectors` says `major-outage`, then `OK` within 10 minutes of Basiq saying
+/// `operational` again (1 to 4 hours later); on odd days a bank ([`MAINTENANCE_BANKS`]) is
+/// under maintenance for 1 to 2 hours inside the daily unattended window (00:00-06:00 in
+/// Sydney: 13:00-19:00 UTC in November), announced 20 to 30 hours ahead. Each at a time its
+/// open-banking connector has no other outage within an hour either side.
+fn cdr_incidents(config: &WorldConfig, out: &mut Vec<Timed>) {
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x00cd_7e55_0b5e);
+    let busy: Vec<(&str, Vec<Span>)> = CDR_FIRST_BANKS
+        .iter()
+        .chain(&MAINTENANCE_BANKS)
+        .map(|b| (*b, down_periods(out, b)))
+        .collect();
+    let end = end_of(config);
+    let free = |institution: &str, from: DateTime<Utc>, until: DateTime<Utc>| {
+        let margin = TimeDelta::hours(1);
+        from >= config.start
+            && until < end
+            && busy
+                .iter()
+                .filter(|(b, _)| *b == institution)
+                .flat_map(|(_, periods)| periods)
+                .all(|(down, up)| *up + margin <= from || until + margin <= *down)
+    };
+    for day in 0..i64::from(config.days) {
+        let midnight = config.start + TimeDelta::days(day);
+        let turn = usize::try_from(day / 2).unwrap_or(0);
+        // The bank whose turn it is, or the other when it has no free time that day.
+        let banks = if day % 2 == 0 {
+            CDR_FIRST_BANKS
+        } else {
+            MAINTENANCE_BANKS
+        };
+        'banks: for institution in [banks[turn % 2], banks[(turn + 1) % 2]] {
+            for _ in 0..50 {
+                if day % 2 == 0 {
+                    let reported = midnight + secs(&mut rng, 2 * HOUR, 20 * HOUR);
+                    let flipped = reported + secs(&mut rng, 10 * 60, 30 * 60);
+                    let up = flipped + secs(&mut rng, HOUR, 4 * HOUR);
+                    let ok = up + secs(&mut rng, -10 * 60, 10 * 60);
+                    if free(institution, reported, up.max(ok)) {
+                        cdr_first(institution, [reported, flipped, up, ok], out);
+                        break 'banks;
+                    }
+                } else {
+                    // Whole minutes, as a data holder writes them.
+                    let starts = midnight + TimeDelta::minutes(rng.random_range(13 * 60..17 * 60));
+                    let ends = starts + TimeDelta::minutes(15 * rng.random_range(4..=8));
+                    let announced = (starts - secs(&mut rng, 20 * HOUR, 30 * HOUR))
+                        .max(config.start + TimeDelta::minutes(10));
+                    if free(institution, starts, ends) {
+                        maintenance(institution, [announced, starts, ends], out);
+                        break 'banks;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A span of time: (from, until).
+type Span = (DateTime<Utc>, DateTime<Utc>);
+
+/// The periods the institution's open-banking connector is down in the timeline so far:
+/// each `BankDown` with the `BankUp` after it.
+fn down_periods(timeline: &[Timed], institution: &str) -> Vec<Span> {
+    let here = |i: &str, m: &str| i == institution && is_open_banking(m);
+    let (mut downs, mut ups) = (Vec::new(), Vec::new());
+    for t in timeline {
+        match &t.event {
+            WorldEvent::BankDown {
+                institution_id,
+                method,
+                ..
+            } if here(institution_id, method) => downs.push(t.at),
+            WorldEvent::BankUp {
+                institution_id,
+                method,
+                ..
+            } if here(institution_id, method) => ups.push(t.at),
+            _ => {}
+        }
+    }
+    downs.sort();
+    ups.sort();
+    downs
+        .iter()
+        .enumerate()
+        .map(|(i, down)| {
+            (
+                *down,
+                ups.get(i).copied().unwrap_or(DateTime::<Utc>::MAX_UTC),
+            )
+        })
+        .collect()
+}
+
+/// The data holder reports the outage (`reported`), `/connectors` follows (`flipped`) and
+/// says `operational` again (`up`), the data holder says `OK` (`ok`).
+fn cdr_first(
+    institution: &str,
+    [reported, flipped, up, ok]: [DateTime<Utc>; 4],
+    out: &mut Vec<Timed>,
+) {
+    let institution_id = institution.to_owned();
+    let method = "open-banking".to_owned();
+    out.push(Timed {
+        at: reported,
+        event: WorldEvent::CdrDown {
+            institution_id: institution_id.clone(),
+            explanation:
+                "Our online banking platform is unavailable; we are working to restore it.".into(),
+        },
+    });
+    out.push(Timed {
+        at: flipped,
+        event: WorldEvent::BankDown {
+            institution_id: institution_id.clone(),
+            method: method.clone(),
+            told: true,
+        },
+    });
+    out.push(Timed {
+        at: up,
+        event: WorldEvent::BankUp {
+            institution_id: institution_id.clone(),
+            method,
+            told: true,
+        },
+    });
+    out.push(Timed {
+        at: ok,
+        event: WorldEvent::CdrUp { institution_id },
+    });
+}
+
+fn maintenance(
+    institution: &str,
+    [announced, starts, ends]: [DateTime<Utc>; 3],
+    out: &mut Vec<Timed>,
+) {
+    let institution_id = institution.to_owned();
+    out.push(Timed {
+        at: announced,
+        event: WorldEvent::MaintenanceAnnounced {
+            institution_id: institution_id.clone(),
+            starts_at: starts,
+            ends_at: ends,
+            explanation: "Scheduled upgrade of our core banking system.".into(),
+        },
+    });
+    out.push(Timed {
+        at: starts,
+        event: WorldEvent::MaintenanceStarted {
+            institution_id: institution_id.clone(),
+        },
+    });
+    out.push(Timed {
+        at: ends,
+        event: WorldEvent::MaintenanceEnded { institution_id },
+    });
+}
+
+/// An ISO 8601 duration in hours and minutes (`PT1H`, `PT1H45M`), as data holders write
+/// them.
+fn iso_duration(d: TimeDelta) -> String {
+    let (hours, minutes) = (d.num_minutes() / 60, d.num_minutes() % 60);
+    match (hours, minutes) {
+        (0, m) => format!("PT{m}M"),
+        (h, 0) => format!("PT{h}H"),
+        (h, m) => format!("PT{h}H{m}M"),
     }
 }
 
@@ -411,6 +621,37 @@ impl Simulator {
                 method,
                 told,
             } => self.bank_down(institution_id, method, *told, false),
+            WorldEvent::CdrDown {
+                institution_id,
+                explanation,
+            } => {
+                self.say_cdr_status(institution_id, "UNAVAILABLE", Some(explanation));
+                self.set_failing(institution_id, "open-banking", Some(3));
+            }
+            WorldEvent::CdrUp { institution_id } => {
+                self.say_cdr_status(institution_id, "OK", None);
+            }
+            WorldEvent::MaintenanceAnnounced {
+                institution_id,
+                starts_at,
+                ends_at,
+                explanation,
+            } => {
+                let outage = super::CdrOutage {
+                    outage_time: starts_at.to_rfc3339(),
+                    duration: iso_duration(*ends_at - *starts_at),
+                    is_partial: Some(false),
+                    explanation: explanation.clone(),
+                };
+                self.say_cdr_outages(institution_id, vec![outage]);
+            }
+            WorldEvent::MaintenanceStarted { institution_id } => {
+                self.set_failing(institution_id, "open-banking", Some(2));
+            }
+            WorldEvent::MaintenanceEnded { institution_id } => {
+                self.set_failing(institution_id, "open-banking", None);
+                self.say_cdr_outages(institution_id, Vec::new());
+            }
             WorldEvent::PasswordChanged { connection_id, .. } => {
                 self.set_outcome(connection_id, user_fault("invalid-credentials"));
             }
@@ -476,26 +717,54 @@ impl Simulator {
     /// A bank fails every job at its connector (`down`), or works again; `told`: `/connectors`
     /// says `major-outage` meanwhile.
     pub fn bank_down(&self, institution_id: &str, method: &str, told: bool, down: bool) {
-        let now = self.now();
-        {
-            let mut st = self.lock();
-            st.settle(now);
-            let key = (institution_id.to_owned(), method.to_owned());
-            if down {
-                st.bank_failing.insert(
-                    key,
-                    super::state::BankFailing {
-                        misleading_every: 3,
-                        jobs: 0,
-                    },
-                );
-            } else {
-                st.bank_failing.remove(&key);
-            }
-        }
+        self.set_failing(institution_id, method, down.then_some(3));
         if told {
             let status = if down { "major-outage" } else { "operational" };
             self.set_connector_status(institution_id, method, status);
+        }
+    }
+
+    /// Every job at the connector fails from now on, every `misleading_every`-th with a code
+    /// that looks like the user's (`Some`), or none does (`None`).
+    pub fn set_failing(&self, institution_id: &str, method: &str, misleading_every: Option<u32>) {
+        let now = self.now();
+        let mut st = self.lock();
+        st.settle(now);
+        let key = (institution_id.to_owned(), method.to_owned());
+        match misleading_every {
+            Some(misleading_every) => {
+                st.bank_failing.insert(
+                    key,
+                    super::state::BankFailing {
+                        misleading_every,
+                        jobs: 0,
+                    },
+                );
+            }
+            None => {
+                st.bank_failing.remove(&key);
+            }
+        }
+    }
+
+    /// What the institution's data holder says on its CDR status now; nothing when the
+    /// institution maps to no single brand.
+    fn say_cdr_status(&self, institution_id: &str, status: &str, explanation: Option<&str>) {
+        match super::cdr_brand_id(institution_id) {
+            Some(brand) => {
+                self.set_cdr_status(brand, status, explanation);
+            }
+            None => tracing::warn!(institution_id, "world: no CDR brand to speak for it"),
+        }
+    }
+
+    /// The planned outages the institution's data holder lists from now on.
+    fn say_cdr_outages(&self, institution_id: &str, outages: Vec<super::CdrOutage>) {
+        match super::cdr_brand_id(institution_id) {
+            Some(brand) => {
+                self.set_cdr_outages(brand, outages);
+            }
+            None => tracing::warn!(institution_id, "world: no CDR brand to speak for it"),
         }
     }
 
