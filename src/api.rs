@@ -6,16 +6,22 @@
 //! `/healthz` and `/metrics` are open on a loopback address (probes, a local scraper); on any
 //! other address `/metrics` needs the token too. Thin: every handler calls the context, the
 //! store or the report.
+//!
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`) and is mounted through
+//! [`routes`], so the router and the description ([`openapi`], served at
+//! `/v1/openapi.json`, committed as `docs/openapi.json`) come from one list.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::UserId;
 use crate::report;
@@ -39,22 +45,119 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/users", get(list_users))
-        .route("/v1/users/{id}", put(add_user).delete(remove_user))
-        .route("/v1/users/{id}/login", post(login))
-        .route("/v1/users/{id}/health", get(user_health))
-        .route("/v1/status", get(status))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    routed().with_state(state)
+}
+
+/// The API's router before its state is given: what [`router`] serves (listed by the test
+/// that every route is described).
+pub fn routed() -> Router<ApiState> {
+    routes().split_for_parts().0
+}
+
+/// Every route with its description: a route is mounted only with its documentation.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_users))
+        .routes(routes!(add_user, remove_user))
+        .routes(routes!(login))
+        .routes(routes!(user_health))
+        .routes(routes!(status))
+        .routes(routes!(openapi_json))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI 3.1 description of the local API and of the webhook receiver (which listens
+/// on its own address, `webhooks.listen`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = routes().into_openapi();
+    doc.merge(crate::events::receiver::openapi());
+    doc
+}
+
+/// [`openapi`] as `docs/openapi.json` holds it: pretty, keys in a stable order, a final
+/// newline.
+pub fn openapi_text() -> String {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let value = serde_json::to_value(openapi()).unwrap_or_default();
+        let mut text = serde_json::to_string_pretty(&sorted(value)).unwrap_or_default();
+        text.push('\n');
+        text
+    });
+    TEXT.clone()
+}
+
+/// The value with every object's keys in alphabetical order, whatever serde_json's map is.
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let map: std::collections::BTreeMap<String, Value> =
+                map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            Value::Object(map.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "basiq-health local API",
+        description = "The daemon's control API. Every `/v1` route needs the bearer token \
+            (`api.token_file`, or the `api-token` file beside the database). `/healthz` is \
+            open; `/metrics` is open on a loopback address only. The webhook receiver \
+            (`POST /v1/basiq/webhook`) listens on its own address, `webhooks.listen`, and is \
+            authenticated by its Standard Webhooks signature instead. Every error answers \
+            `{\"error\": \"...\"}`."
+    ),
+    modifiers(&BearerToken),
+    tags(
+        (name = "users", description = "The registered users and their connections' health"),
+        (name = "status", description = "The whole installation's report"),
+        (name = "service", description = "Probes, metrics and this description"),
+        (name = "webhooks", description = "Basiq's events, on `webhooks.listen`"),
+    )
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme the `/v1` routes name.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "The token in `api.token_file` (default: the `api-token` file \
+                             beside the database)",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// Every error's body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
 }
 
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -99,6 +202,76 @@ fn authorise(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// `PUT /v1/users/{id}`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Added {
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    /// Newly registered (201); `false`: it was already (200).
+    pub added: bool,
+}
+
+/// `DELETE /v1/users/{id}`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Removed {
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    pub removed: bool,
+}
+
+/// One user's connections, as `GET /v1/users/{id}/health` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserHealth {
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    pub connections: Vec<report::ConnectionView>,
+}
+
+/// `POST /v1/users/{id}/login`'s answer: the user's connections after the check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginAnswer {
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    pub connections: Vec<report::ConnectionView>,
+    /// The user was swept now (not when swept within `sweep.login_min_interval`).
+    pub swept: bool,
+    /// One decision per connection (none when `refresh.mode = "off"`).
+    pub refreshes: Vec<crate::work::refresh::Decision>,
+}
+
+/// `/healthz`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Healthz {
+    pub status: HealthzStatus,
+    /// The last scheduler tick (Unix seconds); none since start.
+    pub last_tick: Option<i64>,
+    /// The last progress of the work (Unix seconds).
+    pub last_progress: i64,
+    /// A sweep pass is running.
+    pub in_pass: bool,
+    /// Why the daemon is unavailable; empty when it is not.
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthzStatus {
+    Ok,
+    Unavailable,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "users",
+    summary = "Every registered user",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The registered users", body = Vec<report::UserView>),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database cannot be read now", body = ErrorBody),
+    )
+)]
 async fn list_users(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -108,6 +281,21 @@ async fn list_users(
     Ok(Json(report::users_json(&users)).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/{id}",
+    tag = "users",
+    summary = "Register a user (idempotent)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A Basiq user id", pattern = "^[A-Za-z0-9-]{1,64}$")),
+    responses(
+        (status = 201, description = "Registered now", body = Added),
+        (status = 200, description = "Already registered", body = Added),
+        (status = 400, description = "The id breaks the id rule", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database cannot be written now", body = ErrorBody),
+    )
+)]
 async fn add_user(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -121,9 +309,24 @@ async fn add_user(
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(json!({"user_id": id, "added": added}))).into_response())
+    Ok((code, Json(Added { user_id: id, added })).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}",
+    tag = "users",
+    summary = "Stop watching a user (history kept)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A Basiq user id", pattern = "^[A-Za-z0-9-]{1,64}$")),
+    responses(
+        (status = 200, description = "Removed", body = Removed),
+        (status = 400, description = "The id breaks the id rule", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+        (status = 404, description = "The user is not registered", body = ErrorBody),
+        (status = 503, description = "The database cannot be written now", body = ErrorBody),
+    )
+)]
 async fn remove_user(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -142,10 +345,17 @@ async fn remove_user(
             format!("user {id} is not registered"),
         ));
     }
-    Ok(Json(json!({"user_id": id, "removed": true})).into_response())
+    Ok(Json(Removed {
+        user_id: id,
+        removed: true,
+    })
+    .into_response())
 }
 
-async fn health_json(state: &ApiState, id: &UserId) -> Result<serde_json::Value, ApiError> {
+async fn connections(
+    state: &ApiState,
+    id: &UserId,
+) -> Result<Vec<report::ConnectionView>, ApiError> {
     let report = report::status(
         state.context.store(),
         Some(id),
@@ -153,9 +363,27 @@ async fn health_json(state: &ApiState, id: &UserId) -> Result<serde_json::Value,
         state.context.clock().now(),
     )
     .await?;
-    Ok(json!({"user_id": id, "connections": report.connections}))
+    Ok(report.connections)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users/{id}/login",
+    tag = "users",
+    summary = "The user logged in to the partner's app: check now, refresh if allowed",
+    description = "Registers the user when needed, sweeps it unless swept within \
+        `sweep.login_min_interval`, and asks for a login refresh of each connection the \
+        refresh policy allows.",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A Basiq user id", pattern = "^[A-Za-z0-9-]{1,64}$")),
+    responses(
+        (status = 200, description = "Checked", body = LoginAnswer),
+        (status = 400, description = "The id breaks the id rule", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+        (status = 502, description = "Basiq failed or could not be reached", body = ErrorBody),
+        (status = 503, description = "The database cannot be used now", body = ErrorBody),
+    )
+)]
 async fn login(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -170,12 +398,31 @@ async fn login(
             return Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()));
         }
     };
-    let mut body = health_json(&state, &id).await?;
-    body["swept"] = json!(swept);
-    body["refreshes"] = json!(refreshes);
-    Ok(Json(body).into_response())
+    let connections = connections(&state, &id).await?;
+    Ok(Json(LoginAnswer {
+        user_id: id,
+        connections,
+        swept,
+        refreshes,
+    })
+    .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/health",
+    tag = "users",
+    summary = "One user's connections and their health",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A Basiq user id", pattern = "^[A-Za-z0-9-]{1,64}$")),
+    responses(
+        (status = 200, description = "The user's connections", body = UserHealth),
+        (status = 400, description = "The id breaks the id rule", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+        (status = 404, description = "The user is not registered", body = ErrorBody),
+        (status = 503, description = "The database cannot be read now", body = ErrorBody),
+    )
+)]
 async fn user_health(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -189,18 +436,41 @@ async fn user_health(
             format!("user {id} is not registered"),
         ));
     }
-    Ok(Json(health_json(&state, &id).await?).into_response())
+    let connections = connections(&state, &id).await?;
+    Ok(Json(UserHealth {
+        user_id: id,
+        connections,
+    })
+    .into_response())
 }
 
 /// `GET /v1/status?limit=N&all=true`: at most `limit` connections listed (default
 /// [`report::DEFAULT_LIMIT`]), every one with `all=true`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
+    /// At most this many connections listed, those needing the user's action first
+    /// (default 1000).
     limit: Option<usize>,
+    /// List every connection (`limit` is then ignored).
     #[serde(default)]
     all: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    summary = "The report: counts, connections, outages, maintenance",
+    security(("bearer" = [])),
+    params(StatusQuery),
+    responses(
+        (status = 200, description = "The report", body = report::StatusReport),
+        (status = 400, description = "The query is not `limit=N` and/or `all=true`", body = ErrorBody),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database cannot be read now", body = ErrorBody),
+    )
+)]
 async fn status(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -227,6 +497,44 @@ async fn status(
     Ok(Json(report).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "service",
+    summary = "This description (OpenAPI 3.1), as `docs/openapi.json` holds it",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"),
+        (status = 401, description = "No or a wrong bearer token", body = ErrorBody),
+    )
+)]
+async fn openapi_json(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_text(),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    description = "Open on a loopback address; on any other address the bearer token is \
+        required.",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The metrics", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "Not on loopback, and no or a wrong bearer token", body = ErrorBody),
+        (status = 503, description = "The database cannot be read now", body = ErrorBody),
+    )
+)]
 async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if !state.loopback {
         authorise(&state, &headers)?;
@@ -246,6 +554,20 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
 /// tick and no progress for three tick intervals while idle, nothing finished for the stall
 /// interval in a pass) or its last write failed. Reads no database and takes no lock: it
 /// answers at once whatever another process holds, from the writer's own recent outcomes.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    summary = "Liveness: the daemon makes progress and its writes succeed",
+    description = "503 when nothing moves (no tick and no progress for three tick \
+        intervals while idle, nothing finished for the stall interval in a pass) or the \
+        last database write failed. Needs no token.",
+    security(()),
+    responses(
+        (status = 200, description = "Alive", body = Healthz),
+        (status = 503, description = "Stalled or failing writes: `problems` says why", body = Healthz),
+    )
+)]
 async fn healthz(State(state): State<ApiState>) -> Response {
     use std::sync::atomic::Ordering;
     let progress = state.context.progress();
@@ -261,14 +583,19 @@ async fn healthz(State(state): State<ApiState>) -> Response {
     }
     problems.extend(state.liveness.problem(progress, now));
     let last_tick = state.liveness.ticks.last_tick.load(Ordering::Relaxed);
-    let body = json!({
-        "status": if problems.is_empty() { "ok" } else { "unavailable" },
-        "last_tick": (last_tick > 0).then_some(last_tick),
-        "last_progress": progress.last_progress.load(Ordering::Relaxed),
-        "in_pass": progress.in_pass.load(Ordering::Relaxed),
-        "problems": problems,
-    });
-    if problems.is_empty() {
+    let ok = problems.is_empty();
+    let body = Healthz {
+        status: if ok {
+            HealthzStatus::Ok
+        } else {
+            HealthzStatus::Unavailable
+        },
+        last_tick: (last_tick > 0).then_some(last_tick),
+        last_progress: progress.last_progress.load(Ordering::Relaxed),
+        in_pass: progress.in_pass.load(Ordering::Relaxed),
+        problems,
+    };
+    if ok {
         Json(body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

@@ -12,7 +12,7 @@ use crate::plan::ConnectionRow;
 use crate::plan::classify::Health;
 use crate::store::{self, OutageRow, Store, UserRow};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub user_id: String,
     pub connection_id: String,
@@ -72,7 +72,7 @@ fn next_refresh(r: &ConnectionRow) -> Option<crate::plan::policy::schedule::Owed
         .min_by_key(|o| o.at)
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     pub users: i64,
     pub connections: usize,
@@ -86,7 +86,7 @@ pub struct Summary {
     pub truncated: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     pub connections: Vec<ConnectionView>,
     pub summary: Summary,
@@ -99,7 +99,7 @@ pub struct StatusReport {
 }
 
 /// A bank down, with all the sources of its outage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct BankDown {
     pub institution_id: String,
     pub method: String,
@@ -478,17 +478,28 @@ not refreshed:"
     out
 }
 
-/// `users list --json` and `GET /v1/users`: `[{"user_id", "next_due_at", "last_swept_at"}]`.
-pub fn users_json(users: &[UserRow]) -> serde_json::Value {
+/// One registered user, as `users list --json` and `GET /v1/users` list it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    /// When its next sweep is due.
+    pub next_due_at: DateTime<Utc>,
+    pub last_swept_at: Option<DateTime<Utc>>,
+    /// Basiq answered 404 for it: not swept until re-added.
+    pub gone: bool,
+}
+
+/// `users list --json` and `GET /v1/users`: `[{"user_id", "next_due_at", "last_swept_at",
+/// "gone"}]`.
+pub fn users_json(users: &[UserRow]) -> Vec<UserView> {
     users
         .iter()
-        .map(|u| {
-            serde_json::json!({
-                "user_id": u.user_id,
-                "next_due_at": u.next_due_at,
-                "last_swept_at": u.last_swept_at,
-                "gone": u.gone_at.is_some(),
-            })
+        .map(|u| UserView {
+            user_id: u.user_id.clone(),
+            next_due_at: u.next_due_at,
+            last_swept_at: u.last_swept_at,
+            gone: u.gone_at.is_some(),
         })
         .collect()
 }

@@ -45,7 +45,7 @@ impl EntityIds {
 }
 
 /// A webhook's payload as Basiq sends it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookPayload {
     #[serde(default)]
@@ -56,7 +56,7 @@ pub struct WebhookPayload {
     pub links: Option<PayloadLinks>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PayloadLinks {
     #[serde(default)]

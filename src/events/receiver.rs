@@ -13,9 +13,9 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use standardwebhooks::{Webhook, WebhookError};
 
 use super::WebhookPayload;
@@ -50,14 +50,43 @@ pub struct ReceiverState {
 }
 
 pub fn router(state: ReceiverState, max_body: usize) -> Router {
-    Router::new()
-        .route(PATH, post(receive))
+    routed(max_body).with_state(state)
+}
+
+/// The receiver's router before its state is given: what [`router`] serves (listed by the
+/// test that every route is described).
+pub fn routed(max_body: usize) -> Router<ReceiverState> {
+    routes()
+        .split_for_parts()
+        .0
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+}
+
+/// The receiver's route with its description: mounted only with its documentation.
+fn routes() -> OpenApiRouter<ReceiverState> {
+    OpenApiRouter::new().routes(routes!(receive))
+}
+
+/// The receiver's part of the daemon's OpenAPI description (see [`crate::api::openapi`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// A delivery's answer once verified.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Stored {
+    /// Stored now; `false`: heard before.
+    pub stored: bool,
+    /// Heard before (same `webhook-id` or Basiq event id): acknowledged, not processed again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
 }
 
 fn answer(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({"error": message}))).into_response()
+    let body = crate::api::ErrorBody {
+        error: message.to_owned(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The most a `webhook-id` may be (Standard Webhooks ids are short).
@@ -125,6 +154,28 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[utoipa::path(
+    post,
+    path = PATH,
+    tag = "webhooks",
+    summary = "Basiq's event deliveries (on `webhooks.listen`, not the API's address)",
+    description = "Served on `webhooks.listen` only. A delivery is verified the Standard \
+        Webhooks way against every configured secret, stored in the inbox, then answered. \
+        The body is any UTF-8 text; Basiq sends the JSON below.",
+    params(
+        ("webhook-id" = String, Header, description = "The delivery's id (at most 256 bytes)"),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; within 5 minutes of now"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64>` signatures, space-separated"),
+    ),
+    request_body(content = super::WebhookPayload, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored, or heard before", body = Stored),
+        (status = 400, description = "A header missing or wrong, or a body that is not UTF-8", body = crate::api::ErrorBody),
+        (status = 401, description = "No signature matches, or a timestamp more than 5 minutes from now", body = crate::api::ErrorBody),
+        (status = 413, description = "The body is over `webhooks.max_body`"),
+        (status = 503, description = "The event cannot be stored now: Basiq retries", body = crate::api::ErrorBody),
+    )
+)]
 async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
     let now = s.clock.now();
     if let Err(e) = verify(&s.verifiers, &headers, &body, now) {
@@ -219,7 +270,11 @@ fn answer_stored(
                 "webhook stored"
             );
             s.wake.notify_one();
-            (StatusCode::OK, axum::Json(json!({"stored": true}))).into_response()
+            let body = Stored {
+                stored: true,
+                duplicate: None,
+            };
+            (StatusCode::OK, axum::Json(body)).into_response()
         }
         Ok(false) => {
             s.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -230,11 +285,11 @@ fn answer_stored(
                 event_id,
                 "webhook heard before: acknowledged, not processed again"
             );
-            (
-                StatusCode::OK,
-                axum::Json(json!({"stored": false, "duplicate": true})),
-            )
-                .into_response()
+            let body = Stored {
+                stored: false,
+                duplicate: Some(true),
+            };
+            (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(e) => {
             s.stats.failed.fetch_add(1, Ordering::Relaxed);

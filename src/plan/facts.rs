@@ -16,7 +16,7 @@ use crate::domain::{
 };
 
 /// Who said a bank is down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutageSource {
     /// Basiq's `/connectors` said so.
@@ -50,7 +50,7 @@ impl std::fmt::Display for OutageSource {
 }
 
 /// An outage as stored: opened and closed by `/connectors` or by inference.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct OutageRow {
     pub id: i64,
     pub institution_id: String,
@@ -65,7 +65,7 @@ pub struct OutageRow {
 }
 
 /// The last refresh decision made for a connection.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct LastDecision {
     pub decision: DecisionKind,
     /// The denial reason (or `deferred`).

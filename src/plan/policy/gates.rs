@@ -82,7 +82,7 @@ impl FromStr for RefreshMode {
 }
 
 /// What asked for a refresh.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     /// The partner's app checked the user at login and the data is old.
@@ -209,7 +209,7 @@ impl fmt::Display for Denial {
 }
 
 /// What became of a refresh request, as stored and shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecisionKind {
     Refreshed,

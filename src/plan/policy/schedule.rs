@@ -33,7 +33,7 @@ pub struct AutoRefresh {
 }
 
 /// A refresh the daemon owes: when, and why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Owed {
     pub at: DateTime<Utc>,
     pub trigger: Trigger,

@@ -21,7 +21,7 @@ pub struct BrandLine {
 }
 
 /// An announced maintenance window as shown (`cdr brands`, `status`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct WindowLine {
     pub institution_id: String,
     pub method: String,

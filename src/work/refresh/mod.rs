@@ -45,7 +45,8 @@ pub use gate::GateFacts;
 pub use purge::PurgeOutcome;
 
 /// The answer to one refresh request, as `refresh` prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = RefreshDecision)]
 pub struct Decision {
     pub decision: Answer,
     /// The denial's reason code, or `deferred`.
@@ -58,8 +59,9 @@ pub struct Decision {
 }
 
 /// A request's answer as printed: a deferred request is denied with reason `deferred`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schema(as = RefreshAnswer)]
 pub enum Answer {
     Refreshed,
     Denied,
