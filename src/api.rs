@@ -513,11 +513,7 @@ async fn openapi_json(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        openapi_text(),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], openapi_text()).into_response())
 }
 
 #[utoipa::path(

@@ -14,9 +14,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use standardwebhooks::{Webhook, WebhookError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use standardwebhooks::{Webhook, WebhookError};
 
 use super::WebhookPayload;
 use crate::clock::Clock;
