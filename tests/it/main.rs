@@ -18,6 +18,7 @@ mod helpers;
 mod ids;
 mod life;
 mod migrations;
+mod monitoring;
 mod overtime;
 mod planner;
 mod production;
