@@ -15,7 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use chrono::Duration;
+use basiq_health::domain::{ConnectionId, UserId};
+use basiq_health::plan::policy::Trigger;
+use basiq_health::work::cdr::Witness;
 use serde_json::Value;
 
 use crate::app::*;
@@ -78,22 +80,98 @@ fn run_promtool(promtool: &Path, args: &[&str], stdin: Option<&str>) -> String {
     text
 }
 
-/// A live `/metrics` from a serving daemon on the simulator, after one sweep of its users.
+/// A live `/metrics` from a serving daemon on the simulator, with a sample in every family:
+/// one sweep of its users, a manual refresh asked of three connections, one CDR witness
+/// poll, an event in the inbox and a notification pending (these two written as the store
+/// would, the receiver and the endpoints being tested elsewhere).
 async fn live_scrape() -> String {
     let t = TestApp::builder().users(10).spawn().await;
     let mut settings = t.settings_with("");
     settings.api.listen = Some("127.0.0.1:0".parse().unwrap());
+    let cdr = settings.cdr.clone();
     let app = t.app_from(settings).await;
     let base = format!("http://{}", app.api_addr().expect("the API listens"));
     let users = sim_users(t.sim());
-    app.context().add_users(&users).await.unwrap();
-    sweep_users(app.context(), &users).await;
+    let context = app.context().clone();
+    context.add_users(&users).await.unwrap();
+    sweep_users(&context, &users).await;
+    let pool = context.store().write_pool().clone();
+    let some: Vec<(String, String)> =
+        sqlx::query_as("SELECT user_id, connection_id FROM connections ORDER BY connection_id LIMIT 3")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (user, connection) in &some {
+        app.refresher()
+            .request(
+                &UserId::parse(user).unwrap(),
+                &ConnectionId::parse(connection).unwrap(),
+                Trigger::Manual,
+                false,
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    Witness::new(context.clone(), cdr)
+        .expect("the CDR client builds")
+        .poll(true)
+        .await
+        .unwrap();
+    let now = context.clock().now().timestamp();
+    for statement in [
+        "INSERT INTO inbox (delivery_id, event_type, source, body, received_at)
+         VALUES ('msg_monitoring', 'connection.invalidated', 'webhook', '{}', ?1)",
+        "INSERT INTO outbox (webhook_id, event_type, order_key, payload, created_at)
+         VALUES ('msg_out_monitoring', 'connection.health_changed', 'u', '{}', ?1 - 600)",
+        "INSERT INTO deliveries (endpoint, outbox_id, order_key, state, failures, next_at, deadline)
+         SELECT 'default', id, 'u', 'pending', 1, ?1 + 86400, ?1 + 86400 FROM outbox
+          WHERE webhook_id = 'msg_out_monitoring'",
+    ] {
+        sqlx::query(statement).bind(now).execute(&pool).await.unwrap();
+    }
     let daemon = Daemon::start(app);
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     daemon.stop().await;
     text
+}
+
+/// The OpenMetrics text `/metrics` serves, as the classic Prometheus text `promtool check
+/// metrics` reads (it knows no other): a counter family `x` is named `x_total` there, and
+/// the `# EOF` and `_created` lines have no classic form. What a Prometheus server stores
+/// from either is the same.
+fn classic_text(open_metrics: &str) -> String {
+    let counters: BTreeSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::new();
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE ", "# UNIT "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None if counters
+                .iter()
+                .any(|c| line.starts_with(&format!("{c}_created"))) =>
+            {
+                continue;
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Every sample name a scrape can hold: each family's name (from its `# TYPE` line) with
@@ -236,8 +314,18 @@ async fn a_live_scrape_passes_promtool_check_metrics_and_holds_every_name_the_ru
         missing.is_empty(),
         "used by the rules or the dashboard but not exported: {missing:?}\nexported: {exported:?}"
     );
+    // The pending notification made 10 minutes ago is the oldest.
+    let oldest = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("basiq_health_notify_oldest_pending_seconds{endpoint=\"default\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("the oldest pending notification's age");
+    assert!((600.0..610.0).contains(&oldest), "{oldest}");
     let Some(promtool) = promtool() else { return };
-    let out = run_promtool(&promtool, &["check", "metrics"], Some(&text));
+    let classic = classic_text(&text);
+    let out = run_promtool(&promtool, &["check", "metrics"], Some(&classic));
     assert!(out.trim().is_empty(), "promtool check metrics: {out}");
 }
 
@@ -355,7 +443,7 @@ async fn the_monitoring_readings_follow_the_clock_the_sweep_and_the_store() {
     let before = age(&m);
 
     // 27 hours later, nothing swept: every connection is stale, every user overdue.
-    t.clock().advance(Duration::hours(27));
+    t.clock().advance(std::time::Duration::from_secs(27 * 3600));
     let m = scrape().await;
     assert_eq!(m("basiq_health_connections_stale"), Some(watched as f64));
     let due = store.earliest_due().await.unwrap().expect("users");
