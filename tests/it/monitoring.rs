@@ -28,7 +28,10 @@ const ALERTS_TEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/prometheus/alerts_test.yml"
 );
-const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/basiq-health.json");
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/grafana/basiq-health.json"
+);
 const RUNBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md");
 
 /// Set (to anything) to make a missing promtool fail the tests instead of skipping them.
@@ -48,7 +51,9 @@ fn promtool() -> Option<PathBuf> {
     match found {
         Some(p) if p.is_file() => Some(p),
         _ if std::env::var_os(REQUIRE_TOOLS).is_some() => {
-            panic!("promtool not found (set PROMTOOL or put it on the PATH; {REQUIRE_TOOLS} is set)")
+            panic!(
+                "promtool not found (set PROMTOOL or put it on the PATH; {REQUIRE_TOOLS} is set)"
+            )
         }
         _ => {
             eprintln!("skipped: promtool not found (set PROMTOOL, or {REQUIRE_TOOLS}=1 to fail)");
@@ -96,11 +101,12 @@ async fn live_scrape() -> String {
     context.add_users(&users).await.unwrap();
     sweep_users(&context, &users).await;
     let pool = context.store().write_pool().clone();
-    let some: Vec<(String, String)> =
-        sqlx::query_as("SELECT user_id, connection_id FROM connections ORDER BY connection_id LIMIT 3")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let some: Vec<(String, String)> = sqlx::query_as(
+        "SELECT user_id, connection_id FROM connections ORDER BY connection_id LIMIT 3",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     for (user, connection) in &some {
         app.refresher()
             .request(
@@ -344,7 +350,10 @@ fn the_dashboard_has_the_variables_and_a_panel_for_each_view() {
     for name in ["institution", "method"] {
         let v = var(name);
         assert_eq!(v["type"], "query");
-        let query = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap();
+        let query = v["query"]["query"]
+            .as_str()
+            .or(v["query"].as_str())
+            .unwrap();
         assert!(query.starts_with("label_values("), "{name}: {query}");
     }
     let mut titles = Vec::new();
@@ -430,7 +439,9 @@ async fn the_monitoring_readings_follow_the_clock_the_sweep_and_the_store() {
     );
     // An open outage is as old as the clock says.
     let outages = store.open_outages().await.unwrap();
-    let outage = outages.first().expect("the simulator has a connector in outage");
+    let outage = outages
+        .first()
+        .expect("the simulator has a connector in outage");
     let age = |m: &dyn Fn(&str) -> Option<f64>| {
         m(&format!(
             "basiq_health_outage_open_seconds{{institution_id=\"{}\",method=\"{}\",source=\"{}\"}}",
