@@ -535,7 +535,13 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Result<Re
     if !state.loopback {
         authorise(&state, &headers)?;
     }
-    let text = crate::metrics::render(&state.context, &state.refresher, &state.receiver).await?;
+    let text = crate::metrics::render_serving(
+        &state.context,
+        &state.refresher,
+        &state.receiver,
+        Some(&state.liveness),
+    )
+    .await?;
     Ok((
         [(
             header::CONTENT_TYPE,

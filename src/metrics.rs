@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::service::Liveness;
 use crate::work::Context;
 use crate::work::refresh::Refresher;
 
@@ -53,6 +54,7 @@ async fn render_events(
     registry: &mut Registry,
     store: &crate::store::Store,
     receiver: &crate::events::receiver::ReceiverStats,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), sqlx::Error> {
     use std::sync::atomic::Ordering::Relaxed;
     let events = Family::<EventLabels, Gauge>::default();
@@ -117,6 +119,17 @@ async fn render_events(
         "Notification delivery attempts that failed (kept history), per endpoint",
         failed,
     );
+    let oldest = Family::<EndpointLabel, Gauge>::default();
+    for (endpoint, created) in store.oldest_pending_deliveries().await? {
+        oldest
+            .get_or_create(&EndpointLabel { endpoint })
+            .set(seconds_since(created, now));
+    }
+    registry.register(
+        "notify_oldest_pending_seconds",
+        "Age of the oldest notification still pending, per endpoint with one pending",
+        oldest,
+    );
     Ok(())
 }
 
@@ -132,6 +145,25 @@ struct ReservationLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorHealthLabels {
+    institution_id: String,
+    method: String,
+    health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutageLabels {
+    institution_id: String,
+    method: String,
+    source: String,
+}
+
+/// Whole seconds from `then` to `now`, 0 when `then` is later.
+fn seconds_since(then: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> i64 {
+    (now - then).num_seconds().max(0)
+}
+
 fn gauge(value: i64) -> Gauge {
     let g = Gauge::default();
     g.set(value);
@@ -144,20 +176,36 @@ fn counter(value: u64) -> Counter {
     c
 }
 
-/// The current metrics as Prometheus text.
+/// The freshness objective: every watched connection checked within this long.
+pub const FRESHNESS: chrono::Duration = chrono::Duration::hours(26);
+
+/// The current metrics as Prometheus text, without the worker's liveness (a process that
+/// runs no scheduler: the commands, tests).
 pub async fn render(
     context: &Context,
     refresher: &Refresher,
     receiver: &crate::events::receiver::ReceiverStats,
 ) -> Result<String, sqlx::Error> {
+    render_serving(context, refresher, receiver, None).await
+}
+
+/// The current metrics as Prometheus text; with `liveness`, the serving daemon's, also
+/// whether its worker is stalled (what `/healthz` and the watchdog judge).
+pub async fn render_serving(
+    context: &Context,
+    refresher: &Refresher,
+    receiver: &crate::events::receiver::ReceiverStats,
+    liveness: Option<&Liveness>,
+) -> Result<String, sqlx::Error> {
     let store = context.store();
+    let now = context.clock().now();
     let mut registry = Registry::with_prefix("basiq_health");
     // Registered in this order: the text lists the metrics in it.
-    render_sweeps(&mut registry, context).await?;
-    render_connections(&mut registry, store).await?;
+    render_sweeps(&mut registry, context, liveness).await?;
+    render_connections(&mut registry, store, now).await?;
     render_requests(&mut registry, context.client().stats());
     render_refreshes(&mut registry, store, refresher).await?;
-    render_events(&mut registry, store, receiver).await?;
+    render_events(&mut registry, store, receiver, now).await?;
     render_cdr(&mut registry, store, context.clock().now()).await?;
     let mut out = String::new();
     encode(&mut out, &registry)
@@ -230,9 +278,15 @@ async fn render_cdr(
     Ok(())
 }
 
-/// Users watched, and the sweep's progress since start.
-async fn render_sweeps(registry: &mut Registry, context: &Context) -> Result<(), sqlx::Error> {
+/// Users watched, and the sweep's progress since start: how far behind it is, and (when
+/// serving) whether the worker is stalled.
+async fn render_sweeps(
+    registry: &mut Registry,
+    context: &Context,
+    liveness: Option<&Liveness>,
+) -> Result<(), sqlx::Error> {
     let progress = context.progress();
+    let now = context.clock().now();
     registry.register(
         "users_registered",
         "Users watched (not removed, not gone)",
@@ -263,6 +317,24 @@ async fn render_sweeps(registry: &mut Registry, context: &Context) -> Result<(),
         "Duration of sweep passes",
         progress.pass_duration.clone(),
     );
+    let lag = context
+        .store()
+        .earliest_due()
+        .await?
+        .map_or(0, |due| seconds_since(due, now));
+    registry.register(
+        "sweep_lag_seconds",
+        "How long the most overdue watched user has been due for its sweep (0: none overdue)",
+        gauge(lag),
+    );
+    if let Some(liveness) = liveness {
+        let stalled = liveness.problem(progress, now.timestamp()).is_some();
+        registry.register(
+            "worker_stalled",
+            "1 while the worker makes no progress (what /healthz and the watchdog judge), else 0",
+            gauge(i64::from(stalled)),
+        );
+    }
     Ok(())
 }
 
@@ -272,6 +344,7 @@ async fn render_sweeps(registry: &mut Registry, context: &Context) -> Result<(),
 async fn render_connections(
     registry: &mut Registry,
     store: &crate::store::Store,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), sqlx::Error> {
     let by_health = Family::<HealthLabel, Gauge>::default();
     let tallies = store.tallies().await?;
@@ -287,12 +360,46 @@ async fn render_connections(
             })
             .set(count);
     }
-    let open_outages = store.open_outages().await?.len();
     registry.register("connections", "Watched connections per health", by_health);
+    registry.register(
+        "connections_stale",
+        "Watched connections not checked within the freshness objective (26 h)",
+        gauge(store.connections_unchecked_since(now - FRESHNESS).await?),
+    );
+    let per_connector = Family::<ConnectorHealthLabels, Gauge>::default();
+    for t in store.connector_tallies().await? {
+        per_connector
+            .get_or_create(&ConnectorHealthLabels {
+                institution_id: t.institution_id,
+                method: t.method,
+                health: t.health,
+            })
+            .set(t.connections);
+    }
+    registry.register(
+        "connector_connections",
+        "Watched connections per institution, method and health (health empty: not classified yet)",
+        per_connector,
+    );
+    let open_outages = store.open_outages().await?;
     registry.register(
         "outages_open",
         "Open outages (from /connectors or inferred)",
-        gauge(i64::try_from(open_outages).unwrap_or(i64::MAX)),
+        gauge(i64::try_from(open_outages.len()).unwrap_or(i64::MAX)),
+    );
+    let ages = Family::<OutageLabels, Gauge>::default();
+    for o in &open_outages {
+        let age = ages.get_or_create(&OutageLabels {
+            institution_id: o.institution_id.clone(),
+            method: o.method.clone(),
+            source: o.source.as_str().to_owned(),
+        });
+        age.set(age.get().max(seconds_since(o.started_at, now)));
+    }
+    registry.register(
+        "outage_open_seconds",
+        "How long each open outage has been open, per institution, method and source (the oldest)",
+        ages,
     );
     let groups = store.group_stats();
     registry.register(
@@ -311,6 +418,17 @@ async fn render_connections(
         "write_lock_hold_max_seconds",
         "Longest time one write transaction held the database's write lock since start",
         hold,
+    );
+    let health = store.write_health();
+    registry.register(
+        "write_failing",
+        "1 while database writes fail (the last write failed for the storage), else 0",
+        gauge(i64::from(health.failing().is_some())),
+    );
+    registry.register(
+        "write_failures",
+        "Database writes that failed for the storage (disk full, I/O, read-only, busy) since start",
+        counter(health.failures_total()),
     );
     Ok(())
 }

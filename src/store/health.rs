@@ -26,6 +26,8 @@ pub struct Failing {
 #[derive(Debug, Default)]
 pub struct WriteHealth {
     failing: Mutex<Option<Failing>>,
+    /// Storage failures since start (for `/metrics`: a failure between two scrapes shows).
+    total: std::sync::atomic::AtomicU64,
     clock: Clock,
 }
 
@@ -34,6 +36,7 @@ impl WriteHealth {
     pub fn new(clock: Clock) -> Self {
         Self {
             failing: Mutex::default(),
+            total: Default::default(),
             clock,
         }
     }
@@ -41,6 +44,11 @@ impl WriteHealth {
     /// `Some` while writes fail (the last write that ended failed).
     pub fn failing(&self) -> Option<Failing> {
         self.lock().clone()
+    }
+
+    /// Storage failures of writes since start.
+    pub fn failures_total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn succeeded(&self) {
@@ -60,6 +68,8 @@ impl WriteHealth {
         if !is_storage_failure(e) {
             return false;
         }
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut failing = self.lock();
         match failing.as_mut() {
             Some(f) => {

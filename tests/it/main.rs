@@ -19,6 +19,7 @@ mod ids;
 mod life;
 mod migrations;
 mod openapi;
+mod monitoring;
 mod overtime;
 mod planner;
 mod production;
