@@ -121,6 +121,7 @@ pub const RANGES: &[(&str, Range)] = &[
     ("cdr.outages_interval", Range::Span("5m", "7d")),
     ("cdr.register_interval", Range::Span("1h", "30d")),
     ("cdr.timeout", Range::Span("100ms", "1m")),
+    ("cdr.max_requests_per_second", Range::Count(1, 1000)),
 ];
 
 fn range_of(key: &str) -> Result<Range, SettingsError> {
@@ -233,6 +234,8 @@ struct RawCdr {
     outages_interval: String,
     register_interval: String,
     timeout: String,
+    #[serde(deserialize_with = "whole")]
+    max_requests_per_second: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     overrides_file: Option<PathBuf>,
 }
@@ -246,6 +249,7 @@ impl Default for RawCdr {
             outages_interval: "1h".into(),
             register_interval: "24h".into(),
             timeout: "5s".into(),
+            max_requests_per_second: 2,
             overrides_file: None,
         }
     }
@@ -943,6 +947,8 @@ pub struct CdrSettings {
     pub register_interval: Duration,
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
+    /// Requests to the Register and all data holders together.
+    pub max_requests_per_second: NonZeroU32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overrides_file: Option<PathBuf>,
     /// The overrides file, read and checked at load: Basiq institution id → brand.
@@ -1671,6 +1677,10 @@ fn parse_cdr(raw: RawCdr) -> Result<CdrSettings, SettingsError> {
         outages_interval: span("cdr.outages_interval", &raw.outages_interval)?,
         register_interval: span("cdr.register_interval", &raw.register_interval)?,
         timeout: span("cdr.timeout", &raw.timeout)?,
+        max_requests_per_second: nonzero(
+            "cdr.max_requests_per_second",
+            raw.max_requests_per_second,
+        )?,
         overrides_file: raw.overrides_file,
         overrides,
     })

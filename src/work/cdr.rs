@@ -18,9 +18,6 @@ use crate::plan::witness::{self, PolledBrand, StatusPlan, WindowsPlan};
 use crate::settings::CdrSettings;
 use crate::store::{self, WriteTx};
 
-/// Requests per second to the Register and all data holders together.
-const MAX_REQUESTS_PER_SECOND: u32 = 2;
-
 /// A Register failure is logged at most this often (the others at debug).
 const LOG_EVERY: chrono::Duration = chrono::Duration::hours(1);
 
@@ -54,8 +51,7 @@ impl Witness {
         let client = CdrClient::new(CdrOptions {
             register_url: settings.register_url.clone(),
             timeout: settings.timeout,
-            max_requests_per_second: std::num::NonZeroU32::new(MAX_REQUESTS_PER_SECOND)
-                .unwrap_or(std::num::NonZeroU32::MIN),
+            max_requests_per_second: settings.max_requests_per_second,
         })?;
         Ok(Self {
             context,

@@ -210,7 +210,10 @@ pub fn settings_for(
     let cdr = if extra.contains("[cdr]") {
         String::new()
     } else {
-        format!("[cdr]\nregister_url = {:?}\n", sim.cdr_register_url())
+        format!(
+            "[cdr]\nregister_url = {:?}\nmax_requests_per_second = 1000\n",
+            sim.cdr_register_url()
+        )
     };
     let toml = format!(
         "[basiq]\nbase_url = {:?}\nmax_requests_per_second = 1000\nretry_base_delay = \"20ms\"\n\
