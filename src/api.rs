@@ -146,12 +146,7 @@ impl utoipa::Modify for BearerToken {
     }
 }
 
-/// Every error's body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, for a person.
-    pub error: String,
-}
+pub use crate::serve::ErrorBody;
 
 struct ApiError(StatusCode, String);
 

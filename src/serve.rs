@@ -643,6 +643,13 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Every error's body, on both listeners (the local API's and the webhook receiver's).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -424,49 +424,7 @@ pub async fn bank(
         ));
     }
     let start = now - chrono::Duration::days(7);
-    let mut spans = Vec::new();
-    let mut episodes = Vec::new();
-    for o in store.outages_since(start).await? {
-        if o.institution_id != institution || o.method != method {
-            continue;
-        }
-        let said = [o.status.clone(), o.explanation.clone()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
-        spans.push((
-            o.started_at,
-            o.ended_at.unwrap_or(now),
-            Span::Outage,
-            format!("{}: {said}", o.source),
-        ));
-        episodes.push(Episode {
-            from: stamp(Some(o.started_at)),
-            until: o
-                .ended_at
-                .map_or_else(|| "open".to_owned(), |t| stamp(Some(t))),
-            source: o.source.as_str().to_owned(),
-            said,
-        });
-    }
-    for w in store.cdr_window_lines(start).await? {
-        if w.institution_id != institution || w.method != method {
-            continue;
-        }
-        spans.push((
-            w.starts_at,
-            w.ends_at,
-            Span::Maintenance,
-            w.explanation.clone(),
-        ));
-        episodes.push(Episode {
-            from: stamp(Some(w.starts_at)),
-            until: stamp(Some(w.ends_at)),
-            source: "maintenance announced (cdr)".into(),
-            said: w.explanation,
-        });
-    }
+    let (spans, episodes) = episodes(store, &institution, &method, start, now).await?;
     let failures: Vec<(DateTime<Utc>, i64)> = store
         .rollups(&institution, &method, start)
         .await?
@@ -514,6 +472,67 @@ pub async fn bank(
         institution_id: institution,
         method,
     })
+}
+
+/// A connector's outages and announced windows since `start`: bands for the timeline and
+/// rows for the table.
+async fn episodes(
+    store: &crate::store::Store,
+    institution: &str,
+    method: &str,
+    start: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<
+    (
+        Vec<(DateTime<Utc>, DateTime<Utc>, Span, String)>,
+        Vec<Episode>,
+    ),
+    PageError,
+> {
+    let mut spans = Vec::new();
+    let mut episodes = Vec::new();
+    for o in store.outages_since(start).await? {
+        if o.institution_id != institution || o.method != method {
+            continue;
+        }
+        let said = [o.status.clone(), o.explanation.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        spans.push((
+            o.started_at,
+            o.ended_at.unwrap_or(now),
+            Span::Outage,
+            format!("{}: {said}", o.source),
+        ));
+        episodes.push(Episode {
+            from: stamp(Some(o.started_at)),
+            until: o
+                .ended_at
+                .map_or_else(|| "open".to_owned(), |t| stamp(Some(t))),
+            source: o.source.as_str().to_owned(),
+            said,
+        });
+    }
+    for w in store.cdr_window_lines(start).await? {
+        if w.institution_id != institution || w.method != method {
+            continue;
+        }
+        spans.push((
+            w.starts_at,
+            w.ends_at,
+            Span::Maintenance,
+            w.explanation.clone(),
+        ));
+        episodes.push(Episode {
+            from: stamp(Some(w.starts_at)),
+            until: stamp(Some(w.ends_at)),
+            source: "maintenance announced (cdr)".into(),
+            said: w.explanation,
+        });
+    }
+    Ok((spans, episodes))
 }
 
 /// A path segment made safe for a link (ids are `[A-Za-z0-9_-]`, but a stored one is
@@ -569,64 +588,7 @@ pub async fn connection(
     let view = crate::report::ConnectionView::from(&row);
     let health = view.health.clone().unwrap_or_else(|| "-".into());
     let reason = view.reason.clone().unwrap_or_default();
-    let history = store
-        .health_entries(&id, 50)
-        .await?
-        .into_iter()
-        .map(|h| {
-            (
-                stamp(Some(h.at)),
-                h.from.unwrap_or_else(|| "-".into()),
-                h.to,
-                h.reason.unwrap_or_default(),
-                h.job_id.unwrap_or_default(),
-            )
-        })
-        .collect();
-    let jobs = store
-        .jobs_for_connection(&id, 20)
-        .await?
-        .into_iter()
-        .map(|j| {
-            (
-                j.job_id.clone(),
-                stamp(j.created_at()),
-                j.state.clone(),
-                j.failure_code.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    let decisions = store
-        .decision_history(&id, 50)
-        .await?
-        .into_iter()
-        .map(|d| {
-            (
-                stamp(Some(d.at)),
-                d.trigger,
-                d.decision,
-                d.reason.unwrap_or_default(),
-            )
-        })
-        .collect();
-    let notices = store
-        .notices_about(row.user_id.as_str(), 200)
-        .await?
-        .into_iter()
-        .filter_map(|n| {
-            let payload: serde_json::Value = serde_json::from_str(&n.payload).ok()?;
-            let data = &payload["data"];
-            (data["connection_id"] == id.as_str()).then(|| {
-                let told = [data["to"].as_str(), data["user_action"].as_str()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(", ask: ");
-                (stamp(Some(n.at)), n.event_type, told)
-            })
-        })
-        .take(50)
-        .collect();
+    let story = story(store, &id, row.user_id.as_str()).await?;
     html(&Connection {
         page: "banks",
         csrf: auth::csrf_for(&session),
@@ -644,6 +606,86 @@ pub async fn connection(
         method: view.method,
         health,
         reason,
+        history: story.history,
+        jobs: story.jobs,
+        decisions: story.decisions,
+        notices: story.notices,
+    })
+}
+
+/// A connection's history as its page lists it: health changes, jobs, refresh decisions,
+/// the notices told about it.
+struct Story {
+    history: Vec<(String, String, String, String, String)>,
+    jobs: Vec<(String, String, String, String)>,
+    decisions: Vec<(String, String, String, String)>,
+    notices: Vec<(String, String, String)>,
+}
+
+async fn story(
+    store: &crate::store::Store,
+    id: &ConnectionId,
+    user_id: &str,
+) -> Result<Story, PageError> {
+    let history = store
+        .health_entries(id, 50)
+        .await?
+        .into_iter()
+        .map(|h| {
+            (
+                stamp(Some(h.at)),
+                h.from.unwrap_or_else(|| "-".into()),
+                h.to,
+                h.reason.unwrap_or_default(),
+                h.job_id.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let jobs = store
+        .jobs_for_connection(id, 20)
+        .await?
+        .into_iter()
+        .map(|j| {
+            (
+                j.job_id.clone(),
+                stamp(j.created_at()),
+                j.state.clone(),
+                j.failure_code.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let decisions = store
+        .decision_history(id, 50)
+        .await?
+        .into_iter()
+        .map(|d| {
+            (
+                stamp(Some(d.at)),
+                d.trigger,
+                d.decision,
+                d.reason.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let notices = store
+        .notices_about(user_id, 200)
+        .await?
+        .into_iter()
+        .filter_map(|n| {
+            let payload: serde_json::Value = serde_json::from_str(&n.payload).ok()?;
+            let data = &payload["data"];
+            (data["connection_id"] == id.as_str()).then(|| {
+                let told = [data["to"].as_str(), data["user_action"].as_str()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ask: ");
+                (stamp(Some(n.at)), n.event_type, told)
+            })
+        })
+        .take(50)
+        .collect();
+    Ok(Story {
         history,
         jobs,
         decisions,

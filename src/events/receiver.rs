@@ -67,7 +67,7 @@ fn routes() -> OpenApiRouter<ReceiverState> {
     OpenApiRouter::new().routes(routes!(receive))
 }
 
-/// The receiver's part of the daemon's OpenAPI description (see [`crate::api::openapi`]).
+/// The receiver's part of the daemon's OpenAPI description (merged into the local API's).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().into_openapi()
 }
@@ -83,7 +83,7 @@ pub struct Stored {
 }
 
 fn answer(status: StatusCode, message: &str) -> Response {
-    let body = crate::api::ErrorBody {
+    let body = crate::serve::ErrorBody {
         error: message.to_owned(),
     };
     (status, axum::Json(body)).into_response()
@@ -170,10 +170,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     request_body(content = super::WebhookPayload, content_type = "application/json"),
     responses(
         (status = 200, description = "Stored, or heard before", body = Stored),
-        (status = 400, description = "A header missing or wrong, or a body that is not UTF-8", body = crate::api::ErrorBody),
-        (status = 401, description = "No signature matches, or a timestamp more than 5 minutes from now", body = crate::api::ErrorBody),
+        (status = 400, description = "A header missing or wrong, or a body that is not UTF-8", body = crate::serve::ErrorBody),
+        (status = 401, description = "No signature matches, or a timestamp more than 5 minutes from now", body = crate::serve::ErrorBody),
         (status = 413, description = "The body is over `webhooks.max_body`"),
-        (status = 503, description = "The event cannot be stored now: Basiq retries", body = crate::api::ErrorBody),
+        (status = 503, description = "The event cannot be stored now: Basiq retries", body = crate::serve::ErrorBody),
     )
 )]
 async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
