@@ -342,8 +342,13 @@ fn user_failure(
     if let Some(verdict) = outage_failure(f, reason, ran) {
         return verdict;
     }
-    // Down now, but no period of it is known (its start, say): nobody can tell.
-    let known_period = f.periods.iter().any(DownPeriod::is_open);
+    // Down now, but no period of it is known (its start, say): nobody can tell. A window
+    // the bank announced is a known period while it lasts: a failure before it began stays
+    // the user's.
+    let known_period = f
+        .periods
+        .iter()
+        .any(|p| p.is_open() || p.covers(f.now));
     if f.bank_down() && (!known_period || ran.is_none()) {
         return Verdict::new(Health::InstitutionOutage, reason.to_owned());
     }
@@ -528,6 +533,14 @@ mod tests {
                 periods: vec![(Some(-2), Some(-1))],
                 expect: (ActionRequired, Some("invalid-credentials")),
                 ..case("failed before a window that is over")
+            },
+            // A window that began after the failure and lasts now: the failure came first.
+            Case {
+                method: "open-banking",
+                job: failed(),
+                periods: vec![(Some(-2), Some(1))],
+                expect: (ActionRequired, Some("invalid-credentials")),
+                ..case("failed before a window that lasts now")
             },
             // A window still ahead says nothing now.
             Case {
