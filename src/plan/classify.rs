@@ -345,10 +345,7 @@ fn user_failure(
     // Down now, but no period of it is known (its start, say): nobody can tell. A window
     // the bank announced is a known period while it lasts: a failure before it began stays
     // the user's.
-    let known_period = f
-        .periods
-        .iter()
-        .any(|p| p.is_open() || p.covers(f.now));
+    let known_period = f.periods.iter().any(|p| p.is_open() || p.covers(f.now));
     if f.bank_down() && (!known_period || ran.is_none()) {
         return Verdict::new(Health::InstitutionOutage, reason.to_owned());
     }

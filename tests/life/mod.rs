@@ -91,7 +91,7 @@ fn settings_toml(
          [refresh]\nmode = {mode:?}\nmax_wait = \"0s\"\n\
          [webhooks]\nlisten = \"127.0.0.1:0\"\nsecret_file = {basiq:?}\npoll_interval = \"15m\"\n\
          [[notify.endpoints]]\nurl = {hook:?}\nsecret_file = {app:?}\n\
-         [cdr]\nregister_url = {register:?}\n",
+         [cdr]\nregister_url = {register:?}\nmax_requests_per_second = 1000\n",
         base = sim.base_url(),
         register = sim.cdr_register_url(),
         db = dir.join("life.db").display().to_string(),
