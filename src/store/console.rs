@@ -453,15 +453,16 @@ impl Store {
     pub async fn write_rollups(&self, hour_end: DateTime<Utc>) -> Result<u64> {
         let end = ts(hour_end);
         let start = end - 3600;
-        let mut tx = self.write().await?;
+        // Read first: a tick that finds the hour done opens no write (a COMMIT of nothing
+        // would tell the write health the database is writable when it may not be).
         let done: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rollups WHERE hour = ?)")
             .bind(start)
-            .fetch_one(&mut *tx)
+            .fetch_one(self.pool())
             .await?;
         if done {
-            tx.commit().await?;
             return Ok(0);
         }
+        let mut tx = self.write().await?;
         let written = sqlx::query(
             "INSERT OR IGNORE INTO rollups (hour, institution_id, method, healthy, action, outage, other, failures, refreshes)
              SELECT ?1, k.institution_id, k.method,

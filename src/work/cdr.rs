@@ -78,9 +78,15 @@ impl Witness {
                 self.read_windows(&brand, now, &mut polled).await?;
             }
         }
-        let mut tx = store.write().await?;
-        let ended = store::cdr::end_windows(&mut tx, now).await?;
-        tx.commit().await?;
+        // Read first: most polls end no window, and open no write for nothing.
+        let ended = if store.cdr_windows_to_end(now).await? {
+            let mut tx = store.write().await?;
+            let ended = store::cdr::end_windows(&mut tx, now).await?;
+            tx.commit().await?;
+            ended
+        } else {
+            Vec::new()
+        };
         polled.windows_ended = ended.len();
         for key in &ended {
             tracing::info!(event = "maintenance_ended", institution = %key.institution_id, method = %key.method, "an announced maintenance window is over: its connections are checked again");

@@ -297,6 +297,17 @@ impl Store {
             .collect())
     }
 
+    /// Whether some window ended by `now` and its end was not handled yet.
+    pub async fn cdr_windows_to_end(&self, now: DateTime<Utc>) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM cdr_windows
+                            WHERE ends_at <= ? AND recovered_at IS NULL AND withdrawn_at IS NULL)",
+        )
+        .bind(ts(now))
+        .fetch_one(self.pool())
+        .await
+    }
+
     /// The institutions with a `cdr` outage open.
     pub async fn cdr_open(&self) -> Result<HashSet<String>> {
         Ok(sqlx::query_scalar::<_, String>(
