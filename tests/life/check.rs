@@ -991,12 +991,12 @@ fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
             continue;
         }
         let Some(ended) = job.ended else { continue };
-        // The daemon's outages at the bank when it held the connection, each from the
-        // earliest it may have begun (an inferred one: its inference window before).
-        let holding: Vec<(&Outage, Option<DateTime<Utc>>)> = f
+        // The daemon's outages at the bank, each from the earliest it may have begun (an
+        // inferred one: its inference window before).
+        let periods: Vec<(&Outage, Option<DateTime<Utc>>)> = f
             .outages_at(&c.connection_id)
             .into_iter()
-            .filter(|o| o.started <= c.at && o.ended.is_none_or(|e| e >= c.at))
+            .filter(|o| o.started <= c.at)
             .map(|o| {
                 let from = if o.source == "inferred" {
                     Some(o.started - window)
@@ -1006,6 +1006,17 @@ fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
                 (o, from)
             })
             .collect();
+        // Those that held the connection then.
+        let holding: Vec<&(&Outage, Option<DateTime<Utc>>)> = periods
+            .iter()
+            .filter(|(o, _)| o.ended.is_none_or(|e| e >= c.at))
+            .collect();
+        // A failure an earlier outage's period covered (as the daemon knew it) waits for its
+        // re-check while the bank is down again: held, by design, not blamed on the bank.
+        let belonged = periods.iter().any(|(o, from)| {
+            from.is_none_or(|from| from <= ended)
+                && o.ended.is_some_and(|e| job.created <= e && e < c.at)
+        });
         let before_every = holding
             .iter()
             .all(|(_, from)| from.is_some_and(|from| ended < from));
@@ -1022,7 +1033,7 @@ fn no_outage_for_the_user(f: &Facts<'_>, row: &mut Row) {
             .unwrap_or_default();
         let before_windows = windows.iter().all(|w| ended < w.starts);
         let held = !holding.is_empty() || !windows.is_empty();
-        if held && before_every && before_windows {
+        if held && before_every && before_windows && !belonged {
             row.breaches.push(format!(
                 "{} institution-outage at {} for the user's failure {} that ended {}, before the outage's (or window's) period began:{}",
                 c.connection_id,
