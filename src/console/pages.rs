@@ -127,9 +127,8 @@ async fn users_queue(state: &ApiState, now: DateTime<Utc>) -> Result<Queue, Page
         })
         .collect();
     let present = store
-        .day_of_refreshes(now)
+        .denials_since(now - chrono::Duration::hours(24))
         .await?
-        .denials
         .get("needs-user-present")
         .copied()
         .unwrap_or(0);

@@ -370,18 +370,23 @@ impl Store {
         .bind(since)
         .fetch_all(self.pool())
         .await?;
-        let denials: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT COALESCE(reason, ''), COUNT(*) FROM refresh_decisions INDEXED BY refresh_decisions_time
-             WHERE decided_at > ? AND decision = 'denied' GROUP BY 1 ORDER BY 2 DESC",
-        )
-        .bind(since)
-        .fetch_all(self.pool())
-        .await?;
         Ok(DayOfRefreshes {
             attempts_per_connection: per_connection,
             per_hour: hours.into_iter().map(|(h, t, n)| ((h, t), n)).collect(),
-            denials: denials.into_iter().collect(),
+            denials: self.denials_since(from_ts(since)).await?,
         })
+    }
+
+    /// Refresh denials since `since`, by reason (through the decisions' time index).
+    pub async fn denials_since(&self, since: DateTime<Utc>) -> Result<BTreeMap<String, i64>> {
+        let denials: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT COALESCE(reason, ''), COUNT(*) FROM refresh_decisions INDEXED BY refresh_decisions_time
+             WHERE decided_at > ? AND decision = 'denied' GROUP BY 1",
+        )
+        .bind(ts(since))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(denials.into_iter().collect())
     }
 
     /// Each endpoint's deliveries: pending, the oldest pending, the last success, failed

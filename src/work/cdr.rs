@@ -67,10 +67,10 @@ impl Witness {
             register: self.read_register(now, all).await?,
             ..CdrPolled::default()
         };
-        self.map(now, &mut polled).await?;
+        let used = self.map(now, &mut polled).await?;
         let store = self.context.store();
         let mut queued = false;
-        for brand in store.cdr_polled(now, all).await? {
+        for brand in store.cdr_polled(now, all, &used).await? {
             if all || brand.status_due_at <= now {
                 queued |= self.read_status(&brand, now, &mut polled).await?;
             }
@@ -154,14 +154,23 @@ impl Witness {
     }
 
     /// Each institution some watched connection uses, mapped to its brand (from the brands
-    /// stored: none known yet maps nothing, and a mapping stored stands).
-    async fn map(&self, now: DateTime<Utc>, polled: &mut CdrPolled) -> anyhow::Result<()> {
+    /// stored: none known yet maps nothing, and a mapping stored stands). Returns those
+    /// institutions: only their brands are read.
+    async fn map(
+        &self,
+        now: DateTime<Utc>,
+        polled: &mut CdrPolled,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
         let store = self.context.store();
         let brands = store.cdr_brands().await?;
         let institutions = store.cdr_institutions().await?;
         polled.institutions = institutions.len();
+        let used = institutions
+            .iter()
+            .map(|i| i.institution_id.clone())
+            .collect();
         if brands.is_empty() {
-            return Ok(());
+            return Ok(used);
         }
         let mappings =
             crate::plan::cdr::map_institutions(&institutions, &brands, &self.settings.overrides);
@@ -172,7 +181,7 @@ impl Witness {
         for m in &mappings {
             tracing::debug!(event = "cdr_mapped", institution = %m.institution_id, brand = m.brand_id.as_deref().unwrap_or(""), r#match = m.kind.as_str(), "institution mapped");
         }
-        Ok(())
+        Ok(used)
     }
 
     /// The base to read a brand at, or why it is not read.

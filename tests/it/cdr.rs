@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::app::TestApp;
 
 /// A user with one connection at `institution` by `method`; its newest job as given.
-fn user_at(
+pub fn user_at(
     sim: &RunningSim,
     name: &str,
     institution: &str,

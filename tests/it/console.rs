@@ -22,28 +22,13 @@ pub fn user_at(
     institution: &str,
     outcome: Outcome,
 ) -> (UserId, ConnectionId) {
-    let (user, conn) = (format!("user-{name}"), format!("conn-{name}"));
-    let now = chrono::Utc::now();
-    sim.sim.add_user(&user);
-    let mut c = basiq_sim::ScriptedConnection::new(institution, "open-banking");
-    c.id = conn.clone();
-    c.last_used = Some(now - Duration::hours(1));
-    sim.sim.add_connection(&user, c);
-    sim.sim.add_job(
-        &user,
-        basiq_sim::ScriptedJob {
-            id: Some(format!("job-{name}")),
-            connection_id: conn.clone(),
-            created: now - Duration::minutes(20),
-            updated: now - Duration::minutes(19),
-            outcome,
-            running: false,
-            with_source: true,
-        },
-    );
-    (
-        UserId::parse(user).unwrap(),
-        ConnectionId::parse(conn).unwrap(),
+    crate::cdr::user_at(
+        sim,
+        name,
+        institution,
+        "open-banking",
+        outcome,
+        Duration::hours(1),
     )
 }
 

@@ -241,9 +241,14 @@ impl Store {
         Ok(changed.len())
     }
 
-    /// The brands mapped to an institution some watched connection uses, with their poll
-    /// state; only those due at `now` unless `all`.
-    pub async fn cdr_polled(&self, now: DateTime<Utc>, all: bool) -> Result<Vec<PolledBrand>> {
+    /// The brands mapped to an institution of `used` (those some watched connection uses),
+    /// with their poll state; only those due at `now` unless `all`.
+    pub async fn cdr_polled(
+        &self,
+        now: DateTime<Utc>,
+        all: bool,
+        used: &HashSet<String>,
+    ) -> Result<Vec<PolledBrand>> {
         type Row = (
             String,
             Option<String>,
@@ -267,12 +272,6 @@ impl Store {
         .bind(ts(now))
         .fetch_all(self.pool())
         .await?;
-        let used: HashSet<String> = self
-            .cdr_institutions()
-            .await?
-            .into_iter()
-            .map(|i| i.institution_id)
-            .collect();
         Ok(rows
             .into_iter()
             .map(
